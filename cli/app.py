@@ -1,0 +1,99 @@
+"""The Typer app and the single place that turns library errors into messages."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Annotated, Callable
+
+import typer
+
+from dissect import __version__
+
+app = typer.Typer(
+    name="dissect",
+    help="Label the neurons of vision networks with CLIP-Dissect (Oikarinen & Weng, ICLR 2023).\n\n"
+    "Pipeline: embed-images + embed-text (CLIP) -> record (target activations) -> label. "
+    "`dissect run` does all of it in one run folder, reusing what is already there.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": bool(os.environ.get("DISSECT_DEBUG"))}
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"dissect {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks (also DISSECT_DEBUG=1).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+):
+    from dissect.runtime import set_quiet
+
+    if debug:
+        _state["debug"] = True
+    if quiet:
+        set_quiet(True)
+
+
+def _err(message: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(message)}")
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Run a command; a DissectError becomes one line on stderr and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from dissect.errors import DissectError
+
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except DissectError as e:
+            if _state["debug"]:
+                raise
+            _err(str(e))
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            if _state["debug"]:
+                raise
+            _err("interrupted; no partial output was kept. Run the same command again to redo it")
+            raise typer.Exit(130) from None
+        except MemoryError:
+            if _state["debug"]:
+                raise
+            _err("out of memory. Lower --batch-size or --chunk")
+            raise typer.Exit(1) from None
+        except BrokenPipeError:
+            # The reader of `-o -` went away (e.g. `| head`): not an error of ours.
+            sys.stderr.close()
+            raise typer.Exit(1) from None
+        except Exception as e:  # a bug: still one line unless --debug
+            if _state["debug"]:
+                raise
+            _err(f"internal error: {type(e).__name__}: {e}. Re-run with --debug for the traceback and please report it")
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def command(*args, **kwargs):
+    """app.command with the error boundary applied."""
+
+    def deco(fn):
+        return app.command(*args, **kwargs)(handle_errors(fn))
+
+    return deco

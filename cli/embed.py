@@ -1,0 +1,35 @@
+"""dissect embed-images / embed-text."""
+
+from __future__ import annotations
+
+from . import options as O
+from .app import command
+
+
+@command("embed-images")
+def embed_images(
+    probe: O.Probe,
+    clip: O.Clip,
+    out: O.Out,
+    device: O.Device = "auto",
+    batch_size: O.BatchSize = 64,
+    workers: O.Workers = None,
+):
+    """Embed probe images with CLIP's image encoder -> images.h5."""
+    from dissect.embed import embed_images as run
+
+    run(probe, clip, out, device=device, batch_size=batch_size, workers=workers)
+
+
+@command("embed-text")
+def embed_text(
+    concepts: O.ConceptsArg,
+    clip: O.Clip,
+    out: O.Out,
+    device: O.Device = "auto",
+    batch_size: O.BatchSize = 256,
+):
+    """Embed a concept set (a .txt file or a shipped set name) with CLIP's text encoder -> text.h5."""
+    from dissect.embed import embed_text as run
+
+    run(concepts, clip, out, device=device, batch_size=batch_size)

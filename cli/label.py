@@ -1,0 +1,42 @@
+"""dissect label."""
+
+from __future__ import annotations
+
+from . import options as O
+from .app import command
+
+
+@command("label")
+def label(
+    images: O.Images,
+    activations: O.Activations,
+    out: O.Out,
+    text: O.Text = None,
+    concepts: O.Concepts = None,
+    sim: O.Sim = "softwpmi",
+    param: O.Param = None,
+    layers: O.LayersOptional = None,
+    top: O.Top = 5,
+    seed: O.Seed = None,
+    chunk: O.Chunk = 4096,
+    device: O.Device = "auto",
+    batch_size: O.BatchSize = 256,
+):
+    """Label every neuron with its most similar concept -> labels.parquet (never reruns CLIP on images or the model)."""
+    from dissect.label import label as run
+
+    run(
+        images,
+        activations,
+        out,
+        text=text,
+        concepts=concepts,
+        sim=sim,
+        params=O.parse_params(param),
+        layers=O.split_list(layers) or None,
+        top=top,
+        seed=seed,
+        device=device,
+        chunk=chunk,
+        batch_size=batch_size,
+    )

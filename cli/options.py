@@ -1,0 +1,113 @@
+"""Options shared by the commands, declared once so they mean the same everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+Out = Annotated[str, typer.Option("-o", "--out", help="Output file ('-' writes Parquet to standard output).", show_default=False)]
+Clip = Annotated[
+    str,
+    typer.Option(
+        "--clip",
+        help="CLIP model: MODEL:PRETRAINED (ViT-B-16:openai), MODEL:checkpoint.pt, hf-hub:ORG/REPO, "
+        "local-dir:FOLDER, or config.json:checkpoint.",
+        show_default=False,
+    ),
+]
+Model = Annotated[
+    str,
+    typer.Option("--model", "-m", help="Target network: timm:NAME, torchvision:NAME or path/to/file.py:function.", show_default=False),
+]
+Weights = Annotated[
+    Optional[str],
+    typer.Option(
+        "--weights",
+        help="Target weights: the library's pretrained tag (timm: pretrained; torchvision: DEFAULT, IMAGENET1K_V2, ...), "
+        "'none' for random, or a local checkpoint file. [default: pretrained / DEFAULT]",
+        show_default=False,
+    ),
+]
+ModelArg = Annotated[
+    Optional[list[str]],
+    typer.Option("--model-arg", help="KEY=VALUE passed to the model constructor (repeatable), e.g. num_classes=10."),
+]
+Layers = Annotated[
+    str, typer.Option("--layers", "-l", help="Comma-separated layer names, as listed by `dissect layers` (layer4,fc).", show_default=False)
+]
+LayersOptional = Annotated[
+    Optional[str], typer.Option("--layers", "-l", help="Comma-separated layer names (default: all in the file).")
+]
+Device = Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu, cuda or cuda:INDEX.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images or texts per forward pass.")]
+Workers = Annotated[
+    Optional[int], typer.Option("--workers", min=0, help="Image-loading processes [default: 0 for small probes, else up to 8].")
+]
+Summary = Annotated[str, typer.Option("--summary", help="Per-neuron reduction of spatial/token outputs: mean, max or cls.")]
+Layout = Annotated[
+    str,
+    typer.Option("--layout", help="Output layout: auto (2-D nc, 3-D nlc, 4-D nchw), nc, nlc, ncl, nchw or nhwc."),
+]
+InputSize = Annotated[Optional[int], typer.Option("--input-size", min=1, help="Override the crop size in pixels.")]
+CropPct = Annotated[Optional[float], typer.Option("--crop-pct", help="Override crop fraction (resize = input-size / crop-pct).")]
+Mean = Annotated[Optional[str], typer.Option("--mean", help="Override normalisation mean, R,G,B.")]
+Std = Annotated[Optional[str], typer.Option("--std", help="Override normalisation std, R,G,B.")]
+Interpolation = Annotated[Optional[str], typer.Option("--interpolation", help="Override resize interpolation (bilinear, bicubic, ...).")]
+Sim = Annotated[str, typer.Option("--sim", "-s", help="Similarity: softwpmi, wpmi, rank-reorder, cos or cos-cubed.")]
+Param = Annotated[
+    Optional[list[str]], typer.Option("--param", "-p", help="Similarity hyperparameter NAME=VALUE (repeatable), e.g. top_k=50.")
+]
+Top = Annotated[int, typer.Option("--top", "-k", min=1, help="Alternative concepts kept per neuron (candidates column).")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for randomised similarities (rank-reorder).")]
+Concepts = Annotated[
+    Optional[str],
+    typer.Option("--concepts", "-c", help="Concept set: a .txt file or a shipped set (20k, 10k, 3k, imagenet, cifar100)."),
+]
+Text = Annotated[Optional[Path], typer.Option("--text", "-t", help="Text embeddings from `dissect embed-text`.")]
+Images = Annotated[Path, typer.Option("--images", "-i", help="Image embeddings from `dissect embed-images`.", show_default=False)]
+Activations = Annotated[Path, typer.Option("--activations", "-a", help="Activations from `dissect record`.", show_default=False)]
+Chunk = Annotated[int, typer.Option("--chunk", min=1, help="Concepts scored per block (bounds memory).")]
+Probe = Annotated[
+    list[str],
+    typer.Argument(help="Probe images: folders, .txt lists of paths, or torchvision:NAME[:SPLIT]; several are concatenated.", show_default=False),
+]
+
+
+def split_list(value: str | None) -> list[str]:
+    """'a, b,c' -> ['a', 'b', 'c']."""
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def parse_params(items: list[str] | None) -> dict[str, str]:
+    from dissect.errors import UsageError
+
+    out = {}
+    for item in items or []:
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip():
+            raise UsageError(f"--param {item!r} is not NAME=VALUE", hint="e.g. --param top_k=50")
+        out[k.strip()] = v.strip()
+    return out
+
+
+def parse_triple(name: str, value: str | None) -> tuple[float, ...] | None:
+    from dissect.errors import UsageError
+
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise UsageError(f"--{name} {value!r} is not three comma-separated numbers") from None
+
+
+def overrides(input_size, crop_pct, mean, std, interpolation):
+    from dissect.models import PreprocessOverrides
+
+    return PreprocessOverrides(input_size, crop_pct, parse_triple("mean", mean), parse_triple("std", std), interpolation)
+
+ConceptsArg = Annotated[
+    str, typer.Argument(help="A .txt file (one concept per line) or a shipped set: 20k, 10k, 3k, imagenet, cifar100.", show_default=False)
+]

@@ -1,0 +1,83 @@
+"""dissect record / layers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import options as O
+from .app import command
+
+
+@command("record")
+def record(
+    probe: O.Probe,
+    model: O.Model,
+    layers: O.Layers,
+    out: O.Out,
+    weights: O.Weights = None,
+    model_arg: O.ModelArg = None,
+    summary: O.Summary = "mean",
+    layout: O.Layout = "auto",
+    input_size: O.InputSize = None,
+    crop_pct: O.CropPct = None,
+    mean: O.Mean = None,
+    std: O.Std = None,
+    interpolation: O.Interpolation = None,
+    device: O.Device = "auto",
+    batch_size: O.BatchSize = 64,
+    workers: O.Workers = None,
+):
+    """Record each neuron's activation on every probe image -> activations.h5 (adds missing layers to an existing file)."""
+    from dissect.models import parse_model_args
+    from dissect.record import record as run
+
+    run(
+        probe,
+        model,
+        O.split_list(layers),
+        out,
+        weights=weights,
+        model_args=parse_model_args(model_arg),
+        summary=summary,
+        layout=layout,
+        overrides=O.overrides(input_size, crop_pct, mean, std, interpolation),
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+    )
+
+
+@command("layers")
+def layers(
+    model: Annotated[str, typer.Argument(help="timm:NAME, torchvision:NAME or path/to/file.py:function.", show_default=False)],
+    weights: Annotated[str, typer.Option("--weights", help="Weights to load ('none' needs no download).")] = "none",
+    model_arg: O.ModelArg = None,
+    input_size: O.InputSize = None,
+    all_modules: Annotated[bool, typer.Option("--all", help="Also list modules whose output is not a 2-4-D tensor.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
+    device: O.Device = "cpu",
+):
+    """List a model's layer names with output shapes and neuron counts (one dummy forward pass)."""
+    import json
+
+    from dissect.models import parse_model_args
+    from dissect.record import list_layers
+
+    target, infos = list_layers(model, weights, parse_model_args(model_arg), O.overrides(input_size, None, None, None, None), device)
+    shown = [i for i in infos if all_modules or i.n_units]
+    if json_out:
+        for i in shown:
+            typer.echo(json.dumps({"layer": i.name, "type": i.module_type, "shape": list(i.raw_shape), "layout": i.layout, "neurons": i.n_units}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    size = target.preprocess.input_size if target.preprocess else 224
+    table = Table(title=f"{model} (input 3x{size}x{size})", title_justify="left")
+    for col in ("layer", "type", "output shape", "layout", "neurons"):
+        table.add_column(col, justify="right" if col == "neurons" else "left")
+    for i in shown:
+        table.add_row(i.name, i.module_type, "x".join(map(str, i.raw_shape)), i.layout, str(i.n_units or "-"))
+    Console().print(table)

@@ -1,0 +1,1 @@
+"""Concept sets shipped with dissect (data files; see SOURCES.md)."""

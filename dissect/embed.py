@@ -1,0 +1,185 @@
+"""Stage 1: CLIP embeddings of the probe images (images.h5) and of a concept set (text.h5)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import artifacts as A
+from .clip import Clip, clip_fingerprint, encode_images, encode_texts, load_clip, parse_clip_spec
+from .concepts import ConceptSet, load_concepts
+from .fingerprint import fingerprint
+from .probe import Probe, iterate_batches, open_probe
+from .runtime import check_batch_size, info, progress, resolve_device, warn
+
+
+def default_workers(n_images: int) -> int:
+    """DataLoader workers: none for small probes (start-up costs more than it saves)."""
+    if n_images < 512:
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def image_embeddings_fingerprint(clip_fp: str, probe_fp: str) -> str:
+    return fingerprint([A.IMAGE_FORMAT, A.FORMAT_VERSION, clip_fp, probe_fp])
+
+
+def text_embeddings_fingerprint(clip_fp: str, concepts_fp: str) -> str:
+    return fingerprint([A.TEXT_FORMAT, A.FORMAT_VERSION, clip_fp, concepts_fp])
+
+
+def embed_images(
+    probe: list[str] | Probe,
+    clip: str | Clip,
+    out: str | os.PathLike,
+    device: str = "auto",
+    batch_size: int = 64,
+    workers: int | None = None,
+) -> Path:
+    """Embed every probe image with CLIP's image encoder into ``out`` (images.h5)."""
+    check_batch_size(batch_size)
+    out = A.check_output_path(out)
+    if not isinstance(probe, Probe):
+        probe = open_probe(probe)
+    if not isinstance(clip, Clip):
+        clip = load_clip(clip, resolve_device(device))
+    workers = default_workers(len(probe)) if workers is None else workers
+    emb = np.zeros((len(probe), _embed_dim(clip)), dtype=np.float32)
+    with progress(f"CLIP {clip.spec} images", len(probe), "images") as advance:
+        for idx, batch in iterate_batches(probe, clip.preprocess, batch_size, workers):
+            emb[idx.numpy()] = encode_images(clip, batch).numpy()
+            advance(len(idx))
+    attrs = clip.attrs()
+    attrs.update(
+        fingerprint=image_embeddings_fingerprint(clip.fingerprint, probe.fingerprint),
+        probe=probe.describe(),
+        provenance=A.provenance(stage="embed-images", batch_size=batch_size),
+    )
+    A.write_embeddings(out, A.IMAGE_FORMAT, emb, probe.ids, clip.name, clip.pretrained, attrs)
+    info(f"wrote {out}: {len(probe)} image embeddings (d={emb.shape[1]})")
+    return Path(out)
+
+
+def _embed_dim(clip: Clip) -> int:
+    dim = getattr(clip.model, "embed_dim", None) or getattr(getattr(clip.model, "text_projection", None), "shape", [None, None])[-1]
+    if dim is None:
+        import torch
+
+        with torch.inference_mode():
+            dim = clip.model.encode_text(clip.tokenizer(["a"]).to(clip.device)).shape[-1]
+    return int(dim)
+
+
+def compute_text_embeddings(clip: Clip, concepts: ConceptSet, batch_size: int = 256) -> np.ndarray:
+    """[M, d] L2-normalised embeddings of the concepts, as written (no prompt template)."""
+    check_batch_size(batch_size)
+    out = np.zeros((len(concepts.concepts), _embed_dim(clip)), dtype=np.float32)
+    too_long: list[str] = []
+    with progress(f"CLIP {clip.spec} text", len(concepts.concepts), "concepts") as advance:
+        for s in range(0, len(concepts.concepts), batch_size):
+            chunk = concepts.concepts[s : s + batch_size]
+            # open_clip truncates silently; a full last position means the text did not fit.
+            tokens = clip.tokenizer(chunk)
+            too_long += [c for c, t in zip(chunk, tokens) if int(t[-1]) != 0]
+            out[s : s + len(chunk)] = encode_texts(clip, chunk).numpy()
+            advance(len(chunk))
+    if too_long:
+        warn(
+            f"{len(too_long)} concept(s) exceed CLIP's {clip.context_length}-token context and were truncated, "
+            f"e.g. {too_long[0][:60]!r}"
+        )
+    return out
+
+
+def _report_concepts(concepts: ConceptSet) -> None:
+    if concepts.dropped_duplicates:
+        warn(
+            f"{concepts.name}: dropped {len(concepts.dropped_duplicates)} repeated concept(s), "
+            f"e.g. {concepts.dropped_duplicates[0]!r}"
+        )
+
+
+def _text_attrs(clip_attrs: dict[str, Any], concepts: ConceptSet, clip_fp: str, batch_size: int) -> dict[str, Any]:
+    attrs = dict(clip_attrs)
+    attrs.update(
+        fingerprint=text_embeddings_fingerprint(clip_fp, concepts.fingerprint),
+        concept_set=concepts.name,
+        concept_source=concepts.source,
+        concept_fingerprint=concepts.fingerprint,
+        provenance=A.provenance(stage="embed-text", batch_size=batch_size, dropped_blank_lines=concepts.dropped_blank,
+                                dropped_duplicates=len(concepts.dropped_duplicates)),
+    )
+    return attrs
+
+
+def embed_text(
+    concepts: str | ConceptSet,
+    clip: str | Clip,
+    out: str | os.PathLike,
+    device: str = "auto",
+    batch_size: int = 256,
+) -> Path:
+    """Embed a concept set with CLIP's text encoder into ``out`` (text.h5)."""
+    out = A.check_output_path(out, [concepts if isinstance(concepts, str) else None])
+    if not isinstance(concepts, ConceptSet):
+        concepts = load_concepts(concepts)
+    _report_concepts(concepts)
+    if not isinstance(clip, Clip):
+        clip = load_clip(clip, resolve_device(device))
+    emb = compute_text_embeddings(clip, concepts, batch_size)
+    attrs = _text_attrs(clip.attrs(), concepts, clip.fingerprint, batch_size)
+    A.write_embeddings(out, A.TEXT_FORMAT, emb, concepts.concepts, clip.name, clip.pretrained, attrs)
+    info(f"wrote {out}: {len(concepts.concepts)} concept embeddings")
+    return Path(out)
+
+
+def cache_dir() -> Path:
+    """Cache for text embeddings made on demand ($DISSECT_CACHE, default ~/.cache/dissect)."""
+    env = os.environ.get("DISSECT_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "dissect"
+
+
+def text_for_images(
+    images: A.Embeddings,
+    concepts: str | ConceptSet,
+    cache: str | os.PathLike | None = None,
+    device: str = "auto",
+    batch_size: int = 256,
+) -> A.Embeddings:
+    """Text embeddings of ``concepts`` made with the CLIP model recorded in ``images``.
+
+    Cached under ``cache`` (default :func:`cache_dir`) by the fingerprint of the CLIP
+    model and the concept list's contents: a second call with the same concepts
+    loads no model at all.
+    """
+    if not isinstance(concepts, ConceptSet):
+        concepts = load_concepts(concepts)
+    fp = text_embeddings_fingerprint(images.clip_fingerprint, concepts.fingerprint)
+    folder = Path(cache) if cache else cache_dir() / "text"
+    path = folder / f"{fp}.h5"
+    cached = A.peek_attrs(path, A.TEXT_FORMAT)
+    if cached is not None and cached.get("fingerprint") == fp:
+        text = A.read_text_embeddings(path)
+        info(f"using cached text embeddings {path}")
+        return text
+    _report_concepts(concepts)
+    spec = images.clip_spec
+    clip = load_clip(parse_clip_spec(spec), resolve_device(device))
+    if clip.fingerprint != images.clip_fingerprint:
+        from .errors import MismatchError
+
+        raise MismatchError(
+            f"the CLIP model {spec} no longer matches the one that made {images.path} (its files changed)",
+            hint="re-run `dissect embed-images`, or embed the text yourself with `dissect embed-text`",
+        )
+    emb = compute_text_embeddings(clip, concepts, batch_size)
+    folder.mkdir(parents=True, exist_ok=True)
+    attrs = _text_attrs(clip.attrs(), concepts, clip.fingerprint, batch_size)
+    A.write_embeddings(path, A.TEXT_FORMAT, emb, concepts.concepts, clip.name, clip.pretrained, attrs)
+    return A.read_text_embeddings(path)

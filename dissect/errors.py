@@ -1,0 +1,43 @@
+"""Typed exceptions. The CLI turns each into one line on stderr and an exit code.
+
+Every error a user can cause is a :class:`DissectError` carrying a message (what is
+wrong) and a hint (what to do next). Anything else reaching the CLI is a bug.
+"""
+
+from __future__ import annotations
+
+
+class DissectError(Exception):
+    """Base class: a problem the user can fix. ``exit_code`` 1 = runtime, 2 = usage."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}. {self.hint}" if self.hint else self.message
+
+
+class UsageError(DissectError):
+    """Bad arguments: unknown names, out-of-range values, conflicting options."""
+
+    exit_code = 2
+
+
+class InputError(DissectError):
+    """A missing or unreadable input: path, image, concept list."""
+
+
+class ModelError(DissectError):
+    """A model, checkpoint or layer that cannot be loaded or hooked."""
+
+
+class ArtifactError(DissectError):
+    """An artifact that is not what it claims: wrong format, version, shape or dtype."""
+
+
+class MismatchError(ArtifactError):
+    """Artifacts that do not belong together (different CLIP model, probe ids, ...)."""

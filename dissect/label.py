@@ -1,0 +1,143 @@
+"""Stage 3: label every neuron with its most similar concept (labels.parquet).
+
+Reads the artifacts of the earlier stages and never runs CLIP on images or the
+target model again. With ``concepts`` instead of ``text``, the concept set is
+embedded with the CLIP model recorded in images.h5 and cached, so a second
+labelling with another similarity function loads no model at all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import artifacts as A
+from .concepts import ConceptSet
+from .errors import MismatchError, UsageError
+from .runtime import info, progress, resolve_device
+from .similarity import examples_needed, resolve_params, score_layer
+
+
+def align_ids(images: A.Embeddings, acts: A.Activations) -> np.ndarray | None:
+    """Row order that puts activations in image order (None when already aligned)."""
+    if acts.ids == images.keys:
+        return None
+    if set(acts.ids) == set(images.keys):
+        pos = {k: i for i, k in enumerate(acts.ids)}
+        return np.array([pos[k] for k in images.keys])
+    only_img = [k for k in images.keys if k not in set(acts.ids)]
+    only_act = [k for k in acts.ids if k not in set(images.keys)]
+    example = f"{only_img[0]!r} is only in {images.path}" if only_img else f"{only_act[0]!r} is only in {acts.path}"
+    raise MismatchError(
+        f"{images.path} ({len(images.keys)} images) and {acts.path} ({len(acts.ids)} images) "
+        f"come from different probe sets: {example}",
+        hint="run `dissect embed-images` and `dissect record` on the same PROBE arguments",
+    )
+
+
+def label(
+    images: str | os.PathLike,
+    activations: str | os.PathLike,
+    out: str | os.PathLike | None,
+    text: str | os.PathLike | None = None,
+    concepts: str | ConceptSet | None = None,
+    sim: str = "softwpmi",
+    params: dict[str, Any] | None = None,
+    layers: list[str] | None = None,
+    top: int = 5,
+    seed: int | None = None,
+    device: str = "auto",
+    chunk: int = 4096,
+    cache: str | os.PathLike | None = None,
+    batch_size: int = 256,
+):
+    """Label the neurons of ``layers`` (default: all in the file); returns a pyarrow Table.
+
+    Writes ``out`` (Parquet; '-' for standard output) unless it is None.
+    """
+    import pyarrow as pa
+    import torch
+
+    if (text is None) == (concepts is None):
+        raise UsageError("give exactly one of --text and --concepts")
+    if top < 1:
+        raise UsageError(f"--top must be at least 1, got {top}")
+    if chunk < 1:
+        raise UsageError(f"--chunk must be at least 1, got {chunk}")
+    params = resolve_params(sim, params)
+    if seed is not None and "seed" in params:
+        params["seed"] = int(seed)
+    inputs = [images, activations, text, concepts if isinstance(concepts, (str, os.PathLike)) else None]
+    if out is not None and str(out) != A.STDOUT:
+        out = A.check_output_path(out, inputs)
+
+    img = A.read_image_embeddings(images)
+    acts = A.read_activations(activations, layers)
+    order = align_ids(img, acts)
+    if text is not None:
+        txt = A.read_text_embeddings(text)
+        concept_meta = {"name": txt.attrs.get("concept_set", str(text)), "source": txt.attrs.get("concept_source", str(Path(text).resolve()))}
+    else:
+        from .embed import text_for_images
+
+        txt = text_for_images(img, concepts, cache=cache, device=device, batch_size=batch_size)
+        name = concepts.name if isinstance(concepts, ConceptSet) else str(concepts)
+        concept_meta = {"name": name, "source": txt.attrs.get("concept_source", name)}
+    A.check_same_clip(img, txt)
+    concept_meta["fingerprint"] = txt.keys_fingerprint
+    concept_meta["n"] = len(txt.keys)
+
+    N = len(img.keys)
+    need = examples_needed(sim, params, N)
+    if need > N:
+        raise UsageError(
+            f"the probe has {N} images but {sim} uses each neuron's top {need}",
+            hint=f"use a larger probe, or --param top_k={N} (fewer examples per neuron than the paper)",
+        )
+
+    dev = resolve_device(device)
+    I = torch.from_numpy(img.embeddings).to(dev)
+    T = torch.from_numpy(txt.embeddings).to(dev)
+    rows: dict[str, list] = {c: [] for c in A.LABEL_COLUMNS}
+    k = min(top, len(txt.keys))
+    for name, q_np in acts.layers.items():
+        q = torch.from_numpy(q_np if order is None else q_np[order]).to(dev)
+        with progress(f"{sim} {name}", len(txt.keys), "concepts") as advance:
+            res = score_layer(sim, q, I, T, params, top=k, chunk=chunk, progress=advance)
+        idx, val = res.indices.cpu().numpy(), res.values.cpu().numpy()
+        C = q.shape[1]
+        rows["layer"] += [name] * C
+        rows["unit"] += list(range(C))
+        rows["label"] += [txt.keys[i] for i in idx[:, 0]]
+        rows["similarity"] += val[:, 0].tolist()
+        rows["candidates"] += [[txt.keys[i] for i in r] for r in idx]
+        rows["candidate_similarities"] += [r.tolist() for r in val]
+
+    meta = {
+        "similarity": sim,
+        "params": params,
+        "top": k,
+        "concepts": concept_meta,
+        "clip": img.clip_spec,
+        "clip_fingerprint": img.clip_fingerprint,
+        "model": acts.model,
+        "weights": acts.attrs.get("weights", ""),
+        "layers": {n: {kk: acts.layer_attrs[n].get(kk) for kk in ("summary", "layout", "raw_shape", "fingerprint")} for n in acts.layers},
+        "inputs": {
+            "images": {"path": str(Path(images).resolve()), "fingerprint": img.attrs.get("fingerprint", img.keys_fingerprint)},
+            "activations": {"path": str(Path(activations).resolve()), "fingerprint": acts.attrs.get("inputs_fingerprint", "")},
+            "text": {"path": str(Path(txt.path).resolve()) if txt.path else "", "fingerprint": txt.attrs.get("fingerprint", txt.keys_fingerprint)},
+        },
+        "probe": {"n_images": N, "ids_fingerprint": img.keys_fingerprint},
+        "provenance": A.provenance(stage="label"),
+    }
+    table = pa.Table.from_pydict({c: rows[c] for c in A.LABEL_COLUMNS}, schema=A.labels_schema())
+    if out is not None:
+        A.write_labels(out, rows, meta)
+        if str(out) != A.STDOUT:
+            info(f"wrote {out}: {table.num_rows} neurons labelled with {sim} over {len(txt.keys)} concepts")
+    return table
+

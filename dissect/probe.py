@@ -1,0 +1,280 @@
+"""Probe sets: the unlabelled images every neuron is shown.
+
+A PROBE argument is one of
+    a folder      every image below it (recursive), sorted by relative path
+    a .txt file   one image path per line (relative to the list's folder; # comments)
+    torchvision:NAME[:SPLIT]   a torchvision dataset, e.g. torchvision:cifar100 (train split)
+Several PROBE arguments are concatenated in the order given.
+
+Each image has a stable id: its relative path (folder), its line as written (list),
+or ``NAME:SPLIT/INDEX`` (dataset). With several probes, folder and list ids are
+prefixed by the probe's name so they stay unique.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .errors import InputError, UsageError
+from .fingerprint import fingerprint
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+)
+
+TORCHVISION_PREFIX = "torchvision:"
+
+
+def data_root() -> Path:
+    """Where torchvision datasets are downloaded ($DISSECT_DATA, default ~/.cache/dissect/data)."""
+    env = os.environ.get("DISSECT_DATA")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "dissect" / "data"
+
+
+@dataclass
+class Probe:
+    """An ordered list of images with stable ids."""
+
+    ids: list[str]
+    loaders: list[Callable[[], Any]]          # each returns a PIL image
+    locations: list[str]                      # human-readable source of each image (path)
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    stat_key: list[Any] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes when an image is added, removed, renamed or rewritten (size)."""
+        return fingerprint([self.ids, self.stat_key])
+
+    def describe(self) -> dict[str, Any]:
+        return {"sources": self.sources, "n_images": len(self), "fingerprint": self.fingerprint}
+
+    def load(self, i: int):
+        """Image ``i`` as RGB PIL image; raises InputError naming the file."""
+        from PIL import Image
+
+        try:
+            img = self.loaders[i]()
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+            img.load()
+            return img
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+            raise InputError(f"cannot read image {self.locations[i]}: {e}", hint="remove or replace the file") from None
+
+
+def _open_image(path: str) -> Callable[[], Any]:
+    def load():
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.load()
+            return im.copy() if im.mode == "RGB" else im.convert("RGB")
+
+    return load
+
+
+def _walk_folder(root: Path) -> list[str]:
+    rels = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for fn in filenames:
+            if not fn.startswith(".") and os.path.splitext(fn)[1].lower() in IMAGE_EXTENSIONS:
+                rels.append(Path(dirpath, fn).relative_to(root).as_posix())
+    return sorted(rels)
+
+
+def _folder(spec: str, prefix: str) -> tuple[list, list, list, list, dict]:
+    root = Path(spec)
+    rels = _walk_folder(root)
+    if not rels:
+        raise InputError(
+            f"probe folder {root} holds no images",
+            hint=f"expected files ending in {', '.join(sorted(IMAGE_EXTENSIONS))}",
+        )
+    paths = [str(root / r) for r in rels]
+    stats = [_size(p) for p in paths]
+    return [prefix + r for r in rels], [_open_image(p) for p in paths], paths, stats, {
+        "type": "folder",
+        "path": str(root.resolve()),
+        "n_images": len(rels),
+    }
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
+def _list_file(spec: str, prefix: str) -> tuple[list, list, list, list, dict]:
+    lst = Path(spec)
+    try:
+        lines = lst.read_text("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise InputError(f"probe list {lst} is not UTF-8 text") from None
+    entries = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    if not entries:
+        raise InputError(f"probe list {lst} names no images", hint="put one image path per line")
+    seen: set[str] = set()
+    for e in entries:
+        if e in seen:
+            raise InputError(f"probe list {lst} names {e} twice", hint="each image may appear once")
+        seen.add(e)
+    paths = [str(Path(e) if Path(e).is_absolute() else lst.parent / e) for e in entries]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise InputError(
+            f"probe list {lst} names {len(missing)} missing file(s), e.g. {missing[0]}",
+            hint="paths are relative to the list's folder",
+        )
+    stats = [_size(p) for p in paths]
+    return [prefix + e for e in entries], [_open_image(p) for p in paths], paths, stats, {
+        "type": "list",
+        "path": str(lst.resolve()),
+        "n_images": len(entries),
+    }
+
+
+_TV_DATASETS = {
+    "cifar10": ("CIFAR10", "train"),
+    "cifar100": ("CIFAR100", "train"),
+    "mnist": ("MNIST", "train"),
+    "fashionmnist": ("FashionMNIST", "train"),
+    "stl10": ("STL10", "test"),
+}
+
+
+def _torchvision(spec: str) -> tuple[list, list, list, list, dict]:
+    parts = spec[len(TORCHVISION_PREFIX):].split(":")
+    name = parts[0].lower()
+    if name not in _TV_DATASETS:
+        raise UsageError(
+            f"unknown torchvision dataset {parts[0]!r}",
+            hint=f"supported: {', '.join(_TV_DATASETS)}; for ImageNet pass the folder of its validation images",
+        )
+    cls_name, split = _TV_DATASETS[name]
+    if len(parts) > 1 and parts[1]:
+        split = parts[1]
+    if split not in ("train", "test"):
+        raise UsageError(f"unknown split {split!r} for {name}", hint="use train or test")
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, cls_name)
+    root = data_root()
+    kwargs = {"split": split} if cls_name == "STL10" else {"train": split == "train"}
+    try:
+        ds = cls(root=str(root), download=False, **kwargs)
+    except RuntimeError:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            ds = cls(root=str(root), download=True, **kwargs)
+        except Exception as e:  # network errors come in many types
+            raise InputError(
+                f"cannot download {cls_name} ({split}) into {root}: {e}",
+                hint=f"download it where there is internet and copy it to {root}, or set DISSECT_DATA to its folder",
+            ) from None
+    n = len(ds)
+    ids = [f"{name}:{split}/{i:06d}" for i in range(n)]
+
+    def loader(i):
+        return lambda: ds[i][0]
+
+    return ids, [loader(i) for i in range(n)], ids, [], {
+        "type": "torchvision",
+        "name": name,
+        "split": split,
+        "n_images": n,
+    }
+
+
+def open_probe(specs: list[str] | str) -> Probe:
+    """Resolve PROBE arguments into one ordered probe set."""
+    if isinstance(specs, (str, os.PathLike)):
+        specs = [str(specs)]
+    specs = [str(s) for s in specs]
+    if not specs:
+        raise UsageError("no PROBE given", hint="pass a folder of images, a .txt list of paths, or torchvision:cifar100")
+    many = len(specs) > 1
+    ids, loaders, locations, stats, sources = [], [], [], [], []
+    for spec in specs:
+        prefix = f"{Path(spec).name}/" if many else ""
+        if spec.startswith(TORCHVISION_PREFIX):
+            part = _torchvision(spec)
+        elif os.path.isdir(spec):
+            part = _folder(spec, prefix)
+        elif os.path.isfile(spec):
+            if Path(spec).suffix.lower() in IMAGE_EXTENSIONS:
+                raise UsageError(f"{spec} is an image, not a probe set", hint="pass its folder, or a .txt list of paths")
+            part = _list_file(spec, prefix)
+        else:
+            raise InputError(f"probe {spec} does not exist", hint="pass a folder of images, a .txt list, or torchvision:NAME")
+        ids += part[0]
+        loaders += part[1]
+        locations += part[2]
+        stats += part[3]
+        sources.append(part[4])
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise UsageError(f"image id {dup!r} occurs twice across the probes", hint="give the probe folders distinct names")
+    return Probe(ids, loaders, locations, sources, stats)
+
+
+# ---------------------------------------------------------------------------
+# Batched loading
+# ---------------------------------------------------------------------------
+
+class _ProbeDataset:
+    """torch Dataset over a probe; failures come back as values, not worker tracebacks."""
+
+    def __init__(self, probe: Probe, transform):
+        self.probe, self.transform = probe, transform
+
+    def __len__(self):
+        return len(self.probe)
+
+    def __getitem__(self, i):
+        try:
+            return i, self.transform(self.probe.load(i)), None
+        except InputError as e:
+            return i, None, e.message
+        except Exception as e:  # a transform failing on an odd image
+            return i, None, f"cannot preprocess image {self.probe.locations[i]}: {e}"
+
+
+def _collate(items):
+    import torch
+
+    errors = [(i, err) for i, _, err in items if err is not None]
+    ok = [(i, x) for i, x, err in items if err is None]
+    idx = torch.tensor([i for i, _ in ok], dtype=torch.long)
+    batch = torch.stack([x for _, x in ok]) if ok else None
+    return idx, batch, errors
+
+
+def iterate_batches(probe: Probe, transform, batch_size: int, workers: int = 0) -> Iterator[tuple[Any, Any]]:
+    """Yield (indices, image batch) in probe order; a broken image raises InputError."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        _ProbeDataset(probe, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        persistent_workers=False,
+    )
+    for idx, batch, errors in loader:
+        if errors:
+            raise InputError(errors[0][1], hint="remove or replace the file")
+        yield idx, batch

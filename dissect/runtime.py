@@ -1,0 +1,93 @@
+"""Process-wide plumbing shared by the stages: devices, progress bars, messages.
+
+Progress and messages always go to standard error, so standard output stays free
+for data (``-o -``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Callable, Iterator
+
+from .errors import UsageError
+
+_quiet = bool(os.environ.get("DISSECT_QUIET"))
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
+
+def console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def info(message: str) -> None:
+    """A one-line status message on stderr (suppressed by --quiet)."""
+    if not _quiet:
+        console().print(message)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr (always shown)."""
+    console().print(f"[yellow]warning:[/yellow] {message}")
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int, unit: str = "items") -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr; yields ``advance(n)``."""
+    if _quiet or total == 0:
+        yield lambda n=1: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console(),
+        transient=False,
+    )
+    with bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def resolve_device(spec: str | None = "auto"):
+    """'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:i' -> torch.device."""
+    import torch
+
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {spec} asked for, but CUDA is not available", hint="use --device cpu or auto")
+        try:
+            dev = torch.device(spec)
+        except RuntimeError:
+            raise UsageError(f"invalid device {spec!r}", hint="use auto, cpu, cuda or cuda:INDEX") from None
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"{spec}: only {torch.cuda.device_count()} CUDA device(s)", hint="pick a smaller index")
+        return dev
+    if spec == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise UsageError("--device mps asked for, but MPS is not available", hint="use --device cpu")
+        return torch.device("mps")
+    raise UsageError(f"invalid device {spec!r}", hint="use auto, cpu, cuda or cuda:INDEX")
+
+
+def check_batch_size(batch_size: int) -> int:
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    return batch_size

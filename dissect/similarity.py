@@ -1,0 +1,341 @@
+"""Similarity functions between neuron activation patterns and concepts.
+
+Pure tensor kernels: tensors in, scores out. No files, no printing, no global
+device state. Every function here works on whatever device its inputs live on.
+
+Notation (METHOD.md, paper §3):
+    I      [N, d]  L2-normalised CLIP image embeddings of the probe images
+    T      [M, d]  L2-normalised CLIP text embeddings of the concepts
+    P      [N, M]  P[i, m] = I_i · T_m, the concept-activation matrix
+    q      [N, C]  q[i, k] = summary of neuron k's activation on image i
+
+``score_layer`` is the driver used by ``dissect label``: it streams over
+blocks of concepts (P is never held whole) and returns each neuron's top-K
+concepts. The per-function kernels below take one block of concepts and are
+what the float64 reference tests compare against.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .errors import UsageError
+
+# Paper hyperparameters (METHOD.md; reference code defaults).
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "softwpmi": {"a": 10.0, "lam": 1.0, "top_k": 100, "p_start": 0.998, "p_end": 0.97, "min_prob": 1e-7},
+    "wpmi": {"a": 2.0, "lam": 0.6, "top_k": 28, "min_prob": 1e-7},
+    "rank-reorder": {"p": 3.0, "top_fraction": 0.05, "scale_p": 0.5, "n_perm": 5, "seed": 0},
+    "cos": {},
+    "cos-cubed": {"min_norm": 1e-3},
+}
+
+SIMILARITIES = tuple(DEFAULT_PARAMS)
+
+_INT_PARAMS = {"top_k", "n_perm", "seed"}
+
+
+def resolve_params(name: str, overrides: dict[str, str | float | int] | None = None) -> dict[str, Any]:
+    """Default hyperparameters of ``name`` updated with ``overrides`` (validated)."""
+    if name not in DEFAULT_PARAMS:
+        raise UsageError(
+            f"unknown similarity function {name!r}",
+            hint=f"choose one of: {', '.join(SIMILARITIES)}",
+        )
+    params = dict(DEFAULT_PARAMS[name])
+    for key, raw in (overrides or {}).items():
+        if key not in params:
+            known = ", ".join(params) or "none"
+            raise UsageError(f"{name} has no parameter {key!r}", hint=f"its parameters are: {known}")
+        try:
+            value: Any = int(raw) if key in _INT_PARAMS else float(raw)
+        except (TypeError, ValueError):
+            raise UsageError(f"parameter {key}={raw!r} is not a number") from None
+        if key == "top_k" and value < 1:
+            raise UsageError(f"{key} must be at least 1, got {value}")
+        if key == "top_fraction" and not 0.0 < value <= 1.0:
+            raise UsageError(f"top_fraction must be in (0, 1], got {value}")
+        if key == "n_perm" and value < 1:
+            raise UsageError(f"n_perm must be at least 1, got {value}")
+        params[key] = value
+    return params
+
+
+def examples_needed(name: str, params: dict[str, Any], n_images: int) -> int:
+    """How many top-activating images per neuron the function uses (0 = all)."""
+    if name in ("softwpmi", "wpmi"):
+        return int(params["top_k"])
+    if name == "rank-reorder":
+        return max(2, int(n_images * params["top_fraction"]))
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------
+
+def top_images(q: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices [k, C] of each neuron's k most activating images, most activating first.
+
+    A stable sort makes ties resolve to the lower image index, so results do not
+    depend on the device or the order of other neurons.
+    """
+    return torch.sort(q, dim=0, descending=True, stable=True).indices[:k]
+
+
+def softwpmi_weights(k: int, p_start: float, p_end: float, dtype=torch.float64, device=None) -> torch.Tensor:
+    """w_r = p_start - (r / k) (p_start - p_end), r = 0..k-1 (reference code)."""
+    r = torch.arange(k, dtype=dtype, device=device)
+    return p_start - r / k * (p_start - p_end)
+
+
+def log_softmax_denominator(I: torch.Tensor, T: torch.Tensor, a: float, chunk: int) -> torch.Tensor:
+    """logsumexp_m(a · P[i, m]) for each row of ``I``, streamed over blocks of T (float64)."""
+    out = torch.full((I.shape[0],), -math.inf, dtype=torch.float64, device=I.device)
+    for s in range(0, T.shape[0], chunk):
+        logits = (a * (I @ T[s : s + chunk].T)).to(torch.float64)
+        out = torch.logaddexp(out, torch.logsumexp(logits, dim=1))
+    return out
+
+
+def pmi_scores(
+    log_p: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor | None, min_prob: float, neuron_block: int = 64
+) -> torch.Tensor:
+    """score[k, m] = Σ_r log(1 + w_r (p(t_m|x_{idx[r,k]}) - 1) + min_prob), float64.
+
+    ``log_p`` [U, Mc] holds log p(t_m | x) for the rows that ``idx`` [K, C] points into.
+    With ``weights`` None the membership is hard (WPMI): Σ_r log(p + min_prob).
+    """
+    K, C = idx.shape
+    p = log_p.exp()
+    out = torch.empty((C, p.shape[1]), dtype=torch.float64, device=p.device)
+    for s in range(0, C, neuron_block):
+        block = idx[:, s : s + neuron_block]              # [K, b]
+        gathered = p[block.reshape(-1)].reshape(K, block.shape[1], -1)  # [K, b, Mc]
+        if weights is not None:
+            gathered = 1 + weights.view(K, 1, 1) * (gathered - 1)
+        out[s : s + block.shape[1]] = torch.log(gathered + min_prob).sum(dim=0)
+    return out
+
+
+def population_correction(scores: torch.Tensor, lam: float) -> torch.Tensor:
+    """sim[k, m] = score[k, m] - λ (logsumexp_j score[j, m] - log C) over the layer's C neurons."""
+    C = scores.shape[0]
+    log_pt = torch.logsumexp(scores, dim=0, keepdim=True) - math.log(C)
+    return scores - lam * log_pt
+
+
+# ---------------------------------------------------------------------------
+# Kernels over one block of concepts. Each returns sim [C, Mc] in float64.
+# ---------------------------------------------------------------------------
+
+def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, log_z=None, idx=None, chunk=4096):
+    """SoftWPMI (paper §3.2, default similarity).
+
+        p(t_m | x_i) = softmax_m(a · P[i, :])
+        w_r          = p_start - (r / top_k)(p_start - p_end),  r = 0..top_k-1 over the
+                       neuron's images sorted by activation, highest first
+        score_k(m)   = Σ_r log(1 + w_r (p(t_m | x_r) - 1) + min_prob)
+        sim_k(m)     = score_k(m) - λ (logsumexp_j score_j(m) - log C)
+
+    ``q`` [N, C], ``I`` [N, d], ``T`` [Mc, d] a block of concepts. ``log_z`` (the softmax
+    denominator of every probe image over *all* concepts) must be given when ``T`` is
+    only a block of the concept set; ``idx`` are the precomputed top images.
+    """
+    if idx is None:
+        idx = top_images(q, top_k)
+    rows, inverse = torch.unique(idx, return_inverse=True)
+    if log_z is None:
+        log_z_rows = log_softmax_denominator(I[rows], T, a, chunk)
+    else:
+        log_z_rows = log_z[rows]
+    log_p = (a * (I[rows] @ T.T)).to(torch.float64) - log_z_rows[:, None]
+    w = softwpmi_weights(top_k, p_start, p_end, device=log_p.device)
+    return population_correction(pmi_scores(log_p, inverse, w, min_prob), lam)
+
+
+def wpmi(q, I, T, *, a, lam, top_k, min_prob, log_z=None, idx=None, chunk=4096):
+    """WPMI (paper App. A.1): hard membership of the top_k images.
+
+        score_k(m) = Σ_{i ∈ top_k(k)} log(p(t_m | x_i) + min_prob),  p = softmax_m(a · P[i, :])
+        sim_k(m)   = score_k(m) - λ (logsumexp_j score_j(m) - log C)
+    """
+    if idx is None:
+        idx = top_images(q, top_k)
+    rows, inverse = torch.unique(idx, return_inverse=True)
+    log_z_rows = log_softmax_denominator(I[rows], T, a, chunk) if log_z is None else log_z[rows]
+    log_p = (a * (I[rows] @ T.T)).to(torch.float64) - log_z_rows[:, None]
+    return population_correction(pmi_scores(log_p, inverse, None, min_prob), lam)
+
+
+def cos(q, I, T):
+    """cos: sim_k(m) = q_k · P[:, m] / (‖q_k‖ ‖P[:, m]‖), over all N images (no centring)."""
+    P = (I @ T.T).to(torch.float64)
+    qn = q.to(torch.float64)
+    qn = qn / qn.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    P = P / P.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    return qn.T @ P
+
+
+def _centre_cube(x: torch.Tensor, min_norm: float) -> torch.Tensor:
+    x = x - x.mean(dim=0, keepdim=True)
+    x = x**3
+    return x / x.norm(dim=0, keepdim=True).clamp_min(min_norm)
+
+
+def cos_cubed(q, I, T, *, min_norm):
+    """cos-cubed: centre q_k and P[:, m] over images, cube elementwise, then cosine.
+
+        u = (q_k - mean q_k)^3 / max(‖·‖, min_norm),  v = (P[:, m] - mean P[:, m])^3 / max(‖·‖, min_norm)
+        sim_k(m) = u · v
+    """
+    P = (I @ T.T).to(torch.float64)
+    return _centre_cube(q.to(torch.float64), min_norm).T @ _centre_cube(P, min_norm)
+
+
+def rank_reorder_baseline(sorted_vals: torch.Tensor, p: float, n_perm: int, seed: int) -> torch.Tensor:
+    """Per-neuron random-permutation baseline, deterministic in ``seed``.
+
+    ``sorted_vals`` [n, C] holds each neuron's top-n activations, highest first.
+    baseline_k = mean over r and j of |s_r - s_{π_j(r)}|^p, with s the ascending values
+    and π_1..π_{n_perm} permutations drawn, neuron after neuron in unit order, from one
+    torch.Generator seeded with ``seed`` (so the result does not depend on chunking).
+    """
+    n, C = sorted_vals.shape
+    g = torch.Generator().manual_seed(int(seed))
+    asc = torch.flip(sorted_vals, dims=[0]).to(torch.float64)
+    perms = torch.stack([torch.stack([torch.randperm(n, generator=g) for _ in range(n_perm)]) for _ in range(C)])
+    perms = perms.to(asc.device)                                    # [C, n_perm, n]
+    out = torch.empty(C, dtype=torch.float64, device=asc.device)
+    for k in range(C):
+        diff = asc[:, k].unsqueeze(0) - asc[:, k][perms[k]]         # [n_perm, n]
+        out[k] = diff.abs().pow(p).mean()
+    return out
+
+
+def rank_reorder(q, I, T, *, p, top_fraction, scale_p, n_perm, seed, idx=None, baseline=None):
+    """Rank reorder (paper App. A.1), negated so that higher is better.
+
+    For neuron k with top-n images (n = ⌊N · top_fraction⌋) t_0 ≥ … ≥ t_{n-1} and ascending
+    values s = flip(t): for concept m let c_j = P[i_j, m] over those images and ρ_j the
+    ascending rank of c_j among them (stable). Then
+        err_k(m) = mean_j |t_j - s_{ρ_j}|^p / baseline_k / max(mean_j c_j, 1e-6)^scale_p
+        sim_k(m) = -err_k(m)
+    The reference code divides by mean(c)^0.5 and yields NaN when that mean is negative;
+    we clamp the mean at 1e-6 instead (real CLIP cosines are positive).
+    """
+    N, C = q.shape
+    n = max(2, int(N * top_fraction))
+    if idx is None:
+        idx = top_images(q, n)
+    t = torch.gather(q, 0, idx).to(torch.float64)                   # [n, C] descending
+    if baseline is None:
+        baseline = rank_reorder_baseline(t, p, n_perm, seed)
+    s = torch.flip(t, dims=[0])
+    Mc = T.shape[0]
+    out = torch.empty((C, Mc), dtype=torch.float64, device=q.device)
+    for k in range(C):
+        c = (I[idx[:, k]] @ T.T).to(torch.float64)                  # [n, Mc]
+        ranks = torch.argsort(torch.argsort(c, dim=0, stable=True), dim=0, stable=True)
+        reorg = s[:, k][ranks]                                      # [n, Mc]
+        err = (t[:, k : k + 1] - reorg).abs().pow(p).mean(dim=0)
+        out[k] = -(err / baseline[k] / c.mean(dim=0).clamp_min(1e-6).pow(scale_p))
+    return out
+
+
+KERNELS: dict[str, Callable[..., torch.Tensor]] = {
+    "softwpmi": softwpmi,
+    "wpmi": wpmi,
+    "rank-reorder": rank_reorder,
+    "cos": cos,
+    "cos-cubed": cos_cubed,
+}
+
+
+# ---------------------------------------------------------------------------
+# Driver: stream over concept blocks, keep each neuron's top-K.
+# ---------------------------------------------------------------------------
+
+@dataclass
+class LayerScores:
+    """Each neuron's best concepts: ``indices`` [C, K] into the concept list, ``values`` [C, K] float64."""
+
+    indices: torch.Tensor
+    values: torch.Tensor
+
+
+def _kernel_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    return dict(params)
+
+
+def score_layer(
+    name: str,
+    q: torch.Tensor,
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    params: dict[str, Any],
+    top: int = 5,
+    chunk: int = 4096,
+    progress: Callable[[int], None] | None = None,
+    full: bool = False,
+) -> LayerScores | torch.Tensor:
+    """Score every neuron of one layer against every concept, block by block.
+
+    ``q`` [N, C] activations, ``image_emb`` [N, d], ``text_emb`` [M, d]. Returns the top
+    ``top`` concepts per neuron (or, with ``full=True``, the whole [C, M] float64 matrix,
+    for tests and small problems). ``progress`` is called with the number of concepts done.
+    """
+    if name not in KERNELS:
+        resolve_params(name)  # raises the user-facing error
+    N, C = q.shape
+    M = text_emb.shape[0]
+    kernel = KERNELS[name]
+    kw = _kernel_params(name, params)
+    q = q.to(image_emb.device, torch.float32)
+
+    # Work shared by all concept blocks.
+    if name in ("softwpmi", "wpmi"):
+        idx = top_images(q, int(params["top_k"]))
+        rows = torch.unique(idx)
+        log_z = torch.zeros(N, dtype=torch.float64, device=q.device)
+        log_z[rows] = log_softmax_denominator(image_emb[rows], text_emb, float(params["a"]), chunk)
+        kw.update(idx=idx, log_z=log_z)
+    elif name == "rank-reorder":
+        n = examples_needed(name, params, N)
+        idx = top_images(q, n)
+        t = torch.gather(q, 0, idx).to(torch.float64)
+        kw.update(idx=idx, baseline=rank_reorder_baseline(t, params["p"], int(params["n_perm"]), int(params["seed"])))
+
+    k = min(top, M)
+    best_v = torch.full((C, 0), -math.inf, dtype=torch.float64, device=q.device)
+    best_i = torch.zeros((C, 0), dtype=torch.long, device=q.device)
+    blocks = []
+    for s in range(0, M, chunk):
+        sim = kernel(q, image_emb, text_emb[s : s + chunk], **kw)
+        if full:
+            blocks.append(sim)
+        else:
+            cand_v = torch.cat([best_v, sim], dim=1)
+            cand_i = torch.cat([best_i, torch.arange(s, s + sim.shape[1], device=q.device).expand(C, -1)], dim=1)
+            order = _topk_stable(cand_v, cand_i, k)
+            best_v = torch.gather(cand_v, 1, order)
+            best_i = torch.gather(cand_i, 1, order)
+        if progress is not None:
+            progress(sim.shape[1])
+    if full:
+        return torch.cat(blocks, dim=1)
+    return LayerScores(indices=best_i, values=best_v)
+
+
+def _topk_stable(values: torch.Tensor, indices: torch.Tensor, k: int) -> torch.Tensor:
+    """Positions of the k best per row; ties go to the lower concept index."""
+    # Sort by index first, then stably by value: equal values keep index order.
+    by_index = torch.argsort(indices, dim=1, stable=True)
+    v = torch.gather(values, 1, by_index)
+    v = torch.nan_to_num(v, nan=-math.inf)
+    order = torch.argsort(v, dim=1, descending=True, stable=True)[:, :k]
+    return torch.gather(by_index, 1, order)

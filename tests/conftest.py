@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny open_clip model with random weights, generated probe images.
+
+Nothing here downloads anything: the CLIP model is an open_clip config of our own
+with seeded random weights, target models are timm ``test_*`` models and
+torchvision models with ``weights=None``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY_CLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Caches and downloads go to a temporary folder, never to the user's home."""
+    monkeypatch.setenv("DISSECT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("DISSECT_DATA", str(tmp_path_factory.getbasetemp() / "data"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    """``config.json:checkpoint.pt`` spec of a tiny random-weight CLIP."""
+    import open_clip
+    import torch
+
+    d = tmp_path_factory.mktemp("tiny_clip")
+    cfg = d / "tiny-clip.json"
+    cfg.write_text(json.dumps(TINY_CLIP_CFG))
+    torch.manual_seed(0)
+    open_clip.add_model_config(cfg)
+    model = open_clip.create_model("tiny-clip")
+    ckpt = d / "tiny-clip.pt"
+    torch.save(model.state_dict(), ckpt)
+    return f"{cfg}:{ckpt}"
+
+
+def make_images(folder: Path, n: int, seed: int = 0, size: int = 40) -> Path:
+    """n coloured-rectangle PNG/JPEG images in nested folders, deterministic in ``seed``."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        sub = folder / f"class{i % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        img = Image.new("RGB", (size, size + 8 * (i % 2)), tuple(int(c) for c in rng.integers(0, 255, 3)))
+        draw = ImageDraw.Draw(img)
+        x0, y0 = rng.integers(0, size // 2, 2)
+        draw.rectangle([int(x0), int(y0), int(x0) + size // 2, int(y0) + size // 2], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        ext = "jpg" if i % 5 == 0 else "png"
+        if i % 7 == 3:
+            img = img.convert("L")  # greyscale input must be handled
+        img.save(sub / f"img{i:03d}.{ext}")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def probe_dir(tmp_path_factory) -> Path:
+    return make_images(tmp_path_factory.mktemp("probe"), 36)
