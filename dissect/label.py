@@ -53,10 +53,12 @@ def label(
     chunk: int = 4096,
     cache: str | os.PathLike | None = None,
     batch_size: int = 256,
+    extra_metadata: dict[str, Any] | None = None,
 ):
     """Label the neurons of ``layers`` (default: all in the file); returns a pyarrow Table.
 
-    Writes ``out`` (Parquet; '-' for standard output) unless it is None.
+    Writes ``out`` (Parquet; '-' for standard output) unless it is None; ``extra_metadata``
+    is merged into the schema metadata.
     """
     import pyarrow as pa
     import torch
@@ -133,6 +135,7 @@ def label(
         },
         "probe": {"n_images": N, "ids_fingerprint": img.keys_fingerprint},
         "provenance": A.provenance(stage="label"),
+        **(extra_metadata or {}),
     }
     table = pa.Table.from_pydict({c: rows[c] for c in A.LABEL_COLUMNS}, schema=A.labels_schema())
     if out is not None:

@@ -1,0 +1,63 @@
+"""dissect run."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import options as O
+from .app import command
+
+
+@command("run")
+def run(
+    probe: O.Probe,
+    clip: O.Clip,
+    model: O.Model,
+    layers: O.Layers,
+    concepts: Annotated[str, typer.Option("--concepts", "-c", help="Concept set: a .txt file or a shipped set (20k, 10k, 3k, imagenet, cifar100).")] = "20k",
+    out: Annotated[str, typer.Option("-o", "--out", help="Run folder (created; artifacts already there are reused when their inputs match).")] = "runs/dissect",
+    sim: O.Sim = "softwpmi",
+    param: O.Param = None,
+    weights: O.Weights = None,
+    model_arg: O.ModelArg = None,
+    summary: O.Summary = "mean",
+    layout: O.Layout = "auto",
+    input_size: O.InputSize = None,
+    crop_pct: O.CropPct = None,
+    mean: O.Mean = None,
+    std: O.Std = None,
+    interpolation: O.Interpolation = None,
+    top: O.Top = 5,
+    seed: O.Seed = None,
+    chunk: O.Chunk = 4096,
+    device: O.Device = "auto",
+    batch_size: O.BatchSize = 64,
+    workers: O.Workers = None,
+):
+    """The whole pipeline into one run folder: embed-images, embed-text, record, label."""
+    from dissect.models import parse_model_args
+    from dissect.pipeline import run as run_pipeline
+
+    run_pipeline(
+        probe,
+        clip,
+        model,
+        O.split_list(layers),
+        concepts,
+        out,
+        sim=sim,
+        params=O.parse_params(param),
+        weights=weights,
+        model_args=parse_model_args(model_arg),
+        summary=summary,
+        layout=layout,
+        overrides=O.overrides(input_size, crop_pct, mean, std, interpolation),
+        top=top,
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        chunk=chunk,
+    )

@@ -1,0 +1,171 @@
+"""``dissect run``: the whole pipeline into one run folder, reusing what is already there.
+
+    RUN/images.h5        CLIP image embeddings of the probe
+    RUN/text.h5          CLIP text embeddings of the concept set
+    RUN/activations.h5   target activations (layers are added, never recomputed)
+    RUN/labels.parquet   the labels
+    RUN/run.json         what was asked, which artifacts were reused, timings
+
+Each artifact is reused when its recorded fingerprint equals the fingerprint of
+the inputs asked for now (model, weights, preprocessing, probe, concepts,
+parameters, format version), and recomputed otherwise, with a message saying
+which and why. Nothing stale is reused silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from . import artifacts as A
+from .clip import clip_fingerprint, parse_clip_spec
+from .concepts import load_concepts
+from .embed import embed_images, embed_text, image_embeddings_fingerprint, text_embeddings_fingerprint
+from .errors import MismatchError, UsageError
+from .fingerprint import fingerprint
+from .label import label
+from .models import PreprocessOverrides, load_target
+from .probe import open_probe
+from .record import activations_inputs_fingerprint, record
+from .runtime import info, resolve_device
+from .similarity import resolve_params
+
+
+def _reusable(path: Path, kind: str, expected: str) -> tuple[bool, str]:
+    attrs = A.peek_attrs(path, kind)
+    if attrs is None:
+        return False, "missing" if not path.exists() else "unreadable"
+    if attrs.get("fingerprint") != expected:
+        return False, "made from other inputs"
+    return True, "up to date"
+
+
+def run(
+    probe: list[str],
+    clip: str,
+    model: str,
+    layers: list[str],
+    concepts: str,
+    out: str | os.PathLike,
+    sim: str = "softwpmi",
+    params: dict[str, Any] | None = None,
+    weights: str | None = None,
+    model_args: dict[str, Any] | None = None,
+    summary: str = "mean",
+    layout: str = "auto",
+    overrides: PreprocessOverrides | None = None,
+    top: int = 5,
+    seed: int | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    text_batch_size: int = 256,
+    workers: int | None = None,
+    chunk: int = 4096,
+) -> Path:
+    """Run embed-images, embed-text, record and label into the folder ``out``."""
+    run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"{run_dir} exists and is not a folder", hint="give a run folder with -o")
+    if not run_dir.parent.is_dir():
+        raise UsageError(f"folder {run_dir.parent} does not exist", hint=f"create it first (mkdir -p {run_dir.parent})")
+    run_dir.mkdir(exist_ok=True)
+    dev = resolve_device(device)
+    resolved = resolve_params(sim, params)  # validate before any expensive work
+    probe_set = open_probe(probe)
+    concept_set = load_concepts(concepts)
+    clip_spec = parse_clip_spec(clip)
+    clip_fp = clip_fingerprint(clip_spec)
+    steps: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    loaded_clip = None
+
+    def get_clip():
+        nonlocal loaded_clip
+        if loaded_clip is None:
+            from .clip import load_clip
+
+            loaded_clip = load_clip(clip_spec, dev)
+        return loaded_clip
+
+    images_path = run_dir / "images.h5"
+    ok, why = _reusable(images_path, A.IMAGE_FORMAT, image_embeddings_fingerprint(clip_fp, probe_set.fingerprint))
+    if ok:
+        info(f"reusing {images_path} ({why})")
+    else:
+        info(f"computing {images_path} ({why})")
+        embed_images(probe_set, get_clip(), images_path, batch_size=batch_size, workers=workers)
+    steps["images"] = {"path": images_path.name, "reused": ok}
+
+    text_path = run_dir / "text.h5"
+    ok, why = _reusable(text_path, A.TEXT_FORMAT, text_embeddings_fingerprint(clip_fp, concept_set.fingerprint))
+    if ok:
+        info(f"reusing {text_path} ({why})")
+    else:
+        info(f"computing {text_path} ({why})")
+        embed_text(concept_set, get_clip(), text_path, batch_size=text_batch_size)
+    steps["text"] = {"path": text_path.name, "reused": ok}
+    loaded_clip = None  # free CLIP before the target model runs
+
+    acts_path = run_dir / "activations.h5"
+    target = load_target(model, weights, model_args, overrides, dev)
+    inputs_fp = activations_inputs_fingerprint(target, probe_set.fingerprint)
+    attrs = A.peek_attrs(acts_path, A.ACTIVATIONS_FORMAT)
+    if attrs is not None and attrs.get("inputs_fingerprint") != inputs_fp:
+        info(f"recomputing {acts_path} (made from another model, weights, preprocessing or probe)")
+        acts_path.unlink()
+        attrs = None
+    have = set(attrs.get("_layers", [])) if attrs else set()
+    try:
+        record(probe_set, target, layers, acts_path, summary=summary, layout=layout, device=str(dev),
+               batch_size=batch_size, workers=workers)
+    except MismatchError:
+        # Same inputs but layers recorded with another summary: start this file over.
+        info(f"recomputing {acts_path} (recorded with another --summary or --layout)")
+        acts_path.unlink()
+        have = set()
+        record(probe_set, target, layers, acts_path, summary=summary, layout=layout, device=str(dev),
+               batch_size=batch_size, workers=workers)
+    steps["activations"] = {"path": acts_path.name, "reused_layers": sorted(have & set(layers))}
+    del target
+
+    labels_path = run_dir / "labels.parquet"
+    images_fp = A.peek_attrs(images_path, A.IMAGE_FORMAT)["fingerprint"]
+    text_fp = A.peek_attrs(text_path, A.TEXT_FORMAT)["fingerprint"]
+    labels_fp = fingerprint([A.LABELS_FORMAT, A.FORMAT_VERSION, images_fp, text_fp, inputs_fp, sorted(layers), summary,
+                             layout, sim, resolved, seed, top])
+    reuse_labels = False
+    if labels_path.exists():
+        try:
+            reuse_labels = A.read_labels_metadata(labels_path).get("run_fingerprint") == labels_fp
+        except Exception:
+            reuse_labels = False
+    if reuse_labels:
+        info(f"reusing {labels_path} (up to date)")
+    else:
+        label(images_path, acts_path, labels_path, text=text_path, sim=sim, params=params, layers=layers, top=top,
+              seed=seed, device=str(dev), chunk=chunk, extra_metadata={"run_fingerprint": labels_fp})
+    steps["labels"] = {"path": labels_path.name, "reused": reuse_labels}
+
+    manifest = {
+        "probe": probe_set.describe(),
+        "clip": str(clip_spec),
+        "model": model,
+        "weights": weights,
+        "model_args": model_args or {},
+        "layers": layers,
+        "summary": summary,
+        "concepts": {"name": concept_set.name, "source": concept_set.source, "n": len(concept_set.concepts)},
+        "similarity": sim,
+        "params": resolved,
+        "steps": steps,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "provenance": json.loads(A.provenance(stage="run")),
+    }
+    with A.atomic_path(run_dir / "run.json") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    info(f"done in {manifest['seconds']:.1f}s: {labels_path}")
+    return labels_path
+
