@@ -317,27 +317,33 @@ def load_target(
     """Build the target network in eval mode with its resolved preprocessing."""
     args = dict(model_args or {})
     overrides = (overrides or PreprocessOverrides()).validate()
-    if spec.startswith("timm:"):
-        module, pre, w = _timm(spec[5:], weights, args)
-        transform = None
-    elif spec.startswith("torchvision:"):
-        module, pre, w = _torchvision(spec[len("torchvision:"):], weights, args)
-        transform = None
-    elif ".py:" in spec:
-        module, transform, w = _python_file(spec, weights, args)
-        pre = None
-        if transform is None:
-            if not (overrides.input_size and overrides.mean and overrides.std):
-                raise UsageError(
-                    f"{spec} returned no transform",
-                    hint="return (model, transform) or give --input-size, --mean and --std",
-                )
-            pre = Preprocess(overrides.input_size, overrides.input_size, tuple(overrides.mean), tuple(overrides.std))
-    else:
-        raise UsageError(
-            f"cannot parse --model {spec!r}",
-            hint="use timm:NAME, torchvision:NAME or path/to/file.py:function (see `dissect layers --help`)",
-        )
+    import torch
+
+    # Random initialisation (--weights none, or a python file building its own model) is
+    # seeded, so that equal fingerprints always mean equal weights.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if spec.startswith("timm:"):
+            module, pre, w = _timm(spec[5:], weights, args)
+            transform = None
+        elif spec.startswith("torchvision:"):
+            module, pre, w = _torchvision(spec[len("torchvision:"):], weights, args)
+            transform = None
+        elif ".py:" in spec:
+            module, transform, w = _python_file(spec, weights, args)
+            pre = None
+            if transform is None:
+                if not (overrides.input_size and overrides.mean and overrides.std):
+                    raise UsageError(
+                        f"{spec} returned no transform",
+                        hint="return (model, transform) or give --input-size, --mean and --std",
+                    )
+                pre = Preprocess(overrides.input_size, overrides.input_size, tuple(overrides.mean), tuple(overrides.std))
+        else:
+            raise UsageError(
+                f"cannot parse --model {spec!r}",
+                hint="use timm:NAME, torchvision:NAME or path/to/file.py:function (see `dissect layers --help`)",
+            )
     if pre is not None:
         pre = apply_overrides(pre, overrides)
         transform = pre.transform()

@@ -23,7 +23,7 @@ def set_quiet(quiet: bool) -> None:
 def console():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def info(message: str) -> None:

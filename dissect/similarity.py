@@ -203,7 +203,8 @@ def rank_reorder_baseline(sorted_vals: torch.Tensor, p: float, n_perm: int, seed
     ``sorted_vals`` [n, C] holds each neuron's top-n activations, highest first.
     baseline_k = mean over r and j of |s_r - s_{π_j(r)}|^p, with s the ascending values
     and π_1..π_{n_perm} permutations drawn, neuron after neuron in unit order, from one
-    torch.Generator seeded with ``seed`` (so the result does not depend on chunking).
+    torch.Generator seeded with ``seed`` (so the result does not depend on chunking),
+    floored at 1e-30 so that a neuron with constant top activations scores 0, not NaN.
     """
     n, C = sorted_vals.shape
     g = torch.Generator().manual_seed(int(seed))
@@ -214,7 +215,10 @@ def rank_reorder_baseline(sorted_vals: torch.Tensor, p: float, n_perm: int, seed
     for k in range(C):
         diff = asc[:, k].unsqueeze(0) - asc[:, k][perms[k]]         # [n_perm, n]
         out[k] = diff.abs().pow(p).mean()
-    return out
+    # Zero only when the top activations are all equal (or n is tiny and every draw was the
+    # identity). The baseline scales a neuron's scores, never reorders them; a floor keeps
+    # the scores finite instead of 0/0.
+    return out.clamp_min(1e-30)
 
 
 def rank_reorder(q, I, T, *, p, top_fraction, scale_p, n_perm, seed, idx=None, baseline=None):
