@@ -348,7 +348,7 @@ def write_activations(
             f.attrs["ids_fingerprint"] = fingerprint_strings(ids)
             for k, v in attrs.items():
                 f.attrs[k] = _attr(v)
-            group = f.create_group("layers")
+            group = f.create_group("layers", track_order=True)  # layers keep the order they were asked for
             if keep_from is not None:
                 with h5py.File(keep_from, "r") as old:
                     for name in old["layers"]:
@@ -388,10 +388,8 @@ def read_activations(path: str | os.PathLike, layers: list[str] | None = None) -
 
 
 def _layer_names(group) -> list[str]:
-    """Dataset paths under ``layers`` (names with '/' would be nested groups; we never write those)."""
-    names: list[str] = []
-    group.visititems(lambda n, obj: names.append(n) if hasattr(obj, "dtype") else None)
-    return names
+    """Layer datasets under ``layers``, in the order they were written."""
+    return [n for n in group if hasattr(group[n], "dtype")]
 
 
 # ---------------------------------------------------------------------------

@@ -108,6 +108,7 @@ def record(
                     data[name][idx.numpy()] = val.float().cpu().numpy()
                 advance(len(idx))
         infos: dict[str, LayerInfo] = rec.info
+    data = {name: data[name] for name in todo}  # the order asked for, not execution order
     for name, arr in data.items():
         if not np.isfinite(arr).all():
             units = np.unique(np.nonzero(~np.isfinite(arr))[1])[:10].tolist()

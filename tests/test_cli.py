@@ -510,3 +510,97 @@ def test_console_script_runs_from_any_directory(tmp_path):
     assert out.returncode == 0 and out.stdout.startswith("dissect ")
     out = subprocess.run([str(exe), "embed-text", "nope.txt", "--clip", "x", "-o", "t.h5"], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode != 0 and "Traceback" not in out.stderr and out.stderr.startswith("error:")
+
+
+def test_layers_keep_the_order_they_were_asked_for(tmp_path, probe_dir):
+    out = tmp_path / "a.h5"
+    invoke("record", probe_dir, *TIMM, "--layers", "fc,layer1", "-o", out)
+    invoke("record", probe_dir, *TIMM, "--layers", "layer3", "-o", out)
+    with h5py.File(out) as f:
+        assert list(f["layers"]) == ["fc", "layer1", "layer3"]
+
+
+def test_forward_pass_stops_after_the_last_requested_layer(probe_dir):
+    import torch
+
+    from dissect.hooks import Recorder
+    from dissect.models import load_target
+
+    target = load_target("timm:test_resnet", "none")
+    calls = []
+    handle = target.module.layer4.register_forward_hook(lambda *a: calls.append("layer4"))
+    x = torch.zeros(2, 3, 64, 64)
+    with Recorder(target.module, ["layer2", "layer1"]) as rec:
+        out = rec.run(x)
+    assert set(out) == {"layer1", "layer2"} and calls == []
+    with Recorder(target.module, ["layer4"]) as rec:
+        rec.run(x)
+    assert calls == ["layer4"]
+    handle.remove()
+    assert not target.module.layer1._forward_hooks  # our hooks are gone
+
+
+def test_hooks_are_removed_when_a_layer_name_is_wrong():
+    from dissect.errors import UsageError
+    from dissect.hooks import resolve_layers
+    from dissect.models import load_target
+
+    target = load_target("timm:test_resnet", "none")
+    with pytest.raises(UsageError, match="layer4"):
+        resolve_layers(target.module, ["layer1", "layer9"], "timm:test_resnet")
+    assert all(not m._forward_hooks for m in target.module.modules())
+
+
+def test_wheel_installs_cli_inside_the_package(tmp_path):
+    """`pip install .` ships dissect.cli and the concept sets, and no top-level `cli` module."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
+                   check=True, capture_output=True)
+    wheel = next(tmp_path.glob("*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "dissect/cli/main.py" in names and "dissect/concept_sets/20k.txt" in names
+    assert not any(n.startswith(("cli/", "concept_sets/", "tests/")) for n in names)
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "dissect = dissect.cli.main:main" in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+def test_probe_list_file_and_several_probes_are_concatenated(tmp_path, tiny_clip, probe_dir):
+    second = make_images(tmp_path / "second", 4, seed=7)
+    lst = tmp_path / "list.txt"
+    files = sorted(p.relative_to(tmp_path) for p in second.rglob("*.*"))
+    lst.write_text("# my probe\n" + "\n".join(str(f) for f in files[::-1]) + "\n")
+    invoke("embed-images", lst, "--clip", tiny_clip, "-o", tmp_path / "l.h5")
+    with h5py.File(tmp_path / "l.h5") as f:
+        assert [s.decode() for s in f["ids"][:]] == [str(x) for x in files[::-1]]  # list order kept
+    invoke("embed-images", probe_dir, second, "--clip", tiny_clip, "-o", tmp_path / "both.h5")
+    with h5py.File(tmp_path / "both.h5") as f:
+        ids = [s.decode() for s in f["ids"][:]]
+    assert len(ids) == 40 and ids[0].startswith(probe_dir.name + "/") and ids[-1].startswith("second/")
+
+
+def test_clip_from_a_local_open_clip_folder(tmp_path, tiny_clip, probe_dir):
+    import shutil
+
+    from conftest import TINY_CLIP_CFG
+
+    cfg_path, ckpt = tiny_clip.split(".json:")
+    folder = tmp_path / "myclip"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP_CFG, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
+    shutil.copy(ckpt, folder / "open_clip_pytorch_model.bin")
+    invoke("embed-images", probe_dir, "--clip", f"local-dir:{folder}", "-o", tmp_path / "a.h5")
+    with h5py.File(tmp_path / "a.h5") as f:
+        assert f["embeddings"].shape == (36, 32)
+        assert json.loads(f.attrs["clip_preprocess"])["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_offline_pretrained_weights_say_what_to_fetch(tmp_path, probe_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = invoke("record", probe_dir, "--model", "timm:resnet18", "--layers", "fc", "-o", tmp_path / "a.h5", ok=False)
+    assert_one_line_error(r, "cannot download", "--weights")
+    r = invoke("embed-images", probe_dir, "--clip", "RN50:openai", "-o", tmp_path / "i.h5", ok=False)
+    assert_one_line_error(r, "RN50", "--clip RN50:/path/to/weights")
