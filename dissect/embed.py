@@ -48,7 +48,7 @@ def embed_images(
         clip = load_clip(clip, resolve_device(device))
     workers = default_workers(len(probe)) if workers is None else workers
     emb = np.zeros((len(probe), _embed_dim(clip)), dtype=np.float32)
-    with progress(f"CLIP {clip.spec} images", len(probe), "images") as advance:
+    with progress("embed images", len(probe), "images") as advance:
         for idx, batch in iterate_batches(probe, clip.preprocess, batch_size, workers):
             emb[idx.numpy()] = encode_images(clip, batch).numpy()
             advance(len(idx))
@@ -78,7 +78,7 @@ def compute_text_embeddings(clip: Clip, concepts: ConceptSet, batch_size: int = 
     check_batch_size(batch_size)
     out = np.zeros((len(concepts.concepts), _embed_dim(clip)), dtype=np.float32)
     too_long: list[str] = []
-    with progress(f"CLIP {clip.spec} text", len(concepts.concepts), "concepts") as advance:
+    with progress("embed text", len(concepts.concepts), "concepts") as advance:
         for s in range(0, len(concepts.concepts), batch_size):
             chunk = concepts.concepts[s : s + batch_size]
             # open_clip truncates silently; a full last position means the text did not fit.

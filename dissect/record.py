@@ -99,7 +99,7 @@ def record(
     workers = default_workers(len(probe)) if workers is None else workers
     data: dict[str, np.ndarray] = {}
     with Recorder(target.module, todo, summary=summary, layout=layout) as rec:
-        with progress(f"{target.spec} {','.join(todo)}", len(probe), "images") as advance:
+        with progress(f"record {len(todo)} layer(s)", len(probe), "images") as advance:
             for idx, batch in iterate_batches(probe, target.transform, batch_size, workers):
                 outputs = rec.run(batch.to(dev))
                 for name, val in outputs.items():

@@ -47,7 +47,7 @@ def progress(description: str, total: int, unit: str = "items") -> Iterator[Call
 
     bar = Progress(
         TextColumn("{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=30),
         MofNCompleteColumn(),
         TextColumn(unit),
         TimeElapsedColumn(),
