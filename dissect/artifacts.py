@@ -155,7 +155,7 @@ def _open(path: str | os.PathLike, expected: str):
     fmt = attrs.get("format")
     if fmt != expected:
         f.close()
-        found = f"format {fmt!r}" if fmt else "no 'format' attribute"
+        found = f"format {fmt!r}" if fmt is not None else "no 'format' attribute"
         hint = f"use the file written by `{_MAKER[expected]}`"
         if fmt in _MAKER:
             hint += f" (this one was written by `{_MAKER[fmt]}`)"

@@ -61,8 +61,32 @@ def resolve_params(name: str, overrides: dict[str, str | float | int] | None = N
             raise UsageError(f"top_fraction must be in (0, 1], got {value}")
         if key == "n_perm" and value < 1:
             raise UsageError(f"n_perm must be at least 1, got {value}")
+        if not math.isfinite(value):
+            raise UsageError(f"parameter {key} must be finite, got {value}")
         params[key] = value
+    _check_ranges(name, params)
     return params
+
+
+def _check_ranges(name: str, params: dict[str, Any]) -> None:
+    """Reject values that would make scores NaN or meaningless."""
+    rules = {
+        "a": (lambda v: v > 0, "must be positive"),
+        "lam": (lambda v: v >= 0, "must be non-negative"),
+        "min_prob": (lambda v: v >= 0, "must be non-negative"),
+        "min_norm": (lambda v: v > 0, "must be positive"),
+        "p": (lambda v: v > 0, "must be positive"),
+        "scale_p": (lambda v: v >= 0, "must be non-negative"),
+        "seed": (lambda v: v >= 0, "must be non-negative"),
+    }
+    for key, (ok, what) in rules.items():
+        if key in params and not ok(params[key]):
+            raise UsageError(f"{name} parameter {key} {what}, got {params[key]}")
+    if name == "softwpmi" and not 0 < params["p_end"] <= params["p_start"] <= 1:
+        raise UsageError(
+            f"softwpmi needs 0 < p_end <= p_start <= 1, got p_start={params['p_start']}, p_end={params['p_end']}",
+            hint="they are the probabilities that the top images belong to the neuron's example set",
+        )
 
 
 def examples_needed(name: str, params: dict[str, Any], n_images: int) -> int:
@@ -93,11 +117,21 @@ def softwpmi_weights(k: int, p_start: float, p_end: float, dtype=torch.float64, 
     return p_start - r / k * (p_start - p_end)
 
 
+def cosines(I: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    """P = I · Tᵀ in float64.
+
+    Products are taken in float64 so that a concept's scores do not depend on which
+    block of concepts it was computed in: float32 GEMM rounds differently for
+    different block shapes, which would make labels depend on --chunk.
+    """
+    return I.to(torch.float64) @ T.to(torch.float64).T
+
+
 def log_softmax_denominator(I: torch.Tensor, T: torch.Tensor, a: float, chunk: int) -> torch.Tensor:
     """logsumexp_m(a · P[i, m]) for each row of ``I``, streamed over blocks of T (float64)."""
     out = torch.full((I.shape[0],), -math.inf, dtype=torch.float64, device=I.device)
     for s in range(0, T.shape[0], chunk):
-        logits = (a * (I @ T[s : s + chunk].T)).to(torch.float64)
+        logits = a * cosines(I, T[s : s + chunk])
         out = torch.logaddexp(out, torch.logsumexp(logits, dim=1))
     return out
 
@@ -153,7 +187,7 @@ def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, log_z=None, id
         log_z_rows = log_softmax_denominator(I[rows], T, a, chunk)
     else:
         log_z_rows = log_z[rows]
-    log_p = (a * (I[rows] @ T.T)).to(torch.float64) - log_z_rows[:, None]
+    log_p = a * cosines(I[rows], T) - log_z_rows[:, None]
     w = softwpmi_weights(top_k, p_start, p_end, device=log_p.device)
     return population_correction(pmi_scores(log_p, inverse, w, min_prob), lam)
 
@@ -168,13 +202,13 @@ def wpmi(q, I, T, *, a, lam, top_k, min_prob, log_z=None, idx=None, chunk=4096):
         idx = top_images(q, top_k)
     rows, inverse = torch.unique(idx, return_inverse=True)
     log_z_rows = log_softmax_denominator(I[rows], T, a, chunk) if log_z is None else log_z[rows]
-    log_p = (a * (I[rows] @ T.T)).to(torch.float64) - log_z_rows[:, None]
+    log_p = a * cosines(I[rows], T) - log_z_rows[:, None]
     return population_correction(pmi_scores(log_p, inverse, None, min_prob), lam)
 
 
 def cos(q, I, T):
     """cos: sim_k(m) = q_k · P[:, m] / (‖q_k‖ ‖P[:, m]‖), over all N images (no centring)."""
-    P = (I @ T.T).to(torch.float64)
+    P = cosines(I, T)
     qn = q.to(torch.float64)
     qn = qn / qn.norm(dim=0, keepdim=True).clamp_min(1e-12)
     P = P / P.norm(dim=0, keepdim=True).clamp_min(1e-12)
@@ -193,7 +227,7 @@ def cos_cubed(q, I, T, *, min_norm):
         u = (q_k - mean q_k)^3 / max(‖·‖, min_norm),  v = (P[:, m] - mean P[:, m])^3 / max(‖·‖, min_norm)
         sim_k(m) = u · v
     """
-    P = (I @ T.T).to(torch.float64)
+    P = cosines(I, T)
     return _centre_cube(q.to(torch.float64), min_norm).T @ _centre_cube(P, min_norm)
 
 
@@ -243,7 +277,7 @@ def rank_reorder(q, I, T, *, p, top_fraction, scale_p, n_perm, seed, idx=None, b
     Mc = T.shape[0]
     out = torch.empty((C, Mc), dtype=torch.float64, device=q.device)
     for k in range(C):
-        c = (I[idx[:, k]] @ T.T).to(torch.float64)                  # [n, Mc]
+        c = cosines(I[idx[:, k]], T)                                # [n, Mc]
         ranks = torch.argsort(torch.argsort(c, dim=0, stable=True), dim=0, stable=True)
         reorg = s[:, k][ranks]                                      # [n, Mc]
         err = (t[:, k : k + 1] - reorg).abs().pow(p).mean(dim=0)
@@ -300,6 +334,8 @@ def score_layer(
     kernel = KERNELS[name]
     kw = _kernel_params(name, params)
     q = q.to(image_emb.device, torch.float32)
+    # Cast once: every kernel takes its products in float64 (see ``cosines``).
+    image_emb, text_emb = image_emb.to(torch.float64), text_emb.to(torch.float64)
 
     # Work shared by all concept blocks.
     if name in ("softwpmi", "wpmi"):
