@@ -38,10 +38,9 @@ def _main(
 ):
     from dissect.runtime import set_quiet
 
-    if debug:
-        _state["debug"] = True
-    if quiet:
-        set_quiet(True)
+    # Set on every invocation: several commands can run in one process (tests, notebooks).
+    _state["debug"] = debug or bool(os.environ.get("DISSECT_DEBUG"))
+    set_quiet(quiet or bool(os.environ.get("DISSECT_QUIET")))
 
 
 def _err(message: str) -> None:
