@@ -166,8 +166,12 @@ def load_clip(spec: str | ClipSpec, device) -> Clip:
         name, pretrained = spec.model, None
 
     kwargs: dict[str, Any] = {}
-    if preprocess_cfg:
-        kwargs["force_preprocess_cfg"] = preprocess_cfg
+    # A config's preprocess_cfg (hub format) sets normalisation and resizing; the input
+    # size always comes from the model config itself.
+    for key, arg in (("mean", "image_mean"), ("std", "image_std"), ("interpolation", "image_interpolation"),
+                     ("resize_mode", "image_resize_mode")):
+        if preprocess_cfg and preprocess_cfg.get(key) is not None:
+            kwargs[arg] = tuple(preprocess_cfg[key]) if isinstance(preprocess_cfg[key], list) else preprocess_cfg[key]
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device, **kwargs)
         tokenizer = open_clip.get_tokenizer(tokenizer_name)

@@ -167,7 +167,7 @@ def population_correction(scores: torch.Tensor, lam: float) -> torch.Tensor:
 # Kernels over one block of concepts. Each returns sim [C, Mc] in float64.
 # ---------------------------------------------------------------------------
 
-def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, log_z=None, idx=None, chunk=4096):
+def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, log_z=None, idx=None, chunk=4096, return_score=False):
     """SoftWPMI (paper §3.2, default similarity).
 
         p(t_m | x_i) = softmax_m(a · P[i, :])
@@ -178,7 +178,8 @@ def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, log_z=None, id
 
     ``q`` [N, C], ``I`` [N, d], ``T`` [Mc, d] a block of concepts. ``log_z`` (the softmax
     denominator of every probe image over *all* concepts) must be given when ``T`` is
-    only a block of the concept set; ``idx`` are the precomputed top images.
+    only a block of the concept set; ``idx`` are the precomputed top images. With
+    ``return_score`` the raw score_k(m) comes back too (the tie-breaker of ``score_layer``).
     """
     if idx is None:
         idx = top_images(q, top_k)
@@ -189,10 +190,12 @@ def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, log_z=None, id
         log_z_rows = log_z[rows]
     log_p = a * cosines(I[rows], T) - log_z_rows[:, None]
     w = softwpmi_weights(top_k, p_start, p_end, device=log_p.device)
-    return population_correction(pmi_scores(log_p, inverse, w, min_prob), lam)
+    score = pmi_scores(log_p, inverse, w, min_prob)
+    sim = population_correction(score, lam)
+    return (sim, score) if return_score else sim
 
 
-def wpmi(q, I, T, *, a, lam, top_k, min_prob, log_z=None, idx=None, chunk=4096):
+def wpmi(q, I, T, *, a, lam, top_k, min_prob, log_z=None, idx=None, chunk=4096, return_score=False):
     """WPMI (paper App. A.1): hard membership of the top_k images.
 
         score_k(m) = Σ_{i ∈ top_k(k)} log(p(t_m | x_i) + min_prob),  p = softmax_m(a · P[i, :])
@@ -203,7 +206,9 @@ def wpmi(q, I, T, *, a, lam, top_k, min_prob, log_z=None, idx=None, chunk=4096):
     rows, inverse = torch.unique(idx, return_inverse=True)
     log_z_rows = log_softmax_denominator(I[rows], T, a, chunk) if log_z is None else log_z[rows]
     log_p = a * cosines(I[rows], T) - log_z_rows[:, None]
-    return population_correction(pmi_scores(log_p, inverse, None, min_prob), lam)
+    score = pmi_scores(log_p, inverse, None, min_prob)
+    sim = population_correction(score, lam)
+    return (sim, score) if return_score else sim
 
 
 def cos(q, I, T):
@@ -350,19 +355,26 @@ def score_layer(
         t = torch.gather(q, 0, idx).to(torch.float64)
         kw.update(idx=idx, baseline=rank_reorder_baseline(t, params["p"], int(params["n_perm"]), int(params["seed"])))
 
+    pmi = name in ("softwpmi", "wpmi")
+    if pmi and not full:
+        kw["return_score"] = True
     k = min(top, M)
     best_v = torch.full((C, 0), -math.inf, dtype=torch.float64, device=q.device)
+    best_t = torch.zeros((C, 0), dtype=torch.float64, device=q.device)
     best_i = torch.zeros((C, 0), dtype=torch.long, device=q.device)
     blocks = []
     for s in range(0, M, chunk):
-        sim = kernel(q, image_emb, text_emb[s : s + chunk], **kw)
+        out = kernel(q, image_emb, text_emb[s : s + chunk], **kw)
+        sim, tie = out if (pmi and not full) else (out, torch.zeros_like(out))
         if full:
             blocks.append(sim)
         else:
             cand_v = torch.cat([best_v, sim], dim=1)
+            cand_t = torch.cat([best_t, tie], dim=1)
             cand_i = torch.cat([best_i, torch.arange(s, s + sim.shape[1], device=q.device).expand(C, -1)], dim=1)
-            order = _topk_stable(cand_v, cand_i, k)
+            order = _topk_stable(cand_v, cand_t, cand_i, k, quantize=pmi)
             best_v = torch.gather(cand_v, 1, order)
+            best_t = torch.gather(cand_t, 1, order)
             best_i = torch.gather(cand_i, 1, order)
         if progress is not None:
             progress(sim.shape[1])
@@ -371,11 +383,25 @@ def score_layer(
     return LayerScores(indices=best_i, values=best_v)
 
 
-def _topk_stable(values: torch.Tensor, indices: torch.Tensor, k: int) -> torch.Tensor:
-    """Positions of the k best per row; ties go to the lower concept index."""
-    # Sort by index first, then stably by value: equal values keep index order.
-    by_index = torch.argsort(indices, dim=1, stable=True)
-    v = torch.gather(values, 1, by_index)
-    v = torch.nan_to_num(v, nan=-math.inf)
-    order = torch.argsort(v, dim=1, descending=True, stable=True)[:, :k]
-    return torch.gather(by_index, 1, order)
+#: Similarities closer than this count as tied (far above float64 noise, far below real differences).
+TIE_TOLERANCE = 1e-9
+
+
+def _topk_stable(values: torch.Tensor, tiebreak: torch.Tensor, indices: torch.Tensor, k: int, quantize: bool = True) -> torch.Tensor:
+    """Positions of the k best per row, ranked by (value, tiebreak, -index).
+
+    With ``quantize`` (SoftWPMI, WPMI) values within TIE_TOLERANCE are tied; otherwise
+    only equal values are. SoftWPMI and WPMI tie often in layers with few
+    neurons: every concept that one neuron dominates scores λ·log C, whatever the concept.
+    Such ties go to the concept with the higher raw score_k(m) (the neuron's own
+    log-likelihood of the concept over its top images), then to the lower concept index,
+    so the label never depends on the order of the concept list.
+    """
+    # Stable sorts from the last key to the first.
+    order = torch.argsort(indices, dim=1, stable=True)
+    t = torch.nan_to_num(torch.gather(tiebreak, 1, order), nan=-math.inf)
+    order = torch.gather(order, 1, torch.argsort(t, dim=1, descending=True, stable=True))
+    v = torch.nan_to_num(torch.gather(values, 1, order), nan=-math.inf)
+    bucket = torch.round(v / TIE_TOLERANCE) if quantize else v
+    order = torch.gather(order, 1, torch.argsort(bucket, dim=1, descending=True, stable=True))
+    return order[:, :k]

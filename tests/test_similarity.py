@@ -346,3 +346,32 @@ def test_constant_neuron_scores_are_finite(name):
     q[:, 1] = 0.0  # a dead ReLU unit
     q[:, 2] = 2.5  # a saturated one
     assert torch.isfinite(score_layer(name, q, I, T, resolve_params(name), full=True)).all()
+
+
+def test_saturated_ties_go_to_the_neurons_own_best_concept_whatever_the_concept_order():
+    """With few neurons, every concept one neuron dominates scores exactly λ·log C.
+
+    Among such tied concepts the label must be the one the neuron's top images match
+    best (highest raw score_k(m)), not whichever comes first in the concept list.
+    """
+    import torch
+
+    from dissect.similarity import TIE_TOLERANCE, resolve_params, score_layer, softwpmi, top_images
+
+    g = torch.Generator().manual_seed(3)
+    N, d, M = 400, 24, 30
+    T = torch.nn.functional.normalize(torch.randn(M, d, generator=g), dim=1)
+    I = torch.nn.functional.normalize(torch.randn(N, d, generator=g) * 0.3 + 3 * T[torch.arange(N) % 2], dim=1)
+    P = I @ T.T
+    q = torch.stack([P[:, 0] * 50, P[:, 1] * 50], dim=1)  # two neurons, each tuned to one concept
+    params = resolve_params("softwpmi", {"top_k": 100})
+    sim, score = softwpmi(q, I.double(), T.double(), **params, return_score=True)
+    tied = [(sim[k] >= sim[k].max() - TIE_TOLERANCE).nonzero().flatten().tolist() for k in range(2)]
+    assert max(len(t) for t in tied) > 1, "the setup must produce real ties"
+    expected = [max(t, key=lambda m: score[k, m].item()) for k, t in enumerate(tied)]
+    labels = score_layer("softwpmi", q, I, T, params, top=3).indices[:, 0].tolist()
+    assert labels == expected == [0, 1]
+    for seed in range(3):
+        perm = torch.randperm(M, generator=torch.Generator().manual_seed(seed))
+        relabels = score_layer("softwpmi", q, I, T[perm], params, top=3, chunk=7).indices[:, 0]
+        assert perm[relabels].tolist() == expected
