@@ -90,23 +90,20 @@ def run(
             loaded_clip = load_clip(clip_spec, dev)
         return loaded_clip
 
-    images_path = run_dir / "images.h5"
-    ok, why = _reusable(images_path, A.IMAGE_FORMAT, image_embeddings_fingerprint(clip_fp, probe_set.fingerprint))
-    if ok:
-        info(f"reusing {images_path} ({why})")
-    else:
-        info(f"computing {images_path} ({why})")
-        embed_images(probe_set, get_clip(), images_path, batch_size=batch_size, workers=workers)
-    steps["images"] = {"path": images_path.name, "reused": ok}
+    def ensure(path: Path, kind: str, expected: str, compute) -> bool:
+        """Reuse ``path`` when its fingerprint is ``expected``; otherwise compute it."""
+        ok, why = _reusable(path, kind, expected)
+        info(f"{'reusing' if ok else 'computing'} {path} ({why})")
+        if not ok:
+            compute()
+        steps[path.stem] = {"path": path.name, "reused": ok}
+        return ok
 
-    text_path = run_dir / "text.h5"
-    ok, why = _reusable(text_path, A.TEXT_FORMAT, text_embeddings_fingerprint(clip_fp, concept_set.fingerprint))
-    if ok:
-        info(f"reusing {text_path} ({why})")
-    else:
-        info(f"computing {text_path} ({why})")
-        embed_text(concept_set, get_clip(), text_path, batch_size=text_batch_size)
-    steps["text"] = {"path": text_path.name, "reused": ok}
+    images_path, text_path = run_dir / "images.h5", run_dir / "text.h5"
+    ensure(images_path, A.IMAGE_FORMAT, image_embeddings_fingerprint(clip_fp, probe_set.fingerprint),
+           lambda: embed_images(probe_set, get_clip(), images_path, batch_size=batch_size, workers=workers))
+    ensure(text_path, A.TEXT_FORMAT, text_embeddings_fingerprint(clip_fp, concept_set.fingerprint),
+           lambda: embed_text(concept_set, get_clip(), text_path, batch_size=text_batch_size))
     loaded_clip = None  # free CLIP before the target model runs
 
     acts_path = run_dir / "activations.h5"
