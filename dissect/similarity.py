@@ -117,42 +117,81 @@ def softwpmi_weights(k: int, p_start: float, p_end: float, dtype=torch.float64, 
     return p_start - r / k * (p_start - p_end)
 
 
-def cosines(I: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
-    """P = I · Tᵀ in float64.
+#: Concepts per matrix product. Every I·Tᵀ is taken in tiles of exactly this many
+#: concepts (the last one zero-padded), so a concept's cosines are bit-identical
+#: whatever block, --chunk or position in the concept list it is computed in.
+TILE = 256
 
-    Products are taken in float64 so that a concept's scores do not depend on which
-    block of concepts it was computed in: float32 GEMM rounds differently for
-    different block shapes, which would make labels depend on --chunk.
+
+def cosines(I: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    """P = I · Tᵀ in float32 (the embeddings' own precision), computed tile by tile.
+
+    GEMM libraries round differently for different matrix shapes; fixing the shape
+    of every product makes the result independent of how concepts are blocked.
     """
-    return I.to(torch.float64) @ T.to(torch.float64).T
+    I = I.to(torch.float32)
+    T = T.to(torch.float32)
+    M = T.shape[0]
+    out = torch.empty((I.shape[0], M), dtype=torch.float32, device=I.device)
+    for s in range(0, M, TILE):
+        t = T[s : s + TILE]
+        n = t.shape[0]
+        if n < TILE:
+            t = torch.cat([t, t.new_zeros(TILE - n, t.shape[1])])
+        out[:, s : s + n] = (I @ t.T)[:, :n]
+    return out
 
 
 def log_softmax_denominator(I: torch.Tensor, T: torch.Tensor, a: float, chunk: int) -> torch.Tensor:
-    """logsumexp_m(a · P[i, m]) for each row of ``I``, streamed over blocks of T (float64)."""
+    """logsumexp_m(a · P[i, m]) for each row of ``I``, streamed over blocks of T, in float64.
+
+    float64 makes the sum independent of which concepts share a block (in float32 the
+    order of summation moves it by ~1e-7, which would move every score with it).
+    """
     out = torch.full((I.shape[0],), -math.inf, dtype=torch.float64, device=I.device)
     for s in range(0, T.shape[0], chunk):
-        logits = a * cosines(I, T[s : s + chunk])
+        logits = cosines(I, T[s : s + chunk]).to(torch.float64).mul_(a)
         out = torch.logaddexp(out, torch.logsumexp(logits, dim=1))
     return out
 
 
+def log_probabilities(I: torch.Tensor, T: torch.Tensor, a: float, log_z: torch.Tensor) -> torch.Tensor:
+    """log p(t_m | x_i) = a · P[i, m] - log_z[i] for a block of concepts, float64."""
+    return cosines(I, T).to(torch.float64).mul_(a).sub_(log_z[:, None])
+
+
 def pmi_scores(
-    log_p: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor | None, min_prob: float, neuron_block: int = 64
+    log_p: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor | None, min_prob: float, block_elems: int = 1 << 24
 ) -> torch.Tensor:
     """score[k, m] = Σ_r log(1 + w_r (p(t_m|x_{idx[r,k]}) - 1) + min_prob), float64.
 
     ``log_p`` [U, Mc] holds log p(t_m | x) for the rows that ``idx`` [K, C] points into.
     With ``weights`` None the membership is hard (WPMI): Σ_r log(p + min_prob).
+    Neurons are processed in blocks whose gathered [K, b, Mc] working set holds at most
+    ``block_elems`` numbers, in one buffer reused in place (no per-block allocations).
     """
     K, C = idx.shape
-    p = log_p.exp()
-    out = torch.empty((C, p.shape[1]), dtype=torch.float64, device=p.device)
-    for s in range(0, C, neuron_block):
-        block = idx[:, s : s + neuron_block]              # [K, b]
-        gathered = p[block.reshape(-1)].reshape(K, block.shape[1], -1)  # [K, b, Mc]
-        if weights is not None:
-            gathered = 1 + weights.view(K, 1, 1) * (gathered - 1)
-        out[s : s + block.shape[1]] = torch.log(gathered + min_prob).sum(dim=0)
+    Mc = log_p.shape[1]
+    # The terms are taken in float32 (each within ~1e-7 of exact), their sums in float64.
+    p = log_p.exp().to(torch.float32)
+    # 1 + w (p - 1) + ε  ==  w p + (1 - w + ε): one multiply-add in place.
+    if weights is None:
+        scale, shift = None, min_prob
+    else:
+        scale = weights.to(torch.float32).view(K, 1, 1)
+        shift = (1 - weights + min_prob).to(torch.float32).view(K, 1, 1)
+    b = max(1, min(C, block_elems // max(1, K * Mc)))
+    buf = torch.empty((K * b, Mc), dtype=p.dtype, device=p.device)
+    out = torch.empty((C, Mc), dtype=torch.float64, device=p.device)
+    for s in range(0, C, b):
+        block = idx[:, s : s + b]                                        # [K, bb]
+        bb = block.shape[1]
+        g = torch.index_select(p, 0, block.reshape(-1), out=buf[: K * bb]).view(K, bb, Mc)
+        if scale is None:
+            g.add_(shift)
+        else:
+            g.mul_(scale).add_(shift)
+        out[s : s + bb] = torch.sum(g.log_(), dim=0, dtype=torch.float64)
     return out
 
 
@@ -188,7 +227,7 @@ def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, log_z=None, id
         log_z_rows = log_softmax_denominator(I[rows], T, a, chunk)
     else:
         log_z_rows = log_z[rows]
-    log_p = a * cosines(I[rows], T) - log_z_rows[:, None]
+    log_p = log_probabilities(I[rows], T, a, log_z_rows)
     w = softwpmi_weights(top_k, p_start, p_end, device=log_p.device)
     score = pmi_scores(log_p, inverse, w, min_prob)
     sim = population_correction(score, lam)
@@ -205,7 +244,7 @@ def wpmi(q, I, T, *, a, lam, top_k, min_prob, log_z=None, idx=None, chunk=4096, 
         idx = top_images(q, top_k)
     rows, inverse = torch.unique(idx, return_inverse=True)
     log_z_rows = log_softmax_denominator(I[rows], T, a, chunk) if log_z is None else log_z[rows]
-    log_p = a * cosines(I[rows], T) - log_z_rows[:, None]
+    log_p = log_probabilities(I[rows], T, a, log_z_rows)
     score = pmi_scores(log_p, inverse, None, min_prob)
     sim = population_correction(score, lam)
     return (sim, score) if return_score else sim
@@ -213,7 +252,7 @@ def wpmi(q, I, T, *, a, lam, top_k, min_prob, log_z=None, idx=None, chunk=4096, 
 
 def cos(q, I, T):
     """cos: sim_k(m) = q_k · P[:, m] / (‖q_k‖ ‖P[:, m]‖), over all N images (no centring)."""
-    P = cosines(I, T)
+    P = cosines(I, T).to(torch.float64)
     qn = q.to(torch.float64)
     qn = qn / qn.norm(dim=0, keepdim=True).clamp_min(1e-12)
     P = P / P.norm(dim=0, keepdim=True).clamp_min(1e-12)
@@ -232,7 +271,7 @@ def cos_cubed(q, I, T, *, min_norm):
         u = (q_k - mean q_k)^3 / max(‖·‖, min_norm),  v = (P[:, m] - mean P[:, m])^3 / max(‖·‖, min_norm)
         sim_k(m) = u · v
     """
-    P = cosines(I, T)
+    P = cosines(I, T).to(torch.float64)
     return _centre_cube(q.to(torch.float64), min_norm).T @ _centre_cube(P, min_norm)
 
 
@@ -282,7 +321,7 @@ def rank_reorder(q, I, T, *, p, top_fraction, scale_p, n_perm, seed, idx=None, b
     Mc = T.shape[0]
     out = torch.empty((C, Mc), dtype=torch.float64, device=q.device)
     for k in range(C):
-        c = cosines(I[idx[:, k]], T)                                # [n, Mc]
+        c = cosines(I[idx[:, k]], T).to(torch.float64)              # [n, Mc]
         ranks = torch.argsort(torch.argsort(c, dim=0, stable=True), dim=0, stable=True)
         reorg = s[:, k][ranks]                                      # [n, Mc]
         err = (t[:, k : k + 1] - reorg).abs().pow(p).mean(dim=0)
@@ -339,8 +378,9 @@ def score_layer(
     kernel = KERNELS[name]
     kw = _kernel_params(name, params)
     q = q.to(image_emb.device, torch.float32)
-    # Cast once: every kernel takes its products in float64 (see ``cosines``).
-    image_emb, text_emb = image_emb.to(torch.float64), text_emb.to(torch.float64)
+    image_emb, text_emb = image_emb.to(torch.float32).contiguous(), text_emb.to(torch.float32).contiguous()
+    if chunk % TILE:
+        chunk = (chunk // TILE + 1) * TILE  # blocks hold whole tiles (see ``cosines``)
 
     # Work shared by all concept blocks.
     if name in ("softwpmi", "wpmi"):
