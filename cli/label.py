@@ -18,7 +18,8 @@ def label(
     layers: O.LayersOptional = None,
     top: O.Top = 5,
     seed: O.Seed = None,
-    chunk: O.Chunk = 4096,
+    chunk: O.Chunk = None,
+    max_memory: O.MaxMemory = "1GB",
     device: O.Device = "auto",
     batch_size: O.BatchSize = 256,
 ):
@@ -38,5 +39,6 @@ def label(
         seed=seed,
         device=device,
         chunk=chunk,
+        max_memory=O.parse_size(max_memory),
         batch_size=batch_size,
     )

@@ -68,7 +68,8 @@ Concepts = Annotated[
 Text = Annotated[Optional[Path], typer.Option("--text", "-t", help="Text embeddings from `dissect embed-text`.")]
 Images = Annotated[Path, typer.Option("--images", "-i", help="Image embeddings from `dissect embed-images`.", show_default=False)]
 Activations = Annotated[Path, typer.Option("--activations", "-a", help="Activations from `dissect record`.", show_default=False)]
-Chunk = Annotated[int, typer.Option("--chunk", min=1, help="Concepts scored per block (bounds memory).")]
+Chunk = Annotated[Optional[int], typer.Option("--chunk", min=1, help="Concepts scored per block [default: as many as fit --max-memory].")]
+MaxMemory = Annotated[str, typer.Option("--max-memory", help="Working-memory budget of the similarity computation, e.g. 512MB, 4GB.")]
 Probe = Annotated[
     list[str],
     typer.Argument(help="Probe images: folders, .txt lists of paths, or torchvision:NAME[:SPLIT]; several are concatenated.", show_default=False),
@@ -111,3 +112,19 @@ def overrides(input_size, crop_pct, mean, std, interpolation):
 ConceptsArg = Annotated[
     str, typer.Argument(help="A .txt file (one concept per line) or a shipped set: 20k, 10k, 3k, imagenet, cifar100.", show_default=False)
 ]
+
+
+def parse_size(value: str) -> int:
+    """'512MB', '4GB', '1.5G', '2000000' -> bytes (powers of 1024)."""
+    from dissect.errors import UsageError
+
+    v = value.strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    mult = units.get(v[-1:], 1)
+    try:
+        n = float(v[:-1] if v[-1:] in units else v) * mult
+    except ValueError:
+        raise UsageError(f"--max-memory {value!r} is not a size", hint="e.g. 512MB or 4GB") from None
+    if n < (64 << 20):
+        raise UsageError(f"--max-memory {value} is too small", hint="give at least 64MB")
+    return int(n)

@@ -31,7 +31,8 @@ def run(
     interpolation: O.Interpolation = None,
     top: O.Top = 5,
     seed: O.Seed = None,
-    chunk: O.Chunk = 4096,
+    chunk: O.Chunk = None,
+    max_memory: O.MaxMemory = "1GB",
     device: O.Device = "auto",
     batch_size: O.BatchSize = 64,
     workers: O.Workers = None,
@@ -60,4 +61,5 @@ def run(
         batch_size=batch_size,
         workers=workers,
         chunk=chunk,
+        max_memory=O.parse_size(max_memory),
     )

@@ -361,7 +361,9 @@ def write_activations(
     return Path(path)
 
 
-def read_activations(path: str | os.PathLike, layers: list[str] | None = None) -> Activations:
+def read_activations(path: str | os.PathLike, layers: list[str] | None = None, data: bool = True) -> Activations:
+    """Read ids and ``layers`` (default: all). With ``data=False`` the matrices are not
+    loaded (``layers`` maps each name to None): check names first, load one at a time."""
     f, attrs = _open(path, ACTIVATIONS_FORMAT)
     with f:
         ids = _read_strings(f, "ids", path)
@@ -375,16 +377,16 @@ def read_activations(path: str | os.PathLike, layers: list[str] | None = None) -
                 f"{path} has no layer {missing[0]!r}",
                 hint=f"it holds: {', '.join(available)}; add layers with `dissect record ... -o {path}`",
             )
-        data, lattrs = {}, {}
+        matrices, lattrs = {}, {}
         for name in wanted:
-            data[name] = _read_matrix(f["layers"], name, f"{path}:layers", rows=len(ids))
-            lattrs[name] = _read_attrs(f["layers"][name])
+            ds = f["layers"][name]
+            if ds.ndim != 2 or ds.shape[0] != len(ids) or ds.dtype.kind != "f":
+                raise ArtifactError(f"{path}: layer {name} must be a float [{len(ids)}, C] array, got {ds.dtype} {ds.shape}")
+            matrices[name] = _read_matrix(f["layers"], name, f"{path}:layers", rows=len(ids)) if data else None
+            lattrs[name] = _read_attrs(ds)
     if len(set(ids)) != len(ids):
         raise ArtifactError(f"{path}: dataset 'ids' holds duplicates")
-    for name, arr in data.items():
-        if not np.isfinite(arr).all():
-            raise ArtifactError(f"{path}: layer {name} holds NaN or Inf activations")
-    return Activations(ids, data, lattrs, attrs, Path(path))
+    return Activations(ids, matrices, lattrs, attrs, Path(path))
 
 
 def _layer_names(group) -> list[str]:

@@ -18,7 +18,7 @@ from . import artifacts as A
 from .concepts import ConceptSet
 from .errors import MismatchError, UsageError
 from .runtime import info, progress, resolve_device
-from .similarity import examples_needed, resolve_params, score_layer
+from .similarity import DEFAULT_MAX_MEMORY, examples_needed, resolve_params, score_layer
 
 
 def align_ids(images: A.Embeddings, acts: A.Activations) -> np.ndarray | None:
@@ -50,7 +50,8 @@ def label(
     top: int = 5,
     seed: int | None = None,
     device: str = "auto",
-    chunk: int = 4096,
+    chunk: int | None = None,
+    max_memory: int | None = None,
     cache: str | os.PathLike | None = None,
     batch_size: int = 256,
     extra_metadata: dict[str, Any] | None = None,
@@ -67,7 +68,7 @@ def label(
         raise UsageError("give exactly one of --text and --concepts")
     if top < 1:
         raise UsageError(f"--top must be at least 1, got {top}")
-    if chunk < 1:
+    if chunk is not None and chunk < 1:
         raise UsageError(f"--chunk must be at least 1, got {chunk}")
     params = resolve_params(sim, params)
     if seed is not None and "seed" in params:
@@ -77,7 +78,7 @@ def label(
         out = A.check_output_path(out, inputs)
 
     img = A.read_image_embeddings(images)
-    acts = A.read_activations(activations, layers)
+    acts = A.read_activations(activations, layers, data=False)  # names checked; matrices read one at a time
     order = align_ids(img, acts)
     if text is not None:
         txt = A.read_text_embeddings(text)
@@ -105,10 +106,13 @@ def label(
     T = torch.from_numpy(txt.embeddings).to(dev)
     rows: dict[str, list] = {c: [] for c in A.LABEL_COLUMNS}
     k = min(top, len(txt.keys))
-    for name, q_np in acts.layers.items():
+    for name in acts.layers:
+        q_np = A.read_activations(activations, [name]).layers[name]
         q = torch.from_numpy(q_np if order is None else q_np[order]).to(dev)
+        del q_np
         with progress(f"{sim} {name}", len(txt.keys), "concepts") as advance:
-            res = score_layer(sim, q, I, T, params, top=k, chunk=chunk, progress=advance)
+            res = score_layer(sim, q, I, T, params, top=k, chunk=chunk, progress=advance,
+                              max_memory=max_memory or DEFAULT_MAX_MEMORY)
         idx, val = res.indices.cpu().numpy(), res.values.cpu().numpy()
         C = q.shape[1]
         rows["layer"] += [name] * C

@@ -63,7 +63,8 @@ def run(
     batch_size: int = 64,
     text_batch_size: int = 256,
     workers: int | None = None,
-    chunk: int = 4096,
+    chunk: int | None = None,
+    max_memory: int | None = None,
 ) -> Path:
     """Run embed-images, embed-text, record and label into the folder ``out``."""
     run_dir = Path(out)
@@ -143,7 +144,7 @@ def run(
         info(f"reusing {labels_path} (up to date)")
     else:
         label(images_path, acts_path, labels_path, text=text_path, sim=sim, params=params, layers=layers, top=top,
-              seed=seed, device=str(dev), chunk=chunk, extra_metadata={"run_fingerprint": labels_fp})
+              seed=seed, device=str(dev), chunk=chunk, max_memory=max_memory, extra_metadata={"run_fingerprint": labels_fp})
     steps["labels"] = {"path": labels_path.name, "reused": reuse_labels}
 
     manifest = {

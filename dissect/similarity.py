@@ -102,13 +102,18 @@ def examples_needed(name: str, params: dict[str, Any], n_images: int) -> int:
 # Building blocks
 # ---------------------------------------------------------------------------
 
-def top_images(q: torch.Tensor, k: int) -> torch.Tensor:
+def top_images(q: torch.Tensor, k: int, block: int = 256) -> torch.Tensor:
     """Indices [k, C] of each neuron's k most activating images, most activating first.
 
     A stable sort makes ties resolve to the lower image index, so results do not
-    depend on the device or the order of other neurons.
+    depend on the device or the order of other neurons. Neurons are sorted ``block``
+    at a time, so the sort's working memory is N·block, not N·C.
     """
-    return torch.sort(q, dim=0, descending=True, stable=True).indices[:k]
+    N, C = q.shape
+    out = torch.empty((k, C), dtype=torch.long, device=q.device)
+    for s in range(0, C, block):
+        out[:, s : s + block] = torch.sort(q[:, s : s + block], dim=0, descending=True, stable=True).indices[:k]
+    return out
 
 
 def softwpmi_weights(k: int, p_start: float, p_end: float, dtype=torch.float64, device=None) -> torch.Tensor:
@@ -195,6 +200,18 @@ def pmi_scores(
     return out
 
 
+def _example_rows(I: torch.Tensor, idx: torch.Tensor, log_z: torch.Tensor | None):
+    """The image rows ``idx`` uses, ``idx`` renumbered into them, and their log_z.
+
+    When ``idx`` already points at every row of ``I`` (``score_layer`` passes the rows
+    it selected once), nothing is copied.
+    """
+    rows, inverse = torch.unique(idx, return_inverse=True)
+    if rows.numel() == I.shape[0]:
+        return I, inverse, log_z
+    return I[rows], inverse, (None if log_z is None else log_z[rows])
+
+
 def population_correction(scores: torch.Tensor, lam: float) -> torch.Tensor:
     """sim[k, m] = score[k, m] - λ (logsumexp_j score[j, m] - log C) over the layer's C neurons."""
     C = scores.shape[0]
@@ -222,12 +239,10 @@ def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, log_z=None, id
     """
     if idx is None:
         idx = top_images(q, top_k)
-    rows, inverse = torch.unique(idx, return_inverse=True)
-    if log_z is None:
-        log_z_rows = log_softmax_denominator(I[rows], T, a, chunk)
-    else:
-        log_z_rows = log_z[rows]
-    log_p = log_probabilities(I[rows], T, a, log_z_rows)
+    I_rows, inverse, log_z_rows = _example_rows(I, idx, log_z)
+    if log_z_rows is None:
+        log_z_rows = log_softmax_denominator(I_rows, T, a, chunk)
+    log_p = log_probabilities(I_rows, T, a, log_z_rows)
     w = softwpmi_weights(top_k, p_start, p_end, device=log_p.device)
     score = pmi_scores(log_p, inverse, w, min_prob)
     sim = population_correction(score, lam)
@@ -242,9 +257,10 @@ def wpmi(q, I, T, *, a, lam, top_k, min_prob, log_z=None, idx=None, chunk=4096, 
     """
     if idx is None:
         idx = top_images(q, top_k)
-    rows, inverse = torch.unique(idx, return_inverse=True)
-    log_z_rows = log_softmax_denominator(I[rows], T, a, chunk) if log_z is None else log_z[rows]
-    log_p = log_probabilities(I[rows], T, a, log_z_rows)
+    I_rows, inverse, log_z_rows = _example_rows(I, idx, log_z)
+    if log_z_rows is None:
+        log_z_rows = log_softmax_denominator(I_rows, T, a, chunk)
+    log_p = log_probabilities(I_rows, T, a, log_z_rows)
     score = pmi_scores(log_p, inverse, None, min_prob)
     sim = population_correction(score, lam)
     return (sim, score) if return_score else sim
@@ -354,6 +370,25 @@ def _kernel_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     return dict(params)
 
 
+#: Default working-memory budget of ``score_layer`` (beyond its inputs), in bytes.
+DEFAULT_MAX_MEMORY = 1 << 30
+
+
+def plan_chunk(name: str, rows: int, neurons: int, max_memory: int = DEFAULT_MAX_MEMORY) -> int:
+    """Concepts per block so that one block's working set fits ``max_memory`` bytes.
+
+    Per concept a block holds, for the ``rows`` images it reads, the float32 cosines
+    and two float64 copies (logits / probabilities) ≈ 24 bytes per row, plus about
+    56 bytes per neuron (scores, similarities, tie-breakers, candidates). The gather
+    buffer of SoftWPMI/WPMI (64 MiB) comes off the top. The result is a multiple of
+    TILE, and at least one TILE.
+    """
+    fixed = 64 << 20 if name in ("softwpmi", "wpmi") else 0
+    per_concept = 24 * rows + 56 * neurons
+    n = max(0, max_memory - fixed) // max(1, per_concept)
+    return max(TILE, (n // TILE) * TILE)
+
+
 def score_layer(
     name: str,
     q: torch.Tensor,
@@ -361,15 +396,20 @@ def score_layer(
     text_emb: torch.Tensor,
     params: dict[str, Any],
     top: int = 5,
-    chunk: int = 4096,
+    chunk: int | None = None,
     progress: Callable[[int], None] | None = None,
     full: bool = False,
+    max_memory: int = DEFAULT_MAX_MEMORY,
 ) -> LayerScores | torch.Tensor:
     """Score every neuron of one layer against every concept, block by block.
 
     ``q`` [N, C] activations, ``image_emb`` [N, d], ``text_emb`` [M, d]. Returns the top
     ``top`` concepts per neuron (or, with ``full=True``, the whole [C, M] float64 matrix,
     for tests and small problems). ``progress`` is called with the number of concepts done.
+
+    Memory: the N×M matrix is never formed. SoftWPMI and WPMI read only the images in
+    some neuron's top_k; every method streams over blocks of ``chunk`` concepts, by
+    default as many as fit ``max_memory`` bytes of working set (see ``plan_chunk``).
     """
     if name not in KERNELS:
         resolve_params(name)  # raises the user-facing error
@@ -379,21 +419,25 @@ def score_layer(
     kw = _kernel_params(name, params)
     q = q.to(image_emb.device, torch.float32)
     image_emb, text_emb = image_emb.to(torch.float32).contiguous(), text_emb.to(torch.float32).contiguous()
-    if chunk % TILE:
-        chunk = (chunk // TILE + 1) * TILE  # blocks hold whole tiles (see ``cosines``)
 
     # Work shared by all concept blocks.
+    rows_read = N
     if name in ("softwpmi", "wpmi"):
         idx = top_images(q, int(params["top_k"]))
-        rows = torch.unique(idx)
-        log_z = torch.zeros(N, dtype=torch.float64, device=q.device)
-        log_z[rows] = log_softmax_denominator(image_emb[rows], text_emb, float(params["a"]), chunk)
+        image_emb, idx, _ = _example_rows(image_emb, idx, None)  # keep only the rows used, once
+        rows_read = image_emb.shape[0]
+        chunk = chunk or plan_chunk(name, rows_read, C, max_memory)
+        chunk = -(-chunk // TILE) * TILE  # blocks hold whole tiles (see ``cosines``)
+        log_z = log_softmax_denominator(image_emb, text_emb, float(params["a"]), chunk)
         kw.update(idx=idx, log_z=log_z)
     elif name == "rank-reorder":
         n = examples_needed(name, params, N)
         idx = top_images(q, n)
         t = torch.gather(q, 0, idx).to(torch.float64)
         kw.update(idx=idx, baseline=rank_reorder_baseline(t, params["p"], int(params["n_perm"]), int(params["seed"])))
+        rows_read = n
+    chunk = chunk or plan_chunk(name, rows_read, C, max_memory)
+    chunk = -(-chunk // TILE) * TILE
 
     pmi = name in ("softwpmi", "wpmi")
     if pmi and not full:
@@ -406,18 +450,21 @@ def score_layer(
     for s in range(0, M, chunk):
         out = kernel(q, image_emb, text_emb[s : s + chunk], **kw)
         sim, tie = out if (pmi and not full) else (out, torch.zeros_like(out))
+        del out
         if full:
             blocks.append(sim)
         else:
             cand_v = torch.cat([best_v, sim], dim=1)
             cand_t = torch.cat([best_t, tie], dim=1)
             cand_i = torch.cat([best_i, torch.arange(s, s + sim.shape[1], device=q.device).expand(C, -1)], dim=1)
+            del sim, tie
             order = _topk_stable(cand_v, cand_t, cand_i, k, quantize=pmi)
             best_v = torch.gather(cand_v, 1, order)
             best_t = torch.gather(cand_t, 1, order)
             best_i = torch.gather(cand_i, 1, order)
+            del cand_v, cand_t, cand_i
         if progress is not None:
-            progress(sim.shape[1])
+            progress(min(chunk, M - s))
     if full:
         return torch.cat(blocks, dim=1)
     return LayerScores(indices=best_i, values=best_v)
