@@ -147,38 +147,53 @@ def cosines(I: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
     return out
 
 
+#: Up to this temperature the softmax is taken in float32 with a fixed shift (see below).
+_F32_SOFTMAX_MAX_A = 40.0
+
+
 def log_softmax_denominator(I: torch.Tensor, T: torch.Tensor, a: float, chunk: int) -> torch.Tensor:
-    """logsumexp_m(a · P[i, m]) for each row of ``I``, streamed over blocks of T, in float64.
+    """log_z[i] = logsumexp_m(a · P[i, m]) for each row of ``I``, streamed over blocks of T.
 
-    float64 makes the sum independent of which concepts share a block (in float32 the
-    order of summation moves it by ~1e-7, which would move every score with it).
+    Since |P| ≤ 1, exp(a·P − a) lies in [e^(−2a), 1]: for a ≤ 40 it is computed in
+    float32 without overflow or underflow, with a shift that does not depend on the
+    block, so every term is bit-identical wherever its concept sits; the terms are
+    summed in float64. Larger ``a`` falls back to float64 throughout.
     """
-    out = torch.full((I.shape[0],), -math.inf, dtype=torch.float64, device=I.device)
+    total = torch.zeros(I.shape[0], dtype=torch.float64, device=I.device)
     for s in range(0, T.shape[0], chunk):
-        logits = cosines(I, T[s : s + chunk]).to(torch.float64).mul_(a)
-        out = torch.logaddexp(out, torch.logsumexp(logits, dim=1))
-    return out
+        P = cosines(I, T[s : s + chunk])
+        if a <= _F32_SOFTMAX_MAX_A:
+            total += torch.sum(P.mul_(a).sub_(a).exp_(), dim=1, dtype=torch.float64)
+        else:
+            total += torch.exp(P.to(torch.float64).mul_(a).sub_(a)).sum(dim=1)
+    return total.log_().add_(a)
 
 
-def log_probabilities(I: torch.Tensor, T: torch.Tensor, a: float, log_z: torch.Tensor) -> torch.Tensor:
-    """log p(t_m | x_i) = a · P[i, m] - log_z[i] for a block of concepts, float64."""
-    return cosines(I, T).to(torch.float64).mul_(a).sub_(log_z[:, None])
+def probabilities(I: torch.Tensor, T: torch.Tensor, a: float, log_z: torch.Tensor) -> torch.Tensor:
+    """p(t_m | x_i) = exp(a · P[i, m] − log_z[i]) for a block of concepts, float32.
+
+    Computed as exp(a·P − a) · exp(a − log_z): each factor is exact to float32
+    rounding (relative error ~1e-7) and the first is the same term the denominator summed.
+    """
+    P = cosines(I, T)
+    if a <= _F32_SOFTMAX_MAX_A:
+        return P.mul_(a).sub_(a).exp_().mul_(torch.exp(a - log_z).to(torch.float32)[:, None])
+    return torch.exp(P.to(torch.float64).mul_(a).sub_(log_z[:, None])).to(torch.float32)
 
 
 def pmi_scores(
-    log_p: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor | None, min_prob: float, block_elems: int = 1 << 24
+    p: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor | None, min_prob: float, block_elems: int = 1 << 24
 ) -> torch.Tensor:
     """score[k, m] = Σ_r log(1 + w_r (p(t_m|x_{idx[r,k]}) - 1) + min_prob), float64.
 
-    ``log_p`` [U, Mc] holds log p(t_m | x) for the rows that ``idx`` [K, C] points into.
+    ``p`` [U, Mc] holds p(t_m | x) (float32) for the rows that ``idx`` [K, C] points into.
     With ``weights`` None the membership is hard (WPMI): Σ_r log(p + min_prob).
     Neurons are processed in blocks whose gathered [K, b, Mc] working set holds at most
     ``block_elems`` numbers, in one buffer reused in place (no per-block allocations).
     """
     K, C = idx.shape
-    Mc = log_p.shape[1]
+    Mc = p.shape[1]
     # The terms are taken in float32 (each within ~1e-7 of exact), their sums in float64.
-    p = log_p.exp().to(torch.float32)
     # 1 + w (p - 1) + ε  ==  w p + (1 - w + ε): one multiply-add in place.
     if weights is None:
         scale, shift = None, min_prob
@@ -200,12 +215,14 @@ def pmi_scores(
     return out
 
 
-def _example_rows(I: torch.Tensor, idx: torch.Tensor, log_z: torch.Tensor | None):
+def _example_rows(I: torch.Tensor, idx: torch.Tensor, log_z: torch.Tensor | None, selected: bool = False):
     """The image rows ``idx`` uses, ``idx`` renumbered into them, and their log_z.
 
-    When ``idx`` already points at every row of ``I`` (``score_layer`` passes the rows
-    it selected once), nothing is copied.
+    With ``selected`` (``score_layer`` selected the rows once for all blocks) or when
+    ``idx`` uses every row of ``I``, nothing is copied.
     """
+    if selected:  # idx already numbers the rows of I (score_layer did the selection)
+        return I, idx, log_z
     rows, inverse = torch.unique(idx, return_inverse=True)
     if rows.numel() == I.shape[0]:
         return I, inverse, log_z
@@ -223,7 +240,7 @@ def population_correction(scores: torch.Tensor, lam: float) -> torch.Tensor:
 # Kernels over one block of concepts. Each returns sim [C, Mc] in float64.
 # ---------------------------------------------------------------------------
 
-def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, log_z=None, idx=None, chunk=4096, return_score=False):
+def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, log_z=None, idx=None, chunk=4096, return_score=False, rows_selected=False):
     """SoftWPMI (paper §3.2, default similarity).
 
         p(t_m | x_i) = softmax_m(a · P[i, :])
@@ -239,17 +256,17 @@ def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, log_z=None, id
     """
     if idx is None:
         idx = top_images(q, top_k)
-    I_rows, inverse, log_z_rows = _example_rows(I, idx, log_z)
+    I_rows, inverse, log_z_rows = _example_rows(I, idx, log_z, rows_selected)
     if log_z_rows is None:
         log_z_rows = log_softmax_denominator(I_rows, T, a, chunk)
-    log_p = log_probabilities(I_rows, T, a, log_z_rows)
-    w = softwpmi_weights(top_k, p_start, p_end, device=log_p.device)
-    score = pmi_scores(log_p, inverse, w, min_prob)
+    p = probabilities(I_rows, T, a, log_z_rows)
+    w = softwpmi_weights(top_k, p_start, p_end, device=p.device)
+    score = pmi_scores(p, inverse, w, min_prob)
     sim = population_correction(score, lam)
     return (sim, score) if return_score else sim
 
 
-def wpmi(q, I, T, *, a, lam, top_k, min_prob, log_z=None, idx=None, chunk=4096, return_score=False):
+def wpmi(q, I, T, *, a, lam, top_k, min_prob, log_z=None, idx=None, chunk=4096, return_score=False, rows_selected=False):
     """WPMI (paper App. A.1): hard membership of the top_k images.
 
         score_k(m) = Σ_{i ∈ top_k(k)} log(p(t_m | x_i) + min_prob),  p = softmax_m(a · P[i, :])
@@ -257,11 +274,11 @@ def wpmi(q, I, T, *, a, lam, top_k, min_prob, log_z=None, idx=None, chunk=4096, 
     """
     if idx is None:
         idx = top_images(q, top_k)
-    I_rows, inverse, log_z_rows = _example_rows(I, idx, log_z)
+    I_rows, inverse, log_z_rows = _example_rows(I, idx, log_z, rows_selected)
     if log_z_rows is None:
         log_z_rows = log_softmax_denominator(I_rows, T, a, chunk)
-    log_p = log_probabilities(I_rows, T, a, log_z_rows)
-    score = pmi_scores(log_p, inverse, None, min_prob)
+    p = probabilities(I_rows, T, a, log_z_rows)
+    score = pmi_scores(p, inverse, None, min_prob)
     sim = population_correction(score, lam)
     return (sim, score) if return_score else sim
 
@@ -429,7 +446,7 @@ def score_layer(
         chunk = chunk or plan_chunk(name, rows_read, C, max_memory)
         chunk = -(-chunk // TILE) * TILE  # blocks hold whole tiles (see ``cosines``)
         log_z = log_softmax_denominator(image_emb, text_emb, float(params["a"]), chunk)
-        kw.update(idx=idx, log_z=log_z)
+        kw.update(idx=idx, log_z=log_z, rows_selected=True)
     elif name == "rank-reorder":
         n = examples_needed(name, params, N)
         idx = top_images(q, n)
