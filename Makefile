@@ -16,7 +16,7 @@ $(BIN)/dissect: pyproject.toml
 install: $(BIN)/dissect
 
 demo: install
-	$(BIN)/python scripts/quickstart.py
+	$(BIN)/dissect demo
 
 test: install
 	$(BIN)/python -m pytest

@@ -47,7 +47,14 @@ def demo(
         h.add_row(r["layer"], str(r["unit"]), r["label"], f"{r['similarity']:.3f}", f"{r['preferred']} ({r['effect']:.2f})",
                   "[green]✓[/green]" if r["label"] == r["preferred"] else "[red]✗[/red]")
     con.print(h)
-    con.print("Hidden-layer agreement: " + ", ".join(f"{k} {v:.0%}" for k, v in res.hidden_agreement.items()))
+    con.print(
+        "Label = preferred world word: "
+        + "; ".join(
+            f"{k}: {v['selective']:.0%} of the {v['n_selective']} clearly selective units (effect ≥ 2), "
+            f"{v['all']:.0%} of all {v['n_units']}"
+            for k, v in res.hidden_agreement.items()
+        )
+    )
 
     m = Table(title="Table 3 in miniature: final-layer top-1 accuracy", title_justify="left")
     m.add_column("concept set")

@@ -1,0 +1,262 @@
+"""``dissect demo``: the whole method on a small world where every answer is known.
+
+A tiny CLIP and a small timm classifier were trained here on the procedural
+images of :mod:`dissect.world` (``scripts/train_demo.py``; weights ship in
+``dissect/assets/demo``). The demo generates a fresh probe set, runs the same
+library functions as the commands (embed-images, embed-text, record, label) and
+scores the labels against ground truth:
+
+* final layer: neuron k is class k's logit, so its true concept is class k's name;
+* hidden layers: a unit's "truth" is the world word (colour, shape, texture or
+  size) whose images activate it most, relative to the rest; the demo reports
+  how often the label names that word.
+
+The models load through the same public specs as real models (``--clip
+config.json:checkpoint``, ``--model timm:NAME --weights FILE``); see
+:func:`demo_specs`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import world
+from .concepts import load_concepts
+
+SIMILARITIES = ("softwpmi", "wpmi", "rank-reorder", "cos", "cos-cubed")
+#: A hidden unit "clearly prefers" a world word when that word's images raise its
+#: standardised activation by at least this much on average.
+SELECTIVE_EFFECT = 2.0
+N_COMMON_WORDS = 600
+
+
+def assets_dir() -> Path:
+    """The shipped demo models ($DISSECT_DEMO_ASSETS points elsewhere, e.g. to a fresh training run)."""
+    import os
+
+    env = os.environ.get("DISSECT_DEMO_ASSETS")
+    return Path(env) if env else Path(str(resources.files("dissect") / "assets" / "demo"))
+
+
+@dataclass
+class DemoSpecs:
+    """The public specs that load the demo models (usable with every command)."""
+
+    clip: str
+    model: str
+    weights: str
+    model_args: dict[str, Any]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop_pct: float
+    interpolation: str
+    class_names: list[str]
+    final_layer: str
+    hidden_layers: list[str]
+
+    def command_line(self) -> str:
+        """The equivalent `dissect record` options."""
+        args = " ".join(f"--model-arg {k}={v}" for k, v in self.model_args.items())
+        return (
+            f"--model {self.model} --weights {self.weights} {args} --input-size {self.input_size} "
+            f"--crop-pct {self.crop_pct} --mean {','.join(map(str, self.mean))} --std {','.join(map(str, self.std))} "
+            f"--interpolation {self.interpolation}"
+        )
+
+
+def demo_specs() -> DemoSpecs:
+    root = assets_dir()
+    clip_dir, clf_dir = root / "tiny_clip", root / "classifier"
+    cfg = json.loads((clf_dir / "config.json").read_text())
+    return DemoSpecs(
+        clip=f"{clip_dir / 'open_clip_config.json'}:{clip_dir / 'open_clip_model.safetensors'}",
+        model=f"timm:{cfg['architecture']}",
+        weights=str(clf_dir / "model.safetensors"),
+        model_args={"num_classes": int(cfg["num_classes"]), **cfg.get("model_args", {})},
+        input_size=int(cfg["input_size"][-1]),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        crop_pct=float(cfg.get("crop_pct", 1.0)),
+        interpolation=cfg.get("interpolation", "bilinear"),
+        class_names=list(cfg["class_names"]),
+        final_layer=cfg.get("final_layer", "fc"),
+        hidden_layers=list(cfg.get("hidden_layers", ["layer3", "layer4"])),
+    )
+
+
+def world_words() -> list[str]:
+    """Every attribute word of the world, in vocabulary order."""
+    return [w for vocab in world.ATTRIBUTES.values() for w in vocab]
+
+
+def concept_sets(class_names: list[str]) -> dict[str, list[str]]:
+    """The demo's two concept sets: the class names, and a larger mixed set.
+
+    The mixed set holds the class names, the world's other attribute words and the
+    first 600 words of the shipped ``3k`` set that are not world words, so the right
+    answer has to win against hundreds of distractors.
+    """
+    words = world_words()
+    common = [w for w in load_concepts("3k").concepts if w not in set(words)][:N_COMMON_WORDS]
+    mixed = list(dict.fromkeys(class_names + words + common))
+    return {"classes": list(class_names), "mixed": mixed}
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    specs: DemoSpecs
+    n_images: int
+    accuracy: dict[str, dict[str, float]]            # concept set -> similarity -> final-layer accuracy
+    final_labels: dict[str, list[dict[str, Any]]]    # concept set -> rows (softwpmi)
+    hidden: list[dict[str, Any]]                     # hidden-layer rows (softwpmi, mixed set)
+    hidden_agreement: dict[str, dict[str, float]]    # layer -> share of units labelled with their preferred world word
+    seconds: float
+    concept_counts: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _attributes(probe: Path) -> tuple[list[str], dict[str, list[str]]]:
+    with open(probe / "attributes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    ids = [r["filename"] for r in rows]
+    return ids, {a: [r[a] for r in rows] for a in world.ATTRIBUTES}
+
+
+def unit_truth(acts: np.ndarray, ids: list[str], attr_ids: list[str], attrs: dict[str, list[str]]) -> list[tuple[str, float]]:
+    """For each unit, the world word whose images it prefers most (standardised mean difference)."""
+    pos = {k: i for i, k in enumerate(attr_ids)}
+    order = np.array([pos[i] for i in ids])
+    z = (acts - acts.mean(0)) / (acts.std(0) + 1e-8)
+    best: list[tuple[str, float]] = [("", -np.inf)] * acts.shape[1]
+    for attr, values in attrs.items():
+        vals = np.array(values)[order]
+        for word in world.ATTRIBUTES[attr]:
+            mask = vals == word
+            if mask.sum() == 0:
+                continue
+            effect = z[mask].mean(0)
+            for u in range(acts.shape[1]):
+                if effect[u] > best[u][1]:
+                    best[u] = (word, float(effect[u]))
+    return best
+
+
+def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 1234, device: str = "auto",
+             batch_size: int = 128, workers: int | None = 0) -> DemoResult:
+    """Generate the probe, run the pipeline through the library stages, score the labels."""
+    import pyarrow.parquet as pq
+
+    from . import artifacts as A
+    from .clip import load_clip
+    from .concepts import ConceptSet
+    from .embed import embed_images, embed_text
+    from .label import label
+    from .models import PreprocessOverrides
+    from .record import record
+    from .runtime import info, resolve_device
+
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    specs = demo_specs()
+    dev = resolve_device(device)
+
+    probe = out / "probe"
+    stamp = out / "probe.json"
+    want = {"n": n_images, "seed": seed, "world": world.__name__}
+    if not stamp.exists() or json.loads(stamp.read_text()) != want:
+        info(f"generating {n_images} probe images (seed {seed}) in {probe}")
+        if probe.exists():
+            import shutil
+
+            shutil.rmtree(probe)
+        world.write_probe(probe, n_images, seed)
+        stamp.write_text(json.dumps(want))
+    timings["probe"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    clip = load_clip(specs.clip, dev)
+    embed_images([str(probe)], clip, out / "images.h5", batch_size=batch_size, workers=workers)
+    sets = concept_sets(specs.class_names)
+    for name, words in sets.items():
+        (out / f"concepts-{name}.txt").write_text("\n".join(words) + "\n")
+        embed_text(ConceptSet(f"demo:{name}", words, f"demo:{name}"), clip, out / f"text-{name}.h5", batch_size=256)
+    del clip
+    timings["clip"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    layers = specs.hidden_layers + [specs.final_layer]
+    acts_path = out / "activations.h5"
+    if acts_path.exists():
+        acts_path.unlink()  # the demo always records afresh (the weights ship with the package)
+    record([str(probe)], specs.model, layers, acts_path, weights=specs.weights, model_args=specs.model_args,
+           overrides=PreprocessOverrides(specs.input_size, specs.crop_pct, specs.mean, specs.std, specs.interpolation),
+           device=str(dev), batch_size=batch_size, workers=workers)
+    timings["record"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    accuracy: dict[str, dict[str, float]] = {}
+    final_rows: dict[str, list[dict[str, Any]]] = {}
+    for set_name in sets:
+        accuracy[set_name] = {}
+        for sim in SIMILARITIES:
+            path = out / f"labels-{set_name}-{sim}.parquet"
+            label(out / "images.h5", acts_path, path, text=out / f"text-{set_name}.h5", sim=sim,
+                  layers=[specs.final_layer] + (specs.hidden_layers if (sim == "softwpmi" and set_name == "mixed") else []),
+                  device=str(dev))
+            df = pq.read_table(path).to_pandas()
+            fin = df[df.layer == specs.final_layer].sort_values("unit")
+            truth = [specs.class_names[u] for u in fin.unit]
+            accuracy[set_name][sim] = float(np.mean([a == b for a, b in zip(fin.label, truth)]))
+            if sim == "softwpmi":
+                final_rows[set_name] = [
+                    {"unit": int(r.unit), "label": r.label, "similarity": float(r.similarity),
+                     "candidates": list(r.candidates), "truth": tr}
+                    for r, tr in zip(fin.itertuples(), truth)
+                ]
+    timings["label"] = time.perf_counter() - t
+
+    # Hidden layers: compare each label with the unit's most preferred world word.
+    acts = A.read_activations(acts_path, specs.hidden_layers)
+    attr_ids, attrs = _attributes(probe)
+    df = pq.read_table(out / "labels-mixed-softwpmi.parquet").to_pandas()
+    hidden, agreement = [], {}
+    for layer in specs.hidden_layers:
+        best = unit_truth(acts.layers[layer], acts.ids, attr_ids, attrs)
+        rows = df[df.layer == layer].sort_values("unit")
+        hits = []
+        for r in rows.itertuples():
+            word, effect = best[r.unit]
+            hits.append(r.label == word)
+            hidden.append({"layer": layer, "unit": int(r.unit), "label": r.label, "similarity": float(r.similarity),
+                           "preferred": word, "effect": effect, "candidates": list(r.candidates)})
+        effects = np.array([b[1] for b in best])
+        hits = np.array(hits)
+        selective = effects >= SELECTIVE_EFFECT
+        agreement[layer] = {
+            "all": float(hits.mean()),
+            "selective": float(hits[selective].mean()) if selective.any() else float("nan"),
+            "n_selective": int(selective.sum()),
+            "n_units": int(len(hits)),
+        }
+
+    counts = {k: len(v) for k, v in sets.items()}
+    result = DemoResult(out, specs, n_images, accuracy, final_rows, hidden, agreement, time.perf_counter() - t0, counts, timings)
+    summary = {
+        "n_images": n_images, "concept_counts": counts, "seed": seed, "accuracy": accuracy, "hidden_agreement": agreement,
+        "seconds": round(result.seconds, 1), "timings": {k: round(v, 1) for k, v in timings.items()},
+        "clip": specs.clip, "model": specs.model, "weights": specs.weights,
+    }
+    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return result

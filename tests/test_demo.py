@@ -1,0 +1,47 @@
+"""End-to-end: the demo world through the real CLI, with answers known in advance.
+
+This guards the whole pipeline: a wrong softmax axis, misaligned ids or a broken
+hook shows up as wrong final-layer labels. Seeds are fixed, so the accuracies are
+exactly reproducible on a given platform; the thresholds are the acceptance bars.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from dissect.cli.main import app
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    result = CliRunner().invoke(app, ["demo", "-o", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_demo_labels_final_layer_neurons_with_their_class(demo_run):
+    out, _ = demo_run
+    acc = json.loads((out / "demo.json").read_text())["accuracy"]
+    assert acc["classes"]["softwpmi"] >= 0.90
+    assert acc["mixed"]["softwpmi"] >= 0.75
+
+
+def test_softwpmi_is_at_least_as_accurate_as_cos(demo_run):
+    out, _ = demo_run
+    acc = json.loads((out / "demo.json").read_text())["accuracy"]
+    for concept_set in ("classes", "mixed"):
+        assert acc[concept_set]["softwpmi"] >= acc[concept_set]["cos"]
+
+
+def test_demo_prints_tables_and_artifacts(demo_run):
+    out, result = demo_run
+    for text in ("Final layer", "true class", "Table 3", "softwpmi", "cos-cubed", "Hidden layers"):
+        assert text in result.stdout
+    for name in ("images.h5", "text-classes.h5", "text-mixed.h5", "activations.h5", "labels-mixed-softwpmi.parquet"):
+        assert (out / name).exists()
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["concept_counts"]["mixed"] >= 500 + summary["concept_counts"]["classes"]
