@@ -182,8 +182,10 @@ def load_clip(spec: str | ClipSpec, device) -> Clip:
         if "download" in msg.lower() or "connect" in msg.lower() or "hub" in msg.lower():
             raise ModelError(f"cannot download CLIP weights for {spec}", hint=_download_hint(spec)) from None
         raise ModelError(f"cannot load CLIP {spec}: {_first_lines(msg)}") from None
-    except (OSError, ValueError) as e:
+    except OSError as e:
         raise ModelError(f"cannot load CLIP {spec}: {_first_lines(str(e))}", hint=_download_hint(spec)) from None
+    except (ValueError, TypeError, KeyError, AssertionError) as e:
+        raise ModelError(f"cannot build CLIP {spec}: {_first_lines(str(e))}", hint="check the model config") from None
     model.eval()
     visual_cfg = getattr(model.visual, "preprocess_cfg", None) or {}
     pcfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(visual_cfg).items()}
@@ -218,11 +220,66 @@ def encode_images(clip: Clip, batch) -> Any:
         return torch.nn.functional.normalize(emb.float(), dim=-1).cpu()
 
 
-def encode_texts(clip: Clip, texts: list[str]) -> Any:
-    """L2-normalised text embeddings, float32 on CPU. Texts are embedded as written (no template)."""
+def prefix_text_encoder(clip: Clip):
+    """A text encoder that runs only up to each batch's longest token sequence, or None.
+
+    open_clip runs the text tower over its whole context (77 tokens) although concepts
+    are one to three tokens long. For a causal tower whose pooled output is read at the
+    end-of-text token (or the first token), positions after the end of text cannot
+    affect it, so cutting the padding off is exact. Towers where that does not hold
+    (bidirectional attention, 'last' pooling, appended class token, padding masks,
+    Hugging Face towers, tokenizers that do not pad with 0) return None: callers then
+    use the library's own encode_text.
+    """
+    import open_clip
+    import torch
+    from open_clip.transformer import text_global_pool
+
+    model = clip.model
+    tower = model.text if hasattr(getattr(model, "text", None), "token_embedding") else model
+    needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask")
+    if not all(hasattr(tower, n) for n in needed) or tower.attn_mask is None:
+        return None
+    pool = getattr(tower, "text_pool_type", getattr(tower, "pool_type", None))
+    if pool not in ("argmax", "first", "eos") or getattr(tower, "cls_emb", None) is not None or getattr(tower, "use_pad_mask", False):
+        return None
+    if not isinstance(clip.tokenizer, open_clip.tokenizer.SimpleTokenizer):
+        return None
+    eos_id = getattr(tower, "text_eos_id", getattr(tower, "eos_id", None))
+    projection = getattr(tower, "text_projection", None)
+
+    def encode(tokens):
+        L = tokens.shape[1]
+        cast = tower.transformer.get_cast_dtype()
+        x = tower.token_embedding(tokens).to(cast) + tower.positional_embedding[:L].to(cast)
+        x = tower.transformer(x, attn_mask=tower.attn_mask[:L, :L])
+        x = tower.ln_final(x)
+        x = text_global_pool(x, tokens, pool, eos_token_id=eos_id)
+        if projection is not None:
+            x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+        return x
+
+    return encode
+
+
+def encode_tokens(clip: Clip, tokens, prefix: bool = True) -> Any:
+    """L2-normalised embeddings of tokenised texts, float32 on CPU.
+
+    With ``prefix`` (and a tower where it is exact, see ``prefix_text_encoder``) the batch
+    is encoded only up to its longest token sequence.
+    """
     import torch
 
     with torch.inference_mode():
-        tokens = clip.tokenizer(texts).to(clip.device)
-        emb = clip.model.encode_text(tokens)
+        tokens = tokens.to(clip.device)
+        fast = prefix_text_encoder(clip) if prefix else None
+        if fast is not None:
+            emb = fast(tokens[:, : int((tokens != 0).sum(dim=1).max())])
+        else:
+            emb = clip.model.encode_text(tokens)
         return torch.nn.functional.normalize(emb.float(), dim=-1).cpu()
+
+
+def encode_texts(clip: Clip, texts: list[str], prefix: bool = True) -> Any:
+    """L2-normalised text embeddings, float32 on CPU. Texts are embedded as written (no template)."""
+    return encode_tokens(clip, clip.tokenizer(texts), prefix)

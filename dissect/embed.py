@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import artifacts as A
-from .clip import Clip, clip_fingerprint, encode_images, encode_texts, load_clip, parse_clip_spec
+from .clip import Clip, clip_fingerprint, encode_images, encode_tokens, load_clip, parse_clip_spec, prefix_text_encoder
 from .concepts import ConceptSet, load_concepts
 from .fingerprint import fingerprint
 from .probe import Probe, iterate_batches, open_probe
@@ -74,24 +74,34 @@ def _embed_dim(clip: Clip) -> int:
 
 
 def compute_text_embeddings(clip: Clip, concepts: ConceptSet, batch_size: int = 256) -> np.ndarray:
-    """[M, d] L2-normalised embeddings of the concepts, as written (no prompt template)."""
+    """[M, d] L2-normalised embeddings of the concepts, as written (no prompt template).
+
+    Concepts are batched by token length, and each batch runs the text tower only up to
+    its longest sequence where that is exact (``clip.prefix_text_encoder``).
+    """
     check_batch_size(batch_size)
-    out = np.zeros((len(concepts.concepts), _embed_dim(clip)), dtype=np.float32)
-    too_long: list[str] = []
-    with progress("embed text", len(concepts.concepts), "concepts") as advance:
-        for s in range(0, len(concepts.concepts), batch_size):
-            chunk = concepts.concepts[s : s + batch_size]
-            # open_clip truncates silently; a full last position means the text did not fit.
-            tokens = clip.tokenizer(chunk)
-            too_long += [c for c, t in zip(chunk, tokens) if int(t[-1]) != 0]
-            out[s : s + len(chunk)] = encode_texts(clip, chunk).numpy()
-            advance(len(chunk))
+    texts = concepts.concepts
+    tokens = clip.tokenizer(texts)
+    lengths = (tokens != 0).sum(dim=1)
+    # open_clip truncates silently; a full last position means the text did not fit.
+    too_long = [t for t, row in zip(texts, tokens) if int(row[-1]) != 0]
     if too_long:
         warn(
             f"{len(too_long)} concept(s) exceed CLIP's {clip.context_length}-token context and were truncated, "
             f"e.g. {too_long[0][:60]!r}"
         )
+    order = np.argsort(lengths.numpy(), kind="stable")
+    out = np.zeros((len(texts), _embed_dim(clip)), dtype=np.float32)
+    with progress("embed text", len(texts), "concepts") as advance:
+        for s in range(0, len(texts), batch_size):
+            sel = order[s : s + batch_size]
+            out[sel] = encode_tokens(clip, tokens[sel]).numpy()
+            advance(len(sel))
     return out
+
+
+def text_encoder_note(clip: Clip) -> str:
+    return "prefix" if prefix_text_encoder(clip) is not None else "full-context (open_clip encode_text)"
 
 
 def _report_concepts(concepts: ConceptSet) -> None:
@@ -102,10 +112,11 @@ def _report_concepts(concepts: ConceptSet) -> None:
         )
 
 
-def _text_attrs(clip_attrs: dict[str, Any], concepts: ConceptSet, clip_fp: str, batch_size: int) -> dict[str, Any]:
-    attrs = dict(clip_attrs)
+def _text_attrs(clip: Clip, concepts: ConceptSet, batch_size: int) -> dict[str, Any]:
+    attrs = clip.attrs()
     attrs.update(
-        fingerprint=text_embeddings_fingerprint(clip_fp, concepts.fingerprint),
+        fingerprint=text_embeddings_fingerprint(clip.fingerprint, concepts.fingerprint),
+        text_encoder=text_encoder_note(clip),
         concept_set=concepts.name,
         concept_source=concepts.source,
         concept_fingerprint=concepts.fingerprint,
@@ -130,7 +141,7 @@ def embed_text(
     if not isinstance(clip, Clip):
         clip = load_clip(clip, resolve_device(device))
     emb = compute_text_embeddings(clip, concepts, batch_size)
-    attrs = _text_attrs(clip.attrs(), concepts, clip.fingerprint, batch_size)
+    attrs = _text_attrs(clip, concepts, batch_size)
     A.write_embeddings(out, A.TEXT_FORMAT, emb, concepts.concepts, clip.name, clip.pretrained, attrs)
     info(f"wrote {out}: {len(concepts.concepts)} concept embeddings")
     return Path(out)
@@ -180,6 +191,6 @@ def text_for_images(
         )
     emb = compute_text_embeddings(clip, concepts, batch_size)
     folder.mkdir(parents=True, exist_ok=True)
-    attrs = _text_attrs(clip.attrs(), concepts, clip.fingerprint, batch_size)
+    attrs = _text_attrs(clip, concepts, batch_size)
     A.write_embeddings(path, A.TEXT_FORMAT, emb, concepts.concepts, clip.name, clip.pretrained, attrs)
     return A.read_text_embeddings(path)
