@@ -32,7 +32,7 @@ def run(
     top: O.Top = 5,
     seed: O.Seed = None,
     chunk: O.Chunk = None,
-    max_memory: O.MaxMemory = "1GB",
+    max_memory: O.MaxMemory = "256MB",
     device: O.Device = "auto",
     batch_size: O.BatchSize = 64,
     workers: O.Workers = None,

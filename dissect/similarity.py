@@ -112,7 +112,18 @@ def top_images(q: torch.Tensor, k: int, block: int = 256) -> torch.Tensor:
     N, C = q.shape
     out = torch.empty((k, C), dtype=torch.long, device=q.device)
     for s in range(0, C, block):
-        out[:, s : s + block] = torch.sort(q[:, s : s + block], dim=0, descending=True, stable=True).indices[:k]
+        qb = q[:, s : s + block]
+        if k < N:
+            # topk is much cheaper than a full sort but orders ties arbitrarily: use it for
+            # the columns whose top k+1 values are all distinct, a stable sort for the rest.
+            vals, idx = torch.topk(qb, k + 1, dim=0)
+            tied = (vals[1:] == vals[:-1]).any(dim=0)
+            out[:, s : s + qb.shape[1]] = idx[:k]
+            if tied.any():
+                cols = tied.nonzero().flatten()
+                out[:, s + cols] = torch.sort(qb[:, cols], dim=0, descending=True, stable=True).indices[:k]
+        else:
+            out[:, s : s + qb.shape[1]] = torch.sort(qb, dim=0, descending=True, stable=True).indices[:k]
     return out
 
 
@@ -388,20 +399,22 @@ def _kernel_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 #: Default working-memory budget of ``score_layer`` (beyond its inputs), in bytes.
-DEFAULT_MAX_MEMORY = 1 << 30
+DEFAULT_MAX_MEMORY = 256 << 20
 
 
 def plan_chunk(name: str, rows: int, neurons: int, max_memory: int = DEFAULT_MAX_MEMORY) -> int:
     """Concepts per block so that one block's working set fits ``max_memory`` bytes.
 
     Per concept a block holds, for the ``rows`` images it reads, the float32 cosines
-    and two float64 copies (logits / probabilities) ≈ 24 bytes per row, plus about
-    56 bytes per neuron (scores, similarities, tie-breakers, candidates). The gather
-    buffer of SoftWPMI/WPMI (64 MiB) comes off the top. The result is a multiple of
-    TILE, and at least one TILE.
+    and their float64 sums (≈ 12 bytes per row; 24 for cos and cos-cubed, which keep a
+    float64 copy), plus about 100 bytes per neuron (scores, similarities, tie-breakers,
+    candidates and their sort keys). The gather buffer of SoftWPMI/WPMI (64 MiB) comes
+    off the top. The result is a multiple of TILE and at least one TILE, so the floor
+    is rows x TILE x 12 bytes whatever the budget.
     """
-    fixed = 64 << 20 if name in ("softwpmi", "wpmi") else 0
-    per_concept = 24 * rows + 56 * neurons
+    pmi = name in ("softwpmi", "wpmi")
+    fixed = 64 << 20 if pmi else 0
+    per_concept = (12 if pmi else 24) * rows + 100 * neurons
     n = max(0, max_memory - fixed) // max(1, per_concept)
     return max(TILE, (n // TILE) * TILE)
 

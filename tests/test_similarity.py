@@ -375,3 +375,17 @@ def test_saturated_ties_go_to_the_neurons_own_best_concept_whatever_the_concept_
         perm = torch.randperm(M, generator=torch.Generator().manual_seed(seed))
         relabels = score_layer("softwpmi", q, I, T[perm], params, top=3, chunk=7).indices[:, 0]
         assert perm[relabels].tolist() == expected
+
+
+def test_top_images_break_ties_by_lower_image_index():
+    import torch
+
+    from dissect.similarity import top_images
+
+    q = torch.tensor([[1.0, 5.0], [3.0, 0.0], [3.0, 0.0], [2.0, 0.0], [3.0, 7.0], [0.0, 0.0]])
+    assert top_images(q, 3).T.tolist() == [[1, 2, 4], [4, 0, 1]]
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 4, (200, 9), generator=g).float()  # heavy ties
+    q[:, :3] = torch.randn(200, 3, generator=g)              # no ties
+    expected = torch.sort(q, dim=0, descending=True, stable=True).indices[:20]
+    assert torch.equal(top_images(q, 20, block=4), expected)
