@@ -58,7 +58,7 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def run_ours(path: Path, sim: str, chunk: int, top_k: int | None) -> dict:
+def run_ours(path: Path, sim: str, chunk: int, top_k: int | None, max_memory_mb: int = 256) -> dict:
     import torch
 
     from dissect.similarity import resolve_params, score_layer
@@ -68,7 +68,7 @@ def run_ours(path: Path, sim: str, chunk: int, top_k: int | None) -> dict:
     q = torch.from_numpy(np.load(path / "q.npy"))
     params = resolve_params(sim, {"top_k": top_k} if top_k else {})
     t0 = time.perf_counter()
-    res = score_layer(sim, q, I, T, params, top=1, chunk=chunk)
+    res = score_layer(sim, q, I, T, params, top=1, chunk=chunk or None, max_memory=max_memory_mb << 20)
     return {"labels": res.indices[:, 0].tolist(), "seconds": time.perf_counter() - t0}
 
 
@@ -107,7 +107,8 @@ def child(args) -> None:
 
     torch.set_num_threads(args.threads)
     path = Path(args.data)
-    out = run_ours(path, args.sim, args.chunk, args.top_k) if args.side == "ours" else run_baseline(path, args.sim, args.top_k)
+    out = (run_ours(path, args.sim, args.chunk, args.top_k, args.max_memory) if args.side == "ours"
+           else run_baseline(path, args.sim, args.top_k))
     out["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
 
@@ -121,7 +122,8 @@ def main() -> None:
     ap.add_argument("--sim", default="softwpmi", choices=["softwpmi", "wpmi"])
     ap.add_argument("--sides", default="ours,baseline")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--chunk", type=int, default=4096)
+    ap.add_argument("--chunk", type=int, default=0, help="concepts per block (0: planned from --max-memory)")
+    ap.add_argument("--max-memory", type=int, default=256, help="working-set budget in MiB")
     ap.add_argument("--top-k", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
@@ -143,7 +145,7 @@ def main() -> None:
         results = {}
         for side in args.sides.split(","):
             cmd = [sys.executable, __file__, "--side", side, "--data", tmp, "--sim", args.sim, "--threads", str(args.threads),
-                   "--chunk", str(args.chunk)] + (["--top-k", str(args.top_k)] if args.top_k else [])
+                   "--chunk", str(args.chunk), "--max-memory", str(args.max_memory)] + (["--top-k", str(args.top_k)] if args.top_k else [])
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"{side}: failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")

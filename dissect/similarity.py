@@ -193,7 +193,7 @@ def probabilities(I: torch.Tensor, T: torch.Tensor, a: float, log_z: torch.Tenso
 
 
 def pmi_scores(
-    p: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor | None, min_prob: float, block_elems: int = 1 << 24
+    p: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor | None, min_prob: float, block_elems: int = 1 << 22
 ) -> torch.Tensor:
     """score[k, m] = Σ_r log(1 + w_r (p(t_m|x_{idx[r,k]}) - 1) + min_prob), float64.
 
@@ -230,13 +230,13 @@ def _example_rows(I: torch.Tensor, idx: torch.Tensor, log_z: torch.Tensor | None
     """The image rows ``idx`` uses, ``idx`` renumbered into them, and their log_z.
 
     With ``selected`` (``score_layer`` selected the rows once for all blocks) or when
-    ``idx`` uses every row of ``I``, nothing is copied.
+    ``idx`` uses more than 3/4 of the rows of ``I``, nothing is copied.
     """
     if selected:  # idx already numbers the rows of I (score_layer did the selection)
         return I, idx, log_z
     rows, inverse = torch.unique(idx, return_inverse=True)
-    if rows.numel() == I.shape[0]:
-        return I, inverse, log_z
+    if rows.numel() > 0.75 * I.shape[0]:  # nearly every row: a copy would cost more than it saves
+        return I, idx, log_z
     return I[rows], inverse, (None if log_z is None else log_z[rows])
 
 
@@ -408,12 +408,12 @@ def plan_chunk(name: str, rows: int, neurons: int, max_memory: int = DEFAULT_MAX
     Per concept a block holds, for the ``rows`` images it reads, the float32 cosines
     and their float64 sums (≈ 12 bytes per row; 24 for cos and cos-cubed, which keep a
     float64 copy), plus about 100 bytes per neuron (scores, similarities, tie-breakers,
-    candidates and their sort keys). The gather buffer of SoftWPMI/WPMI (64 MiB) comes
+    candidates and their sort keys). The gather buffer of SoftWPMI/WPMI (48 MiB) comes
     off the top. The result is a multiple of TILE and at least one TILE, so the floor
     is rows x TILE x 12 bytes whatever the budget.
     """
     pmi = name in ("softwpmi", "wpmi")
-    fixed = 64 << 20 if pmi else 0
+    fixed = 48 << 20 if pmi else 0
     per_concept = (12 if pmi else 24) * rows + 100 * neurons
     n = max(0, max_memory - fixed) // max(1, per_concept)
     return max(TILE, (n // TILE) * TILE)
