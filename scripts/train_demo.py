@@ -17,7 +17,7 @@ Results go to ``training.json`` and ``TRAINING.md`` next to the checkpoints.
 
 Usage::
 
-    python scripts/train_demo.py                 # full run (~17 min, 1 CPU thread)
+    python scripts/train_demo.py                 # full run (~11 min on 1 CPU thread)
     python scripts/train_demo.py --smoke --out /tmp/demo_smoke   # quick pipeline check
 """
 
@@ -91,7 +91,7 @@ CLASSIFIER_ARCH = "test_resnet"
 
 FULL = {
     "pool_size": 40000,
-    "clip_steps": 1500,
+    "clip_steps": 800,
     "clip_batch": 128,
     "clip_lr": 3e-3,
     "clip_warmup": 100,
@@ -100,6 +100,7 @@ FULL = {
     "attr_loss_weight": 1.0,
     "salience_margin": 0.4,
     "null_margin": 0.5,
+    "null_attr_margin": 0.15,
     "margin_loss_weight": 1.0,
     "logit_scale_init": 10.0,
     "logit_scale_max": 30.0,
@@ -127,7 +128,8 @@ ATTR_NAMES = list(world.ATTRIBUTES)
 WORD_TO_ATTR = {w: (ai, wi) for ai, a in enumerate(ATTR_NAMES) for wi, w in enumerate(world.ATTRIBUTES[a])}
 ALL_WORDS = [w for a in ATTR_NAMES for w in world.ATTRIBUTES[a]]
 CI = ATTR_NAMES.index(world.CLASS_ATTRIBUTE)  # the object / class attribute
-OBJ_OFFSET = ALL_WORDS.index(world.ATTRIBUTES[world.CLASS_ATTRIBUTE][0])
+ATTR_OFFSETS = [ALL_WORDS.index(world.ATTRIBUTES[a][0]) for a in ATTR_NAMES]
+OBJ_OFFSET = ATTR_OFFSETS[CI]
 
 
 def log(msg: str) -> None:
@@ -308,7 +310,12 @@ def train_clip(cfg, pool_imgs, pool_attrs, train_words) -> tuple[torch.nn.Module
             obj_cos = wcos.gather(1, (OBJ_OFFSET + attrs[:, CI])[:, None])
             is_obj = F.one_hot(OBJ_OFFSET + attrs[:, CI], len(ALL_WORDS)).bool()
             h_words = F.relu(wcos - obj_cos + cfg["salience_margin"]).masked_fill(is_obj, 0.0)
-            h_null = F.relu(cos[:, B + len(ALL_WORDS):] - obj_cos + cfg["null_margin"])
+            dcos = cos[:, B + len(ALL_WORDS):]
+            h_null = F.relu(dcos - obj_cos + cfg["null_margin"])
+            # ... and every correct word of the other attributes must beat the distractors too
+            own = torch.stack([wcos.gather(1, (ATTR_OFFSETS[ai] + attrs[:, ai])[:, None]).squeeze(1)
+                               for ai in range(len(ATTR_NAMES)) if ai != CI], 1)
+            h_null = h_null + F.relu(dcos - own.min(1, keepdim=True).values + cfg["null_attr_margin"])
             loss = loss + cfg["margin_loss_weight"] * (
                 h_words.sum(1).mean() + h_null.sum(1).mean() * len(ALL_WORDS) / len(dwords))
         opt.zero_grad(set_to_none=True)
@@ -512,12 +519,10 @@ def evaluate(cfg, clip_dir: Path, clf_dir: Path, heldout_words: list[str]) -> di
     res["clip_zero_shot"] = zs
 
     # classifier accuracy on the held-out images
-    ci = ATTR_NAMES.index(world.CLASS_ATTRIBUTE)
     y = torch.tensor([world.ATTRIBUTES[world.CLASS_ATTRIBUTE].index(a[world.CLASS_ATTRIBUTE]) for _, a in ev])
     logits = classifier_logits(clf, clf_cfg, images)
     res["classifier_accuracy"] = round((logits.argmax(1) == y).float().mean().item(), 4)
     log(f"classifier held-out accuracy {res['classifier_accuracy']}")
-    del ci
 
     # mini CLIP-Dissect of the classifier's output neurons on a probe set
     probe = world.generate(cfg["n_probe"], PROBE_SEED, IMAGE_SIZE)
@@ -529,6 +534,7 @@ def evaluate(cfg, clip_dir: Path, clf_dir: Path, heldout_words: list[str]) -> di
         "class_names": classes,
         "all_attribute_words": ALL_WORDS,
         f"all_attribute_words+{len(heldout_words)}_heldout_words": ALL_WORDS + heldout_words,
+        f"class_names+{len(heldout_words)}_heldout_words": classes + heldout_words,
     }
     others = [w for w in ALL_WORDS if w not in classes]
     concept_sets[f"class_names+{len(heldout_words) - len(others)}_heldout_words+{len(others)}_other_attribute_words"] = \
@@ -603,12 +609,21 @@ def write_report(out: Path, info: dict) -> None:
         f"- CLIP: {info['config']['clip_steps']} steps x batch {info['config']['clip_batch']}, AdamW lr "
         f"{info['config']['clip_lr']} (cosine, warmup {info['config']['clip_warmup']}), wd 0.05. Each image gets "
         "a fresh random caption from `world.caption` (bare words, short phrases, sentences, "
-        "\"a photo of a ...\" templates). Multi-positive symmetric contrastive loss: a text counts as a positive "
-        "for every image in the batch whose attributes agree with all attribute words the text mentions. "
-        "All attribute words are added as extra texts to every batch, plus "
+        "\"a photo of a ...\" templates). All attribute words are added as extra texts to every batch, plus "
         f"{info['config']['n_distractors']} random whole-word tokens of the CLIP BPE vocabulary as pure "
-        "negatives (so that unrelated words end up far from all images). Learnable temperature, initialised at "
-        f"{info['config']['logit_scale_init']}, capped at {info['config']['logit_scale_max']} (keeps cosine gaps large).",
+        "negatives (\"distractors\", so that unrelated words end up far from all images). Loss = "
+        "(a) multi-positive symmetric contrastive loss (a text is a positive for every image in the batch whose "
+        "attributes agree with all attribute words it mentions; image->text only over texts that name the "
+        f"object, i.e. the `{world.CLASS_ATTRIBUTE}`, and the distractors), "
+        "(b) per attribute, cross-entropy of each image over the bare words of that attribute, "
+        "(c) hinge terms making the object salient, as in real captions: every other bare word has a cosine at "
+        f"least {info['config']['salience_margin']} below the correct object word, distractors at least "
+        f"{info['config']['null_margin']} below it and {info['config']['null_attr_margin']} below every correct "
+        "attribute word. Learnable temperature, initialised at "
+        f"{info['config']['logit_scale_init']}, capped at {info['config']['logit_scale_max']}. "
+        "Why (c): CLIP-Dissect's soft-WPMI saturates at log(#neurons), so with few neurons a spurious concept "
+        "(e.g. a colour over-represented among a neuron's top images) can tie with the class name in float32; "
+        "a salient object word plus low, flat similarities of unrelated words keeps those ties away.",
         f"- Classifier: {info['config']['clf_steps']} steps x batch {info['config']['clf_batch']}, AdamW lr "
         f"{info['config']['clf_lr']} (cosine), label smoothing 0.05.",
         f"- Seeds: world train {TRAIN_SEED}, eval {EVAL_SEED}, probe {PROBE_SEED}; torch {TORCH_SEED}.",
