@@ -265,16 +265,8 @@ def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, log_z=None, id
     only a block of the concept set; ``idx`` are the precomputed top images. With
     ``return_score`` the raw score_k(m) comes back too (the tie-breaker of ``score_layer``).
     """
-    if idx is None:
-        idx = top_images(q, top_k)
-    I_rows, inverse, log_z_rows = _example_rows(I, idx, log_z, rows_selected)
-    if log_z_rows is None:
-        log_z_rows = log_softmax_denominator(I_rows, T, a, chunk)
-    p = probabilities(I_rows, T, a, log_z_rows)
-    w = softwpmi_weights(top_k, p_start, p_end, device=p.device)
-    score = pmi_scores(p, inverse, w, min_prob)
-    sim = population_correction(score, lam)
-    return (sim, score) if return_score else sim
+    w = softwpmi_weights(top_k, p_start, p_end, device=I.device)
+    return _pmi(q, I, T, a, lam, top_k, w, min_prob, log_z, idx, chunk, return_score, rows_selected)
 
 
 def wpmi(q, I, T, *, a, lam, top_k, min_prob, log_z=None, idx=None, chunk=4096, return_score=False, rows_selected=False):
@@ -283,13 +275,17 @@ def wpmi(q, I, T, *, a, lam, top_k, min_prob, log_z=None, idx=None, chunk=4096, 
         score_k(m) = Σ_{i ∈ top_k(k)} log(p(t_m | x_i) + min_prob),  p = softmax_m(a · P[i, :])
         sim_k(m)   = score_k(m) - λ (logsumexp_j score_j(m) - log C)
     """
+    return _pmi(q, I, T, a, lam, top_k, None, min_prob, log_z, idx, chunk, return_score, rows_selected)
+
+
+def _pmi(q, I, T, a, lam, top_k, weights, min_prob, log_z, idx, chunk, return_score, rows_selected):
+    """The body SoftWPMI (soft ``weights``) and WPMI (``weights`` None) share."""
     if idx is None:
         idx = top_images(q, top_k)
     I_rows, inverse, log_z_rows = _example_rows(I, idx, log_z, rows_selected)
     if log_z_rows is None:
         log_z_rows = log_softmax_denominator(I_rows, T, a, chunk)
-    p = probabilities(I_rows, T, a, log_z_rows)
-    score = pmi_scores(p, inverse, None, min_prob)
+    score = pmi_scores(probabilities(I_rows, T, a, log_z_rows), inverse, weights, min_prob)
     sim = population_correction(score, lam)
     return (sim, score) if return_score else sim
 
@@ -394,10 +390,6 @@ class LayerScores:
     values: torch.Tensor
 
 
-def _kernel_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    return dict(params)
-
-
 #: Default working-memory budget of ``score_layer`` (beyond its inputs), in bytes.
 DEFAULT_MAX_MEMORY = 256 << 20
 
@@ -446,7 +438,7 @@ def score_layer(
     N, C = q.shape
     M = text_emb.shape[0]
     kernel = KERNELS[name]
-    kw = _kernel_params(name, params)
+    kw = dict(params)
     q = q.to(image_emb.device, torch.float32)
     image_emb, text_emb = image_emb.to(torch.float32).contiguous(), text_emb.to(torch.float32).contiguous()
 
