@@ -160,36 +160,54 @@ def cosines(I: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
 
 #: Up to this temperature the softmax is taken in float32 with a fixed shift (see below).
 _F32_SOFTMAX_MAX_A = 40.0
+#: Image rows per product when summing the softmax denominator.
+_ROW_BLOCK = 16384
 
 
-def log_softmax_denominator(I: torch.Tensor, T: torch.Tensor, a: float, chunk: int) -> torch.Tensor:
-    """log_z[i] = logsumexp_m(a · P[i, m]) for each row of ``I``, streamed over blocks of T.
+def _row_blocks(I: torch.Tensor, rows: torch.Tensor | None):
+    """(start, image-embedding block) over ``rows`` of ``I`` (all rows when None), _ROW_BLOCK at a time."""
+    n = I.shape[0] if rows is None else rows.numel()
+    for r in range(0, n, _ROW_BLOCK):
+        yield r, (I[r : r + _ROW_BLOCK] if rows is None else I[rows[r : r + _ROW_BLOCK]])
+
+
+def log_softmax_denominator(I: torch.Tensor, T: torch.Tensor, a: float, chunk: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """log_z[i] = logsumexp_m(a · P[i, m]) for the ``rows`` of ``I`` (all when None), streamed over blocks of T.
 
     Since |P| ≤ 1, exp(a·P − a) lies in [e^(−2a), 1]: for a ≤ 40 it is computed in
     float32 without overflow or underflow, with a shift that does not depend on the
     block, so every term is bit-identical wherever its concept sits; the terms are
-    summed in float64. Larger ``a`` falls back to float64 throughout.
+    summed in float64. Larger ``a`` falls back to float64 throughout. Rows are taken
+    _ROW_BLOCK at a time, so neither the selected rows nor the float64 sums are copied whole.
     """
-    total = torch.zeros(I.shape[0], dtype=torch.float64, device=I.device)
+    total = torch.zeros(I.shape[0] if rows is None else rows.numel(), dtype=torch.float64, device=I.device)
     for s in range(0, T.shape[0], chunk):
-        P = cosines(I, T[s : s + chunk])
-        if a <= _F32_SOFTMAX_MAX_A:
-            total += torch.sum(P.mul_(a).sub_(a).exp_(), dim=1, dtype=torch.float64)
-        else:
-            total += torch.exp(P.to(torch.float64).mul_(a).sub_(a)).sum(dim=1)
+        for r, I_blk in _row_blocks(I, rows):
+            P = cosines(I_blk, T[s : s + chunk])
+            if a <= _F32_SOFTMAX_MAX_A:
+                total[r : r + P.shape[0]] += torch.sum(P.mul_(a).sub_(a).exp_(), dim=1, dtype=torch.float64)
+            else:
+                total[r : r + P.shape[0]] += torch.exp(P.to(torch.float64).mul_(a).sub_(a)).sum(dim=1)
     return total.log_().add_(a)
 
 
-def probabilities(I: torch.Tensor, T: torch.Tensor, a: float, log_z: torch.Tensor) -> torch.Tensor:
-    """p(t_m | x_i) = exp(a · P[i, m] − log_z[i]) for a block of concepts, float32.
+def probabilities(I: torch.Tensor, T: torch.Tensor, a: float, log_z: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """p(t_m | x_i) = exp(a · P[i, m] − log_z[i]) for the ``rows`` of ``I`` and a block of concepts, float32.
 
     Computed as exp(a·P − a) · exp(a − log_z): each factor is exact to float32
     rounding (relative error ~1e-7) and the first is the same term the denominator summed.
+    ``log_z`` holds one value per selected row.
     """
-    P = cosines(I, T)
-    if a <= _F32_SOFTMAX_MAX_A:
-        return P.mul_(a).sub_(a).exp_().mul_(torch.exp(a - log_z).to(torch.float32)[:, None])
-    return torch.exp(P.to(torch.float64).mul_(a).sub_(log_z[:, None])).to(torch.float32)
+    out = torch.empty((log_z.shape[0], T.shape[0]), dtype=torch.float32, device=I.device)
+    scale = torch.exp(a - log_z).to(torch.float32)
+    for r, I_blk in _row_blocks(I, rows):
+        P = cosines(I_blk, T)
+        n = P.shape[0]
+        if a <= _F32_SOFTMAX_MAX_A:
+            out[r : r + n] = P.mul_(a).sub_(a).exp_().mul_(scale[r : r + n, None])
+        else:
+            out[r : r + n] = torch.exp(P.to(torch.float64).mul_(a).sub_(log_z[r : r + n, None]))
+    return out
 
 
 def pmi_scores(
@@ -226,18 +244,16 @@ def pmi_scores(
     return out
 
 
-def _example_rows(I: torch.Tensor, idx: torch.Tensor, log_z: torch.Tensor | None, selected: bool = False):
-    """The image rows ``idx`` uses, ``idx`` renumbered into them, and their log_z.
+def example_rows(idx: torch.Tensor, n_images: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The image rows ``idx`` [K, C] uses and ``idx`` renumbered into them.
 
-    With ``selected`` (``score_layer`` selected the rows once for all blocks) or when
-    ``idx`` uses more than 3/4 of the rows of ``I``, nothing is copied.
+    Returns (None, idx) when more than 3/4 of the images are used: reading all rows then
+    costs little more than selecting them.
     """
-    if selected:  # idx already numbers the rows of I (score_layer did the selection)
-        return I, idx, log_z
     rows, inverse = torch.unique(idx, return_inverse=True)
-    if rows.numel() > 0.75 * I.shape[0]:  # nearly every row: a copy would cost more than it saves
-        return I, idx, log_z
-    return I[rows], inverse, (None if log_z is None else log_z[rows])
+    if rows.numel() > 0.75 * n_images:
+        return None, idx
+    return rows, inverse
 
 
 def population_correction(scores: torch.Tensor, lam: float) -> torch.Tensor:
@@ -251,7 +267,7 @@ def population_correction(scores: torch.Tensor, lam: float) -> torch.Tensor:
 # Kernels over one block of concepts. Each returns sim [C, Mc] in float64.
 # ---------------------------------------------------------------------------
 
-def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, log_z=None, idx=None, chunk=4096, return_score=False, rows_selected=False):
+def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, log_z=None, idx=None, chunk=4096, return_score=False, rows=None, prepared=False):
     """SoftWPMI (paper §3.2, default similarity).
 
         p(t_m | x_i) = softmax_m(a · P[i, :])
@@ -266,26 +282,34 @@ def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, log_z=None, id
     ``return_score`` the raw score_k(m) comes back too (the tie-breaker of ``score_layer``).
     """
     w = softwpmi_weights(top_k, p_start, p_end, device=I.device)
-    return _pmi(q, I, T, a, lam, top_k, w, min_prob, log_z, idx, chunk, return_score, rows_selected)
+    return _pmi(q, I, T, a, lam, top_k, w, min_prob, log_z, idx, chunk, return_score, rows, prepared)
 
 
-def wpmi(q, I, T, *, a, lam, top_k, min_prob, log_z=None, idx=None, chunk=4096, return_score=False, rows_selected=False):
+def wpmi(q, I, T, *, a, lam, top_k, min_prob, log_z=None, idx=None, chunk=4096, return_score=False, rows=None, prepared=False):
     """WPMI (paper App. A.1): hard membership of the top_k images.
 
         score_k(m) = Σ_{i ∈ top_k(k)} log(p(t_m | x_i) + min_prob),  p = softmax_m(a · P[i, :])
         sim_k(m)   = score_k(m) - λ (logsumexp_j score_j(m) - log C)
     """
-    return _pmi(q, I, T, a, lam, top_k, None, min_prob, log_z, idx, chunk, return_score, rows_selected)
+    return _pmi(q, I, T, a, lam, top_k, None, min_prob, log_z, idx, chunk, return_score, rows, prepared)
 
 
-def _pmi(q, I, T, a, lam, top_k, weights, min_prob, log_z, idx, chunk, return_score, rows_selected):
-    """The body SoftWPMI (soft ``weights``) and WPMI (``weights`` None) share."""
-    if idx is None:
-        idx = top_images(q, top_k)
-    I_rows, inverse, log_z_rows = _example_rows(I, idx, log_z, rows_selected)
-    if log_z_rows is None:
-        log_z_rows = log_softmax_denominator(I_rows, T, a, chunk)
-    score = pmi_scores(probabilities(I_rows, T, a, log_z_rows), inverse, weights, min_prob)
+def _pmi(q, I, T, a, lam, top_k, weights, min_prob, log_z, idx, chunk, return_score, rows, prepared):
+    """The body SoftWPMI (soft ``weights``) and WPMI (``weights`` None) share.
+
+    ``prepared`` (``score_layer`` does this once per layer): ``rows`` are the images
+    used (None: all), ``idx`` numbers into them and ``log_z`` has one value per row.
+    Otherwise all three are derived here from ``q``.
+    """
+    if not prepared:
+        if idx is None:
+            idx = top_images(q, top_k)
+        rows, idx = example_rows(idx, I.shape[0])
+        if log_z is not None and rows is not None:
+            log_z = log_z[rows]
+    if log_z is None:
+        log_z = log_softmax_denominator(I, T, a, chunk, rows)
+    score = pmi_scores(probabilities(I, T, a, log_z, rows), idx, weights, min_prob)
     sim = population_correction(score, lam)
     return (sim, score) if return_score else sim
 
@@ -397,16 +421,16 @@ DEFAULT_MAX_MEMORY = 256 << 20
 def plan_chunk(name: str, rows: int, neurons: int, max_memory: int = DEFAULT_MAX_MEMORY) -> int:
     """Concepts per block so that one block's working set fits ``max_memory`` bytes.
 
-    Per concept a block holds, for the ``rows`` images it reads, the float32 cosines
-    and their float64 sums (≈ 12 bytes per row; 24 for cos and cos-cubed, which keep a
-    float64 copy), plus about 100 bytes per neuron (scores, similarities, tie-breakers,
+    Per concept a block holds, for the ``rows`` images it reads, the float32
+    probabilities (≈ 4 bytes per row, plus float64 sums over blocks of 16,384 rows;
+    24 bytes per row for cos and cos-cubed, which keep a float64 copy), plus about 100 bytes per neuron (scores, similarities, tie-breakers,
     candidates and their sort keys). The gather buffer of SoftWPMI/WPMI (48 MiB) comes
     off the top. The result is a multiple of TILE and at least one TILE, so the floor
-    is rows x TILE x 12 bytes whatever the budget.
+    is rows x TILE x 4 bytes whatever the budget.
     """
     pmi = name in ("softwpmi", "wpmi")
     fixed = 48 << 20 if pmi else 0
-    per_concept = (12 if pmi else 24) * rows + 100 * neurons
+    per_concept = (4 if pmi else 24) * rows + 100 * neurons
     n = max(0, max_memory - fixed) // max(1, per_concept)
     return max(TILE, (n // TILE) * TILE)
 
@@ -446,12 +470,12 @@ def score_layer(
     rows_read = N
     if name in ("softwpmi", "wpmi"):
         idx = top_images(q, int(params["top_k"]))
-        image_emb, idx, _ = _example_rows(image_emb, idx, None)  # keep only the rows used, once
-        rows_read = image_emb.shape[0]
+        rows, idx = example_rows(idx, N)  # the images some neuron uses, selected once per layer
+        rows_read = N if rows is None else rows.numel()
         chunk = chunk or plan_chunk(name, rows_read, C, max_memory)
         chunk = -(-chunk // TILE) * TILE  # blocks hold whole tiles (see ``cosines``)
-        log_z = log_softmax_denominator(image_emb, text_emb, float(params["a"]), chunk)
-        kw.update(idx=idx, log_z=log_z, rows_selected=True)
+        log_z = log_softmax_denominator(image_emb, text_emb, float(params["a"]), chunk, rows)
+        kw.update(idx=idx, log_z=log_z, rows=rows, prepared=True)
     elif name == "rank-reorder":
         n = examples_needed(name, params, N)
         idx = top_images(q, n)

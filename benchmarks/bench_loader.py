@@ -1,0 +1,76 @@
+"""Benchmark `record`'s input pipeline: decoding and preprocessing overlapped with the model.
+
+Reports `record`'s images/s (JPEG decode + resize + crop in DataLoader workers,
+model forward with hooks) as a fraction of the model's forward-only throughput on
+tensors decoded in advance, both measured in this run on the same images.
+
+    python benchmarks/bench_loader.py [--images 512] [--model timm:resnet18] [--workers 2]
+    python benchmarks/bench_loader.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=512)
+    ap.add_argument("--size", type=int, default=320, help="side of the generated JPEGs")
+    ap.add_argument("--model", default="timm:resnet18")
+    ap.add_argument("--layers", default="layer4")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args()
+    if args.smoke:
+        args.images, args.size, args.model, args.layers, args.batch_size, args.workers = 32, 64, "timm:test_resnet", "layer2", 16, 0
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from dissect.hooks import Recorder
+    from dissect.models import load_target
+    from dissect.probe import iterate_batches, open_probe
+    from dissect.record import record
+    from dissect.runtime import set_quiet
+
+    set_quiet(True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "probe"
+        folder.mkdir()
+        rng = np.random.default_rng(0)
+        for i in range(args.images):
+            arr = (rng.random((args.size, args.size, 3)) * 255).astype("uint8")
+            Image.fromarray(arr).save(folder / f"{i:05d}.jpg", quality=90)
+        probe = open_probe([str(folder)])
+        target = load_target(args.model, "none")
+        layers = args.layers.split(",")
+
+        # Forward only: every batch decoded and preprocessed before the clock starts.
+        batches = [b for _, b in iterate_batches(probe, target.transform, args.batch_size, 0)]
+        with Recorder(target.module, layers) as rec:
+            rec.run(batches[0])  # warm-up
+            t0 = time.perf_counter()
+            for b in batches:
+                rec.run(b)
+            t_forward = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        record(probe, target, layers, Path(tmp) / "a.h5", device="cpu", batch_size=args.batch_size, workers=args.workers)
+        t_record = time.perf_counter() - t0
+
+    fwd, rec_ips = args.images / t_forward, args.images / t_record
+    print(f"{args.model} {layers} on {args.images} JPEGs {args.size}px, batch {args.batch_size}, "
+          f"{args.workers} workers, {torch.get_num_threads()} threads")
+    print(f"forward only (pre-decoded): {fwd:8.1f} images/s")
+    print(f"dissect record (end to end): {rec_ips:8.1f} images/s")
+    print(f"ratio {rec_ips / fwd:.2f} of forward-only throughput (target with enough workers: >= 0.85)")
+
+
+if __name__ == "__main__":
+    main()
