@@ -160,7 +160,7 @@ def cosines(I: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
 
 #: Up to this temperature the softmax is taken in float32 with a fixed shift (see below).
 _F32_SOFTMAX_MAX_A = 40.0
-#: Image rows per product when summing the softmax denominator.
+#: Image rows per product when the rows are gathered or the float64 sums are taken.
 _ROW_BLOCK = 16384
 
 
@@ -178,7 +178,7 @@ def log_softmax_denominator(I: torch.Tensor, T: torch.Tensor, a: float, chunk: i
     float32 without overflow or underflow, with a shift that does not depend on the
     block, so every term is bit-identical wherever its concept sits; the terms are
     summed in float64. Larger ``a`` falls back to float64 throughout. Rows are taken
-    _ROW_BLOCK at a time, so neither the selected rows nor the float64 sums are copied whole.
+    _ROW_BLOCK at a time, so neither the selected rows nor the float64 sums are held whole.
     """
     total = torch.zeros(I.shape[0] if rows is None else rows.numel(), dtype=torch.float64, device=I.device)
     for s in range(0, T.shape[0], chunk):
@@ -198,8 +198,10 @@ def probabilities(I: torch.Tensor, T: torch.Tensor, a: float, log_z: torch.Tenso
     rounding (relative error ~1e-7) and the first is the same term the denominator summed.
     ``log_z`` holds one value per selected row.
     """
-    out = torch.empty((log_z.shape[0], T.shape[0]), dtype=torch.float32, device=I.device)
     scale = torch.exp(a - log_z).to(torch.float32)
+    if rows is None and a <= _F32_SOFTMAX_MAX_A:  # all rows: in place, no gather, no copy
+        return cosines(I, T).mul_(a).sub_(a).exp_().mul_(scale[:, None])
+    out = torch.empty((log_z.shape[0], T.shape[0]), dtype=torch.float32, device=I.device)
     for r, I_blk in _row_blocks(I, rows):
         P = cosines(I_blk, T)
         n = P.shape[0]
