@@ -29,7 +29,6 @@ def main() -> None:
     args = ap.parse_args()
 
     import numpy as np
-    import open_clip
     import torch
 
     from dissect.clip import load_clip

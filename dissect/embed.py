@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import artifacts as A
-from .clip import Clip, clip_fingerprint, encode_images, encode_tokens, load_clip, parse_clip_spec, prefix_text_encoder
+from .clip import Clip, encode_images, encode_tokens, load_clip, parse_clip_spec, prefix_text_encoder
 from .concepts import ConceptSet, load_concepts
 from .fingerprint import fingerprint
 from .probe import Probe, iterate_batches, open_probe

@@ -137,7 +137,7 @@ class Recorder:
                     kind += f" of {len(output)} ({', '.join(type(o).__name__ for o in output[:4])})"
                 raise ModelError(
                     f"layer {name} returns a {kind}, not a tensor",
-                    hint=f"record one of its submodules instead (see `dissect layers`)",
+                    hint="record one of its submodules instead (see `dissect layers`)",
                 )
             layout = resolve_layout(self.layout, output.ndim, name)
             x = output.detach()

@@ -28,6 +28,18 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matrices: one thread is fastest, and it avoids OpenMP threads spin-waiting
+    for a CPU when the machine is busy (which made such tests 10x slower)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> str:
     """``config.json:checkpoint.pt`` spec of a tiny random-weight CLIP."""

@@ -8,14 +8,12 @@ checked against the float64 reference in tests/reference.py.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from dissect.cli.main import app
@@ -33,14 +31,7 @@ CLI_PARAMS = {"softwpmi": {"top_k": "20"}, "wpmi": {"top_k": "20"}}  # N is smal
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The matrices here are tiny: one thread is fastest, and it avoids OpenMP threads
-    spin-waiting for a CPU when the machine is busy (which made these tests 10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------

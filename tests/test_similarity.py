@@ -35,14 +35,7 @@ TOP = 5
 RTOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The matrices here are tiny: one thread is fastest, and it avoids OpenMP threads
-    spin-waiting for a CPU when the machine is busy (which made these tests 10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------
@@ -356,7 +349,7 @@ def test_saturated_ties_go_to_the_neurons_own_best_concept_whatever_the_concept_
     """
     import torch
 
-    from dissect.similarity import TIE_TOLERANCE, resolve_params, score_layer, softwpmi, top_images
+    from dissect.similarity import TIE_TOLERANCE, resolve_params, score_layer, softwpmi
 
     g = torch.Generator().manual_seed(3)
     N, d, M = 400, 24, 30
