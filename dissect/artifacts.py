@@ -389,6 +389,16 @@ def read_activations(path: str | os.PathLike, layers: list[str] | None = None, d
     return Activations(ids, matrices, lattrs, attrs, Path(path))
 
 
+def read_activation_layer(path: str | os.PathLike, name: str) -> np.ndarray:
+    """One layer's [N, C] float32 matrix, without reading the ids again.
+
+    For use after ``read_activations(path, data=False)`` has checked the file and its names.
+    """
+    f, _ = _open(path, ACTIVATIONS_FORMAT)
+    with f:
+        return _read_matrix(f["layers"], name, f"{path}:layers", rows=f["ids"].shape[0])
+
+
 def _layer_names(group) -> list[str]:
     """Layer datasets under ``layers``, in the order they were written."""
     return [n for n in group if hasattr(group[n], "dtype")]

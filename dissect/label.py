@@ -107,7 +107,7 @@ def label(
     rows: dict[str, list] = {c: [] for c in A.LABEL_COLUMNS}
     k = min(top, len(txt.keys))
     for name in acts.layers:
-        q_np = A.read_activations(activations, [name]).layers[name]
+        q_np = A.read_activation_layer(activations, name)
         q = torch.from_numpy(q_np if order is None else q_np[order]).to(dev)
         del q_np
         with progress(f"{sim} {name}", len(txt.keys), "concepts") as advance:

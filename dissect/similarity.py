@@ -469,15 +469,12 @@ def score_layer(
     image_emb, text_emb = image_emb.to(torch.float32).contiguous(), text_emb.to(torch.float32).contiguous()
 
     # Work shared by all concept blocks.
+    pmi = name in ("softwpmi", "wpmi")
     rows_read = N
-    if name in ("softwpmi", "wpmi"):
+    if pmi:
         idx = top_images(q, int(params["top_k"]))
         rows, idx = example_rows(idx, N)  # the images some neuron uses, selected once per layer
         rows_read = N if rows is None else rows.numel()
-        chunk = chunk or plan_chunk(name, rows_read, C, max_memory)
-        chunk = -(-chunk // TILE) * TILE  # blocks hold whole tiles (see ``cosines``)
-        log_z = log_softmax_denominator(image_emb, text_emb, float(params["a"]), chunk, rows)
-        kw.update(idx=idx, log_z=log_z, rows=rows, prepared=True)
     elif name == "rank-reorder":
         n = examples_needed(name, params, N)
         idx = top_images(q, n)
@@ -485,9 +482,11 @@ def score_layer(
         kw.update(idx=idx, baseline=rank_reorder_baseline(t, params["p"], int(params["n_perm"]), int(params["seed"])))
         rows_read = n
     chunk = chunk or plan_chunk(name, rows_read, C, max_memory)
-    chunk = -(-chunk // TILE) * TILE
+    chunk = -(-chunk // TILE) * TILE  # blocks hold whole tiles (see ``cosines``)
+    if pmi:
+        log_z = log_softmax_denominator(image_emb, text_emb, float(params["a"]), chunk, rows)
+        kw.update(idx=idx, log_z=log_z, rows=rows, prepared=True)
 
-    pmi = name in ("softwpmi", "wpmi")
     if pmi and not full:
         kw["return_score"] = True
     k = min(top, M)
