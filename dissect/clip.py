@@ -15,6 +15,7 @@ Preprocessing always comes from the model's own config.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -86,6 +87,11 @@ class Clip:
     @property
     def pretrained(self) -> str:
         return self.spec.pretrained
+
+    @functools.cached_property
+    def prefix_encoder(self):
+        """``prefix_text_encoder(self)``, built once per loaded model."""
+        return prefix_text_encoder(self)
 
     def attrs(self) -> dict[str, Any]:
         """What every embeddings artifact records about its CLIP model."""
@@ -272,7 +278,7 @@ def encode_tokens(clip: Clip, tokens, prefix: bool = True) -> Any:
 
     with torch.inference_mode():
         tokens = tokens.to(clip.device)
-        fast = prefix_text_encoder(clip) if prefix else None
+        fast = clip.prefix_encoder if prefix else None
         if fast is not None:
             emb = fast(tokens[:, : int((tokens != 0).sum(dim=1).max())])
         else:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import artifacts as A
-from .clip import Clip, encode_images, encode_tokens, load_clip, parse_clip_spec, prefix_text_encoder
+from .clip import Clip, encode_images, encode_tokens, load_clip, parse_clip_spec
 from .concepts import ConceptSet, load_concepts
 from .fingerprint import fingerprint
 from .probe import Probe, iterate_batches, open_probe
@@ -77,7 +77,7 @@ def compute_text_embeddings(clip: Clip, concepts: ConceptSet, batch_size: int = 
     """[M, d] L2-normalised embeddings of the concepts, as written (no prompt template).
 
     Concepts are batched by token length, and each batch runs the text tower only up to
-    its longest sequence where that is exact (``clip.prefix_text_encoder``).
+    its longest sequence where that is exact (``Clip.prefix_encoder``).
     """
     check_batch_size(batch_size)
     texts = concepts.concepts
@@ -101,7 +101,7 @@ def compute_text_embeddings(clip: Clip, concepts: ConceptSet, batch_size: int = 
 
 
 def text_encoder_note(clip: Clip) -> str:
-    return "prefix" if prefix_text_encoder(clip) is not None else "full-context (open_clip encode_text)"
+    return "prefix" if clip.prefix_encoder is not None else "full-context (open_clip encode_text)"
 
 
 def _report_concepts(concepts: ConceptSet) -> None:

@@ -14,6 +14,7 @@ which and why. Nothing stale is reused silently.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -116,18 +117,19 @@ def run(
         acts_path.unlink()
         attrs = None
     have = set(attrs.get("_layers", [])) if attrs else set()
+    record_layers = functools.partial(record, probe_set, target, layers, acts_path, summary=summary, layout=layout,
+                                      device=str(dev), batch_size=batch_size, workers=workers)
+
     try:
-        record(probe_set, target, layers, acts_path, summary=summary, layout=layout, device=str(dev),
-               batch_size=batch_size, workers=workers)
+        record_layers()
     except MismatchError:
         # Same inputs but layers recorded with another summary: start this file over.
         info(f"recomputing {acts_path} (recorded with another --summary or --layout)")
         acts_path.unlink()
         have = set()
-        record(probe_set, target, layers, acts_path, summary=summary, layout=layout, device=str(dev),
-               batch_size=batch_size, workers=workers)
+        record_layers()
     steps["activations"] = {"path": acts_path.name, "reused_layers": sorted(have & set(layers))}
-    del target
+    del target, record_layers  # free the model before labelling
 
     labels_path = run_dir / "labels.parquet"
     images_fp = A.peek_attrs(images_path, A.IMAGE_FORMAT)["fingerprint"]
