@@ -133,28 +133,46 @@ def softwpmi_weights(k: int, p_start: float, p_end: float, dtype=torch.float64, 
     return p_start - r / k * (p_start - p_end)
 
 
-#: Concepts per matrix product. Every I·Tᵀ is taken in tiles of exactly this many
-#: concepts (the last one zero-padded), so a concept's cosines are bit-identical
-#: whatever block, --chunk or position in the concept list it is computed in.
+#: Concepts per matrix product. Every I·Tᵀ is taken in tiles of exactly ROW_TILE images
+#: by TILE concepts (the last ones zero-padded), so a cosine is bit-identical whatever
+#: block, --chunk, row block or position in the concept list it is computed in.
 TILE = 256
+#: Images per matrix product (see TILE). GEMM libraries switch kernels for few rows.
+ROW_TILE = 1024
 
 
-def cosines(I: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+def pad_concepts(T: torch.Tensor) -> torch.Tensor:
+    """``T`` as float32 with zero rows appended up to a multiple of TILE (no copy when there is nothing to do)."""
+    T = T.to(torch.float32)
+    return torch.cat([T, T.new_zeros(-T.shape[0] % TILE, T.shape[1])]) if T.shape[0] % TILE else T
+
+
+def cosines(I: torch.Tensor, T: torch.Tensor, row_tile: int | None = ROW_TILE, n_concepts: int | None = None) -> torch.Tensor:
     """P = I · Tᵀ in float32 (the embeddings' own precision), computed tile by tile.
 
-    GEMM libraries round differently for different matrix shapes; fixing the shape
-    of every product makes the result independent of how concepts are blocked.
+    GEMM libraries round differently for different matrix shapes (a product over 7 rows
+    is not bit-identical to the same rows inside a product over 1,024); fixing the shape
+    of every product makes the result independent of how rows and concepts are blocked.
+    ``row_tile=None`` takes all rows in each product (rank reorder: a few rows per
+    neuron, always the same ones, where padding to ROW_TILE would multiply the work).
+    ``n_concepts``: ``T`` is already ``pad_concepts``-padded and holds this many real rows.
     """
     I = I.to(torch.float32)
-    T = T.to(torch.float32)
-    M = T.shape[0]
-    out = torch.empty((I.shape[0], M), dtype=torch.float32, device=I.device)
-    for s in range(0, M, TILE):
-        t = T[s : s + TILE]
-        n = t.shape[0]
-        if n < TILE:
-            t = torch.cat([t, t.new_zeros(TILE - n, t.shape[1])])
-        out[:, s : s + n] = (I @ t.T)[:, :n]
+    N, M = I.shape[0], T.shape[0] if n_concepts is None else n_concepts
+    out = torch.empty((N, M), dtype=torch.float32, device=I.device)
+    T = pad_concepts(T)
+    rt = row_tile or max(1, N)
+    for r in range(0, N, rt):
+        i = I[r : r + rt]
+        nr = i.shape[0]
+        if nr < rt:
+            i = torch.cat([i, i.new_zeros(rt - nr, i.shape[1])])
+        for s in range(0, M, TILE):
+            n = min(TILE, M - s)
+            if nr == rt and n == TILE:  # a whole tile: the product writes straight into ``out``
+                torch.mm(i, T[s : s + TILE].T, out=out[r : r + nr, s : s + n])
+            else:
+                out[r : r + nr, s : s + n] = (i @ T[s : s + TILE].T)[:nr, :n]
     return out
 
 
@@ -181,11 +199,16 @@ def log_softmax_denominator(I: torch.Tensor, T: torch.Tensor, a: float, chunk: i
     _ROW_BLOCK at a time, so neither the selected rows nor the float64 sums are held whole.
     """
     total = torch.zeros(I.shape[0] if rows is None else rows.numel(), dtype=torch.float64, device=I.device)
+    buf64 = None
     for s in range(0, T.shape[0], chunk):
         for r, I_blk in _row_blocks(I, rows):
             P = cosines(I_blk, T[s : s + chunk])
             if a <= _F32_SOFTMAX_MAX_A:
-                total[r : r + P.shape[0]] += torch.sum(P.mul_(a).sub_(a).exp_(), dim=1, dtype=torch.float64)
+                # Into a reused float64 buffer, then summed: a float64 sum of float32 input
+                # converts on the fly and is several times slower (same sums).
+                if buf64 is None or buf64.numel() < P.numel():
+                    buf64 = torch.empty(P.numel(), dtype=torch.float64, device=I.device)
+                total[r : r + P.shape[0]] += buf64[: P.numel()].view(P.shape).copy_(P.mul_(a).sub_(a).exp_()).sum(dim=1)
             else:
                 total[r : r + P.shape[0]] += torch.exp(P.to(torch.float64).mul_(a).sub_(a)).sum(dim=1)
     return total.log_().add_(a)
@@ -212,6 +235,29 @@ def probabilities(I: torch.Tensor, T: torch.Tensor, a: float, log_z: torch.Tenso
     return out
 
 
+def pmi_terms(weights: torch.Tensor | None, K: int, min_prob: float, device=None) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """How each neuron's log terms are taken: (factor [K] float32, shift [K] float32 or None, constant).
+
+    log(1 + w_r (p - 1) + ε) = log(s_r) + log1p(c_r p),  s_r = 1 - w_r + ε,  c_r = w_r / s_r
+    (WPMI: w_r = 1). The log(s_r) sum to the same constant Σ_r log s_r for every neuron
+    and concept, so only the small, non-negative log1p terms are computed and summed:
+    no cancellation near −900 (METHOD.md's numerical note) and one multiply and one
+    log1p per term. When some s_r is 0 (ε = 0 and w_r = 1) the direct form
+    log(w_r p + s_r) is used instead: the factor is then w_r, the shift s_r and the constant 0.
+    """
+    w = torch.ones(K, dtype=torch.float64, device=device) if weights is None else weights.to(torch.float64)
+    s = 1 - w + min_prob
+    if bool((s > 0).all()):
+        return (w / s).to(torch.float32), None, float(torch.log(s).sum())
+    return w.to(torch.float32), s.to(torch.float32), 0.0
+
+
+def _apply_terms(g: torch.Tensor, factor: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    """In place: g ← log1p(factor·g) (shift None) or log(factor·g + shift); factor broadcasts against g."""
+    g.mul_(factor)
+    return g.log1p_() if shift is None else g.add_(shift).log_()
+
+
 def pmi_scores(
     p: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor | None, min_prob: float, block_elems: int = 1 << 22
 ) -> torch.Tensor:
@@ -219,31 +265,94 @@ def pmi_scores(
 
     ``p`` [U, Mc] holds p(t_m | x) (float32) for the rows that ``idx`` [K, C] points into.
     With ``weights`` None the membership is hard (WPMI): Σ_r log(p + min_prob).
-    Neurons are processed in blocks whose gathered [K, b, Mc] working set holds at most
-    ``block_elems`` numbers, in one buffer reused in place (no per-block allocations).
+    The terms are float32 (see ``pmi_terms``), their sums float64. Neurons are processed
+    in blocks whose gathered [K, b, Mc] working set holds at most ``block_elems`` numbers,
+    in buffers reused in place (no per-block allocations).
     """
     K, C = idx.shape
     Mc = p.shape[1]
-    # The terms are taken in float32 (each within ~1e-7 of exact), their sums in float64.
-    # 1 + w (p - 1) + ε  ==  w p + (1 - w + ε): one multiply-add in place.
-    if weights is None:
-        scale, shift = None, min_prob
-    else:
-        scale = weights.to(torch.float32).view(K, 1, 1)
-        shift = (1 - weights + min_prob).to(torch.float32).view(K, 1, 1)
+    factor, shift, const = pmi_terms(weights, K, min_prob, p.device)
+    factor = factor.view(K, 1, 1)
+    shift = None if shift is None else shift.view(K, 1, 1)
     b = max(1, min(C, block_elems // max(1, K * Mc)))
     buf = torch.empty((K * b, Mc), dtype=p.dtype, device=p.device)
+    buf64 = torch.empty((K * b, Mc), dtype=torch.float64, device=p.device)
     out = torch.empty((C, Mc), dtype=torch.float64, device=p.device)
     for s in range(0, C, b):
         block = idx[:, s : s + b]                                        # [K, bb]
         bb = block.shape[1]
         g = torch.index_select(p, 0, block.reshape(-1), out=buf[: K * bb]).view(K, bb, Mc)
-        if scale is None:
-            g.add_(shift)
-        else:
-            g.mul_(scale).add_(shift)
-        out[s : s + bb] = torch.sum(g.log_(), dim=0, dtype=torch.float64)
-    return out
+        _apply_terms(g, factor, shift)
+        # A float64 sum of float32 input converts on the fly, slowly; copying into a
+        # reused float64 buffer first is several times faster and gives the same sums.
+        g64 = buf64[: K * bb].view(K, bb, Mc).copy_(g)
+        torch.sum(g64, dim=0, out=out[s : s + bb])
+    return out.add_(const)
+
+
+def pmi_single_pass(
+    I: torch.Tensor,
+    T: torch.Tensor,
+    a: float,
+    idx: torch.Tensor,
+    rows: torch.Tensor | None,
+    weights: torch.Tensor | None,
+    min_prob: float,
+    row_block: int,
+    progress: Callable[[float], None] | None = None,
+    pair_elems: int = 1 << 22,
+) -> torch.Tensor:
+    """score[k, m] for all concepts at once, with one product pass over the example rows.
+
+    The two-pass path needs log_z (every concept) before any probability is known, so it
+    takes the products twice. Here the rows are walked in blocks of ``row_block``: a
+    block's products against *all* concepts give its log_z and then, from the same
+    exponentials, its probabilities, whose log terms are added into a [C, M] float64
+    accumulator for the neurons that use those rows. Same float32 terms as
+    ``pmi_scores``, each neuron's terms added in image order (so the result does not
+    depend on ``row_block``); memory C·M·8 + row_block·M·4 bytes plus buffers.
+    ``progress`` gets the fraction of rows done since the last call.
+    """
+    K, C = idx.shape
+    M = T.shape[0]
+    U = I.shape[0] if rows is None else rows.numel()
+    factor, shift_r, const = pmi_terms(weights, K, min_prob, I.device)
+    # Every (rank r, neuron k) pair, ordered by the image row it reads.
+    flat = idx.reshape(-1)                                               # pair r*C + k
+    order = torch.sort(flat, stable=True).indices
+    pair_row = flat[order]
+    pair_unit = order % C
+    pair_factor = factor[order // C]
+    pair_shift = None if shift_r is None else shift_r[order // C]
+    bounds = torch.searchsorted(pair_row, torch.arange(0, U + row_block, row_block, device=I.device)).tolist()
+
+    T_pad = pad_concepts(T)  # once, not per row block
+    acc = torch.zeros((C, M), dtype=torch.float64, device=I.device)
+    sub = max(1, min(M, 4096))
+    buf64 = torch.empty((min(row_block, U), sub), dtype=torch.float64, device=I.device)
+    n_pairs = max(1, pair_elems // max(1, M))
+    gbuf = torch.empty((n_pairs, M), dtype=torch.float32, device=I.device)
+    g64 = torch.empty((n_pairs, M), dtype=torch.float64, device=I.device)
+    for bi, r0 in enumerate(range(0, U, row_block)):
+        I_blk = I[r0 : r0 + row_block] if rows is None else I[rows[r0 : r0 + row_block]]
+        R = I_blk.shape[0]
+        E = cosines(I_blk, T_pad, n_concepts=M).mul_(a).sub_(a).exp_()  # exp(a·P − a), [R, M]
+        z = torch.zeros(R, dtype=torch.float64, device=I.device)
+        for c0 in range(0, M, sub):
+            part = E[:, c0 : c0 + sub]
+            z += buf64[:R, : part.shape[1]].copy_(part).sum(dim=1)
+        log_z = z.log_().add_(a)
+        E.mul_(torch.exp(a - log_z).to(torch.float32)[:, None])         # p(t_m | x) for the block's rows
+        lo, hi = bounds[bi], bounds[bi + 1]
+        for p0 in range(lo, hi, n_pairs):
+            p1 = min(hi, p0 + n_pairs)
+            g = torch.index_select(E, 0, pair_row[p0:p1] - r0, out=gbuf[: p1 - p0])
+            _apply_terms(g, pair_factor[p0:p1, None], None if pair_shift is None else pair_shift[p0:p1, None])
+            acc.index_add_(0, pair_unit[p0:p1], g64[: p1 - p0].copy_(g))
+        del E
+        if progress is not None:
+            progress(R / U)
+    return acc.add_(const)
 
 
 def example_rows(idx: torch.Tensor, n_images: int) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -387,7 +496,7 @@ def rank_reorder(q, I, T, *, p, top_fraction, scale_p, n_perm, seed, idx=None, b
     Mc = T.shape[0]
     out = torch.empty((C, Mc), dtype=torch.float64, device=q.device)
     for k in range(C):
-        c = cosines(I[idx[:, k]], T).to(torch.float64)              # [n, Mc]
+        c = cosines(I[idx[:, k]], T, row_tile=None).to(torch.float64)  # [n, Mc]
         ranks = torch.argsort(torch.argsort(c, dim=0, stable=True), dim=0, stable=True)
         reorg = s[:, k][ranks]                                      # [n, Mc]
         err = (t[:, k : k + 1] - reorg).abs().pow(p).mean(dim=0)
@@ -437,6 +546,21 @@ def plan_chunk(name: str, rows: int, neurons: int, max_memory: int = DEFAULT_MAX
     return max(TILE, (n // TILE) * TILE)
 
 
+def plan_single_pass(rows: int, neurons: int, concepts: int, max_memory: int = DEFAULT_MAX_MEMORY) -> int:
+    """Image rows per block of ``pmi_single_pass`` within ``max_memory`` bytes, or 0 if it does not fit.
+
+    The single pass holds the C×M float64 accumulator (8·C·M bytes), 48 MiB of gather
+    buffers and, per row of a block, its M float32 probabilities and a float64 copy of
+    up to 4,096 of them. It is used only when a block of at least ROW_TILE rows (or all of them) fits.
+    """
+    avail = max_memory - 8 * neurons * concepts - (48 << 20)
+    per_row = 4 * concepts + 8 * min(concepts, 4096)
+    r = avail // max(1, per_row)
+    if r < min(rows, ROW_TILE):
+        return 0
+    return int(min(rows, r if r < ROW_TILE else r // ROW_TILE * ROW_TILE))
+
+
 def score_layer(
     name: str,
     q: torch.Tensor,
@@ -448,6 +572,7 @@ def score_layer(
     progress: Callable[[int], None] | None = None,
     full: bool = False,
     max_memory: int = DEFAULT_MAX_MEMORY,
+    passes: str = "auto",
 ) -> LayerScores | torch.Tensor:
     """Score every neuron of one layer against every concept, block by block.
 
@@ -458,7 +583,15 @@ def score_layer(
     Memory: the N×M matrix is never formed. SoftWPMI and WPMI read only the images in
     some neuron's top_k; every method streams over blocks of ``chunk`` concepts, by
     default as many as fit ``max_memory`` bytes of working set (see ``plan_chunk``).
+
+    ``passes`` (SoftWPMI, WPMI): "one" takes the products once (``pmi_single_pass``,
+    which holds a [C, M] float64 accumulator), "two" streams over concept blocks and
+    takes them twice (the softmax denominator first), "auto" takes one pass when its
+    accumulator and a row block fit ``max_memory`` (``plan_single_pass``). Both give the
+    same float32 terms summed in float64, so the same scores to rounding.
     """
+    if passes not in ("auto", "one", "two"):
+        raise ValueError(f"passes must be 'auto', 'one' or 'two', got {passes!r}")
     if name not in KERNELS:
         resolve_params(name)  # raises the user-facing error
     N, C = q.shape
@@ -481,9 +614,34 @@ def score_layer(
         t = torch.gather(q, 0, idx).to(torch.float64)
         kw.update(idx=idx, baseline=rank_reorder_baseline(t, params["p"], int(params["n_perm"]), int(params["seed"])))
         rows_read = n
+    row_block = 0
+    if pmi and passes != "two" and float(params["a"]) <= _F32_SOFTMAX_MAX_A:
+        row_block = plan_single_pass(rows_read, C, M, max_memory)
+        if passes == "one" and not row_block:
+            row_block = min(rows_read, ROW_TILE)
+    if row_block:
+        # One product pass: all scores into a [C, M] accumulator, then the same top-K merge
+        # over concept blocks, taken from the accumulator.
+        done = [0.0, 0]
+        def rows_done(frac: float) -> None:
+            done[0] += frac * M
+            step = min(M, round(done[0])) - done[1]
+            if step > 0 and progress is not None:
+                progress(step)
+            done[1] += step
+        weights = softwpmi_weights(int(params["top_k"]), params["p_start"], params["p_end"], device=q.device) if name == "softwpmi" else None
+        score_all = pmi_single_pass(image_emb, text_emb, float(params["a"]), idx, rows, weights, float(params["min_prob"]),
+                                    row_block, progress=rows_done)
+        if done[1] < M and progress is not None:
+            progress(M - done[1])
+        progress = None
+        if full:
+            return population_correction(score_all, float(params["lam"]))
+        kernel = lambda q, I, T, *, span, **_: (population_correction(score_all[:, span], float(params["lam"])), score_all[:, span])
+        chunk = chunk or max(TILE, (max(0, max_memory - C * M * 8) // max(1, 100 * C)) // TILE * TILE)
     chunk = chunk or plan_chunk(name, rows_read, C, max_memory)
     chunk = -(-chunk // TILE) * TILE  # blocks hold whole tiles (see ``cosines``)
-    if pmi:
+    if pmi and not row_block:
         log_z = log_softmax_denominator(image_emb, text_emb, float(params["a"]), chunk, rows)
         kw.update(idx=idx, log_z=log_z, rows=rows, prepared=True)
 
@@ -495,7 +653,8 @@ def score_layer(
     best_i = torch.zeros((C, 0), dtype=torch.long, device=q.device)
     blocks = []
     for s in range(0, M, chunk):
-        out = kernel(q, image_emb, text_emb[s : s + chunk], **kw)
+        out = (kernel(q, image_emb, None, span=slice(s, s + chunk)) if row_block
+               else kernel(q, image_emb, text_emb[s : s + chunk], **kw))
         sim, tie = out if (pmi and not full) else (out, torch.zeros_like(out))
         del out
         if full:
@@ -531,6 +690,19 @@ def _topk_stable(values: torch.Tensor, tiebreak: torch.Tensor, indices: torch.Te
     log-likelihood of the concept over its top images), then to the lower concept index,
     so the label never depends on the order of the concept list.
     """
+    W = values.shape[1]
+    if W > 2 * k + 64:
+        # Only values whose tie bucket reaches the k-th best's can be in the top k: sort
+        # those few instead of the whole row (the set is the same top-m for every row).
+        v = torch.nan_to_num(values, nan=-math.inf)
+        kth = torch.topk(v, k, dim=1).values[:, -1:]
+        bucket = (lambda x: torch.round(x / TIE_TOLERANCE)) if quantize else (lambda x: x)
+        m = int((bucket(v) >= bucket(kth)).sum(dim=1).max())
+        if m < W // 2:
+            sel = torch.topk(v, m, dim=1).indices
+            sub = _topk_stable(torch.gather(values, 1, sel), torch.gather(tiebreak, 1, sel),
+                               torch.gather(indices, 1, sel), k, quantize)
+            return torch.gather(sel, 1, sub)
     # Stable sorts from the last key to the first.
     order = torch.argsort(indices, dim=1, stable=True)
     t = torch.nan_to_num(torch.gather(tiebreak, 1, order), nan=-math.inf)

@@ -33,6 +33,8 @@ SEED = 1
 CHUNKS = [7, 4096]  # 7: six blocks of 7 and one of 5; 4096: all 40 concepts in one block
 TOP = 5
 RTOL = 1e-4
+PMI = ("softwpmi", "wpmi")
+PASSES = ["auto", "one", "two"]  # SoftWPMI/WPMI: one product pass with an accumulator, or two streamed
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -111,9 +113,9 @@ def tensors(q=None, I=None, T=None):
     return tuple(torch.from_numpy(np.ascontiguousarray(x if x is not None else d)) for x, d in ((q, q0), (I, I0), (T, T0)))
 
 
-def full_scores(name, params, chunk, T=None) -> np.ndarray:
+def full_scores(name, params, chunk, T=None, passes="auto") -> np.ndarray:
     q, I, T = tensors(T=T)
-    out = score_layer(name, q, I, T, params, full=True, chunk=chunk)
+    out = score_layer(name, q, I, T, params, full=True, chunk=chunk, passes=passes)
     assert isinstance(out, torch.Tensor) and out.dtype == torch.float64
     return out.numpy()
 
@@ -144,27 +146,33 @@ def assert_separated(ref: np.ndarray, k: int, rel: float = 1e-6) -> None:
 # Agreement with the float64 reference
 # ---------------------------------------------------------------------------
 
+@pytest.mark.parametrize("passes", PASSES)
 @pytest.mark.parametrize("chunk", CHUNKS)
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_full_scores_match_float64_reference(case, chunk):
+def test_full_scores_match_float64_reference(case, chunk, passes):
     name, overrides = case
+    if passes != "auto" and name not in PMI:
+        pytest.skip("one or two product passes: SoftWPMI and WPMI only")
     ref = reference(_case_id(case))
-    got = full_scores(name, resolve_params(name, overrides), chunk)
+    got = full_scores(name, resolve_params(name, overrides), chunk, passes=passes)
     assert got.shape == ref.shape == (N_PLANTED + N_BACKGROUND, N_CONCEPTS)
     assert np.isfinite(got).all()
     assert relative_difference(got, ref) < RTOL
     np.testing.assert_array_equal(got.argmax(axis=1), ref.argmax(axis=1))
 
 
+@pytest.mark.parametrize("passes", PASSES)
 @pytest.mark.parametrize("chunk", CHUNKS)
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_top_concepts_match_float64_reference(case, chunk):
+def test_top_concepts_match_float64_reference(case, chunk, passes):
     name, overrides = case
+    if passes != "auto" and name not in PMI:
+        pytest.skip("one or two product passes: SoftWPMI and WPMI only")
     ref = reference(_case_id(case))
     assert_separated(ref, TOP)
     q, I, T = tensors()
     done = []
-    res = score_layer(name, q, I, T, resolve_params(name, overrides), top=TOP, chunk=chunk, progress=done.append)
+    res = score_layer(name, q, I, T, resolve_params(name, overrides), top=TOP, chunk=chunk, progress=done.append, passes=passes)
     assert sum(done) == N_CONCEPTS
     assert tuple(res.indices.shape) == tuple(res.values.shape) == (N_PLANTED + N_BACKGROUND, TOP)
     assert res.values.dtype == torch.float64
@@ -302,25 +310,60 @@ def test_resolve_params_does_not_mutate_defaults():
 # Float64 accumulation: scores depend on a concept, not on its position
 # ---------------------------------------------------------------------------
 
+@pytest.mark.parametrize("passes", ["one", "two"])
 @pytest.mark.parametrize("chunk", CHUNKS)
 @pytest.mark.parametrize("name", SIMILARITIES)
-def test_scores_do_not_depend_on_concept_order(name, chunk):
+def test_scores_do_not_depend_on_concept_order(name, chunk, passes):
+    if passes == "one" and name not in PMI:
+        pytest.skip("one product pass: SoftWPMI and WPMI only")
     _, _, T, _ = planted()
     perm = np.random.default_rng(5).permutation(N_CONCEPTS)
     params = resolve_params(name)
-    base = full_scores(name, params, chunk)
-    shuffled = full_scores(name, params, chunk, T=T[perm])
+    base = full_scores(name, params, chunk, passes=passes)
+    shuffled = full_scores(name, params, chunk, T=T[perm], passes=passes)
     np.testing.assert_allclose(shuffled, base[:, perm], rtol=1e-9, atol=1e-12 * np.abs(base).max())
 
 
 @pytest.mark.parametrize("name", SIMILARITIES)
 def test_scores_do_not_depend_on_chunk_size(name):
     params = resolve_params(name)
-    whole = full_scores(name, params, 4096)
+    whole = full_scores(name, params, 4096, passes="two")
     for chunk in (3, 39):
         np.testing.assert_allclose(
-            full_scores(name, params, chunk), whole, rtol=1e-9, atol=1e-12 * np.abs(whole).max(), err_msg=f"chunk={chunk}"
+            full_scores(name, params, chunk, passes="two"), whole, rtol=1e-9, atol=1e-12 * np.abs(whole).max(), err_msg=f"chunk={chunk}"
         )
+
+
+@pytest.mark.parametrize("name", PMI)
+def test_one_and_two_product_passes_agree_whatever_the_row_block(name):
+    """The single pass adds each neuron's float32 terms in image order, row block after row block."""
+    from dissect.similarity import example_rows, pmi_single_pass, population_correction, softwpmi_weights, top_images
+
+    params = resolve_params(name)
+    two = full_scores(name, params, 7, passes="two")
+    q, I, T = tensors()
+    rows, idx = example_rows(top_images(q, params["top_k"]), I.shape[0])
+    w = softwpmi_weights(params["top_k"], params["p_start"], params["p_end"]) if name == "softwpmi" else None
+    fracs = []
+    for row_block in (1, 7, 64, I.shape[0]):
+        score = pmi_single_pass(I, T, params["a"], idx, rows, w, params["min_prob"], row_block, progress=fracs.append)
+        one = population_correction(score, params["lam"]).numpy()
+        np.testing.assert_allclose(one, two, rtol=1e-9, atol=1e-12 * np.abs(two).max(), err_msg=f"row_block={row_block}")
+    assert math.isclose(sum(fracs), 4.0)
+
+
+@pytest.mark.parametrize("name", PMI)
+def test_auto_takes_one_pass_only_when_its_accumulator_fits(name):
+    from dissect.similarity import plan_single_pass
+
+    assert plan_single_pass(50_000, 512, 20_000, 256 << 20) > 0          # 82 MB accumulator
+    assert plan_single_pass(50_000, 2048, 20_000, 256 << 20) == 0        # 328 MB accumulator
+    assert plan_single_pass(50_000, 2048, 20_000, 1 << 30) > 0
+    q, I, T = tensors()
+    params = resolve_params(name)
+    # A budget too small for the accumulator still gives the same scores (two passes).
+    small = score_layer(name, q, I, T, params, full=True, max_memory=1)
+    np.testing.assert_allclose(small.numpy(), full_scores(name, params, None, passes="one"), rtol=1e-9)
 
 
 @pytest.mark.parametrize("chunk", CHUNKS)
@@ -382,3 +425,26 @@ def test_top_images_break_ties_by_lower_image_index():
     q[:, :3] = torch.randn(200, 3, generator=g)              # no ties
     expected = torch.sort(q, dim=0, descending=True, stable=True).indices[:20]
     assert torch.equal(top_images(q, 20, block=4), expected)
+
+
+@pytest.mark.parametrize("quantize", [True, False])
+def test_top_k_merge_preselection_ranks_like_a_full_sort(quantize):
+    """Wide rows go through a top-k preselection; it must rank exactly like sorting the whole row."""
+    from dissect.similarity import TIE_TOLERANCE, _topk_stable
+
+    g = torch.Generator().manual_seed(0)
+    C, W, k = 16, 2000, 5
+    # Few distinct values (many exact ties), near-ties within the tolerance, ties in the tie-breaker too.
+    values = torch.randint(0, 40, (C, W), generator=g).to(torch.float64) * 0.1
+    values += torch.randint(0, 2, (C, W), generator=g).to(torch.float64) * TIE_TOLERANCE / 4
+    values[0, :] = 1.0                                   # a row that is one big tie
+    values[1, 7] = math.nan
+    tiebreak = torch.randint(0, 3, (C, W), generator=g).to(torch.float64)
+    indices = torch.randperm(W, generator=g).expand(C, W).contiguous()
+    got = _topk_stable(values, tiebreak, indices, k, quantize=quantize)
+    for row in range(C):
+        v = torch.nan_to_num(values[row], nan=-math.inf).tolist()
+        bucket = [(-math.inf if math.isinf(x) else round(x / TIE_TOLERANCE)) for x in v]
+        key = (lambda j: (-bucket[j], -tiebreak[row, j].item(), indices[row, j].item())) if quantize \
+            else (lambda j: (-v[j], -tiebreak[row, j].item(), indices[row, j].item()))
+        assert got[row].tolist() == sorted(range(W), key=key)[:k], f"row {row}"
