@@ -14,11 +14,13 @@ def embed_images(
     device: O.Device = "auto",
     batch_size: O.BatchSize = 64,
     workers: O.Workers = None,
+    precision: O.Precision = "auto",
+    dtype: O.Dtype = "float32",
 ):
     """Embed probe images with CLIP's image encoder -> images.h5."""
     from dissect.embed import embed_images as run
 
-    run(probe, clip, out, device=device, batch_size=batch_size, workers=workers)
+    run(probe, clip, out, device=device, batch_size=batch_size, workers=workers, precision=precision, dtype=dtype)
 
 
 @command("embed-text")
@@ -28,8 +30,10 @@ def embed_text(
     out: O.Out,
     device: O.Device = "auto",
     batch_size: O.BatchSize = 256,
+    precision: O.Precision = "auto",
+    dtype: O.Dtype = "float32",
 ):
     """Embed a concept set (a .txt file or a shipped set name) with CLIP's text encoder -> text.h5."""
     from dissect.embed import embed_text as run
 
-    run(concepts, clip, out, device=device, batch_size=batch_size)
+    run(concepts, clip, out, device=device, batch_size=batch_size, precision=precision, dtype=dtype)

@@ -70,6 +70,14 @@ Images = Annotated[Path, typer.Option("--images", "-i", help="Image embeddings f
 Activations = Annotated[Path, typer.Option("--activations", "-a", help="Activations from `dissect record`.", show_default=False)]
 Chunk = Annotated[Optional[int], typer.Option("--chunk", min=1, help="Concepts scored per block [default: as many as fit --max-memory].")]
 MaxMemory = Annotated[str, typer.Option("--max-memory", help="Working-memory budget of the similarity computation, e.g. 512MB, 4GB.")]
+Precision = Annotated[
+    str, typer.Option("--precision", help="Forward-pass precision: auto (bf16 on GPUs that support it, else fp32), fp32, bf16 or fp16.")
+]
+Dtype = Annotated[str, typer.Option("--dtype", help="How embeddings are stored: float32, or float16 (half the file).")]
+ChannelsLast = Annotated[
+    Optional[bool],
+    typer.Option("--channels-last/--no-channels-last", help="Run the target in channels-last memory format [default: on for conv nets on CUDA].", show_default=False),
+]
 Probe = Annotated[
     list[str],
     typer.Argument(help="Probe images: folders, .txt lists of paths, or torchvision:NAME[:SPLIT]; several are concatenated.", show_default=False),

@@ -28,6 +28,8 @@ def record(
     device: O.Device = "auto",
     batch_size: O.BatchSize = 64,
     workers: O.Workers = None,
+    precision: O.Precision = "auto",
+    channels_last: O.ChannelsLast = None,
 ):
     """Record each neuron's activation on every probe image -> activations.h5 (adds missing layers to an existing file)."""
     from dissect.models import parse_model_args
@@ -46,6 +48,8 @@ def record(
         device=device,
         batch_size=batch_size,
         workers=workers,
+        precision=precision,
+        channels_last=channels_last,
     )
 
 

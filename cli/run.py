@@ -36,6 +36,9 @@ def run(
     device: O.Device = "auto",
     batch_size: O.BatchSize = 64,
     workers: O.Workers = None,
+    precision: O.Precision = "auto",
+    dtype: O.Dtype = "float32",
+    channels_last: O.ChannelsLast = None,
 ):
     """The whole pipeline into one run folder: embed-images, embed-text, record, label."""
     from dissect.models import parse_model_args
@@ -62,4 +65,7 @@ def run(
         workers=workers,
         chunk=chunk,
         max_memory=O.parse_size(max_memory),
+        precision=precision,
+        dtype=dtype,
+        channels_last=channels_last,
     )

@@ -220,6 +220,10 @@ def _check_normalised(arr: np.ndarray, path, name: str) -> None:
 # Embeddings (images.h5, text.h5)
 # ---------------------------------------------------------------------------
 
+#: How embeddings can be stored (``--dtype``).
+EMBEDDING_DTYPES = ("float32", "float16")
+
+
 @dataclass
 class Embeddings:
     """Image or text embeddings with the CLIP model that made them."""
@@ -256,10 +260,16 @@ def write_embeddings(
     clip_model: str,
     clip_pretrained: str,
     attrs: dict[str, Any],
+    dtype: str = "float32",
 ) -> Path:
-    """Write images.h5 (``kind`` = IMAGE_FORMAT) or text.h5 (TEXT_FORMAT) atomically."""
+    """Write images.h5 (``kind`` = IMAGE_FORMAT) or text.h5 (TEXT_FORMAT) atomically.
+
+    ``dtype`` "float16" halves the file (readers get float32, re-normalised).
+    """
+    if dtype not in EMBEDDING_DTYPES:
+        raise UsageError(f"unknown embedding dtype {dtype!r}", hint=f"use one of: {', '.join(EMBEDDING_DTYPES)}")
     key_name = "ids" if kind == IMAGE_FORMAT else "concepts"
-    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    embeddings = np.ascontiguousarray(embeddings, dtype=dtype)
     h5py = _h5py()
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -281,6 +291,8 @@ def read_embeddings(path: str | os.PathLike, kind: str) -> Embeddings:
     with f:
         keys = _read_strings(f, key_name, path)
         emb = _read_matrix(f, "embeddings", path, rows=len(keys))
+        if f["embeddings"].dtype.itemsize < 4:  # stored rounded (--dtype float16): unit rows again
+            emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     for a in ("clip_model", "clip_pretrained"):
         if a not in attrs:
             raise ArtifactError(f"{path} has no {a!r} attribute", hint="record which CLIP model made the embeddings")

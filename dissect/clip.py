@@ -217,13 +217,18 @@ def _first_lines(msg: str, n: int = 3) -> str:
     return out if len(out) < 400 else out[:400] + "..."
 
 
-def encode_images(clip: Clip, batch) -> Any:
-    """L2-normalised image embeddings of a preprocessed batch, float32 on CPU."""
+def encode_images(clip: Clip, batch, precision: str = "fp32") -> Any:
+    """L2-normalised image embeddings of a preprocessed batch, float32 on CPU.
+
+    ``precision`` bf16/fp16 runs the encoder under autocast (the normalisation is float32).
+    """
     import torch
 
-    with torch.inference_mode():
-        emb = clip.model.encode_image(batch.to(clip.device))
-        return torch.nn.functional.normalize(emb.float(), dim=-1).cpu()
+    from .runtime import autocast
+
+    with torch.inference_mode(), autocast(clip.device, precision):
+        emb = clip.model.encode_image(batch.to(clip.device, non_blocking=True))
+    return torch.nn.functional.normalize(emb.float(), dim=-1).cpu()
 
 
 def prefix_text_encoder(clip: Clip):
@@ -268,22 +273,24 @@ def prefix_text_encoder(clip: Clip):
     return encode
 
 
-def encode_tokens(clip: Clip, tokens, prefix: bool = True) -> Any:
+def encode_tokens(clip: Clip, tokens, prefix: bool = True, precision: str = "fp32") -> Any:
     """L2-normalised embeddings of tokenised texts, float32 on CPU.
 
     With ``prefix`` (and a tower where it is exact, see ``prefix_text_encoder``) the batch
-    is encoded only up to its longest token sequence.
+    is encoded only up to its longest token sequence. ``precision`` as in ``encode_images``.
     """
     import torch
 
-    with torch.inference_mode():
+    from .runtime import autocast
+
+    with torch.inference_mode(), autocast(clip.device, precision):
         tokens = tokens.to(clip.device)
         fast = clip.prefix_encoder if prefix else None
         if fast is not None:
             emb = fast(tokens[:, : int((tokens != 0).sum(dim=1).max())])
         else:
             emb = clip.model.encode_text(tokens)
-        return torch.nn.functional.normalize(emb.float(), dim=-1).cpu()
+    return torch.nn.functional.normalize(emb.float(), dim=-1).cpu()
 
 
 def encode_texts(clip: Clip, texts: list[str], prefix: bool = True) -> Any:

@@ -12,8 +12,9 @@ from . import artifacts as A
 from .clip import Clip, encode_images, encode_tokens, load_clip, parse_clip_spec
 from .concepts import ConceptSet, load_concepts
 from .fingerprint import fingerprint
-from .probe import Probe, iterate_batches, open_probe
-from .runtime import check_batch_size, info, progress, resolve_device, warn
+from .errors import UsageError
+from .probe import Probe, image_pass, open_probe
+from .runtime import check_batch_size, info, progress, resolve_device, resolve_precision, warn
 
 
 def default_workers(n_images: int) -> int:
@@ -23,12 +24,38 @@ def default_workers(n_images: int) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def image_embeddings_fingerprint(clip_fp: str, probe_fp: str) -> str:
-    return fingerprint([A.IMAGE_FORMAT, A.FORMAT_VERSION, clip_fp, probe_fp])
+def image_embeddings_fingerprint(clip_fp: str, probe_fp: str, precision: str = "fp32") -> str:
+    extra = [] if precision == "fp32" else [precision]  # fp32 keeps the fingerprints of earlier files
+    return fingerprint([A.IMAGE_FORMAT, A.FORMAT_VERSION, clip_fp, probe_fp] + extra)
 
 
-def text_embeddings_fingerprint(clip_fp: str, concepts_fp: str) -> str:
-    return fingerprint([A.TEXT_FORMAT, A.FORMAT_VERSION, clip_fp, concepts_fp])
+def text_embeddings_fingerprint(clip_fp: str, concepts_fp: str, precision: str = "fp32") -> str:
+    extra = [] if precision == "fp32" else [precision]
+    return fingerprint([A.TEXT_FORMAT, A.FORMAT_VERSION, clip_fp, concepts_fp] + extra)
+
+
+class ImageEmbedder:
+    """A consumer of ``probe.image_pass``: CLIP image embeddings of each batch into an [N, d] array."""
+
+    def __init__(self, clip: Clip, n_images: int, precision: str = "fp32"):
+        self.clip, self.precision = clip, precision
+        self.transform = clip.preprocess
+        self.embeddings = np.zeros((n_images, _embed_dim(clip)), dtype=np.float32)
+
+    def __call__(self, idx, batch) -> None:
+        self.embeddings[idx.numpy()] = encode_images(self.clip, batch, self.precision).numpy()
+
+    def write(self, out, probe: Probe, batch_size: int, dtype: str = "float32") -> Path:
+        attrs = self.clip.attrs()
+        attrs.update(
+            fingerprint=image_embeddings_fingerprint(self.clip.fingerprint, probe.fingerprint, self.precision),
+            probe=probe.describe(),
+            precision=self.precision,
+            provenance=A.provenance(stage="embed-images", batch_size=batch_size, precision=self.precision, dtype=dtype),
+        )
+        A.write_embeddings(out, A.IMAGE_FORMAT, self.embeddings, probe.ids, self.clip.name, self.clip.pretrained, attrs, dtype=dtype)
+        info(f"wrote {out}: {len(probe)} image embeddings (d={self.embeddings.shape[1]}, {dtype})")
+        return Path(out)
 
 
 def embed_images(
@@ -38,29 +65,31 @@ def embed_images(
     device: str = "auto",
     batch_size: int = 64,
     workers: int | None = None,
+    precision: str = "auto",
+    dtype: str = "float32",
 ) -> Path:
-    """Embed every probe image with CLIP's image encoder into ``out`` (images.h5)."""
+    """Embed every probe image with CLIP's image encoder into ``out`` (images.h5).
+
+    ``precision`` is the forward pass's (``runtime.resolve_precision``: bf16 on capable
+    GPUs by default, else fp32); ``dtype`` how the embeddings are stored.
+    """
     check_batch_size(batch_size)
+    check_dtype(dtype)
     out = A.check_output_path(out)
     if not isinstance(probe, Probe):
         probe = open_probe(probe)
     if not isinstance(clip, Clip):
         clip = load_clip(clip, resolve_device(device))
     workers = default_workers(len(probe)) if workers is None else workers
-    emb = np.zeros((len(probe), _embed_dim(clip)), dtype=np.float32)
-    with progress("embed images", len(probe), "images") as advance:
-        for idx, batch in iterate_batches(probe, clip.preprocess, batch_size, workers):
-            emb[idx.numpy()] = encode_images(clip, batch).numpy()
-            advance(len(idx))
-    attrs = clip.attrs()
-    attrs.update(
-        fingerprint=image_embeddings_fingerprint(clip.fingerprint, probe.fingerprint),
-        probe=probe.describe(),
-        provenance=A.provenance(stage="embed-images", batch_size=batch_size),
-    )
-    A.write_embeddings(out, A.IMAGE_FORMAT, emb, probe.ids, clip.name, clip.pretrained, attrs)
-    info(f"wrote {out}: {len(probe)} image embeddings (d={emb.shape[1]})")
-    return Path(out)
+    embedder = ImageEmbedder(clip, len(probe), resolve_precision(precision, clip.device))
+    image_pass(probe, [embedder], batch_size, workers, "embed images", clip.device)
+    return embedder.write(out, probe, batch_size, dtype)
+
+
+def check_dtype(dtype: str) -> str:
+    if dtype not in A.EMBEDDING_DTYPES:
+        raise UsageError(f"unknown --dtype {dtype!r}", hint=f"use one of: {', '.join(A.EMBEDDING_DTYPES)}")
+    return dtype
 
 
 def _embed_dim(clip: Clip) -> int:
@@ -73,7 +102,7 @@ def _embed_dim(clip: Clip) -> int:
     return int(dim)
 
 
-def compute_text_embeddings(clip: Clip, concepts: ConceptSet, batch_size: int = 256) -> np.ndarray:
+def compute_text_embeddings(clip: Clip, concepts: ConceptSet, batch_size: int = 256, precision: str = "fp32") -> np.ndarray:
     """[M, d] L2-normalised embeddings of the concepts, as written (no prompt template).
 
     Concepts are batched by token length, and each batch runs the text tower only up to
@@ -95,7 +124,7 @@ def compute_text_embeddings(clip: Clip, concepts: ConceptSet, batch_size: int = 
     with progress("embed text", len(texts), "concepts") as advance:
         for s in range(0, len(texts), batch_size):
             sel = order[s : s + batch_size]
-            out[sel] = encode_tokens(clip, tokens[sel]).numpy()
+            out[sel] = encode_tokens(clip, tokens[sel], precision=precision).numpy()
             advance(len(sel))
     return out
 
@@ -112,15 +141,17 @@ def _report_concepts(concepts: ConceptSet) -> None:
         )
 
 
-def _text_attrs(clip: Clip, concepts: ConceptSet, batch_size: int) -> dict[str, Any]:
+def _text_attrs(clip: Clip, concepts: ConceptSet, batch_size: int, precision: str = "fp32", dtype: str = "float32") -> dict[str, Any]:
     attrs = clip.attrs()
     attrs.update(
-        fingerprint=text_embeddings_fingerprint(clip.fingerprint, concepts.fingerprint),
+        fingerprint=text_embeddings_fingerprint(clip.fingerprint, concepts.fingerprint, precision),
+        precision=precision,
         text_encoder=text_encoder_note(clip),
         concept_set=concepts.name,
         concept_source=concepts.source,
         concept_fingerprint=concepts.fingerprint,
-        provenance=A.provenance(stage="embed-text", batch_size=batch_size, dropped_blank_lines=concepts.dropped_blank,
+        provenance=A.provenance(stage="embed-text", batch_size=batch_size, precision=precision, dtype=dtype,
+                                dropped_blank_lines=concepts.dropped_blank,
                                 dropped_duplicates=len(concepts.dropped_duplicates)),
     )
     return attrs
@@ -132,17 +163,21 @@ def embed_text(
     out: str | os.PathLike,
     device: str = "auto",
     batch_size: int = 256,
+    precision: str = "auto",
+    dtype: str = "float32",
 ) -> Path:
     """Embed a concept set with CLIP's text encoder into ``out`` (text.h5)."""
+    check_dtype(dtype)
     out = A.check_output_path(out, [concepts if isinstance(concepts, str) else None])
     if not isinstance(concepts, ConceptSet):
         concepts = load_concepts(concepts)
     _report_concepts(concepts)
     if not isinstance(clip, Clip):
         clip = load_clip(clip, resolve_device(device))
-    emb = compute_text_embeddings(clip, concepts, batch_size)
-    attrs = _text_attrs(clip, concepts, batch_size)
-    A.write_embeddings(out, A.TEXT_FORMAT, emb, concepts.concepts, clip.name, clip.pretrained, attrs)
+    precision = resolve_precision(precision, clip.device)
+    emb = compute_text_embeddings(clip, concepts, batch_size, precision)
+    attrs = _text_attrs(clip, concepts, batch_size, precision, dtype)
+    A.write_embeddings(out, A.TEXT_FORMAT, emb, concepts.concepts, clip.name, clip.pretrained, attrs, dtype=dtype)
     info(f"wrote {out}: {len(concepts.concepts)} concept embeddings")
     return Path(out)
 

@@ -14,7 +14,7 @@ which and why. Nothing stale is reused silently.
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import json
 import os
 import time
@@ -24,14 +24,14 @@ from typing import Any
 from . import artifacts as A
 from .clip import clip_fingerprint, parse_clip_spec
 from .concepts import load_concepts
-from .embed import embed_images, embed_text, image_embeddings_fingerprint, text_embeddings_fingerprint
+from .embed import ImageEmbedder, check_dtype, default_workers, embed_text, image_embeddings_fingerprint, text_embeddings_fingerprint
 from .errors import MismatchError, UsageError
 from .fingerprint import fingerprint
 from .label import label
 from .models import PreprocessOverrides, load_target
-from .probe import open_probe
-from .record import activations_inputs_fingerprint, record
-from .runtime import info, resolve_device
+from .probe import image_pass, open_probe
+from .record import ActivationRecorder, activations_inputs_fingerprint, plan_record
+from .runtime import info, resolve_device, resolve_precision
 from .similarity import resolve_params
 
 
@@ -66,8 +66,15 @@ def run(
     workers: int | None = None,
     chunk: int | None = None,
     max_memory: int | None = None,
+    precision: str = "auto",
+    dtype: str = "float32",
+    channels_last: bool | None = None,
 ) -> Path:
-    """Run embed-images, embed-text, record and label into the folder ``out``."""
+    """Run embed-images, embed-text, record and label into the folder ``out``.
+
+    Missing image embeddings and activations are made in one pass over the probe
+    (each image decoded once for both models).
+    """
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{run_dir} exists and is not a folder", hint="give a run folder with -o")
@@ -76,6 +83,7 @@ def run(
     run_dir.mkdir(exist_ok=True)
     dev = resolve_device(device)
     resolved = resolve_params(sim, params)  # validate before any expensive work
+    check_dtype(dtype)
     probe_set = open_probe(probe)
     concept_set = load_concepts(concepts)
     clip_spec = parse_clip_spec(clip)
@@ -102,34 +110,57 @@ def run(
         return ok
 
     images_path, text_path = run_dir / "images.h5", run_dir / "text.h5"
-    ensure(images_path, A.IMAGE_FORMAT, image_embeddings_fingerprint(clip_fp, probe_set.fingerprint),
-           lambda: embed_images(probe_set, get_clip(), images_path, batch_size=batch_size, workers=workers))
-    ensure(text_path, A.TEXT_FORMAT, text_embeddings_fingerprint(clip_fp, concept_set.fingerprint),
-           lambda: embed_text(concept_set, get_clip(), text_path, batch_size=text_batch_size))
-    loaded_clip = None  # free CLIP before the target model runs
+    precision = resolve_precision(precision, dev)
+    ensure(text_path, A.TEXT_FORMAT, text_embeddings_fingerprint(clip_fp, concept_set.fingerprint, precision),
+           lambda: embed_text(concept_set, get_clip(), text_path, batch_size=text_batch_size, precision=precision, dtype=dtype))
+    images_ok, why = _reusable(images_path, A.IMAGE_FORMAT, image_embeddings_fingerprint(clip_fp, probe_set.fingerprint, precision))
+    steps[images_path.stem] = {"path": images_path.name, "reused": images_ok}
 
     acts_path = run_dir / "activations.h5"
     target = load_target(model, weights, model_args, overrides, dev)
-    inputs_fp = activations_inputs_fingerprint(target, probe_set.fingerprint)
+    inputs_fp = activations_inputs_fingerprint(target, probe_set.fingerprint, precision)
     attrs = A.peek_attrs(acts_path, A.ACTIVATIONS_FORMAT)
     if attrs is not None and attrs.get("inputs_fingerprint") != inputs_fp:
-        info(f"recomputing {acts_path} (made from another model, weights, preprocessing or probe)")
+        info(f"recomputing {acts_path} (made from another model, weights, preprocessing, probe or precision)")
         acts_path.unlink()
-        attrs = None
-    have = set(attrs.get("_layers", [])) if attrs else set()
-    record_layers = functools.partial(record, probe_set, target, layers, acts_path, summary=summary, layout=layout,
-                                      device=str(dev), batch_size=batch_size, workers=workers)
-
     try:
-        record_layers()
+        plan = plan_record(probe_set, target, layers, acts_path, summary, layout, dev, precision)
     except MismatchError:
         # Same inputs but layers recorded with another summary: start this file over.
         info(f"recomputing {acts_path} (recorded with another --summary or --layout)")
         acts_path.unlink()
-        have = set()
-        record_layers()
-    steps["activations"] = {"path": acts_path.name, "reused_layers": sorted(have & set(layers))}
-    del target, record_layers  # free the model before labelling
+        plan = plan_record(probe_set, target, layers, acts_path, summary, layout, dev, precision)
+    steps["activations"] = {"path": acts_path.name, "reused_layers": plan.have}
+    info(f"{'reusing' if images_ok else 'computing'} {images_path} ({why})")
+    if plan.todo:
+        info(f"recording {', '.join(plan.todo)} into {acts_path}" + (f" (reusing {', '.join(plan.have)})" if plan.have else ""))
+    else:
+        info(f"reusing {acts_path} (holds {', '.join(plan.layers)})")
+
+    # One pass over the probe for whatever is missing: each image is decoded once and
+    # fed to CLIP and to the target model, each with its own preprocessing.
+    workers = default_workers(len(probe_set)) if workers is None else workers
+    if images_ok:
+        loaded_clip = None  # made the text embeddings; not needed for the pass
+    consumers: list[Any] = []
+    embedder = ImageEmbedder(get_clip(), len(probe_set), precision) if not images_ok else None
+    if embedder is not None:
+        consumers.append(embedder)
+    with contextlib.ExitStack() as stack:
+        rec = None
+        if plan.todo:
+            rec = stack.enter_context(ActivationRecorder(target, plan.todo, len(probe_set), summary, layout, dev, precision,
+                                                         channels_last))
+            consumers.append(rec)
+        if consumers:
+            what = " + ".join((["embed images"] if embedder else []) + ([f"record {len(plan.todo)} layer(s)"] if rec else []))
+            image_pass(probe_set, consumers, batch_size, workers, what, dev)
+        if embedder is not None:
+            embedder.write(images_path, probe_set, batch_size, dtype)
+        if rec is not None:
+            rec.write(acts_path, probe_set, plan.inputs_fp, batch_size, keep=plan.exists)
+    loaded_clip = embedder = rec = consumers = None  # free both models before labelling
+    del target
 
     labels_path = run_dir / "labels.parquet"
     images_fp = A.peek_attrs(images_path, A.IMAGE_FORMAT)["fingerprint"]
@@ -160,6 +191,8 @@ def run(
         "concepts": {"name": concept_set.name, "source": concept_set.source, "n": len(concept_set.concepts)},
         "similarity": sim,
         "params": resolved,
+        "precision": precision,
+        "dtype": dtype,
         "steps": steps,
         "seconds": round(time.perf_counter() - t0, 2),
         "provenance": json.loads(A.provenance(stage="run")),

@@ -76,9 +76,13 @@ def _open_image(path: str) -> Callable[[], Any]:
     def load():
         from PIL import Image
 
-        with Image.open(path) as im:
-            im.load()
-            return im.copy() if im.mode == "RGB" else im.convert("RGB")
+        im = Image.open(path)
+        try:
+            im.load()  # decodes and, for a file PIL opened itself, closes it
+        except BaseException:
+            im.close()
+            raise
+        return im if im.mode == "RGB" else im.convert("RGB")
 
     return load
 
@@ -235,17 +239,22 @@ def open_probe(specs: list[str] | str) -> Probe:
 # ---------------------------------------------------------------------------
 
 class _ProbeDataset:
-    """torch Dataset over a probe; failures come back as values, not worker tracebacks."""
+    """torch Dataset over a probe; failures come back as values, not worker tracebacks.
 
-    def __init__(self, probe: Probe, transform):
-        self.probe, self.transform = probe, transform
+    Each image is decoded once and given to every transform (``dissect run`` feeds CLIP
+    and the target model, each with its own preprocessing, from one decode).
+    """
+
+    def __init__(self, probe: Probe, transforms):
+        self.probe, self.transforms = probe, list(transforms)
 
     def __len__(self):
         return len(self.probe)
 
     def __getitem__(self, i):
         try:
-            return i, self.transform(self.probe.load(i)), None
+            img = self.probe.load(i)
+            return i, [t(img) for t in self.transforms], None
         except InputError as e:
             return i, None, e.message
         except Exception as e:  # a transform failing on an odd image
@@ -258,23 +267,50 @@ def _collate(items):
     errors = [(i, err) for i, _, err in items if err is not None]
     ok = [(i, x) for i, x, err in items if err is None]
     idx = torch.tensor([i for i, _ in ok], dtype=torch.long)
-    batch = torch.stack([x for _, x in ok]) if ok else None
-    return idx, batch, errors
+    n = len(ok[0][1]) if ok else 0
+    batches = [torch.stack([x[j] for _, x in ok]) for j in range(n)]
+    return idx, batches, errors
 
 
-def iterate_batches(probe: Probe, transform, batch_size: int, workers: int = 0) -> Iterator[tuple[Any, Any]]:
-    """Yield (indices, image batch) in probe order; a broken image raises InputError."""
+def iterate_batches(probe: Probe, transform, batch_size: int, workers: int = 0, pin_memory: bool = False) -> Iterator[tuple[Any, Any]]:
+    """Yield (indices, image batch) in probe order; a broken image raises InputError.
+
+    ``transform`` may be a list of transforms: each image is then decoded once and the
+    batch is a list with one tensor per transform. ``pin_memory`` (CUDA) lets the
+    copies to the GPU run asynchronously (``tensor.to(device, non_blocking=True)``).
+    """
     from torch.utils.data import DataLoader
 
+    many = isinstance(transform, (list, tuple))
     loader = DataLoader(
-        _ProbeDataset(probe, transform),
+        _ProbeDataset(probe, transform if many else [transform]),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
         collate_fn=_collate,
+        pin_memory=pin_memory,
         persistent_workers=False,
+        prefetch_factor=4 if workers else None,
     )
-    for idx, batch, errors in loader:
+    for idx, batches, errors in loader:
         if errors:
             raise InputError(errors[0][1], hint="remove or replace the file")
-        yield idx, batch
+        if len(idx):
+            yield idx, (batches if many else batches[0])
+
+
+def image_pass(probe: Probe, consumers: list, batch_size: int, workers: int, description: str, device=None) -> None:
+    """One pass over the probe feeding every consumer its own preprocessing of each image.
+
+    A consumer has a ``transform`` and is called as ``consumer(indices, batch)``;
+    images are decoded once in the DataLoader workers, in parallel with the consumers'
+    forward passes. On CUDA the batches come in pinned memory.
+    """
+    from .runtime import progress
+
+    pin = device is not None and getattr(device, "type", str(device)) == "cuda"
+    with progress(description, len(probe), "images") as advance:
+        for idx, batches in iterate_batches(probe, [c.transform for c in consumers], batch_size, workers, pin_memory=pin):
+            for consumer, batch in zip(consumers, batches):
+                consumer(idx, batch)
+            advance(len(idx))

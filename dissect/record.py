@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +14,15 @@ from .errors import MismatchError, UsageError
 from .fingerprint import fingerprint
 from .hooks import LayerInfo, Recorder, list_modules, resolve_layers
 from .models import PreprocessOverrides, Target, load_target
-from .probe import Probe, iterate_batches, open_probe
-from .runtime import check_batch_size, info, progress, resolve_device
+from .probe import Probe, image_pass, open_probe
+from .runtime import check_batch_size, info, resolve_device, resolve_precision
 
 
-def activations_inputs_fingerprint(target: Target, probe_fp: str) -> str:
-    """What every layer of an activations file shares: model, weights, preprocessing, probe."""
+def activations_inputs_fingerprint(target: Target, probe_fp: str, precision: str = "fp32") -> str:
+    """What every layer of an activations file shares: model, weights, preprocessing, probe, precision."""
     pre = target.preprocess.as_dict() if target.preprocess else repr(target.transform)
-    return fingerprint([A.ACTIVATIONS_FORMAT, A.FORMAT_VERSION, target.fingerprint, pre, probe_fp])
+    extra = [] if precision == "fp32" else [precision]  # fp32 keeps the fingerprints of earlier files
+    return fingerprint([A.ACTIVATIONS_FORMAT, A.FORMAT_VERSION, target.fingerprint, pre, probe_fp] + extra)
 
 
 def layer_fingerprint(inputs_fp: str, layer: str, summary: str, layout: str) -> str:
@@ -58,6 +60,114 @@ def existing_layers(path: str | os.PathLike, inputs_fp: str, summary: str, layou
     return reusable, True
 
 
+def use_channels_last(module, device, channels_last: bool | None) -> bool:
+    """channels-last memory format: asked for, or by default for conv nets on CUDA (tensor cores like NHWC)."""
+    import torch
+
+    if channels_last is not None:
+        return channels_last
+    return device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+
+
+class ActivationRecorder:
+    """A consumer of ``probe.image_pass``: each layer's summarised activations into [N, C] arrays.
+
+    Use as a context manager (the forward hooks live inside it).
+    """
+
+    def __init__(self, target: Target, layers: list[str], n_images: int, summary: str = "mean", layout: str = "auto",
+                 device=None, precision: str = "fp32", channels_last: bool | None = None):
+        import torch
+
+        self.target, self.layers, self.n_images = target, list(layers), n_images
+        self.summary, self.layout, self.precision = summary, layout, precision
+        self.device = device if device is not None else torch.device("cpu")
+        self.transform = target.transform
+        target.module.to(self.device)
+        self.channels_last = use_channels_last(target.module, self.device, channels_last)
+        self.memory_format = torch.channels_last if self.channels_last else torch.preserve_format
+        if self.channels_last:
+            target.module.to(memory_format=torch.channels_last)
+        self.recorder = Recorder(target.module, self.layers, summary=summary, layout=layout)
+        self.data: dict[str, np.ndarray] = {}
+
+    def __enter__(self) -> "ActivationRecorder":
+        self.recorder.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.recorder.__exit__(*exc)
+
+    def __call__(self, idx, batch) -> None:
+        from .runtime import autocast
+
+        x = batch.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        with autocast(self.device, self.precision):
+            outputs = self.recorder.run(x)
+        rows = idx.numpy()
+        for name, val in outputs.items():
+            if name not in self.data:
+                self.data[name] = np.zeros((self.n_images, val.shape[1]), dtype=np.float32)
+            self.data[name][rows] = val.float().cpu().numpy()
+
+    def write(self, out, probe: Probe, inputs_fp: str, batch_size: int, keep: bool) -> Path:
+        """Check the activations and write (or add) the layers to ``out``."""
+        infos: dict[str, LayerInfo] = self.recorder.info
+        data = {name: self.data[name] for name in self.layers}  # the order asked for, not execution order
+        for name, arr in data.items():
+            if not np.isfinite(arr).all():
+                units = np.unique(np.nonzero(~np.isfinite(arr))[1])[:10].tolist()
+                hint = "check the weights" if self.precision == "fp32" else f"check the weights, or try --precision fp32 (it ran in {self.precision})"
+                raise UsageError(f"layer {name} produced NaN or Inf activations (units {units})", hint=hint)
+        layer_attrs = {
+            name: {
+                "summary": self.summary if infos[name].layout != "nc" else "identity",
+                "layout": infos[name].layout,
+                "layout_requested": self.layout,
+                "raw_shape": list(infos[name].raw_shape),
+                "module_type": infos[name].module_type,
+                "fingerprint": layer_fingerprint(inputs_fp, name, self.summary, self.layout),
+                # A file's layers all share one summary request; "identity" marks 2-D layers.
+                "summary_requested": self.summary,
+            }
+            for name in data
+        }
+        attrs = self.target.attrs()
+        attrs.update(
+            inputs_fingerprint=inputs_fp,
+            probe=probe.describe(),
+            probe_fingerprint=probe.fingerprint,
+            precision=self.precision,
+            provenance=A.provenance(stage="record", batch_size=batch_size, device=str(self.device), precision=self.precision,
+                                    channels_last=self.channels_last),
+        )
+        A.write_activations(out, probe.ids, data, layer_attrs, attrs, keep_from=out if keep else None)
+        info(f"wrote {out}: {', '.join(f'{n} ({data[n].shape[1]} units)' for n in data)} over {len(probe)} images")
+        return Path(out)
+
+
+@dataclass
+class RecordPlan:
+    """What ``record`` will do: the layers asked for, those still to record, and the file's state."""
+
+    target: Target
+    layers: list[str]
+    todo: list[str]
+    have: list[str]
+    exists: bool
+    inputs_fp: str
+    precision: str
+
+
+def plan_record(probe: Probe, target: Target, layers: list[str], out, summary: str, layout: str, device, precision: str) -> RecordPlan:
+    layers = resolve_layers(target.module, layers, target.spec)
+    precision = resolve_precision(precision, device)
+    inputs_fp = activations_inputs_fingerprint(target, probe.fingerprint, precision)
+    have, exists = existing_layers(out, inputs_fp, summary, layout)
+    todo = [n for n in layers if n not in have]
+    return RecordPlan(target, layers, todo, have, exists, inputs_fp, precision)
+
+
 def record(
     probe: list[str] | Probe,
     model: str | Target,
@@ -71,12 +181,14 @@ def record(
     device: str = "auto",
     batch_size: int = 64,
     workers: int | None = None,
+    precision: str = "auto",
+    channels_last: bool | None = None,
 ) -> Path:
     """Record ``layers`` of the target model on every probe image into ``out``.
 
-    Into an existing file made from the same model, preprocessing and probe, only the
-    layers it lacks are recorded (one forward pass for all of them, stopped after the
-    last one needed).
+    Into an existing file made from the same model, preprocessing, probe and precision,
+    only the layers it lacks are recorded (one forward pass for all of them, stopped
+    after the last one needed). ``precision``: see ``runtime.resolve_precision``.
     """
     from .embed import default_workers
 
@@ -86,57 +198,16 @@ def record(
         probe = open_probe(probe)
     dev = resolve_device(device)
     target = model if isinstance(model, Target) else load_target(model, weights, model_args, overrides, dev)
-    target.module.to(dev)
-    layers = resolve_layers(target.module, layers, target.spec)
-    inputs_fp = activations_inputs_fingerprint(target, probe.fingerprint)
-    have, exists = existing_layers(out, inputs_fp, summary, layout)
-    todo = [n for n in layers if n not in have]
-    if not todo:
-        info(f"{out} already holds {', '.join(layers)}; nothing to record")
+    plan = plan_record(probe, target, layers, out, summary, layout, dev, precision)
+    if not plan.todo:
+        info(f"{out} already holds {', '.join(plan.layers)}; nothing to record")
         return Path(out)
-    if have:
-        info(f"{out} already holds {', '.join(have)}; recording {', '.join(todo)}")
+    if plan.have:
+        info(f"{out} already holds {', '.join(plan.have)}; recording {', '.join(plan.todo)}")
     workers = default_workers(len(probe)) if workers is None else workers
-    data: dict[str, np.ndarray] = {}
-    with Recorder(target.module, todo, summary=summary, layout=layout) as rec:
-        with progress(f"record {len(todo)} layer(s)", len(probe), "images") as advance:
-            for idx, batch in iterate_batches(probe, target.transform, batch_size, workers):
-                outputs = rec.run(batch.to(dev))
-                for name, val in outputs.items():
-                    if name not in data:
-                        data[name] = np.zeros((len(probe), val.shape[1]), dtype=np.float32)
-                    data[name][idx.numpy()] = val.float().cpu().numpy()
-                advance(len(idx))
-        infos: dict[str, LayerInfo] = rec.info
-    data = {name: data[name] for name in todo}  # the order asked for, not execution order
-    for name, arr in data.items():
-        if not np.isfinite(arr).all():
-            units = np.unique(np.nonzero(~np.isfinite(arr))[1])[:10].tolist()
-            raise UsageError(f"layer {name} produced NaN or Inf activations (units {units})", hint="check the weights")
-    layer_attrs = {
-        name: {
-            "summary": summary if infos[name].layout != "nc" else "identity",
-            "layout": infos[name].layout,
-            "layout_requested": layout,
-            "raw_shape": list(infos[name].raw_shape),
-            "module_type": infos[name].module_type,
-            "fingerprint": layer_fingerprint(inputs_fp, name, summary, layout),
-        }
-        for name in data
-    }
-    # A file's layers all share one summary request; "identity" marks 2-D layers.
-    for name in layer_attrs:
-        layer_attrs[name]["summary_requested"] = summary
-    attrs = target.attrs()
-    attrs.update(
-        inputs_fingerprint=inputs_fp,
-        probe=probe.describe(),
-        probe_fingerprint=probe.fingerprint,
-        provenance=A.provenance(stage="record", batch_size=batch_size, device=str(dev)),
-    )
-    A.write_activations(out, probe.ids, data, layer_attrs, attrs, keep_from=out if exists else None)
-    info(f"wrote {out}: {', '.join(f'{n} ({data[n].shape[1]} units)' for n in data)} over {len(probe)} images")
-    return Path(out)
+    with ActivationRecorder(target, plan.todo, len(probe), summary, layout, dev, plan.precision, channels_last) as rec:
+        image_pass(probe, [rec], batch_size, workers, f"record {len(plan.todo)} layer(s)", dev)
+        return rec.write(out, probe, plan.inputs_fp, batch_size, keep=plan.exists)
 
 
 def list_layers(

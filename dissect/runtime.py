@@ -87,6 +87,31 @@ def resolve_device(spec: str | None = "auto"):
     raise UsageError(f"invalid device {spec!r}", hint="use auto, cpu, cuda or cuda:INDEX")
 
 
+#: Compute precisions of the forward passes (--precision).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(precision: str | None, device) -> str:
+    """'auto' -> bf16 on CUDA GPUs that support it, else fp32; fp32, bf16 and fp16 as given."""
+    import torch
+
+    p = (precision or "auto").strip().lower()
+    if p not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}", hint=f"use one of: {', '.join(PRECISIONS)}")
+    if p == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return p
+
+
+def autocast(device, precision: str):
+    """torch.autocast for bf16/fp16 forward passes (outputs are cast back to float32 by the callers); nothing for fp32."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
 def check_batch_size(batch_size: int) -> int:
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")

@@ -332,7 +332,7 @@ def test_run_reuses_everything_on_second_call(tmp_path, tiny_clip, probe_dir, mo
     monkeypatch.setattr("dissect.clip.load_clip", fail)
     monkeypatch.setattr(hooks.Recorder, "run", fail)
     r = invoke(*args)
-    assert r.stderr.count("reusing") == 3
+    assert r.stderr.count("reusing") == 4  # text, images, activations, labels
     manifest = json.loads((tmp_path / "run" / "run.json").read_text())
     assert manifest["steps"]["images"]["reused"] and manifest["steps"]["text"]["reused"] and manifest["steps"]["labels"]["reused"]
     second = pq.read_table(tmp_path / "run" / "labels.parquet").to_pandas()
