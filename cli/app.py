@@ -8,10 +8,34 @@ import sys
 from typing import Annotated, Callable
 
 import typer
+import typer.core
 
 from dissect import __version__
 
+# click's UsageError and NoArgsIsHelpError, from click itself or from the copy newer Typer versions vendor.
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_NO_ARGS_IS_HELP = getattr(sys.modules[_USAGE_ERROR.__module__], "NoArgsIsHelpError", ())
+
+
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """Bad arguments to a command (a missing option, a value out of range) end in one line and exit code 2,
+    like every other user error, instead of click's usage box."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except _NO_ARGS_IS_HELP:
+            raise
+        except _USAGE_ERROR as e:
+            if _state["debug"]:
+                raise
+            cmd = e.ctx.command_path if e.ctx is not None else "dissect"
+            _err(f"{e.format_message().rstrip('.')}. See '{cmd} --help'")
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     name="dissect",
     help="Label the neurons of vision networks with CLIP-Dissect (Oikarinen & Weng, ICLR 2023).\n\n"
     "Pipeline: embed-images + embed-text (CLIP) -> record (target activations) -> label. "
@@ -66,19 +90,31 @@ def handle_errors(fn: Callable) -> Callable:
                 raise
             _err(str(e))
             raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             if _state["debug"]:
                 raise
-            _err("interrupted; no partial output was kept. Run the same command again to redo it")
-            raise typer.Exit(130) from None
+            signum = getattr(e, "signum", 2)
+            what = "interrupted" if signum == 2 else f"stopped by signal {signum}"
+            _err(f"{what}; no partial output was kept. Run the same command again to redo it")
+            raise typer.Exit(128 + signum) from None
         except MemoryError:
             if _state["debug"]:
                 raise
-            _err("out of memory. Lower --batch-size or --chunk")
+            _err("out of memory. Lower --batch-size, or --max-memory for label")
             raise typer.Exit(1) from None
         except BrokenPipeError:
             # The reader of `-o -` went away (e.g. `| head`): not an error of ours.
             sys.stderr.close()
+            raise typer.Exit(1) from None
+        except OSError as e:
+            if _state["debug"]:
+                raise
+            if e.errno is None:
+                _err(f"internal error: {type(e).__name__}: {e}. Re-run with --debug for the traceback and please report it")
+                raise typer.Exit(1) from None
+            # Disk full, permission lost, a vanished folder: the system's words, the file, what to do.
+            where = f" ({e.filename})" if e.filename else ""
+            _err(f"{e.strerror or e}{where}; no partial output was kept. Fix it (free space, permissions) and run the command again")
             raise typer.Exit(1) from None
         except Exception as e:  # a bug: still one line unless --debug
             if _state["debug"]:

@@ -16,11 +16,12 @@ def embed_images(
     workers: O.Workers = None,
     precision: O.Precision = "auto",
     dtype: O.Dtype = "float32",
+    strict: O.Strict = False,
 ):
-    """Embed probe images with CLIP's image encoder -> images.h5."""
+    """Embed probe images with CLIP's image encoder -> images.h5 (unreadable images are skipped and listed)."""
     from dissect.embed import embed_images as run
 
-    run(probe, clip, out, device=device, batch_size=batch_size, workers=workers, precision=precision, dtype=dtype)
+    run(probe, clip, out, device=device, batch_size=batch_size, workers=workers, precision=precision, dtype=dtype, strict=strict)
 
 
 @command("embed-text")
@@ -32,8 +33,9 @@ def embed_text(
     batch_size: O.BatchSize = 256,
     precision: O.Precision = "auto",
     dtype: O.Dtype = "float32",
+    strict: O.Strict = False,
 ):
     """Embed a concept set (a .txt file or a shipped set name) with CLIP's text encoder -> text.h5."""
     from dissect.embed import embed_text as run
 
-    run(concepts, clip, out, device=device, batch_size=batch_size, precision=precision, dtype=dtype)
+    run(concepts, clip, out, device=device, batch_size=batch_size, precision=precision, dtype=dtype, strict=strict)

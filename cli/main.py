@@ -6,7 +6,18 @@ from . import demo, embed, label, record, run  # noqa: F401  (commands register 
 from .app import app
 
 
+def _stop_on_signal(signum, _frame):
+    from dissect.errors import Terminated
+
+    raise Terminated(signum)
+
+
 def main() -> None:
+    import signal
+
+    # SIGTERM (batch schedulers, `kill`) unwinds like Ctrl-C: temporary files are removed
+    # and the command ends with one line and exit code 128 + signal.
+    signal.signal(signal.SIGTERM, _stop_on_signal)
     app()
 
 

@@ -78,6 +78,9 @@ ChannelsLast = Annotated[
     Optional[bool],
     typer.Option("--channels-last/--no-channels-last", help="Run the target in channels-last memory format [default: on for conv nets on CUDA].", show_default=False),
 ]
+Strict = Annotated[
+    bool, typer.Option("--strict", help="Stop at the first unreadable image (or over-long concept) instead of skipping it.")
+]
 Probe = Annotated[
     list[str],
     typer.Argument(help="Probe images: folders, .txt lists of paths, or torchvision:NAME[:SPLIT]; several are concatenated.", show_default=False),

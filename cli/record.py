@@ -28,6 +28,7 @@ def record(
     device: O.Device = "auto",
     batch_size: O.BatchSize = 64,
     workers: O.Workers = None,
+    strict: O.Strict = False,
     precision: O.Precision = "auto",
     channels_last: O.ChannelsLast = None,
 ):
@@ -49,6 +50,7 @@ def record(
         batch_size=batch_size,
         workers=workers,
         precision=precision,
+        strict=strict,
         channels_last=channels_last,
     )
 

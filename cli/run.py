@@ -36,6 +36,7 @@ def run(
     device: O.Device = "auto",
     batch_size: O.BatchSize = 64,
     workers: O.Workers = None,
+    strict: O.Strict = False,
     precision: O.Precision = "auto",
     dtype: O.Dtype = "float32",
     channels_last: O.ChannelsLast = None,
@@ -66,6 +67,7 @@ def run(
         chunk=chunk,
         max_memory=O.parse_size(max_memory),
         precision=precision,
+        strict=strict,
         dtype=dtype,
         channels_last=channels_last,
     )

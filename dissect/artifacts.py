@@ -198,10 +198,13 @@ def _read_matrix(f, name: str, path, rows: int | None = None) -> np.ndarray:
     arr = np.asarray(ds[:], dtype=np.float32)
     if not np.isfinite(arr).all():
         bad = np.unique(np.nonzero(~np.isfinite(arr))[1])
-        raise ArtifactError(
-            f"{path}: dataset {name!r} holds NaN or Inf values (columns {bad[:10].tolist()}{'...' if len(bad) > 10 else ''})",
-            hint="recompute it",
-        )
+        listed = f"{bad[:10].tolist()}{'...' if len(bad) > 10 else ''}"
+        if str(path).endswith(":layers"):
+            raise ArtifactError(
+                f"layer {name!r} of {str(path)[:-len(':layers')]} holds NaN or Inf activations ({len(bad)} units: {listed})",
+                hint="check the model's weights and re-record the layer (--precision fp32 if it ran in fp16)",
+            )
+        raise ArtifactError(f"{path}: dataset {name!r} holds NaN or Inf values (columns {listed})", hint="recompute it")
     return arr
 
 

@@ -12,8 +12,8 @@ from . import artifacts as A
 from .clip import Clip, encode_images, encode_tokens, load_clip, parse_clip_spec
 from .concepts import ConceptSet, load_concepts
 from .fingerprint import fingerprint
-from .errors import UsageError
-from .probe import Probe, image_pass, open_probe
+from .errors import InputError, UsageError
+from .probe import Probe, Skipped, image_pass, kept_rows, open_probe, probe_files, report_skipped, skipped_attr
 from .runtime import check_batch_size, info, progress, resolve_device, resolve_precision, warn
 
 
@@ -43,18 +43,27 @@ class ImageEmbedder:
         self.embeddings = np.zeros((n_images, _embed_dim(clip)), dtype=np.float32)
 
     def __call__(self, idx, batch) -> None:
-        self.embeddings[idx.numpy()] = encode_images(self.clip, batch, self.precision).numpy()
+        from .record import forward_errors
 
-    def write(self, out, probe: Probe, batch_size: int, dtype: str = "float32") -> Path:
+        with forward_errors(f"CLIP {self.clip.spec}", batch):
+            self.embeddings[idx.numpy()] = encode_images(self.clip, batch, self.precision).numpy()
+
+    def write(self, out, probe: Probe, batch_size: int, dtype: str = "float32", skipped: list[Skipped] = ()) -> Path:
+        """Write the embeddings of the images the pass kept; ``skipped`` ones are listed in the file."""
+        keep = kept_rows(len(probe), list(skipped))
         attrs = self.clip.attrs()
         attrs.update(
             fingerprint=image_embeddings_fingerprint(self.clip.fingerprint, probe.fingerprint, self.precision),
             probe=probe.describe(),
             precision=self.precision,
-            provenance=A.provenance(stage="embed-images", batch_size=batch_size, precision=self.precision, dtype=dtype),
+            skipped=skipped_attr(list(skipped)),
+            provenance=A.provenance(stage="embed-images", batch_size=batch_size, precision=self.precision, dtype=dtype,
+                                    n_skipped=len(skipped)),
         )
-        A.write_embeddings(out, A.IMAGE_FORMAT, self.embeddings, probe.ids, self.clip.name, self.clip.pretrained, attrs, dtype=dtype)
-        info(f"wrote {out}: {len(probe)} image embeddings (d={self.embeddings.shape[1]}, {dtype})")
+        A.write_embeddings(out, A.IMAGE_FORMAT, self.embeddings[keep], [probe.ids[i] for i in keep], self.clip.name,
+                           self.clip.pretrained, attrs, dtype=dtype)
+        report_skipped(list(skipped), len(probe), out)
+        info(f"wrote {out}: {len(keep)} image embeddings (d={self.embeddings.shape[1]}, {dtype})")
         return Path(out)
 
 
@@ -67,23 +76,25 @@ def embed_images(
     workers: int | None = None,
     precision: str = "auto",
     dtype: str = "float32",
+    strict: bool = False,
 ) -> Path:
     """Embed every probe image with CLIP's image encoder into ``out`` (images.h5).
 
     ``precision`` is the forward pass's (``runtime.resolve_precision``: bf16 on capable
-    GPUs by default, else fp32); ``dtype`` how the embeddings are stored.
+    GPUs by default, else fp32); ``dtype`` how the embeddings are stored. Images that
+    cannot be read are skipped and listed in the file (``strict``: the first one is an error).
     """
     check_batch_size(batch_size)
     check_dtype(dtype)
-    out = A.check_output_path(out)
+    out = A.check_output_path(out, probe_files(probe))
     if not isinstance(probe, Probe):
         probe = open_probe(probe)
     if not isinstance(clip, Clip):
         clip = load_clip(clip, resolve_device(device))
     workers = default_workers(len(probe)) if workers is None else workers
     embedder = ImageEmbedder(clip, len(probe), resolve_precision(precision, clip.device))
-    image_pass(probe, [embedder], batch_size, workers, "embed images", clip.device)
-    return embedder.write(out, probe, batch_size, dtype)
+    skipped = image_pass(probe, [embedder], batch_size, workers, "embed images", clip.device, strict=strict)
+    return embedder.write(out, probe, batch_size, dtype, skipped)
 
 
 def check_dtype(dtype: str) -> str:
@@ -102,7 +113,8 @@ def _embed_dim(clip: Clip) -> int:
     return int(dim)
 
 
-def compute_text_embeddings(clip: Clip, concepts: ConceptSet, batch_size: int = 256, precision: str = "fp32") -> np.ndarray:
+def compute_text_embeddings(clip: Clip, concepts: ConceptSet, batch_size: int = 256, precision: str = "fp32",
+                            strict: bool = False) -> np.ndarray:
     """[M, d] L2-normalised embeddings of the concepts, as written (no prompt template).
 
     Concepts are batched by token length, and each batch runs the text tower only up to
@@ -114,6 +126,11 @@ def compute_text_embeddings(clip: Clip, concepts: ConceptSet, batch_size: int = 
     lengths = (tokens != 0).sum(dim=1)
     # open_clip truncates silently; a full last position means the text did not fit.
     too_long = [t for t, row in zip(texts, tokens) if int(row[-1]) != 0]
+    if too_long and strict:
+        raise InputError(
+            f"{len(too_long)} concept(s) exceed CLIP's {clip.context_length}-token context, e.g. {too_long[0][:60]!r}",
+            hint="shorten them, or leave out --strict to embed them truncated",
+        )
     if too_long:
         warn(
             f"{len(too_long)} concept(s) exceed CLIP's {clip.context_length}-token context and were truncated, "
@@ -165,8 +182,13 @@ def embed_text(
     batch_size: int = 256,
     precision: str = "auto",
     dtype: str = "float32",
+    strict: bool = False,
 ) -> Path:
-    """Embed a concept set with CLIP's text encoder into ``out`` (text.h5)."""
+    """Embed a concept set with CLIP's text encoder into ``out`` (text.h5).
+
+    Concepts longer than the text encoder's context are embedded truncated, with a
+    warning (``strict``: refused).
+    """
     check_dtype(dtype)
     out = A.check_output_path(out, [concepts if isinstance(concepts, str) else None])
     if not isinstance(concepts, ConceptSet):
@@ -175,7 +197,7 @@ def embed_text(
     if not isinstance(clip, Clip):
         clip = load_clip(clip, resolve_device(device))
     precision = resolve_precision(precision, clip.device)
-    emb = compute_text_embeddings(clip, concepts, batch_size, precision)
+    emb = compute_text_embeddings(clip, concepts, batch_size, precision, strict)
     attrs = _text_attrs(clip, concepts, batch_size, precision, dtype)
     A.write_embeddings(out, A.TEXT_FORMAT, emb, concepts.concepts, clip.name, clip.pretrained, attrs, dtype=dtype)
     info(f"wrote {out}: {len(concepts.concepts)} concept embeddings")

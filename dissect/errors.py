@@ -43,3 +43,11 @@ class ArtifactError(DissectError):
 
 class MismatchError(ArtifactError):
     """Artifacts that do not belong together (different CLIP model, probe ids, ...)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or another stop signal) delivered to the process: unwinds like Ctrl-C, so no partial file is kept."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -17,25 +17,52 @@ import numpy as np
 from . import artifacts as A
 from .concepts import ConceptSet
 from .errors import MismatchError, UsageError
-from .runtime import info, progress, resolve_device
+from .runtime import info, progress, resolve_device, warn
 from .similarity import DEFAULT_MAX_MEMORY, examples_needed, resolve_params, score_layer
 
 
-def align_ids(images: A.Embeddings, acts: A.Activations) -> np.ndarray | None:
-    """Row order that puts activations in image order (None when already aligned)."""
+def _skipped_ids(attrs: dict[str, Any]) -> set[str]:
+    import json
+
+    try:
+        return {row[0] for row in json.loads(attrs.get("skipped") or "[]")}
+    except (ValueError, TypeError, IndexError):
+        return set()
+
+
+def align_ids(images: A.Embeddings, acts: A.Activations) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Rows of the image embeddings and of the activations that pair up, in image order.
+
+    (None, None) when the files hold the same ids in the same order. Images that one
+    file holds and the other skipped (unreadable for one pass: see its ``skipped``
+    attribute) are left out with a warning; any other difference is a MismatchError.
+    """
     if acts.ids == images.keys:
-        return None
-    if set(acts.ids) == set(images.keys):
+        return None, None
+    act_ids = set(acts.ids)
+    img_ids = set(images.keys)
+    if act_ids == img_ids:
         pos = {k: i for i, k in enumerate(acts.ids)}
-        return np.array([pos[k] for k in images.keys])
-    only_img = [k for k in images.keys if k not in set(acts.ids)]
-    only_act = [k for k in acts.ids if k not in set(images.keys)]
-    example = f"{only_img[0]!r} is only in {images.path}" if only_img else f"{only_act[0]!r} is only in {acts.path}"
-    raise MismatchError(
-        f"{images.path} ({len(images.keys)} images) and {acts.path} ({len(acts.ids)} images) "
-        f"come from different probe sets: {example}",
-        hint="run `dissect embed-images` and `dissect record` on the same PROBE arguments",
-    )
+        return None, np.array([pos[k] for k in images.keys])
+    only_img = [k for k in images.keys if k not in act_ids]
+    only_act = [k for k in acts.ids if k not in img_ids]
+    skipped_by_acts, skipped_by_img = _skipped_ids(acts.attrs), _skipped_ids(images.attrs)
+    unexplained_img = [k for k in only_img if k not in skipped_by_acts]
+    unexplained_act = [k for k in only_act if k not in skipped_by_img]
+    if unexplained_img or unexplained_act:
+        example = (f"{unexplained_img[0]!r} is only in {images.path}" if unexplained_img
+                   else f"{unexplained_act[0]!r} is only in {acts.path}")
+        raise MismatchError(
+            f"{images.path} ({len(images.keys)} images) and {acts.path} ({len(acts.ids)} images) "
+            f"come from different probe sets: {example}",
+            hint="run `dissect embed-images` and `dissect record` on the same PROBE arguments",
+        )
+    warn(f"leaving out {len(only_img) + len(only_act)} image(s) that one of the passes skipped as unreadable "
+         f"({len(only_img)} only in {images.path}, {len(only_act)} only in {acts.path})")
+    pos = {k: i for i, k in enumerate(acts.ids)}
+    img_rows = np.array([i for i, k in enumerate(images.keys) if k in pos])
+    act_rows = np.array([pos[images.keys[i]] for i in img_rows])
+    return img_rows, act_rows
 
 
 def label(
@@ -79,7 +106,10 @@ def label(
 
     img = A.read_image_embeddings(images)
     acts = A.read_activations(activations, layers, data=False)  # names checked; matrices read one at a time
-    order = align_ids(img, acts)
+    img_rows, order = align_ids(img, acts)
+    if img_rows is not None:
+        img = A.Embeddings(img.embeddings[img_rows], [img.keys[i] for i in img_rows], img.clip_model, img.clip_pretrained,
+                           img.attrs, img.path)
     if text is not None:
         txt = A.read_text_embeddings(text)
         concept_meta = {"name": txt.attrs.get("concept_set", str(text)), "source": txt.attrs.get("concept_source", str(Path(text).resolve()))}
@@ -137,7 +167,8 @@ def label(
             "activations": {"path": str(Path(activations).resolve()), "fingerprint": acts.attrs.get("inputs_fingerprint", "")},
             "text": {"path": str(Path(txt.path).resolve()) if txt.path else "", "fingerprint": txt.attrs.get("fingerprint", txt.keys_fingerprint)},
         },
-        "probe": {"n_images": N, "ids_fingerprint": img.keys_fingerprint},
+        "probe": {"n_images": N, "ids_fingerprint": img.keys_fingerprint,
+                  "skipped": sorted(_skipped_ids(img.attrs) | _skipped_ids(acts.attrs))},
         "provenance": A.provenance(stage="label"),
         **(extra_metadata or {}),
     }

@@ -69,6 +69,7 @@ def run(
     precision: str = "auto",
     dtype: str = "float32",
     channels_last: bool | None = None,
+    strict: bool = False,
 ) -> Path:
     """Run embed-images, embed-text, record and label into the folder ``out``.
 
@@ -112,7 +113,8 @@ def run(
     images_path, text_path = run_dir / "images.h5", run_dir / "text.h5"
     precision = resolve_precision(precision, dev)
     ensure(text_path, A.TEXT_FORMAT, text_embeddings_fingerprint(clip_fp, concept_set.fingerprint, precision),
-           lambda: embed_text(concept_set, get_clip(), text_path, batch_size=text_batch_size, precision=precision, dtype=dtype))
+           lambda: embed_text(concept_set, get_clip(), text_path, batch_size=text_batch_size, precision=precision, dtype=dtype,
+                              strict=strict))
     images_ok, why = _reusable(images_path, A.IMAGE_FORMAT, image_embeddings_fingerprint(clip_fp, probe_set.fingerprint, precision))
     steps[images_path.stem] = {"path": images_path.name, "reused": images_ok}
 
@@ -152,13 +154,14 @@ def run(
             rec = stack.enter_context(ActivationRecorder(target, plan.todo, len(probe_set), summary, layout, dev, precision,
                                                          channels_last))
             consumers.append(rec)
+        skipped: list = []
         if consumers:
             what = " + ".join((["embed images"] if embedder else []) + ([f"record {len(plan.todo)} layer(s)"] if rec else []))
-            image_pass(probe_set, consumers, batch_size, workers, what, dev)
+            skipped = image_pass(probe_set, consumers, batch_size, workers, what, dev, strict=strict)
         if embedder is not None:
-            embedder.write(images_path, probe_set, batch_size, dtype)
+            embedder.write(images_path, probe_set, batch_size, dtype, skipped)
         if rec is not None:
-            rec.write(acts_path, probe_set, plan.inputs_fp, batch_size, keep=plan.exists)
+            rec.write(acts_path, probe_set, plan.inputs_fp, batch_size, keep=plan.exists, skipped=skipped)
     loaded_clip = embedder = rec = consumers = None  # free both models before labelling
     del target
 

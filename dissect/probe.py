@@ -59,17 +59,53 @@ class Probe:
         return {"sources": self.sources, "n_images": len(self), "fingerprint": self.fingerprint}
 
     def load(self, i: int):
-        """Image ``i`` as RGB PIL image; raises InputError naming the file."""
+        """Image ``i`` as RGB PIL image; raises InputError naming the file.
+
+        Greyscale, palette, CMYK, RGBA (alpha dropped) and 16-bit images are converted
+        to 8-bit RGB. Images over PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS,
+        89.5 million pixels) are refused rather than decoded.
+        """
+        import warnings
+
         from PIL import Image
 
         try:
-            img = self.loaders[i]()
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            img.load()
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = self.loaders[i]()
+                img = to_rgb(img)
+                img.load()
             return img
-        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
-            raise InputError(f"cannot read image {self.locations[i]}: {e}", hint="remove or replace the file") from None
+        except Image.DecompressionBombWarning as e:
+            raise InputError(f"cannot read image {self.locations[i]}: {e}", hint="remove or shrink the file") from None
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError, RecursionError) as e:
+            reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+            raise InputError(f"cannot read image {self.locations[i]}: {reason}", hint="remove or replace the file") from None
+
+
+def to_rgb(img):
+    """8-bit RGB from any PIL mode; 16- and 32-bit integer images are scaled, not clipped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        import numpy as np
+        from PIL import Image
+
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) <= 65535 else float(arr.max())
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "F":
+        import numpy as np
+        from PIL import Image
+
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        lo, hi = (0.0, 1.0) if arr.min(initial=0) >= 0 and arr.max(initial=0) <= 1 else (0.0, 255.0)
+        arr = np.clip((arr - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
 
 
 def _open_image(path: str) -> Callable[[], Any]:
@@ -82,7 +118,7 @@ def _open_image(path: str) -> Callable[[], Any]:
         except BaseException:
             im.close()
             raise
-        return im if im.mode == "RGB" else im.convert("RGB")
+        return im
 
     return load
 
@@ -202,6 +238,15 @@ def _torchvision(spec: str) -> tuple[list, list, list, list, dict]:
     }
 
 
+def probe_files(specs) -> list[str]:
+    """The files among PROBE arguments (.txt lists), which an output must never overwrite."""
+    if isinstance(specs, Probe):
+        return [src["path"] for src in specs.sources if src.get("type") == "list"]
+    if isinstance(specs, (str, os.PathLike)):
+        specs = [specs]
+    return [str(s) for s in specs if os.path.isfile(str(s))]
+
+
 def open_probe(specs: list[str] | str) -> Probe:
     """Resolve PROBE arguments into one ordered probe set."""
     if isinstance(specs, (str, os.PathLike)):
@@ -272,11 +317,24 @@ def _collate(items):
     return idx, batches, errors
 
 
-def iterate_batches(probe: Probe, transform, batch_size: int, workers: int = 0, pin_memory: bool = False) -> Iterator[tuple[Any, Any]]:
-    """Yield (indices, image batch) in probe order; a broken image raises InputError.
+@dataclass
+class Skipped:
+    """A probe image left out of a pass: its position, id and why."""
 
-    ``transform`` may be a list of transforms: each image is then decoded once and the
-    batch is a list with one tensor per transform. ``pin_memory`` (CUDA) lets the
+    index: int
+    id: str
+    reason: str
+
+
+def iterate_batches(probe: Probe, transform, batch_size: int, workers: int = 0, pin_memory: bool = False,
+                    skipped: list[Skipped] | None = None) -> Iterator[tuple[Any, Any]]:
+    """Yield (indices, image batch) in probe order.
+
+    A broken image raises InputError naming it, unless ``skipped`` is a list: it is
+    then appended there and left out of the batches (the indices say which images a
+    batch holds). ``transform`` may be a list of transforms: each image is then
+    decoded once and the batch is a list with one tensor per transform; an image any
+    transform fails on is skipped for all of them. ``pin_memory`` (CUDA) lets the
     copies to the GPU run asynchronously (``tensor.to(device, non_blocking=True)``).
     """
     from torch.utils.data import DataLoader
@@ -294,23 +352,68 @@ def iterate_batches(probe: Probe, transform, batch_size: int, workers: int = 0, 
     )
     for idx, batches, errors in loader:
         if errors:
-            raise InputError(errors[0][1], hint="remove or replace the file")
+            if skipped is None:
+                raise InputError(errors[0][1], hint="remove or replace the file, or leave out --strict to skip such images")
+            skipped.extend(Skipped(i, probe.ids[i], err) for i, err in errors)
         if len(idx):
             yield idx, (batches if many else batches[0])
 
 
-def image_pass(probe: Probe, consumers: list, batch_size: int, workers: int, description: str, device=None) -> None:
+def image_pass(probe: Probe, consumers: list, batch_size: int, workers: int, description: str, device=None,
+               strict: bool = False) -> list[Skipped]:
     """One pass over the probe feeding every consumer its own preprocessing of each image.
 
     A consumer has a ``transform`` and is called as ``consumer(indices, batch)``;
     images are decoded once in the DataLoader workers, in parallel with the consumers'
-    forward passes. On CUDA the batches come in pinned memory.
+    forward passes. On CUDA the batches come in pinned memory. Images that cannot be
+    read or preprocessed are skipped for every consumer and returned (``strict``:
+    the first one raises InputError instead).
     """
     from .runtime import progress
 
     pin = device is not None and getattr(device, "type", str(device)) == "cuda"
+    skipped: list[Skipped] | None = None if strict else []
     with progress(description, len(probe), "images") as advance:
-        for idx, batches in iterate_batches(probe, [c.transform for c in consumers], batch_size, workers, pin_memory=pin):
+        done = 0
+        for idx, batches in iterate_batches(probe, [c.transform for c in consumers], batch_size, workers,
+                                            pin_memory=pin, skipped=skipped):
             for consumer, batch in zip(consumers, batches):
                 consumer(idx, batch)
-            advance(len(idx))
+            n = int(idx[-1]) + 1 - done if len(idx) else 0  # skipped images count as done too
+            advance(n)
+            done += n
+        advance(len(probe) - done)
+    skipped = skipped or []
+    if len(skipped) == len(probe):
+        raise InputError(
+            f"none of the {len(probe)} probe images could be read (e.g. {skipped[0].reason})",
+            hint="check the PROBE paths and file formats",
+        )
+    return skipped
+
+
+def kept_rows(n_images: int, skipped: list[Skipped]):
+    """Indices of the images a pass kept, in probe order."""
+    import numpy as np
+
+    mask = np.ones(n_images, dtype=bool)
+    mask[[s.index for s in skipped]] = False
+    return np.flatnonzero(mask)
+
+
+def report_skipped(skipped: list[Skipped], n_images: int, out) -> None:
+    """The one-line summary of skipped images."""
+    from .runtime import warn
+
+    if skipped:
+        warn(
+            f"skipped {len(skipped)} of {n_images} images that could not be read (first: {skipped[0].reason}); "
+            f"their ids and reasons are recorded in {out}. --strict stops at the first instead"
+        )
+
+
+def skipped_attr(skipped: list[Skipped]) -> str:
+    """The ``skipped`` attribute of an artifact: JSON [[id, reason], ...] in probe order."""
+    import json
+
+    return json.dumps([[s.id, s.reason] for s in sorted(skipped, key=lambda s: s.index)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,11 +11,11 @@ from typing import Any
 import numpy as np
 
 from . import artifacts as A
-from .errors import MismatchError, UsageError
+from .errors import MismatchError, ModelError, UsageError
 from .fingerprint import fingerprint
 from .hooks import LayerInfo, Recorder, list_modules, resolve_layers
 from .models import PreprocessOverrides, Target, load_target
-from .probe import Probe, image_pass, open_probe
+from .probe import Probe, Skipped, image_pass, kept_rows, open_probe, probe_files, report_skipped, skipped_attr
 from .runtime import check_batch_size, info, resolve_device, resolve_precision
 
 
@@ -69,6 +70,25 @@ def use_channels_last(module, device, channels_last: bool | None) -> bool:
     return device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
 
 
+@contextlib.contextmanager
+def forward_errors(model: str, batch):
+    """A model failing on the probe's batches (wrong input size, out of memory) becomes a one-line error."""
+    import torch
+
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        raise ModelError(f"out of GPU memory running {model} on a batch of {batch.shape[0]}",
+                         hint="lower --batch-size") from None
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        shape = "x".join(map(str, batch.shape[1:]))
+        raise ModelError(
+            f"{model} cannot run on the probe's {shape} inputs: {first[:300]}",
+            hint="set --input-size (and --crop-pct) to what the model expects, or check --model-arg",
+        ) from None
+
+
 class ActivationRecorder:
     """A consumer of ``probe.image_pass``: each layer's summarised activations into [N, C] arrays.
 
@@ -102,7 +122,7 @@ class ActivationRecorder:
         from .runtime import autocast
 
         x = batch.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        with autocast(self.device, self.precision):
+        with forward_errors(self.target.spec, x), autocast(self.device, self.precision):
             outputs = self.recorder.run(x)
         rows = idx.numpy()
         for name, val in outputs.items():
@@ -110,10 +130,19 @@ class ActivationRecorder:
                 self.data[name] = np.zeros((self.n_images, val.shape[1]), dtype=np.float32)
             self.data[name][rows] = val.float().cpu().numpy()
 
-    def write(self, out, probe: Probe, inputs_fp: str, batch_size: int, keep: bool) -> Path:
-        """Check the activations and write (or add) the layers to ``out``."""
+    def write(self, out, probe: Probe, inputs_fp: str, batch_size: int, keep: bool, skipped: list[Skipped] = ()) -> Path:
+        """Check the activations and write (or add) the layers to ``out``; ``skipped`` images are listed in the file."""
         infos: dict[str, LayerInfo] = self.recorder.info
-        data = {name: self.data[name] for name in self.layers}  # the order asked for, not execution order
+        rows = kept_rows(len(probe), list(skipped))
+        ids = [probe.ids[i] for i in rows]
+        if keep:
+            old = A.read_activations(out, data=False)
+            if old.ids != ids:
+                raise MismatchError(
+                    f"{out} was recorded on other readable images of this probe ({len(old.ids)} then, {len(ids)} now)",
+                    hint="write to a new -o file, or delete it to record all layers again",
+                )
+        data = {name: self.data[name][rows] for name in self.layers}  # the order asked for, not execution order
         for name, arr in data.items():
             if not np.isfinite(arr).all():
                 units = np.unique(np.nonzero(~np.isfinite(arr))[1])[:10].tolist()
@@ -138,11 +167,13 @@ class ActivationRecorder:
             probe=probe.describe(),
             probe_fingerprint=probe.fingerprint,
             precision=self.precision,
+            skipped=skipped_attr(list(skipped)),
             provenance=A.provenance(stage="record", batch_size=batch_size, device=str(self.device), precision=self.precision,
-                                    channels_last=self.channels_last),
+                                    channels_last=self.channels_last, n_skipped=len(skipped)),
         )
-        A.write_activations(out, probe.ids, data, layer_attrs, attrs, keep_from=out if keep else None)
-        info(f"wrote {out}: {', '.join(f'{n} ({data[n].shape[1]} units)' for n in data)} over {len(probe)} images")
+        A.write_activations(out, ids, data, layer_attrs, attrs, keep_from=out if keep else None)
+        report_skipped(list(skipped), len(probe), out)
+        info(f"wrote {out}: {', '.join(f'{n} ({data[n].shape[1]} units)' for n in data)} over {len(ids)} images")
         return Path(out)
 
 
@@ -183,6 +214,7 @@ def record(
     workers: int | None = None,
     precision: str = "auto",
     channels_last: bool | None = None,
+    strict: bool = False,
 ) -> Path:
     """Record ``layers`` of the target model on every probe image into ``out``.
 
@@ -193,7 +225,7 @@ def record(
     from .embed import default_workers
 
     check_batch_size(batch_size)
-    out = A.check_output_path(out)
+    out = A.check_output_path(out, probe_files(probe))
     if not isinstance(probe, Probe):
         probe = open_probe(probe)
     dev = resolve_device(device)
@@ -206,8 +238,8 @@ def record(
         info(f"{out} already holds {', '.join(plan.have)}; recording {', '.join(plan.todo)}")
     workers = default_workers(len(probe)) if workers is None else workers
     with ActivationRecorder(target, plan.todo, len(probe), summary, layout, dev, plan.precision, channels_last) as rec:
-        image_pass(probe, [rec], batch_size, workers, f"record {len(plan.todo)} layer(s)", dev)
-        return rec.write(out, probe, plan.inputs_fp, batch_size, keep=plan.exists)
+        skipped = image_pass(probe, [rec], batch_size, workers, f"record {len(plan.todo)} layer(s)", dev, strict=strict)
+        return rec.write(out, probe, plan.inputs_fp, batch_size, keep=plan.exists, skipped=skipped)
 
 
 def list_layers(

@@ -407,10 +407,10 @@ def test_layer_returning_a_tuple_is_refused(tmp_path, probe_dir):
     assert not (tmp_path / "a.h5").exists()
 
 
-def test_broken_image_names_the_file(tmp_path, tiny_clip):
+def test_broken_image_names_the_file_under_strict(tmp_path, tiny_clip):
     probe = make_images(tmp_path / "probe", 4)
     (probe / "class0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    r = invoke("embed-images", probe, "--clip", tiny_clip, "-o", tmp_path / "i.h5", ok=False)
+    r = invoke("embed-images", probe, "--clip", tiny_clip, "-o", tmp_path / "i.h5", "--strict", ok=False)
     assert_one_line_error(r, "broken.png")
     assert not (tmp_path / "i.h5").exists()
     assert not list(tmp_path.glob(".i.h5*"))
@@ -599,7 +599,15 @@ def test_clip_from_a_local_open_clip_folder(tmp_path, tiny_clip, probe_dir):
 
 
 def test_offline_pretrained_weights_say_what_to_fetch(tmp_path, probe_dir, monkeypatch):
+    import socket
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def offline(*a, **k):  # fail at once, as on a machine without a network (no DNS or connect timeouts)
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
     r = invoke("record", probe_dir, "--model", "timm:resnet18", "--layers", "fc", "-o", tmp_path / "a.h5", ok=False)
     assert_one_line_error(r, "cannot download", "--weights")
     r = invoke("embed-images", probe_dir, "--clip", "RN50:openai", "-o", tmp_path / "i.h5", ok=False)
