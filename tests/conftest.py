@@ -79,3 +79,16 @@ def make_images(folder: Path, n: int, seed: int = 0, size: int = 40) -> Path:
 @pytest.fixture(scope="session")
 def probe_dir(tmp_path_factory) -> Path:
     return make_images(tmp_path_factory.mktemp("probe"), 36)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`dissect demo` once per test session: the demo world's run folder and the CLI result."""
+    from typer.testing import CliRunner
+
+    from dissect.cli.main import app
+
+    out = tmp_path_factory.mktemp("demo")
+    result = CliRunner().invoke(app, ["demo", "-o", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    return out, result

@@ -9,18 +9,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from typer.testing import CliRunner
-
-from dissect.cli.main import app
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    result = CliRunner().invoke(app, ["demo", "-o", str(out), "--device", "cpu"])
-    assert result.exit_code == 0, result.output
-    return out, result
 
 
 def test_demo_labels_final_layer_neurons_with_their_class(demo_run):
