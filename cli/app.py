@@ -132,3 +132,27 @@ def command(*args, **kwargs):
         return app.command(*args, **kwargs)(handle_errors(fn))
 
     return deco
+
+
+def subcommand(typer_app: typer.Typer, *args, **kwargs):
+    """typer_app.command with the error boundary applied (commands of a sub-app such as `dissect evaluate`)."""
+
+    def deco(fn):
+        return typer_app.command(*args, **kwargs)(handle_errors(fn))
+
+    return deco
+
+
+class DefaultCommandGroup(typer.core.TyperGroup):
+    """A group whose first argument, when it names no subcommand, goes to the default one.
+
+    `dissect evaluate labels.parquet --truth imagenet` runs the (hidden) default
+    command; `dissect evaluate stability ...` runs a subcommand.
+    """
+
+    default_command = "labels"
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)

@@ -8,10 +8,19 @@ from typing import Annotated, Optional
 import typer
 
 from . import options as O
-from .app import command
+from .app import DefaultCommandGroup, app, subcommand
+
+evaluate_app = typer.Typer(
+    cls=DefaultCommandGroup,
+    no_args_is_help=True,
+    help="Score labels against known concepts (paper §4.2), or check how stable and significant they are.\n\n"
+    "dissect evaluate LABELS... --truth imagenet|cifar100|FILE: accuracy, top-K, CLIP and sentence cosine.\n\n"
+    "dissect evaluate stability / pvalues: bootstrap label stability and permutation p-values per unit.",
+)
+app.add_typer(evaluate_app, name="evaluate")
 
 
-@command("evaluate")
+@subcommand(evaluate_app, "labels", hidden=True)
 def evaluate(
     labels: Annotated[list[Path], typer.Argument(help="labels.parquet files (several: one row each, the paper's Table 3).", show_default=False)],
     truth: Annotated[str, typer.Option("--truth", help="True name of each unit: imagenet, cifar100, a .txt file (line k = unit k) or a unit,name .csv.", show_default=False)],
@@ -67,3 +76,178 @@ def _print_summary(ev) -> None:
     if not console.is_terminal:  # piped or captured: do not truncate cells to 80 columns
         console = Console(width=200)
     console.print(table)
+
+
+def _write_units(ev, out, stage: str) -> None:
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dissect import artifacts as A
+    from dissect.runtime import info
+
+    table = pa.Table.from_pydict(ev.units)
+    meta = {"format": f"dissect/{stage}", "version": A.FORMAT_VERSION, "summary": ev.summary,
+            "provenance": json.loads(A.provenance(stage=f"evaluate {stage}"))}
+    table = table.replace_schema_metadata({b"dissect": json.dumps(meta, default=str).encode()})
+    with A.atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
+    summary = Path(out).with_suffix(".json")
+    with A.atomic_path(summary) as tmp:
+        tmp.write_text(json.dumps(ev.summary, indent=2, default=str) + "\n")
+    info(f"wrote {out} and {summary}")
+
+
+def _print_layers(ev, title: str, columns: list[tuple[str, str, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for header, _, _ in columns:
+        table.add_column(header)
+    for row in ev.summary:
+        table.add_row(*[format(row[key], fmt) if fmt else str(row[key]) for _, key, fmt in columns])
+    console = Console()
+    console.print(table, width=None if console.is_terminal else 200)
+
+
+@subcommand(evaluate_app, "stability")
+def stability(
+    images: O.Images,
+    activations: O.Activations,
+    out: Annotated[Path, typer.Option("-o", "--out", help="stability.parquet (one row per unit); the per-layer summary goes to stability.json beside it.", show_default=False)],
+    text: O.Text = None,
+    concepts: O.Concepts = None,
+    sim: O.Sim = "softwpmi",
+    param: O.Param = None,
+    layers: O.LayersOptional = None,
+    resamples: Annotated[int, typer.Option("--resamples", "-B", min=1, help="Bootstrap resamples of the probe set (each costs one `label` of the layer).")] = 20,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the resampling.")] = 0,
+    max_memory: O.MaxMemory = "256MB",
+    device: O.Device = "auto",
+):
+    """How often each unit keeps its label when the probe set is resampled (bootstrap; nothing is re-encoded)."""
+    from dissect import artifacts as A
+    from dissect.evaluate import label_stability
+
+    A.check_output_path(out, [images, activations, text])
+    ev = label_stability(images, activations, text=text, concepts=concepts, sim=sim, params=O.parse_params(param),
+                         layers=O.split_list(layers) or None, resamples=resamples, seed=seed, device=device,
+                         max_memory=O.parse_size(max_memory))
+    _print_layers(ev, f"Label stability over {resamples} bootstrap resamples",
+                  [("layer", "layer", ""), ("units", "units", ""), ("mean stability", "mean_stability", ".3f"),
+                   ("stable (>= 0.9)", "stable_share", ".1%")])
+    _write_units(ev, out, "stability")
+
+
+@subcommand(evaluate_app, "pvalues")
+def pvalues(
+    images: O.Images,
+    activations: O.Activations,
+    out: Annotated[Path, typer.Option("-o", "--out", help="pvalues.parquet (one row per unit); the per-layer summary goes to pvalues.json beside it.", show_default=False)],
+    text: O.Text = None,
+    concepts: O.Concepts = None,
+    sim: O.Sim = "softwpmi",
+    param: O.Param = None,
+    layers: O.LayersOptional = None,
+    permutations: Annotated[int, typer.Option("--permutations", "-P", min=1, help="Shuffles of the activations (each costs one `label` of the layer); the smallest p-value is 1/(1+P).")] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the permutations.")] = 0,
+    max_memory: O.MaxMemory = "256MB",
+    device: O.Device = "auto",
+):
+    """An empirical p-value per unit: how often shuffled activations reach the unit's best similarity."""
+    from dissect import artifacts as A
+    from dissect.evaluate import permutation_pvalues
+
+    A.check_output_path(out, [images, activations, text])
+    ev = permutation_pvalues(images, activations, text=text, concepts=concepts, sim=sim, params=O.parse_params(param),
+                             layers=O.split_list(layers) or None, permutations=permutations, seed=seed, device=device,
+                             max_memory=O.parse_size(max_memory))
+    _print_layers(ev, f"Permutation p-values ({permutations} draws)",
+                  [("layer", "layer", ""), ("units", "units", ""), ("p < 0.01", "share_p_below_0.01", ".1%"),
+                   ("p < 0.05", "share_p_below_0.05", ".1%")])
+    _write_units(ev, out, "pvalues")
+
+
+ClassesOpt = Annotated[str, typer.Option("--classes", help="Class names in output order: imagenet, cifar100, a .txt file or a unit,name .csv.", show_default=False)]
+LabelsOpt = Annotated[Path, typer.Option("--labels", help="labels.parquet holding the layer that feeds the final linear layer.", show_default=False)]
+LayerOpt = Annotated[str, typer.Option("--layer", help="That layer's name (ResNet: layer4 recorded with --summary mean).", show_default=False)]
+ClipOpt = Annotated[Optional[str], typer.Option("--clip", help="CLIP model for the label-to-class similarity [default: the one recorded with the labels].")]
+SentenceOpt = Annotated[str, typer.Option("--sentence-model", help="sentence-transformers model averaged with CLIP cos ('none' to skip).")]
+
+
+@subcommand(evaluate_app, "predict-class")
+def predict_class(
+    labels: LabelsOpt,
+    activations: O.Activations,
+    layer: LayerOpt,
+    model: O.Model,
+    classes: ClassesOpt,
+    out: Annotated[Path, typer.Option("-o", "--out", help="predict.parquet (one row per image); the summary goes to predict.json beside it.", show_default=False)],
+    weights: O.Weights = None,
+    model_arg: O.ModelArg = None,
+    clip: ClipOpt = None,
+    sentence_model: SentenceOpt = "all-mpnet-base-v2",
+    device: O.Device = "auto",
+):
+    """App. A.6: how often the label of the unit contributing most to a prediction names the predicted class."""
+    from dissect import artifacts as A
+    from dissect.evaluate import predict_class as run
+    from dissect.models import parse_model_args
+
+    A.check_output_path(out, [labels, activations])
+    ev = run(labels, activations, layer, model, classes, weights=weights, model_args=parse_model_args(model_arg), clip=clip,
+             sentence_model=sentence_model, device=device)
+    row = ev.summary[0]
+    cols = [("images", "images", ""), ("label = predicted class", "agreement_with_predicted", ".2%")]
+    if row["agreement_with_true"] is not None:
+        cols += [("label = true class", "agreement_with_true", ".2%"), ("model accuracy", "model_accuracy", ".2%")]
+    _print_layers(ev, f"Top contributing unit of {layer} vs. the class ({row['final_layer']})", cols)
+    _write_units(ev, out, "predict-class")
+
+
+@subcommand(evaluate_app, "weights")
+def weights_cmd(
+    labels: LabelsOpt,
+    layer: LayerOpt,
+    model: O.Model,
+    classes: ClassesOpt,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="weights.json with the correlations and Fig. 5b's means.")] = None,
+    weights: O.Weights = None,
+    model_arg: O.ModelArg = None,
+    clip: ClipOpt = None,
+    sentence_model: SentenceOpt = "all-mpnet-base-v2",
+    top_weights: Annotated[int, typer.Option("--top-weights", min=1, help="Correlation over this many largest weights too (paper: 50,000).")] = 50_000,
+    device: O.Device = "auto",
+):
+    """§5: correlation between final-layer weights W[c, j] and the similarity of unit j's label to class c."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from dissect import artifacts as A
+    from dissect.evaluate import weight_analysis
+    from dissect.models import parse_model_args
+    from dissect.runtime import info
+
+    if out is not None:
+        A.check_output_path(out, [labels])
+    res = weight_analysis(labels, layer, model, classes, weights=weights, model_args=parse_model_args(model_arg), clip=clip,
+                          sentence_model=sentence_model, top_weights=top_weights, device=device)
+    table = Table(title=f"{res['final_layer']} weights vs. label-class similarity ({' + '.join(res['similarity_spaces'])})",
+                  title_justify="left")
+    for c in ("weights", "n", "pearson r", "p-value"):
+        table.add_column(c)
+    for key, what in (("pearson_all", "all"), ("pearson_top", f"top {res['pearson_top']['n']}")):
+        table.add_row(what, str(res[key]["n"]), f"{res[key]['r']:.4f}", f"{res[key]['p']:.3g}")
+    console = Console()
+    console.print(table, width=None if console.is_terminal else 200)
+    console.print("mean similarity of each class's top-k weights: "
+                  + ", ".join(f"k={k} {v:.4f}" for k, v in res["mean_similarity_of_top_k_weights"].items()))
+    if out is not None:
+        res["provenance"] = json.loads(A.provenance(stage="evaluate weights"))
+        with A.atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(res, indent=2, default=str) + "\n")
+        info(f"wrote {out}")

@@ -303,3 +303,365 @@ def write_evaluation(ev: Evaluation, out: str | os.PathLike) -> tuple[Path, Path
     with A.atomic_path(summary_path) as tmp:
         tmp.write_text(json.dumps(ev.summary, indent=2, default=str) + "\n")
     return out, summary_path
+
+
+# ---------------------------------------------------------------------------
+# Beyond the paper: label stability under resampling, permutation p-values
+# ---------------------------------------------------------------------------
+
+def _open_inputs(images, activations, text=None, concepts=None, layers=None, device="auto"):
+    """Image embeddings, text embeddings and the activation file, aligned by id (as ``dissect label`` reads them)."""
+    from .label import align_ids
+
+    if (text is None) == (concepts is None):
+        raise UsageError("give exactly one of --text and --concepts")
+    img = A.read_image_embeddings(images)
+    acts = A.read_activations(activations, layers, data=False)
+    img_rows, order = align_ids(img, acts)
+    if img_rows is not None:
+        img = A.Embeddings(img.embeddings[img_rows], [img.keys[i] for i in img_rows], img.clip_model, img.clip_pretrained,
+                           img.attrs, img.path)
+    if text is not None:
+        txt = A.read_text_embeddings(text)
+    else:
+        from .embed import text_for_images
+
+        txt = text_for_images(img, concepts, device=device)
+    A.check_same_clip(img, txt)
+    return img, acts, order, txt
+
+
+def _layer_activations(activations, name, order):
+    q = A.read_activation_layer(activations, name)
+    return q if order is None else q[order]
+
+
+def _best_labels(sim, q, I, T, params, max_memory):
+    from .similarity import score_layer
+
+    res = score_layer(sim, q, I, T, params, top=1, max_memory=max_memory)
+    return res.indices[:, 0].cpu().numpy(), res.values[:, 0].cpu().numpy()
+
+
+def _check_probe_size(sim, params, n):
+    from .similarity import examples_needed
+
+    need = examples_needed(sim, params, n)
+    if need > n:
+        raise UsageError(f"the probe has {n} images but {sim} uses each neuron's top {need}",
+                         hint=f"use a larger probe, or --param top_k={n}")
+
+
+def label_stability(images, activations, text=None, concepts=None, sim: str = "softwpmi", params=None,
+                    layers=None, resamples: int = 20, seed: int = 0, device: str = "auto",
+                    max_memory: int | None = None) -> Evaluation:
+    """How often each unit keeps its label when the probe set is resampled (bootstrap).
+
+    The layer is relabelled on ``resamples`` bootstrap resamples of the probe images
+    (N draws with replacement; the recorded activations and image embeddings are
+    reused, nothing is re-encoded). Per unit: ``stability`` = share of resamples
+    whose label equals the label on the whole probe. Per layer: the mean stability
+    and the share of units with stability >= 0.9 ("stable"). Cost: ``resamples``
+    times `label` on the layer.
+    """
+    import torch
+
+    from .runtime import progress
+    from .similarity import DEFAULT_MAX_MEMORY, resolve_params
+
+    if resamples < 1:
+        raise UsageError(f"--resamples must be at least 1, got {resamples}")
+    params = resolve_params(sim, params)
+    img, acts, order, txt = _open_inputs(images, activations, text, concepts, layers, device)
+    dev = resolve_device(device)
+    I = torch.from_numpy(img.embeddings).to(dev)
+    T = torch.from_numpy(txt.embeddings).to(dev)
+    N = I.shape[0]
+    _check_probe_size(sim, params, N)
+    budget = max_memory or DEFAULT_MAX_MEMORY
+    rng = np.random.default_rng(seed)
+    units: dict[str, list] = {c: [] for c in ("layer", "unit", "label", "similarity", "stability", "modal_label")}
+    summary = []
+    for name in acts.layers:
+        q = torch.from_numpy(_layer_activations(activations, name, order)).to(dev)
+        full, values = _best_labels(sim, q, I, T, params, budget)
+        draws = np.empty((resamples, q.shape[1]), dtype=np.int64)
+        with progress(f"stability {name}", resamples, "resamples") as advance:
+            for b in range(resamples):
+                idx = torch.from_numpy(rng.integers(0, N, N)).to(dev)
+                draws[b], _ = _best_labels(sim, q[idx], I[idx], T, params, budget)
+                advance(1)
+        stability = (draws == full[None, :]).mean(axis=0)
+        modal = [int(np.bincount(draws[:, k]).argmax()) for k in range(q.shape[1])]
+        units["layer"] += [name] * q.shape[1]
+        units["unit"] += list(range(q.shape[1]))
+        units["label"] += [txt.keys[i] for i in full]
+        units["similarity"] += values.tolist()
+        units["stability"] += stability.tolist()
+        units["modal_label"] += [txt.keys[i] for i in modal]
+        summary.append({"layer": name, "units": int(q.shape[1]), "mean_stability": float(stability.mean()),
+                        "stable_share": float((stability >= 0.9).mean()), "resamples": resamples, "seed": seed,
+                        "similarity_fn": sim, "params": params})
+    return Evaluation(units, summary)
+
+
+def permutation_pvalues(images, activations, text=None, concepts=None, sim: str = "softwpmi", params=None,
+                        layers=None, permutations: int = 100, seed: int = 0, device: str = "auto",
+                        max_memory: int | None = None) -> Evaluation:
+    """An empirical p-value per unit: how often shuffled activations score as well as the real ones.
+
+    For each of ``permutations`` draws, every unit's activations are shuffled over the
+    probe images (each unit by its own permutation, same probe, same concepts) and the
+    layer is labelled again; ``p_value`` = (1 + #{draws whose best similarity >= the
+    observed best}) / (1 + permutations), so the smallest possible value is
+    1 / (1 + permutations). For cos, cos-cubed and rank reorder a unit's score depends
+    only on its own activations, so this is the exact permutation test; for SoftWPMI
+    and WPMI the λ correction compares a unit with the rest of its layer, which the
+    null shuffles too (an approximation when units are strongly related). Cost:
+    ``permutations`` times `label` on the layer.
+    """
+    import torch
+
+    from .runtime import progress
+    from .similarity import DEFAULT_MAX_MEMORY, resolve_params
+
+    if permutations < 1:
+        raise UsageError(f"--permutations must be at least 1, got {permutations}")
+    params = resolve_params(sim, params)
+    img, acts, order, txt = _open_inputs(images, activations, text, concepts, layers, device)
+    dev = resolve_device(device)
+    I = torch.from_numpy(img.embeddings).to(dev)
+    T = torch.from_numpy(txt.embeddings).to(dev)
+    N = I.shape[0]
+    _check_probe_size(sim, params, N)
+    budget = max_memory or DEFAULT_MAX_MEMORY
+    gen = torch.Generator().manual_seed(int(seed))
+    units: dict[str, list] = {c: [] for c in ("layer", "unit", "label", "similarity", "p_value")}
+    summary = []
+    for name in acts.layers:
+        q = torch.from_numpy(_layer_activations(activations, name, order))
+        full, observed = _best_labels(sim, q.to(dev), I, T, params, budget)
+        C = q.shape[1]
+        at_least = np.zeros(C, dtype=np.int64)
+        with progress(f"permutations {name}", permutations, "draws") as advance:
+            for _ in range(permutations):
+                perm = torch.argsort(torch.rand(N, C, generator=gen), dim=0)  # one permutation per unit
+                _, best = _best_labels(sim, torch.gather(q, 0, perm).to(dev), I, T, params, budget)
+                at_least += best >= observed
+                advance(1)
+        p = (1 + at_least) / (1 + permutations)
+        units["layer"] += [name] * C
+        units["unit"] += list(range(C))
+        units["label"] += [txt.keys[i] for i in full]
+        units["similarity"] += observed.tolist()
+        units["p_value"] += p.tolist()
+        summary.append({"layer": name, "units": C, "permutations": permutations, "seed": seed,
+                        "share_p_below_0.01": float((p < 0.01).mean()), "share_p_below_0.05": float((p < 0.05).mean()),
+                        "similarity_fn": sim, "params": params})
+    return Evaluation(units, summary)
+
+
+# ---------------------------------------------------------------------------
+# Hidden layers (App. A.6) and weights (§5): the final linear layer against the labels
+# ---------------------------------------------------------------------------
+
+def final_linear(module) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(W [classes, features], bias or None, module name) of a classifier's final linear layer.
+
+    timm models name it through ``get_classifier()``; otherwise the last ``nn.Linear``
+    in module order (torchvision: ``fc``, ``classifier.6``, ``heads.head``).
+    """
+    import torch
+
+    head = None
+    if hasattr(module, "get_classifier"):
+        head = module.get_classifier()
+    if not isinstance(head, torch.nn.Linear):
+        linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+        head = linears[-1] if linears else None
+    if head is None:
+        from .errors import ModelError
+
+        raise ModelError("the model has no final linear layer", hint="predict-class and weights need a classifier")
+    name = next((n for n, m in module.named_modules() if m is head), "classifier")
+    W = head.weight.detach().float().cpu().numpy()
+    b = head.bias.detach().float().cpu().numpy() if head.bias is not None else None
+    return W, b, name
+
+
+def _student_t_two_sided_p(t: float, df: int) -> float:
+    """Two-sided p-value of Student's t with ``df`` degrees of freedom: I_{df/(df+t²)}(df/2, 1/2)."""
+    import math
+
+    if df <= 0 or not math.isfinite(t):
+        return 0.0 if math.isinf(t) else float("nan")
+    return _betainc_regularized(df / 2.0, 0.5, df / (df + t * t))
+
+
+def _betainc_regularized(a: float, b: float, x: float) -> float:
+    """I_x(a, b) by Lentz's continued fraction (Numerical Recipes §6.4), to about 1e-14."""
+    import math
+
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    ln_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x > (a + 1.0) / (a + b + 2.0):
+        return 1.0 - _betainc_regularized(b, a, 1.0 - x)
+    tiny, eps = 1e-300, 1e-15
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10_000):
+        m2 = 2 * m
+        for num in (m * (b - m) * x / ((a + m2 - 1) * (a + m2)), -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return math.exp(ln_front) * h / a
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Pearson r and its two-sided p-value (t test with n − 2 degrees of freedom)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    n = x.size
+    if n < 3 or x.std() == 0 or y.std() == 0:
+        return float("nan"), float("nan")
+    r = float(np.clip(np.corrcoef(x, y)[0, 1], -1.0, 1.0))
+    if abs(r) == 1.0:
+        return r, 0.0
+    t = r * np.sqrt((n - 2) / (1 - r * r))
+    return r, _student_t_two_sided_p(float(t), n - 2)
+
+
+def _layer_labels(labels_path, layer: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(labels_path).to_pydict()
+    rows = sorted((int(u), lab) for u, lab, lay in zip(table["unit"], table["label"], table["layer"]) if lay == layer)
+    if not rows:
+        layers = sorted(set(table["layer"]))
+        raise UsageError(f"{labels_path} has no layer {layer!r}", hint=f"it holds: {', '.join(layers)}")
+    if [u for u, _ in rows] != list(range(len(rows))):
+        raise UsageError(f"{labels_path}: layer {layer} does not label units 0..{len(rows) - 1}", hint="label the whole layer")
+    return [lab for _, lab in rows]
+
+
+def _class_names(classes: str | Truth, n: int) -> list[str]:
+    truth = classes if isinstance(classes, Truth) else load_truth(classes)
+    names = [truth.names.get(k) for k in range(n)]
+    if any(x is None for x in names) or len(truth.names) != n:
+        raise UsageError(f"the classifier has {n} classes but {truth.source} names {len(truth.names)}",
+                         hint="give the class names in the order of the model's outputs")
+    return names
+
+
+def _concept_similarity(labels: list[str], classes: list[str], clip_space, sentence) -> tuple[np.ndarray, list[str]]:
+    """S[c, j] = cos(class name c, label of unit j): CLIP cos, averaged with sentence cos when available."""
+    def sim(space):
+        e_cls = space.embed(classes).astype(np.float64)
+        uniq = sorted(set(labels))
+        e_lab = space.embed(uniq).astype(np.float64)
+        pos = {t: i for i, t in enumerate(uniq)}
+        return e_cls @ e_lab[[pos[t] for t in labels]].T
+
+    S = sim(clip_space)
+    spaces = ["clip"]
+    if sentence is not None:
+        S = (S + sim(sentence)) / 2
+        spaces.append("sentence")
+    return S, spaces
+
+
+def _head(model: str, weights: str | None, model_args: dict[str, Any] | None, n_units: int, layer: str = "the labelled layer"):
+    from .errors import MismatchError
+    from .models import load_target
+
+    target = load_target(model, weights, model_args)
+    W, b, name = final_linear(target.module)
+    if W.shape[1] != n_units:
+        raise MismatchError(f"{model}'s final layer {name} takes {W.shape[1]} features but layer {layer} has {n_units} units",
+                            hint="label the layer that feeds the final linear layer (e.g. ResNet layer4 with --summary mean)")
+    return W, b, name
+
+
+def weight_analysis(labels, layer: str, model: str, classes: str, weights: str | None = None,
+                    model_args: dict[str, Any] | None = None, clip: str | None = None,
+                    sentence_model: str | None = DEFAULT_SENTENCE_MODEL, top_weights: int = 50_000,
+                    device: str = "auto") -> dict[str, Any]:
+    """§5: do large final-layer weights W[c, j] connect units whose label resembles class c?
+
+    Pearson r (and p) between W[c, j] and S[c, j] = cos(class name c, label of unit j)
+    over all weights and over the ``top_weights`` largest; and, for k = 1..5, the mean
+    S over each class's k largest weights (Fig. 5b).
+    """
+    unit_labels = _layer_labels(labels, layer)
+    W, _, head = _head(model, weights, model_args, len(unit_labels), layer)
+    names = _class_names(classes, W.shape[0])
+    meta = A.read_labels_metadata(labels)
+    clip_space = ClipTextSpace(clip or meta.get("clip"), device)
+    sentence = open_sentence_space(sentence_model, device)
+    S, spaces = _concept_similarity(unit_labels, names, clip_space, sentence)
+    r_all, p_all = pearson(W, S)
+    k = min(top_weights, W.size)
+    top = np.argsort(-W, axis=None, kind="stable")[:k]
+    r_top, p_top = pearson(W.ravel()[top], S.ravel()[top])
+    order = np.argsort(-W, axis=1, kind="stable")
+    top_k_mean = {str(kk): float(np.mean(np.take_along_axis(S, order[:, :kk], axis=1))) for kk in range(1, min(5, W.shape[1]) + 1)}
+    return {"labels": str(labels), "layer": layer, "model": model, "final_layer": head, "classes": W.shape[0],
+            "units": W.shape[1], "similarity_spaces": spaces, "pearson_all": {"r": r_all, "p": p_all, "n": int(W.size)},
+            "pearson_top": {"r": r_top, "p": p_top, "n": int(k)}, "mean_similarity_of_top_k_weights": top_k_mean,
+            "clip": clip_space.spec, "sentence_model": None if sentence is None else sentence.spec}
+
+
+def predict_class(labels, activations, layer: str, model: str, classes: str, weights: str | None = None,
+                  model_args: dict[str, Any] | None = None, clip: str | None = None,
+                  sentence_model: str | None = DEFAULT_SENTENCE_MODEL, device: str = "auto") -> Evaluation:
+    """App. A.6: does the label of the unit that contributes most to each prediction name the predicted class?
+
+    For each probe image: predicted class c = argmax_c (W q(x) + b)_c, from the recorded
+    activations q of the layer feeding the final linear layer; the top unit
+    j = argmax_j W[c, j] q_j(x); its label mapped to the nearest class name (CLIP cos,
+    averaged with sentence cos when available). Reports how often that class is the
+    predicted one and, when the probe is an ImageFolder whose class folders match the
+    classes (sorted folder names = class order), the true one.
+    """
+    unit_labels = _layer_labels(labels, layer)
+    W, b, head = _head(model, weights, model_args, len(unit_labels), layer)
+    names = _class_names(classes, W.shape[0])
+    acts = A.read_activations(activations, [layer], data=False)
+    q = A.read_activation_layer(activations, layer).astype(np.float64)
+    logits = q @ W.T.astype(np.float64) + (0 if b is None else b.astype(np.float64))
+    pred = logits.argmax(axis=1)
+    contrib = q * W[pred].astype(np.float64)                      # W[c, j] q_j(x) for the predicted c
+    top_unit = contrib.argmax(axis=1)
+    meta = A.read_labels_metadata(labels)
+    clip_space = ClipTextSpace(clip or meta.get("clip"), device)
+    sentence = open_sentence_space(sentence_model, device)
+    S, spaces = _concept_similarity(unit_labels, names, clip_space, sentence)
+    label_class = S.argmax(axis=0)                                # nearest class name of each unit's label
+    mapped = label_class[top_unit]
+    folders = [i.split("/")[-2] if "/" in i else None for i in acts.ids]
+    classes_by_folder = sorted({f for f in folders if f is not None})
+    true = None
+    if None not in folders and len(classes_by_folder) == W.shape[0]:
+        pos = {f: k for k, f in enumerate(classes_by_folder)}
+        true = np.array([pos[f] for f in folders])
+    units = {"id": list(acts.ids), "predicted": [names[c] for c in pred], "top_unit": top_unit.tolist(),
+             "top_unit_label": [unit_labels[j] for j in top_unit], "label_class": [names[c] for c in mapped],
+             "hit_predicted": (mapped == pred).tolist()}
+    if true is not None:
+        units["true"] = [names[c] for c in true]
+        units["hit_true"] = (mapped == true).tolist()
+    summary = [{"labels": str(labels), "layer": layer, "model": model, "final_layer": head, "images": len(pred),
+                "agreement_with_predicted": float(np.mean(mapped == pred)),
+                "agreement_with_true": None if true is None else float(np.mean(mapped == true)),
+                "model_accuracy": None if true is None else float(np.mean(pred == true)),
+                "similarity_spaces": spaces}]
+    return Evaluation(units, summary)
