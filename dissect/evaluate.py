@@ -309,28 +309,6 @@ def write_evaluation(ev: Evaluation, out: str | os.PathLike) -> tuple[Path, Path
 # Beyond the paper: label stability under resampling, permutation p-values
 # ---------------------------------------------------------------------------
 
-def _open_inputs(images, activations, text=None, concepts=None, layers=None, device="auto"):
-    """Image embeddings, text embeddings and the activation file, aligned by id (as ``dissect label`` reads them)."""
-    from .label import align_ids
-
-    if (text is None) == (concepts is None):
-        raise UsageError("give exactly one of --text and --concepts")
-    img = A.read_image_embeddings(images)
-    acts = A.read_activations(activations, layers, data=False)
-    img_rows, order = align_ids(img, acts)
-    if img_rows is not None:
-        img = A.Embeddings(img.embeddings[img_rows], [img.keys[i] for i in img_rows], img.clip_model, img.clip_pretrained,
-                           img.attrs, img.path)
-    if text is not None:
-        txt = A.read_text_embeddings(text)
-    else:
-        from .embed import text_for_images
-
-        txt = text_for_images(img, concepts, device=device)
-    A.check_same_clip(img, txt)
-    return img, acts, order, txt
-
-
 def _layer_activations(activations, name, order):
     q = A.read_activation_layer(activations, name)
     return q if order is None else q[order]
@@ -366,13 +344,14 @@ def label_stability(images, activations, text=None, concepts=None, sim: str = "s
     """
     import torch
 
+    from .label import open_inputs
     from .runtime import progress
     from .similarity import DEFAULT_MAX_MEMORY, resolve_params
 
     if resamples < 1:
         raise UsageError(f"--resamples must be at least 1, got {resamples}")
     params = resolve_params(sim, params)
-    img, acts, order, txt = _open_inputs(images, activations, text, concepts, layers, device)
+    img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, device)
     dev = resolve_device(device)
     I = torch.from_numpy(img.embeddings).to(dev)
     T = torch.from_numpy(txt.embeddings).to(dev)
@@ -422,13 +401,14 @@ def permutation_pvalues(images, activations, text=None, concepts=None, sim: str 
     """
     import torch
 
+    from .label import open_inputs
     from .runtime import progress
     from .similarity import DEFAULT_MAX_MEMORY, resolve_params
 
     if permutations < 1:
         raise UsageError(f"--permutations must be at least 1, got {permutations}")
     params = resolve_params(sim, params)
-    img, acts, order, txt = _open_inputs(images, activations, text, concepts, layers, device)
+    img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, device)
     dev = resolve_device(device)
     I = torch.from_numpy(img.embeddings).to(dev)
     T = torch.from_numpy(txt.embeddings).to(dev)

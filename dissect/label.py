@@ -65,6 +65,26 @@ def align_ids(images: A.Embeddings, acts: A.Activations) -> tuple[np.ndarray | N
     return img_rows, act_rows
 
 
+def open_inputs(images, activations, text=None, concepts=None, layers=None, device="auto"):
+    """Image embeddings, text embeddings and the activation file, aligned by id (as ``dissect label`` reads them)."""
+    if (text is None) == (concepts is None):
+        raise UsageError("give exactly one of --text and --concepts")
+    img = A.read_image_embeddings(images)
+    acts = A.read_activations(activations, layers, data=False)
+    img_rows, order = align_ids(img, acts)
+    if img_rows is not None:
+        img = A.Embeddings(img.embeddings[img_rows], [img.keys[i] for i in img_rows], img.clip_model, img.clip_pretrained,
+                           img.attrs, img.path)
+    if text is not None:
+        txt = A.read_text_embeddings(text)
+    else:
+        from .embed import text_for_images
+
+        txt = text_for_images(img, concepts, device=device)
+    A.check_same_clip(img, txt)
+    return img, acts, order, txt
+
+
 def label(
     images: str | os.PathLike,
     activations: str | os.PathLike,

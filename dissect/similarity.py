@@ -711,3 +711,57 @@ def _topk_stable(values: torch.Tensor, tiebreak: torch.Tensor, indices: torch.Te
     bucket = torch.round(v / TIE_TOLERANCE) if quantize else v
     order = torch.gather(order, 1, torch.argsort(bucket, dim=1, descending=True, stable=True))
     return order[:, :k]
+
+
+def score_extra_texts(
+    name: str,
+    q: torch.Tensor,
+    image_emb: torch.Tensor,
+    concept_emb: torch.Tensor,
+    extra_emb: torch.Tensor,
+    params: dict[str, Any],
+    chunk: int | None = None,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+):
+    """Yield (start, sim [C, n] float64) for blocks of ``extra_emb`` texts scored against the concept set ``concept_emb``.
+
+    For SoftWPMI and WPMI, p(t | x) is the softmax over ``concept_emb`` (which should
+    hold every text that competes, the scored ones included: e.g. the single concepts
+    and all their compositions), and the λ·log p(t) term is estimated over all C
+    neurons of the layer, exactly as in ``score_layer``. The other functions do not
+    depend on the rest of the concept set. Memory as ``score_layer``: blocks of texts
+    sized from ``max_memory``.
+    """
+    if name not in KERNELS:
+        resolve_params(name)
+    N, C = q.shape
+    q = q.to(image_emb.device, torch.float32)
+    image_emb = image_emb.to(torch.float32).contiguous()
+    extra_emb = extra_emb.to(torch.float32).contiguous()
+    kw = dict(params)
+    pmi = name in ("softwpmi", "wpmi")
+    rows_read = N
+    if pmi:
+        idx = top_images(q, int(params["top_k"]))
+        rows, idx = example_rows(idx, N)
+        rows_read = N if rows is None else rows.numel()
+    elif name == "rank-reorder":
+        n = examples_needed(name, params, N)
+        idx_rr = top_images(q, n)
+        t = torch.gather(q, 0, idx_rr).to(torch.float64)
+        kw.update(idx=idx_rr, baseline=rank_reorder_baseline(t, params["p"], int(params["n_perm"]), int(params["seed"])))
+        rows_read = n
+    chunk = chunk or plan_chunk(name, rows_read, C, max_memory)
+    chunk = -(-chunk // TILE) * TILE
+    if pmi:
+        a = float(params["a"])
+        log_z = log_softmax_denominator(image_emb, concept_emb.to(torch.float32).contiguous(), a, chunk, rows)
+        weights = softwpmi_weights(int(params["top_k"]), params["p_start"], params["p_end"], device=q.device) if name == "softwpmi" else None
+    for s in range(0, extra_emb.shape[0], chunk):
+        block = extra_emb[s : s + chunk]
+        if pmi:
+            p = probabilities(image_emb, block, a, log_z, rows)
+            score = pmi_scores(p, idx, weights, float(params["min_prob"]))
+            yield s, population_correction(score, float(params["lam"]))
+        else:
+            yield s, KERNELS[name](q, image_emb, block, **kw)

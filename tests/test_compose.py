@@ -1,0 +1,100 @@
+"""dissect compose on the demo world: a red-and-star neuron, a star neuron, and background neurons."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from dissect import artifacts as A
+from dissect import world
+from dissect.demo import demo_specs, world_words
+
+from test_cli import assert_one_line_error, invoke
+from test_external_artifacts import write_activations
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def planted(demo_run, tmp_path_factory):
+    """Unit 0 fires on red stars, unit 1 on stars; 30 background units each on one random world word."""
+    out, _ = demo_run
+    d = tmp_path_factory.mktemp("compose")
+    img = A.read_image_embeddings(out / "images.h5")
+    rows = {r["filename"]: r for r in csv.DictReader(open(out / "probe" / "attributes.csv"))}
+    attr = lambda a: np.array([rows[i.split("/")[-1]][a] for i in img.keys])  # noqa: E731
+    rng = np.random.default_rng(0)
+    N = len(img.keys)
+    q = np.zeros((N, 32), dtype=np.float32)
+    q[:, 0] = ((attr("color") == "red") & (attr("shape") == "star")) + 0.05 * rng.standard_normal(N)
+    q[:, 1] = (attr("shape") == "star") + 0.05 * rng.standard_normal(N)
+    words = [(a, w) for a, ws in world.ATTRIBUTES.items() for w in ws]
+    for u in range(2, 32):
+        a, w = words[rng.integers(len(words))]
+        q[:, u] = (attr(a) == w) + 0.3 * rng.standard_normal(N)
+    write_activations(d / "acts.h5", img.keys, {"planted": q})
+    (d / "words.txt").write_text("\n".join(world_words()) + "\n")
+    invoke("embed-text", d / "words.txt", "--clip", demo_specs().clip, "-o", d / "words.h5")
+    return out, d
+
+
+@pytest.mark.parametrize("sim,param", [("wpmi", ["--param", "top_k=20"]), ("cos", [])])
+def test_planted_pair_is_found_and_single_concept_neurons_gain_nothing(planted, tmp_path, sim, param):
+    out, d = planted
+    invoke("compose", "-i", out / "images.h5", "-a", d / "acts.h5", "-t", d / "words.h5", "--sim", sim, *param,
+           "--top-k", 8, "-o", tmp_path / "c.parquet")
+    c = pq.read_table(tmp_path / "c.parquet").to_pandas()
+    assert set(c.parts[0]) == {"red", "star"} and c.gain[0] > 0.05
+    assert c.label[1] == "star" and list(c.parts[1]) == ["star"] and c.gain[1] == 0.0
+    assert np.median(c.gain) < 0.05  # background neurons tuned to one word mostly keep it
+
+
+def test_softwpmi_finds_the_planted_pair(planted, tmp_path):
+    """SoftWPMI also finds red star; its λ·log p(t) term favours rarer texts, so single-word neurons gain too (README)."""
+    out, d = planted
+    invoke("compose", "-i", out / "images.h5", "-a", d / "acts.h5", "-t", d / "words.h5", "--param", "top_k=20",
+           "--top-k", 8, "-o", tmp_path / "c.parquet")
+    c = pq.read_table(tmp_path / "c.parquet").to_pandas()
+    assert set(c.parts[0]) == {"red", "star"} and c.gain[0] > 0.5
+
+
+def test_schema_templates_depth_three_and_metadata(planted, tmp_path):
+    out, d = planted
+    invoke("compose", "-i", out / "images.h5", "-a", d / "acts.h5", "-t", d / "words.h5", "--sim", "wpmi", "--param", "top_k=20",
+           "--top-k", 5, "--template", "{a} and {b}", "--depth", 3, "--beam", 2, "--top", 4, "-o", tmp_path / "c.parquet")
+    t = pq.read_table(tmp_path / "c.parquet")
+    assert t.column_names == ["layer", "unit", "label", "parts", "similarity", "single_label", "single_similarity", "gain",
+                              "candidates", "candidate_similarities"]
+    c = t.to_pandas()
+    assert all(len(x) == 4 for x in c.candidates) and all(np.all(np.diff(list(v)) <= 1e-12) for v in c.candidate_similarities)
+    for label, parts in zip(c.label, c.parts):
+        assert label == " and ".join(parts) if len(parts) == 2 else len(parts) in (1, 3)
+    np.testing.assert_allclose(c.gain, c.similarity - c.single_similarity)
+    meta = json.loads(t.schema.metadata[b"dissect"])
+    assert meta["format"] == "dissect/composed-labels" and meta["template"] == "{a} and {b}" and meta["depth"] == 3
+
+
+def test_a_second_compose_with_another_sim_embeds_no_text(planted, tmp_path):
+    out, d = planted
+    invoke("label", "-i", out / "images.h5", "-a", d / "acts.h5", "-t", d / "words.h5", "--param", "top_k=20", "--top", 8,
+           "-o", tmp_path / "labels.parquet")
+    common = ["compose", "-i", out / "images.h5", "-a", d / "acts.h5", "-t", d / "words.h5", "--labels", tmp_path / "labels.parquet",
+              "--top-k", 8, "--param", "top_k=20"]
+    r = invoke(*common, "-o", tmp_path / "a.parquet")
+    r = invoke(*common, "--sim", "wpmi", "-o", tmp_path / "b.parquet")
+    assert "embedded 0 new" in r.stderr, r.stderr
+    meta = json.loads(pq.read_schema(tmp_path / "b.parquet").metadata[b"dissect"])
+    assert meta["embedded_now"] == 0 and meta["composed_texts"] > 0
+
+
+def test_compose_user_errors(planted, tmp_path):
+    out, d = planted
+    base = ["compose", "-i", out / "images.h5", "-a", d / "acts.h5", "-t", d / "words.h5", "-o", tmp_path / "c.parquet"]
+    assert_one_line_error(invoke(*base, "--template", "{a}", ok=False), "--template", code=2)
+    assert_one_line_error(invoke(*base, "--top-k", 1, ok=False), "top-k", code=2)
+    assert_one_line_error(invoke(*base, "--depth", 4, ok=False), "depth", code=2)
+    assert not (tmp_path / "c.parquet").exists()
