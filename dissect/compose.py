@@ -161,6 +161,7 @@ def compose(
     device: str = "auto",
     max_memory: int | None = None,
     cache: str | os.PathLike | None = None,
+    extra_metadata: dict[str, Any] | None = None,
 ):
     """Compositional labels for the neurons of ``layers``; writes ``out`` (Parquet) and returns a pyarrow Table.
 
@@ -263,6 +264,7 @@ def compose(
         "weights": acts.attrs.get("weights", ""), "composed_texts": n_texts, "embedded_now": n_embedded,
         "probe": {"n_images": len(img.keys), "ids_fingerprint": img.keys_fingerprint},
         "provenance": A.provenance(stage="compose"),
+        **(extra_metadata or {}),
     }
     table = pa.Table.from_pydict(rows, schema=composed_schema())
     table = table.replace_schema_metadata({b"dissect": json.dumps({"format": "dissect/composed-labels",

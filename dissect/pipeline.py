@@ -70,6 +70,9 @@ def run(
     dtype: str = "float32",
     channels_last: bool | None = None,
     strict: bool = False,
+    compose: bool = False,
+    compose_top_k: int = 10,
+    compose_template: str = "{a} {b}",
 ) -> Path:
     """Run embed-images, embed-text, record and label into the folder ``out``.
 
@@ -182,6 +185,31 @@ def run(
         label(images_path, acts_path, labels_path, text=text_path, sim=sim, params=params, layers=layers, top=top,
               seed=seed, device=str(dev), chunk=chunk, max_memory=max_memory, extra_metadata={"run_fingerprint": labels_fp})
     steps["labels"] = {"path": labels_path.name, "reused": reuse_labels}
+
+    if compose:
+        # Optional: compositional labels from the labels' candidates (dissect compose).
+        from .compose import compose as compose_labels
+
+        composed_path = run_dir / "composed.parquet"
+        compose_fp = fingerprint([labels_fp, "compose", compose_top_k, compose_template])
+        reuse = False
+        if composed_path.exists():
+            try:
+                import pyarrow.parquet as pq
+
+                meta = json.loads(pq.read_schema(composed_path).metadata[b"dissect"])
+                reuse = meta.get("run_fingerprint") == compose_fp
+            except Exception:
+                reuse = False
+        if reuse:
+            info(f"reusing {composed_path} (up to date)")
+        else:
+            # The labels' candidates are reused when they hold enough (--top >= --compose-top-k).
+            compose_labels(images_path, acts_path, composed_path, text=text_path,
+                           labels=labels_path if top >= compose_top_k else None, sim=sim, params=params,
+                           layers=layers, top_k=compose_top_k, template=compose_template, top=top, device=str(dev),
+                           max_memory=max_memory, extra_metadata={"run_fingerprint": compose_fp})
+        steps["composed"] = {"path": composed_path.name, "reused": reuse}
 
     manifest = {
         "probe": probe_set.describe(),

@@ -98,3 +98,17 @@ def test_compose_user_errors(planted, tmp_path):
     assert_one_line_error(invoke(*base, "--top-k", 1, ok=False), "top-k", code=2)
     assert_one_line_error(invoke(*base, "--depth", 4, ok=False), "depth", code=2)
     assert not (tmp_path / "c.parquet").exists()
+
+
+def test_run_with_compose_writes_and_then_reuses_composed_labels(tmp_path, tiny_clip, probe_dir):
+    concepts = tmp_path / "c.txt"
+    concepts.write_text("red\nblue\ngreen\nsquare\ncircle\ntriangle\n")
+    args = ["run", probe_dir, "--clip", tiny_clip, "--model", "timm:test_resnet", "--weights", "none", "--layers", "fc",
+            "--concepts", concepts, "-o", tmp_path / "run", "--param", "top_k=10", "--compose", "--compose-top-k", 3]
+    invoke(*args)
+    c = pq.read_table(tmp_path / "run" / "composed.parquet").to_pandas()
+    assert len(c) == 1000 and all(1 <= len(p) <= 2 for p in c.parts)
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert manifest["steps"]["composed"]["reused"] is False
+    r = invoke(*args)
+    assert "reusing" in r.stderr and json.loads((tmp_path / "run" / "run.json").read_text())["steps"]["composed"]["reused"]
