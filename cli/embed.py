@@ -17,11 +17,14 @@ def embed_images(
     precision: O.Precision = "auto",
     dtype: O.Dtype = "float32",
     strict: O.Strict = False,
+    shard: O.Shard = None,
+    checkpoint_every: O.CheckpointEvery = None,
 ):
     """Embed probe images with CLIP's image encoder -> images.h5 (unreadable images are skipped and listed)."""
     from dissect.embed import embed_images as run
 
-    run(probe, clip, out, device=device, batch_size=batch_size, workers=workers, precision=precision, dtype=dtype, strict=strict)
+    run(probe, clip, out, device=device, batch_size=batch_size, workers=workers, precision=precision, dtype=dtype, strict=strict,
+        shard=shard, checkpoint_every=checkpoint_every)
 
 
 @command("embed-text")

@@ -81,6 +81,13 @@ ChannelsLast = Annotated[
 Strict = Annotated[
     bool, typer.Option("--strict", help="Stop at the first unreadable image (or over-long concept) instead of skipping it.")
 ]
+Shard = Annotated[
+    Optional[str], typer.Option("--shard", help="Encode only shard I of N of the probe (e.g. 2/8) into a shard file; join them with `dissect merge`.")
+]
+CheckpointEvery = Annotated[
+    Optional[int],
+    typer.Option("--checkpoint-every", min=0, help="Save progress every N images beside the output, so a rerun after a crash continues (0: never) [default: 2048]."),
+]
 Probe = Annotated[
     list[str],
     typer.Argument(help="Probe images: folders, .txt lists of paths, or torchvision:NAME[:SPLIT]; several are concatenated.", show_default=False),

@@ -29,6 +29,8 @@ def record(
     batch_size: O.BatchSize = 64,
     workers: O.Workers = None,
     strict: O.Strict = False,
+    shard: O.Shard = None,
+    checkpoint_every: O.CheckpointEvery = None,
     precision: O.Precision = "auto",
     channels_last: O.ChannelsLast = None,
 ):
@@ -51,6 +53,8 @@ def record(
         workers=workers,
         precision=precision,
         strict=strict,
+        shard=shard,
+        checkpoint_every=checkpoint_every,
         channels_last=channels_last,
     )
 
@@ -87,3 +91,16 @@ def layers(
     for i in shown:
         table.add_row(i.name, i.module_type, "x".join(map(str, i.raw_shape)), i.layout, str(i.n_units or "-"))
     Console().print(table)
+
+
+@command("merge")
+def merge(
+    shards: Annotated[list[str], typer.Argument(help="Shard files written with --shard 1/N ... N/N (any order).", show_default=False)],
+    out: O.Out,
+):
+    """Join the shards of an embed-images or record pass into the artifact one process would have written."""
+    from dissect.runtime import info
+    from dissect.shards import merge as run
+
+    path = run(shards, out)
+    info(f"wrote {path} from {len(shards)} shards")

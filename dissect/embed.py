@@ -48,9 +48,17 @@ class ImageEmbedder:
         with forward_errors(f"CLIP {self.clip.spec}", batch):
             self.embeddings[idx.numpy()] = encode_images(self.clip, batch, self.precision).numpy()
 
-    def write(self, out, probe: Probe, batch_size: int, dtype: str = "float32", skipped: list[Skipped] = ()) -> Path:
-        """Write the embeddings of the images the pass kept; ``skipped`` ones are listed in the file."""
-        keep = kept_rows(len(probe), list(skipped))
+    def state(self, rows) -> dict[str, np.ndarray]:
+        """The rows' results, for a checkpoint (``probe.image_pass``)."""
+        return {"embeddings": self.embeddings[rows]}
+
+    def restore(self, rows, state: dict[str, np.ndarray], _info=None) -> None:
+        self.embeddings[rows] = state["embeddings"]
+
+    def write(self, out, probe: Probe, batch_size: int, dtype: str = "float32", skipped: list[Skipped] = (),
+              positions: range | None = None, extra_attrs: dict[str, Any] | None = None) -> Path:
+        """Write the embeddings of the images the pass kept (of ``positions``); ``skipped`` ones are listed in the file."""
+        keep = kept_rows(positions if positions is not None else len(probe), list(skipped))
         attrs = self.clip.attrs()
         attrs.update(
             fingerprint=image_embeddings_fingerprint(self.clip.fingerprint, probe.fingerprint, self.precision),
@@ -59,10 +67,11 @@ class ImageEmbedder:
             skipped=skipped_attr(list(skipped)),
             provenance=A.provenance(stage="embed-images", batch_size=batch_size, precision=self.precision, dtype=dtype,
                                     n_skipped=len(skipped)),
+            **(extra_attrs or {}),
         )
         A.write_embeddings(out, A.IMAGE_FORMAT, self.embeddings[keep], [probe.ids[i] for i in keep], self.clip.name,
                            self.clip.pretrained, attrs, dtype=dtype)
-        report_skipped(list(skipped), len(probe), out)
+        report_skipped(list(skipped), len(positions) if positions is not None else len(probe), out)
         info(f"wrote {out}: {len(keep)} image embeddings (d={self.embeddings.shape[1]}, {dtype})")
         return Path(out)
 
@@ -77,24 +86,40 @@ def embed_images(
     precision: str = "auto",
     dtype: str = "float32",
     strict: bool = False,
+    shard: str | None = None,
+    checkpoint_every: int | None = None,
 ) -> Path:
     """Embed every probe image with CLIP's image encoder into ``out`` (images.h5).
 
     ``precision`` is the forward pass's (``runtime.resolve_precision``: bf16 on capable
     GPUs by default, else fp32); ``dtype`` how the embeddings are stored. Images that
     cannot be read are skipped and listed in the file (``strict``: the first one is an error).
+    ``shard`` "I/N" encodes only the I-th of N slices (``dissect merge`` joins them); under
+    torchrun each rank takes its slice and rank 0 writes ``out``. Every
+    ``checkpoint_every`` images (default 2,048; 0: never) the work done is saved beside
+    ``out``, and a rerun after an interruption continues from there.
     """
+    from .shards import DEFAULT_CHUNK_IMAGES, plan_pass
+
     check_batch_size(batch_size)
     check_dtype(dtype)
     out = A.check_output_path(out, probe_files(probe))
     if not isinstance(probe, Probe):
         probe = open_probe(probe)
+    dev = clip.device if isinstance(clip, Clip) else resolve_device(device)
+    spec_fp = clip.fingerprint if isinstance(clip, Clip) else None
     if not isinstance(clip, Clip):
-        clip = load_clip(clip, resolve_device(device))
+        clip = load_clip(clip, dev)
+    precision = resolve_precision(precision, clip.device)
+    every = DEFAULT_CHUNK_IMAGES if checkpoint_every is None else checkpoint_every
+    plan = plan_pass(out, len(probe), shard, [image_embeddings_fingerprint(spec_fp or clip.fingerprint, probe.fingerprint, precision)],
+                     every, clip.device)
     workers = default_workers(len(probe)) if workers is None else workers
-    embedder = ImageEmbedder(clip, len(probe), resolve_precision(precision, clip.device))
-    skipped = image_pass(probe, [embedder], batch_size, workers, "embed images", clip.device, strict=strict)
-    return embedder.write(out, probe, batch_size, dtype, skipped)
+    embedder = ImageEmbedder(clip, len(probe), precision)
+    skipped = image_pass(probe, [embedder], batch_size, workers, "embed images", clip.device, strict=strict,
+                         positions=plan.positions, checkpoint=plan.checkpoint)
+    embedder.write(plan.out, probe, batch_size, dtype, skipped, positions=plan.positions, extra_attrs=plan.extra_attrs)
+    return plan.finish(clip.device)
 
 
 def check_dtype(dtype: str) -> str:

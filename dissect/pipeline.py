@@ -70,6 +70,7 @@ def run(
     dtype: str = "float32",
     channels_last: bool | None = None,
     strict: bool = False,
+    checkpoint_every: int | None = None,
     compose: bool = False,
     compose_top_k: int = 10,
     compose_template: str = "{a} {b}",
@@ -158,13 +159,22 @@ def run(
                                                          channels_last))
             consumers.append(rec)
         skipped: list = []
+        ckpt = None
         if consumers:
             what = " + ".join((["embed images"] if embedder else []) + ([f"record {len(plan.todo)} layer(s)"] if rec else []))
-            skipped = image_pass(probe_set, consumers, batch_size, workers, what, dev, strict=strict)
+            if checkpoint_every != 0:
+                from .shards import DEFAULT_CHUNK_IMAGES, Checkpoint
+
+                key = fingerprint([bool(embedder), precision, plan.inputs_fp if rec else None, plan.todo if rec else None,
+                                   summary, layout, probe_set.fingerprint, str(clip_fp)])
+                ckpt = Checkpoint(run_dir / "pass", key, checkpoint_every or DEFAULT_CHUNK_IMAGES)
+            skipped = image_pass(probe_set, consumers, batch_size, workers, what, dev, strict=strict, checkpoint=ckpt)
         if embedder is not None:
             embedder.write(images_path, probe_set, batch_size, dtype, skipped)
         if rec is not None:
             rec.write(acts_path, probe_set, plan.inputs_fp, batch_size, keep=plan.exists, skipped=skipped)
+        if ckpt is not None:
+            ckpt.remove()
     loaded_clip = embedder = rec = consumers = None  # free both models before labelling
     del target
 

@@ -284,19 +284,21 @@ def open_probe(specs: list[str] | str) -> Probe:
 # ---------------------------------------------------------------------------
 
 class _ProbeDataset:
-    """torch Dataset over a probe; failures come back as values, not worker tracebacks.
+    """torch Dataset over probe ``positions``; failures come back as values, not worker tracebacks.
 
     Each image is decoded once and given to every transform (``dissect run`` feeds CLIP
     and the target model, each with its own preprocessing, from one decode).
     """
 
-    def __init__(self, probe: Probe, transforms):
+    def __init__(self, probe: Probe, transforms, positions=None):
         self.probe, self.transforms = probe, list(transforms)
+        self.positions = list(range(len(probe))) if positions is None else [int(i) for i in positions]
 
     def __len__(self):
-        return len(self.probe)
+        return len(self.positions)
 
-    def __getitem__(self, i):
+    def __getitem__(self, j):
+        i = self.positions[j]
         try:
             img = self.probe.load(i)
             return i, [t(img) for t in self.transforms], None
@@ -314,7 +316,7 @@ def _collate(items):
     idx = torch.tensor([i for i, _ in ok], dtype=torch.long)
     n = len(ok[0][1]) if ok else 0
     batches = [torch.stack([x[j] for _, x in ok]) for j in range(n)]
-    return idx, batches, errors
+    return idx, batches, errors, max(i for i, _, _ in items)
 
 
 @dataclass
@@ -324,6 +326,23 @@ class Skipped:
     index: int
     id: str
     reason: str
+
+
+def _batches(probe: Probe, transforms, batch_size: int, workers: int, pin_memory: bool, positions=None):
+    """(indices, batches, errors, last position attempted) in probe order."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        _ProbeDataset(probe, transforms, positions),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
+    yield from loader
 
 
 def iterate_batches(probe: Probe, transform, batch_size: int, workers: int = 0, pin_memory: bool = False,
@@ -337,20 +356,8 @@ def iterate_batches(probe: Probe, transform, batch_size: int, workers: int = 0, 
     transform fails on is skipped for all of them. ``pin_memory`` (CUDA) lets the
     copies to the GPU run asynchronously (``tensor.to(device, non_blocking=True)``).
     """
-    from torch.utils.data import DataLoader
-
     many = isinstance(transform, (list, tuple))
-    loader = DataLoader(
-        _ProbeDataset(probe, transform if many else [transform]),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-        prefetch_factor=4 if workers else None,
-    )
-    for idx, batches, errors in loader:
+    for idx, batches, errors, _ in _batches(probe, transform if many else [transform], batch_size, workers, pin_memory):
         if errors:
             if skipped is None:
                 raise InputError(errors[0][1], hint="remove or replace the file, or leave out --strict to skip such images")
@@ -360,7 +367,7 @@ def iterate_batches(probe: Probe, transform, batch_size: int, workers: int = 0, 
 
 
 def image_pass(probe: Probe, consumers: list, batch_size: int, workers: int, description: str, device=None,
-               strict: bool = False) -> list[Skipped]:
+               strict: bool = False, positions: range | None = None, checkpoint=None) -> list[Skipped]:
     """One pass over the probe feeding every consumer its own preprocessing of each image.
 
     A consumer has a ``transform`` and is called as ``consumer(indices, batch)``;
@@ -368,37 +375,79 @@ def image_pass(probe: Probe, consumers: list, batch_size: int, workers: int, des
     forward passes. On CUDA the batches come in pinned memory. Images that cannot be
     read or preprocessed are skipped for every consumer and returned (``strict``:
     the first one raises InputError instead).
+
+    ``positions`` (a contiguous range, e.g. a shard) limits the pass to those images.
+    With a ``checkpoint`` (``shards.Checkpoint``) every completed chunk of
+    ``checkpoint.chunk`` images is saved as it finishes, through the consumers'
+    ``state(rows)`` / ``restore(rows, state)``, and chunks saved by an earlier,
+    interrupted run are restored instead of encoded again.
     """
-    from .runtime import progress
-
-    pin = device is not None and getattr(device, "type", str(device)) == "cuda"
-    skipped: list[Skipped] | None = None if strict else []
-    with progress(description, len(probe), "images") as advance:
-        done = 0
-        for idx, batches in iterate_batches(probe, [c.transform for c in consumers], batch_size, workers,
-                                            pin_memory=pin, skipped=skipped):
-            for consumer, batch in zip(consumers, batches):
-                consumer(idx, batch)
-            n = int(idx[-1]) + 1 - done if len(idx) else 0  # skipped images count as done too
-            advance(n)
-            done += n
-        advance(len(probe) - done)
-    skipped = skipped or []
-    if len(skipped) == len(probe):
-        raise InputError(
-            f"none of the {len(probe)} probe images could be read (e.g. {skipped[0].reason})",
-            hint="check the PROBE paths and file formats",
-        )
-    return skipped
-
-
-def kept_rows(n_images: int, skipped: list[Skipped]):
-    """Indices of the images a pass kept, in probe order."""
     import numpy as np
 
-    mask = np.ones(n_images, dtype=bool)
-    mask[[s.index for s in skipped]] = False
-    return np.flatnonzero(mask)
+    from .runtime import info, progress
+
+    positions = range(len(probe)) if positions is None else positions
+    pin = device is not None and getattr(device, "type", str(device)) == "cuda"
+    skipped: list[Skipped] = []
+    size = checkpoint.chunk if checkpoint is not None else max(1, len(positions))
+    chunks = [range(positions.start + c, min(positions.stop, positions.start + c + size)) for c in range(0, len(positions), size)]
+    todo = list(range(len(chunks)))
+    if checkpoint is not None:
+        done = [c for c in checkpoint.done() if c < len(chunks)]
+        for c in done:
+            arrays, skip, extra = checkpoint.load(c)
+            rows = np.arange(chunks[c].start, chunks[c].stop)
+            for k, consumer in enumerate(consumers):
+                consumer.restore(rows, {n[len(f"{k}:"):]: v for n, v in arrays.items() if n.startswith(f"{k}:")},
+                                 extra.get(str(k), {}))
+            skipped += [Skipped(int(i), probe.ids[int(i)], r) for i, r in skip]
+        todo = [c for c in todo if c not in set(done)]
+        if done:
+            info(f"resuming: {sum(len(chunks[c]) for c in done)} of {len(positions)} images restored from {checkpoint.dir}")
+    remaining = [i for c in todo for i in chunks[c]]
+    with progress(description, len(positions), "images") as advance:
+        advance(len(positions) - len(remaining))
+        pending = list(todo)
+        for idx, batches, errors, last in _batches(probe, [c.transform for c in consumers], batch_size, workers, pin,
+                                                   remaining):
+            if errors:
+                if strict:
+                    raise InputError(errors[0][1], hint="remove or replace the file, or leave out --strict to skip such images")
+                skipped.extend(Skipped(i, probe.ids[i], err) for i, err in errors)
+            if len(idx):
+                for consumer, batch in zip(consumers, batches):
+                    consumer(idx, batch)
+            n = len(idx) + len(errors)
+            advance(n)
+            while checkpoint is not None and pending and chunks[pending[0]].stop - 1 <= last:
+                _save_chunk(checkpoint, pending.pop(0), chunks, consumers, skipped)
+    if len(skipped) == len(positions):
+        raise InputError(
+            f"none of the {len(positions)} probe images could be read (e.g. {skipped[0].reason})",
+            hint="check the PROBE paths and file formats",
+        )
+    return sorted(skipped, key=lambda s: s.index)
+
+
+def _save_chunk(checkpoint, c: int, chunks, consumers, skipped: list[Skipped]) -> None:
+    import numpy as np
+
+    rows = np.arange(chunks[c].start, chunks[c].stop)
+    arrays, extra = {}, {}
+    for k, consumer in enumerate(consumers):
+        arrays.update({f"{k}:{n}": v for n, v in consumer.state(rows).items()})
+        extra[str(k)] = consumer.info_state() if hasattr(consumer, "info_state") else {}
+    skip = [[s.index, s.reason] for s in skipped if chunks[c].start <= s.index < chunks[c].stop]
+    checkpoint.save(c, arrays, skip, extra)
+
+
+def kept_rows(positions, skipped: list[Skipped]):
+    """Probe positions a pass kept, in probe order (``positions``: an int count or a range)."""
+    import numpy as np
+
+    positions = range(positions) if isinstance(positions, int) else positions
+    drop = {s.index for s in skipped}
+    return np.array([i for i in positions if i not in drop], dtype=np.int64)
 
 
 def report_skipped(skipped: list[Skipped], n_images: int, out) -> None:

@@ -130,10 +130,28 @@ class ActivationRecorder:
                 self.data[name] = np.zeros((self.n_images, val.shape[1]), dtype=np.float32)
             self.data[name][rows] = val.float().cpu().numpy()
 
-    def write(self, out, probe: Probe, inputs_fp: str, batch_size: int, keep: bool, skipped: list[Skipped] = ()) -> Path:
+    def state(self, rows) -> dict[str, np.ndarray]:
+        """The rows' activations of every layer, for a checkpoint (``probe.image_pass``)."""
+        return {name: arr[rows] for name, arr in self.data.items()}
+
+    def info_state(self) -> dict[str, Any]:
+        return {n: {"module_type": i.module_type, "raw_shape": list(i.raw_shape), "layout": i.layout, "n_units": i.n_units}
+                for n, i in self.recorder.info.items()}
+
+    def restore(self, rows, state: dict[str, np.ndarray], info_state: dict[str, Any] | None = None) -> None:
+        for name, arr in state.items():
+            if name not in self.data:
+                self.data[name] = np.zeros((self.n_images, arr.shape[1]), dtype=np.float32)
+            self.data[name][rows] = arr
+        for name, i in (info_state or {}).items():
+            self.recorder.info.setdefault(name, LayerInfo(name, i["module_type"], tuple(i["raw_shape"]), i["layout"],
+                                                          int(i["n_units"])))
+
+    def write(self, out, probe: Probe, inputs_fp: str, batch_size: int, keep: bool, skipped: list[Skipped] = (),
+              positions: range | None = None, extra_attrs: dict[str, Any] | None = None) -> Path:
         """Check the activations and write (or add) the layers to ``out``; ``skipped`` images are listed in the file."""
         infos: dict[str, LayerInfo] = self.recorder.info
-        rows = kept_rows(len(probe), list(skipped))
+        rows = kept_rows(positions if positions is not None else len(probe), list(skipped))
         ids = [probe.ids[i] for i in rows]
         if keep:
             old = A.read_activations(out, data=False)
@@ -170,9 +188,10 @@ class ActivationRecorder:
             skipped=skipped_attr(list(skipped)),
             provenance=A.provenance(stage="record", batch_size=batch_size, device=str(self.device), precision=self.precision,
                                     channels_last=self.channels_last, n_skipped=len(skipped)),
+            **(extra_attrs or {}),
         )
         A.write_activations(out, ids, data, layer_attrs, attrs, keep_from=out if keep else None)
-        report_skipped(list(skipped), len(probe), out)
+        report_skipped(list(skipped), len(positions) if positions is not None else len(probe), out)
         info(f"wrote {out}: {', '.join(f'{n} ({data[n].shape[1]} units)' for n in data)} over {len(ids)} images")
         return Path(out)
 
@@ -215,6 +234,8 @@ def record(
     precision: str = "auto",
     channels_last: bool | None = None,
     strict: bool = False,
+    shard: str | None = None,
+    checkpoint_every: int | None = None,
 ) -> Path:
     """Record ``layers`` of the target model on every probe image into ``out``.
 
@@ -236,10 +257,19 @@ def record(
         return Path(out)
     if plan.have:
         info(f"{out} already holds {', '.join(plan.have)}; recording {', '.join(plan.todo)}")
+    from .shards import DEFAULT_CHUNK_IMAGES, plan_pass
+
+    if (shard is not None or os.environ.get("WORLD_SIZE", "1") not in ("", "1")) and plan.exists:
+        raise UsageError(f"{out} exists: sharded passes write new files", hint="write to a new -o file")
+    every = DEFAULT_CHUNK_IMAGES if checkpoint_every is None else checkpoint_every
+    pp = plan_pass(out, len(probe), shard, [plan.inputs_fp, plan.todo, summary, layout], every, dev)
     workers = default_workers(len(probe)) if workers is None else workers
     with ActivationRecorder(target, plan.todo, len(probe), summary, layout, dev, plan.precision, channels_last) as rec:
-        skipped = image_pass(probe, [rec], batch_size, workers, f"record {len(plan.todo)} layer(s)", dev, strict=strict)
-        return rec.write(out, probe, plan.inputs_fp, batch_size, keep=plan.exists, skipped=skipped)
+        skipped = image_pass(probe, [rec], batch_size, workers, f"record {len(plan.todo)} layer(s)", dev, strict=strict,
+                             positions=pp.positions, checkpoint=pp.checkpoint)
+        rec.write(pp.out, probe, plan.inputs_fp, batch_size, keep=plan.exists, skipped=skipped, positions=pp.positions,
+                  extra_attrs=pp.extra_attrs)
+    return pp.finish(dev)
 
 
 def list_layers(

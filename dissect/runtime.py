@@ -67,7 +67,10 @@ def resolve_device(spec: str | None = "auto"):
 
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        local = os.environ.get("LOCAL_RANK")  # torchrun: one GPU per local rank
+        return torch.device(f"cuda:{int(local) % torch.cuda.device_count()}" if local else "cuda")
     if spec == "cpu":
         return torch.device("cpu")
     if spec == "cuda" or spec.startswith("cuda:"):

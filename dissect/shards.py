@@ -1,0 +1,278 @@
+"""Scaling out and surviving preemption: shards of a probe, their merge, and resumable passes.
+
+    --shard I/N     process the I-th of N contiguous slices of the probe (1-based) into a
+                    shard artifact; `dissect merge` joins the N shards into the artifact a
+                    single process would have written (same ids, same order).
+    resume          a pass writes each completed chunk of images into OUT.partial/; run
+                    again after a crash, SIGKILL or preemption, it loads those chunks and
+                    encodes only the rest. The final file appears under its name only
+                    when complete; the partial folder is removed then.
+    torchrun        under torch.distributed (WORLD_SIZE > 1) rank r takes shard r+1 of
+                    WORLD_SIZE on its own device, and rank 0 merges (``distributed``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import artifacts as A
+from .errors import ArtifactError, MismatchError, UsageError
+
+#: Images per checkpointed chunk of a pass.
+DEFAULT_CHUNK_IMAGES = 2048
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` (1-based) of ``count``: probe positions [start, stop)."""
+
+    index: int
+    count: int
+
+    def range(self, n_images: int) -> tuple[int, int]:
+        return (self.index - 1) * n_images // self.count, self.index * n_images // self.count
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(value: str | None) -> Shard | None:
+    """'2/8' -> Shard(2, 8); None -> None."""
+    if value is None:
+        return None
+    i, sep, n = str(value).partition("/")
+    try:
+        shard = Shard(int(i), int(n))
+    except ValueError:
+        raise UsageError(f"--shard {value!r} is not I/N", hint="e.g. --shard 1/4 for the first of four shards") from None
+    if not sep or shard.count < 1 or not 1 <= shard.index <= shard.count:
+        raise UsageError(f"--shard {value}: I must be between 1 and N", hint="e.g. --shard 1/4 ... --shard 4/4")
+    return shard
+
+
+def shard_attrs(shard: Shard, n_images: int) -> dict[str, Any]:
+    start, stop = shard.range(n_images)
+    return {"shard": str(shard), "shard_range": json.dumps([start, stop]), "probe_n_images": n_images}
+
+
+# ---------------------------------------------------------------------------
+# merge
+# ---------------------------------------------------------------------------
+
+def _shard_info(path, attrs) -> tuple[Shard, tuple[int, int], int]:
+    if "shard" not in attrs:
+        raise UsageError(f"{path} is not a shard (no 'shard' attribute)", hint="give the files written with --shard I/N")
+    shard = parse_shard(str(attrs["shard"]))
+    start, stop = json.loads(attrs["shard_range"])
+    return shard, (int(start), int(stop)), int(attrs["probe_n_images"])
+
+
+def merge(shards: list[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Join the shard artifacts of one pass into ``out`` (images.h5 or activations.h5)."""
+    import h5py
+
+    if not shards:
+        raise UsageError("no SHARDS given", hint="pass the files written with --shard 1/N ... --shard N/N")
+    out = A.check_output_path(out, list(shards))
+    kinds = {}
+    for p in shards:
+        for kind in (A.IMAGE_FORMAT, A.ACTIVATIONS_FORMAT):
+            if A.peek_attrs(p, kind) is not None:
+                kinds[p] = kind
+        if p not in kinds:
+            A.read_image_embeddings(p)  # raises the precise reason (missing, not HDF5, wrong format)
+    kind = kinds[shards[0]]
+    infos = []
+    for p in shards:
+        if kinds[p] != kind:
+            raise MismatchError(f"{p} is a {kinds[p]} file but {shards[0]} is a {kind} file", hint="merge one kind at a time")
+        attrs = A.peek_attrs(p, kind)
+        infos.append((p, attrs, *_shard_info(p, attrs)))
+    first = infos[0][1]
+    key = "fingerprint" if kind == A.IMAGE_FORMAT else "inputs_fingerprint"
+    for p, attrs, shard, rng, n in infos:
+        if attrs.get(key) != first.get(key):
+            raise MismatchError(f"{p} was made from other inputs than {shards[0]} (model, weights, probe or precision)",
+                                hint="merge shards of the same command")
+        if shard.count != infos[0][2].count or n != infos[0][4]:
+            raise MismatchError(f"{p} is shard {shard} of a {n}-image probe; {shards[0]} is {infos[0][2]} of {infos[0][4]}",
+                                hint="merge shards of the same command")
+    by_index: dict[int, Any] = {}
+    for info in infos:
+        if info[2].index in by_index:
+            raise UsageError(f"shard {info[2]} is given twice ({by_index[info[2].index][0]} and {info[0]})",
+                             hint="pass each shard once")
+        by_index[info[2].index] = info
+    count = infos[0][2].count
+    missing = [i for i in range(1, count + 1) if i not in by_index]
+    if missing:
+        raise UsageError(f"shard {missing[0]}/{count} is missing ({len(missing)} of {count} missing)",
+                         hint=f"run the command with --shard {missing[0]}/{count} and merge again")
+    ordered = [by_index[i] for i in range(1, count + 1)]
+    attrs = {k: v for k, v in first.items() if k not in ("shard", "shard_range", "probe_n_images", "format", "version", "_layers")}
+    skipped = []
+    for _, a, *_ in ordered:
+        skipped += json.loads(a.get("skipped") or "[]")
+    attrs["skipped"] = json.dumps(skipped)
+    attrs["merged_from"] = json.dumps([str(Path(o[0]).name) for o in ordered])
+    if kind == A.IMAGE_FORMAT:
+        parts = [A.read_image_embeddings(o[0]) for o in ordered]
+        ids = [k for e in parts for k in e.keys]
+        emb = np.concatenate([e.embeddings for e in parts])
+        with h5py.File(ordered[0][0], "r") as f:
+            dtype = "float16" if f["embeddings"].dtype.itemsize < 4 else "float32"
+        A.write_embeddings(out, kind, emb, ids, parts[0].clip_model, parts[0].clip_pretrained, attrs, dtype=dtype)
+    else:
+        parts = [A.read_activations(o[0]) for o in ordered]
+        layers = list(parts[0].layers)
+        for o, part in zip(ordered, parts):
+            if list(part.layers) != layers:
+                raise MismatchError(f"{o[0]} holds layers {', '.join(part.layers)}, {ordered[0][0]} {', '.join(layers)}",
+                                    hint="record the same --layers in every shard")
+        ids = [k for p in parts for k in p.ids]
+        data = {name: np.concatenate([p.layers[name] for p in parts]) for name in layers}
+        A.write_activations(out, ids, data, parts[0].layer_attrs, attrs)
+    return Path(out)
+
+
+# ---------------------------------------------------------------------------
+# Resumable passes
+# ---------------------------------------------------------------------------
+
+class Checkpoint:
+    """Completed chunks of a pass, in ``OUT.partial/`` beside the output.
+
+    ``key`` identifies what is computed (inputs fingerprint, layers, shard, chunk size):
+    chunks written for another key are discarded, never mixed in.
+    """
+
+    def __init__(self, out: str | os.PathLike, key: str, chunk: int):
+        self.dir = Path(str(out) + ".partial")
+        self.key, self.chunk = key, chunk
+        meta = self.dir / "meta.json"
+        if self.dir.exists():
+            try:
+                ok = json.loads(meta.read_text()).get("key") == key
+            except (OSError, ValueError):
+                ok = False
+            if not ok:
+                shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(exist_ok=True)
+        if not meta.exists():
+            with A.atomic_path(meta) as tmp:
+                tmp.write_text(json.dumps({"key": key, "chunk": chunk}))
+
+    def done(self) -> list[int]:
+        return sorted(int(p.stem.split("-")[1]) for p in self.dir.glob("chunk-*.npz"))
+
+    def save(self, c: int, arrays: dict[str, np.ndarray], skipped: list[list[str]], info: dict[str, Any] | None = None) -> None:
+        path = self.dir / f"chunk-{c:06d}.npz"
+        with A.atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **{f"a/{k}": v for k, v in arrays.items()},
+                         _skipped=np.frombuffer(json.dumps(skipped).encode(), dtype=np.uint8),
+                         _info=np.frombuffer(json.dumps(info or {}).encode(), dtype=np.uint8))
+
+    def load(self, c: int) -> tuple[dict[str, np.ndarray], list[list[str]], dict[str, Any]]:
+        try:
+            with np.load(self.dir / f"chunk-{c:06d}.npz") as z:
+                arrays = {k[2:]: z[k] for k in z.files if k.startswith("a/")}
+                return arrays, json.loads(bytes(z["_skipped"]).decode()), json.loads(bytes(z["_info"]).decode())
+        except (OSError, ValueError, KeyError) as e:
+            raise ArtifactError(f"checkpoint {self.dir} is damaged ({e})", hint=f"delete {self.dir} and run again") from None
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# One plan for a pass: this process's slice, its output file, its checkpoint
+# ---------------------------------------------------------------------------
+
+def distributed_world() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) under torchrun / SLURM with torch.distributed's variables, else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return None
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _init_process_group(device) -> None:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if getattr(device, "type", "cpu") == "cuda" else "gloo")
+
+
+@dataclass
+class PassPlan:
+    """Where this process's share of a pass goes and how it is checkpointed."""
+
+    out: Path                       # the file this process writes (a shard file under torchrun)
+    final: Path                     # the artifact the user asked for
+    positions: range | None         # probe positions this process encodes (None: all)
+    shard: Shard | None
+    checkpoint: Checkpoint | None
+    extra_attrs: dict[str, Any]
+    world: tuple[int, int, int] | None
+
+    def finish(self, device=None) -> Path:
+        """Drop the checkpoint; under torchrun, rank 0 merges every rank's shard into the final file."""
+        if self.checkpoint is not None:
+            self.checkpoint.remove()
+        if self.world is None:
+            return self.out
+        import torch.distributed as dist
+
+        rank, world, _ = self.world
+        _init_process_group(device)
+        dist.barrier()
+        if rank == 0:
+            parts = [shard_file(self.final, Shard(i, world)) for i in range(1, world + 1)]
+            try:
+                merge(parts, self.final)
+            finally:
+                for p in parts:
+                    Path(p).unlink(missing_ok=True)
+        dist.barrier()
+        return self.final
+
+
+def shard_file(final: str | os.PathLike, shard: Shard) -> Path:
+    final = Path(final)
+    return final.with_name(f".{final.stem}.shard-{shard.index}-of-{shard.count}{final.suffix}")
+
+
+def plan_pass(out: str | os.PathLike, n_images: int, shard: str | Shard | None, key: list[Any],
+              checkpoint_every: int | None = DEFAULT_CHUNK_IMAGES, device=None) -> PassPlan:
+    """This process's slice of the probe (``--shard`` or its torchrun rank), output path and checkpoint."""
+    from .fingerprint import fingerprint
+
+    shard = parse_shard(shard) if isinstance(shard, str) or shard is None else shard
+    world = distributed_world()
+    final = Path(out)
+    target = final
+    if world is not None:
+        if shard is not None:
+            raise UsageError("--shard and torchrun both split the probe", hint="use one of them")
+        rank, size, _ = world
+        shard = Shard(rank + 1, size)
+        target = shard_file(final, shard)
+        _init_process_group(device)
+    positions = range(*shard.range(n_images)) if shard is not None else None
+    if positions is not None and len(positions) == 0:
+        raise UsageError(f"shard {shard} of a {n_images}-image probe is empty", hint="use fewer shards than images")
+    ckpt = None
+    if checkpoint_every:
+        if checkpoint_every < 1:
+            raise UsageError(f"--checkpoint-every must be positive, got {checkpoint_every}")
+        ckpt = Checkpoint(target, fingerprint(key + [str(shard), n_images, checkpoint_every]), checkpoint_every)
+    extra = shard_attrs(shard, n_images) if shard is not None else {}
+    return PassPlan(target, final, positions, shard, ckpt, extra, world)

@@ -1,0 +1,137 @@
+"""Scaling out and resuming (issue 8): --shard + merge, torchrun with gloo on the CPU, SIGKILL and rerun.
+
+Tolerance: shards and ranks batch the images differently, and a GEMM over a batch of
+another size may round differently in the last bit, so embeddings and activations are
+compared to 1e-5 (absolute; they are O(1)) instead of bit for bit. Ids must be equal.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dissect import artifacts as A
+
+from conftest import make_images
+from test_cli import TIMM, assert_one_line_error, invoke
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("shard-probe"), 23, seed=5)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, tiny_clip, probe):
+    d = tmp_path_factory.mktemp("single")
+    invoke("embed-images", probe, "--clip", tiny_clip, "-o", d / "images.h5", "--batch-size", 5)
+    invoke("record", probe, *TIMM, "--layers", "layer1,fc", "-o", d / "acts.h5", "--batch-size", 5)
+    return d
+
+
+def assert_same_images(a: Path, b: Path):
+    ea, eb = A.read_image_embeddings(a), A.read_image_embeddings(b)
+    assert ea.keys == eb.keys
+    np.testing.assert_allclose(ea.embeddings, eb.embeddings, atol=ATOL)
+
+
+def assert_same_activations(a: Path, b: Path):
+    xa, xb = A.read_activations(a), A.read_activations(b)
+    assert xa.ids == xb.ids and list(xa.layers) == list(xb.layers)
+    for name in xa.layers:
+        np.testing.assert_allclose(xa.layers[name], xb.layers[name], atol=ATOL)
+
+
+def test_shards_merge_into_the_single_process_artifact(tmp_path, tiny_clip, probe, single):
+    for i in (3, 1, 2):  # any order
+        invoke("embed-images", probe, "--clip", tiny_clip, "-o", tmp_path / f"i{i}.h5", "--shard", f"{i}/3", "--batch-size", 4)
+        invoke("record", probe, *TIMM, "--layers", "layer1,fc", "-o", tmp_path / f"a{i}.h5", "--shard", f"{i}/3", "--batch-size", 4)
+    assert len(A.read_image_embeddings(tmp_path / "i1.h5").keys) == 7  # positions 0..6 of 23
+    invoke("merge", tmp_path / "i2.h5", tmp_path / "i3.h5", tmp_path / "i1.h5", "-o", tmp_path / "images.h5")
+    invoke("merge", tmp_path / "a1.h5", tmp_path / "a2.h5", tmp_path / "a3.h5", "-o", tmp_path / "acts.h5")
+    assert_same_images(tmp_path / "images.h5", single / "images.h5")
+    assert_same_activations(tmp_path / "acts.h5", single / "acts.h5")
+    # The merged file is a normal artifact: label reads it.
+    (tmp_path / "c.txt").write_text("red\nblue\nsquare\n")
+    invoke("label", "-i", tmp_path / "images.h5", "-a", tmp_path / "acts.h5", "--concepts", tmp_path / "c.txt",
+           "--param", "top_k=5", "-o", tmp_path / "l.parquet")
+
+
+def test_merge_refuses_shards_that_do_not_belong_together(tmp_path, tiny_clip, probe, single):
+    for i in (1, 2):
+        invoke("embed-images", probe, "--clip", tiny_clip, "-o", tmp_path / f"i{i}.h5", "--shard", f"{i}/3")
+    r = invoke("merge", tmp_path / "i1.h5", tmp_path / "i2.h5", "-o", tmp_path / "m.h5", ok=False)
+    assert_one_line_error(r, "shard 3/3 is missing", "--shard 3/3")
+    r = invoke("merge", tmp_path / "i1.h5", tmp_path / "i1.h5", "-o", tmp_path / "m.h5", ok=False)
+    assert_one_line_error(r, "given twice")
+    invoke("embed-images", probe, "--clip", tiny_clip, "-o", tmp_path / "i3.h5", "--shard", "3/3", "--precision", "bf16")
+    r = invoke("merge", tmp_path / "i1.h5", tmp_path / "i2.h5", tmp_path / "i3.h5", "-o", tmp_path / "m.h5", ok=False)
+    assert_one_line_error(r, "other inputs")
+    r = invoke("merge", single / "images.h5", "-o", tmp_path / "m.h5", ok=False)
+    assert_one_line_error(r, "is not a shard")
+    assert not (tmp_path / "m.h5").exists()
+
+
+@pytest.mark.parametrize("bad", ["3/2", "0/2", "1/0", "x/2", "2"])
+def test_bad_shard_arguments(tmp_path, tiny_clip, probe, bad):
+    r = invoke("embed-images", probe, "--clip", tiny_clip, "-o", tmp_path / "i.h5", "--shard", bad, ok=False)
+    assert_one_line_error(r, "--shard", code=2)
+
+
+def _dissect_cmd() -> list[str]:
+    return [sys.executable, "-m", "dissect.cli.main"]
+
+
+def test_torchrun_two_processes_write_the_single_process_artifact(tmp_path, tiny_clip, probe, single):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun, "torchrun comes with torch"
+    env = dict(os.environ, OMP_NUM_THREADS="1", DISSECT_QUIET="1")
+    base = [torchrun, "--nproc-per-node", "2", "--master-port", "29517", "--no-python", *_dissect_cmd()]
+    for args in (["embed-images", str(probe), "--clip", tiny_clip, "-o", str(tmp_path / "images.h5"), "--batch-size", "4"],
+                 ["record", str(probe), *TIMM, "--layers", "layer1,fc", "-o", str(tmp_path / "acts.h5"), "--batch-size", "4"]):
+        proc = subprocess.run(base + args, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_images(tmp_path / "images.h5", single / "images.h5")
+    assert_same_activations(tmp_path / "acts.h5", single / "acts.h5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acts.h5", "images.h5"]  # shard files merged and removed
+
+
+@pytest.mark.parametrize("command", ["embed-images", "record"])
+def test_sigkill_then_rerun_continues_from_the_last_chunk(tmp_path, tiny_clip, command):
+    probe = make_images(tmp_path / "probe", 120, seed=2, size=48)
+    out = tmp_path / "out.h5"
+    what = ["--clip", tiny_clip] if command == "embed-images" else [*TIMM, "--layers", "layer1,fc"]
+    args = [*_dissect_cmd(), command, str(probe), *what, "-o", str(out), "--batch-size", "2", "--checkpoint-every", "10",
+            "--workers", "0", "--device", "cpu"]
+    env = dict(os.environ, DISSECT_QUIET="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    partial = Path(str(out) + ".partial")
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(partial.glob("chunk-*.npz"))) < 3 and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the pass ended before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    done = len(list(partial.glob("chunk-*.npz")))
+    assert 3 <= done < 12
+    again = subprocess.run([a if a != "1" else a for a in args], capture_output=True, text=True,
+                           env=dict(env, DISSECT_QUIET=""), timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming: {done * 10} of 120 images restored" in again.stderr.replace("\n", " ")
+    assert not partial.exists()
+    ref = tmp_path / "ref.h5"
+    subprocess.run(args[:args.index("-o")] + ["-o", str(ref), "--batch-size", "2", "--checkpoint-every", "0",
+                                               "--workers", "0", "--device", "cpu"], check=True, env=env, timeout=300)
+    (assert_same_images if command == "embed-images" else assert_same_activations)(out, ref)
