@@ -264,8 +264,12 @@ def write_embeddings(
     clip_pretrained: str,
     attrs: dict[str, Any],
     dtype: str = "float32",
+    sizes: list[int] | None = None,
 ) -> Path:
     """Write images.h5 (``kind`` = IMAGE_FORMAT) or text.h5 (TEXT_FORMAT) atomically.
+
+    ``sizes`` (images): each image file's size in bytes, so that a later run over a grown
+    probe can tell which images are unchanged (``read_sizes``).
 
     ``dtype`` "float16" halves the file (readers get float32, re-normalised).
     """
@@ -278,6 +282,8 @@ def write_embeddings(
         with h5py.File(tmp, "w") as f:
             f.create_dataset("embeddings", data=embeddings)
             f.create_dataset(key_name, data=np.array(keys, dtype=object), dtype=_str_dtype())
+            if sizes is not None and len(sizes) == len(keys):
+                f.create_dataset("sizes", data=np.asarray(sizes, dtype=np.int64))
             f.attrs["format"] = kind
             f.attrs["version"] = FORMAT_VERSION
             f.attrs["clip_model"] = clip_model
@@ -311,6 +317,16 @@ def read_image_embeddings(path) -> Embeddings:
 
 def read_text_embeddings(path) -> Embeddings:
     return read_embeddings(path, TEXT_FORMAT)
+
+
+def read_sizes(path: str | os.PathLike) -> np.ndarray | None:
+    """The optional per-image file sizes of images.h5 / activations.h5 (None when absent)."""
+    h5py = _h5py()
+    try:
+        with h5py.File(path, "r") as f:
+            return np.asarray(f["sizes"][:], dtype=np.int64) if "sizes" in f else None
+    except OSError:
+        return None
 
 
 def peek_attrs(path: str | os.PathLike, kind: str) -> dict[str, Any] | None:
@@ -352,12 +368,15 @@ def write_activations(
     layer_attrs: dict[str, dict[str, Any]],
     attrs: dict[str, Any],
     keep_from: str | os.PathLike | None = None,
+    sizes: list[int] | None = None,
 ) -> Path:
     """Write activations.h5 atomically; layers of ``keep_from`` (an older file) are copied over."""
     h5py = _h5py()
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=_str_dtype())
+            if sizes is not None and len(sizes) == len(ids):
+                f.create_dataset("sizes", data=np.asarray(sizes, dtype=np.int64))
             f.attrs["format"] = ACTIVATIONS_FORMAT
             f.attrs["version"] = FORMAT_VERSION
             f.attrs["ids_fingerprint"] = fingerprint_strings(ids)

@@ -13,7 +13,7 @@ from .clip import Clip, encode_images, encode_tokens, load_clip, parse_clip_spec
 from .concepts import ConceptSet, load_concepts
 from .fingerprint import fingerprint
 from .errors import InputError, UsageError
-from .probe import Probe, Skipped, image_pass, kept_rows, open_probe, probe_files, report_skipped, skipped_attr
+from .probe import Probe, Skipped, image_pass, image_sizes, kept_rows, open_probe, probe_files, report_skipped, skipped_attr
 from .runtime import check_batch_size, info, progress, resolve_device, resolve_precision, warn
 
 
@@ -70,7 +70,7 @@ class ImageEmbedder:
             **(extra_attrs or {}),
         )
         A.write_embeddings(out, A.IMAGE_FORMAT, self.embeddings[keep], [probe.ids[i] for i in keep], self.clip.name,
-                           self.clip.pretrained, attrs, dtype=dtype)
+                           self.clip.pretrained, attrs, dtype=dtype, sizes=image_sizes(probe, keep))
         report_skipped(list(skipped), len(positions) if positions is not None else len(probe), out)
         info(f"wrote {out}: {len(keep)} image embeddings (d={self.embeddings.shape[1]}, {dtype})")
         return Path(out)
@@ -112,14 +112,41 @@ def embed_images(
         clip = load_clip(clip, dev)
     precision = resolve_precision(precision, clip.device)
     every = DEFAULT_CHUNK_IMAGES if checkpoint_every is None else checkpoint_every
-    plan = plan_pass(out, len(probe), shard, [image_embeddings_fingerprint(spec_fp or clip.fingerprint, probe.fingerprint, precision)],
-                     every, clip.device)
-    workers = default_workers(len(probe)) if workers is None else workers
     embedder = ImageEmbedder(clip, len(probe), precision)
+    # A probe that grew (or lost images) since ``out`` was written: unchanged images are reused.
+    reused = {} if shard is not None or os.environ.get("WORLD_SIZE", "1") not in ("", "1") else _reuse_rows(out, clip, precision, probe)
+    if reused:
+        old = A.read_image_embeddings(out)
+        pos = np.fromiter(reused, dtype=np.int64)
+        embedder.embeddings[pos] = old.embeddings[np.fromiter(reused.values(), dtype=np.int64)]
+    todo = [i for i in range(len(probe)) if i not in reused]
+    if reused:
+        info(f"{out}: reusing {len(reused)} unchanged image embeddings; embedding {len(todo)} new or changed")
+    plan = plan_pass(out, len(probe), shard,
+                     [image_embeddings_fingerprint(spec_fp or clip.fingerprint, probe.fingerprint, precision), todo if reused else None],
+                     every, clip.device)
+    positions = plan.positions if plan.positions is not None else todo
+    workers = default_workers(len(positions)) if workers is None else workers
     skipped = image_pass(probe, [embedder], batch_size, workers, "embed images", clip.device, strict=strict,
-                         positions=plan.positions, checkpoint=plan.checkpoint)
+                         positions=positions, checkpoint=plan.checkpoint) if positions else []
     embedder.write(plan.out, probe, batch_size, dtype, skipped, positions=plan.positions, extra_attrs=plan.extra_attrs)
     return plan.finish(clip.device)
+
+
+def _reuse_rows(out, clip: Clip, precision: str, probe: Probe) -> dict[int, int]:
+    """Rows of an existing images.h5 made with the same CLIP model and precision, for unchanged images."""
+    from .probe import unchanged_rows
+
+    attrs = A.peek_attrs(out, A.IMAGE_FORMAT)
+    if attrs is None or attrs.get("clip_fingerprint") != clip.fingerprint or attrs.get("precision", "fp32") != precision:
+        return {}
+    if attrs.get("shard"):
+        return {}
+    try:
+        ids = A.read_image_embeddings(out).keys
+    except Exception:
+        return {}
+    return unchanged_rows(probe, ids, A.read_sizes(out))
 
 
 def check_dtype(dtype: str) -> str:
@@ -222,11 +249,36 @@ def embed_text(
     if not isinstance(clip, Clip):
         clip = load_clip(clip, resolve_device(device))
     precision = resolve_precision(precision, clip.device)
-    emb = compute_text_embeddings(clip, concepts, batch_size, precision, strict)
+    emb = _reuse_text(out, clip, precision, concepts)
+    todo = [i for i, c in enumerate(concepts.concepts) if emb is None or c not in emb]
+    if emb is not None and len(todo) < len(concepts.concepts):
+        info(f"{out}: reusing {len(concepts.concepts) - len(todo)} concept embeddings; embedding {len(todo)} new")
+    new = compute_text_embeddings(clip, ConceptSet(concepts.name, [concepts.concepts[i] for i in todo], concepts.source),
+                                  batch_size, precision, strict) if todo else None
+    vectors = np.zeros((len(concepts.concepts), _embed_dim(clip)), dtype=np.float32)
+    if new is not None:
+        vectors[todo] = new
+    for i, c in enumerate(concepts.concepts):
+        if emb is not None and c in emb:
+            vectors[i] = emb[c]
+    emb = vectors
     attrs = _text_attrs(clip, concepts, batch_size, precision, dtype)
     A.write_embeddings(out, A.TEXT_FORMAT, emb, concepts.concepts, clip.name, clip.pretrained, attrs, dtype=dtype)
     info(f"wrote {out}: {len(concepts.concepts)} concept embeddings")
     return Path(out)
+
+
+def _reuse_text(out, clip: Clip, precision: str, concepts: ConceptSet) -> dict[str, np.ndarray] | None:
+    """Embeddings already in ``out`` (same CLIP model and precision) by concept, or None."""
+    attrs = A.peek_attrs(out, A.TEXT_FORMAT)
+    if attrs is None or attrs.get("clip_fingerprint") != clip.fingerprint or attrs.get("precision", "fp32") != precision:
+        return None
+    try:
+        old = A.read_text_embeddings(out)
+    except Exception:
+        return None
+    wanted = set(concepts.concepts)
+    return {c: old.embeddings[i] for i, c in enumerate(old.keys) if c in wanted}
 
 
 def cache_dir() -> Path:

@@ -367,7 +367,7 @@ def iterate_batches(probe: Probe, transform, batch_size: int, workers: int = 0, 
 
 
 def image_pass(probe: Probe, consumers: list, batch_size: int, workers: int, description: str, device=None,
-               strict: bool = False, positions: range | None = None, checkpoint=None) -> list[Skipped]:
+               strict: bool = False, positions=None, checkpoint=None) -> list[Skipped]:
     """One pass over the probe feeding every consumer its own preprocessing of each image.
 
     A consumer has a ``transform`` and is called as ``consumer(indices, batch)``;
@@ -376,7 +376,8 @@ def image_pass(probe: Probe, consumers: list, batch_size: int, workers: int, des
     read or preprocessed are skipped for every consumer and returned (``strict``:
     the first one raises InputError instead).
 
-    ``positions`` (a contiguous range, e.g. a shard) limits the pass to those images.
+    ``positions`` (sorted probe positions: a shard's range, or the images a grown probe
+    added) limits the pass to those images.
     With a ``checkpoint`` (``shards.Checkpoint``) every completed chunk of
     ``checkpoint.chunk`` images is saved as it finishes, through the consumers'
     ``state(rows)`` / ``restore(rows, state)``, and chunks saved by an earlier,
@@ -386,17 +387,17 @@ def image_pass(probe: Probe, consumers: list, batch_size: int, workers: int, des
 
     from .runtime import info, progress
 
-    positions = range(len(probe)) if positions is None else positions
+    positions = list(range(len(probe)) if positions is None else positions)
     pin = device is not None and getattr(device, "type", str(device)) == "cuda"
     skipped: list[Skipped] = []
     size = checkpoint.chunk if checkpoint is not None else max(1, len(positions))
-    chunks = [range(positions.start + c, min(positions.stop, positions.start + c + size)) for c in range(0, len(positions), size)]
+    chunks = [positions[c : c + size] for c in range(0, len(positions), size)]
     todo = list(range(len(chunks)))
     if checkpoint is not None:
         done = [c for c in checkpoint.done() if c < len(chunks)]
         for c in done:
             arrays, skip, extra = checkpoint.load(c)
-            rows = np.arange(chunks[c].start, chunks[c].stop)
+            rows = np.asarray(chunks[c], dtype=np.int64)
             for k, consumer in enumerate(consumers):
                 consumer.restore(rows, {n[len(f"{k}:"):]: v for n, v in arrays.items() if n.startswith(f"{k}:")},
                                  extra.get(str(k), {}))
@@ -419,9 +420,9 @@ def image_pass(probe: Probe, consumers: list, batch_size: int, workers: int, des
                     consumer(idx, batch)
             n = len(idx) + len(errors)
             advance(n)
-            while checkpoint is not None and pending and chunks[pending[0]].stop - 1 <= last:
+            while checkpoint is not None and pending and chunks[pending[0]][-1] <= last:
                 _save_chunk(checkpoint, pending.pop(0), chunks, consumers, skipped)
-    if len(skipped) == len(positions):
+    if positions and len(skipped) == len(positions):
         raise InputError(
             f"none of the {len(positions)} probe images could be read (e.g. {skipped[0].reason})",
             hint="check the PROBE paths and file formats",
@@ -432,13 +433,34 @@ def image_pass(probe: Probe, consumers: list, batch_size: int, workers: int, des
 def _save_chunk(checkpoint, c: int, chunks, consumers, skipped: list[Skipped]) -> None:
     import numpy as np
 
-    rows = np.arange(chunks[c].start, chunks[c].stop)
+    rows = np.asarray(chunks[c], dtype=np.int64)
+    members = set(chunks[c])
     arrays, extra = {}, {}
     for k, consumer in enumerate(consumers):
         arrays.update({f"{k}:{n}": v for n, v in consumer.state(rows).items()})
         extra[str(k)] = consumer.info_state() if hasattr(consumer, "info_state") else {}
-    skip = [[s.index, s.reason] for s in skipped if chunks[c].start <= s.index < chunks[c].stop]
+    skip = [[s.index, s.reason] for s in skipped if s.index in members]
     checkpoint.save(c, arrays, skip, extra)
+
+
+def image_sizes(probe: Probe, rows) -> list[int] | None:
+    """The file sizes of ``rows`` (for the artifact's optional ``sizes``), or None when unknown."""
+    if len(probe.stat_key) != len(probe):
+        return None
+    return [int(probe.stat_key[i]) for i in rows]
+
+
+def unchanged_rows(probe: Probe, old_ids: list[str], old_sizes) -> dict[int, int]:
+    """{probe position: row in an older artifact} for images whose id and file size are unchanged."""
+    if old_sizes is None or len(probe.stat_key) != len(probe):
+        return {}
+    old = {(k, int(sz)): r for r, (k, sz) in enumerate(zip(old_ids, old_sizes)) if int(sz) >= 0}
+    out = {}
+    for i, (k, sz) in enumerate(zip(probe.ids, probe.stat_key)):
+        r = old.get((k, int(sz)))
+        if r is not None:
+            out[i] = r
+    return out
 
 
 def kept_rows(positions, skipped: list[Skipped]):

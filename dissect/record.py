@@ -15,7 +15,7 @@ from .errors import MismatchError, ModelError, UsageError
 from .fingerprint import fingerprint
 from .hooks import LayerInfo, Recorder, list_modules, resolve_layers
 from .models import PreprocessOverrides, Target, load_target
-from .probe import Probe, Skipped, image_pass, kept_rows, open_probe, probe_files, report_skipped, skipped_attr
+from .probe import Probe, Skipped, image_pass, image_sizes, kept_rows, open_probe, probe_files, report_skipped, skipped_attr, unchanged_rows
 from .runtime import check_batch_size, info, resolve_device, resolve_precision
 
 
@@ -190,7 +190,7 @@ class ActivationRecorder:
                                     channels_last=self.channels_last, n_skipped=len(skipped)),
             **(extra_attrs or {}),
         )
-        A.write_activations(out, ids, data, layer_attrs, attrs, keep_from=out if keep else None)
+        A.write_activations(out, ids, data, layer_attrs, attrs, keep_from=out if keep else None, sizes=image_sizes(probe, rows))
         report_skipped(list(skipped), len(positions) if positions is not None else len(probe), out)
         info(f"wrote {out}: {', '.join(f'{n} ({data[n].shape[1]} units)' for n in data)} over {len(ids)} images")
         return Path(out)
@@ -251,6 +251,11 @@ def record(
         probe = open_probe(probe)
     dev = resolve_device(device)
     target = model if isinstance(model, Target) else load_target(model, weights, model_args, overrides, dev)
+    sharded = shard is not None or os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+    grown = None if sharded else _grown_probe(out, probe, target, layers, summary, layout, dev, precision)
+    if grown is not None:
+        return _record_grown(grown, probe, target, out, summary, layout, dev, batch_size, workers, channels_last, strict,
+                             checkpoint_every)
     plan = plan_record(probe, target, layers, out, summary, layout, dev, precision)
     if not plan.todo:
         info(f"{out} already holds {', '.join(plan.layers)}; nothing to record")
@@ -270,6 +275,88 @@ def record(
         rec.write(pp.out, probe, plan.inputs_fp, batch_size, keep=plan.exists, skipped=skipped, positions=pp.positions,
                   extra_attrs=pp.extra_attrs)
     return pp.finish(dev)
+
+
+@dataclass
+class _Grown:
+    plan: RecordPlan
+    reused: dict[int, int]          # probe position -> row of the old file
+    old: A.Activations
+
+
+def _grown_probe(out, probe: Probe, target: Target, layers, summary, layout, dev, precision) -> _Grown | None:
+    """An existing file of the same model and precision over a probe that has since changed (images added or removed).
+
+    Its layers are kept and recorded for the new images only. Asking for layers it does
+    not hold at the same time is refused (record those after, in a second call).
+    """
+    attrs = A.peek_attrs(out, A.ACTIVATIONS_FORMAT)
+    if attrs is None or attrs.get("shard"):
+        return None
+    precision = resolve_precision(precision, dev)
+    if attrs.get("inputs_fingerprint") == activations_inputs_fingerprint(target, probe.fingerprint, precision):
+        return None  # same probe: the usual path (add layers or nothing to do)
+    pre = target.preprocess.as_dict() if target.preprocess else {"custom_transform": repr(target.transform)}
+    same_model = (attrs.get("model_fingerprint") == target.fingerprint and attrs.get("precision", "fp32") == precision
+                  and _json(attrs.get("preprocess")) == _json(pre))
+    if not same_model:
+        return None  # existing_layers refuses it with the usual message
+    old_layers = list(attrs.get("_layers", []))
+    asked = resolve_layers(target.module, layers, target.spec)
+    extra = [n for n in asked if n not in old_layers]
+    if extra:
+        raise MismatchError(
+            f"{out} was recorded on a probe that has changed since, and does not hold {', '.join(extra)}",
+            hint=f"run record once with --layers {','.join(old_layers)} to update it for the new images, then add the new layers",
+        )
+    old = A.read_activations(out)
+    for name in old_layers:
+        la = old.layer_attrs[name]
+        if la.get("summary_requested", la.get("summary")) != summary or (layout != "auto" and la.get("layout_requested", "auto") != layout):
+            return None
+    reused = unchanged_rows(probe, old.ids, A.read_sizes(out))
+    if not reused:
+        return None
+    inputs_fp = activations_inputs_fingerprint(target, probe.fingerprint, precision)
+    plan = RecordPlan(target, old_layers, old_layers, [], False, inputs_fp, precision)
+    return _Grown(plan, reused, old)
+
+
+def _json(value) -> str:
+    import json
+
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _record_grown(g: _Grown, probe, target, out, summary, layout, dev, batch_size, workers, channels_last, strict,
+                  checkpoint_every) -> Path:
+    from .embed import default_workers
+    from .shards import DEFAULT_CHUNK_IMAGES, Checkpoint
+
+    todo = [i for i in range(len(probe)) if i not in g.reused]
+    info(f"{out}: the probe changed; reusing {len(g.reused)} unchanged images, recording {len(todo)} new or changed "
+         f"for {', '.join(g.plan.layers)}")
+    with ActivationRecorder(target, g.plan.layers, len(probe), summary, layout, dev, g.plan.precision, channels_last) as rec:
+        pos = np.fromiter(g.reused, dtype=np.int64)
+        old_rows = np.fromiter(g.reused.values(), dtype=np.int64)
+        rec.restore(pos, {name: g.old.layers[name][old_rows] for name in g.plan.layers},
+                    {n: {"module_type": a.get("module_type", ""), "raw_shape": list(a.get("raw_shape", [])),
+                         "layout": a.get("layout", "nc"), "n_units": int(g.old.layers[n].shape[1])}
+                     for n, a in g.old.layer_attrs.items()})
+        every = DEFAULT_CHUNK_IMAGES if checkpoint_every is None else checkpoint_every
+        ckpt = Checkpoint(out, fingerprint([g.plan.inputs_fp, g.plan.layers, todo, every]), every) if every else None
+        workers = default_workers(len(todo)) if workers is None else workers
+        skipped = image_pass(probe, [rec], batch_size, workers, f"record {len(g.plan.layers)} layer(s)", dev, strict=strict,
+                             positions=todo, checkpoint=ckpt) if todo else []
+        rec.write(out, probe, g.plan.inputs_fp, batch_size, keep=False, skipped=skipped)
+    if ckpt is not None:
+        ckpt.remove()
+    return Path(out)
 
 
 def list_layers(

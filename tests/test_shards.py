@@ -135,3 +135,52 @@ def test_sigkill_then_rerun_continues_from_the_last_chunk(tmp_path, tiny_clip, c
     subprocess.run(args[:args.index("-o")] + ["-o", str(ref), "--batch-size", "2", "--checkpoint-every", "0",
                                                "--workers", "0", "--device", "cpu"], check=True, env=env, timeout=300)
     (assert_same_images if command == "embed-images" else assert_same_activations)(out, ref)
+
+
+# ---------------------------------------------------------------------------
+# Incremental growth: new images, new concepts
+# ---------------------------------------------------------------------------
+
+def test_a_grown_probe_encodes_only_the_new_images(tmp_path, tiny_clip):
+    from PIL import Image
+
+    probe = make_images(tmp_path / "probe", 20, seed=8)
+    invoke("embed-images", probe, "--clip", tiny_clip, "-o", tmp_path / "i.h5")
+    invoke("record", probe, *TIMM, "--layers", "layer1,fc", "-o", tmp_path / "a.h5")
+    make_images(tmp_path / "more", 5, seed=9)
+    for f in (tmp_path / "more").rglob("*.png"):
+        f.rename(probe / "class0" / f"new-{f.name}")
+    changed = sorted((probe / "class1").glob("*.png"))[0]
+    Image.new("RGB", (30, 30), (1, 2, 3)).save(changed)  # rewritten: another size, encoded again
+    r = invoke("embed-images", probe, "--clip", tiny_clip, "-o", tmp_path / "i.h5")
+    n_new = len(list((probe / "class0").glob("new-*")))
+    assert f"reusing 19 unchanged image embeddings; embedding {n_new + 1} new or changed" in r.stderr
+    r = invoke("record", probe, *TIMM, "--layers", "fc", "-o", tmp_path / "a.h5")
+    assert f"reusing 19 unchanged images, recording {n_new + 1} new or changed" in r.stderr
+    invoke("embed-images", probe, "--clip", tiny_clip, "-o", tmp_path / "fresh-i.h5")
+    invoke("record", probe, *TIMM, "--layers", "layer1,fc", "-o", tmp_path / "fresh-a.h5")
+    assert_same_images(tmp_path / "i.h5", tmp_path / "fresh-i.h5")
+    assert_same_activations(tmp_path / "a.h5", tmp_path / "fresh-a.h5")
+    # Asking for a layer the old file lacks, while the probe changed, is refused with what to do.
+    make_images(tmp_path / "more2", 1, seed=10)
+    next((tmp_path / "more2").rglob("img*")).rename(probe / "class2" / "newer.jpg")
+    r = invoke("record", probe, *TIMM, "--layers", "layer2", "-o", tmp_path / "a.h5", ok=False)
+    assert_one_line_error(r, "does not hold layer2", "--layers layer1,fc")
+
+
+def test_new_concepts_embed_only_the_new_ones(tmp_path, tiny_clip, monkeypatch):
+    (tmp_path / "c.txt").write_text("red\nblue\ngreen\n")
+    invoke("embed-text", tmp_path / "c.txt", "--clip", tiny_clip, "-o", tmp_path / "t.h5")
+    (tmp_path / "c.txt").write_text("red\nblue\ngreen\nsquare\ncircle\n")
+    import dissect.clip as dclip
+
+    seen = []
+    real = dclip.encode_tokens
+    monkeypatch.setattr("dissect.embed.encode_tokens", lambda clip, tokens, *a, **k: seen.append(len(tokens)) or real(clip, tokens, *a, **k))
+    r = invoke("embed-text", tmp_path / "c.txt", "--clip", tiny_clip, "-o", tmp_path / "t.h5")
+    assert "reusing 3 concept embeddings; embedding 2 new" in r.stderr and sum(seen) == 2
+    monkeypatch.undo()
+    invoke("embed-text", tmp_path / "c.txt", "--clip", tiny_clip, "-o", tmp_path / "fresh.h5")
+    a, b = A.read_text_embeddings(tmp_path / "t.h5"), A.read_text_embeddings(tmp_path / "fresh.h5")
+    assert a.keys == b.keys
+    np.testing.assert_allclose(a.embeddings, b.embeddings, atol=ATOL)
