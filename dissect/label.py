@@ -156,17 +156,37 @@ def label(
     T = torch.from_numpy(txt.embeddings).to(dev)
     rows: dict[str, list] = {c: [] for c in A.LABEL_COLUMNS}
     k = min(top, len(txt.keys))
+    from .shards import _init_process_group, distributed_world
+    from .similarity import distributed_population, plan_chunk
+
+    world = distributed_world()
+    if world is not None:
+        _init_process_group(dev)
+    budget = max_memory or DEFAULT_MAX_MEMORY
     for name in acts.layers:
         q_np = A.read_activation_layer(activations, name)
         q = torch.from_numpy(q_np if order is None else q_np[order]).to(dev)
         del q_np
-        with progress(f"{sim} {name}", len(txt.keys), "concepts") as advance:
-            res = score_layer(sim, q, I, T, params, top=k, chunk=chunk, progress=advance,
-                              max_memory=max_memory or DEFAULT_MAX_MEMORY)
-        idx, val = res.indices.cpu().numpy(), res.values.cpu().numpy()
         C = q.shape[1]
-        rows["layer"] += [name] * C
-        rows["unit"] += list(range(C))
+        lo, hi, kw = 0, C, {}
+        if world is not None:
+            rank, size, _ = world
+            if C < size:  # too few neurons to split: rank 0 scores the layer alone
+                if rank != 0:
+                    continue
+            else:
+                # torchrun: each rank scores a slice of the neurons; the λ·log p(t) term is all-gathered.
+                lo, hi = rank * C // size, (rank + 1) * C // size
+                q = q[:, lo:hi]
+                kw = {"passes": "two", "chunk": chunk or plan_chunk(sim, N, C, budget), "unit_offset": lo}
+                if sim in ("softwpmi", "wpmi"):
+                    kw["population"] = distributed_population(C)
+        with progress(f"{sim} {name}", len(txt.keys), "concepts") as advance:
+            res = score_layer(sim, q, I, T, params, top=k, chunk=kw.pop("chunk", chunk), progress=advance, max_memory=budget,
+                              **kw)
+        idx, val = res.indices.cpu().numpy(), res.values.cpu().numpy()
+        rows["layer"] += [name] * (hi - lo)
+        rows["unit"] += list(range(lo, hi))
         rows["label"] += [txt.keys[i] for i in idx[:, 0]]
         rows["similarity"] += val[:, 0].tolist()
         rows["candidates"] += [[txt.keys[i] for i in r] for r in idx]
@@ -192,6 +212,20 @@ def label(
         "provenance": A.provenance(stage="label"),
         **(extra_metadata or {}),
     }
+    if world is not None:
+        import torch.distributed as dist
+
+        gathered = [None] * world[1]
+        dist.all_gather_object(gathered, rows)
+        if world[0] != 0:
+            return None  # rank 0 writes the one output
+        rows = {c: [] for c in A.LABEL_COLUMNS}
+        for layer in acts.layers:  # layer by layer, each rank's slice of units in order
+            for part in gathered:
+                for i, lay in enumerate(part["layer"]):
+                    if lay == layer:
+                        for c in A.LABEL_COLUMNS:
+                            rows[c].append(part[c][i])
     table = pa.Table.from_pydict({c: rows[c] for c in A.LABEL_COLUMNS}, schema=A.labels_schema())
     if out is not None:
         A.write_labels(out, rows, meta)

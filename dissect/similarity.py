@@ -367,18 +367,45 @@ def example_rows(idx: torch.Tensor, n_images: int) -> tuple[torch.Tensor | None,
     return rows, inverse
 
 
-def population_correction(scores: torch.Tensor, lam: float) -> torch.Tensor:
-    """sim[k, m] = score[k, m] - λ (logsumexp_j score[j, m] - log C) over the layer's C neurons."""
+def population_correction(scores: torch.Tensor, lam: float, population: Callable | None = None) -> torch.Tensor:
+    """sim[k, m] = score[k, m] - λ (logsumexp_j score[j, m] - log C) over the layer's C neurons.
+
+    ``population`` replaces the local estimate of log p(t_m) = logsumexp_j score[j, m] − log C,
+    e.g. with one that combines the neurons held by other processes (``distributed_population``).
+    """
+    if population is not None:
+        return scores - lam * population(scores)
     C = scores.shape[0]
     log_pt = torch.logsumexp(scores, dim=0, keepdim=True) - math.log(C)
     return scores - lam * log_pt
+
+
+def distributed_population(total_neurons: int):
+    """log p(t_m) over a layer whose neurons are split across torch.distributed ranks.
+
+    Each rank's logsumexp over its own neurons is all-gathered and combined with another
+    logsumexp: the same value as on one process, up to float64 rounding of the order.
+    Every rank must call it for the same concept blocks in the same order.
+    """
+    import torch.distributed as dist
+
+    def log_pt(scores: torch.Tensor) -> torch.Tensor:
+        if scores.shape[0]:
+            local = torch.logsumexp(scores, dim=0, keepdim=True)
+        else:
+            local = torch.full((1, scores.shape[1]), -math.inf, dtype=scores.dtype, device=scores.device)
+        parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, local.contiguous())
+        return torch.logsumexp(torch.cat(parts), dim=0, keepdim=True) - math.log(total_neurons)
+
+    return log_pt
 
 
 # ---------------------------------------------------------------------------
 # Kernels over one block of concepts. Each returns sim [C, Mc] in float64.
 # ---------------------------------------------------------------------------
 
-def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, log_z=None, idx=None, chunk=4096, return_score=False, rows=None, prepared=False):
+def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, log_z=None, idx=None, chunk=4096, return_score=False, rows=None, prepared=False, population=None):
     """SoftWPMI (paper §3.2, default similarity).
 
         p(t_m | x_i) = softmax_m(a · P[i, :])
@@ -393,19 +420,19 @@ def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, log_z=None, id
     ``return_score`` the raw score_k(m) comes back too (the tie-breaker of ``score_layer``).
     """
     w = softwpmi_weights(top_k, p_start, p_end, device=I.device)
-    return _pmi(q, I, T, a, lam, top_k, w, min_prob, log_z, idx, chunk, return_score, rows, prepared)
+    return _pmi(q, I, T, a, lam, top_k, w, min_prob, log_z, idx, chunk, return_score, rows, prepared, population)
 
 
-def wpmi(q, I, T, *, a, lam, top_k, min_prob, log_z=None, idx=None, chunk=4096, return_score=False, rows=None, prepared=False):
+def wpmi(q, I, T, *, a, lam, top_k, min_prob, log_z=None, idx=None, chunk=4096, return_score=False, rows=None, prepared=False, population=None):
     """WPMI (paper App. A.1): hard membership of the top_k images.
 
         score_k(m) = Σ_{i ∈ top_k(k)} log(p(t_m | x_i) + min_prob),  p = softmax_m(a · P[i, :])
         sim_k(m)   = score_k(m) - λ (logsumexp_j score_j(m) - log C)
     """
-    return _pmi(q, I, T, a, lam, top_k, None, min_prob, log_z, idx, chunk, return_score, rows, prepared)
+    return _pmi(q, I, T, a, lam, top_k, None, min_prob, log_z, idx, chunk, return_score, rows, prepared, population)
 
 
-def _pmi(q, I, T, a, lam, top_k, weights, min_prob, log_z, idx, chunk, return_score, rows, prepared):
+def _pmi(q, I, T, a, lam, top_k, weights, min_prob, log_z, idx, chunk, return_score, rows, prepared, population=None):
     """The body SoftWPMI (soft ``weights``) and WPMI (``weights`` None) share.
 
     ``prepared`` (``score_layer`` does this once per layer): ``rows`` are the images
@@ -421,7 +448,7 @@ def _pmi(q, I, T, a, lam, top_k, weights, min_prob, log_z, idx, chunk, return_sc
     if log_z is None:
         log_z = log_softmax_denominator(I, T, a, chunk, rows)
     score = pmi_scores(probabilities(I, T, a, log_z, rows), idx, weights, min_prob)
-    sim = population_correction(score, lam)
+    sim = population_correction(score, lam, population)
     return (sim, score) if return_score else sim
 
 
@@ -450,7 +477,7 @@ def cos_cubed(q, I, T, *, min_norm):
     return _centre_cube(q.to(torch.float64), min_norm).T @ _centre_cube(P, min_norm)
 
 
-def rank_reorder_baseline(sorted_vals: torch.Tensor, p: float, n_perm: int, seed: int) -> torch.Tensor:
+def rank_reorder_baseline(sorted_vals: torch.Tensor, p: float, n_perm: int, seed: int, unit_offset: int = 0) -> torch.Tensor:
     """Per-neuron random-permutation baseline, deterministic in ``seed``.
 
     ``sorted_vals`` [n, C] holds each neuron's top-n activations, highest first.
@@ -458,9 +485,13 @@ def rank_reorder_baseline(sorted_vals: torch.Tensor, p: float, n_perm: int, seed
     and π_1..π_{n_perm} permutations drawn, neuron after neuron in unit order, from one
     torch.Generator seeded with ``seed`` (so the result does not depend on chunking),
     floored at 1e-30 so that a neuron with constant top activations scores 0, not NaN.
+    ``unit_offset``: the columns are units offset.. of a larger layer (its other units'
+    draws are skipped, so a slice gets the same baseline as in the whole layer).
     """
     n, C = sorted_vals.shape
     g = torch.Generator().manual_seed(int(seed))
+    for _ in range(unit_offset * n_perm):
+        torch.randperm(n, generator=g)
     asc = torch.flip(sorted_vals, dims=[0]).to(torch.float64)
     perms = torch.stack([torch.stack([torch.randperm(n, generator=g) for _ in range(n_perm)]) for _ in range(C)])
     perms = perms.to(asc.device)                                    # [C, n_perm, n]
@@ -573,6 +604,8 @@ def score_layer(
     full: bool = False,
     max_memory: int = DEFAULT_MAX_MEMORY,
     passes: str = "auto",
+    population: Callable | None = None,
+    unit_offset: int = 0,
 ) -> LayerScores | torch.Tensor:
     """Score every neuron of one layer against every concept, block by block.
 
@@ -589,6 +622,11 @@ def score_layer(
     takes them twice (the softmax denominator first), "auto" takes one pass when its
     accumulator and a row block fit ``max_memory`` (``plan_single_pass``). Both give the
     same float32 terms summed in float64, so the same scores to rounding.
+
+    ``population`` (SoftWPMI, WPMI): how log p(t) is estimated from a block's scores
+    (default: over the neurons of ``q``; ``distributed_population`` when the layer's
+    neurons are split across processes); ``unit_offset``: ``q`` holds units offset.. of
+    the layer (rank reorder draws its seeded baseline accordingly).
     """
     if passes not in ("auto", "one", "two"):
         raise ValueError(f"passes must be 'auto', 'one' or 'two', got {passes!r}")
@@ -612,7 +650,7 @@ def score_layer(
         n = examples_needed(name, params, N)
         idx = top_images(q, n)
         t = torch.gather(q, 0, idx).to(torch.float64)
-        kw.update(idx=idx, baseline=rank_reorder_baseline(t, params["p"], int(params["n_perm"]), int(params["seed"])))
+        kw.update(idx=idx, baseline=rank_reorder_baseline(t, params["p"], int(params["n_perm"]), int(params["seed"]), unit_offset))
         rows_read = n
     row_block = 0
     if pmi and passes != "two" and float(params["a"]) <= _F32_SOFTMAX_MAX_A:
@@ -636,14 +674,15 @@ def score_layer(
             progress(M - done[1])
         progress = None
         if full:
-            return population_correction(score_all, float(params["lam"]))
-        kernel = lambda q, I, T, *, span, **_: (population_correction(score_all[:, span], float(params["lam"])), score_all[:, span])
+            return population_correction(score_all, float(params["lam"]), population)
+        kernel = lambda q, I, T, *, span, **_: (population_correction(score_all[:, span], float(params["lam"]), population),
+                                                  score_all[:, span])
         chunk = chunk or max(TILE, (max(0, max_memory - C * M * 8) // max(1, 100 * C)) // TILE * TILE)
     chunk = chunk or plan_chunk(name, rows_read, C, max_memory)
     chunk = -(-chunk // TILE) * TILE  # blocks hold whole tiles (see ``cosines``)
     if pmi and not row_block:
         log_z = log_softmax_denominator(image_emb, text_emb, float(params["a"]), chunk, rows)
-        kw.update(idx=idx, log_z=log_z, rows=rows, prepared=True)
+        kw.update(idx=idx, log_z=log_z, rows=rows, prepared=True, population=population)
 
     if pmi and not full:
         kw["return_score"] = True

@@ -184,3 +184,24 @@ def test_new_concepts_embed_only_the_new_ones(tmp_path, tiny_clip, monkeypatch):
     a, b = A.read_text_embeddings(tmp_path / "t.h5"), A.read_text_embeddings(tmp_path / "fresh.h5")
     assert a.keys == b.keys
     np.testing.assert_allclose(a.embeddings, b.embeddings, atol=ATOL)
+
+
+@pytest.mark.parametrize("sim,param", [("softwpmi", "top_k=5"), ("wpmi", "top_k=5"), ("rank-reorder", "top_fraction=0.2")])
+def test_torchrun_label_splits_neurons_and_gives_the_single_process_labels(tmp_path, single, sim, param):
+    import pyarrow.parquet as pq
+
+    (tmp_path / "c.txt").write_text("red\nblue\ngreen\nsquare\ncircle\ntriangle\ndog\ncat\n")
+    args = ["label", "-i", str(single / "images.h5"), "-a", str(single / "acts.h5"), "--concepts", str(tmp_path / "c.txt"),
+            "--sim", sim, "--param", param]
+    invoke(*args, "-o", tmp_path / "one.parquet")
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    env = dict(os.environ, OMP_NUM_THREADS="1", DISSECT_QUIET="1")
+    proc = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", "29518", "--no-python", *_dissect_cmd(), *args,
+                           "-o", str(tmp_path / "two.parquet")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = pq.read_table(tmp_path / "one.parquet").to_pandas()
+    b = pq.read_table(tmp_path / "two.parquet").to_pandas()
+    assert list(a.layer) == list(b.layer) and list(a.unit) == list(b.unit)
+    assert list(a.label) == list(b.label)
+    np.testing.assert_allclose(b.similarity, a.similarity, rtol=1e-9, atol=1e-12)
+    assert [list(x) for x in a.candidates] == [list(x) for x in b.candidates]
