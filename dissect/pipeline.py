@@ -116,9 +116,26 @@ def run(
 
     images_path, text_path = run_dir / "images.h5", run_dir / "text.h5"
     precision = resolve_precision(precision, dev)
-    ensure(text_path, A.TEXT_FORMAT, text_embeddings_fingerprint(clip_fp, concept_set.fingerprint, precision),
-           lambda: embed_text(concept_set, get_clip(), text_path, batch_size=text_batch_size, precision=precision, dtype=dtype,
-                              strict=strict))
+    # Under torchrun every rank runs this function: rank 0 writes the shared files, the
+    # image pass is split by rank, label splits neurons; barriers keep the ranks in step.
+    from .shards import Shard, _init_process_group, distributed_world, merge, shard_attrs, shard_file
+
+    world = distributed_world()
+    lead = world is None or world[0] == 0
+
+    def barrier():
+        if world is not None:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    if world is not None:
+        _init_process_group(dev)
+    if lead:
+        ensure(text_path, A.TEXT_FORMAT, text_embeddings_fingerprint(clip_fp, concept_set.fingerprint, precision),
+               lambda: embed_text(concept_set, get_clip(), text_path, batch_size=text_batch_size, precision=precision,
+                                  dtype=dtype, strict=strict))
+    barrier()
     images_ok, why = _reusable(images_path, A.IMAGE_FORMAT, image_embeddings_fingerprint(clip_fp, probe_set.fingerprint, precision))
     steps[images_path.stem] = {"path": images_path.name, "reused": images_ok}
 
@@ -128,13 +145,18 @@ def run(
     attrs = A.peek_attrs(acts_path, A.ACTIVATIONS_FORMAT)
     if attrs is not None and attrs.get("inputs_fingerprint") != inputs_fp:
         info(f"recomputing {acts_path} (made from another model, weights, preprocessing, probe or precision)")
-        acts_path.unlink()
+        if lead:
+            acts_path.unlink()
+    barrier()
     try:
         plan = plan_record(probe_set, target, layers, acts_path, summary, layout, dev, precision)
     except MismatchError:
         # Same inputs but layers recorded with another summary: start this file over.
         info(f"recomputing {acts_path} (recorded with another --summary or --layout)")
-        acts_path.unlink()
+        barrier()
+        if lead:
+            acts_path.unlink()
+        barrier()
         plan = plan_record(probe_set, target, layers, acts_path, summary, layout, dev, precision)
     steps["activations"] = {"path": acts_path.name, "reused_layers": plan.have}
     info(f"{'reusing' if images_ok else 'computing'} {images_path} ({why})")
@@ -160,21 +182,43 @@ def run(
             consumers.append(rec)
         skipped: list = []
         ckpt = None
+        # torchrun: each rank encodes its slice into shard files that rank 0 merges. Adding
+        # layers to an existing activations file is left to rank 0 alone.
+        split = world is not None and consumers and not plan.exists
+        shard = Shard(world[0] + 1, world[1]) if split else None
+        positions = range(*shard.range(len(probe_set))) if shard else None
+        img_out = shard_file(images_path, shard) if shard else images_path
+        acts_out = shard_file(acts_path, shard) if shard else acts_path
+        extra = shard_attrs(shard, len(probe_set)) if shard else None
+        if world is not None and not split and not lead:
+            consumers = []  # rank 0 does this pass
         if consumers:
             what = " + ".join((["embed images"] if embedder else []) + ([f"record {len(plan.todo)} layer(s)"] if rec else []))
             if checkpoint_every != 0:
                 from .shards import DEFAULT_CHUNK_IMAGES, Checkpoint
 
                 key = fingerprint([bool(embedder), precision, plan.inputs_fp if rec else None, plan.todo if rec else None,
-                                   summary, layout, probe_set.fingerprint, str(clip_fp)])
-                ckpt = Checkpoint(run_dir / "pass", key, checkpoint_every or DEFAULT_CHUNK_IMAGES)
-            skipped = image_pass(probe_set, consumers, batch_size, workers, what, dev, strict=strict, checkpoint=ckpt)
-        if embedder is not None:
-            embedder.write(images_path, probe_set, batch_size, dtype, skipped)
-        if rec is not None:
-            rec.write(acts_path, probe_set, plan.inputs_fp, batch_size, keep=plan.exists, skipped=skipped)
+                                   summary, layout, probe_set.fingerprint, str(clip_fp), str(shard)])
+                ckpt = Checkpoint(run_dir / ("pass" if shard is None else f"pass-{shard.index}"), key,
+                                  checkpoint_every or DEFAULT_CHUNK_IMAGES)
+            skipped = image_pass(probe_set, consumers, batch_size, workers, what, dev, strict=strict, checkpoint=ckpt,
+                                 positions=positions)
+            if embedder is not None:
+                embedder.write(img_out, probe_set, batch_size, dtype, skipped, positions=positions, extra_attrs=extra)
+            if rec is not None:
+                rec.write(acts_out, probe_set, plan.inputs_fp, batch_size, keep=plan.exists, skipped=skipped,
+                          positions=positions, extra_attrs=extra)
         if ckpt is not None:
             ckpt.remove()
+        barrier()
+        if split and lead:
+            for final, made in ((images_path, embedder is not None), (acts_path, rec is not None)):
+                if made:
+                    parts = [shard_file(final, Shard(i, world[1])) for i in range(1, world[1] + 1)]
+                    merge(parts, final)
+                    for part in parts:
+                        part.unlink(missing_ok=True)
+        barrier()
     loaded_clip = embedder = rec = consumers = None  # free both models before labelling
     del target
 
@@ -196,7 +240,7 @@ def run(
               seed=seed, device=str(dev), chunk=chunk, max_memory=max_memory, extra_metadata={"run_fingerprint": labels_fp})
     steps["labels"] = {"path": labels_path.name, "reused": reuse_labels}
 
-    if compose:
+    if compose and lead:  # compose is not split across ranks: rank 0 runs it
         # Optional: compositional labels from the labels' candidates (dissect compose).
         from .compose import compose as compose_labels
 
@@ -238,8 +282,9 @@ def run(
         "seconds": round(time.perf_counter() - t0, 2),
         "provenance": json.loads(A.provenance(stage="run")),
     }
-    with A.atomic_path(run_dir / "run.json") as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    info(f"done in {manifest['seconds']:.1f}s: {labels_path}")
+    if lead:
+        with A.atomic_path(run_dir / "run.json") as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        info(f"done in {manifest['seconds']:.1f}s: {labels_path}")
     return labels_path
 

@@ -205,3 +205,24 @@ def test_torchrun_label_splits_neurons_and_gives_the_single_process_labels(tmp_p
     assert list(a.label) == list(b.label)
     np.testing.assert_allclose(b.similarity, a.similarity, rtol=1e-9, atol=1e-12)
     assert [list(x) for x in a.candidates] == [list(x) for x in b.candidates]
+
+
+def test_torchrun_run_gives_the_single_process_run(tmp_path, tiny_clip, probe):
+    import pyarrow.parquet as pq
+
+    (tmp_path / "c.txt").write_text("red\nblue\ngreen\nsquare\ncircle\n")
+    args = ["run", str(probe), "--clip", tiny_clip, *TIMM, "--layers", "layer1,fc", "--concepts", str(tmp_path / "c.txt"),
+            "--param", "top_k=5", "--batch-size", "4"]
+    invoke(*args, "-o", tmp_path / "one")
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    env = dict(os.environ, OMP_NUM_THREADS="1", DISSECT_QUIET="1")
+    proc = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", "29519", "--no-python", *_dissect_cmd(), *args,
+                           "-o", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_images(tmp_path / "two" / "images.h5", tmp_path / "one" / "images.h5")
+    assert_same_activations(tmp_path / "two" / "activations.h5", tmp_path / "one" / "activations.h5")
+    a = pq.read_table(tmp_path / "one" / "labels.parquet").to_pandas()
+    b = pq.read_table(tmp_path / "two" / "labels.parquet").to_pandas()
+    assert list(a.label) == list(b.label) and list(a.unit) == list(b.unit)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["activations.h5", "images.h5", "labels.parquet",
+                                                                     "run.json", "text.h5"]
