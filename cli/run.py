@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -38,6 +38,7 @@ def run(
     workers: O.Workers = None,
     strict: O.Strict = False,
     checkpoint_every: O.CheckpointEvery = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="Job arrays: embed and record only shard I of N into RUN/shards/; a run without --shard then merges and labels.")] = None,
     compose: Annotated[bool, typer.Option("--compose", help="Also compose labels from pairs of each neuron's best concepts (composed.parquet).")] = False,
     compose_top_k: Annotated[int, typer.Option("--compose-top-k", min=2, help="Candidates per neuron combined by --compose.")] = 10,
     compose_template: Annotated[str, typer.Option("--compose-template", help='Template joining two parts, e.g. "{a} and {b}".')] = "{a} {b}",
@@ -73,6 +74,7 @@ def run(
         precision=precision,
         strict=strict,
         checkpoint_every=checkpoint_every,
+        shard=shard,
         compose=compose,
         compose_top_k=compose_top_k,
         compose_template=compose_template,

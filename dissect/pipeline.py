@@ -32,6 +32,7 @@ from .models import PreprocessOverrides, load_target
 from .probe import image_pass, open_probe
 from .record import ActivationRecorder, activations_inputs_fingerprint, plan_record
 from .runtime import info, resolve_device, resolve_precision
+from .shards import Shard, _init_process_group, distributed_world, merge, parse_shard, shard_attrs, shard_file
 from .similarity import resolve_params
 
 
@@ -42,6 +43,49 @@ def _reusable(path: Path, kind: str, expected: str) -> tuple[bool, str]:
     if attrs.get("fingerprint") != expected:
         return False, "made from other inputs"
     return True, "up to date"
+
+
+SHARDS = "shards"
+
+
+def _run_shard(shard, probe_set, get_clip, clip_fp, model, weights, model_args, overrides, layers, summary, layout, run_dir,
+               dev, precision, batch_size, workers, strict, channels_last, dtype) -> None:
+    """One task of a job array: embed and record slice ``shard`` into RUN/shards/; a later run without --shard merges."""
+    folder = run_dir / SHARDS
+    folder.mkdir(exist_ok=True)
+    tag = f"{shard.index}-of-{shard.count}"
+    images_out, acts_out = folder / f"images.{tag}.h5", folder / f"activations.{tag}.h5"
+    target = load_target(model, weights, model_args, overrides, dev)
+    plan = plan_record(probe_set, target, layers, acts_out, summary, layout, dev, precision)
+    positions = range(*shard.range(len(probe_set)))
+    extra = shard_attrs(shard, len(probe_set))
+    embedder = ImageEmbedder(get_clip(), len(probe_set), precision)
+    workers = default_workers(len(positions)) if workers is None else workers
+    with ActivationRecorder(target, plan.layers, len(probe_set), summary, layout, dev, precision, channels_last) as rec:
+        skipped = image_pass(probe_set, [embedder, rec], batch_size, workers, f"shard {shard}: embed images + record",
+                             dev, strict=strict, positions=positions)
+        embedder.write(images_out, probe_set, batch_size, dtype, skipped, positions=positions, extra_attrs=extra)
+        rec.write(acts_out, probe_set, plan.inputs_fp, batch_size, keep=False, skipped=skipped, positions=positions,
+                  extra_attrs=extra)
+    info(f"shard {shard} done in {folder}; when all {shard.count} are, run the same command without --shard to merge and label")
+    return None
+
+
+def _merge_shard_sets(run_dir: Path) -> None:
+    """Join RUN/shards/ (written by run --shard) into images.h5 and activations.h5, then remove them."""
+    folder = run_dir / SHARDS
+    if not folder.is_dir():
+        return
+    for stem in ("images", "activations"):
+        parts = sorted(folder.glob(f"{stem}.*-of-*.h5"))
+        if not parts:
+            continue
+        merge([str(x) for x in parts], run_dir / f"{stem}.h5")
+        info(f"merged {len(parts)} shards into {run_dir / f'{stem}.h5'}")
+        for x in parts:
+            x.unlink()
+    if not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def run(
@@ -71,6 +115,7 @@ def run(
     channels_last: bool | None = None,
     strict: bool = False,
     checkpoint_every: int | None = None,
+    shard: str | None = None,
     compose: bool = False,
     compose_top_k: int = 10,
     compose_template: str = "{a} {b}",
@@ -118,7 +163,6 @@ def run(
     precision = resolve_precision(precision, dev)
     # Under torchrun every rank runs this function: rank 0 writes the shared files, the
     # image pass is split by rank, label splits neurons; barriers keep the ranks in step.
-    from .shards import Shard, _init_process_group, distributed_world, merge, shard_attrs, shard_file
 
     world = distributed_world()
     lead = world is None or world[0] == 0
@@ -131,7 +175,13 @@ def run(
 
     if world is not None:
         _init_process_group(dev)
+    if shard is not None:
+        if world is not None:
+            raise UsageError("--shard and torchrun both split the probe", hint="use one of them")
+        return _run_shard(parse_shard(shard), probe_set, get_clip, clip_fp, model, weights, model_args, overrides, layers,
+                          summary, layout, run_dir, dev, precision, batch_size, workers, strict, channels_last, dtype)
     if lead:
+        _merge_shard_sets(run_dir)
         ensure(text_path, A.TEXT_FORMAT, text_embeddings_fingerprint(clip_fp, concept_set.fingerprint, precision),
                lambda: embed_text(concept_set, get_clip(), text_path, batch_size=text_batch_size, precision=precision,
                                   dtype=dtype, strict=strict))

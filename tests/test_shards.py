@@ -226,3 +226,28 @@ def test_torchrun_run_gives_the_single_process_run(tmp_path, tiny_clip, probe):
     assert list(a.label) == list(b.label) and list(a.unit) == list(b.unit)
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["activations.h5", "images.h5", "labels.parquet",
                                                                      "run.json", "text.h5"]
+
+
+def test_run_shards_of_a_job_array_then_one_run_merges_and_labels(tmp_path, tiny_clip, probe):
+    import pyarrow.parquet as pq
+
+    (tmp_path / "c.txt").write_text("red\nblue\ngreen\nsquare\ncircle\n")
+    args = ["run", probe, "--clip", tiny_clip, *TIMM, "--layers", "layer1,fc", "--concepts", tmp_path / "c.txt",
+            "--param", "top_k=5", "--batch-size", 4]
+    invoke(*args, "-o", tmp_path / "one")
+    for i in (2, 1):
+        r = invoke(*args, "-o", tmp_path / "arr", "--shard", f"{i}/2")
+        assert "run the same command without --shard" in r.stderr
+    assert not (tmp_path / "arr" / "labels.parquet").exists()
+    r = invoke(*args, "-o", tmp_path / "arr")
+    assert "merged 2 shards" in r.stderr and "reusing" in r.stderr
+    assert not (tmp_path / "arr" / "shards").exists()
+    assert_same_images(tmp_path / "arr" / "images.h5", tmp_path / "one" / "images.h5")
+    assert_same_activations(tmp_path / "arr" / "activations.h5", tmp_path / "one" / "activations.h5")
+    a = pq.read_table(tmp_path / "one" / "labels.parquet").to_pandas()
+    b = pq.read_table(tmp_path / "arr" / "labels.parquet").to_pandas()
+    assert list(a.label) == list(b.label)
+    # An incomplete set is refused with the missing shard named.
+    invoke(*args, "-o", tmp_path / "arr2", "--shard", "1/3")
+    r = invoke(*args, "-o", tmp_path / "arr2", ok=False)
+    assert_one_line_error(r, "shard 2/3 is missing")
