@@ -109,7 +109,9 @@ def _print_layers(ev, title: str, columns: list[tuple[str, str, str]]) -> None:
     for row in ev.summary:
         table.add_row(*[format(row[key], fmt) if fmt else str(row[key]) for _, key, fmt in columns])
     console = Console()
-    console.print(table, width=None if console.is_terminal else 200)
+    if not console.is_terminal:
+        console = Console(width=200)
+    console.print(table)
 
 
 @subcommand(evaluate_app, "stability")
@@ -243,7 +245,9 @@ def weights_cmd(
     for key, what in (("pearson_all", "all"), ("pearson_top", f"top {res['pearson_top']['n']}")):
         table.add_row(what, str(res[key]["n"]), f"{res[key]['r']:.4f}", f"{res[key]['p']:.3g}")
     console = Console()
-    console.print(table, width=None if console.is_terminal else 200)
+    if not console.is_terminal:
+        console = Console(width=200)
+    console.print(table)
     console.print("mean similarity of each class's top-k weights: "
                   + ", ".join(f"k={k} {v:.4f}" for k, v in res["mean_similarity_of_top_k_weights"].items()))
     if out is not None:

@@ -1,0 +1,109 @@
+"""What an artifact holds and how it was made: the data behind ``dissect info``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from . import artifacts as A
+from .errors import ArtifactError, InputError
+
+
+def _loads(value):
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def describe(path: str | os.PathLike) -> dict[str, Any]:
+    """A flat, ordered description of images.h5, text.h5, activations.h5 or a labels/composed/metrics Parquet."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist", hint="give the path of an artifact")
+    if path.suffix == ".parquet":
+        return _describe_parquet(path)
+    for kind in (A.IMAGE_FORMAT, A.TEXT_FORMAT, A.ACTIVATIONS_FORMAT):
+        attrs = A.peek_attrs(path, kind)
+        if attrs is not None:
+            return _describe_h5(path, kind, attrs)
+    A.read_image_embeddings(path)  # raises the precise reason (not HDF5, unknown format, newer version)
+    raise ArtifactError(f"{path} is not a dissect artifact")
+
+
+def _provenance(attrs) -> dict[str, Any]:
+    prov = _loads(attrs.get("provenance", "{}")) or {}
+    return {k: prov[k] for k in ("tool_version", "created", "command", "precision", "device", "n_skipped") if k in prov}
+
+
+def _describe_h5(path: Path, kind: str, attrs: dict[str, Any]) -> dict[str, Any]:
+    import h5py
+
+    d: dict[str, Any] = {"format": kind, "version": int(attrs.get("version", 0)), "size": f"{path.stat().st_size / 1e6:.1f} MB"}
+    with h5py.File(path, "r") as f:
+        if kind == A.ACTIVATIONS_FORMAT:
+            d["model"] = attrs.get("model", "")
+            d["weights"] = attrs.get("weights", "")
+            d["images"] = int(f["ids"].shape[0])
+            d["layers"] = {name: f"{f['layers'][name].shape[1]} units, summary {f['layers'][name].attrs.get('summary', '?')}"
+                           for name in f["layers"]}
+            d["preprocess"] = _loads(attrs.get("preprocess", ""))
+            d["inputs_fingerprint"] = attrs.get("inputs_fingerprint", "")
+        else:
+            key = "ids" if kind == A.IMAGE_FORMAT else "concepts"
+            emb = f["embeddings"]
+            d["clip"] = attrs.get("clip_spec") or f"{attrs.get('clip_model')}:{attrs.get('clip_pretrained')}"
+            d["images" if kind == A.IMAGE_FORMAT else "concepts"] = int(f[key].shape[0])
+            d["embedding"] = f"{emb.shape[1]} dims, {emb.dtype}"
+            if kind == A.TEXT_FORMAT:
+                d["concept_set"] = attrs.get("concept_set", "")
+                d["text_encoder"] = attrs.get("text_encoder", "")
+            d["fingerprint"] = attrs.get("fingerprint", "")
+        if "probe" in attrs:
+            probe = _loads(attrs["probe"])
+            d["probe"] = {"sources": [s.get("path", s.get("name")) for s in probe.get("sources", [])],
+                          "images": probe.get("n_images"), "fingerprint": probe.get("fingerprint")}
+        skipped = _loads(attrs.get("skipped", "[]")) or []
+        if skipped:
+            d["skipped"] = f"{len(skipped)} images (first: {skipped[0][0]}: {skipped[0][1]})"
+        if "precision" in attrs:
+            d["precision"] = attrs["precision"]
+        if "shard" in attrs:
+            d["shard"] = f"{attrs['shard']} (positions {attrs.get('shard_range')}); join with `dissect merge`"
+    d["made"] = _provenance(attrs)
+    return d
+
+
+def _describe_parquet(path: Path) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except Exception as e:
+        raise ArtifactError(f"{path} is not a Parquet file ({e})", hint="give a labels.parquet written by dissect") from None
+    meta = json.loads((schema.metadata or {}).get(b"dissect", b"{}") or b"{}")
+    if not meta:
+        raise ArtifactError(f"{path} has no dissect metadata", hint="give a Parquet file written by dissect")
+    table = pq.read_table(path, columns=["layer"]) if "layer" in schema.names else None
+    d: dict[str, Any] = {"format": meta.get("format", "dissect/labels"), "version": meta.get("version")}
+    if table is not None:
+        layers = table.column("layer").to_pylist()
+        d["rows"] = len(layers)
+        d["layers"] = {name: layers.count(name) for name in dict.fromkeys(layers)}
+    for k in ("similarity", "params", "top", "clip", "model", "weights", "template", "depth"):
+        if k in meta:
+            d[k] = meta[k]
+    if "concepts" in meta:
+        c = meta["concepts"]
+        d["concepts"] = f"{c.get('name', '')} ({c.get('n', '?')} concepts)"
+    if "probe" in meta:
+        d["probe"] = meta["probe"] if isinstance(meta["probe"], dict) else meta["probe"]
+    if "summary" in meta:
+        d["summary"] = meta["summary"]
+    prov = meta.get("provenance")
+    d["made"] = _provenance({"provenance": prov if isinstance(prov, str) else json.dumps(prov or {})})
+    return d
