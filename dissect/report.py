@@ -1,0 +1,261 @@
+"""Stage 7: see the neurons. A static HTML report: one card per neuron with its label and the images that drive it.
+
+    report/index.html      the page (its data inline as JSON, rendered by a little script)
+    report/thumbs/*.jpg    one thumbnail per probe image shown, made once and reused
+
+Works offline, from a file:// URL; ``single_file`` inlines the thumbnails as data
+URIs. Thumbnails are small (``THUMB`` pixels) and lazily loaded, so a 2,048-neuron
+layer with 10 images each does not load full-size images.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import artifacts as A
+from .errors import InputError, UsageError
+from .runtime import info, progress
+
+THUMB = 112
+
+
+def find_run(folder: Path) -> dict[str, Path | None]:
+    """The artifacts of a run folder (``dissect run``): labels, activations, and the optional extras."""
+    found = {"labels": folder / "labels.parquet", "activations": folder / "activations.h5",
+             "composed": folder / "composed.parquet", "metrics": folder / "metrics.parquet"}
+    if not found["labels"].exists() or not found["activations"].exists():
+        raise InputError(f"{folder} holds no labels.parquet and activations.h5",
+                         hint="give a `dissect run` folder, or --labels and --activations")
+    return {k: (v if v.exists() else None) for k, v in found.items()}
+
+
+def _probe_from_activations(acts: A.Activations) -> list[str]:
+    probe = json.loads(acts.attrs.get("probe", "{}") or "{}")
+    paths = [s.get("path") for s in probe.get("sources", []) if s.get("type") in ("folder", "list")]
+    if not paths:
+        raise UsageError("the activations do not record a probe folder or list", hint="pass --probe PROBE")
+    return paths
+
+
+def _thumbnail(path_or_image, size: int) -> bytes:
+    from PIL import Image
+
+    img = path_or_image
+    img = img.copy()
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _svg_histogram(values: np.ndarray, cutoff: float | None, bins: int = 30) -> str:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return ""
+    lo, hi = float(values.min()), float(values.max())
+    if not hi - lo > 1e-9 * max(1.0, abs(hi)):  # all equal (e.g. saturated at λ·log C)
+        lo, hi = lo - 0.5, hi + 0.5
+    counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    w, h = 300, 70
+    top = max(1, counts.max())
+    bars = []
+    for i, c in enumerate(counts):
+        bh = h * c / top
+        bars.append(f'<rect x="{i * w / bins:.1f}" y="{h - bh:.1f}" width="{w / bins - 1:.1f}" height="{bh:.1f}"/>')
+    line = ""
+    if cutoff is not None and edges[0] <= cutoff <= edges[-1]:
+        x = (cutoff - edges[0]) / (edges[-1] - edges[0]) * w
+        line = f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{h}" class="cut"/>'
+    return (f'<svg class="hist" viewBox="0 0 {w} {h + 14}" width="{w}" height="{h + 14}">{"".join(bars)}{line}'
+            f'<text x="0" y="{h + 12}">{edges[0]:.2f}</text><text x="{w}" y="{h + 12}" text-anchor="end">{edges[-1]:.2f}</text></svg>')
+
+
+def build_report(
+    labels: str | os.PathLike,
+    activations: str | os.PathLike,
+    out: str | os.PathLike,
+    probe: list[str] | None = None,
+    composed: str | os.PathLike | None = None,
+    metrics: str | os.PathLike | None = None,
+    top_images: int = 10,
+    layers: list[str] | None = None,
+    percentiles: bool = False,
+    single_file: bool = False,
+    cutoff: float | None = None,
+    thumb_size: int = THUMB,
+) -> Path:
+    """Write the report into the folder ``out`` (or ``out`` as one HTML file with ``single_file``); returns the page."""
+    import pyarrow.parquet as pq
+
+    from .probe import open_probe
+
+    if top_images < 1:
+        raise UsageError(f"--top-images must be at least 1, got {top_images}")
+    A.read_labels_metadata(labels)
+    meta = A.read_labels_metadata(labels)
+    table = pq.read_table(labels).to_pandas()
+    acts = A.read_activations(activations, data=False)
+    wanted = layers or list(dict.fromkeys(table.layer))
+    missing = [n for n in wanted if n not in acts.layers]
+    if missing:
+        raise UsageError(f"{activations} has no layer {missing[0]!r} of the labels", hint="pass the activations the labels came from")
+    probe_set = open_probe(probe or _probe_from_activations(acts))
+    pos = {k: i for i, k in enumerate(probe_set.ids)}
+    absent = [k for k in acts.ids if k not in pos]
+    if absent:
+        raise InputError(f"image {absent[0]!r} of {activations} is not in the probe", hint="pass the PROBE the activations were recorded on")
+    extra_cols = {}
+    if composed is not None:
+        c = pq.read_table(composed).to_pandas()
+        extra_cols["composed"] = {(r.layer, int(r.unit)): (r.label, float(r.gain)) for r in c.itertuples()}
+    if metrics is not None:
+        m = pq.read_table(metrics).to_pandas()
+        extra_cols["truth"] = {(r.layer, int(r.unit)): (r.truth, bool(r.exact)) for r in m.itertuples()}
+
+    out = Path(out)
+    page = out if single_file else out / "index.html"
+    (page.parent if single_file else out).mkdir(parents=True, exist_ok=True)
+    thumbs_dir = None if single_file else out / "thumbs"
+    if thumbs_dir is not None:
+        thumbs_dir.mkdir(exist_ok=True)
+
+    neurons, summaries, shown = [], [], {}
+    for name in wanted:
+        q = A.read_activation_layer(activations, name)
+        rows = table[table.layer == name].sort_values("unit")
+        n = min(top_images, q.shape[0])
+        order = np.argsort(-q, axis=0, kind="stable")
+        frac_rows = {}
+        if percentiles:
+            rng = np.random.default_rng(0)
+            for label, frac in (("top 0.1%", 0.001), ("top 1%", 0.01), ("top 5%", 0.05)):
+                k = max(n, int(round(q.shape[0] * frac)))
+                frac_rows[label] = (k, rng)
+        for r in rows.itertuples():
+            u = int(r.unit)
+            top = order[:n, u]
+            card: dict[str, Any] = {"layer": name, "unit": u, "label": r.label, "sim": float(r.similarity),
+                                    "cands": [[c, float(v)] for c, v in zip(r.candidates, r.candidate_similarities)][1:],
+                                    "imgs": [[acts.ids[i], float(q[i, u])] for i in top]}
+            for label, (k, rng) in frac_rows.items():
+                pick = np.sort(rng.choice(order[:k, u], size=min(5, k), replace=False))
+                card.setdefault("samples", {})[label] = [[acts.ids[i], float(q[i, u])] for i in pick]
+            if "composed" in extra_cols and (name, u) in extra_cols["composed"]:
+                card["composed"] = extra_cols["composed"][(name, u)]
+            if "truth" in extra_cols and (name, u) in extra_cols["truth"]:
+                card["truth"] = extra_cols["truth"][(name, u)]
+            for i, _ in card["imgs"] + [x for v in card.get("samples", {}).values() for x in v]:
+                shown.setdefault(i, None)
+            neurons.append(card)
+        sims = rows.similarity.to_numpy(dtype=np.float64)
+        summaries.append({"layer": name, "units": int(len(rows)), "mean": float(np.nanmean(sims)) if len(sims) else None,
+                          "interpretable": None if cutoff is None else float(np.mean(sims > cutoff)),
+                          "svg": _svg_histogram(sims, cutoff)})
+
+    # Thumbnails: made once per image (cached by id, size and file size), reused by later reports.
+    src: dict[str, str] = {}
+    with progress("thumbnails", len(shown), "images") as advance:
+        for image_id in shown:
+            i = pos[image_id]
+            key = hashlib.sha1(f"{image_id}|{thumb_size}|{probe_set.stat_key[i] if probe_set.stat_key else ''}".encode()).hexdigest()[:16]
+            if thumbs_dir is not None:
+                path = thumbs_dir / f"{key}.jpg"
+                if not path.exists():
+                    data = _thumbnail(probe_set.load(i), thumb_size)
+                    with A.atomic_path(path) as tmp:
+                        tmp.write_bytes(data)
+                src[image_id] = f"thumbs/{key}.jpg"
+            else:
+                data = _thumbnail(probe_set.load(i), thumb_size)
+                src[image_id] = "data:image/jpeg;base64," + base64.b64encode(data).decode()
+            advance(1)
+
+    title = f"dissect: {Path(labels).name}"
+    data = {"neurons": neurons, "src": src, "cutoff": cutoff,
+            "meta": {k: meta.get(k) for k in ("similarity", "model", "clip")} | {"concepts": (meta.get("concepts") or {}).get("name")}}
+    summary_html = "".join(
+        f'<div class="sum"><b>{html.escape(s["layer"])}</b> {s["units"]} units'
+        + (f', {s["interpretable"]:.0%} above {cutoff}' if s["interpretable"] is not None else "")
+        + f'{s["svg"]}</div>' for s in summaries)
+    options = "".join(f'<option value="{html.escape(s["layer"])}">{html.escape(s["layer"])} ({s["units"]})</option>' for s in summaries)
+    doc = _PAGE.replace("{{TITLE}}", html.escape(title)).replace("{{OPTIONS}}", options).replace("{{SUMMARY}}", summary_html)
+    doc = doc.replace("{{HEADER}}", html.escape(f"{meta.get('model', '')} · {meta.get('similarity', '')} · "
+                                                 f"{(meta.get('concepts') or {}).get('name', '')} · CLIP {meta.get('clip', '')}"))
+    doc = doc.replace("{{DATA}}", json.dumps(data).replace("</", "<\\/"))
+    with A.atomic_path(page) as tmp:
+        tmp.write_text(doc, encoding="utf-8")
+    info(f"wrote {page}: {len(neurons)} neurons, {len(shown)} thumbnails")
+    return page
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{TITLE}}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f6f6f4;color:#222}
+header{padding:12px 18px;background:#fff;border-bottom:1px solid #ddd;position:sticky;top:0;z-index:2}
+header h1{font-size:17px;margin:0 0 4px} header .sub{color:#666;font-size:12px}
+.controls{margin-top:8px;display:flex;gap:10px;align-items:center;flex-wrap:wrap}
+.controls input{padding:4px 8px;min-width:220px}
+#summaries{display:flex;gap:18px;flex-wrap:wrap;padding:10px 18px}
+.sum{background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px 10px}
+.hist rect{fill:#5b7db1} .hist line.cut{stroke:#c33;stroke-width:2} .hist text{font-size:10px;fill:#666}
+#cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:12px;padding:12px 18px}
+.card{background:#fff;border:1px solid #ddd;border-radius:8px;padding:10px}
+.card h2{font-size:15px;margin:0} .card .meta{color:#666;font-size:12px}
+.card .cands{font-size:12px;color:#444;margin:4px 0}
+.imgs{display:flex;flex-wrap:wrap;gap:3px} .imgs img{width:64px;height:64px;object-fit:cover;border-radius:3px;background:#eee}
+.ok{color:#187a2f} .bad{color:#b3261e} .samples{font-size:11px;color:#666;margin-top:4px}
+#count{color:#666}
+</style></head><body>
+<header><h1>{{TITLE}}</h1><div class="sub">{{HEADER}}</div>
+<div class="controls">
+<label>Layer <select id="layer"><option value="">all</option>{{OPTIONS}}</select></label>
+<input id="search" type="search" placeholder="search labels and candidates">
+<label>Sort <select id="sort"><option value="unit">unit</option><option value="sim">similarity</option></select></label>
+<span id="count"></span></div></header>
+<div id="summaries">{{SUMMARY}}</div>
+<div id="cards"></div>
+<script id="data" type="application/json">{{DATA}}</script>
+<script>
+const D = JSON.parse(document.getElementById('data').textContent);
+const cards = document.getElementById('cards');
+const lazy = D.neurons.length > 200 ? ' loading="lazy"' : '';  // big layers: only what is scrolled to
+const esc = s => String(s).replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
+function card(n) {
+  const el = document.createElement('div');
+  el.className = 'card'; el.dataset.layer = n.layer;
+  el.dataset.text = (n.label + ' ' + n.cands.map(c => c[0]).join(' ') + (n.composed ? ' ' + n.composed[0] : '')).toLowerCase();
+  let h = `<h2>${esc(n.layer)} #${n.unit}: ${esc(n.label)}</h2><div class="meta">similarity ${n.sim.toFixed(3)}`;
+  if (n.truth) h += ` · truth: ${esc(n.truth[0])} <span class="${n.truth[1] ? 'ok' : 'bad'}">${n.truth[1] ? '✓' : '✗'}</span>`;
+  if (n.composed) h += ` · composed: ${esc(n.composed[0])} (${n.composed[1] >= 0 ? '+' : ''}${n.composed[1].toFixed(2)})`;
+  h += `</div><div class="cands">${n.cands.map(c => esc(c[0]) + ' ' + c[1].toFixed(2)).join(' · ')}</div><div class="imgs">`;
+  h += n.imgs.map(i => `<img${lazy} src="${D.src[i[0]]}" title="${esc(i[0])}: ${i[1].toFixed(3)}" alt="">`).join('');
+  h += '</div>';
+  for (const [k, v] of Object.entries(n.samples || {}))
+    h += `<div class="samples">${esc(k)}</div><div class="imgs">` + v.map(i => `<img${lazy} src="${D.src[i[0]]}" title="${esc(i[0])}" alt="">`).join('') + '</div>';
+  el.innerHTML = h;
+  return el;
+}
+const els = D.neurons.map(n => [n, card(n)]);
+function render() {
+  const layer = document.getElementById('layer').value, q = document.getElementById('search').value.trim().toLowerCase();
+  const by = document.getElementById('sort').value;
+  const list = els.filter(([n, el]) => (!layer || n.layer === layer) && (!q || el.dataset.text.includes(q)));
+  if (by === 'sim') list.sort((a, b) => b[0].sim - a[0].sim);
+  cards.replaceChildren(...list.map(x => x[1]));
+  document.getElementById('count').textContent = list.length + ' of ' + els.length + ' neurons';
+}
+for (const id of ['layer', 'search', 'sort']) document.getElementById(id).addEventListener('input', render);
+render();
+</script></body></html>
+"""

@@ -1,0 +1,146 @@
+"""dissect report, rendered in real headless Chromium (Chrome DevTools Protocol over a websocket).
+
+.ci/run installs Debian's `chromium` when it is missing. The screenshot is kept in
+$DISSECT_ARTIFACTS (default: the test's tmp folder) for review.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from test_cli import assert_one_line_error, invoke
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+class Browser:
+    """Just enough of the DevTools protocol: navigate, evaluate JavaScript, take a screenshot."""
+
+    def __init__(self, tmp: Path):
+        import websocket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-default-apps", "--disable-sync", "--no-first-run",
+             "--disable-dev-shm-usage", f"--user-data-dir={tmp / 'profile'}", f"--remote-debugging-port={port}",
+             "--window-size=1400,1000", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while True:
+            try:
+                targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=2).read())
+                page = next(t for t in targets if t.get("type") == "page")
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30, suppress_origin=True)
+        self.n = 0
+
+    def call(self, method: str, **params):
+        self.n += 1
+        self.ws.send(json.dumps({"id": self.n, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.n:
+                if "error" in msg:
+                    raise RuntimeError(msg["error"])
+                return msg.get("result", {})
+
+    def js(self, expr: str):
+        res = self.call("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
+        return res["result"].get("value")
+
+    def goto(self, url: str):
+        self.call("Page.enable")
+        self.call("Page.navigate", url=url)
+        deadline = time.time() + 30
+        while self.js("document.readyState") != "complete" and time.time() < deadline:
+            time.sleep(0.1)
+
+    def close(self):
+        self.ws.close()
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def report(demo_run, tmp_path_factory):
+    out, _ = demo_run
+    d = tmp_path_factory.mktemp("report")
+    invoke("report", "--labels", out / "labels-mixed-softwpmi.parquet", "-a", out / "activations.h5", "-o", d / "site",
+           "--layers", "fc,layer4", "--top-images", 6, "--percentiles", "--cutoff", 0.16)
+    return out, d / "site"
+
+
+def test_report_files_and_thumbnail_cache(report, tmp_path):
+    out, site = report
+    assert (site / "index.html").exists()
+    thumbs = sorted((site / "thumbs").glob("*.jpg"))
+    assert thumbs and all(t.stat().st_size < 20_000 for t in thumbs)  # small thumbnails, not full images
+    before = {t.name: t.stat().st_mtime_ns for t in thumbs}
+    invoke("report", "--labels", out / "labels-mixed-softwpmi.parquet", "-a", out / "activations.h5", "-o", site,
+           "--layers", "fc,layer4", "--top-images", 6, "--percentiles", "--cutoff", 0.16)
+    assert {t.name: t.stat().st_mtime_ns for t in (site / "thumbs").glob("*.jpg")} == before  # made once, reused
+    invoke("report", "--labels", out / "labels-mixed-softwpmi.parquet", "-a", out / "activations.h5", "-o",
+           tmp_path / "one.html", "--layers", "fc", "--single-file")
+    page = (tmp_path / "one.html").read_text()
+    assert "data:image/jpeg;base64," in page and "thumbs/" not in page
+
+
+def test_report_user_errors(demo_run, tmp_path):
+    out, _ = demo_run
+    assert_one_line_error(invoke("report", tmp_path, ok=False), "no labels.parquet")
+    r = invoke("report", "--labels", out / "labels-mixed-softwpmi.parquet", "-a", out / "activations.h5", "-o", tmp_path / "r",
+               "--layers", "nope", ok=False)
+    assert_one_line_error(r, "nope")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    out, site = report
+    labels = pq.read_table(out / "labels-mixed-softwpmi.parquet").to_pandas()
+    n_fc, n_l4 = int((labels.layer == "fc").sum()), int((labels.layer == "layer4").sum())
+    browser = Browser(tmp_path)
+    try:
+        browser.goto((site / "index.html").as_uri())
+        assert browser.js("document.querySelectorAll('.card').length") == n_fc + n_l4
+        # Every image of every card loaded (decoded, natural width > 0).
+        browser.js("Promise.all([...document.images].map(i => i.complete ? 1 : new Promise(r => { i.onload = i.onerror = r; })))")
+        bad = browser.js("[...document.querySelectorAll('.card img')].filter(i => !(i.naturalWidth > 0)).length")
+        total = browser.js("document.querySelectorAll('.card img').length")
+        assert total >= (n_fc + n_l4) * 6 and bad == 0
+        # The layer filter and the search change what is visible.
+        browser.js("{ const s = document.getElementById('layer'); s.value = 'fc'; s.dispatchEvent(new Event('input')); }")
+        assert browser.js("document.querySelectorAll('.card').length") == n_fc
+        assert browser.js("[...document.querySelectorAll('.card')].every(c => c.dataset.layer === 'fc')")
+        browser.js("{ const q = document.getElementById('search'); q.value = 'star'; q.dispatchEvent(new Event('input')); }")
+        want = int(((labels.layer == "fc") & (labels.label.str.contains("star") | labels.candidates.map(
+            lambda c: any("star" in x for x in c)))).sum())
+        assert 0 < browser.js("document.querySelectorAll('.card').length") == want < n_fc
+        browser.js("{ const q = document.getElementById('search'); q.value = ''; q.dispatchEvent(new Event('input'));"
+                   " const s = document.getElementById('layer'); s.value = ''; s.dispatchEvent(new Event('input')); }")
+        assert browser.js("document.querySelectorAll('.card').length") == n_fc + n_l4
+        shot = browser.call("Page.captureScreenshot", format="png")["data"]
+        import base64
+
+        keep = Path(os.environ.get("DISSECT_ARTIFACTS", tmp_path))
+        keep.mkdir(parents=True, exist_ok=True)
+        (keep / "report-screenshot.png").write_bytes(base64.b64decode(shot))
+        assert (keep / "report-screenshot.png").stat().st_size > 10_000
+    finally:
+        browser.close()
