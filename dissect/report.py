@@ -208,7 +208,7 @@ header h1{font-size:17px;margin:0 0 4px} header .sub{color:#666;font-size:12px}
 .controls input{padding:4px 8px;min-width:220px}
 #summaries{display:flex;gap:18px;flex-wrap:wrap;padding:10px 18px}
 .sum{background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px 10px}
-.hist rect{fill:#5b7db1} .hist line.cut{stroke:#c33;stroke-width:2} .hist text{font-size:10px;fill:#666}
+.hist{display:block;margin-top:4px} .hist rect{fill:#5b7db1} .hist line.cut{stroke:#c33;stroke-width:2} .hist text{font-size:10px;fill:#666}
 #cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:12px;padding:12px 18px}
 .card{background:#fff;border:1px solid #ddd;border-radius:8px;padding:10px}
 .card h2{font-size:15px;margin:0} .card .meta{color:#666;font-size:12px}

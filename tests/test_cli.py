@@ -608,6 +608,11 @@ def test_offline_pretrained_weights_say_what_to_fetch(tmp_path, probe_dir, monke
 
     monkeypatch.setattr(socket, "create_connection", offline)
     monkeypatch.setattr(socket, "getaddrinfo", offline)
+    # huggingface_hub reads HF_HUB_OFFLINE when first imported (an earlier test may have done
+    # that); online it retries failed connections with back-off for about 45 s per file.
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     r = invoke("record", probe_dir, "--model", "timm:resnet18", "--layers", "fc", "-o", tmp_path / "a.h5", ok=False)
     assert_one_line_error(r, "cannot download", "--weights")
     r = invoke("embed-images", probe_dir, "--clip", "RN50:openai", "-o", tmp_path / "i.h5", ok=False)
