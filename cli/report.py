@@ -25,9 +25,14 @@ def report(
     percentiles: Annotated[bool, typer.Option("--percentiles", help="Also 5 images sampled from each neuron's top 0.1%, 1% and 5% (paper App. A.7).")] = False,
     single_file: Annotated[bool, typer.Option("--single-file", help="One self-contained HTML file (thumbnails inlined).")] = False,
     cutoff: Annotated[Optional[float], typer.Option("--cutoff", help="Interpretability cutoff shown in the layer summaries (0.16 for SoftWPMI).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="The target model: recompute conv layers' activation maps and overlay them on the images.")] = None,
+    weights: O.Weights = None,
+    model_arg: O.ModelArg = None,
+    device: O.Device = "auto",
 ):
     """An HTML report: one card per neuron with its label, alternatives and most activating images."""
     from dissect.errors import UsageError
+    from dissect.models import parse_model_args
     from dissect.report import build_report, find_run
 
     if run_dir is not None:
@@ -40,4 +45,5 @@ def report(
     if labels is None or activations is None or out is None:
         raise UsageError("give a run folder, or --labels, --activations and -o", hint="e.g. dissect report runs/x")
     build_report(labels, activations, out, probe=probe, composed=composed, metrics=metrics, top_images=top_images,
-                 layers=O.split_list(layers) or None, percentiles=percentiles, single_file=single_file, cutoff=cutoff)
+                 layers=O.split_list(layers) or None, percentiles=percentiles, single_file=single_file, cutoff=cutoff,
+                 model=model, weights=weights, model_args=parse_model_args(model_arg), device=device)

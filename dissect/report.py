@@ -79,6 +79,75 @@ def _svg_histogram(values: np.ndarray, cutoff: float | None, bins: int = 30) -> 
             f'<text x="0" y="{h + 12}">{edges[0]:.2f}</text><text x="{w}" y="{h + 12}" text-anchor="end">{edges[-1]:.2f}</text></svg>')
 
 
+def _activation_maps(model, weights, model_args, device, probe_set, pos, neurons, acts, layers, size) -> dict:
+    """{(layer, unit, image id): JPEG of the model's view of the image with the unit's activation map over it}."""
+    import torch
+    from PIL import Image
+
+    from .hooks import Recorder
+    from .models import load_target
+    from .runtime import resolve_device, warn
+
+    dev = resolve_device(device)
+    target = load_target(model, weights, model_args, None, dev)
+    if target.fingerprint and acts.attrs.get("model_fingerprint") and target.fingerprint != acts.attrs["model_fingerprint"]:
+        raise UsageError(f"{model} with these weights is not the model that made the activations",
+                         hint="pass the --model, --weights and --model-arg used for `dissect record`")
+    if target.preprocess is None:
+        warn("activation maps left out: the model brings its own transform, so its input view is unknown")
+        return {}
+    pre = target.preprocess
+    from torchvision import transforms as T
+
+    view = T.Compose([T.Resize(pre.resize_size, interpolation=getattr(T.InterpolationMode, pre.interpolation.upper()),
+                               antialias=True), T.CenterCrop(pre.input_size)])
+    out: dict = {}
+    for layer in layers:
+        la = acts.layer_attrs.get(layer, {})
+        if la.get("layout") not in ("nchw", "nhwc"):
+            continue
+        wanted: dict[str, list[int]] = {}
+        for n in neurons:
+            if n["layer"] == layer:
+                for image_id, _ in n["imgs"]:
+                    wanted.setdefault(image_id, []).append(n["unit"])
+        ids = list(wanted)
+        maps: dict[tuple[int, str], np.ndarray] = {}
+        with Recorder(target.module, [layer], layout=la["layout"], keep_raw=True) as rec, \
+                progress(f"activation maps {layer}", len(ids), "images") as advance:
+            for s in range(0, len(ids), 32):
+                chunk = ids[s : s + 32]
+                imgs = [probe_set.load(pos[i]) for i in chunk]
+                x = torch.stack([target.transform(im) for im in imgs]).to(dev)
+                raw = rec.run(x)[layer].float()
+                if la["layout"] == "nhwc":
+                    raw = raw.permute(0, 3, 1, 2)
+                raw = raw.cpu().numpy()
+                for b, image_id in enumerate(chunk):
+                    for u in wanted[image_id]:
+                        maps[(u, image_id)] = raw[b, u]
+                advance(len(chunk))
+        # One colour scale per neuron, over its images, so the maps of a card compare.
+        by_unit: dict[int, list[str]] = {}
+        for (u, image_id) in maps:
+            by_unit.setdefault(u, []).append(image_id)
+        for u, image_ids in by_unit.items():
+            hi = max(float(maps[(u, i)].max()) for i in image_ids)
+            lo = min(float(maps[(u, i)].min()) for i in image_ids)
+            for image_id in image_ids:
+                base = view(probe_set.load(pos[image_id]).convert("RGB")).resize((size, size))
+                m = (maps[(u, image_id)] - lo) / (hi - lo if hi > lo else 1.0)
+                heat = Image.fromarray((np.clip(m, 0, 1) * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+                h = np.asarray(heat, dtype=np.float32)[..., None] / 255.0
+                rgb = np.asarray(base, dtype=np.float32)
+                red = np.array([255.0, 40.0, 0.0])
+                blended = rgb * (1 - 0.55 * h) + red * 0.55 * h
+                buf = io.BytesIO()
+                Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=85)
+                out[(layer, u, image_id)] = buf.getvalue()
+    return out
+
+
 def build_report(
     labels: str | os.PathLike,
     activations: str | os.PathLike,
@@ -92,8 +161,16 @@ def build_report(
     single_file: bool = False,
     cutoff: float | None = None,
     thumb_size: int = THUMB,
+    model: str | None = None,
+    weights: str | None = None,
+    model_args: dict[str, Any] | None = None,
+    device: str = "auto",
 ) -> Path:
-    """Write the report into the folder ``out`` (or ``out`` as one HTML file with ``single_file``); returns the page."""
+    """Write the report into the folder ``out`` (or ``out`` as one HTML file with ``single_file``); returns the page.
+
+    With ``model`` (the target the activations came from), conv layers' activation maps
+    are recomputed for the images shown and overlaid on them (a toggle on the page).
+    """
     import pyarrow.parquet as pq
 
     from .probe import open_probe
@@ -161,6 +238,10 @@ def build_report(
                           "interpretable": None if cutoff is None else float(np.mean(sims > cutoff)),
                           "svg": _svg_histogram(sims, cutoff)})
 
+    overlays: dict[tuple[str, int, str], bytes] = {}
+    if model is not None:
+        overlays = _activation_maps(model, weights, model_args, device, probe_set, pos, neurons, acts, wanted, thumb_size)
+
     # Thumbnails: made once per image (cached by id, size and file size), reused by later reports.
     src: dict[str, str] = {}
     with progress("thumbnails", len(shown), "images") as advance:
@@ -178,6 +259,21 @@ def build_report(
                 data = _thumbnail(probe_set.load(i), thumb_size)
                 src[image_id] = "data:image/jpeg;base64," + base64.b64encode(data).decode()
             advance(1)
+
+    for n in neurons:
+        maps = [overlays.get((n["layer"], n["unit"], i)) for i, _ in n["imgs"]]
+        if any(m is not None for m in maps):
+            n["maps"] = []
+            for (image_id, _), data in zip(n["imgs"], maps):
+                if data is None:
+                    n["maps"].append(src[image_id])
+                elif thumbs_dir is not None:
+                    key = hashlib.sha1(f"map|{n['layer']}|{n['unit']}|{image_id}".encode()).hexdigest()[:16]
+                    with A.atomic_path(thumbs_dir / f"{key}.jpg") as tmp:
+                        tmp.write_bytes(data)
+                    n["maps"].append(f"thumbs/{key}.jpg")
+                else:
+                    n["maps"].append("data:image/jpeg;base64," + base64.b64encode(data).decode())
 
     title = f"dissect: {Path(labels).name}"
     data = {"neurons": neurons, "src": src, "cutoff": cutoff,
@@ -205,7 +301,7 @@ body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f6f6f4;color:#222}
 header{padding:12px 18px;background:#fff;border-bottom:1px solid #ddd;position:sticky;top:0;z-index:2}
 header h1{font-size:17px;margin:0 0 4px} header .sub{color:#666;font-size:12px}
 .controls{margin-top:8px;display:flex;gap:10px;align-items:center;flex-wrap:wrap}
-.controls input{padding:4px 8px;min-width:220px}
+.controls input[type=search]{padding:4px 8px;min-width:220px}
 #summaries{display:flex;gap:18px;flex-wrap:wrap;padding:10px 18px}
 .sum{background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px 10px}
 .hist{display:block;margin-top:4px} .hist rect{fill:#5b7db1} .hist line.cut{stroke:#c33;stroke-width:2} .hist text{font-size:10px;fill:#666}
@@ -222,6 +318,7 @@ header h1{font-size:17px;margin:0 0 4px} header .sub{color:#666;font-size:12px}
 <label>Layer <select id="layer"><option value="">all</option>{{OPTIONS}}</select></label>
 <input id="search" type="search" placeholder="search labels and candidates">
 <label>Sort <select id="sort"><option value="unit">unit</option><option value="sim">similarity</option></select></label>
+<label id="mapsbox" hidden><input type="checkbox" id="maps"> activation maps</label>
 <span id="count"></span></div></header>
 <div id="summaries">{{SUMMARY}}</div>
 <div id="cards"></div>
@@ -239,7 +336,7 @@ function card(n) {
   if (n.truth) h += ` · truth: ${esc(n.truth[0])} <span class="${n.truth[1] ? 'ok' : 'bad'}">${n.truth[1] ? '✓' : '✗'}</span>`;
   if (n.composed) h += ` · composed: ${esc(n.composed[0])} (${n.composed[1] >= 0 ? '+' : ''}${n.composed[1].toFixed(2)})`;
   h += `</div><div class="cands">${n.cands.map(c => esc(c[0]) + ' ' + c[1].toFixed(2)).join(' · ')}</div><div class="imgs">`;
-  h += n.imgs.map(i => `<img${lazy} src="${D.src[i[0]]}" title="${esc(i[0])}: ${i[1].toFixed(3)}" alt="">`).join('');
+  h += n.imgs.map((i, j) => `<img${lazy} src="${D.src[i[0]]}"${n.maps ? ` data-plain="${D.src[i[0]]}" data-map="${n.maps[j]}"` : ''} title="${esc(i[0])}: ${i[1].toFixed(3)}" alt="">`).join('');
   h += '</div>';
   for (const [k, v] of Object.entries(n.samples || {}))
     h += `<div class="samples">${esc(k)}</div><div class="imgs">` + v.map(i => `<img${lazy} src="${D.src[i[0]]}" title="${esc(i[0])}" alt="">`).join('') + '</div>';
@@ -256,6 +353,13 @@ function render() {
   document.getElementById('count').textContent = list.length + ' of ' + els.length + ' neurons';
 }
 for (const id of ['layer', 'search', 'sort']) document.getElementById(id).addEventListener('input', render);
+if (D.neurons.some(n => n.maps)) {
+  document.getElementById('mapsbox').hidden = false;
+  document.getElementById('maps').addEventListener('input', e => {
+    for (const [, el] of els) for (const img of el.querySelectorAll('img[data-map]'))
+      img.src = e.target.checked ? img.dataset.map : img.dataset.plain;
+  });
+}
 render();
 </script></body></html>
 """

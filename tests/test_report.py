@@ -20,6 +20,9 @@ import pytest
 
 from test_cli import assert_one_line_error, invoke
 
+from dissect.demo import demo_specs
+
+MODEL = ["--model", demo_specs().model, "--weights", demo_specs().weights, "--model-arg", "num_classes=10"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
@@ -83,19 +86,37 @@ def report(demo_run, tmp_path_factory):
     out, _ = demo_run
     d = tmp_path_factory.mktemp("report")
     invoke("report", "--labels", out / "labels-mixed-softwpmi.parquet", "-a", out / "activations.h5", "-o", d / "site",
-           "--layers", "fc,layer4", "--top-images", 6, "--percentiles", "--cutoff", 0.16)
+           "--layers", "fc,layer4", "--top-images", 6, "--percentiles", "--cutoff", 0.16, *MODEL)
     return out, d / "site"
+
+
+def _page_data(page: Path) -> dict:
+    text = page.read_text()
+    start = text.index('<script id="data" type="application/json">') + len('<script id="data" type="application/json">')
+    return json.loads(text[start : text.index("</script>", start)].replace("<\\/", "</"))
+
+
+def test_activation_maps_are_overlaid_for_conv_layers_only(report):
+    _, site = report
+    data = _page_data(site / "index.html")
+    conv = [n for n in data["neurons"] if n["layer"] == "layer4"]
+    fc = [n for n in data["neurons"] if n["layer"] == "fc"]
+    assert conv and all(len(n["maps"]) == len(n["imgs"]) == 6 for n in conv)
+    assert all("maps" not in n for n in fc)  # a 2-D layer has no spatial map
+    assert all((site / m).exists() for n in conv for m in n["maps"])
+    assert len({m for n in conv for m in n["maps"]}) == sum(len(n["maps"]) for n in conv)  # one per neuron and image
 
 
 def test_report_files_and_thumbnail_cache(report, tmp_path):
     out, site = report
     assert (site / "index.html").exists()
-    thumbs = sorted((site / "thumbs").glob("*.jpg"))
-    assert thumbs and all(t.stat().st_size < 20_000 for t in thumbs)  # small thumbnails, not full images
-    before = {t.name: t.stat().st_mtime_ns for t in thumbs}
+    data = _page_data(site / "index.html")
+    plain = sorted({site / v for v in data["src"].values()})
+    assert plain and all(t.stat().st_size < 20_000 for t in plain)  # small thumbnails, not full images
+    before = {t.name: t.stat().st_mtime_ns for t in plain}
     invoke("report", "--labels", out / "labels-mixed-softwpmi.parquet", "-a", out / "activations.h5", "-o", site,
-           "--layers", "fc,layer4", "--top-images", 6, "--percentiles", "--cutoff", 0.16)
-    assert {t.name: t.stat().st_mtime_ns for t in (site / "thumbs").glob("*.jpg")} == before  # made once, reused
+           "--layers", "fc,layer4", "--top-images", 6, "--percentiles", "--cutoff", 0.16, *MODEL)
+    assert {t.name: t.stat().st_mtime_ns for t in plain} == before  # made once, reused
     invoke("report", "--labels", out / "labels-mixed-softwpmi.parquet", "-a", out / "activations.h5", "-o",
            tmp_path / "one.html", "--layers", "fc", "--single-file")
     page = (tmp_path / "one.html").read_text()
@@ -135,6 +156,11 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         browser.js("{ const q = document.getElementById('search'); q.value = ''; q.dispatchEvent(new Event('input'));"
                    " const s = document.getElementById('layer'); s.value = ''; s.dispatchEvent(new Event('input')); }")
         assert browser.js("document.querySelectorAll('.card').length") == n_fc + n_l4
+        # The activation-map toggle swaps the conv layers' thumbnails for their overlays, and back.
+        assert browser.js("document.getElementById('mapsbox').hidden") is False
+        browser.js("{ const c = document.getElementById('maps'); c.checked = true; c.dispatchEvent(new Event('input')); }")
+        assert browser.js("[...document.querySelectorAll('img[data-map]')].every(i => i.src.endsWith(i.dataset.map))")
+        assert browser.js("document.querySelectorAll('img[data-map]').length") == n_l4 * 6
         shot = browser.call("Page.captureScreenshot", format="png")["data"]
         import base64
 
