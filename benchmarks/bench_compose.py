@@ -96,7 +96,7 @@ def main() -> None:
         owned = np.array([[pos[t] for t in ts] for ts in texts_of])
         t0 = time.perf_counter()
         extended = torch.cat([T, torch.from_numpy(E)])
-        sims = _score_owned(args.sim, q, I, extended, torch.from_numpy(E), owned, params, 256 << 20)
+        sims, _ = _score_owned(args.sim, q, I, extended, torch.from_numpy(E), owned, params, 256 << 20)
         t_score = time.perf_counter() - t0
 
     pairs = sum(len(o) for o in options)

@@ -122,24 +122,28 @@ def embed_composed(texts: list[str], images: A.Embeddings, device: str = "auto",
 # compose
 # ---------------------------------------------------------------------------
 
-def _score_owned(sim, q, I, concept_emb, scored_emb, owned: np.ndarray, params, max_memory) -> np.ndarray:
-    """sims[k, j] = similarity of neuron k with text owned[k, j] of ``scored_emb`` (−inf where owned < 0)."""
+def _score_owned(sim, q, I, concept_emb, scored_emb, owned: np.ndarray, params, max_memory) -> tuple[np.ndarray, np.ndarray | None]:
+    """(sims, raw) [C, J]: neuron k's similarity with text owned[k, j] of ``scored_emb`` (−inf where owned < 0),
+    and for SoftWPMI/WPMI its raw score (log-likelihood over the neuron's top images; None otherwise)."""
     from .similarity import score_extra_texts
 
     C, J = owned.shape
     out = np.full((C, J), -np.inf, dtype=np.float64)
+    raw = np.full((C, J), -np.inf, dtype=np.float64) if sim in ("softwpmi", "wpmi") else None
     flat = owned.ravel()
     order = np.argsort(flat, kind="stable")
     sorted_t = flat[order]
-    for s, block in score_extra_texts(sim, q, I, concept_emb, scored_emb, params, max_memory=max_memory):
+    for s, block, score in score_extra_texts(sim, q, I, concept_emb, scored_emb, params, max_memory=max_memory,
+                                             return_score=True):
         n = block.shape[1]
         lo, hi = np.searchsorted(sorted_t, [s, s + n])
         sel = order[lo:hi]
         if sel.size:
             k, j = np.divmod(sel, J)
-            vals = block.cpu().numpy()
-            out[k, j] = vals[k, flat[sel] - s]
-    return out
+            out[k, j] = block.cpu().numpy()[k, flat[sel] - s]
+            if raw is not None:
+                raw[k, j] = score.cpu().numpy()[k, flat[sel] - s]
+    return out, raw
 
 
 def compose(
@@ -322,7 +326,20 @@ def _score_level(options, keys, template, sim, q, I, T, params, budget, img, dev
     owned = np.full((len(options), J), -1, dtype=np.int64)
     for u, (opts, ts) in enumerate(zip(options, texts_of)):
         owned[u, : len(opts)] = [row_of[("s", p[0])] if len(p) == 1 else row_of[("c", t)] for p, t in zip(opts, ts)]
-    sims = _score_owned(sim, q, I, extended, scored_emb, owned, params, budget)
+    sims, raw = _score_owned(sim, q, I, extended, scored_emb, owned, params, budget)
+    if raw is not None:
+        # PMI rewards texts that few neurons match, and a composition is always rarer than its
+        # parts: by that bonus alone it would beat the single concept of almost every neuron.
+        # A composition may replace the single label only if it also explains the neuron's own
+        # top images at least as well (raw score_k(t) = log-likelihood over them, not lower).
+        for u, opts in enumerate(options):
+            singles = [j for j, p in enumerate(opts) if len(p) == 1]
+            if not singles:
+                continue
+            best = max(singles, key=lambda j: (sims[u, j], -j))
+            for j, p in enumerate(opts):
+                if len(p) > 1 and raw[u, j] < raw[u, best] - 1e-9 * max(1.0, abs(raw[u, best])):
+                    sims[u, j] = -np.inf
     ranked, values = [], []
     from .similarity import TIE_TOLERANCE
 
@@ -331,7 +348,7 @@ def _score_level(options, keys, template, sim, q, I, T, params, budget, img, dev
         # at λ·log C): the simpler explanation wins (fewer parts), then candidate order.
         n_parts = np.array([len(p) for p in opts] + [99] * (J - len(opts)))
         bucket = np.where(np.isfinite(sims[u]), np.round(sims[u] / TIE_TOLERANCE), -np.inf)
-        order = np.lexsort((np.arange(J), n_parts, -bucket))[: len(opts)]
+        order = [j for j in np.lexsort((np.arange(J), n_parts, -bucket))[: len(opts)] if np.isfinite(sims[u, j])]
         ranked.append([opts[j] for j in order])
         values.append([float(sims[u, j]) for j in order])
     if any(not np.isfinite(v[0]) for v in values):

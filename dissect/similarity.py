@@ -761,8 +761,12 @@ def score_extra_texts(
     params: dict[str, Any],
     chunk: int | None = None,
     max_memory: int = DEFAULT_MAX_MEMORY,
+    return_score: bool = False,
 ):
     """Yield (start, sim [C, n] float64) for blocks of ``extra_emb`` texts scored against the concept set ``concept_emb``.
+
+    With ``return_score``: (start, sim, score), score being SoftWPMI/WPMI's raw score_k(t)
+    (the neuron's log-likelihood of the text over its top images), None for the others.
 
     For SoftWPMI and WPMI, p(t | x) is the softmax over ``concept_emb`` (which should
     hold every text that competes, the scored ones included: e.g. the single concepts
@@ -801,6 +805,8 @@ def score_extra_texts(
         if pmi:
             p = probabilities(image_emb, block, a, log_z, rows)
             score = pmi_scores(p, idx, weights, float(params["min_prob"]))
-            yield s, population_correction(score, float(params["lam"]))
+            sim = population_correction(score, float(params["lam"]))
+            yield (s, sim, score) if return_score else (s, sim)
         else:
-            yield s, KERNELS[name](q, image_emb, block, **kw)
+            sim = KERNELS[name](q, image_emb, block, **kw)
+            yield (s, sim, None) if return_score else (s, sim)
