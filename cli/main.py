@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from . import compose, demo, embed, evaluate, label, record, report, run, show  # noqa: F401  (commands register themselves)
 from .app import app
 
@@ -18,7 +20,18 @@ def main() -> None:
     # SIGTERM (batch schedulers, `kill`) unwinds like Ctrl-C: temporary files are removed
     # and the command ends with one line and exit code 128 + signal.
     signal.signal(signal.SIGTERM, _stop_on_signal)
-    app()
+    code = 1
+    try:
+        app()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        raise
+    finally:
+        if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):  # torchrun: leave the process group together
+            from dissect.shards import shutdown_distributed
+
+            shutdown_distributed(success=code == 0)
 
 
 if __name__ == "__main__":

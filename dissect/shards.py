@@ -204,6 +204,25 @@ def distributed_world() -> tuple[int, int, int] | None:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def shutdown_distributed(success: bool = True) -> None:
+    """Leave torch.distributed cleanly: wait for the other ranks (on success), then destroy the group.
+
+    A rank that exits with the gloo/nccl group still alive can abort at interpreter shutdown
+    ("terminate called without an active exception") while rank 0 still works.
+    """
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if success:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def _init_process_group(device) -> None:
     import torch.distributed as dist
 
