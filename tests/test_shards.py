@@ -97,7 +97,7 @@ def test_torchrun_two_processes_write_the_single_process_artifact(tmp_path, tiny
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun comes with torch"
     env = dict(os.environ, OMP_NUM_THREADS="1", DISSECT_QUIET="1")
-    base = [torchrun, "--nproc-per-node", "2", "--master-port", "29517", "--no-python", *_dissect_cmd()]
+    base = [torchrun, "--standalone", "--nproc-per-node", "2", "--no-python", *_dissect_cmd()]
     for args in (["embed-images", str(probe), "--clip", tiny_clip, "-o", str(tmp_path / "images.h5"), "--batch-size", "4"],
                  ["record", str(probe), *TIMM, "--layers", "layer1,fc", "-o", str(tmp_path / "acts.h5"), "--batch-size", "4"]):
         proc = subprocess.run(base + args, capture_output=True, text=True, env=env, timeout=300)
@@ -196,7 +196,7 @@ def test_torchrun_label_splits_neurons_and_gives_the_single_process_labels(tmp_p
     invoke(*args, "-o", tmp_path / "one.parquet")
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     env = dict(os.environ, OMP_NUM_THREADS="1", DISSECT_QUIET="1")
-    proc = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", "29518", "--no-python", *_dissect_cmd(), *args,
+    proc = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "--no-python", *_dissect_cmd(), *args,
                            "-o", str(tmp_path / "two.parquet")], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = pq.read_table(tmp_path / "one.parquet").to_pandas()
@@ -216,7 +216,7 @@ def test_torchrun_run_gives_the_single_process_run(tmp_path, tiny_clip, probe):
     invoke(*args, "-o", tmp_path / "one")
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     env = dict(os.environ, OMP_NUM_THREADS="1", DISSECT_QUIET="1")
-    proc = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", "29519", "--no-python", *_dissect_cmd(), *args,
+    proc = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "--no-python", *_dissect_cmd(), *args,
                            "-o", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_images(tmp_path / "two" / "images.h5", tmp_path / "one" / "images.h5")
