@@ -73,6 +73,10 @@ def load_concepts(name_or_path: str | os.PathLike) -> ConceptSet:
             f"concept set {spec!r} is neither a file nor a shipped set",
             hint=f"shipped sets: {', '.join(shipped_sets())}",
         )
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise InputError(f"{spec} holds a NUL character on line {line}; is it a binary file?",
+                         hint="give a UTF-8 text file with one concept per line")
     concepts, blank, dups = parse_concepts(text)
     if not concepts:
         raise InputError(f"concept set {spec} is empty", hint="put one concept per line")

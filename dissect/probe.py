@@ -164,6 +164,8 @@ def _list_file(spec: str, prefix: str) -> tuple[list, list, list, list, dict]:
     except UnicodeDecodeError:
         raise InputError(f"probe list {lst} is not UTF-8 text") from None
     entries = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    if any("\x00" in e for e in entries):
+        raise InputError(f"probe list {lst} holds a NUL character; is it a binary file?", hint="put one image path per line")
     if not entries:
         raise InputError(f"probe list {lst} names no images", hint="put one image path per line")
     seen: set[str] = set()

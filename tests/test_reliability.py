@@ -241,6 +241,12 @@ def test_surrounding_whitespace_and_windows_line_endings_are_stripped(tmp_path, 
     assert A.read_text_embeddings(tmp_path / "t.h5").keys == ["dog", "cat", "hot dog"]
 
 
+def test_concept_list_with_a_nul_character_is_refused(tmp_path, tiny_clip):
+    """Found by the fuzz harness: HDF5 strings cannot hold NUL, and such a list is not text."""
+    assert_one_line_error(_embed_text(tmp_path, tiny_clip, b"dog\ncat\x00s\n", ok=False), "NUL character on line 2", code=1)
+    assert not (tmp_path / "t.h5").exists()
+
+
 def test_non_utf8_concept_list_is_refused(tmp_path, tiny_clip):
     assert_one_line_error(_embed_text(tmp_path, tiny_clip, b"caf\xe9\ndog\n", ok=False), "not UTF-8", code=1)
 
