@@ -22,13 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from bench_label import peak_rss_mb  # beside this script: how every benchmark reads its peak memory
 
 
 def main() -> None:

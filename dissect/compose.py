@@ -193,11 +193,9 @@ def compose(
         out = A.check_output_path(out, inputs)
     img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, device)
     budget = max_memory or DEFAULT_MAX_MEMORY
-    from .similarity import examples_needed
+    from .similarity import check_probe_size
 
-    if examples_needed(sim, params, len(img.keys)) > len(img.keys):
-        raise UsageError(f"the probe has {len(img.keys)} images but {sim} uses each neuron's top {params.get('top_k')}",
-                         hint=f"use a larger probe, or --param top_k={len(img.keys)}")
+    check_probe_size(sim, params, len(img.keys))
     given = None
     if labels is not None:
         lt = pq.read_table(labels).to_pydict()

@@ -106,10 +106,8 @@ def embed_images(
     out = A.check_output_path(out, probe_files(probe))
     if not isinstance(probe, Probe):
         probe = open_probe(probe)
-    dev = clip.device if isinstance(clip, Clip) else resolve_device(device)
-    spec_fp = clip.fingerprint if isinstance(clip, Clip) else None
     if not isinstance(clip, Clip):
-        clip = load_clip(clip, dev)
+        clip = load_clip(clip, resolve_device(device))
     precision = resolve_precision(precision, clip.device)
     every = DEFAULT_CHUNK_IMAGES if checkpoint_every is None else checkpoint_every
     embedder = ImageEmbedder(clip, len(probe), precision)
@@ -123,7 +121,7 @@ def embed_images(
     if reused:
         info(f"{out}: reusing {len(reused)} unchanged image embeddings; embedding {len(todo)} new or changed")
     plan = plan_pass(out, len(probe), shard,
-                     [image_embeddings_fingerprint(spec_fp or clip.fingerprint, probe.fingerprint, precision), todo if reused else None],
+                     [image_embeddings_fingerprint(clip.fingerprint, probe.fingerprint, precision), todo if reused else None],
                      every, clip.device)
     positions = plan.positions if plan.positions is not None else todo
     workers = default_workers(len(positions)) if workers is None else workers

@@ -321,13 +321,20 @@ def _best_labels(sim, q, I, T, params, max_memory):
     return res.indices[:, 0].cpu().numpy(), res.values[:, 0].cpu().numpy()
 
 
-def _check_probe_size(sim, params, n):
-    from .similarity import examples_needed
+def _relabel_inputs(images, activations, text, concepts, sim, params, layers, device, max_memory):
+    """What stability and pvalues relabel from: parameters, aligned inputs on the device, the memory budget."""
+    import torch
 
-    need = examples_needed(sim, params, n)
-    if need > n:
-        raise UsageError(f"the probe has {n} images but {sim} uses each neuron's top {need}",
-                         hint=f"use a larger probe, or --param top_k={n}")
+    from .label import open_inputs
+    from .similarity import DEFAULT_MAX_MEMORY, check_probe_size, resolve_params
+
+    params = resolve_params(sim, params)
+    img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, device)
+    dev = resolve_device(device)
+    I = torch.from_numpy(img.embeddings).to(dev)
+    T = torch.from_numpy(txt.embeddings).to(dev)
+    check_probe_size(sim, params, I.shape[0])
+    return params, acts, order, txt, I, T, dev, max_memory or DEFAULT_MAX_MEMORY
 
 
 def label_stability(images, activations, text=None, concepts=None, sim: str = "softwpmi", params=None,
@@ -344,20 +351,13 @@ def label_stability(images, activations, text=None, concepts=None, sim: str = "s
     """
     import torch
 
-    from .label import open_inputs
     from .runtime import progress
-    from .similarity import DEFAULT_MAX_MEMORY, resolve_params
 
     if resamples < 1:
         raise UsageError(f"--resamples must be at least 1, got {resamples}")
-    params = resolve_params(sim, params)
-    img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, device)
-    dev = resolve_device(device)
-    I = torch.from_numpy(img.embeddings).to(dev)
-    T = torch.from_numpy(txt.embeddings).to(dev)
+    params, acts, order, txt, I, T, dev, budget = _relabel_inputs(images, activations, text, concepts, sim, params, layers,
+                                                                 device, max_memory)
     N = I.shape[0]
-    _check_probe_size(sim, params, N)
-    budget = max_memory or DEFAULT_MAX_MEMORY
     rng = np.random.default_rng(seed)
     units: dict[str, list] = {c: [] for c in ("layer", "unit", "label", "similarity", "stability", "modal_label")}
     summary = []
@@ -401,20 +401,13 @@ def permutation_pvalues(images, activations, text=None, concepts=None, sim: str 
     """
     import torch
 
-    from .label import open_inputs
     from .runtime import progress
-    from .similarity import DEFAULT_MAX_MEMORY, resolve_params
 
     if permutations < 1:
         raise UsageError(f"--permutations must be at least 1, got {permutations}")
-    params = resolve_params(sim, params)
-    img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, device)
-    dev = resolve_device(device)
-    I = torch.from_numpy(img.embeddings).to(dev)
-    T = torch.from_numpy(txt.embeddings).to(dev)
+    params, acts, order, txt, I, T, dev, budget = _relabel_inputs(images, activations, text, concepts, sim, params, layers,
+                                                                 device, max_memory)
     N = I.shape[0]
-    _check_probe_size(sim, params, N)
-    budget = max_memory or DEFAULT_MAX_MEMORY
     gen = torch.Generator().manual_seed(int(seed))
     units: dict[str, list] = {c: [] for c in ("layer", "unit", "label", "similarity", "p_value")}
     summary = []

@@ -18,7 +18,7 @@ from . import artifacts as A
 from .concepts import ConceptSet
 from .errors import MismatchError, UsageError
 from .runtime import info, progress, resolve_device, warn
-from .similarity import DEFAULT_MAX_MEMORY, examples_needed, resolve_params, score_layer
+from .similarity import DEFAULT_MAX_MEMORY, check_probe_size, resolve_params, score_layer
 
 
 def _skipped_ids(attrs: dict[str, Any]) -> set[str]:
@@ -65,8 +65,10 @@ def align_ids(images: A.Embeddings, acts: A.Activations) -> tuple[np.ndarray | N
     return img_rows, act_rows
 
 
-def open_inputs(images, activations, text=None, concepts=None, layers=None, device="auto"):
-    """Image embeddings, text embeddings and the activation file, aligned by id (as ``dissect label`` reads them)."""
+def open_inputs(images, activations, text=None, concepts=None, layers=None, device="auto", cache=None, batch_size=256):
+    """Image embeddings, text embeddings and the activation file, aligned by id (as ``dissect label`` reads them).
+
+    Returns (images, activations without matrices, row order of the activations or None, text)."""
     if (text is None) == (concepts is None):
         raise UsageError("give exactly one of --text and --concepts")
     img = A.read_image_embeddings(images)
@@ -80,7 +82,7 @@ def open_inputs(images, activations, text=None, concepts=None, layers=None, devi
     else:
         from .embed import text_for_images
 
-        txt = text_for_images(img, concepts, device=device)
+        txt = text_for_images(img, concepts, cache=cache, device=device, batch_size=batch_size)
     A.check_same_clip(img, txt)
     return img, acts, order, txt
 
@@ -124,32 +126,18 @@ def label(
     if out is not None and str(out) != A.STDOUT:
         out = A.check_output_path(out, inputs)
 
-    img = A.read_image_embeddings(images)
-    acts = A.read_activations(activations, layers, data=False)  # names checked; matrices read one at a time
-    img_rows, order = align_ids(img, acts)
-    if img_rows is not None:
-        img = A.Embeddings(img.embeddings[img_rows], [img.keys[i] for i in img_rows], img.clip_model, img.clip_pretrained,
-                           img.attrs, img.path)
+    # Matrices are not loaded here: layer names are checked, then layers are read one at a time.
+    img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, device, cache, batch_size)
     if text is not None:
-        txt = A.read_text_embeddings(text)
         concept_meta = {"name": txt.attrs.get("concept_set", str(text)), "source": txt.attrs.get("concept_source", str(Path(text).resolve()))}
     else:
-        from .embed import text_for_images
-
-        txt = text_for_images(img, concepts, cache=cache, device=device, batch_size=batch_size)
         name = concepts.name if isinstance(concepts, ConceptSet) else str(concepts)
         concept_meta = {"name": name, "source": txt.attrs.get("concept_source", name)}
-    A.check_same_clip(img, txt)
     concept_meta["fingerprint"] = txt.keys_fingerprint
     concept_meta["n"] = len(txt.keys)
 
     N = len(img.keys)
-    need = examples_needed(sim, params, N)
-    if need > N:
-        raise UsageError(
-            f"the probe has {N} images but {sim} uses each neuron's top {need}",
-            hint=f"use a larger probe, or --param top_k={N} (fewer examples per neuron than the paper)",
-        )
+    check_probe_size(sim, params, N)
 
     dev = resolve_device(device)
     I = torch.from_numpy(img.embeddings).to(dev)

@@ -113,12 +113,14 @@ def _activation_maps(model, weights, model_args, device, probe_set, pos, neurons
                     wanted.setdefault(image_id, []).append(n["unit"])
         ids = list(wanted)
         maps: dict[tuple[int, str], np.ndarray] = {}
+        views: dict[str, Image.Image] = {}  # the model's view of each image, at thumbnail size
         with Recorder(target.module, [layer], layout=la["layout"], keep_raw=True) as rec, \
                 progress(f"activation maps {layer}", len(ids), "images") as advance:
             for s in range(0, len(ids), 32):
                 chunk = ids[s : s + 32]
                 imgs = [probe_set.load(pos[i]) for i in chunk]
                 x = torch.stack([target.transform(im) for im in imgs]).to(dev)
+                views.update({i: view(im).resize((size, size)) for i, im in zip(chunk, imgs)})
                 raw = rec.run(x)[layer].float()
                 if la["layout"] == "nhwc":
                     raw = raw.permute(0, 3, 1, 2)
@@ -135,7 +137,7 @@ def _activation_maps(model, weights, model_args, device, probe_set, pos, neurons
             hi = max(float(maps[(u, i)].max()) for i in image_ids)
             lo = min(float(maps[(u, i)].min()) for i in image_ids)
             for image_id in image_ids:
-                base = view(probe_set.load(pos[image_id]).convert("RGB")).resize((size, size))
+                base = views[image_id]
                 m = (maps[(u, image_id)] - lo) / (hi - lo if hi > lo else 1.0)
                 heat = Image.fromarray((np.clip(m, 0, 1) * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
                 h = np.asarray(heat, dtype=np.float32)[..., None] / 255.0
@@ -177,7 +179,6 @@ def build_report(
 
     if top_images < 1:
         raise UsageError(f"--top-images must be at least 1, got {top_images}")
-    A.read_labels_metadata(labels)
     meta = A.read_labels_metadata(labels)
     table = pq.read_table(labels).to_pandas()
     acts = A.read_activations(activations, data=False)

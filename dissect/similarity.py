@@ -98,6 +98,16 @@ def examples_needed(name: str, params: dict[str, Any], n_images: int) -> int:
     return 0
 
 
+def check_probe_size(name: str, params: dict[str, Any], n_images: int) -> None:
+    """Refuse a probe smaller than the number of top images the function uses per neuron."""
+    need = examples_needed(name, params, n_images)
+    if need > n_images:
+        raise UsageError(
+            f"the probe has {n_images} images but {name} uses each neuron's top {need}",
+            hint=f"use a larger probe, or --param top_k={n_images} (fewer examples per neuron than the paper)",
+        )
+
+
 # ---------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------

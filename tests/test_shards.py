@@ -93,15 +93,19 @@ def _dissect_cmd() -> list[str]:
     return [sys.executable, "-m", "dissect.cli.main"]
 
 
-def test_torchrun_two_processes_write_the_single_process_artifact(tmp_path, tiny_clip, probe, single):
+def torchrun_dissect(*args) -> None:
+    """`torchrun --standalone --nproc-per-node 2 dissect ARGS` (gloo on the CPU); it must succeed."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun comes with torch"
     env = dict(os.environ, OMP_NUM_THREADS="1", DISSECT_QUIET="1")
-    base = [torchrun, "--standalone", "--nproc-per-node", "2", "--no-python", *_dissect_cmd()]
-    for args in (["embed-images", str(probe), "--clip", tiny_clip, "-o", str(tmp_path / "images.h5"), "--batch-size", "4"],
-                 ["record", str(probe), *TIMM, "--layers", "layer1,fc", "-o", str(tmp_path / "acts.h5"), "--batch-size", "4"]):
-        proc = subprocess.run(base + args, capture_output=True, text=True, env=env, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "--no-python", *_dissect_cmd(),
+                           *[str(a) for a in args]], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_torchrun_two_processes_write_the_single_process_artifact(tmp_path, tiny_clip, probe, single):
+    torchrun_dissect("embed-images", probe, "--clip", tiny_clip, "-o", tmp_path / "images.h5", "--batch-size", 4)
+    torchrun_dissect("record", probe, *TIMM, "--layers", "layer1,fc", "-o", tmp_path / "acts.h5", "--batch-size", 4)
     assert_same_images(tmp_path / "images.h5", single / "images.h5")
     assert_same_activations(tmp_path / "acts.h5", single / "acts.h5")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["acts.h5", "images.h5"]  # shard files merged and removed
@@ -194,11 +198,7 @@ def test_torchrun_label_splits_neurons_and_gives_the_single_process_labels(tmp_p
     args = ["label", "-i", str(single / "images.h5"), "-a", str(single / "acts.h5"), "--concepts", str(tmp_path / "c.txt"),
             "--sim", sim, "--param", param]
     invoke(*args, "-o", tmp_path / "one.parquet")
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    env = dict(os.environ, OMP_NUM_THREADS="1", DISSECT_QUIET="1")
-    proc = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "--no-python", *_dissect_cmd(), *args,
-                           "-o", str(tmp_path / "two.parquet")], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_dissect(*args, "-o", tmp_path / "two.parquet")
     a = pq.read_table(tmp_path / "one.parquet").to_pandas()
     b = pq.read_table(tmp_path / "two.parquet").to_pandas()
     assert list(a.layer) == list(b.layer) and list(a.unit) == list(b.unit)
@@ -214,11 +214,7 @@ def test_torchrun_run_gives_the_single_process_run(tmp_path, tiny_clip, probe):
     args = ["run", str(probe), "--clip", tiny_clip, *TIMM, "--layers", "layer1,fc", "--concepts", str(tmp_path / "c.txt"),
             "--param", "top_k=5", "--batch-size", "4"]
     invoke(*args, "-o", tmp_path / "one")
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    env = dict(os.environ, OMP_NUM_THREADS="1", DISSECT_QUIET="1")
-    proc = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "--no-python", *_dissect_cmd(), *args,
-                           "-o", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_dissect(*args, "-o", tmp_path / "two")
     assert_same_images(tmp_path / "two" / "images.h5", tmp_path / "one" / "images.h5")
     assert_same_activations(tmp_path / "two" / "activations.h5", tmp_path / "one" / "activations.h5")
     a = pq.read_table(tmp_path / "one" / "labels.parquet").to_pandas()
