@@ -2,6 +2,7 @@
 
 A CLIP spec is one of
     MODEL:PRETRAINED             an open_clip name and tag, e.g. ViT-B-16:openai
+    MODEL:TAG@path/to/weights    a tag's settings (activation, preprocessing) with a local copy of its weights
     MODEL:path/to/weights.pt     an open_clip architecture with a local checkpoint
     MODEL                        random weights (tests only)
     hf-hub:ORG/REPO              a model on the Hugging Face hub
@@ -10,7 +11,15 @@ A CLIP spec is one of
 
 The config JSON is either open_clip's model-config format ({"embed_dim",
 "vision_cfg", "text_cfg"}) or its hub format ({"model_cfg", "preprocess_cfg"}).
-Preprocessing always comes from the model's own config.
+Preprocessing always comes from the model's own config (or the tag's).
+
+Activation: OpenAI's CLIP models (and a few others) were trained with QuickGELU, but
+open_clip's plain architecture configs (``ViT-B-16``) build nn.GELU and only warn when
+the tag says otherwise. dissect builds what the weights were trained with: the tag's
+``quick_gelu`` setting (for ``MODEL:TAG`` and ``MODEL:TAG@FILE``), QuickGELU for an
+OpenAI TorchScript checkpoint (the ``.pt`` files of OpenAI's ``clip`` package), and the
+architecture's own activation otherwise. The activation is recorded with every
+embedding (``clip_activation``) and is part of the CLIP fingerprint.
 """
 
 from __future__ import annotations
@@ -18,12 +27,16 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelError, UsageError
 from .fingerprint import fingerprint, fingerprint_file
+from .runtime import info, warn
 
 
 @dataclass
@@ -31,9 +44,20 @@ class ClipSpec:
     model: str              # open_clip name, hf-hub:/local-dir: id, or config path
     pretrained: str         # tag, checkpoint path, or ""
     kind: str               # "builtin" | "hub" | "local-dir" | "config"
+    tag: str = ""           # MODEL:TAG@FILE: the pretrained tag whose settings the local file takes
 
     def __str__(self) -> str:
+        if self.tag:
+            return f"{self.model}:{self.tag}@{self.pretrained}"
         return f"{self.model}:{self.pretrained}" if self.pretrained else self.model
+
+    @property
+    def is_file(self) -> bool:
+        """Whether ``pretrained`` is a local checkpoint file (not a tag)."""
+        return bool(self.pretrained) and Path(self.pretrained).is_file()
+
+
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
 
 
 def parse_clip_spec(spec: str) -> ClipSpec:
@@ -60,11 +84,77 @@ def parse_clip_spec(spec: str) -> ClipSpec:
             raise ModelError(f"CLIP checkpoint {ckpt} does not exist")
         return ClipSpec(str(Path(config).resolve()), str(Path(ckpt).resolve()) if ckpt else "", "config")
     model, _, pretrained = spec.partition(":")
+    tag, at, tagged_file = pretrained.partition("@")
+    if at and _TAG.match(tag) and not Path(pretrained).is_file():
+        if not tagged_file:
+            raise UsageError(f"cannot parse --clip {spec!r}", hint=f"use {model}:{tag}@/path/to/weights")
+        if not Path(tagged_file).is_file():
+            raise ModelError(f"CLIP checkpoint {tagged_file} does not exist")
+        return ClipSpec(model, str(Path(tagged_file).resolve()), "builtin", tag=tag)
     if pretrained and (os.sep in pretrained or Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors")):
         if not Path(pretrained).is_file():
             raise ModelError(f"CLIP checkpoint {pretrained} does not exist")
         pretrained = str(Path(pretrained).resolve())
     return ClipSpec(model, pretrained, "builtin")
+
+
+def is_torchscript_archive(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a TorchScript archive (OpenAI's own CLIP checkpoints are), not a pickled state dict."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def _pretrained_cfg(model: str, tag: str) -> dict[str, Any]:
+    from open_clip.pretrained import get_pretrained_cfg
+
+    return dict(get_pretrained_cfg(model, tag) or {})
+
+
+@dataclass
+class Activation:
+    """Which activation a CLIP spec is built with, and why."""
+
+    quick_gelu: bool | None     # None: decided by a config only the hub holds
+    forced: bool                # dissect overrides the architecture config (force_quick_gelu)
+    reason: str
+
+
+def resolve_activation(spec: ClipSpec) -> Activation:
+    """The activation the weights of ``spec`` were trained with (see the module docstring)."""
+    if spec.kind == "config":
+        cfg = json.loads(Path(spec.model).read_text())
+        model_cfg = cfg.get("model_cfg", cfg) if isinstance(cfg, dict) else {}
+        return Activation(bool(isinstance(model_cfg, dict) and model_cfg.get("quick_gelu")), False, "the model config")
+    if spec.kind == "local-dir":
+        path = Path(spec.model[len("local-dir:"):]) / "open_clip_config.json"
+        try:
+            model_cfg = json.loads(path.read_text()).get("model_cfg", {})
+        except (OSError, ValueError, AttributeError):
+            model_cfg = {}
+        return Activation(bool(isinstance(model_cfg, dict) and model_cfg.get("quick_gelu")), False, "the folder's config")
+    if spec.kind == "hub":
+        return Activation(None, False, "the hub's config")
+    import open_clip
+
+    own = bool((open_clip.get_model_config(spec.model) or {}).get("quick_gelu"))
+    tag = spec.tag or ("" if spec.is_file else spec.pretrained)
+    if tag:
+        wanted = bool(_pretrained_cfg(spec.model, tag).get("quick_gelu"))
+        return Activation(own or wanted, wanted and not own, f"pretrained tag {tag!r}")
+    if spec.is_file and is_torchscript_archive(spec.pretrained):
+        return Activation(True, not own, "an OpenAI TorchScript checkpoint")
+    return Activation(own, False, f"the {spec.model} config")
+
+
+def quickgelu_tags(model: str) -> list[str]:
+    """Pretrained tags of ``model`` whose weights were trained with QuickGELU."""
+    import open_clip
+
+    return [t for t in open_clip.list_pretrained_tags_by_model(model) if _pretrained_cfg(model, t).get("quick_gelu")]
 
 
 @dataclass
@@ -93,38 +183,57 @@ class Clip:
         """``prefix_text_encoder(self)``, built once per loaded model."""
         return prefix_text_encoder(self)
 
+    activation: str = "gelu"
+
     def attrs(self) -> dict[str, Any]:
         """What every embeddings artifact records about its CLIP model."""
         return {
             "clip_spec": str(self.spec),
             "clip_fingerprint": self.fingerprint,
             "clip_preprocess": self.preprocess_cfg,
+            "clip_activation": self.activation,
         }
 
 
-def clip_fingerprint(spec: ClipSpec) -> str:
-    """Identity of a CLIP model: names for hub models, content for local files."""
+def clip_fingerprint(spec: ClipSpec, activation: Activation | None = None) -> str:
+    """Identity of a CLIP model: names for hub models, content for local files, and the activation it is built with.
+
+    A model dissect builds with QuickGELU against its architecture config (``ViT-B-16:openai``)
+    gets a fingerprint of its own, so embeddings made before, with nn.GELU, are never reused.
+    """
     parts: list[Any] = [spec.kind, spec.model, spec.pretrained]
     if spec.kind == "config":
         parts = [spec.kind, json.loads(Path(spec.model).read_text()), fingerprint_file(spec.pretrained) if spec.pretrained else ""]
     elif spec.kind == "local-dir":
         folder = Path(spec.model[len("local-dir:"):])
         parts = [spec.kind, sorted((p.name, fingerprint_file(p)) for p in folder.iterdir() if p.is_file())]
-    elif spec.pretrained and Path(spec.pretrained).is_file():
+    elif spec.is_file:
         parts = [spec.kind, spec.model, fingerprint_file(spec.pretrained)]
+        if spec.tag:
+            parts.append(f"tag={spec.tag}")
+    activation = activation or resolve_activation(spec)
+    if activation.forced:
+        parts.append("force_quick_gelu")
     return fingerprint(parts)
 
 
 def _download_hint(spec: ClipSpec) -> str:
     if spec.kind == "hub":
         return (
-            "download it where there is internet (huggingface-cli download "
-            f"{spec.model[len('hf-hub:'):]}) and pass --clip local-dir:FOLDER"
+            "download it where there is internet (hf download "
+            f"{spec.model[len('hf-hub:'):]} --local-dir FOLDER) and pass --clip local-dir:FOLDER"
         )
+    cfg = _pretrained_cfg(spec.model, spec.pretrained) if spec.kind == "builtin" and spec.pretrained and not spec.is_file else {}
+    if cfg.get("hf_hub"):
+        repo, name = os.path.split(str(cfg["hf_hub"]))  # "org/repo/" names open_clip's default file
+        where = f"https://huggingface.co/{repo}/resolve/main/{name or 'open_clip_pytorch_model.bin'}"
+    elif cfg.get("url"):
+        where = str(cfg["url"])
+    else:
+        where = "the checkpoint"
     return (
-        f"download the weights where there is internet (python -c \"import open_clip; "
-        f"open_clip.create_model('{spec.model}', pretrained='{spec.pretrained}')\" fills ~/.cache/huggingface) "
-        f"or pass a local checkpoint file: --clip {spec.model}:/path/to/weights"
+        f"fetch {where} where there is internet and pass --clip {spec.model}:{spec.pretrained}@/path/to/{Path(where).name} "
+        f"(the tag's activation and preprocessing, your copy of the weights)"
     )
 
 
@@ -146,11 +255,12 @@ def load_clip(spec: str | ClipSpec, device) -> Clip:
                 hint=(f"did you mean {', '.join(close)}? " if close else "")
                 + "see open_clip.list_pretrained() for names and tags",
             )
-        if spec.pretrained and not Path(spec.pretrained).is_file():
+        tag = spec.tag or ("" if spec.is_file else spec.pretrained)
+        if tag:
             tags = open_clip.list_pretrained_tags_by_model(spec.model)
-            if spec.pretrained not in tags:
+            if tag not in tags:
                 raise ModelError(
-                    f"unknown pretrained tag {spec.pretrained!r} for {spec.model}",
+                    f"unknown pretrained tag {tag!r} for {spec.model}",
                     hint=f"known tags: {', '.join(tags) or 'none'}; or give a checkpoint file path",
                 )
         name, pretrained = spec.model, spec.pretrained or None
@@ -171,7 +281,16 @@ def load_clip(spec: str | ClipSpec, device) -> Clip:
     else:
         name, pretrained = spec.model, None
 
-    kwargs: dict[str, Any] = {}
+    activation = resolve_activation(spec)
+    jit_file = spec.kind == "builtin" and spec.is_file and is_torchscript_archive(spec.pretrained)
+    if spec.tag:
+        preprocess_cfg = _pretrained_cfg(spec.model, spec.tag)  # the tag's normalisation and resizing
+    elif spec.kind == "builtin" and spec.is_file and not activation.quick_gelu:
+        quick_tags = quickgelu_tags(spec.model)
+        if quick_tags:
+            warn(f"{spec.model} with a local checkpoint is built with nn.GELU, as its open_clip config says; weights "
+                 f"of its QuickGELU tags ({', '.join(quick_tags)}) need --clip {spec.model}:TAG@{spec.pretrained}")
+    kwargs: dict[str, Any] = {"force_quick_gelu": True} if activation.forced else {}
     # A config's preprocess_cfg (hub format) sets normalisation and resizing; the input
     # size always comes from the model config itself.
     for key, arg in (("mean", "image_mean"), ("std", "image_std"), ("interpolation", "image_interpolation"),
@@ -179,7 +298,10 @@ def load_clip(spec: str | ClipSpec, device) -> Clip:
         if preprocess_cfg and preprocess_cfg.get(key) is not None:
             kwargs[arg] = tuple(preprocess_cfg[key]) if isinstance(preprocess_cfg[key], list) else preprocess_cfg[key]
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device, **kwargs)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=None if jit_file else pretrained, device=device, **kwargs)
+        if jit_file:
+            _load_torchscript_weights(model, spec.pretrained)
         tokenizer = open_clip.get_tokenizer(tokenizer_name)
     except RuntimeError as e:
         msg = str(e)
@@ -196,7 +318,58 @@ def load_clip(spec: str | ClipSpec, device) -> Clip:
     visual_cfg = getattr(model.visual, "preprocess_cfg", None) or {}
     pcfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(visual_cfg).items()}
     ctx = getattr(model, "context_length", None) or getattr(tokenizer, "context_length", 77)
-    return Clip(spec, model, preprocess, tokenizer, pcfg, clip_fingerprint(spec), device, int(ctx))
+    built = built_activation(model)
+    if activation.quick_gelu is not None and built != ("quick_gelu" if activation.quick_gelu else "gelu") \
+            and built != "none":
+        raise ModelError(f"CLIP {spec} was built with {built}, but {activation.reason} asks for "
+                         f"{'QuickGELU' if activation.quick_gelu else 'GELU'}", hint="please report this")
+    if activation.forced:
+        info(f"CLIP {spec}: built with QuickGELU, as {activation.reason} was trained")
+    return Clip(spec, model, preprocess, tokenizer, pcfg, clip_fingerprint(spec, activation), device, int(ctx), built)
+
+
+def reload_clip(spec: str, expected_fingerprint: str, made: str, device) -> Clip:
+    """Load the CLIP model an artifact names, checking it is the one that made ``made``."""
+    from .errors import MismatchError
+
+    clip = load_clip(parse_clip_spec(spec), device)
+    if clip.fingerprint != expected_fingerprint:
+        raise MismatchError(
+            f"the CLIP model {spec}, as this dissect builds it, is not the one that made {made}: its files changed, "
+            f"or an older dissect built it differently (before 0.2, OpenAI models with GELU instead of QuickGELU)",
+            hint="re-run `dissect embed-images` (and embed-text) with it",
+        )
+    return clip
+
+
+def built_activation(model) -> str:
+    """The transformer MLP activation of a built open_clip model: quick_gelu, gelu, or none (no such MLP)."""
+    import torch
+    from open_clip.transformer import QuickGELU
+
+    kinds = {type(m) for m in model.modules()}
+    if QuickGELU in kinds:
+        return "quick_gelu"
+    return "gelu" if torch.nn.GELU in kinds else "none"
+
+
+def _load_torchscript_weights(model, path: str) -> None:
+    """Load the weights of an OpenAI TorchScript checkpoint (``clip.load``'s ``.pt`` files) into ``model``."""
+    import torch
+    from open_clip.factory import resize_pos_embed
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; OpenAI's files are TorchScript
+            sd = torch.jit.load(path, map_location="cpu").state_dict()
+    except Exception as e:  # a damaged archive
+        raise ModelError(f"cannot read TorchScript checkpoint {path}: {_first_lines(str(e), 1)}") from None
+    own = model.state_dict()
+    transient = {n for n, _ in model.named_buffers() if n not in own}  # e.g. attn_mask: not part of the weights
+    for key in ("input_resolution", "context_length", "vocab_size", *transient):
+        sd.pop(key, None)
+    resize_pos_embed(sd, model)
+    model.load_state_dict(sd, strict=True)  # RuntimeError on a mismatch: reported by load_clip
 
 
 def _register_config(name: str, model_cfg: dict[str, Any]) -> None:
@@ -287,7 +460,7 @@ def encode_tokens(clip: Clip, tokens, prefix: bool = True, precision: str = "fp3
         tokens = tokens.to(clip.device)
         fast = clip.prefix_encoder if prefix else None
         if fast is not None:
-            emb = fast(tokens[:, : int((tokens != 0).sum(dim=1).max())])
+            emb = fast(tokens[:, : int(token_lengths(clip, tokens).max())])
         else:
             emb = clip.model.encode_text(tokens)
     return torch.nn.functional.normalize(emb.float(), dim=-1).cpu()
@@ -296,3 +469,40 @@ def encode_tokens(clip: Clip, tokens, prefix: bool = True, precision: str = "fp3
 def encode_texts(clip: Clip, texts: list[str], prefix: bool = True) -> Any:
     """L2-normalised text embeddings, float32 on CPU. Texts are embedded as written (no template)."""
     return encode_tokens(clip, clip.tokenizer(texts), prefix)
+
+
+def token_lengths(clip: Clip, tokens):
+    """Each tokenised text's length up to and including its end-of-text token.
+
+    Not the count of non-zero ids: in CLIP's BPE vocabulary id 0 is "!", so "stop!" or
+    "!=" would lose their end-of-text token. Rows without one count as full length.
+    For tokenizers without an end-of-text id (Hugging Face ones), the non-padding count.
+    """
+    import torch
+
+    eot = getattr(clip.tokenizer, "eot_token_id", None)
+    if eot is None:
+        return (tokens != 0).sum(dim=1)
+    is_eot = tokens == eot
+    first = is_eot.int().argmax(dim=1) + 1
+    return torch.where(is_eot.any(dim=1), first, torch.full_like(first, tokens.shape[1]))
+
+
+def truncated_texts(clip: Clip, texts: list[str]) -> list[str]:
+    """The texts longer than the text encoder's context (which the tokenizer cuts silently).
+
+    A text of exactly the context length (start, its tokens, end-of-text) fits.
+    """
+    import open_clip
+
+    tok, ctx = clip.tokenizer, clip.context_length
+    if isinstance(tok, open_clip.tokenizer.SimpleTokenizer) and getattr(tok, "reduction_fn", None) is None:
+        return [t for t in texts if len(tok.encode(t)) + 2 > ctx]
+    hf = getattr(tok, "tokenizer", None)
+    if hf is not None and callable(hf):
+        try:
+            return [t for t, ids in zip(texts, hf(list(texts))["input_ids"]) if len(ids) > ctx]
+        except Exception:  # an unusual tokenizer: fall through to the last-position test
+            pass
+    tokens = tok(texts)
+    return [t for t, row in zip(texts, tokens) if int(row[-1]) != 0]

@@ -100,14 +100,9 @@ def embed_composed(texts: list[str], images: A.Embeddings, device: str = "auto",
     store = ComposedTextCache(images.clip_fingerprint, cache)
     emb, missing = store.lookup(texts)
     if missing:
-        from .clip import encode_texts, load_clip, parse_clip_spec
+        from .clip import encode_texts, reload_clip
 
-        clip = load_clip(parse_clip_spec(images.clip_spec), resolve_device(device))
-        if clip.fingerprint != images.clip_fingerprint:
-            from .errors import MismatchError
-
-            raise MismatchError(f"the CLIP model {images.clip_spec} no longer matches the one that made {images.path}",
-                                hint="re-run `dissect embed-images`")
+        clip = reload_clip(images.clip_spec, images.clip_fingerprint, str(images.path), resolve_device(device))
         out = []
         with progress("embed compositions", len(missing), "texts") as advance:
             for s in range(0, len(missing), batch_size):

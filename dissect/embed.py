@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import artifacts as A
-from .clip import Clip, encode_images, encode_tokens, load_clip, parse_clip_spec
+from .clip import Clip, encode_images, encode_tokens, load_clip, reload_clip, token_lengths, truncated_texts
 from .concepts import ConceptSet, load_concepts
 from .fingerprint import fingerprint
 from .errors import InputError, UsageError
@@ -173,9 +173,8 @@ def compute_text_embeddings(clip: Clip, concepts: ConceptSet, batch_size: int = 
     check_batch_size(batch_size)
     texts = concepts.concepts
     tokens = clip.tokenizer(texts)
-    lengths = (tokens != 0).sum(dim=1)
-    # open_clip truncates silently; a full last position means the text did not fit.
-    too_long = [t for t, row in zip(texts, tokens) if int(row[-1]) != 0]
+    lengths = token_lengths(clip, tokens)
+    too_long = truncated_texts(clip, texts)  # open_clip truncates silently
     if too_long and strict:
         raise InputError(
             f"{len(too_long)} concept(s) exceed CLIP's {clip.context_length}-token context, e.g. {too_long[0][:60]!r}",
@@ -312,15 +311,7 @@ def text_for_images(
         info(f"using cached text embeddings {path}")
         return text
     _report_concepts(concepts)
-    spec = images.clip_spec
-    clip = load_clip(parse_clip_spec(spec), resolve_device(device))
-    if clip.fingerprint != images.clip_fingerprint:
-        from .errors import MismatchError
-
-        raise MismatchError(
-            f"the CLIP model {spec} no longer matches the one that made {images.path} (its files changed)",
-            hint="re-run `dissect embed-images`, or embed the text yourself with `dissect embed-text`",
-        )
+    clip = reload_clip(images.clip_spec, images.clip_fingerprint, str(images.path), resolve_device(device))
     emb = compute_text_embeddings(clip, concepts, batch_size)
     folder.mkdir(parents=True, exist_ok=True)
     attrs = _text_attrs(clip, concepts, batch_size)

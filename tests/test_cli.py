@@ -616,4 +616,4 @@ def test_offline_pretrained_weights_say_what_to_fetch(tmp_path, probe_dir, monke
     r = invoke("record", probe_dir, "--model", "timm:resnet18", "--layers", "fc", "-o", tmp_path / "a.h5", ok=False)
     assert_one_line_error(r, "cannot download", "--weights")
     r = invoke("embed-images", probe_dir, "--clip", "RN50:openai", "-o", tmp_path / "i.h5", ok=False)
-    assert_one_line_error(r, "RN50", "--clip RN50:/path/to/weights")
+    assert_one_line_error(r, "RN50", "huggingface.co/timm/resnet50_clip.openai", "--clip RN50:openai@/path/to/")

@@ -41,3 +41,155 @@ def test_towers_where_truncation_is_not_exact_fall_back(tmp_path, extra):
     clip = _clip(tmp_path, extra)
     assert prefix_text_encoder(clip) is None
     torch.testing.assert_close(encode_texts(clip, WORDS), encode_texts(clip, WORDS, prefix=False))
+
+
+# --- The paper's CLIP: OpenAI weights were trained with QuickGELU -------------------------------------------
+
+def _embed_reference(model, tokenizer, images, texts):
+    with torch.inference_mode():
+        img = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
+        txt = torch.nn.functional.normalize(model.encode_text(tokenizer(texts)), dim=-1)
+    return img, txt
+
+
+@pytest.fixture(scope="module")
+def vit_b16_openai(tmp_path_factory):
+    """A local state dict standing in for the download of ViT-B-16's ``openai`` weights (random, seeded),
+    with open_clip's own ``ViT-B-16-quickgelu`` embeddings of a few images and texts on those weights."""
+    import open_clip
+
+    torch.manual_seed(0)
+    ref = open_clip.create_model("ViT-B-16-quickgelu").eval()
+    path = tmp_path_factory.mktemp("vit_b16") / "open_clip_pytorch_model.bin"
+    torch.save(ref.state_dict(), path)
+    images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    texts = ["a dog", "stop!/go", "!="]
+    img, txt = _embed_reference(ref, open_clip.get_tokenizer("ViT-B-16"), images, texts)
+    return path, images, texts, img, txt
+
+
+def _ours(clip, images, texts):
+    from dissect.clip import encode_images
+
+    return encode_images(clip, images), encode_texts(clip, texts)
+
+
+def test_openai_tag_builds_quickgelu_like_open_clips_quickgelu_config(vit_b16_openai, monkeypatch):
+    import open_clip.factory
+
+    path, images, texts, ref_img, ref_txt = vit_b16_openai
+    # The download, stubbed by the local state dict (as open_clip's cache would hold it).
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", lambda cfg, **kw: str(path))
+    clip = load_clip("ViT-B-16:openai", torch.device("cpu"))
+    img, txt = _ours(clip, images, texts)
+    torch.testing.assert_close(img, ref_img, atol=1e-5, rtol=0)
+    torch.testing.assert_close(txt, ref_txt, atol=1e-5, rtol=0)
+    assert clip.attrs()["clip_activation"] == "quick_gelu"
+    # What dissect built before (open_clip's plain ViT-B-16 config, nn.GELU) is measurably different:
+    gelu = open_clip.create_model("ViT-B-16", pretrained=str(path)).eval()
+    old_img, old_txt = _embed_reference(gelu, open_clip.get_tokenizer("ViT-B-16"), images, texts)
+    assert (old_img - ref_img).abs().max() > 1e-4 and (old_txt - ref_txt).abs().max() > 1e-4
+
+
+def test_quickgelu_changes_the_fingerprint_so_old_embeddings_are_not_reused():
+    from dissect.clip import clip_fingerprint, parse_clip_spec
+    from dissect.fingerprint import fingerprint
+
+    # The formula of dissect 0.1 (names only) gave these; a GELU-built ViT-B-16:openai must not match now.
+    assert clip_fingerprint(parse_clip_spec("ViT-B-16:openai")) != fingerprint(["builtin", "ViT-B-16", "openai"])
+    assert clip_fingerprint(parse_clip_spec("RN50:openai")) != fingerprint(["builtin", "RN50", "openai"])
+    # Tags trained with GELU, and the -quickgelu configs (always right), keep theirs.
+    assert clip_fingerprint(parse_clip_spec("ViT-B-32:laion2b_s34b_b79k")) == fingerprint(
+        ["builtin", "ViT-B-32", "laion2b_s34b_b79k"])
+    assert clip_fingerprint(parse_clip_spec("ViT-B-16-quickgelu:openai")) == fingerprint(
+        ["builtin", "ViT-B-16-quickgelu", "openai"])
+
+
+def test_tag_at_file_takes_the_tags_activation_with_local_weights(vit_b16_openai, monkeypatch):
+    import open_clip.factory
+
+    path, images, texts, ref_img, ref_txt = vit_b16_openai
+
+    def no_download(*a, **k):
+        raise AssertionError("MODEL:TAG@FILE must not download")
+
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", no_download)
+    clip = load_clip(f"ViT-B-16:openai@{path}", torch.device("cpu"))
+    img, txt = _ours(clip, images, texts)
+    torch.testing.assert_close(img, ref_img, atol=1e-5, rtol=0)
+    torch.testing.assert_close(txt, ref_txt, atol=1e-5, rtol=0)
+    assert str(clip.spec) == f"ViT-B-16:openai@{path}" and clip.attrs()["clip_activation"] == "quick_gelu"
+    assert clip.preprocess_cfg["interpolation"] == "bicubic"
+
+
+def test_plain_architecture_with_a_state_dict_says_it_builds_gelu(vit_b16_openai, capsys):
+    path = vit_b16_openai[0]
+    clip = load_clip(f"ViT-B-16:{path}", torch.device("cpu"))
+    assert clip.attrs()["clip_activation"] == "gelu"
+    err = capsys.readouterr().err
+    assert "nn.GELU" in err and "openai" in err and f"ViT-B-16:TAG@{path}" in err.replace("\n", "")
+
+
+def test_openai_torchscript_checkpoint_is_loaded_with_quickgelu(tiny_clip, tmp_path):
+    """OpenAI's own ``clip.load`` files are TorchScript archives of QuickGELU models."""
+    import open_clip
+
+    from dissect.clip import is_torchscript_archive
+
+    torch.manual_seed(3)
+    ref = open_clip.create_model("tiny-clip", force_quick_gelu=True).eval()  # tiny-clip: registered by the fixture
+    scripted = tmp_path / "tiny.pt"
+    torch.jit.script(ref).save(str(scripted))
+    assert is_torchscript_archive(scripted) and not is_torchscript_archive(tiny_clip.split(":")[1])
+    clip = load_clip(f"tiny-clip:{scripted}", torch.device("cpu"))
+    assert clip.attrs()["clip_activation"] == "quick_gelu"
+    images = torch.rand(2, 3, 32, 32)
+    img, txt = _ours(clip, images, WORDS)
+    r_img, r_txt = _embed_reference(ref, open_clip.get_tokenizer("tiny-clip"), images, WORDS)
+    torch.testing.assert_close(img, r_img, atol=1e-5, rtol=0)
+    torch.testing.assert_close(txt, r_txt, atol=1e-5, rtol=0)
+
+
+def test_offline_download_failure_names_the_file_and_the_flag(monkeypatch):
+    import open_clip.factory
+
+    from dissect.errors import ModelError
+
+    def offline(*a, **k):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", offline)
+    with pytest.raises(ModelError) as e:
+        load_clip("ViT-B-16:openai", torch.device("cpu"))
+    msg = str(e.value)
+    assert "huggingface.co/timm/vit_base_patch16_clip_224.openai/resolve/main/open_clip_pytorch_model.bin" in msg
+    assert "--clip ViT-B-16:openai@/path/to/open_clip_pytorch_model.bin" in msg
+
+
+# --- Text lengths: BPE id 0 is "!" ------------------------------------------------------------------------
+
+
+def test_exclamation_marks_keep_their_end_of_text_token(tiny_clip):
+    """Texts with "!" (BPE id 0) in every position of a length bucket encode as open_clip's encode_text does."""
+    clip = load_clip(tiny_clip, torch.device("cpu"))
+    ctx = clip.context_length
+    # "!" glued to more punctuation is BPE id 0 ("!=" -> "!", "=</w>"); each text fills the whole context
+    # (start, ctx - 2 tokens, end) and has its 0 at another position.
+    texts = [" ".join("!=" if j == i else "x" for j in range(ctx - 3)) for i in range(ctx - 3)]
+    texts += ["stop!/go", "!=", "!", "!!", "go !", "red"]
+    tokens = clip.tokenizer(texts)
+    assert (tokens[: ctx - 3, -1] == clip.tokenizer.eot_token_id).all()  # the premise: full length ...
+    assert ((tokens[: ctx - 3] == 0).sum(dim=1) == 1).all() and (tokens[ctx - 3] == 0).any()  # ... with one id 0
+    torch.testing.assert_close(encode_texts(clip, texts, prefix=True), encode_texts(clip, texts, prefix=False),
+                               atol=1e-5, rtol=0)
+
+
+def test_a_text_of_exactly_the_context_length_is_not_reported_truncated(tiny_clip):
+    from dissect.clip import truncated_texts
+
+    clip = load_clip(tiny_clip, torch.device("cpu"))
+    ctx = clip.context_length
+    fits = " ".join(["x"] * (ctx - 2))        # start + ctx-2 tokens + end = ctx
+    too_long = " ".join(["x"] * (ctx - 1))
+    assert len(clip.tokenizer.encode(fits)) == ctx - 2
+    assert truncated_texts(clip, [fits, too_long, "red"]) == [too_long]
