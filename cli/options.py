@@ -48,7 +48,8 @@ Workers = Annotated[
 Summary = Annotated[str, typer.Option("--summary", help="Per-neuron reduction of spatial/token outputs: mean, max or cls.")]
 Layout = Annotated[
     str,
-    typer.Option("--layout", help="Output layout: auto (2-D nc, 3-D nlc, 4-D nchw), nc, nlc, ncl, nchw or nhwc."),
+    typer.Option("--layout", help="Where each layer's channels are: auto (decided from the module, refused where it "
+                                  "cannot be), or nc, nlc, ncl, nchw, nhwc for every layer, or LAYER=LAYOUT,... per layer."),
 ]
 InputSize = Annotated[Optional[int], typer.Option("--input-size", min=1, help="Override the crop size in pixels.")]
 CropPct = Annotated[Optional[float], typer.Option("--crop-pct", help="Override crop fraction (resize = input-size / crop-pct).")]

@@ -65,6 +65,7 @@ def layers(
     weights: Annotated[str, typer.Option("--weights", help="Weights to load ('none' needs no download).")] = "none",
     model_arg: O.ModelArg = None,
     input_size: O.InputSize = None,
+    layout: O.Layout = "auto",
     all_modules: Annotated[bool, typer.Option("--all", help="Also list modules whose output is not a 2-4-D tensor.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
     device: O.Device = "cpu",
@@ -75,22 +76,54 @@ def layers(
     from dissect.models import parse_model_args
     from dissect.record import list_layers
 
-    target, infos = list_layers(model, weights, parse_model_args(model_arg), O.overrides(input_size, None, None, None, None), device)
-    shown = [i for i in infos if all_modules or i.n_units]
+    target, infos = list_layers(model, weights, parse_model_args(model_arg), O.overrides(input_size, None, None, None, None),
+                                device, layout)
+    shown = [i for i in infos if all_modules or i.layout != "-"]
     if json_out:
         for i in shown:
-            typer.echo(json.dumps({"layer": i.name, "type": i.module_type, "shape": list(i.raw_shape), "layout": i.layout, "neurons": i.n_units}))
+            typer.echo(json.dumps({"layer": i.name, "type": i.module_type, "shape": list(i.raw_shape),
+                                   "layout": i.layout or None, "layout_source": i.layout_source or None,
+                                   "neurons": i.n_units if i.layout and i.calls == 1 and i.rows == 1 else None,
+                                   "calls": i.calls, "rows_per_image": i.rows}))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    size = target.preprocess.input_size if target.preprocess else 224
-    table = Table(title=f"{model} (input 3x{size}x{size})", title_justify="left")
+    table = Table(title=f"{model} (input {_input_shape(target)})", title_justify="left")
     for col in ("layer", "type", "output shape", "layout", "neurons"):
-        table.add_column(col, justify="right" if col == "neurons" else "left")
+        table.add_column(col, justify="right" if col == "neurons" else "left", overflow="fold")
+    undecided = reused = folded = 0
     for i in shown:
-        table.add_row(i.name, i.module_type, "x".join(map(str, i.raw_shape)), i.layout, str(i.n_units or "-"))
-    Console().print(table)
+        if i.calls > 1:
+            reused += 1
+            units = f"- (runs {i.calls}x)"
+        elif i.rows != 1:
+            folded += 1
+            units = "- (folded)"
+        elif not i.layout:
+            undecided += 1
+            units = "?"
+        else:
+            units = str(i.n_units or "-")
+        table.add_row(escape(i.name), i.module_type, "x".join(map(str, i.raw_shape)), i.layout or "?", units)
+    import sys
+
+    # Piped (grep, less): as wide as the longest names, never cut; on a terminal, folded to fit.
+    cells = [[i.name, i.module_type, "x".join(map(str, i.raw_shape)), i.layout or "?", "- (runs 99x)"] for i in shown]
+    widest = sum(max(len(c[k]) for c in cells + [["layer", "type", "output shape", "layout", "neurons"]])
+                 for k in range(5)) + 17
+    console = Console(width=None if sys.stdout.isatty() else widest, soft_wrap=not sys.stdout.isatty())
+    console.print(table)
+    if undecided:
+        console.print(f"?: {undecided} layer(s) whose channel axis cannot be decided from the module; record them with "
+                      f"--layout LAYER=nchw|nhwc (or nlc|ncl)")
+    if reused:
+        console.print(f"runs Nx: {reused} module(s) called several times in one forward pass (shared activations); "
+                      f"record their parent block instead")
+    if folded:
+        console.print(f"folded: {folded} module(s) whose batch axis holds windows or heads, not images; record the "
+                      f"block around them")
 
 
 @command("merge")
@@ -104,3 +137,9 @@ def merge(
 
     path = run(shards, out)
     info(f"wrote {path} from {len(shards)} shards")
+
+
+def _input_shape(target) -> str:
+    from dissect.record import example_input
+
+    return "x".join(map(str, example_input(target).shape[1:]))

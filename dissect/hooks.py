@@ -4,20 +4,35 @@ Layers are named by their dotted ``named_modules()`` name. Every name is checked
 before any hook is attached; hooks are always removed (``with`` block), and the
 forward pass is cut short once the last requested layer has run.
 
-Layouts are declared, not guessed from names. With ``layout="auto"`` the rule is
-by rank alone and is recorded with the data:
-    2-D output  (N, C)        "nc"    identity
-    3-D output  (N, L, C)     "nlc"   tokens (transformer blocks)
-    4-D output  (N, C, H, W)  "nchw"  conv feature maps
-Models whose 4-D outputs are channels-last (e.g. timm Swin stages) need
-``layout="nhwc"``; 3-D conv1d outputs need ``layout="ncl"``.
+Layouts are declared or derived, never guessed from the rank alone. One forward pass
+of a single example (``probe_layers``) decides every module's layout from what is
+known, in this order:
+
+1. ``--layout``: for every layer (``nhwc``) or per layer (``layers.0=nhwc``);
+2. a 2-D output is ``nc``;
+3. what the module declares: timm's ``output_fmt`` (when its rank matches the output);
+4. the module's type: convolutions, batch/instance/group norms and 2-D pooling give
+   channels first (``nchw``, ``ncl``); ``Linear`` gives channels last (``nlc``, ``nhwc``);
+   ``LayerNorm`` gives the axis its ``normalized_shape`` matches;
+5. the very tensor another module returned (containers, in-place activations, Identity);
+6. a permutation module (``dims``) applied to the layout of its input;
+7. the layout of its input, when the output keeps the input's non-channel axes
+   (activations, residual blocks, DenseNet's concatenations);
+8. the channel count of the last parameterised module that ran inside it (or of its own
+   parameters), or of timm's ``feature_info``, when it matches exactly one axis.
+
+Where none of these decides, the layer is refused with a message asking for
+``--layout NAME=nchw|nhwc``. A module that runs more than once in a forward pass (a ReLU
+shared by a ResNet block's three convolutions) is refused too: its calls differ and a
+hook would see only one of them.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
-from typing import Any
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable
 
 import torch
 
@@ -25,6 +40,48 @@ from .errors import ModelError, UsageError
 
 LAYOUTS = ("auto", "nc", "nlc", "ncl", "nchw", "nhwc")
 SUMMARIES = ("mean", "max", "cls")
+#: Rank of each layout and the axis its channels (neurons) are on.
+NDIM = {"nc": 2, "nlc": 3, "ncl": 3, "nchw": 4, "nhwc": 4}
+CHANNEL_AXIS = {"nc": 1, "nlc": 2, "ncl": 1, "nchw": 1, "nhwc": 3}
+_BY_RANK = {3: ("ncl", "nlc"), 4: ("nchw", "nhwc")}
+
+
+@dataclass
+class LayoutRequest:
+    """``--layout``: a layout for every layer and/or layouts of named layers (``auto,layers.0=nhwc``)."""
+
+    default: str = "auto"
+    per_layer: dict[str, str] = field(default_factory=dict)
+
+    def for_layer(self, name: str) -> str:
+        return self.per_layer.get(name, self.default)
+
+    def __str__(self) -> str:
+        parts = [] if self.default == "auto" and self.per_layer else [self.default]
+        return ",".join(parts + [f"{k}={v}" for k, v in sorted(self.per_layer.items())])
+
+
+def parse_layout(spec: "str | LayoutRequest | None") -> LayoutRequest:
+    """``auto``, ``nhwc`` or ``LAYER=LAYOUT[,LAYER=LAYOUT...]`` (a bare layout sets the default)."""
+    if isinstance(spec, LayoutRequest):
+        return spec
+    req = LayoutRequest()
+    for item in (spec or "auto").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, eq, value = item.rpartition("=")
+        value = value.strip().lower()
+        if value not in LAYOUTS:
+            raise UsageError(f"unknown layout {value!r} in --layout {spec!r}",
+                             hint=f"use one of {', '.join(LAYOUTS)}, for all layers or as LAYER=LAYOUT")
+        if eq:
+            if not name.strip():
+                raise UsageError(f"--layout {item!r} names no layer", hint="use LAYER=LAYOUT, e.g. layers.0=nhwc")
+            req.per_layer[name.strip()] = value
+        else:
+            req.default = value
+    return req
 
 
 def module_names(model: torch.nn.Module) -> list[str]:
@@ -47,20 +104,6 @@ def resolve_layers(model: torch.nn.Module, names: list[str], spec: str = "MODEL"
     return seen
 
 
-def resolve_layout(layout: str, ndim: int, layer: str) -> str:
-    if layout not in LAYOUTS:
-        raise UsageError(f"unknown layout {layout!r}", hint=f"use one of {', '.join(LAYOUTS)}")
-    expected = {"nc": 2, "nlc": 3, "ncl": 3, "nchw": 4, "nhwc": 4}
-    if layout == "auto":
-        auto = {2: "nc", 3: "nlc", 4: "nchw"}.get(ndim)
-        if auto is None:
-            raise ModelError(f"layer {layer} outputs a {ndim}-D tensor", hint="record a layer with a 2-, 3- or 4-D output")
-        return auto
-    if expected[layout] != ndim:
-        raise UsageError(f"layout {layout} needs a {expected[layout]}-D output but layer {layer} gives {ndim}-D")
-    return layout
-
-
 def summarize(x: torch.Tensor, layout: str, summary: str) -> torch.Tensor:
     """(N, ...) layer output -> (N, C): one number per neuron and image."""
     if layout == "nc":
@@ -77,17 +120,270 @@ def summarize(x: torch.Tensor, layout: str, summary: str) -> torch.Tensor:
     return x.mean(dim=dims) if summary == "mean" else x.amax(dim=dims)
 
 
-class _Stop(Exception):
-    """Raised inside the last needed hook to end the forward pass early."""
-
-
 @dataclass
 class LayerInfo:
     name: str
     module_type: str
     raw_shape: tuple[int, ...]      # per-image output shape, e.g. (C, H, W)
-    layout: str
+    layout: str                     # "" when it cannot be decided, "-" for non-tensor outputs
     n_units: int
+    calls: int = 1                  # how often the module ran in one forward pass
+    layout_source: str = ""         # what decided the layout
+    rows: int = 1                   # batch rows per image (Swin's window attention folds windows into the batch)
+
+
+def _channels_of(mod: torch.nn.Module) -> int | None:
+    """The output channel count a parameterised module declares (or its first parameter's first axis)."""
+    for attr in ("out_channels", "out_features", "num_features", "num_channels"):
+        v = getattr(mod, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    shape = getattr(mod, "normalized_shape", None)
+    if shape:
+        return int(shape[-1])
+    for p in mod.parameters(recurse=False):
+        return int(p.shape[0]) if p.ndim else None
+    return None
+
+
+def _axis_matching(shape: torch.Size, channels: int | None) -> str | None:
+    """The layout whose channel axis alone has ``channels`` entries."""
+    if channels is None or len(shape) not in _BY_RANK:
+        return None
+    hits = [lay for lay in _BY_RANK[len(shape)] if shape[CHANNEL_AXIS[lay]] == channels]
+    return hits[0] if len(hits) == 1 else None
+
+
+_CHANNELS_FIRST = (torch.nn.modules.conv._ConvNd, torch.nn.modules.batchnorm._BatchNorm,
+                   torch.nn.modules.instancenorm._InstanceNorm, torch.nn.GroupNorm,
+                   torch.nn.modules.pooling._MaxPoolNd, torch.nn.modules.pooling._AvgPoolNd,
+                   torch.nn.modules.pooling._AdaptiveAvgPoolNd, torch.nn.modules.pooling._AdaptiveMaxPoolNd,
+                   torch.nn.modules.pooling._LPPoolNd, torch.nn.Upsample, torch.nn.PixelShuffle,
+                   torch.nn.PixelUnshuffle)
+
+
+def _by_module(mod: torch.nn.Module, out: torch.Tensor) -> str | None:
+    """Layout from what the module declares or what its type computes."""
+    nd = out.ndim
+    fmt = getattr(mod, "output_fmt", None)
+    if fmt is not None:
+        fmt = str(getattr(fmt, "value", fmt)).lower()
+        if NDIM.get(fmt) == nd:
+            return fmt
+    if isinstance(mod, _CHANNELS_FIRST):
+        return "ncl" if nd == 3 else "nchw" if nd == 4 else None
+    if isinstance(mod, torch.nn.Linear):
+        return ("nlc" if nd == 3 else "nhwc") if out.shape[-1] == mod.out_features else None
+    if isinstance(mod, (torch.nn.LayerNorm, getattr(torch.nn, "RMSNorm", torch.nn.LayerNorm))):
+        shape = tuple(getattr(mod, "normalized_shape", ()) or ())
+        if len(shape) != 1:
+            return None
+        lay = _axis_matching(out.shape, shape[0])
+        if lay is None and out.shape[-1] == shape[0] and type(mod).forward is torch.nn.LayerNorm.forward:
+            lay = _BY_RANK[nd][1]  # torch's own LayerNorm normalises the last axis
+        return lay
+    return None
+
+
+def _kind(out: Any) -> str:
+    """What a module returned, for a message: 'tuple of 2 (Tensor, Tensor)', '5-D tensor'."""
+    if isinstance(out, torch.Tensor):
+        return f"{out.ndim}-D tensor"
+    kind = type(out).__name__
+    if isinstance(out, (tuple, list)):
+        kind += f" of {len(out)} ({', '.join(type(o).__name__ for o in out[:4])})"
+    return kind
+
+
+def _permuted(layout: str, dims) -> str | None:
+    try:
+        out = "".join(layout[int(d)] for d in dims)
+    except (IndexError, TypeError, ValueError):
+        return None
+    return out if out in NDIM else None
+
+
+def _keeps_input_axes(layout: str, x: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether ``out`` has ``x``'s rank and, under ``layout``, the same non-channel axes."""
+    if x.ndim != out.ndim:
+        return False
+    c = CHANNEL_AXIS[layout]
+    return all(x.shape[i] == out.shape[i] for i in range(1, out.ndim) if i != c)
+
+
+class _Probe:
+    """Hooks on every module for one forward pass: call counts and layouts (see the module docstring)."""
+
+    def __init__(self, model: torch.nn.Module, request: LayoutRequest):
+        self.model, self.request = model, request
+        self.infos: dict[str, LayerInfo] = {}
+        self.calls: Counter[str] = Counter()
+        self.known: dict[int, tuple[torch.Tensor, str, str]] = {}   # id(tensor) -> (tensor, layout, module)
+        self.done: list[tuple[str, torch.nn.Module]] = []           # modules in the order they finished
+        self.first_out: dict[str, torch.Tensor] = {}
+        # id(tensor) -> (tensor, a module that took it as input and kept its shape, that module's output), ...
+        self.consumed: dict[int, list[tuple[torch.Tensor, str, torch.Tensor]]] = {}
+        self.feature_chs = {}
+        for f in getattr(model, "feature_info", None) or []:
+            if isinstance(f, dict) and "module" in f and "num_chs" in f:
+                self.feature_chs[f["module"]] = int(f["num_chs"])
+
+    def layout(self, name: str, mod: torch.nn.Module, inputs, out: torch.Tensor) -> tuple[str, str]:
+        nd = out.ndim
+        asked = self.request.for_layer(name)
+        if asked != "auto" and (name in self.request.per_layer or NDIM[asked] == nd):
+            if NDIM[asked] != nd:
+                raise UsageError(f"--layout {name}={asked} needs a {NDIM[asked]}-D output but layer {name} gives "
+                                 f"{nd}-D {tuple(out.shape[1:])}")
+            return asked, "--layout"
+        if nd == 2:
+            return "nc", "2-D output"
+        lay = _by_module(mod, out)
+        if lay:
+            return lay, type(mod).__name__
+        same = self.known.get(id(out))
+        if same is not None and same[0] is out:
+            return same[1], f"the output of {same[2]}"
+        x = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
+        x_known = self.known.get(id(x)) if x is not None else None
+        x_layout = x_known[1] if x_known is not None and x_known[0] is x else None
+        dims = getattr(mod, "dims", None)
+        if x_layout and dims is not None and "permute" in type(mod).__name__.lower():
+            lay = _permuted(x_layout, dims)
+            if lay:
+                return lay, f"{type(mod).__name__}{tuple(dims)} of {x_layout}"
+        if x_layout and NDIM[x_layout] == nd and _keeps_input_axes(x_layout, x, out):
+            return x_layout, "its input"
+        prefix = name + "."
+        for done_name, done_mod in reversed(self.done):
+            if done_name.startswith(prefix) and any(True for _ in done_mod.parameters(recurse=False)):
+                lay = _axis_matching(out.shape, _channels_of(done_mod))
+                if lay:
+                    return lay, f"the channels of {done_name}"
+                break
+        lay = _axis_matching(out.shape, _channels_of(mod)) if any(True for _ in mod.parameters(recurse=False)) else None
+        if lay:
+            return lay, "its own parameters"
+        lay = _axis_matching(out.shape, self.feature_chs.get(name))
+        if lay:
+            return lay, "timm feature_info"
+        return "", ""
+
+    def hook(self, name: str, mod: torch.nn.Module):
+        def fn(_m, inputs, out):
+            self.calls[name] += 1
+            if self.calls[name] > 1:
+                self.infos[name].calls = self.calls[name]
+            if isinstance(out, torch.Tensor) and out.ndim in (2, 3, 4):
+                lay, src = self.layout(name, mod, inputs, out)
+                if lay:
+                    self.known[id(out)] = (out, lay, name)
+                if name not in self.infos:
+                    self.first_out[name] = out
+                    n = int(out.shape[CHANNEL_AXIS[lay]]) if lay else 0
+                    rows = out.shape[0] / self.batch
+                    self.infos[name] = LayerInfo(name, type(mod).__name__, tuple(out.shape[1:]), lay, n, 1, src,
+                                                 int(rows) if rows == int(rows) else 0)
+            elif name not in self.infos:
+                shape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else ()
+                self.infos[name] = LayerInfo(name, type(mod).__name__, shape, "-", 0, 1, _kind(out))
+            x = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
+            if x is not None and isinstance(out, torch.Tensor) and x.shape == out.shape:
+                self.consumed.setdefault(id(x), []).append((x, name, out))
+            self.done.append((name, mod))
+
+        return fn
+
+    def settle(self) -> None:
+        """After the pass: undecided outputs that a later module returned as its own, or took as input and kept
+        the shape of (a block after a dropout), or outputs of parameter-free modules (activations, dropout,
+        Identity) shaped like the output of the block they sit in."""
+        modules = dict(self.model.named_modules())
+        changed = True
+        while changed:  # a chain of undecided modules (dropout -> Identity -> Identity -> block) settles link by link
+            changed = False
+            for name, i in self.infos.items():
+                if not i.layout and name in self.first_out:
+                    changed |= self._settle_one(name, i, modules[name])
+
+    def _settle_one(self, name: str, i: LayerInfo, mod: torch.nn.Module) -> bool:
+        out = self.first_out[name]
+        same = self.known.get(id(out))
+        users = [(u, self.known[id(y)]) for x, u, y in self.consumed.get(id(out), [])
+                 if x is out and id(y) in self.known and self.known[id(y)][0] is y]
+        lay = src = ""
+        if same is not None and same[0] is out:
+            lay, src = same[1], f"the output of {same[2]}"
+        elif users:
+            lay, src = users[0][1][1], f"the input of {users[0][0]}, which keeps its shape"
+        elif not any(True for _ in mod.parameters()):
+            parent = name
+            while "." in parent and not lay:
+                parent = parent.rpartition(".")[0]
+                p = self.infos.get(parent)
+                if p is not None and p.layout and p.raw_shape == i.raw_shape and p.calls == 1:
+                    lay, src = p.layout, f"the shape of {parent}, around it"
+        if not lay:
+            return False
+        i.layout, i.layout_source, i.n_units = lay, src, int(out.shape[CHANNEL_AXIS[lay]])
+        self.known.setdefault(id(out), (out, lay, name))
+        return True
+
+
+def probe_layers(model: torch.nn.Module, example: torch.Tensor, layout: "str | LayoutRequest | None" = None
+                 ) -> dict[str, LayerInfo]:
+    """Every named module that ran on ``example`` (one image suffices), in execution order of completion,
+    with its output shape, layout (see the module docstring), neuron count and number of calls."""
+    probe = _Probe(model, parse_layout(layout))
+    probe.batch = int(example.shape[0])
+    handles = []
+    try:
+        for name, mod in model.named_modules():
+            if name:
+                handles.append(mod.register_forward_hook(probe.hook(name, mod)))
+        with torch.inference_mode():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    probe.settle()
+    return probe.infos
+
+
+def check_recordable(infos: dict[str, LayerInfo], layers: list[str], spec: str = "MODEL") -> dict[str, LayerInfo]:
+    """The LayerInfo of each requested layer; one-line errors for layers that cannot be recorded faithfully."""
+    out = {}
+    for name in layers:
+        i = infos.get(name)
+        if i is None:
+            raise ModelError(f"layer {name} never ran in the forward pass",
+                             hint=f"pick a layer the model's forward() calls (see `dissect layers {spec}`)")
+        if i.calls > 1:
+            parent = name.rpartition(".")[0]
+            instead = f"record {parent} (its output follows the last call) or" if parent else "record"
+            raise UsageError(f"layer {name} ({i.module_type}) runs {i.calls} times in one forward pass, and its calls "
+                             f"differ: a hook would see only one of them",
+                             hint=f"{instead} a module that runs once (see `dissect layers {spec}`)")
+        if i.rows != 1:
+            raise UsageError(f"layer {name} ({i.module_type}) does not keep one batch row per image "
+                             f"({'%d rows each' % i.rows if i.rows else 'rows of several images mixed'}: windows or "
+                             f"heads folded into the batch axis)",
+                             hint=f"record the block around it (see `dissect layers {spec}`)")
+        if i.layout == "-":
+            raise ModelError(f"layer {name} returns a {i.layout_source}, not a 2-, 3- or 4-D tensor",
+                             hint=f"record one of its submodules instead (see `dissect layers {spec}`)")
+        if not i.layout:
+            first, last = _BY_RANK[len(i.raw_shape) + 1]
+            raise UsageError(f"cannot tell which axis of layer {name}'s {'x'.join(map(str, i.raw_shape))} output "
+                             f"({i.module_type}) holds its channels",
+                             hint=f"say it with --layout {name}={first} (channels first) or --layout {name}={last} "
+                                  f"(channels last)")
+        out[name] = i
+    return out
+
+
+class _Stop(Exception):
+    """Raised inside the last needed hook to end the forward pass early."""
 
 
 class Recorder:
@@ -95,25 +391,31 @@ class Recorder:
 
     >>> with Recorder(model, ["layer1", "layer4"], summary="mean") as rec:
     ...     out = rec.run(batch)   # {"layer1": [B, C1], "layer4": [B, C4]}
+
+    ``layout`` is a request (``auto``, ``nhwc``, ``LAYER=LAYOUT,...``), resolved by
+    ``probe_layers`` on one image of the first batch, or the ``LayerInfo`` of every layer
+    from an earlier ``probe_layers`` (then no extra pass is made).
     """
 
-    def __init__(self, model: torch.nn.Module, layers: list[str], summary: str = "mean", layout: str = "auto",
-                 stop_early: bool = True, keep_raw: bool = False):
+    def __init__(self, model: torch.nn.Module, layers: list[str], summary: str = "mean",
+                 layout: "str | LayoutRequest | dict[str, LayerInfo]" = "auto", keep_raw: bool = False):
         if summary not in SUMMARIES:
             raise UsageError(f"unknown summary {summary!r}", hint=f"use one of {', '.join(SUMMARIES)}")
-        if layout not in LAYOUTS:
-            raise UsageError(f"unknown layout {layout!r}", hint=f"use one of {', '.join(LAYOUTS)}")
-        self.model, self.layers, self.summary, self.layout = model, list(layers), summary, layout
-        self.stop_early, self.keep_raw = stop_early, keep_raw
-        self.info: dict[str, LayerInfo] = {}
+        self.model, self.layers, self.summary = model, list(layers), summary
+        self.keep_raw = keep_raw
+        if isinstance(layout, dict):
+            self.request, self.info = LayoutRequest(), dict(layout)
+        else:
+            self.request, self.info = parse_layout(layout), {}
         self._handles: list[Any] = []
         self._out: dict[str, torch.Tensor] = {}
+        self._probing = False
 
     def __enter__(self) -> "Recorder":
         modules = dict(self.model.named_modules())
         try:
             for name in self.layers:
-                self._handles.append(modules[name].register_forward_hook(self._hook(name, modules[name])))
+                self._handles.append(modules[name].register_forward_hook(self._hook(name)))
         except BaseException:
             self._remove()
             raise
@@ -127,34 +429,39 @@ class Recorder:
             h.remove()
         self._handles.clear()
 
-    def _hook(self, name: str, module: torch.nn.Module):
+    def _hook(self, name: str):
         def hook(_mod, _inp, output):
+            if self._probing:
+                return
             if name in self._out:
-                return  # a module called twice in one pass: keep its first call
-            if not isinstance(output, torch.Tensor):
-                kind = type(output).__name__
-                if isinstance(output, (tuple, list)):
-                    kind += f" of {len(output)} ({', '.join(type(o).__name__ for o in output[:4])})"
-                raise ModelError(
-                    f"layer {name} returns a {kind}, not a tensor",
-                    hint="record one of its submodules instead (see `dissect layers`)",
-                )
-            layout = resolve_layout(self.layout, output.ndim, name)
+                raise ModelError(f"layer {name} ran twice in one forward pass",
+                                 hint="record a module that runs once (see `dissect layers`)")
+            info = self.info[name]
+            if not isinstance(output, torch.Tensor) or tuple(output.shape[1:]) != info.raw_shape:
+                got = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else type(output).__name__
+                raise ModelError(f"layer {name} gave {got} on this batch but {info.raw_shape} when its layout was "
+                                 f"decided", hint="use inputs of one size (--input-size)")
             x = output.detach()
-            if self.keep_raw:
-                self._out[name] = x
-            else:
-                self._out[name] = summarize(x.float(), layout, self.summary)
-            if name not in self.info:
-                n_units = x.shape[{"nc": 1, "nlc": 2, "ncl": 1, "nchw": 1, "nhwc": 3}[layout]]
-                self.info[name] = LayerInfo(name, type(module).__name__, tuple(x.shape[1:]), layout, int(n_units))
-            if self.stop_early and len(self._out) == len(self.layers):
+            self._out[name] = x if self.keep_raw else summarize(x.float(), info.layout, self.summary)
+            if len(self._out) == len(self.layers):
                 raise _Stop
 
         return hook
 
+    def resolve(self, example: torch.Tensor) -> dict[str, LayerInfo]:
+        """Decide every layer's layout from one forward pass of ``example`` (if not given)."""
+        if not all(n in self.info for n in self.layers):
+            self._probing = True  # our own hooks stay quiet during the probe pass
+            try:
+                infos = probe_layers(self.model, example[:1], self.request)
+            finally:
+                self._probing = False
+            self.info.update(check_recordable(infos, [n for n in self.layers if n not in self.info]))
+        return self.info
+
     def run(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward ``batch``; returns each layer's (N, C) summary (or raw output with keep_raw)."""
+        self.resolve(batch)
         self._out = {}
         try:
             with torch.inference_mode():
@@ -171,34 +478,7 @@ class Recorder:
         return out
 
 
-def list_modules(model: torch.nn.Module, example: torch.Tensor) -> list[LayerInfo]:
-    """Every named module that ran on ``example``, in execution order, with its output shape (auto layout)."""
-    infos: list[LayerInfo] = []
-    seen: set[str] = set()
-    handles = []
-
-    def make(name, mod):
-        def hook(_m, _i, out):
-            if name in seen:
-                return
-            seen.add(name)
-            if isinstance(out, torch.Tensor) and out.ndim in (2, 3, 4):
-                lay = resolve_layout("auto", out.ndim, name)
-                n = out.shape[{"nc": 1, "nlc": 2, "ncl": 1, "nchw": 1, "nhwc": 3}[lay]]
-                infos.append(LayerInfo(name, type(mod).__name__, tuple(out.shape[1:]), lay, int(n)))
-            else:
-                shape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else ()
-                infos.append(LayerInfo(name, type(mod).__name__, shape, "-", 0))
-
-        return hook
-
-    try:
-        for name, mod in model.named_modules():
-            if name:
-                handles.append(mod.register_forward_hook(make(name, mod)))
-        with torch.inference_mode():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    return infos
+def list_modules(model: torch.nn.Module, example: torch.Tensor, layout: "str | LayoutRequest | None" = None
+                 ) -> list[LayerInfo]:
+    """Every named module that ran on ``example``, with its output shape, layout and neuron count."""
+    return list(probe_layers(model, example, layout).values())

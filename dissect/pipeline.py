@@ -61,7 +61,8 @@ def _run_shard(shard, probe_set, get_clip, clip_fp, model, weights, model_args, 
     extra = shard_attrs(shard, len(probe_set))
     embedder = ImageEmbedder(get_clip(), len(probe_set), precision)
     workers = default_workers(len(positions)) if workers is None else workers
-    with ActivationRecorder(target, plan.layers, len(probe_set), summary, layout, dev, precision, channels_last) as rec:
+    with ActivationRecorder(target, plan.layers, len(probe_set), summary, layout, dev, precision, channels_last,
+                            infos=plan.infos) as rec:
         skipped = image_pass(probe_set, [embedder, rec], batch_size, workers, f"shard {shard}: embed images + record",
                              dev, strict=strict, positions=positions)
         embedder.write(images_out, probe_set, batch_size, dtype, skipped, positions=positions, extra_attrs=extra)
@@ -228,7 +229,7 @@ def run(
         rec = None
         if plan.todo:
             rec = stack.enter_context(ActivationRecorder(target, plan.todo, len(probe_set), summary, layout, dev, precision,
-                                                         channels_last))
+                                                         channels_last, infos=plan.infos))
             consumers.append(rec)
         skipped: list = []
         ckpt = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import numpy as np
 from . import artifacts as A
 from .errors import MismatchError, ModelError, UsageError
 from .fingerprint import fingerprint
-from .hooks import LayerInfo, Recorder, list_modules, resolve_layers
+from .hooks import LayerInfo, Recorder, check_recordable, list_modules, parse_layout, probe_layers, resolve_layers
 from .models import PreprocessOverrides, Target, load_target
 from .probe import Probe, Skipped, image_pass, image_sizes, kept_rows, open_probe, probe_files, report_skipped, skipped_attr, unchanged_rows
 from .runtime import check_batch_size, info, resolve_device, resolve_precision
@@ -30,10 +30,13 @@ def layer_fingerprint(inputs_fp: str, layer: str, summary: str, layout: str) -> 
     return fingerprint([inputs_fp, layer, summary, layout])
 
 
-def existing_layers(path: str | os.PathLike, inputs_fp: str, summary: str, layout: str) -> tuple[list[str], bool]:
+def existing_layers(path: str | os.PathLike, inputs_fp: str, summary: str, layout: str,
+                    infos: dict[str, LayerInfo] | None = None) -> tuple[list[str], bool]:
     """Layers of an existing activations file that can be reused, and whether the file exists.
 
-    Raises MismatchError when the file holds activations of other inputs.
+    Raises MismatchError when the file holds activations of other inputs, or a layer whose
+    recorded layout is not the one ``infos`` (this version's decision) gives it: files of
+    dissect 0.1 took channels-last outputs (Swin, ConvNeXt blocks) as channels first.
     """
     attrs = A.peek_attrs(path, A.ACTIVATIONS_FORMAT)
     if attrs is None:
@@ -51,6 +54,7 @@ def existing_layers(path: str | os.PathLike, inputs_fp: str, summary: str, layou
     with h5py.File(path, "r") as f:
         for name in attrs.get("_layers", []):
             la = f["layers"][name].attrs
+            _check_layout(path, name, la, f["layers"][name].shape[1], (infos or {}).get(name))
             if la.get("summary_requested", la.get("summary")) == summary and (layout == "auto" or la.get("layout_requested", "auto") == layout):
                 reusable.append(name)
             else:
@@ -59,6 +63,17 @@ def existing_layers(path: str | os.PathLike, inputs_fp: str, summary: str, layou
                     hint="write other summaries to another -o file",
                 )
     return reusable, True
+
+
+def _check_layout(path, name: str, la, units: int, now: LayerInfo | None) -> None:
+    """Refuse a stored layer whose layout is not the one this version decides for it."""
+    if now is not None and la.get("layout") != now.layout:
+        raise MismatchError(
+            f"{path} holds layer {name} recorded as {la.get('layout')} ({units} units), but its output is "
+            f"{now.layout} ({now.n_units} units, decided by {now.layout_source}); it was recorded by an older "
+            f"dissect that took channels-last outputs as channels first",
+            hint="write to another -o file, or delete it to record again",
+        )
 
 
 def use_channels_last(module, device, channels_last: bool | None) -> bool:
@@ -96,11 +111,12 @@ class ActivationRecorder:
     """
 
     def __init__(self, target: Target, layers: list[str], n_images: int, summary: str = "mean", layout: str = "auto",
-                 device=None, precision: str = "fp32", channels_last: bool | None = None):
+                 device=None, precision: str = "fp32", channels_last: bool | None = None,
+                 infos: dict[str, LayerInfo] | None = None):
         import torch
 
         self.target, self.layers, self.n_images = target, list(layers), n_images
-        self.summary, self.layout, self.precision = summary, layout, precision
+        self.summary, self.layout, self.precision = summary, str(parse_layout(layout)), precision
         self.device = device if device is not None else torch.device("cpu")
         self.transform = target.transform
         target.module.to(self.device)
@@ -108,7 +124,9 @@ class ActivationRecorder:
         self.memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         if self.channels_last:
             target.module.to(memory_format=torch.channels_last)
-        self.recorder = Recorder(target.module, self.layers, summary=summary, layout=layout)
+        # The layouts decided by plan_record, or decided on one image of the first batch.
+        given = {n: infos[n] for n in self.layers} if infos and all(n in infos for n in self.layers) else None
+        self.recorder = Recorder(target.module, self.layers, summary=summary, layout=given or layout)
         self.data: dict[str, np.ndarray] = {}
 
     def __enter__(self) -> "ActivationRecorder":
@@ -135,8 +153,8 @@ class ActivationRecorder:
         return {name: arr[rows] for name, arr in self.data.items()}
 
     def info_state(self) -> dict[str, Any]:
-        return {n: {"module_type": i.module_type, "raw_shape": list(i.raw_shape), "layout": i.layout, "n_units": i.n_units}
-                for n, i in self.recorder.info.items()}
+        return {n: {"module_type": i.module_type, "raw_shape": list(i.raw_shape), "layout": i.layout, "n_units": i.n_units,
+                    "layout_source": i.layout_source} for n, i in self.recorder.info.items()}
 
     def restore(self, rows, state: dict[str, np.ndarray], info_state: dict[str, Any] | None = None) -> None:
         for name, arr in state.items():
@@ -145,7 +163,7 @@ class ActivationRecorder:
             self.data[name][rows] = arr
         for name, i in (info_state or {}).items():
             self.recorder.info.setdefault(name, LayerInfo(name, i["module_type"], tuple(i["raw_shape"]), i["layout"],
-                                                          int(i["n_units"])))
+                                                          int(i["n_units"]), layout_source=i.get("layout_source", "")))
 
     def write(self, out, probe: Probe, inputs_fp: str, batch_size: int, keep: bool, skipped: list[Skipped] = (),
               positions: range | None = None, extra_attrs: dict[str, Any] | None = None) -> Path:
@@ -171,6 +189,7 @@ class ActivationRecorder:
                 "summary": self.summary if infos[name].layout != "nc" else "identity",
                 "layout": infos[name].layout,
                 "layout_requested": self.layout,
+                "layout_source": infos[name].layout_source,
                 "raw_shape": list(infos[name].raw_shape),
                 "module_type": infos[name].module_type,
                 "fingerprint": layer_fingerprint(inputs_fp, name, self.summary, self.layout),
@@ -207,15 +226,38 @@ class RecordPlan:
     exists: bool
     inputs_fp: str
     precision: str
+    infos: dict[str, LayerInfo] = field(default_factory=dict)   # each layer's shape, layout and unit count
+
+
+def example_input(target: Target, device=None):
+    """One input of the size the target's preprocessing makes (zeros; only shapes matter)."""
+    import torch
+
+    if target.preprocess is not None:
+        size = target.preprocess.input_size
+        return torch.zeros(1, 3, size, size, device=device)
+    from PIL import Image
+
+    return target.transform(Image.new("RGB", (256, 256), (128, 128, 128))).unsqueeze(0).to(device)
+
+
+def layer_infos(target: Target, layers: list[str], layout: str = "auto", device=None) -> dict[str, LayerInfo]:
+    """Shapes, layouts and unit counts of ``layers`` from one forward pass; one-line errors for layers that
+    cannot be recorded (undecidable layout, a module that runs several times)."""
+    x = example_input(target, device)
+    with forward_errors(target.spec, x):
+        infos = probe_layers(target.module, x, layout)
+    return check_recordable(infos, layers, target.spec)
 
 
 def plan_record(probe: Probe, target: Target, layers: list[str], out, summary: str, layout: str, device, precision: str) -> RecordPlan:
     layers = resolve_layers(target.module, layers, target.spec)
+    infos = layer_infos(target, layers, layout, device)
     precision = resolve_precision(precision, device)
     inputs_fp = activations_inputs_fingerprint(target, probe.fingerprint, precision)
-    have, exists = existing_layers(out, inputs_fp, summary, layout)
+    have, exists = existing_layers(out, inputs_fp, summary, str(parse_layout(layout)), infos)
     todo = [n for n in layers if n not in have]
-    return RecordPlan(target, layers, todo, have, exists, inputs_fp, precision)
+    return RecordPlan(target, layers, todo, have, exists, inputs_fp, precision, infos)
 
 
 def record(
@@ -269,7 +311,8 @@ def record(
     every = DEFAULT_CHUNK_IMAGES if checkpoint_every is None else checkpoint_every
     pp = plan_pass(out, len(probe), shard, [plan.inputs_fp, plan.todo, summary, layout], every, dev)
     workers = default_workers(len(probe)) if workers is None else workers
-    with ActivationRecorder(target, plan.todo, len(probe), summary, layout, dev, plan.precision, channels_last) as rec:
+    with ActivationRecorder(target, plan.todo, len(probe), summary, layout, dev, plan.precision, channels_last,
+                            infos=plan.infos) as rec:
         skipped = image_pass(probe, [rec], batch_size, workers, f"record {len(plan.todo)} layer(s)", dev, strict=strict,
                              positions=pp.positions, checkpoint=pp.checkpoint)
         rec.write(pp.out, probe, plan.inputs_fp, batch_size, keep=plan.exists, skipped=skipped, positions=pp.positions,
@@ -310,15 +353,17 @@ def _grown_probe(out, probe: Probe, target: Target, layers, summary, layout, dev
             hint=f"run record once with --layers {','.join(old_layers)} to update it for the new images, then add the new layers",
         )
     old = A.read_activations(out)
+    infos = layer_infos(target, old_layers, layout, dev)
     for name in old_layers:
         la = old.layer_attrs[name]
+        _check_layout(out, name, la, old.layers[name].shape[1], infos[name])
         if la.get("summary_requested", la.get("summary")) != summary or (layout != "auto" and la.get("layout_requested", "auto") != layout):
             return None
     reused = unchanged_rows(probe, old.ids, A.read_sizes(out))
     if not reused:
         return None
     inputs_fp = activations_inputs_fingerprint(target, probe.fingerprint, precision)
-    plan = RecordPlan(target, old_layers, old_layers, [], False, inputs_fp, precision)
+    plan = RecordPlan(target, old_layers, old_layers, [], False, inputs_fp, precision, infos)
     return _Grown(plan, reused, old)
 
 
@@ -341,7 +386,8 @@ def _record_grown(g: _Grown, probe, target, out, summary, layout, dev, batch_siz
     todo = [i for i in range(len(probe)) if i not in g.reused]
     info(f"{out}: the probe changed; reusing {len(g.reused)} unchanged images, recording {len(todo)} new or changed "
          f"for {', '.join(g.plan.layers)}")
-    with ActivationRecorder(target, g.plan.layers, len(probe), summary, layout, dev, g.plan.precision, channels_last) as rec:
+    with ActivationRecorder(target, g.plan.layers, len(probe), summary, layout, dev, g.plan.precision, channels_last,
+                            infos=g.plan.infos) as rec:
         pos = np.fromiter(g.reused, dtype=np.int64)
         old_rows = np.fromiter(g.reused.values(), dtype=np.int64)
         rec.restore(pos, {name: g.old.layers[name][old_rows] for name in g.plan.layers},
@@ -365,12 +411,13 @@ def list_layers(
     model_args: dict[str, Any] | None = None,
     overrides: PreprocessOverrides | None = None,
     device: str = "cpu",
+    layout: str = "auto",
 ) -> tuple[Target, list[LayerInfo]]:
     """Every named module of ``model`` with its output shape, from one dummy forward pass."""
     import torch
 
     dev = resolve_device(device)
     target = load_target(model, weights, model_args, overrides, dev)
-    size = target.preprocess.input_size if target.preprocess else 224
-    example = torch.zeros(1, 3, size, size, device=dev)
-    return target, list_modules(target.module, example)
+    example = example_input(target, dev)
+    with forward_errors(target.spec, example):
+        return target, list_modules(target.module, example, layout)

@@ -84,7 +84,7 @@ def _activation_maps(model, weights, model_args, device, probe_set, pos, neurons
     import torch
     from PIL import Image
 
-    from .hooks import Recorder
+    from .hooks import LayoutRequest, Recorder
     from .models import load_target
     from .runtime import resolve_device, warn
 
@@ -114,7 +114,7 @@ def _activation_maps(model, weights, model_args, device, probe_set, pos, neurons
         ids = list(wanted)
         maps: dict[tuple[int, str], np.ndarray] = {}
         views: dict[str, Image.Image] = {}  # the model's view of each image, at thumbnail size
-        with Recorder(target.module, [layer], layout=la["layout"], keep_raw=True) as rec, \
+        with Recorder(target.module, [layer], layout=LayoutRequest(per_layer={layer: la["layout"]}), keep_raw=True) as rec, \
                 progress(f"activation maps {layer}", len(ids), "images") as advance:
             for s in range(0, len(ids), 32):
                 chunk = ids[s : s + 32]

@@ -526,14 +526,20 @@ def test_forward_pass_stops_after_the_last_requested_layer(probe_dir):
     from dissect.hooks import Recorder
     from dissect.models import load_target
 
+    from dissect.hooks import probe_layers
+
     target = load_target("timm:test_resnet", "none")
+    x = torch.zeros(2, 3, 64, 64)
+    # Layouts are decided once, by a one-image pass over the whole model (record and run do it while planning,
+    # so that a module the forward pass calls again later is seen); the recording passes then stop early.
+    infos = probe_layers(target.module, x[:1])
     calls = []
     handle = target.module.layer4.register_forward_hook(lambda *a: calls.append("layer4"))
-    x = torch.zeros(2, 3, 64, 64)
-    with Recorder(target.module, ["layer2", "layer1"]) as rec:
+    with Recorder(target.module, ["layer2", "layer1"], layout=infos) as rec:
         out = rec.run(x)
+        rec.run(x)
     assert set(out) == {"layer1", "layer2"} and calls == []
-    with Recorder(target.module, ["layer4"]) as rec:
+    with Recorder(target.module, ["layer4"], layout=infos) as rec:
         rec.run(x)
     assert calls == ["layer4"]
     handle.remove()
