@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--concepts", default="20k")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--precision", default="fp32", help="fp32 (dissect's default), tf32, paper, auto, bf16 or fp16")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-memory", type=int, default=2048, help="label's working-set budget in MiB (one product pass per layer)")
     ap.add_argument("--forward-images", type=int, default=1024, help="images for the forward-only baselines")
@@ -102,11 +102,14 @@ def main() -> None:
 
     set_quiet(True)
     dev = resolve_device(args.device)
-    precision = resolve_precision(args.precision, dev)
+    precision = resolve_precision(args.precision, dev, "clip")
+    target_precision = resolve_precision(args.precision, dev, "target")
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     layers = args.layers.split(",")
-    result: dict = {"device": card, "torch": torch.__version__, "precision": precision, "images": args.images,
+    result: dict = {"device": card, "torch": torch.__version__,
+                    "precision": {"mode": args.precision, "clip": precision, "target": target_precision},
+                    "images": args.images,
                     "image_size": args.size, "clip": args.clip, "model": args.model, "layers": layers,
                     "batch_size": args.batch_size}
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,7 +139,7 @@ def main() -> None:
             pairs = [[x.pin_memory() for x in b] for b in pairs]
         encode_images(clip, pairs[0][0], precision)  # warm-up
         t_clip, _ = timed(lambda: [encode_images(clip, b[0], precision) for b in pairs], sync)
-        rec_fwd = ActivationRecorder(target, layers, n_fwd, device=dev, precision=precision)
+        rec_fwd = ActivationRecorder(target, layers, n_fwd, device=dev, precision=target_precision)
         with rec_fwd:
             import torch as _t
 
@@ -153,7 +156,7 @@ def main() -> None:
         # run's image pass: decode once, CLIP + target.
         def one_pass():
             emb = ImageEmbedder(clip, len(probe), precision)
-            with ActivationRecorder(target, layers, len(probe), device=dev, precision=precision) as rec:
+            with ActivationRecorder(target, layers, len(probe), device=dev, precision=target_precision) as rec:
                 image_pass(probe, [emb, rec], args.batch_size, workers, "pass", dev)
                 emb.write(tmp / "images.h5", probe, args.batch_size)
                 rec.write(tmp / "acts.h5", probe, "bench", args.batch_size, keep=False)

@@ -14,7 +14,7 @@ def embed_images(
     device: O.Device = "auto",
     batch_size: O.BatchSize = 64,
     workers: O.Workers = None,
-    precision: O.Precision = "auto",
+    precision: O.Precision = "fp32",
     dtype: O.Dtype = "float32",
     strict: O.Strict = False,
     shard: O.Shard = None,
@@ -34,7 +34,7 @@ def embed_text(
     out: O.Out,
     device: O.Device = "auto",
     batch_size: O.BatchSize = 256,
-    precision: O.Precision = "auto",
+    precision: O.Precision = "fp32",
     dtype: O.Dtype = "float32",
     strict: O.Strict = False,
 ):

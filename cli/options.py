@@ -72,7 +72,10 @@ Activations = Annotated[Path, typer.Option("--activations", "-a", help="Activati
 Chunk = Annotated[Optional[int], typer.Option("--chunk", min=1, help="Concepts scored per block [default: as many as fit --max-memory].")]
 MaxMemory = Annotated[str, typer.Option("--max-memory", help="Working-memory budget of the similarity computation, e.g. 512MB, 4GB.")]
 Precision = Annotated[
-    str, typer.Option("--precision", help="Forward-pass precision: auto (bf16 on GPUs that support it, else fp32), fp32, bf16 or fp16.")
+    str, typer.Option("--precision", help="Forward-pass precision: fp32 (default; true fp32, TF32 off), tf32 (TF32 "
+                                          "matmuls and convolutions on GPUs), paper (the official code's: CLIP in fp16 on "
+                                          "GPUs, the network in fp32), auto (bf16 on GPUs that support it: fastest, changes "
+                                          "some labels), bf16 or fp16. Agreement of each with fp32: docs/PERFORMANCE.md.")
 ]
 Dtype = Annotated[str, typer.Option("--dtype", help="How embeddings are stored: float32, or float16 (half the file).")]
 ChannelsLast = Annotated[

@@ -31,7 +31,7 @@ def record(
     strict: O.Strict = False,
     shard: O.Shard = None,
     checkpoint_every: O.CheckpointEvery = None,
-    precision: O.Precision = "auto",
+    precision: O.Precision = "fp32",
     channels_last: O.ChannelsLast = None,
 ):
     """Record each neuron's activation on every probe image -> activations.h5 (adds missing layers to an existing file)."""

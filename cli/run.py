@@ -16,7 +16,7 @@ def run(
     clip: O.Clip,
     model: O.Model,
     layers: O.Layers,
-    concepts: Annotated[str, typer.Option("--concepts", "-c", help="Concept set: a .txt file or a shipped set (20k, 10k, 3k, imagenet, cifar100).")] = "20k",
+    concepts: Annotated[str, typer.Option("--concepts", "-c", help="Concept set: a .txt file, a shipped set (20k, 10k, 3k, imagenet, imagenet-wordnet, cifar100) or the paper's own lists (paper-20k, paper-10k, paper-3k; downloaded on first use).")] = "20k",
     out: Annotated[str, typer.Option("-o", "--out", help="Run folder (created; artifacts already there are reused when their inputs match).")] = "runs/dissect",
     sim: O.Sim = "softwpmi",
     param: O.Param = None,
@@ -42,7 +42,7 @@ def run(
     compose: Annotated[bool, typer.Option("--compose", help="Also compose labels from pairs of each neuron's best concepts (composed.parquet).")] = False,
     compose_top_k: Annotated[int, typer.Option("--compose-top-k", min=2, help="Candidates per neuron combined by --compose.")] = 10,
     compose_template: Annotated[str, typer.Option("--compose-template", help='Template joining two parts, e.g. "{a} and {b}".')] = "{a} {b}",
-    precision: O.Precision = "auto",
+    precision: O.Precision = "fp32",
     dtype: O.Dtype = "float32",
     channels_last: O.ChannelsLast = None,
 ):

@@ -63,7 +63,7 @@ class ComposedTextCache:
     """Embeddings of composed texts for one CLIP model, in ``$DISSECT_CACHE/compose/<clip fingerprint>.h5``."""
 
     def __init__(self, clip_fingerprint: str, folder: str | os.PathLike | None = None):
-        from .embed import cache_dir
+        from .runtime import cache_dir
 
         self.path = Path(folder) if folder else cache_dir() / "compose"
         self.path = self.path / f"{clip_fingerprint}.h5"

@@ -14,7 +14,7 @@ from .concepts import ConceptSet, load_concepts
 from .fingerprint import fingerprint
 from .errors import InputError, UsageError
 from .probe import Probe, Skipped, image_pass, image_sizes, kept_rows, open_probe, probe_files, report_skipped, skipped_attr
-from .runtime import check_batch_size, info, progress, resolve_device, resolve_precision, warn
+from .runtime import DEFAULT_PRECISION, cache_dir, check_batch_size, info, progress, resolve_device, resolve_precision, warn
 
 
 def default_workers(n_images: int) -> int:
@@ -83,7 +83,7 @@ def embed_images(
     device: str = "auto",
     batch_size: int = 64,
     workers: int | None = None,
-    precision: str = "auto",
+    precision: str = DEFAULT_PRECISION,
     dtype: str = "float32",
     strict: bool = False,
     shard: str | None = None,
@@ -91,8 +91,8 @@ def embed_images(
 ) -> Path:
     """Embed every probe image with CLIP's image encoder into ``out`` (images.h5).
 
-    ``precision`` is the forward pass's (``runtime.resolve_precision``: bf16 on capable
-    GPUs by default, else fp32); ``dtype`` how the embeddings are stored. Images that
+    ``precision`` is the forward pass's (``runtime.resolve_precision``; default fp32);
+    ``dtype`` how the embeddings are stored. Images that
     cannot be read are skipped and listed in the file (``strict``: the first one is an error).
     ``shard`` "I/N" encodes only the I-th of N slices (``dissect merge`` joins them); under
     torchrun each rank takes its slice and rank 0 writes ``out``. Every
@@ -108,7 +108,7 @@ def embed_images(
         probe = open_probe(probe)
     if not isinstance(clip, Clip):
         clip = load_clip(clip, resolve_device(device))
-    precision = resolve_precision(precision, clip.device)
+    precision = resolve_precision(precision, clip.device, "clip")
     every = DEFAULT_CHUNK_IMAGES if checkpoint_every is None else checkpoint_every
     embedder = ImageEmbedder(clip, len(probe), precision)
     # A probe that grew (or lost images) since ``out`` was written: unchanged images are reused.
@@ -229,7 +229,7 @@ def embed_text(
     out: str | os.PathLike,
     device: str = "auto",
     batch_size: int = 256,
-    precision: str = "auto",
+    precision: str = DEFAULT_PRECISION,
     dtype: str = "float32",
     strict: bool = False,
 ) -> Path:
@@ -245,7 +245,7 @@ def embed_text(
     _report_concepts(concepts)
     if not isinstance(clip, Clip):
         clip = load_clip(clip, resolve_device(device))
-    precision = resolve_precision(precision, clip.device)
+    precision = resolve_precision(precision, clip.device, "clip")
     emb = _reuse_text(out, clip, precision, concepts)
     todo = [i for i, c in enumerate(concepts.concepts) if emb is None or c not in emb]
     if emb is not None and len(todo) < len(concepts.concepts):
@@ -276,15 +276,6 @@ def _reuse_text(out, clip: Clip, precision: str, concepts: ConceptSet) -> dict[s
         return None
     wanted = set(concepts.concepts)
     return {c: old.embeddings[i] for i, c in enumerate(old.keys) if c in wanted}
-
-
-def cache_dir() -> Path:
-    """Cache for text embeddings made on demand ($DISSECT_CACHE, default ~/.cache/dissect)."""
-    env = os.environ.get("DISSECT_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "dissect"
 
 
 def text_for_images(

@@ -31,7 +31,7 @@ from .label import label
 from .models import PreprocessOverrides, load_target
 from .probe import image_pass, open_probe
 from .record import ActivationRecorder, activations_inputs_fingerprint, plan_record
-from .runtime import info, resolve_device, resolve_precision
+from .runtime import DEFAULT_PRECISION, info, resolve_device, resolve_precision
 from .shards import Shard, _init_process_group, distributed_world, merge, parse_shard, shard_attrs, shard_file
 from .similarity import resolve_params
 
@@ -49,19 +49,19 @@ SHARDS = "shards"
 
 
 def _run_shard(shard, probe_set, get_clip, clip_fp, model, weights, model_args, overrides, layers, summary, layout, run_dir,
-               dev, precision, batch_size, workers, strict, channels_last, dtype) -> None:
+               dev, precisions, batch_size, workers, strict, channels_last, dtype) -> None:
     """One task of a job array: embed and record slice ``shard`` into RUN/shards/; a later run without --shard merges."""
     folder = run_dir / SHARDS
     folder.mkdir(exist_ok=True)
     tag = f"{shard.index}-of-{shard.count}"
     images_out, acts_out = folder / f"images.{tag}.h5", folder / f"activations.{tag}.h5"
     target = load_target(model, weights, model_args, overrides, dev)
-    plan = plan_record(probe_set, target, layers, acts_out, summary, layout, dev, precision)
+    plan = plan_record(probe_set, target, layers, acts_out, summary, layout, dev, precisions[1])
     positions = range(*shard.range(len(probe_set)))
     extra = shard_attrs(shard, len(probe_set))
-    embedder = ImageEmbedder(get_clip(), len(probe_set), precision)
+    embedder = ImageEmbedder(get_clip(), len(probe_set), precisions[0])
     workers = default_workers(len(positions)) if workers is None else workers
-    with ActivationRecorder(target, plan.layers, len(probe_set), summary, layout, dev, precision, channels_last,
+    with ActivationRecorder(target, plan.layers, len(probe_set), summary, layout, dev, precisions[1], channels_last,
                             infos=plan.infos) as rec:
         skipped = image_pass(probe_set, [embedder, rec], batch_size, workers, f"shard {shard}: embed images + record",
                              dev, strict=strict, positions=positions)
@@ -111,7 +111,7 @@ def run(
     workers: int | None = None,
     chunk: int | None = None,
     max_memory: int | None = None,
-    precision: str = "auto",
+    precision: str = DEFAULT_PRECISION,
     dtype: str = "float32",
     channels_last: bool | None = None,
     strict: bool = False,
@@ -161,7 +161,8 @@ def run(
         return ok
 
     images_path, text_path = run_dir / "images.h5", run_dir / "text.h5"
-    precision = resolve_precision(precision, dev)
+    clip_precision = resolve_precision(precision, dev, "clip")
+    target_precision = resolve_precision(precision, dev, "target")
     # Under torchrun every rank runs this function: rank 0 writes the shared files, the
     # image pass is split by rank, label splits neurons; barriers keep the ranks in step.
 
@@ -180,19 +181,19 @@ def run(
         if world is not None:
             raise UsageError("--shard and torchrun both split the probe", hint="use one of them")
         return _run_shard(parse_shard(shard), probe_set, get_clip, clip_fp, model, weights, model_args, overrides, layers,
-                          summary, layout, run_dir, dev, precision, batch_size, workers, strict, channels_last, dtype)
+                          summary, layout, run_dir, dev, (clip_precision, target_precision), batch_size, workers, strict, channels_last, dtype)
     if lead:
         _merge_shard_sets(run_dir)
-        ensure(text_path, A.TEXT_FORMAT, text_embeddings_fingerprint(clip_fp, concept_set.fingerprint, precision),
-               lambda: embed_text(concept_set, get_clip(), text_path, batch_size=text_batch_size, precision=precision,
+        ensure(text_path, A.TEXT_FORMAT, text_embeddings_fingerprint(clip_fp, concept_set.fingerprint, clip_precision),
+               lambda: embed_text(concept_set, get_clip(), text_path, batch_size=text_batch_size, precision=clip_precision,
                                   dtype=dtype, strict=strict))
     barrier()
-    images_ok, why = _reusable(images_path, A.IMAGE_FORMAT, image_embeddings_fingerprint(clip_fp, probe_set.fingerprint, precision))
+    images_ok, why = _reusable(images_path, A.IMAGE_FORMAT, image_embeddings_fingerprint(clip_fp, probe_set.fingerprint, clip_precision))
     steps[images_path.stem] = {"path": images_path.name, "reused": images_ok}
 
     acts_path = run_dir / "activations.h5"
     target = load_target(model, weights, model_args, overrides, dev)
-    inputs_fp = activations_inputs_fingerprint(target, probe_set.fingerprint, precision)
+    inputs_fp = activations_inputs_fingerprint(target, probe_set.fingerprint, target_precision)
     attrs = A.peek_attrs(acts_path, A.ACTIVATIONS_FORMAT)
     if attrs is not None and attrs.get("inputs_fingerprint") != inputs_fp:
         info(f"recomputing {acts_path} (made from another model, weights, preprocessing, probe or precision)")
@@ -200,7 +201,7 @@ def run(
             acts_path.unlink()
     barrier()
     try:
-        plan = plan_record(probe_set, target, layers, acts_path, summary, layout, dev, precision)
+        plan = plan_record(probe_set, target, layers, acts_path, summary, layout, dev, target_precision)
     except MismatchError:
         # Same inputs but layers recorded with another summary: start this file over.
         info(f"recomputing {acts_path} (recorded with another --summary or --layout)")
@@ -208,7 +209,7 @@ def run(
         if lead:
             acts_path.unlink()
         barrier()
-        plan = plan_record(probe_set, target, layers, acts_path, summary, layout, dev, precision)
+        plan = plan_record(probe_set, target, layers, acts_path, summary, layout, dev, target_precision)
     steps["activations"] = {"path": acts_path.name, "reused_layers": plan.have}
     info(f"{'reusing' if images_ok else 'computing'} {images_path} ({why})")
     if plan.todo:
@@ -222,13 +223,13 @@ def run(
     if images_ok:
         loaded_clip = None  # made the text embeddings; not needed for the pass
     consumers: list[Any] = []
-    embedder = ImageEmbedder(get_clip(), len(probe_set), precision) if not images_ok else None
+    embedder = ImageEmbedder(get_clip(), len(probe_set), clip_precision) if not images_ok else None
     if embedder is not None:
         consumers.append(embedder)
     with contextlib.ExitStack() as stack:
         rec = None
         if plan.todo:
-            rec = stack.enter_context(ActivationRecorder(target, plan.todo, len(probe_set), summary, layout, dev, precision,
+            rec = stack.enter_context(ActivationRecorder(target, plan.todo, len(probe_set), summary, layout, dev, target_precision,
                                                          channels_last, infos=plan.infos))
             consumers.append(rec)
         skipped: list = []
@@ -248,7 +249,7 @@ def run(
             if checkpoint_every != 0:
                 from .shards import DEFAULT_CHUNK_IMAGES, Checkpoint
 
-                key = fingerprint([bool(embedder), precision, plan.inputs_fp if rec else None, plan.todo if rec else None,
+                key = fingerprint([bool(embedder), clip_precision, target_precision, plan.inputs_fp if rec else None, plan.todo if rec else None,
                                    summary, layout, probe_set.fingerprint, str(clip_fp), str(shard)])
                 ckpt = Checkpoint(run_dir / ("pass" if shard is None else f"pass-{shard.index}"), key,
                                   checkpoint_every or DEFAULT_CHUNK_IMAGES)
@@ -327,7 +328,7 @@ def run(
         "concepts": {"name": concept_set.name, "source": concept_set.source, "n": len(concept_set.concepts)},
         "similarity": sim,
         "params": resolved,
-        "precision": precision,
+        "precision": {"clip": clip_precision, "target": target_precision},
         "dtype": dtype,
         "steps": steps,
         "seconds": round(time.perf_counter() - t0, 2),

@@ -30,11 +30,10 @@ TORCHVISION_PREFIX = "torchvision:"
 
 def data_root() -> Path:
     """Where torchvision datasets are downloaded ($DISSECT_DATA, default ~/.cache/dissect/data)."""
+    from .runtime import user_cache
+
     env = os.environ.get("DISSECT_DATA")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "dissect" / "data"
+    return Path(env) if env else user_cache() / "data"
 
 
 @dataclass

@@ -16,7 +16,7 @@ from .fingerprint import fingerprint
 from .hooks import LayerInfo, Recorder, check_recordable, list_modules, parse_layout, probe_layers, resolve_layers
 from .models import PreprocessOverrides, Target, load_target
 from .probe import Probe, Skipped, image_pass, image_sizes, kept_rows, open_probe, probe_files, report_skipped, skipped_attr, unchanged_rows
-from .runtime import check_batch_size, info, resolve_device, resolve_precision
+from .runtime import DEFAULT_PRECISION, check_batch_size, info, resolve_device, resolve_precision
 
 
 def activations_inputs_fingerprint(target: Target, probe_fp: str, precision: str = "fp32") -> str:
@@ -253,7 +253,7 @@ def layer_infos(target: Target, layers: list[str], layout: str = "auto", device=
 def plan_record(probe: Probe, target: Target, layers: list[str], out, summary: str, layout: str, device, precision: str) -> RecordPlan:
     layers = resolve_layers(target.module, layers, target.spec)
     infos = layer_infos(target, layers, layout, device)
-    precision = resolve_precision(precision, device)
+    precision = resolve_precision(precision, device, "target")
     inputs_fp = activations_inputs_fingerprint(target, probe.fingerprint, precision)
     have, exists = existing_layers(out, inputs_fp, summary, str(parse_layout(layout)), infos)
     todo = [n for n in layers if n not in have]
@@ -273,7 +273,7 @@ def record(
     device: str = "auto",
     batch_size: int = 64,
     workers: int | None = None,
-    precision: str = "auto",
+    precision: str = DEFAULT_PRECISION,
     channels_last: bool | None = None,
     strict: bool = False,
     shard: str | None = None,
@@ -336,7 +336,7 @@ def _grown_probe(out, probe: Probe, target: Target, layers, summary, layout, dev
     attrs = A.peek_attrs(out, A.ACTIVATIONS_FORMAT)
     if attrs is None or attrs.get("shard"):
         return None
-    precision = resolve_precision(precision, dev)
+    precision = resolve_precision(precision, dev, "target")
     if attrs.get("inputs_fingerprint") == activations_inputs_fingerprint(target, probe.fingerprint, precision):
         return None  # same probe: the usual path (add layers or nothing to do)
     pre = target.preprocess.as_dict() if target.preprocess else {"custom_transform": repr(target.transform)}

@@ -8,11 +8,25 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import UsageError
 
 _quiet = bool(os.environ.get("DISSECT_QUIET"))
+
+
+def user_cache() -> Path:
+    """~/.cache/dissect (or under $XDG_CACHE_HOME): the default home of dissect's caches and downloads."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "dissect"
+
+
+def cache_dir() -> Path:
+    """Cache for text embeddings made on demand and downloaded concept lists ($DISSECT_CACHE, default
+    ~/.cache/dissect)."""
+    env = os.environ.get("DISSECT_CACHE")
+    return Path(env) if env else user_cache()
 
 
 def set_quiet(quiet: bool) -> None:
@@ -91,28 +105,58 @@ def resolve_device(spec: str | None = "auto"):
 
 
 #: Compute precisions of the forward passes (--precision).
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "tf32", "paper", "auto", "bf16", "fp16")
+#: The default: labels as fp32 gives them (docs/PERFORMANCE.md has the agreement of every mode).
+DEFAULT_PRECISION = "fp32"
 
 
-def resolve_precision(precision: str | None, device) -> str:
-    """'auto' -> bf16 on CUDA GPUs that support it, else fp32; fp32, bf16 and fp16 as given."""
+def resolve_precision(precision: str | None, device, role: str = "target") -> str:
+    """The precision one pass runs in: fp32, tf32, bf16 or fp16.
+
+    ``fp32`` (default) is true float32 (TF32 off, on GPUs too). ``tf32`` lets CUDA
+    matmuls and convolutions use TensorFloat-32 (fp32 elsewhere). ``bf16``/``fp16`` run
+    every pass under autocast. ``paper`` is the official code's setting: the CLIP model in
+    fp16 on CUDA GPUs (as OpenAI's ``clip.load`` gives it), the target network in fp32.
+    ``auto`` is the fastest: bf16 on CUDA GPUs that support it, else fp32. ``role`` is
+    ``clip`` for the CLIP passes, ``target`` for the network's.
+    """
     import torch
 
-    p = (precision or "auto").strip().lower()
+    p = (precision or DEFAULT_PRECISION).strip().lower()
     if p not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}", hint=f"use one of: {', '.join(PRECISIONS)}")
+    if role not in ("clip", "target"):
+        raise ValueError(f"role must be clip or target, not {role!r}")
+    cuda = device.type == "cuda"
     if p == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if p == "paper":
+        return "fp16" if role == "clip" and cuda else "fp32"
+    if p == "tf32":
+        return "tf32" if cuda else "fp32"
     return p
 
 
+@contextlib.contextmanager
 def autocast(device, precision: str):
-    """torch.autocast for bf16/fp16 forward passes (outputs are cast back to float32 by the callers); nothing for fp32."""
+    """The numerics of one forward pass: autocast for bf16/fp16 (callers cast outputs back to float32);
+    TF32 off for fp32 and on for tf32 (CUDA matmuls and cuDNN convolutions), restored afterwards."""
     import torch
 
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    if precision in ("bf16", "fp16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16):
+            yield
+        return
+    if device.type != "cuda":
+        yield
+        return
+    tf32 = precision == "tf32"
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def check_batch_size(batch_size: int) -> int:

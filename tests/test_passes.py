@@ -126,3 +126,49 @@ def test_channels_last_gives_the_same_activations(tmp_path, probe_dir):
     for layer in ("layer1", "layer3"):
         np.testing.assert_allclose(A.read_activation_layer(tmp_path / "b.h5", layer),
                                    A.read_activation_layer(tmp_path / "a.h5", layer), rtol=1e-4, atol=1e-5)
+
+
+def test_default_precision_is_fp32_on_gpus_too(monkeypatch):
+    """bf16 changed 8 of 298 demo-world labels; the default must leave labels as fp32 gives them, on any device."""
+    import inspect
+
+    import torch
+
+    from dissect import embed, pipeline, record
+    from dissect.runtime import DEFAULT_PRECISION, resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert DEFAULT_PRECISION == "fp32"
+    for fn in (embed.embed_images, embed.embed_text, record.record, pipeline.run):
+        assert inspect.signature(fn).parameters["precision"].default == "fp32", fn
+    for role in ("clip", "target"):
+        assert resolve_precision(None, cuda, role) == "fp32" and resolve_precision("fp32", cuda, role) == "fp32"
+        assert resolve_precision("auto", cuda, role) == "bf16" and resolve_precision("auto", cpu, role) == "fp32"
+        assert resolve_precision("tf32", cuda, role) == "tf32" and resolve_precision("tf32", cpu, role) == "fp32"
+    # The official code's setting: CLIP in fp16 on GPUs (clip.load), the target network in fp32.
+    assert resolve_precision("paper", cuda, "clip") == "fp16" and resolve_precision("paper", cuda, "target") == "fp32"
+    assert resolve_precision("paper", cpu, "clip") == "fp32"
+    for cmd in ("record", "embed-images", "embed-text", "run"):
+        r = invoke(cmd, "--help")
+        assert "default: fp32" in " ".join(r.stdout.split()), cmd
+
+
+def test_fp32_turns_tf32_off_and_tf32_on_then_restores_them():
+    import torch
+
+    from dissect.runtime import autocast
+
+    flags = lambda: (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)  # noqa: E731
+    before = flags()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # torch's cuDNN default
+    try:
+        with autocast(torch.device("cuda"), "fp32"):
+            assert flags() == (False, False)
+        assert flags() == (True, True)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        with autocast(torch.device("cuda"), "tf32"):
+            assert flags() == (True, True)
+        assert flags() == (False, False)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
