@@ -23,7 +23,7 @@ app.add_typer(evaluate_app, name="evaluate")
 @subcommand(evaluate_app, "labels", hidden=True)
 def evaluate(
     labels: Annotated[list[Path], typer.Argument(help="labels.parquet files (several: one row each, the paper's Table 3).", show_default=False)],
-    truth: Annotated[str, typer.Option("--truth", help="True name of each unit: imagenet, cifar100, a .txt file (line k = unit k) or a unit,name .csv.", show_default=False)],
+    truth: Annotated[str, typer.Option("--truth", help="True name of each unit: imagenet, imagenet-wordnet (the official evaluation's), cifar100, a .txt file (line k = unit k) or a unit,name .csv.", show_default=False)],
     layer: Annotated[Optional[str], typer.Option("--layer", help="The layer the truth describes [default: the only one, or the one with as many units as classes].")] = None,
     clip: Annotated[Optional[str], typer.Option("--clip", help="CLIP model for the clip_cos column [default: the one recorded with the labels; the paper used ViT-B-16:openai].")] = None,
     sentence_model: Annotated[str, typer.Option("--sentence-model", help="sentence-transformers model name or local folder for sentence_cos ('none' to skip).")] = "all-mpnet-base-v2",
@@ -172,7 +172,7 @@ def pvalues(
     _write_units(ev, out, "pvalues")
 
 
-ClassesOpt = Annotated[str, typer.Option("--classes", help="Class names in output order: imagenet, cifar100, a .txt file or a unit,name .csv.", show_default=False)]
+ClassesOpt = Annotated[str, typer.Option("--classes", help="Class names in output order: imagenet, imagenet-wordnet, cifar100, a .txt file or a unit,name .csv.", show_default=False)]
 LabelsOpt = Annotated[Path, typer.Option("--labels", help="labels.parquet holding the layer that feeds the final linear layer.", show_default=False)]
 LayerOpt = Annotated[str, typer.Option("--layer", help="That layer's name (ResNet: layer4 recorded with --summary mean).", show_default=False)]
 ClipOpt = Annotated[Optional[str], typer.Option("--clip", help="CLIP model for the label-to-class similarity [default: the one recorded with the labels].")]

@@ -64,7 +64,7 @@ Top = Annotated[int, typer.Option("--top", "-k", min=1, help="Alternative concep
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for randomised similarities (rank-reorder).")]
 Concepts = Annotated[
     Optional[str],
-    typer.Option("--concepts", "-c", help="Concept set: a .txt file or a shipped set (20k, 10k, 3k, imagenet, cifar100)."),
+    typer.Option("--concepts", "-c", help="Concept set: a .txt file, a shipped set (20k, 10k, 3k, imagenet, imagenet-wordnet, cifar100) or the paper's own lists (paper-20k, paper-10k, paper-3k; downloaded on first use)."),
 ]
 Text = Annotated[Optional[Path], typer.Option("--text", "-t", help="Text embeddings from `dissect embed-text`.")]
 Images = Annotated[Path, typer.Option("--images", "-i", help="Image embeddings from `dissect embed-images`.", show_default=False)]
@@ -132,7 +132,7 @@ def overrides(input_size, crop_pct, mean, std, interpolation):
     return PreprocessOverrides(input_size, crop_pct, parse_triple("mean", mean), parse_triple("std", std), interpolation)
 
 ConceptsArg = Annotated[
-    str, typer.Argument(help="A .txt file (one concept per line) or a shipped set: 20k, 10k, 3k, imagenet, cifar100.", show_default=False)
+    str, typer.Argument(help="A .txt file (one concept per line), a shipped set (20k, 10k, 3k, imagenet, imagenet-wordnet, cifar100) or the paper's own lists (paper-20k, paper-10k, paper-3k; downloaded on first use).", show_default=False)
 ]
 
 

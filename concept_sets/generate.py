@@ -16,6 +16,10 @@ trailing newline, no blank lines, no comments):
 * ``imagenet.txt`` -- the 1000 ImageNet-1k class names in class-index order,
   from ``open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES`` (the OpenAI CLIP
   prompt-engineering names).  Not deduplicated: line ``k`` is class ``k``.
+* ``imagenet-wordnet.txt`` -- the same classes as WordNet synonym strings
+  ("tench, Tinca tinca"), from timm's synset files: the ground truth and the
+  Table 3 concept set of the official CLIP-Dissect evaluation (equal to its
+  ``data/imagenet_labels.txt``).
 * ``cifar100.txt`` -- the 100 CIFAR-100 fine labels in class-index order
   (alphabetical order of the original names, as in torchvision), with
   underscores replaced by spaces.
@@ -116,6 +120,37 @@ def imagenet_classes() -> List[str]:
     return names
 
 
+#: The official CLIP-Dissect code's ``data/imagenet_labels.txt`` disambiguates the two
+#: classes whose WordNet lemma is "crane" (a bird and a machine); every other line is
+#: the synset's lemma string as WordNet (and timm) give it.
+WORDNET_OVERRIDES = {134: "crane, bird", 517: "crane, machine"}
+#: sha256 of the official list's bytes (no trailing newline), for the check below.
+OFFICIAL_IMAGENET_LABELS_SHA256 = "8b243a5b56f530010b42d64d8ef33c2660224447aded823f4d9de2cb1902a70e"
+
+
+def imagenet_wordnet_classes() -> List[str]:
+    """The 1000 ImageNet classes as WordNet synonym strings ("tench, Tinca tinca"), in class-index order.
+
+    From timm's ``imagenet_synsets.txt`` (class order) and ``imagenet_synset_to_lemma.txt``,
+    with the two "crane" classes disambiguated as in the official CLIP-Dissect repository's
+    ``data/imagenet_labels.txt`` (which the result equals byte for byte, checked here).
+    """
+    import hashlib
+    from importlib import resources
+
+    info = resources.files("timm.data") / "_info"
+    synsets = [s.strip() for s in (info / "imagenet_synsets.txt").read_text().splitlines() if s.strip()]
+    lemmas = dict(line.split("\t", 1) for line in (info / "imagenet_synset_to_lemma.txt").read_text().splitlines()
+                  if "\t" in line)
+    names = [WORDNET_OVERRIDES.get(k, lemmas[s].strip()) for k, s in enumerate(synsets)]
+    if len(names) != 1000:
+        raise RuntimeError(f"expected 1000 ImageNet synsets, got {len(names)}")
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
+    if digest != OFFICIAL_IMAGENET_LABELS_SHA256:
+        raise RuntimeError(f"the WordNet class list differs from the official imagenet_labels.txt (sha256 {digest})")
+    return names
+
+
 def cifar100_classes() -> List[str]:
     """Return the 100 CIFAR-100 fine labels with underscores as spaces."""
     names = list(CIFAR100_CLASSES)
@@ -176,6 +211,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"imagenet.txt: {write_lines(out / 'imagenet.txt', imagenet)} lines")
     for name, idx in duplicates(imagenet).items():
         print(f"  duplicate ImageNet name {name!r} at indices {idx}")
+
+    wordnet = imagenet_wordnet_classes()
+    print(f"imagenet-wordnet.txt: {write_lines(out / 'imagenet-wordnet.txt', wordnet)} lines")
+    for name, idx in duplicates(wordnet).items():
+        print(f"  duplicate WordNet name {name!r} at indices {idx}")
 
     cifar = cifar100_classes()
     print(f"cifar100.txt: {write_lines(out / 'cifar100.txt', cifar)} lines")

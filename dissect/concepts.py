@@ -1,7 +1,11 @@
 """Concept sets: the texts neurons are labelled with.
 
-A concept set is a .txt file (one concept per line) or the name of a set shipped
-in ``concept_sets/`` (``20k``, ``10k``, ``3k``, ``imagenet``, ``cifar100``).
+A concept set is a .txt file (one concept per line), the name of a set shipped in
+``concept_sets/`` (``20k``, ``10k``, ``3k``: wordfreq's most common English words;
+``imagenet``, ``imagenet-wordnet``, ``cifar100``: class names), or the name of one of
+the paper's own lists (``paper-20k``, ``paper-10k``, ``paper-3k``), which are not
+shipped (their source is LDC-derived, for research use) but downloaded on first use
+from the official repository at a pinned commit and cached.
 Lines are stripped; blank lines and repeated concepts are dropped (first
 occurrence kept). Labels are stored as the concept strings themselves, never as
 positions in the file, so dropped lines can never shift a label.
@@ -9,6 +13,7 @@ positions in the file, so dropped lines can never shift a label.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,6 +21,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .fingerprint import fingerprint_strings
+from .runtime import cache_dir, info, warn
 
 
 @dataclass
@@ -29,6 +35,71 @@ class ConceptSet:
     @property
     def fingerprint(self) -> str:
         return fingerprint_strings(self.concepts)
+
+
+@dataclass(frozen=True)
+class RemoteSet:
+    """A concept list downloaded on first use, pinned to a commit (and, where known, a sha256)."""
+
+    name: str
+    url: str
+    sha256: str | None      # None: no checksum could be pinned (see README); the download's is recorded
+    about: str
+
+
+#: The official CLIP-Dissect repository at the commit whose notebooks use data/20k.txt, 10k.txt and 3k.txt.
+PAPER_REPO_COMMIT = "bf89a3afc1bce557fcc9a7651357cf20eed9b337"
+_PAPER_DATA = f"https://raw.githubusercontent.com/Trustworthy-ML-Lab/CLIP-dissect/{PAPER_REPO_COMMIT}/data"
+REMOTE_SETS: dict[str, RemoteSet] = {
+    "paper-20k": RemoteSet("paper-20k", f"{_PAPER_DATA}/20k.txt", None,
+                           "the official code's data/20k.txt, the paper's 20,000 most common English words"),
+    "paper-10k": RemoteSet("paper-10k", f"{_PAPER_DATA}/10k.txt", None, "the official code's data/10k.txt (Table 1)"),
+    "paper-3k": RemoteSet("paper-3k", f"{_PAPER_DATA}/3k.txt", None, "the official code's data/3k.txt (Table 1)"),
+}
+
+
+def fetch_remote_set(rs: RemoteSet, timeout: float = 30.0) -> tuple[str, str]:
+    """The text of ``rs`` and its sha256: from the cache, else downloaded, checked and cached atomically."""
+    folder = cache_dir() / "concept_sets"
+    path = folder / f"{rs.name}-{hashlib.sha256(rs.url.encode()).hexdigest()[:12]}.txt"
+    if path.is_file():
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if rs.sha256 is None or digest == rs.sha256:
+            return data.decode("utf-8-sig"), digest
+        path.unlink()  # a damaged or foreign cache entry: fetch again
+    hint = (f"download {rs.url} where there is internet and give the file in place of {rs.name} "
+            f"(e.g. --concepts /path/to/{Path(rs.url).name})")
+    if os.environ.get("DISSECT_OFFLINE") or os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise InputError(f"{rs.name} is not cached and this machine is set offline (DISSECT_OFFLINE/HF_HUB_OFFLINE)",
+                         hint=hint)
+    import urllib.error
+    import urllib.request
+
+    info(f"downloading {rs.name} ({rs.about}) from {rs.url}")
+    try:
+        with urllib.request.urlopen(rs.url, timeout=timeout) as r:
+            data = r.read()
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise InputError(f"cannot download {rs.name} from {rs.url} ({reason})", hint=hint) from None
+    digest = hashlib.sha256(data).hexdigest()
+    if rs.sha256 is not None and digest != rs.sha256:
+        raise InputError(f"{rs.url} does not have the pinned sha256 of {rs.name} (got {digest[:16]}..., "
+                         f"expected {rs.sha256[:16]}...)",
+                         hint="the file changed upstream or in transit; check it and pass it with --concepts FILE")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"{rs.url} is not UTF-8 text", hint=hint) from None
+    if rs.sha256 is None:
+        warn(f"{rs.name}: this dissect version pins no checksum for it; the download has sha256 {digest} "
+             f"(recorded with every embedding made from it)")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return text, digest
 
 
 def shipped_sets() -> list[str]:
@@ -66,12 +137,16 @@ def load_concepts(name_or_path: str | os.PathLike) -> ConceptSet:
     elif path.suffix == "" and spec in shipped_sets():
         text = resources.files("dissect.concept_sets").joinpath(f"{spec}.txt").read_text("utf-8")
         source = f"shipped:{spec}"
+    elif spec in REMOTE_SETS:
+        rs = REMOTE_SETS[spec]
+        text, digest = fetch_remote_set(rs)
+        source = f"{rs.url}#sha256={digest}"
     elif path.exists():
         raise InputError(f"{path} is not a file", hint="give a .txt file with one concept per line")
     else:
         raise InputError(
             f"concept set {spec!r} is neither a file nor a shipped set",
-            hint=f"shipped sets: {', '.join(shipped_sets())}",
+            hint=f"shipped sets: {', '.join(shipped_sets())}; downloaded on first use: {', '.join(REMOTE_SETS)}",
         )
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1

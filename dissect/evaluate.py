@@ -53,9 +53,14 @@ class Truth:
     source: str
 
 
+#: Shipped class lists that --truth and --classes take by name (line k = class k).
+CLASS_LISTS = ("imagenet", "imagenet-wordnet", "cifar100")
+
+
 def load_truth(spec: str | os.PathLike) -> Truth:
-    """``imagenet`` / ``cifar100`` (class k's name for unit k), a .txt file (line k for
-    unit k, repeats allowed) or a .csv/.tsv table with columns ``unit`` and ``name``."""
+    """A shipped class list (``imagenet``: open_clip's cleaned names; ``imagenet-wordnet``: the WordNet
+    synonym strings the official evaluation uses, "tench, Tinca tinca"; ``cifar100``), a .txt file
+    (line k for unit k, repeats allowed) or a .csv/.tsv table with columns ``unit`` and ``name``."""
     spec = str(spec)
     path = Path(spec)
     if path.is_file():
@@ -80,10 +85,10 @@ def load_truth(spec: str | os.PathLike) -> Truth:
     else:
         from .concepts import shipped_sets
 
-        if spec not in ("imagenet", "cifar100") or spec not in shipped_sets():
+        if spec not in CLASS_LISTS or spec not in shipped_sets():
             raise InputError(
                 f"truth {spec!r} is neither a file nor a known class list",
-                hint="use imagenet, cifar100, a .txt file (line k = unit k) or a unit,name .csv",
+                hint=f"use {', '.join(CLASS_LISTS)}, a .txt file (line k = unit k) or a unit,name .csv",
             )
         lines = resources.files("dissect.concept_sets").joinpath(f"{spec}.txt").read_text("utf-8").splitlines()
         names = {k: ln.strip() for k, ln in enumerate(lines) if ln.strip()}

@@ -11,9 +11,10 @@ EXPECTED_COUNTS = {
     "10k.txt": 10000,
     "3k.txt": 3000,
     "imagenet.txt": 1000,
+    "imagenet-wordnet.txt": 1000,
     "cifar100.txt": 100,
 }
-UNIQUE_FILES = ["20k.txt", "10k.txt", "3k.txt", "cifar100.txt"]
+UNIQUE_FILES = ["20k.txt", "10k.txt", "3k.txt", "cifar100.txt", "imagenet-wordnet.txt"]
 
 
 def read_raw(name: str) -> str:
@@ -71,3 +72,131 @@ def test_cifar100_order():
     assert [line.replace(" ", "_") for line in lines] == sorted(
         line.replace(" ", "_") for line in lines
     )
+
+
+# --- The official evaluation's ImageNet names (WordNet synonym strings) -----------------------------------------
+
+#: sha256 of the official CLIP-Dissect repository's data/imagenet_labels.txt (1000 lines, no trailing newline).
+OFFICIAL_IMAGENET_LABELS_SHA256 = "8b243a5b56f530010b42d64d8ef33c2660224447aded823f4d9de2cb1902a70e"
+
+
+def test_imagenet_wordnet_equals_the_official_list_byte_for_byte():
+    import hashlib
+
+    lines = read_lines("imagenet-wordnet.txt")
+    assert lines[0] == "tench, Tinca tinca" and lines[999] == "toilet tissue, toilet paper, bathroom tissue"
+    assert lines[134] == "crane, bird" and lines[517] == "crane, machine"  # the official disambiguation
+    assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == OFFICIAL_IMAGENET_LABELS_SHA256
+
+
+def test_imagenet_wordnet_is_timms_synset_lemmas_in_class_order():
+    """Independently of the file: timm's synset list and lemma table give the same strings."""
+    from importlib import resources
+
+    info = resources.files("timm.data") / "_info"
+    synsets = (info / "imagenet_synsets.txt").read_text().split()
+    lemma = dict(ln.split("\t", 1) for ln in (info / "imagenet_synset_to_lemma.txt").read_text().splitlines())
+    lines = read_lines("imagenet-wordnet.txt")
+    differ = [k for k, s in enumerate(synsets) if lemma[s] != lines[k]]
+    assert differ == [134, 517]
+
+
+def test_truth_and_concepts_take_imagenet_wordnet():
+    from dissect.concepts import load_concepts
+    from dissect.evaluate import load_truth
+
+    truth = load_truth("imagenet-wordnet")
+    assert truth.names[0] == "tench, Tinca tinca" and len(truth.names) == 1000 and truth.source == "shipped:imagenet-wordnet"
+    assert len(load_concepts("imagenet-wordnet").concepts) == 1000
+
+
+# --- The paper's own concept lists: downloaded on first use, pinned, cached ----------------------------------------
+
+
+def test_paper_lists_are_pinned_to_a_commit_of_the_official_repository():
+    import re
+
+    from dissect.concepts import REMOTE_SETS
+
+    assert set(REMOTE_SETS) == {"paper-20k", "paper-10k", "paper-3k"}
+    for name, rs in REMOTE_SETS.items():
+        assert re.fullmatch(r"https://raw\.githubusercontent\.com/Trustworthy-ML-Lab/CLIP-dissect/[0-9a-f]{40}/data/"
+                            r"(20k|10k|3k)\.txt", rs.url), rs.url
+        assert name.endswith(rs.url.rsplit("/", 1)[1][:-4])
+    assert not any(f.name.startswith("paper-") for f in CONCEPT_DIR.iterdir())  # downloaded, never shipped
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """A loopback HTTP server holding one concept list, registered as paper-20k with its sha256."""
+    import hashlib
+    import http.server
+    import threading
+    from functools import partial
+
+    from dissect import concepts
+
+    (tmp_path / "www").mkdir()
+    body = "the\nof\nand\nstop!/go\ndog\n".encode()
+    (tmp_path / "www" / "20k.txt").write_bytes(body)
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+    handler = partial(Quiet, directory=str(tmp_path / "www"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/20k.txt"
+    rs = concepts.RemoteSet("paper-20k", url, hashlib.sha256(body).hexdigest(), "a test list")
+    monkeypatch.setitem(concepts.REMOTE_SETS, "paper-20k", rs)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("DISSECT_OFFLINE", raising=False)
+    monkeypatch.setenv("DISSECT_CACHE", str(tmp_path / "cache"))
+    yield server, rs, tmp_path
+    server.shutdown()
+
+
+def test_paper_list_is_downloaded_once_checked_and_cached(served):
+    from dissect.concepts import load_concepts
+
+    server, rs, tmp_path = served
+    first = load_concepts("paper-20k")
+    assert first.concepts == ["the", "of", "and", "stop!/go", "dog"]
+    assert first.source == f"{rs.url}#sha256={rs.sha256}"
+    server.shutdown()  # the network is gone: the cached copy serves
+    again = load_concepts("paper-20k")
+    assert again.concepts == first.concepts and again.fingerprint == first.fingerprint
+
+
+def test_a_download_that_does_not_match_its_pinned_sha256_is_refused_and_not_cached(served, monkeypatch):
+    from dissect import concepts
+    from dissect.errors import InputError
+    server, rs, tmp_path = served
+    monkeypatch.setitem(concepts.REMOTE_SETS, "paper-20k", concepts.RemoteSet(rs.name, rs.url, "0" * 64, rs.about))
+    with pytest.raises(InputError, match="pinned sha256"):
+        concepts.load_concepts("paper-20k")
+    assert not (tmp_path / "cache" / "concept_sets").exists() or not list((tmp_path / "cache" / "concept_sets").iterdir())
+
+
+def test_offline_the_paper_list_fails_in_one_line_naming_the_url_and_the_flag(tmp_path, monkeypatch):
+    """Through the real command, with the download refused at once (as on a machine without network)."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from dissect import concepts
+    from dissect.cli.main import app
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def offline(*a, **k):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    r = CliRunner().invoke(app, ["embed-text", "paper-3k", "--clip", "RN50", "-o", str(tmp_path / "t.h5")])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: cannot download paper-3k") and concepts.REMOTE_SETS["paper-3k"].url in err
+    assert "--concepts /path/to/3k.txt" in err
+    assert not (tmp_path / "t.h5").exists()
