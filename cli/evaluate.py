@@ -176,7 +176,9 @@ ClassesOpt = Annotated[str, typer.Option("--classes", help="Class names in outpu
 LabelsOpt = Annotated[Path, typer.Option("--labels", help="labels.parquet holding the layer that feeds the final linear layer.", show_default=False)]
 LayerOpt = Annotated[str, typer.Option("--layer", help="That layer's name (ResNet: layer4 recorded with --summary mean).", show_default=False)]
 ClipOpt = Annotated[Optional[str], typer.Option("--clip", help="CLIP model for the label-to-class similarity [default: the one recorded with the labels].")]
-SentenceOpt = Annotated[str, typer.Option("--sentence-model", help="sentence-transformers model averaged with CLIP cos ('none' to skip).")]
+SentenceOpt = Annotated[str, typer.Option("--sentence-model", help="sentence-transformers model of the mpnet cos ('none': CLIP cos only).")]
+MixOpt = Annotated[str, typer.Option("--mix", help="Label-class similarity: official (3*CLIP + mpnet, the official notebook), "
+                                                   "paper ((CLIP + mpnet)/2, the paper's text), sentence (mpnet) or clip.")]
 
 
 @subcommand(evaluate_app, "predict-class")
@@ -191,6 +193,7 @@ def predict_class(
     model_arg: O.ModelArg = None,
     clip: ClipOpt = None,
     sentence_model: SentenceOpt = "all-mpnet-base-v2",
+    mix: MixOpt = "official",
     device: O.Device = "auto",
 ):
     """App. A.6: how often the label of the unit contributing most to a prediction names the predicted class."""
@@ -200,12 +203,13 @@ def predict_class(
 
     A.check_output_path(out, [labels, activations])
     ev = run(labels, activations, layer, model, classes, weights=weights, model_args=parse_model_args(model_arg), clip=clip,
-             sentence_model=sentence_model, device=device)
+             sentence_model=sentence_model, device=device, mix=mix)
     row = ev.summary[0]
     cols = [("images", "images", ""), ("label = predicted class", "agreement_with_predicted", ".2%")]
     if row["agreement_with_true"] is not None:
         cols += [("label = true class", "agreement_with_true", ".2%"), ("model accuracy", "model_accuracy", ".2%")]
-    _print_layers(ev, f"Top contributing unit of {layer} vs. the class ({row['final_layer']})", cols)
+    _print_layers(ev, f"Top contributing unit of {layer} vs. the class ({row['final_layer']}; label to class by "
+                      f"{row['similarity']})", cols)
     _write_units(ev, out, "predict-class")
 
 
@@ -221,6 +225,7 @@ def weights_cmd(
     clip: ClipOpt = None,
     sentence_model: SentenceOpt = "all-mpnet-base-v2",
     top_weights: Annotated[int, typer.Option("--top-weights", min=1, help="Correlation over this many largest weights too (paper: 50,000).")] = 50_000,
+    mix: MixOpt = "sentence",
     device: O.Device = "auto",
 ):
     """§5: correlation between final-layer weights W[c, j] and the similarity of unit j's label to class c."""
@@ -237,8 +242,8 @@ def weights_cmd(
     if out is not None:
         A.check_output_path(out, [labels])
     res = weight_analysis(labels, layer, model, classes, weights=weights, model_args=parse_model_args(model_arg), clip=clip,
-                          sentence_model=sentence_model, top_weights=top_weights, device=device)
-    table = Table(title=f"{res['final_layer']} weights vs. label-class similarity ({' + '.join(res['similarity_spaces'])})",
+                          sentence_model=sentence_model, top_weights=top_weights, device=device, mix=mix)
+    table = Table(title=f"{res['final_layer']} weights vs. label-class similarity ({res['similarity']})",
                   title_justify="left")
     for c in ("weights", "n", "pearson r", "p-value"):
         table.add_column(c)

@@ -540,8 +540,39 @@ def _class_names(classes: str | Truth, n: int) -> list[str]:
     return names
 
 
-def _concept_similarity(labels: list[str], classes: list[str], clip_space, sentence) -> tuple[np.ndarray, list[str]]:
-    """S[c, j] = cos(class name c, label of unit j): CLIP cos, averaged with sentence cos when available."""
+#: How label-to-class similarity is mixed from the two text spaces: weight of each space, and what it is.
+MIXES: dict[str, tuple[dict[str, float], str]] = {
+    "official": ({"clip": 3.0, "sentence": 1.0}, "3*CLIP + mpnet, as the official appendix_a6 notebook"),
+    "paper": ({"clip": 0.5, "sentence": 0.5}, "(CLIP + mpnet)/2, as the paper's App. A.6 text"),
+    "sentence": ({"sentence": 1.0}, "mpnet cos, as the paper's Sec. 5"),
+    "clip": ({"clip": 1.0}, "CLIP cos"),
+}
+
+
+def _mix_spaces(mix: str) -> dict[str, float]:
+    """The weight of each text space in ``mix``."""
+    if mix not in MIXES:
+        raise UsageError(f"unknown similarity mix {mix!r}", hint=f"use one of {', '.join(MIXES)}")
+    return MIXES[mix][0]
+
+
+def _open_spaces(mix: str, clip: str | None, sentence_model: str | None, device: str):
+    """The CLIP and sentence spaces ``mix`` needs (CLIP also when the sentence model is missing)."""
+    need = _mix_spaces(mix)
+    sentence = open_sentence_space(sentence_model, device) if "sentence" in need else None
+    clip_space = ClipTextSpace(clip, device) if "clip" in need or sentence is None else None
+    return clip_space, sentence
+
+
+def _concept_similarity(labels: list[str], classes: list[str], clip_space, sentence, mix: str
+                        ) -> tuple[np.ndarray, list[str], str]:
+    """S[c, j]: the similarity of class name c and the label of unit j, mixed from the CLIP and sentence spaces as
+    ``mix`` says (``MIXES``); without a sentence model, CLIP cos alone, said in one line."""
+    weights, what = _mix_spaces(mix), MIXES[mix][1]
+    if "sentence" in weights and sentence is None:
+        info(f"label-class similarity: CLIP cos only, not {what} (no sentence model; {EVAL_EXTRA})")
+        weights, what = MIXES["clip"]
+
     def sim(space):
         e_cls = space.embed(classes).astype(np.float64)
         uniq = sorted(set(labels))
@@ -549,12 +580,9 @@ def _concept_similarity(labels: list[str], classes: list[str], clip_space, sente
         pos = {t: i for i, t in enumerate(uniq)}
         return e_cls @ e_lab[[pos[t] for t in labels]].T
 
-    S = sim(clip_space)
-    spaces = ["clip"]
-    if sentence is not None:
-        S = (S + sim(sentence)) / 2
-        spaces.append("sentence")
-    return S, spaces
+    spaces = {"clip": clip_space, "sentence": sentence}
+    S = sum(w * sim(spaces[name]) for name, w in weights.items())
+    return S, list(weights), what
 
 
 def _head(model: str, weights: str | None, model_args: dict[str, Any] | None, n_units: int, layer: str = "the labelled layer"):
@@ -572,20 +600,20 @@ def _head(model: str, weights: str | None, model_args: dict[str, Any] | None, n_
 def weight_analysis(labels, layer: str, model: str, classes: str, weights: str | None = None,
                     model_args: dict[str, Any] | None = None, clip: str | None = None,
                     sentence_model: str | None = DEFAULT_SENTENCE_MODEL, top_weights: int = 50_000,
-                    device: str = "auto") -> dict[str, Any]:
+                    device: str = "auto", mix: str = "sentence") -> dict[str, Any]:
     """§5: do large final-layer weights W[c, j] connect units whose label resembles class c?
 
     Pearson r (and p) between W[c, j] and S[c, j] = cos(class name c, label of unit j)
     over all weights and over the ``top_weights`` largest; and, for k = 1..5, the mean
-    S over each class's k largest weights (Fig. 5b).
+    S over each class's k largest weights (Fig. 5b). S is the mpnet (sentence) cosine,
+    as in the paper (``mix``: see ``MIXES``); CLIP cos when no sentence model is available.
     """
     unit_labels = _layer_labels(labels, layer)
     W, _, head = _head(model, weights, model_args, len(unit_labels), layer)
     names = _class_names(classes, W.shape[0])
     meta = A.read_labels_metadata(labels)
-    clip_space = ClipTextSpace(clip or meta.get("clip"), device)
-    sentence = open_sentence_space(sentence_model, device)
-    S, spaces = _concept_similarity(unit_labels, names, clip_space, sentence)
+    clip_space, sentence = _open_spaces(mix, clip or meta.get("clip"), sentence_model, device)
+    S, spaces, what = _concept_similarity(unit_labels, names, clip_space, sentence, mix)
     r_all, p_all = pearson(W, S)
     k = min(top_weights, W.size)
     top = np.argsort(-W, axis=None, kind="stable")[:k]
@@ -595,18 +623,22 @@ def weight_analysis(labels, layer: str, model: str, classes: str, weights: str |
     return {"labels": str(labels), "layer": layer, "model": model, "final_layer": head, "classes": W.shape[0],
             "units": W.shape[1], "similarity_spaces": spaces, "pearson_all": {"r": r_all, "p": p_all, "n": int(W.size)},
             "pearson_top": {"r": r_top, "p": p_top, "n": int(k)}, "mean_similarity_of_top_k_weights": top_k_mean,
-            "clip": clip_space.spec, "sentence_model": None if sentence is None else sentence.spec}
+            "similarity": what, "clip": None if clip_space is None else clip_space.spec,
+            "sentence_model": None if sentence is None else sentence.spec}
 
 
 def predict_class(labels, activations, layer: str, model: str, classes: str, weights: str | None = None,
                   model_args: dict[str, Any] | None = None, clip: str | None = None,
-                  sentence_model: str | None = DEFAULT_SENTENCE_MODEL, device: str = "auto") -> Evaluation:
+                  sentence_model: str | None = DEFAULT_SENTENCE_MODEL, device: str = "auto",
+                  mix: str = "official") -> Evaluation:
     """App. A.6: does the label of the unit that contributes most to each prediction name the predicted class?
 
     For each probe image: predicted class c = argmax_c (W q(x) + b)_c, from the recorded
     activations q of the layer feeding the final linear layer; the top unit
-    j = argmax_j W[c, j] q_j(x); its label mapped to the nearest class name (CLIP cos,
-    averaged with sentence cos when available). Reports how often that class is the
+    j = argmax_j W[c, j] q_j(x); its label mapped to the nearest class name by ``mix``
+    (``MIXES``): by default 3*CLIP cos + mpnet cos, the official notebook's weighting behind
+    the published figure (the paper's text says their average: ``mix="paper"``); CLIP cos
+    alone without a sentence model. Reports how often that class is the
     predicted one and, when the probe is an ImageFolder whose class folders match the
     classes (sorted folder names = class order), the true one.
     """
@@ -620,9 +652,8 @@ def predict_class(labels, activations, layer: str, model: str, classes: str, wei
     contrib = q * W[pred].astype(np.float64)                      # W[c, j] q_j(x) for the predicted c
     top_unit = contrib.argmax(axis=1)
     meta = A.read_labels_metadata(labels)
-    clip_space = ClipTextSpace(clip or meta.get("clip"), device)
-    sentence = open_sentence_space(sentence_model, device)
-    S, spaces = _concept_similarity(unit_labels, names, clip_space, sentence)
+    clip_space, sentence = _open_spaces(mix, clip or meta.get("clip"), sentence_model, device)
+    S, spaces, what = _concept_similarity(unit_labels, names, clip_space, sentence, mix)
     label_class = S.argmax(axis=0)                                # nearest class name of each unit's label
     mapped = label_class[top_unit]
     folders = [i.split("/")[-2] if "/" in i else None for i in acts.ids]
@@ -641,5 +672,5 @@ def predict_class(labels, activations, layer: str, model: str, classes: str, wei
                 "agreement_with_predicted": float(np.mean(mapped == pred)),
                 "agreement_with_true": None if true is None else float(np.mean(mapped == true)),
                 "model_accuracy": None if true is None else float(np.mean(pred == true)),
-                "similarity_spaces": spaces}]
+                "similarity_spaces": spaces, "similarity": what}]
     return Evaluation(units, summary)

@@ -287,3 +287,60 @@ def test_weights_refuse_a_layer_that_does_not_feed_the_final_layer(demo_run, tru
     r = invoke("evaluate", "weights", "--labels", out / "labels-mixed-softwpmi.parquet", "--layer", "layer3", *DEMO_MODEL,
                "--classes", truth_file, "--sentence-model", "none", ok=False)
     assert_one_line_error(r, "takes", "features", "layer3")
+
+
+def _independent_sentence_similarity(model_path: str, labels: list[str], classes: list[str]) -> np.ndarray:
+    """S[c, j] = sentence cos(class c, label j) with sentence-transformers directly."""
+    from sentence_transformers import SentenceTransformer
+
+    m = SentenceTransformer(model_path, device="cpu")
+    ec = m.encode(classes, normalize_embeddings=True).astype(np.float64)
+    el = m.encode(labels, normalize_embeddings=True).astype(np.float64)
+    return ec @ el.T
+
+
+def test_weights_use_the_sentence_cosine_as_the_paper_does(demo_run, truth_file, sentence_model, tmp_path):
+    """§5: 'the mpnet cos similarity between concepts encoded by two neurons and the weight connecting them'."""
+    from scipy import stats
+
+    out, _ = demo_run
+    f = out / "labels-mixed-softwpmi.parquet"
+    invoke("evaluate", "weights", "--labels", f, "--layer", "layer4", *DEMO_MODEL, "--classes", truth_file,
+           "--sentence-model", sentence_model, "-o", tmp_path / "w.json")
+    res = json.loads((tmp_path / "w.json").read_text())
+    W, _ = _demo_head()
+    labels = pq.read_table(f).to_pandas()
+    l4 = list(labels[labels.layer == "layer4"].sort_values("unit").label)
+    S = _independent_sentence_similarity(sentence_model, l4, demo_specs().class_names)
+    r, _ = stats.pearsonr(W.ravel(), S.ravel())
+    assert res["pearson_all"]["r"] == pytest.approx(r, abs=1e-5)
+    assert res["similarity_spaces"] == ["sentence"] and "mpnet" in res["similarity"]
+    # The mean of the two spaces (what dissect 0.1 used) is a different number.
+    both = (S + _independent_similarity(l4, demo_specs().class_names)) / 2
+    assert abs(stats.pearsonr(W.ravel(), both.ravel())[0] - r) > 1e-3
+
+
+@pytest.mark.parametrize("mix,clip_weight", [("official", 3.0), ("paper", 1.0)])
+def test_predict_class_weighs_clip_and_sentence_as_asked(demo_run, truth_file, sentence_model, tmp_path, mix, clip_weight):
+    """App. A.6: the official notebook maps a label to the class maximising 3*CLIP + mpnet; the paper's text, their mean."""
+    import h5py
+
+    out, _ = demo_run
+    names = demo_specs().class_names
+    W, b = _demo_head()
+    with h5py.File(out / "activations.h5") as fh:
+        q = fh["layers/layer4"][:].astype(np.float64)
+    pred = (q @ W.T + b).argmax(1)
+    f = out / "labels-mixed-softwpmi.parquet"
+    args = ["evaluate", "predict-class", "--labels", f, "-a", out / "activations.h5", "--layer", "layer4", *DEMO_MODEL,
+            "--classes", truth_file, "--sentence-model", sentence_model, "-o", tmp_path / "p.parquet"]
+    r = invoke(*args, *([] if mix == "official" else ["--mix", mix]))
+    summary = json.loads((tmp_path / "p.json").read_text())[0]
+    labels = pq.read_table(f).to_pandas()
+    l4 = list(labels[labels.layer == "layer4"].sort_values("unit").label)
+    S = clip_weight * _independent_similarity(l4, names) + _independent_sentence_similarity(sentence_model, l4, names)
+    mapped = S.argmax(0)[(q * W[pred]).argmax(1)]
+    assert summary["agreement_with_predicted"] == pytest.approx(float(np.mean(mapped == pred)))
+    assert summary["similarity_spaces"] == ["clip", "sentence"]
+    said = {"official": "3*CLIP + mpnet", "paper": "(CLIP + mpnet)/2"}[mix]
+    assert said in summary["similarity"] and said in " ".join(r.stdout.split())  # the output says which
