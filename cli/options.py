@@ -12,7 +12,8 @@ Clip = Annotated[
     str,
     typer.Option(
         "--clip",
-        help="CLIP model: MODEL:PRETRAINED (ViT-B-16:openai), MODEL:checkpoint.pt, hf-hub:ORG/REPO, "
+        help="CLIP model: MODEL:PRETRAINED (ViT-B-16:openai), MODEL:TAG@checkpoint (a tag with local weights), "
+        "MODEL:checkpoint.pt, hf-hub:ORG/REPO, "
         "local-dir:FOLDER, or config.json:checkpoint.",
         show_default=False,
     ),

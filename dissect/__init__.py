@@ -12,7 +12,7 @@ Heavy imports (torch, open_clip, timm) happen on first use, so ``import dissect`
 and the command line start fast.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "embed_images": "dissect.embed",
