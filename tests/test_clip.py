@@ -193,3 +193,17 @@ def test_a_text_of_exactly_the_context_length_is_not_reported_truncated(tiny_cli
     too_long = " ".join(["x"] * (ctx - 1))
     assert len(clip.tokenizer.encode(fits)) == ctx - 2
     assert truncated_texts(clip, [fits, too_long, "red"]) == [too_long]
+
+
+def test_embed_text_warns_only_for_texts_longer_than_the_context(tiny_clip, capsys):
+    from dissect.concepts import ConceptSet
+    from dissect.embed import compute_text_embeddings
+
+    clip = load_clip(tiny_clip, torch.device("cpu"))
+    ctx = clip.context_length
+    exact = ConceptSet("t", [" ".join(["x"] * (ctx - 2)), "red"], "t")
+    compute_text_embeddings(clip, exact)
+    assert "exceed" not in capsys.readouterr().err
+    longer = ConceptSet("t", [" ".join(["x"] * (ctx - 1)), "red"], "t")
+    compute_text_embeddings(clip, longer)
+    assert "1 concept(s) exceed" in capsys.readouterr().err
