@@ -200,6 +200,16 @@ def _demo_head():
     return model.fc.weight.detach().double().numpy(), model.fc.bias.detach().double().numpy()
 
 
+def _demo_predictions(out):
+    """The demo head's weights, the recorded layer4 activations and the classes they predict."""
+    import h5py
+
+    W, b = _demo_head()
+    with h5py.File(out / "activations.h5") as fh:
+        q = fh["layers/layer4"][:].astype(np.float64)
+    return W, q, (q @ W.T + b).argmax(1)
+
+
 def _independent_similarity(labels: list[str], classes: list[str]) -> np.ndarray:
     """S[c, j] = CLIP cos(class c, label j) with open_clip's own encode_text."""
     uniq = sorted(set(labels) | set(classes))
@@ -240,11 +250,8 @@ def test_predict_class_matches_an_independent_computation(demo_run, truth_file, 
 
     out, _ = demo_run
     names = demo_specs().class_names
-    W, b = _demo_head()
+    W, q, pred = _demo_predictions(out)
     # The probe as an ImageFolder: each image in the folder of its predicted class (sorted names = class order).
-    with h5py.File(out / "activations.h5") as fh:
-        q = fh["layers/layer4"][:].astype(np.float64)
-    pred = (q @ W.T + b).argmax(1)
     import shutil
 
     shutil.copy(out / "activations.h5", tmp_path / "acts.h5")
@@ -323,14 +330,9 @@ def test_weights_use_the_sentence_cosine_as_the_paper_does(demo_run, truth_file,
 @pytest.mark.parametrize("mix,clip_weight", [("official", 3.0), ("paper", 1.0)])
 def test_predict_class_weighs_clip_and_sentence_as_asked(demo_run, truth_file, sentence_model, tmp_path, mix, clip_weight):
     """App. A.6: the official notebook maps a label to the class maximising 3*CLIP + mpnet; the paper's text, their mean."""
-    import h5py
-
     out, _ = demo_run
     names = demo_specs().class_names
-    W, b = _demo_head()
-    with h5py.File(out / "activations.h5") as fh:
-        q = fh["layers/layer4"][:].astype(np.float64)
-    pred = (q @ W.T + b).argmax(1)
+    W, q, pred = _demo_predictions(out)
     f = out / "labels-mixed-softwpmi.parquet"
     args = ["evaluate", "predict-class", "--labels", f, "-a", out / "activations.h5", "--layer", "layer4", *DEMO_MODEL,
             "--classes", truth_file, "--sentence-model", sentence_model, "-o", tmp_path / "p.parquet"]
