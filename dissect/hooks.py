@@ -211,24 +211,40 @@ def _keeps_input_axes(layout: str, x: torch.Tensor, out: torch.Tensor) -> bool:
     return all(x.shape[i] == out.shape[i] for i in range(1, out.ndim) if i != c)
 
 
+def _has_params(mod: torch.nn.Module, recurse: bool = False) -> bool:
+    return any(True for _ in mod.parameters(recurse=recurse))
+
+
+def _first_tensor(inputs) -> torch.Tensor | None:
+    return next((t for t in inputs if isinstance(t, torch.Tensor)), None)
+
+
 class _Probe:
     """Hooks on every module for one forward pass: call counts and layouts (see the module docstring)."""
 
-    def __init__(self, model: torch.nn.Module, request: LayoutRequest):
-        self.model, self.request = model, request
+    def __init__(self, model: torch.nn.Module, request: LayoutRequest, batch: int):
+        self.model, self.request, self.batch = model, request, batch
         self.infos: dict[str, LayerInfo] = {}
         self.calls: Counter[str] = Counter()
-        self.known: dict[int, tuple[torch.Tensor, str, str]] = {}   # id(tensor) -> (tensor, layout, module)
+        self._known: dict[int, tuple[torch.Tensor, str, str]] = {}  # id(tensor) -> (tensor, layout, module)
         self.done: list[tuple[str, torch.nn.Module]] = []           # modules in the order they finished
         self.first_out: dict[str, torch.Tensor] = {}
-        # id(tensor) -> (tensor, a module that took it as input and kept its shape, that module's output), ...
+        # id(tensor) -> [(tensor, a module that took it as input and kept its shape, that module's output), ...]
         self.consumed: dict[int, list[tuple[torch.Tensor, str, torch.Tensor]]] = {}
         self.feature_chs = {}
         for f in getattr(model, "feature_info", None) or []:
             if isinstance(f, dict) and "module" in f and "num_chs" in f:
                 self.feature_chs[f["module"]] = int(f["num_chs"])
 
-    def layout(self, name: str, mod: torch.nn.Module, inputs, out: torch.Tensor) -> tuple[str, str]:
+    def known(self, t: torch.Tensor | None) -> tuple[str, str] | None:
+        """(layout, module that returned it) of a tensor some module returned, or None."""
+        entry = self._known.get(id(t)) if t is not None else None
+        return (entry[1], entry[2]) if entry is not None and entry[0] is t else None
+
+    def learn(self, t: torch.Tensor, layout: str, module: str) -> None:
+        self._known.setdefault(id(t), (t, layout, module))
+
+    def layout(self, name: str, mod: torch.nn.Module, x: torch.Tensor | None, out: torch.Tensor) -> tuple[str, str]:
         nd = out.ndim
         asked = self.request.for_layer(name)
         if asked != "auto" and (name in self.request.per_layer or NDIM[asked] == nd):
@@ -241,12 +257,10 @@ class _Probe:
         lay = _by_module(mod, out)
         if lay:
             return lay, type(mod).__name__
-        same = self.known.get(id(out))
-        if same is not None and same[0] is out:
-            return same[1], f"the output of {same[2]}"
-        x = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
-        x_known = self.known.get(id(x)) if x is not None else None
-        x_layout = x_known[1] if x_known is not None and x_known[0] is x else None
+        same = self.known(out)
+        if same:
+            return same[0], f"the output of {same[1]}"
+        x_layout = (self.known(x) or ("", ""))[0]
         dims = getattr(mod, "dims", None)
         if x_layout and dims is not None and "permute" in type(mod).__name__.lower():
             lay = _permuted(x_layout, dims)
@@ -256,28 +270,28 @@ class _Probe:
             return x_layout, "its input"
         prefix = name + "."
         for done_name, done_mod in reversed(self.done):
-            if done_name.startswith(prefix) and any(True for _ in done_mod.parameters(recurse=False)):
+            if done_name.startswith(prefix) and _has_params(done_mod):
                 lay = _axis_matching(out.shape, _channels_of(done_mod))
                 if lay:
                     return lay, f"the channels of {done_name}"
                 break
-        lay = _axis_matching(out.shape, _channels_of(mod)) if any(True for _ in mod.parameters(recurse=False)) else None
-        if lay:
-            return lay, "its own parameters"
+        if _has_params(mod):
+            lay = _axis_matching(out.shape, _channels_of(mod))
+            if lay:
+                return lay, "its own parameters"
         lay = _axis_matching(out.shape, self.feature_chs.get(name))
-        if lay:
-            return lay, "timm feature_info"
-        return "", ""
+        return (lay, "timm feature_info") if lay else ("", "")
 
     def hook(self, name: str, mod: torch.nn.Module):
         def fn(_m, inputs, out):
             self.calls[name] += 1
-            if self.calls[name] > 1:
+            if name in self.infos:
                 self.infos[name].calls = self.calls[name]
+            x = _first_tensor(inputs)
             if isinstance(out, torch.Tensor) and out.ndim in (2, 3, 4):
-                lay, src = self.layout(name, mod, inputs, out)
+                lay, src = self.layout(name, mod, x, out)
                 if lay:
-                    self.known[id(out)] = (out, lay, name)
+                    self._known[id(out)] = (out, lay, name)
                 if name not in self.infos:
                     self.first_out[name] = out
                     n = int(out.shape[CHANNEL_AXIS[lay]]) if lay else 0
@@ -287,7 +301,6 @@ class _Probe:
             elif name not in self.infos:
                 shape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else ()
                 self.infos[name] = LayerInfo(name, type(mod).__name__, shape, "-", 0, 1, _kind(out))
-            x = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
             if x is not None and isinstance(out, torch.Tensor) and x.shape == out.shape:
                 self.consumed.setdefault(id(x), []).append((x, name, out))
             self.done.append((name, mod))
@@ -308,15 +321,14 @@ class _Probe:
 
     def _settle_one(self, name: str, i: LayerInfo, mod: torch.nn.Module) -> bool:
         out = self.first_out[name]
-        same = self.known.get(id(out))
-        users = [(u, self.known[id(y)]) for x, u, y in self.consumed.get(id(out), [])
-                 if x is out and id(y) in self.known and self.known[id(y)][0] is y]
+        same = self.known(out)
+        users = [(u, self.known(y)) for x, u, y in self.consumed.get(id(out), []) if x is out and self.known(y)]
         lay = src = ""
-        if same is not None and same[0] is out:
-            lay, src = same[1], f"the output of {same[2]}"
+        if same:
+            lay, src = same[0], f"the output of {same[1]}"
         elif users:
-            lay, src = users[0][1][1], f"the input of {users[0][0]}, which keeps its shape"
-        elif not any(True for _ in mod.parameters()):
+            lay, src = users[0][1][0], f"the input of {users[0][0]}, which keeps its shape"
+        elif not _has_params(mod, recurse=True):
             parent = name
             while "." in parent and not lay:
                 parent = parent.rpartition(".")[0]
@@ -326,7 +338,7 @@ class _Probe:
         if not lay:
             return False
         i.layout, i.layout_source, i.n_units = lay, src, int(out.shape[CHANNEL_AXIS[lay]])
-        self.known.setdefault(id(out), (out, lay, name))
+        self.learn(out, lay, name)
         return True
 
 
@@ -334,8 +346,7 @@ def probe_layers(model: torch.nn.Module, example: torch.Tensor, layout: "str | L
                  ) -> dict[str, LayerInfo]:
     """Every named module that ran on ``example`` (one image suffices), in execution order of completion,
     with its output shape, layout (see the module docstring), neuron count and number of calls."""
-    probe = _Probe(model, parse_layout(layout))
-    probe.batch = int(example.shape[0])
+    probe = _Probe(model, parse_layout(layout), int(example.shape[0]))
     handles = []
     try:
         for name, mod in model.named_modules():
