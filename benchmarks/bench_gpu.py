@@ -92,13 +92,13 @@ def main() -> None:
 
     from dissect.clip import encode_images, load_clip
     from dissect.concepts import load_concepts
-    from dissect.embed import ImageEmbedder, default_workers, embed_text
-    from dissect.hooks import Recorder
+    from dissect.embed import ImageEmbedder, embed_text
     from dissect.label import label
     from dissect.models import load_target
-    from dissect.probe import image_pass, iterate_batches, open_probe
+    from dissect.passes import decoded_batches, default_workers, image_pass
+    from dissect.probe import open_probe
     from dissect.record import ActivationRecorder
-    from dissect.runtime import autocast, resolve_device, resolve_precision, set_quiet
+    from dissect.runtime import resolve_device, resolve_precision, set_quiet
 
     set_quiet(True)
     dev = resolve_device(args.device)
@@ -134,7 +134,7 @@ def main() -> None:
         sub = open_probe([str(tmp / "probe")])
         n_fwd = min(args.forward_images, len(sub))
         sub.ids, sub.loaders, sub.locations = sub.ids[:n_fwd], sub.loaders[:n_fwd], sub.locations[:n_fwd]
-        pairs = [b for _, b in iterate_batches(sub, [clip.preprocess, target.transform], args.batch_size, workers)]
+        pairs = [b for _, b in decoded_batches(sub, [clip.preprocess, target.transform], args.batch_size, workers)]
         if dev.type == "cuda":
             pairs = [[x.pin_memory() for x in b] for b in pairs]
         encode_images(clip, pairs[0][0], precision)  # warm-up

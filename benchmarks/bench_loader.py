@@ -43,7 +43,8 @@ def main() -> None:
 
     from dissect.hooks import Recorder
     from dissect.models import load_target
-    from dissect.probe import iterate_batches, open_probe
+    from dissect.passes import decoded_batches
+    from dissect.probe import open_probe
     from dissect.record import record
     from dissect.runtime import set_quiet
 
@@ -60,7 +61,7 @@ def main() -> None:
         layers = args.layers.split(",")
 
         # Forward only: every batch decoded and preprocessed before the clock starts.
-        batches = [b for _, b in iterate_batches(probe, target.transform, args.batch_size, 0)]
+        batches = [b[0] for _, b in decoded_batches(probe, [target.transform], args.batch_size, 0)]
         with Recorder(target.module, layers) as rec:
             rec.run(batches[0])  # warm-up
             t0 = time.perf_counter()
@@ -75,7 +76,7 @@ def main() -> None:
         if args.clip:
             from dissect.clip import load_clip
             from dissect.embed import ImageEmbedder, embed_images
-            from dissect.probe import image_pass
+            from dissect.passes import image_pass
             from dissect.record import ActivationRecorder
 
             clip = load_clip(args.clip, torch.device("cpu"))

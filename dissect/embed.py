@@ -13,15 +13,9 @@ from .clip import Clip, encode_images, encode_tokens, load_clip, reload_clip, to
 from .concepts import ConceptSet, load_concepts
 from .fingerprint import fingerprint
 from .errors import InputError, UsageError
-from .probe import Probe, Skipped, image_pass, image_sizes, kept_rows, open_probe, probe_files, report_skipped, skipped_attr
+from .passes import DEFAULT_CHUNK_IMAGES, default_workers, forward_errors, image_pass
+from .probe import Probe, Skipped, image_sizes, kept_rows, open_probe, probe_files, report_skipped, skipped_attr
 from .runtime import DEFAULT_PRECISION, cache_dir, check_batch_size, info, progress, resolve_device, resolve_precision, warn
-
-
-def default_workers(n_images: int) -> int:
-    """DataLoader workers: none for small probes (start-up costs more than it saves)."""
-    if n_images < 512:
-        return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def image_embeddings_fingerprint(clip_fp: str, probe_fp: str, precision: str = "fp32") -> str:
@@ -35,7 +29,7 @@ def text_embeddings_fingerprint(clip_fp: str, concepts_fp: str, precision: str =
 
 
 class ImageEmbedder:
-    """A consumer of ``probe.image_pass``: CLIP image embeddings of each batch into an [N, d] array."""
+    """A consumer of ``passes.image_pass``: CLIP image embeddings of each batch into an [N, d] array."""
 
     def __init__(self, clip: Clip, n_images: int, precision: str = "fp32"):
         self.clip, self.precision = clip, precision
@@ -43,17 +37,18 @@ class ImageEmbedder:
         self.embeddings = np.zeros((n_images, _embed_dim(clip)), dtype=np.float32)
 
     def __call__(self, idx, batch) -> None:
-        from .record import forward_errors
-
         with forward_errors(f"CLIP {self.clip.spec}", batch):
             self.embeddings[idx.numpy()] = encode_images(self.clip, batch, self.precision).numpy()
 
     def state(self, rows) -> dict[str, np.ndarray]:
-        """The rows' results, for a checkpoint (``probe.image_pass``)."""
+        """The rows' results, for a checkpoint (``passes.image_pass``)."""
         return {"embeddings": self.embeddings[rows]}
 
-    def restore(self, rows, state: dict[str, np.ndarray], _info=None) -> None:
+    def restore(self, rows, state: dict[str, np.ndarray], info: dict[str, Any] | None = None) -> None:
         self.embeddings[rows] = state["embeddings"]
+
+    def info_state(self) -> dict[str, Any]:
+        return {}  # every row has the same width, known from the model
 
     def write(self, out, probe: Probe, batch_size: int, dtype: str = "float32", skipped: list[Skipped] = (),
               positions: range | None = None, extra_attrs: dict[str, Any] | None = None) -> Path:
@@ -99,7 +94,7 @@ def embed_images(
     ``checkpoint_every`` images (default 2,048; 0: never) the work done is saved beside
     ``out``, and a rerun after an interruption continues from there.
     """
-    from .shards import DEFAULT_CHUNK_IMAGES, plan_pass
+    from .shards import plan_pass
 
     check_batch_size(batch_size)
     check_dtype(dtype)

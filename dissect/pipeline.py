@@ -24,12 +24,13 @@ from typing import Any
 from . import artifacts as A
 from .clip import clip_fingerprint, parse_clip_spec
 from .concepts import load_concepts
-from .embed import ImageEmbedder, check_dtype, default_workers, embed_text, image_embeddings_fingerprint, text_embeddings_fingerprint
+from .embed import ImageEmbedder, check_dtype, embed_text, image_embeddings_fingerprint, text_embeddings_fingerprint
 from .errors import MismatchError, UsageError
 from .fingerprint import fingerprint
 from .label import label
 from .models import PreprocessOverrides, load_target
-from .probe import image_pass, open_probe
+from .passes import default_workers, image_pass
+from .probe import open_probe
 from .record import ActivationRecorder, activations_inputs_fingerprint, plan_record
 from .runtime import DEFAULT_PRECISION, info, resolve_device, resolve_precision
 from .shards import Shard, _init_process_group, distributed_world, merge, parse_shard, shard_attrs, shard_file
@@ -247,7 +248,7 @@ def run(
         if consumers:
             what = " + ".join((["embed images"] if embedder else []) + ([f"record {len(plan.todo)} layer(s)"] if rec else []))
             if checkpoint_every != 0:
-                from .shards import DEFAULT_CHUNK_IMAGES, Checkpoint
+                from .passes import DEFAULT_CHUNK_IMAGES, Checkpoint
 
                 key = fingerprint([bool(embedder), clip_precision, target_precision, plan.inputs_fp if rec else None, plan.todo if rec else None,
                                    summary, layout, probe_set.fingerprint, str(clip_fp), str(shard)])

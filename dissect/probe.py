@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from .errors import InputError, UsageError
 from .fingerprint import fingerprint
@@ -281,44 +281,8 @@ def open_probe(specs: list[str] | str) -> Probe:
 
 
 # ---------------------------------------------------------------------------
-# Batched loading
+# Images left out of a pass
 # ---------------------------------------------------------------------------
-
-class _ProbeDataset:
-    """torch Dataset over probe ``positions``; failures come back as values, not worker tracebacks.
-
-    Each image is decoded once and given to every transform (``dissect run`` feeds CLIP
-    and the target model, each with its own preprocessing, from one decode).
-    """
-
-    def __init__(self, probe: Probe, transforms, positions=None):
-        self.probe, self.transforms = probe, list(transforms)
-        self.positions = list(range(len(probe))) if positions is None else [int(i) for i in positions]
-
-    def __len__(self):
-        return len(self.positions)
-
-    def __getitem__(self, j):
-        i = self.positions[j]
-        try:
-            img = self.probe.load(i)
-            return i, [t(img) for t in self.transforms], None
-        except InputError as e:
-            return i, None, e.message
-        except Exception as e:  # a transform failing on an odd image
-            return i, None, f"cannot preprocess image {self.probe.locations[i]}: {e}"
-
-
-def _collate(items):
-    import torch
-
-    errors = [(i, err) for i, _, err in items if err is not None]
-    ok = [(i, x) for i, x, err in items if err is None]
-    idx = torch.tensor([i for i, _ in ok], dtype=torch.long)
-    n = len(ok[0][1]) if ok else 0
-    batches = [torch.stack([x[j] for _, x in ok]) for j in range(n)]
-    return idx, batches, errors, max(i for i, _, _ in items)
-
 
 @dataclass
 class Skipped:
@@ -327,121 +291,6 @@ class Skipped:
     index: int
     id: str
     reason: str
-
-
-def _batches(probe: Probe, transforms, batch_size: int, workers: int, pin_memory: bool, positions=None):
-    """(indices, batches, errors, last position attempted) in probe order."""
-    from torch.utils.data import DataLoader
-
-    loader = DataLoader(
-        _ProbeDataset(probe, transforms, positions),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-        prefetch_factor=4 if workers else None,
-    )
-    yield from loader
-
-
-def iterate_batches(probe: Probe, transform, batch_size: int, workers: int = 0, pin_memory: bool = False,
-                    skipped: list[Skipped] | None = None) -> Iterator[tuple[Any, Any]]:
-    """Yield (indices, image batch) in probe order.
-
-    A broken image raises InputError naming it, unless ``skipped`` is a list: it is
-    then appended there and left out of the batches (the indices say which images a
-    batch holds). ``transform`` may be a list of transforms: each image is then
-    decoded once and the batch is a list with one tensor per transform; an image any
-    transform fails on is skipped for all of them. ``pin_memory`` (CUDA) lets the
-    copies to the GPU run asynchronously (``tensor.to(device, non_blocking=True)``).
-    """
-    many = isinstance(transform, (list, tuple))
-    for idx, batches, errors, _ in _batches(probe, transform if many else [transform], batch_size, workers, pin_memory):
-        if errors:
-            if skipped is None:
-                raise InputError(errors[0][1], hint="remove or replace the file, or leave out --strict to skip such images")
-            skipped.extend(Skipped(i, probe.ids[i], err) for i, err in errors)
-        if len(idx):
-            yield idx, (batches if many else batches[0])
-
-
-def image_pass(probe: Probe, consumers: list, batch_size: int, workers: int, description: str, device=None,
-               strict: bool = False, positions=None, checkpoint=None) -> list[Skipped]:
-    """One pass over the probe feeding every consumer its own preprocessing of each image.
-
-    A consumer has a ``transform`` and is called as ``consumer(indices, batch)``;
-    images are decoded once in the DataLoader workers, in parallel with the consumers'
-    forward passes. On CUDA the batches come in pinned memory. Images that cannot be
-    read or preprocessed are skipped for every consumer and returned (``strict``:
-    the first one raises InputError instead).
-
-    ``positions`` (sorted probe positions: a shard's range, or the images a grown probe
-    added) limits the pass to those images.
-    With a ``checkpoint`` (``shards.Checkpoint``) every completed chunk of
-    ``checkpoint.chunk`` images is saved as it finishes, through the consumers'
-    ``state(rows)`` / ``restore(rows, state)``, and chunks saved by an earlier,
-    interrupted run are restored instead of encoded again.
-    """
-    import numpy as np
-
-    from .runtime import info, progress
-
-    positions = list(range(len(probe)) if positions is None else positions)
-    pin = device is not None and getattr(device, "type", str(device)) == "cuda"
-    skipped: list[Skipped] = []
-    size = checkpoint.chunk if checkpoint is not None else max(1, len(positions))
-    chunks = [positions[c : c + size] for c in range(0, len(positions), size)]
-    todo = list(range(len(chunks)))
-    if checkpoint is not None:
-        done = [c for c in checkpoint.done() if c < len(chunks)]
-        for c in done:
-            arrays, skip, extra = checkpoint.load(c)
-            rows = np.asarray(chunks[c], dtype=np.int64)
-            for k, consumer in enumerate(consumers):
-                consumer.restore(rows, {n[len(f"{k}:"):]: v for n, v in arrays.items() if n.startswith(f"{k}:")},
-                                 extra.get(str(k), {}))
-            skipped += [Skipped(int(i), probe.ids[int(i)], r) for i, r in skip]
-        todo = [c for c in todo if c not in set(done)]
-        if done:
-            info(f"resuming: {sum(len(chunks[c]) for c in done)} of {len(positions)} images restored from {checkpoint.dir}")
-    remaining = [i for c in todo for i in chunks[c]]
-    with progress(description, len(positions), "images") as advance:
-        advance(len(positions) - len(remaining))
-        pending = list(todo)
-        for idx, batches, errors, last in _batches(probe, [c.transform for c in consumers], batch_size, workers, pin,
-                                                   remaining):
-            if errors:
-                if strict:
-                    raise InputError(errors[0][1], hint="remove or replace the file, or leave out --strict to skip such images")
-                skipped.extend(Skipped(i, probe.ids[i], err) for i, err in errors)
-            if len(idx):
-                for consumer, batch in zip(consumers, batches):
-                    consumer(idx, batch)
-            n = len(idx) + len(errors)
-            advance(n)
-            while checkpoint is not None and pending and chunks[pending[0]][-1] <= last:
-                _save_chunk(checkpoint, pending.pop(0), chunks, consumers, skipped)
-    if positions and len(skipped) == len(positions):
-        raise InputError(
-            f"none of the {len(positions)} probe images could be read (e.g. {skipped[0].reason})",
-            hint="check the PROBE paths and file formats",
-        )
-    return sorted(skipped, key=lambda s: s.index)
-
-
-def _save_chunk(checkpoint, c: int, chunks, consumers, skipped: list[Skipped]) -> None:
-    import numpy as np
-
-    rows = np.asarray(chunks[c], dtype=np.int64)
-    members = set(chunks[c])
-    arrays, extra = {}, {}
-    for k, consumer in enumerate(consumers):
-        arrays.update({f"{k}:{n}": v for n, v in consumer.state(rows).items()})
-        extra[str(k)] = consumer.info_state() if hasattr(consumer, "info_state") else {}
-    skip = [[s.index, s.reason] for s in skipped if s.index in members]
-    checkpoint.save(c, arrays, skip, extra)
 
 
 def image_sizes(probe: Probe, rows) -> list[int] | None:

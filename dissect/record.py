@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,11 +10,12 @@ from typing import Any
 import numpy as np
 
 from . import artifacts as A
-from .errors import MismatchError, ModelError, UsageError
+from .errors import MismatchError, UsageError
 from .fingerprint import fingerprint
 from .hooks import LayerInfo, Recorder, check_recordable, list_modules, parse_layout, probe_layers, resolve_layers
 from .models import PreprocessOverrides, Target, load_target
-from .probe import Probe, Skipped, image_pass, image_sizes, kept_rows, open_probe, probe_files, report_skipped, skipped_attr, unchanged_rows
+from .passes import DEFAULT_CHUNK_IMAGES, Checkpoint, default_workers, forward_errors, image_pass
+from .probe import Probe, Skipped, image_sizes, kept_rows, open_probe, probe_files, report_skipped, skipped_attr, unchanged_rows
 from .runtime import DEFAULT_PRECISION, check_batch_size, info, resolve_device, resolve_precision
 
 
@@ -85,27 +85,8 @@ def use_channels_last(module, device, channels_last: bool | None) -> bool:
     return device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
 
 
-@contextlib.contextmanager
-def forward_errors(model: str, batch):
-    """A model failing on the probe's batches (wrong input size, out of memory) becomes a one-line error."""
-    import torch
-
-    try:
-        yield
-    except torch.cuda.OutOfMemoryError:
-        raise ModelError(f"out of GPU memory running {model} on a batch of {batch.shape[0]}",
-                         hint="lower --batch-size") from None
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        shape = "x".join(map(str, batch.shape[1:]))
-        raise ModelError(
-            f"{model} cannot run on the probe's {shape} inputs: {first[:300]}",
-            hint="set --input-size (and --crop-pct) to what the model expects, or check --model-arg",
-        ) from None
-
-
 class ActivationRecorder:
-    """A consumer of ``probe.image_pass``: each layer's summarised activations into [N, C] arrays.
+    """A consumer of ``passes.image_pass``: each layer's summarised activations into [N, C] arrays.
 
     Use as a context manager (the forward hooks live inside it).
     """
@@ -149,7 +130,7 @@ class ActivationRecorder:
             self.data[name][rows] = val.float().cpu().numpy()
 
     def state(self, rows) -> dict[str, np.ndarray]:
-        """The rows' activations of every layer, for a checkpoint (``probe.image_pass``)."""
+        """The rows' activations of every layer, for a checkpoint (``passes.image_pass``)."""
         return {name: arr[rows] for name, arr in self.data.items()}
 
     def info_state(self) -> dict[str, Any]:
@@ -285,7 +266,6 @@ def record(
     only the layers it lacks are recorded (one forward pass for all of them, stopped
     after the last one needed). ``precision``: see ``runtime.resolve_precision``.
     """
-    from .embed import default_workers
 
     check_batch_size(batch_size)
     out = A.check_output_path(out, probe_files(probe))
@@ -304,7 +284,7 @@ def record(
         return Path(out)
     if plan.have:
         info(f"{out} already holds {', '.join(plan.have)}; recording {', '.join(plan.todo)}")
-    from .shards import DEFAULT_CHUNK_IMAGES, plan_pass
+    from .shards import plan_pass
 
     if (shard is not None or os.environ.get("WORLD_SIZE", "1") not in ("", "1")) and plan.exists:
         raise UsageError(f"{out} exists: sharded passes write new files", hint="write to a new -o file")
@@ -380,8 +360,6 @@ def _json(value) -> str:
 
 def _record_grown(g: _Grown, probe, target, out, summary, layout, dev, batch_size, workers, channels_last, strict,
                   checkpoint_every) -> Path:
-    from .embed import default_workers
-    from .shards import DEFAULT_CHUNK_IMAGES, Checkpoint
 
     todo = [i for i in range(len(probe)) if i not in g.reused]
     info(f"{out}: the probe changed; reusing {len(g.reused)} unchanged images, recording {len(todo)} new or changed "
@@ -414,8 +392,6 @@ def list_layers(
     layout: str = "auto",
 ) -> tuple[Target, list[LayerInfo]]:
     """Every named module of ``model`` with its output shape, from one dummy forward pass."""
-    import torch
-
     dev = resolve_device(device)
     target = load_target(model, weights, model_args, overrides, dev)
     example = example_input(target, dev)

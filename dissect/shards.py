@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,8 @@ from typing import Any
 import numpy as np
 
 from . import artifacts as A
-from .errors import ArtifactError, MismatchError, UsageError
-
-#: Images per checkpointed chunk of a pass.
-DEFAULT_CHUNK_IMAGES = 2048
-
+from .errors import MismatchError, UsageError
+from .passes import DEFAULT_CHUNK_IMAGES, Checkpoint
 
 @dataclass(frozen=True)
 class Shard:
@@ -140,56 +136,6 @@ def merge(shards: list[str | os.PathLike], out: str | os.PathLike) -> Path:
         data = {name: np.concatenate([p.layers[name] for p in parts]) for name in layers}
         A.write_activations(out, ids, data, parts[0].layer_attrs, attrs)
     return Path(out)
-
-
-# ---------------------------------------------------------------------------
-# Resumable passes
-# ---------------------------------------------------------------------------
-
-class Checkpoint:
-    """Completed chunks of a pass, in ``OUT.partial/`` beside the output.
-
-    ``key`` identifies what is computed (inputs fingerprint, layers, shard, chunk size):
-    chunks written for another key are discarded, never mixed in.
-    """
-
-    def __init__(self, out: str | os.PathLike, key: str, chunk: int):
-        self.dir = Path(str(out) + ".partial")
-        self.key, self.chunk = key, chunk
-        meta = self.dir / "meta.json"
-        if self.dir.exists():
-            try:
-                ok = json.loads(meta.read_text()).get("key") == key
-            except (OSError, ValueError):
-                ok = False
-            if not ok:
-                shutil.rmtree(self.dir, ignore_errors=True)
-        self.dir.mkdir(exist_ok=True)
-        if not meta.exists():
-            with A.atomic_path(meta) as tmp:
-                tmp.write_text(json.dumps({"key": key, "chunk": chunk}))
-
-    def done(self) -> list[int]:
-        return sorted(int(p.stem.split("-")[1]) for p in self.dir.glob("chunk-*.npz"))
-
-    def save(self, c: int, arrays: dict[str, np.ndarray], skipped: list[list[str]], info: dict[str, Any] | None = None) -> None:
-        path = self.dir / f"chunk-{c:06d}.npz"
-        with A.atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **{f"a/{k}": v for k, v in arrays.items()},
-                         _skipped=np.frombuffer(json.dumps(skipped).encode(), dtype=np.uint8),
-                         _info=np.frombuffer(json.dumps(info or {}).encode(), dtype=np.uint8))
-
-    def load(self, c: int) -> tuple[dict[str, np.ndarray], list[list[str]], dict[str, Any]]:
-        try:
-            with np.load(self.dir / f"chunk-{c:06d}.npz") as z:
-                arrays = {k[2:]: z[k] for k in z.files if k.startswith("a/")}
-                return arrays, json.loads(bytes(z["_skipped"]).decode()), json.loads(bytes(z["_info"]).decode())
-        except (OSError, ValueError, KeyError) as e:
-            raise ArtifactError(f"checkpoint {self.dir} is damaged ({e})", hint=f"delete {self.dir} and run again") from None
-
-    def remove(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,288 @@
+"""The batch engine: one pass over a probe feeding several consumers, resumable chunk by chunk.
+
+A pass decodes each probe image once (in DataLoader workers, in parallel with the
+models) and gives every consumer its own preprocessing of it: ``embed-images`` feeds
+CLIP, ``record`` the target network, ``run`` both from one decode. A consumer
+(:class:`PassConsumer`) is called on each batch and can hand over, and take back, the
+rows of a finished chunk, so that a :class:`Checkpoint` saves each chunk as it completes
+and a rerun after a crash or preemption restores those chunks instead of encoding them
+again. Which slice of the probe a process takes and where its chunks go is planned by
+``shards.plan_pass``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from . import artifacts as A
+from .errors import ArtifactError, InputError, ModelError
+from .probe import Probe, Skipped
+
+#: Images per checkpointed chunk of a pass.
+DEFAULT_CHUNK_IMAGES = 2048
+
+
+class PassConsumer(Protocol):
+    """What ``image_pass`` feeds (``embed.ImageEmbedder``, ``record.ActivationRecorder``).
+
+    ``transform``: the consumer's own preprocessing of a decoded PIL image.
+    ``__call__(indices, batch)``: the batch's results for probe positions ``indices``.
+    ``state(rows)`` / ``restore(rows, arrays, info)``: a finished chunk's results, as
+    numpy arrays (and JSON-able ``info_state()``, e.g. layer shapes), out and back in.
+    """
+
+    transform: Callable[[Any], Any]
+
+    def __call__(self, idx, batch) -> None: ...
+
+    def state(self, rows) -> dict[str, np.ndarray]: ...
+
+    def restore(self, rows, state: dict[str, np.ndarray], info: dict[str, Any]) -> None: ...
+
+    def info_state(self) -> dict[str, Any]: ...
+
+
+def default_workers(n_images: int) -> int:
+    """DataLoader workers: none for small probes (start-up costs more than it saves)."""
+    if n_images < 512:
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+
+@contextlib.contextmanager
+def forward_errors(model: str, batch):
+    """A model failing on the probe's batches (wrong input size, out of memory) becomes a one-line error."""
+    import torch
+
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        raise ModelError(f"out of GPU memory running {model} on a batch of {batch.shape[0]}",
+                         hint="lower --batch-size") from None
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        shape = "x".join(map(str, batch.shape[1:]))
+        raise ModelError(
+            f"{model} cannot run on the probe's {shape} inputs: {first[:300]}",
+            hint="set --input-size (and --crop-pct) to what the model expects, or check --model-arg",
+        ) from None
+
+
+# ---------------------------------------------------------------------------
+# Batched loading
+# ---------------------------------------------------------------------------
+
+class _ProbeDataset:
+    """torch Dataset over probe ``positions``; failures come back as values, not worker tracebacks.
+
+    Each image is decoded once and given to every transform (``dissect run`` feeds CLIP
+    and the target model, each with its own preprocessing, from one decode).
+    """
+
+    def __init__(self, probe: Probe, transforms, positions=None):
+        self.probe, self.transforms = probe, list(transforms)
+        self.positions = list(range(len(probe))) if positions is None else [int(i) for i in positions]
+
+    def __len__(self):
+        return len(self.positions)
+
+    def __getitem__(self, j):
+        i = self.positions[j]
+        try:
+            img = self.probe.load(i)
+            return i, [t(img) for t in self.transforms], None
+        except InputError as e:
+            return i, None, e.message
+        except Exception as e:  # a transform failing on an odd image
+            return i, None, f"cannot preprocess image {self.probe.locations[i]}: {e}"
+
+
+def _collate(items):
+    import torch
+
+    errors = [(i, err) for i, _, err in items if err is not None]
+    ok = [(i, x) for i, x, err in items if err is None]
+    idx = torch.tensor([i for i, _ in ok], dtype=torch.long)
+    n = len(ok[0][1]) if ok else 0
+    batches = [torch.stack([x[j] for _, x in ok]) for j in range(n)]
+    return idx, batches, errors, max(i for i, _, _ in items)
+
+
+def _batches(probe: Probe, transforms, batch_size: int, workers: int, pin_memory: bool, positions=None):
+    """(indices, batches, errors, last position attempted) in probe order."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        _ProbeDataset(probe, transforms, positions),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
+    yield from loader
+
+
+def image_pass(probe: Probe, consumers: list, batch_size: int, workers: int, description: str, device=None,
+               strict: bool = False, positions=None, checkpoint=None) -> list[Skipped]:
+    """One pass over the probe feeding every consumer its own preprocessing of each image.
+
+    A consumer has a ``transform`` and is called as ``consumer(indices, batch)``;
+    images are decoded once in the DataLoader workers, in parallel with the consumers'
+    forward passes. On CUDA the batches come in pinned memory. Images that cannot be
+    read or preprocessed are skipped for every consumer and returned (``strict``:
+    the first one raises InputError instead).
+
+    ``positions`` (sorted probe positions: a shard's range, or the images a grown probe
+    added) limits the pass to those images.
+    With a ``checkpoint`` (``shards.Checkpoint``) every completed chunk of
+    ``checkpoint.chunk`` images is saved as it finishes, through the consumers'
+    ``state(rows)`` / ``restore(rows, state)``, and chunks saved by an earlier,
+    interrupted run are restored instead of encoded again.
+    """
+    import numpy as np
+
+    from .runtime import info, progress
+
+    positions = list(range(len(probe)) if positions is None else positions)
+    pin = device is not None and getattr(device, "type", str(device)) == "cuda"
+    skipped: list[Skipped] = []
+    size = checkpoint.chunk if checkpoint is not None else max(1, len(positions))
+    chunks = [positions[c : c + size] for c in range(0, len(positions), size)]
+    todo = list(range(len(chunks)))
+    if checkpoint is not None:
+        done = [c for c in checkpoint.done() if c < len(chunks)]
+        for c in done:
+            arrays, skip, extra = checkpoint.load(c)
+            rows = np.asarray(chunks[c], dtype=np.int64)
+            for k, consumer in enumerate(consumers):
+                consumer.restore(rows, {n[len(f"{k}:"):]: v for n, v in arrays.items() if n.startswith(f"{k}:")},
+                                 extra.get(str(k), {}))
+            skipped += [Skipped(int(i), probe.ids[int(i)], r) for i, r in skip]
+        todo = [c for c in todo if c not in set(done)]
+        if done:
+            info(f"resuming: {sum(len(chunks[c]) for c in done)} of {len(positions)} images restored from {checkpoint.dir}")
+    remaining = [i for c in todo for i in chunks[c]]
+    with progress(description, len(positions), "images") as advance:
+        advance(len(positions) - len(remaining))
+        pending = list(todo)
+        for idx, batches, errors, last in _batches(probe, [c.transform for c in consumers], batch_size, workers, pin,
+                                                   remaining):
+            if errors:
+                if strict:
+                    raise InputError(errors[0][1], hint="remove or replace the file, or leave out --strict to skip such images")
+                skipped.extend(Skipped(i, probe.ids[i], err) for i, err in errors)
+            if len(idx):
+                for consumer, batch in zip(consumers, batches):
+                    consumer(idx, batch)
+            n = len(idx) + len(errors)
+            advance(n)
+            while checkpoint is not None and pending and chunks[pending[0]][-1] <= last:
+                _save_chunk(checkpoint, pending.pop(0), chunks, consumers, skipped)
+    if positions and len(skipped) == len(positions):
+        raise InputError(
+            f"none of the {len(positions)} probe images could be read (e.g. {skipped[0].reason})",
+            hint="check the PROBE paths and file formats",
+        )
+    return sorted(skipped, key=lambda s: s.index)
+
+
+class _Collect:
+    """A consumer that keeps the preprocessed batches themselves (for forward-only baselines)."""
+
+    def __init__(self, transform):
+        self.transform, self.batches = transform, []
+
+    def __call__(self, idx, batch):
+        self.batches.append((idx, batch))
+
+    def state(self, rows):
+        return {}
+
+    def restore(self, rows, state, info):
+        pass
+
+    def info_state(self):
+        return {}
+
+
+def decoded_batches(probe: Probe, transforms: list, batch_size: int, workers: int = 0) -> list[tuple[Any, list]]:
+    """[(indices, [one batch per transform]), ...] of the whole probe, decoded once (unreadable images skipped)."""
+    consumers = [_Collect(t) for t in transforms]
+    image_pass(probe, consumers, batch_size, workers, "decode")
+    return [(idx, [c.batches[b][1] for c in consumers]) for b, (idx, _) in enumerate(consumers[0].batches)]
+
+
+def _save_chunk(checkpoint, c: int, chunks, consumers, skipped: list[Skipped]) -> None:
+    import numpy as np
+
+    rows = np.asarray(chunks[c], dtype=np.int64)
+    members = set(chunks[c])
+    arrays, extra = {}, {}
+    for k, consumer in enumerate(consumers):
+        arrays.update({f"{k}:{n}": v for n, v in consumer.state(rows).items()})
+        extra[str(k)] = consumer.info_state()
+    skip = [[s.index, s.reason] for s in skipped if s.index in members]
+    checkpoint.save(c, arrays, skip, extra)
+
+
+
+
+# ---------------------------------------------------------------------------
+# Resumable passes
+# ---------------------------------------------------------------------------
+
+class Checkpoint:
+    """Completed chunks of a pass, in ``OUT.partial/`` beside the output.
+
+    ``key`` identifies what is computed (inputs fingerprint, layers, shard, chunk size):
+    chunks written for another key are discarded, never mixed in.
+    """
+
+    def __init__(self, out: str | os.PathLike, key: str, chunk: int):
+        self.dir = Path(str(out) + ".partial")
+        self.key, self.chunk = key, chunk
+        meta = self.dir / "meta.json"
+        if self.dir.exists():
+            try:
+                ok = json.loads(meta.read_text()).get("key") == key
+            except (OSError, ValueError):
+                ok = False
+            if not ok:
+                shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(exist_ok=True)
+        if not meta.exists():
+            with A.atomic_path(meta) as tmp:
+                tmp.write_text(json.dumps({"key": key, "chunk": chunk}))
+
+    def done(self) -> list[int]:
+        return sorted(int(p.stem.split("-")[1]) for p in self.dir.glob("chunk-*.npz"))
+
+    def save(self, c: int, arrays: dict[str, np.ndarray], skipped: list[list[str]], info: dict[str, Any] | None = None) -> None:
+        path = self.dir / f"chunk-{c:06d}.npz"
+        with A.atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **{f"a/{k}": v for k, v in arrays.items()},
+                         _skipped=np.frombuffer(json.dumps(skipped).encode(), dtype=np.uint8),
+                         _info=np.frombuffer(json.dumps(info or {}).encode(), dtype=np.uint8))
+
+    def load(self, c: int) -> tuple[dict[str, np.ndarray], list[list[str]], dict[str, Any]]:
+        try:
+            with np.load(self.dir / f"chunk-{c:06d}.npz") as z:
+                arrays = {k[2:]: z[k] for k in z.files if k.startswith("a/")}
+                return arrays, json.loads(bytes(z["_skipped"]).decode()), json.loads(bytes(z["_info"]).decode())
+        except (OSError, ValueError, KeyError) as e:
+            raise ArtifactError(f"checkpoint {self.dir} is damaged ({e})", hint=f"delete {self.dir} and run again") from None
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
