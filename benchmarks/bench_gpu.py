@@ -155,11 +155,12 @@ def main() -> None:
 
         # run's image pass: decode once, CLIP + target.
         def one_pass():
-            emb = ImageEmbedder(clip, len(probe), precision)
-            with ActivationRecorder(target, layers, len(probe), device=dev, precision=target_precision) as rec:
-                image_pass(probe, [emb, rec], args.batch_size, workers, "pass", dev)
-                emb.write(tmp / "images.h5", probe, args.batch_size)
-                rec.write(tmp / "acts.h5", probe, "bench", args.batch_size, keep=False)
+            emb = ImageEmbedder(clip, len(probe), precision, batch_size=args.batch_size)
+            with ActivationRecorder(target, layers, len(probe), device=dev, precision=target_precision,
+                                    inputs_fp="bench", batch_size=args.batch_size) as rec:
+                skipped = image_pass(probe, [emb, rec], args.batch_size, workers, "pass", dev)
+                emb.write(tmp / "images.h5", probe, skipped)
+                rec.write(tmp / "acts.h5", probe, skipped)
 
         t, _ = timed(one_pass, sync)
         result["image_pass_s"] = t

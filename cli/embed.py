@@ -23,8 +23,8 @@ def embed_images(
     """Embed probe images with CLIP's image encoder -> images.h5 (unreadable images are skipped and listed)."""
     from dissect.embed import embed_images as run
 
-    run(probe, clip, out, device=device, batch_size=batch_size, workers=workers, precision=precision, dtype=dtype, strict=strict,
-        shard=shard, checkpoint_every=checkpoint_every)
+    run(probe, clip, out, dtype=dtype, options=O.pass_options(device, batch_size, workers, precision, strict, checkpoint_every,
+                                                              shard=shard))
 
 
 @command("embed-text")

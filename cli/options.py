@@ -151,3 +151,12 @@ def parse_size(value: str) -> int:
     if n < (64 << 20):
         raise UsageError(f"--max-memory {value} is too small", hint="give at least 64MB")
     return int(n)
+
+
+def pass_options(device="auto", batch_size=64, workers=None, precision="fp32", strict=False, checkpoint_every=None,
+                 channels_last=None, shard=None):
+    """The settings of an image pass, built once from the command's options (``passes.PassOptions``)."""
+    from dissect.passes import PassOptions
+
+    return PassOptions.of(device=device, batch_size=batch_size, workers=workers, precision=precision, strict=strict,
+                          checkpoint_every=checkpoint_every, channels_last=channels_last, shard=shard)

@@ -48,14 +48,7 @@ def record(
         summary=summary,
         layout=layout,
         overrides=O.overrides(input_size, crop_pct, mean, std, interpolation),
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-        precision=precision,
-        strict=strict,
-        shard=shard,
-        checkpoint_every=checkpoint_every,
-        channels_last=channels_last,
+        options=O.pass_options(device, batch_size, workers, precision, strict, checkpoint_every, channels_last, shard),
     )
 
 

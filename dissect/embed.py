@@ -13,7 +13,7 @@ from .clip import Clip, encode_images, encode_tokens, load_clip, reload_clip, to
 from .concepts import ConceptSet, load_concepts
 from .fingerprint import fingerprint
 from .errors import InputError, UsageError
-from .passes import DEFAULT_CHUNK_IMAGES, default_workers, forward_errors, image_pass
+from .passes import PassOptions, execute, forward_errors
 from .probe import Probe, Skipped, image_sizes, kept_rows, open_probe, probe_files, report_skipped, skipped_attr
 from .runtime import DEFAULT_PRECISION, cache_dir, check_batch_size, info, progress, resolve_device, resolve_precision, warn
 
@@ -31,8 +31,8 @@ def text_embeddings_fingerprint(clip_fp: str, concepts_fp: str, precision: str =
 class ImageEmbedder:
     """A consumer of ``passes.image_pass``: CLIP image embeddings of each batch into an [N, d] array."""
 
-    def __init__(self, clip: Clip, n_images: int, precision: str = "fp32"):
-        self.clip, self.precision = clip, precision
+    def __init__(self, clip: Clip, n_images: int, precision: str = "fp32", dtype: str = "float32", batch_size: int = 64):
+        self.clip, self.precision, self.dtype, self.batch_size = clip, precision, check_dtype(dtype), batch_size
         self.transform = clip.preprocess
         self.embeddings = np.zeros((n_images, _embed_dim(clip)), dtype=np.float32)
 
@@ -50,8 +50,8 @@ class ImageEmbedder:
     def info_state(self) -> dict[str, Any]:
         return {}  # every row has the same width, known from the model
 
-    def write(self, out, probe: Probe, batch_size: int, dtype: str = "float32", skipped: list[Skipped] = (),
-              positions: range | None = None, extra_attrs: dict[str, Any] | None = None) -> Path:
+    def write(self, out, probe: Probe, skipped: list[Skipped] = (), positions: range | None = None,
+              extra_attrs: dict[str, Any] | None = None) -> Path:
         """Write the embeddings of the images the pass kept (of ``positions``); ``skipped`` ones are listed in the file."""
         keep = kept_rows(positions if positions is not None else len(probe), list(skipped))
         attrs = self.clip.attrs()
@@ -60,14 +60,14 @@ class ImageEmbedder:
             probe=probe.describe(),
             precision=self.precision,
             skipped=skipped_attr(list(skipped)),
-            provenance=A.provenance(stage="embed-images", batch_size=batch_size, precision=self.precision, dtype=dtype,
-                                    n_skipped=len(skipped)),
+            provenance=A.provenance(stage="embed-images", batch_size=self.batch_size, precision=self.precision,
+                                    dtype=self.dtype, n_skipped=len(skipped)),
             **(extra_attrs or {}),
         )
         A.write_embeddings(out, A.IMAGE_FORMAT, self.embeddings[keep], [probe.ids[i] for i in keep], self.clip.name,
-                           self.clip.pretrained, attrs, dtype=dtype, sizes=image_sizes(probe, keep))
+                           self.clip.pretrained, attrs, dtype=self.dtype, sizes=image_sizes(probe, keep))
         report_skipped(list(skipped), len(positions) if positions is not None else len(probe), out)
-        info(f"wrote {out}: {len(keep)} image embeddings (d={self.embeddings.shape[1]}, {dtype})")
+        info(f"wrote {out}: {len(keep)} image embeddings (d={self.embeddings.shape[1]}, {self.dtype})")
         return Path(out)
 
 
@@ -75,55 +75,43 @@ def embed_images(
     probe: list[str] | Probe,
     clip: str | Clip,
     out: str | os.PathLike,
-    device: str = "auto",
-    batch_size: int = 64,
-    workers: int | None = None,
-    precision: str = DEFAULT_PRECISION,
     dtype: str = "float32",
-    strict: bool = False,
-    shard: str | None = None,
-    checkpoint_every: int | None = None,
+    options: PassOptions | None = None,
+    **settings: Any,
 ) -> Path:
     """Embed every probe image with CLIP's image encoder into ``out`` (images.h5).
 
-    ``precision`` is the forward pass's (``runtime.resolve_precision``; default fp32);
-    ``dtype`` how the embeddings are stored. Images that
-    cannot be read are skipped and listed in the file (``strict``: the first one is an error).
-    ``shard`` "I/N" encodes only the I-th of N slices (``dissect merge`` joins them); under
-    torchrun each rank takes its slice and rank 0 writes ``out``. Every
-    ``checkpoint_every`` images (default 2,048; 0: never) the work done is saved beside
-    ``out``, and a rerun after an interruption continues from there.
+    ``dtype`` is how the embeddings are stored. ``options`` (``passes.PassOptions``; its
+    fields may also be given as keyword arguments: ``device``, ``batch_size``, ``workers``,
+    ``precision`` (default fp32), ``strict``, ``checkpoint_every``, ``shard``) say how the pass
+    runs. Images that cannot be read are skipped and listed in the file (``strict``: the
+    first one is an error). ``shard`` "I/N" encodes only the I-th of N slices (``dissect
+    merge`` joins them); under torchrun each rank takes its slice and rank 0 writes ``out``.
+    Every ``checkpoint_every`` images (default 2,048; 0: never) the work done is saved beside
+    ``out``, and a rerun after an interruption continues from there. A probe that grew (or
+    lost images) since ``out`` was written re-encodes only its new or changed images.
     """
-    from .shards import plan_pass
+    from .shards import distributed_world, plan_pass
 
-    check_batch_size(batch_size)
+    opts = PassOptions.of(options, **settings)
     check_dtype(dtype)
     out = A.check_output_path(out, probe_files(probe))
     if not isinstance(probe, Probe):
         probe = open_probe(probe)
     if not isinstance(clip, Clip):
-        clip = load_clip(clip, resolve_device(device))
-    precision = resolve_precision(precision, clip.device, "clip")
-    every = DEFAULT_CHUNK_IMAGES if checkpoint_every is None else checkpoint_every
-    embedder = ImageEmbedder(clip, len(probe), precision)
-    # A probe that grew (or lost images) since ``out`` was written: unchanged images are reused.
-    reused = {} if shard is not None or os.environ.get("WORLD_SIZE", "1") not in ("", "1") else _reuse_rows(out, clip, precision, probe)
+        clip = load_clip(clip, resolve_device(opts.device))
+    precision = resolve_precision(opts.precision, clip.device, "clip")
+    embedder = ImageEmbedder(clip, len(probe), precision, dtype, opts.batch_size)
+    reused = {} if opts.shard is not None or distributed_world() else _reuse_rows(out, clip, precision, probe)
     if reused:
         old = A.read_image_embeddings(out)
-        pos = np.fromiter(reused, dtype=np.int64)
-        embedder.embeddings[pos] = old.embeddings[np.fromiter(reused.values(), dtype=np.int64)]
-    todo = [i for i in range(len(probe)) if i not in reused]
-    if reused:
-        info(f"{out}: reusing {len(reused)} unchanged image embeddings; embedding {len(todo)} new or changed")
-    plan = plan_pass(out, len(probe), shard,
-                     [image_embeddings_fingerprint(clip.fingerprint, probe.fingerprint, precision), todo if reused else None],
-                     every, clip.device)
-    positions = plan.positions if plan.positions is not None else todo
-    workers = default_workers(len(positions)) if workers is None else workers
-    skipped = image_pass(probe, [embedder], batch_size, workers, "embed images", clip.device, strict=strict,
-                         positions=positions, checkpoint=plan.checkpoint) if positions else []
-    embedder.write(plan.out, probe, batch_size, dtype, skipped, positions=plan.positions, extra_attrs=plan.extra_attrs)
-    return plan.finish(clip.device)
+        embedder.restore(np.fromiter(reused, dtype=np.int64),
+                         {"embeddings": old.embeddings[np.fromiter(reused.values(), dtype=np.int64)]})
+        info(f"{out}: reusing {len(reused)} unchanged image embeddings; embedding {len(probe) - len(reused)} new or changed")
+    plan = plan_pass({"images": out}, len(probe), opts.shard,
+                     [image_embeddings_fingerprint(clip.fingerprint, probe.fingerprint, precision)], opts.chunk,
+                     clip.device, encode=[i for i in range(len(probe)) if i not in reused] if reused else None)
+    return execute(probe, {"images": embedder}, plan, opts, "embed images", clip.device)["images"]
 
 
 def _reuse_rows(out, clip: Clip, precision: str, probe: Probe) -> dict[int, int]:

@@ -16,14 +16,16 @@ import contextlib
 import json
 import os
 import shutil
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from . import artifacts as A
-from .errors import ArtifactError, InputError, ModelError
+from .errors import ArtifactError, InputError, ModelError, UsageError
 from .probe import Probe, Skipped
+from .runtime import DEFAULT_PRECISION
 
 #: Images per checkpointed chunk of a pass.
 DEFAULT_CHUNK_IMAGES = 2048
@@ -47,6 +49,51 @@ class PassConsumer(Protocol):
     def restore(self, rows, state: dict[str, np.ndarray], info: dict[str, Any]) -> None: ...
 
     def info_state(self) -> dict[str, Any]: ...
+
+    def write(self, out: Path, probe: Probe, skipped: list[Skipped], positions: range | None,
+              extra_attrs: dict[str, Any]) -> Path: ...
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    """How an image pass runs, not what it computes: the settings embed-images, record and run share.
+
+    Built once by the CLI (or by ``PassOptions.of`` from a library call's keyword
+    arguments) and handed to every pass.
+    """
+
+    device: str = "auto"
+    batch_size: int = 64
+    workers: int | None = None          # None: none for probes under 512 images, else up to 8
+    precision: str = DEFAULT_PRECISION
+    strict: bool = False                # stop at the first unreadable image instead of skipping it
+    checkpoint_every: int | None = None  # None: DEFAULT_CHUNK_IMAGES; 0: never
+    channels_last: bool | None = None   # None: on for conv nets on CUDA
+    shard: str | None = None            # "I/N": only that slice of the probe
+
+    @classmethod
+    def of(cls, options: "PassOptions | None" = None, **settings: Any) -> "PassOptions":
+        """``options`` (default: the defaults) with ``settings`` (field names) replaced."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(settings) - names)
+        if unknown:
+            raise TypeError(f"unknown pass setting {unknown[0]!r} (known: {', '.join(sorted(names))})")
+        opts = replace(options or cls(), **settings)
+        if opts.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {opts.batch_size}")
+        if opts.checkpoint_every is not None and opts.checkpoint_every < 0:
+            raise UsageError(f"--checkpoint-every must be positive (0: never), got {opts.checkpoint_every}")
+        if opts.workers is not None and opts.workers < 0:
+            raise UsageError(f"--workers must be at least 0, got {opts.workers}")
+        return opts
+
+    @property
+    def chunk(self) -> int:
+        """Images per checkpointed chunk (0: no checkpoints)."""
+        return DEFAULT_CHUNK_IMAGES if self.checkpoint_every is None else self.checkpoint_every
+
+    def workers_for(self, n_images: int) -> int:
+        return default_workers(n_images) if self.workers is None else self.workers
 
 
 def default_workers(n_images: int) -> int:
@@ -195,6 +242,26 @@ def image_pass(probe: Probe, consumers: list, batch_size: int, workers: int, des
             hint="check the PROBE paths and file formats",
         )
     return sorted(skipped, key=lambda s: s.index)
+
+
+def execute(probe: Probe, consumers: dict[str, PassConsumer], plan, options: PassOptions, description: str,
+            device=None) -> dict[str, Path]:
+    """Run the pass ``plan`` (``shards.plan_pass``) and write each consumer's artifact; the artifacts made.
+
+    The images of ``plan.encode`` are encoded (chunks a checkpoint holds are restored
+    instead); each consumer then writes the rows of ``plan.positions`` to its output,
+    leaving out the images the pass skipped; ``plan.finish`` merges the ranks' files
+    under torchrun.
+    """
+    skipped: list[Skipped] = []
+    if plan.active:
+        if plan.encode:
+            skipped = image_pass(probe, list(consumers.values()), options.batch_size,
+                                 options.workers_for(len(plan.encode)), description, device, strict=options.strict,
+                                 positions=plan.encode, checkpoint=plan.checkpoint)
+        for name, consumer in consumers.items():
+            consumer.write(plan.outs[name], probe, skipped, plan.positions, plan.extra_attrs)
+    return plan.finish(device)
 
 
 class _Collect:

@@ -4,37 +4,91 @@
     RUN/text.h5          CLIP text embeddings of the concept set
     RUN/activations.h5   target activations (layers are added, never recomputed)
     RUN/labels.parquet   the labels
+    RUN/composed.parquet compositional labels (with ``compose``)
     RUN/run.json         what was asked, which artifacts were reused, timings
 
 Each artifact is reused when its recorded fingerprint equals the fingerprint of
 the inputs asked for now (model, weights, preprocessing, probe, concepts,
 parameters, format version), and recomputed otherwise, with a message saying
 which and why. Nothing stale is reused silently.
+
+``run`` is the list of its steps: merge the shards of earlier ``--shard`` tasks, embed
+the concept set, plan the activations, one image pass for whatever images.h5 and
+activations.h5 lack (each image decoded once for both models, checkpointed, split by
+rank under torchrun), label, compose, write the manifest. With ``--shard I/N`` it only
+runs that slice's image pass into RUN/shards/.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import artifacts as A
-from .clip import clip_fingerprint, parse_clip_spec
-from .concepts import load_concepts
+from .clip import Clip, ClipSpec, clip_fingerprint, parse_clip_spec
+from .concepts import ConceptSet, load_concepts
 from .embed import ImageEmbedder, check_dtype, embed_text, image_embeddings_fingerprint, text_embeddings_fingerprint
 from .errors import MismatchError, UsageError
 from .fingerprint import fingerprint
 from .label import label
-from .models import PreprocessOverrides, load_target
-from .passes import default_workers, image_pass
-from .probe import open_probe
-from .record import ActivationRecorder, activations_inputs_fingerprint, plan_record
-from .runtime import DEFAULT_PRECISION, info, resolve_device, resolve_precision
-from .shards import Shard, _init_process_group, distributed_world, merge, parse_shard, shard_attrs, shard_file
+from .models import PreprocessOverrides, Target, load_target
+from .passes import PassOptions, execute
+from .probe import Probe, open_probe
+from .record import ActivationRecorder, RecordPlan, activations_inputs_fingerprint, plan_record
+from .runtime import info, resolve_device, resolve_precision
+from .shards import _init_process_group, distributed_world, merge, parse_shard, plan_pass
 from .similarity import resolve_params
+
+SHARDS = "shards"
+
+
+@dataclass
+class _Run:
+    """What one run works on: its folder, inputs, settings, and what each step did."""
+
+    dir: Path
+    probe: Probe
+    concepts: ConceptSet
+    clip_spec: ClipSpec
+    options: PassOptions
+    device: Any
+    steps: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    world: tuple[int, int, int] | None = field(default_factory=distributed_world)
+    _clip: Clip | None = None
+
+    def __post_init__(self):
+        self.clip_fp = clip_fingerprint(self.clip_spec)
+        self.clip_precision = resolve_precision(self.options.precision, self.device, "clip")
+        self.target_precision = resolve_precision(self.options.precision, self.device, "target")
+        self.images, self.text = self.dir / "images.h5", self.dir / "text.h5"
+        self.activations, self.labels = self.dir / "activations.h5", self.dir / "labels.parquet"
+
+    @property
+    def lead(self) -> bool:
+        """Rank 0 (or the only process) writes the shared files."""
+        return self.world is None or self.world[0] == 0
+
+    def barrier(self) -> None:
+        if self.world is not None:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def clip(self) -> Clip:
+        """The CLIP model, loaded on first use."""
+        if self._clip is None:
+            from .clip import load_clip
+
+            self._clip = load_clip(self.clip_spec, self.device)
+        return self._clip
+
+    def drop_clip(self) -> None:
+        self._clip = None
 
 
 def _reusable(path: Path, kind: str, expected: str) -> tuple[bool, str]:
@@ -44,50 +98,6 @@ def _reusable(path: Path, kind: str, expected: str) -> tuple[bool, str]:
     if attrs.get("fingerprint") != expected:
         return False, "made from other inputs"
     return True, "up to date"
-
-
-SHARDS = "shards"
-
-
-def _run_shard(shard, probe_set, get_clip, clip_fp, model, weights, model_args, overrides, layers, summary, layout, run_dir,
-               dev, precisions, batch_size, workers, strict, channels_last, dtype) -> None:
-    """One task of a job array: embed and record slice ``shard`` into RUN/shards/; a later run without --shard merges."""
-    folder = run_dir / SHARDS
-    folder.mkdir(exist_ok=True)
-    tag = f"{shard.index}-of-{shard.count}"
-    images_out, acts_out = folder / f"images.{tag}.h5", folder / f"activations.{tag}.h5"
-    target = load_target(model, weights, model_args, overrides, dev)
-    plan = plan_record(probe_set, target, layers, acts_out, summary, layout, dev, precisions[1])
-    positions = range(*shard.range(len(probe_set)))
-    extra = shard_attrs(shard, len(probe_set))
-    embedder = ImageEmbedder(get_clip(), len(probe_set), precisions[0])
-    workers = default_workers(len(positions)) if workers is None else workers
-    with ActivationRecorder(target, plan.layers, len(probe_set), summary, layout, dev, precisions[1], channels_last,
-                            infos=plan.infos) as rec:
-        skipped = image_pass(probe_set, [embedder, rec], batch_size, workers, f"shard {shard}: embed images + record",
-                             dev, strict=strict, positions=positions)
-        embedder.write(images_out, probe_set, batch_size, dtype, skipped, positions=positions, extra_attrs=extra)
-        rec.write(acts_out, probe_set, plan.inputs_fp, batch_size, keep=False, skipped=skipped, positions=positions,
-                  extra_attrs=extra)
-    info(f"shard {shard} done in {folder}; when all {shard.count} are, run the same command without --shard to merge and label")
-    return None
-
-
-def _merge_shard_sets(run_dir: Path) -> None:
-    """Join RUN/shards/ (written by run --shard) into images.h5 and activations.h5, then remove them."""
-    folder = run_dir / SHARDS
-    if not folder.is_dir():
-        return
-    for stem in ("images", "activations"):
-        parts = sorted(folder.glob(f"{stem}.*-of-*.h5"))
-        if not parts:
-            continue
-        merge([str(x) for x in parts], run_dir / f"{stem}.h5")
-        info(f"merged {len(parts)} shards into {run_dir / f'{stem}.h5'}")
-        for x in parts:
-            x.unlink()
-    if not any(folder.iterdir()):
-        folder.rmdir()
 
 
 def run(
@@ -106,238 +116,239 @@ def run(
     overrides: PreprocessOverrides | None = None,
     top: int = 5,
     seed: int | None = None,
-    device: str = "auto",
-    batch_size: int = 64,
     text_batch_size: int = 256,
-    workers: int | None = None,
     chunk: int | None = None,
     max_memory: int | None = None,
-    precision: str = DEFAULT_PRECISION,
     dtype: str = "float32",
-    channels_last: bool | None = None,
-    strict: bool = False,
-    checkpoint_every: int | None = None,
-    shard: str | None = None,
     compose: bool = False,
     compose_top_k: int = 10,
     compose_template: str = "{a} {b}",
+    options: PassOptions | None = None,
+    **settings: Any,
 ) -> Path:
-    """Run embed-images, embed-text, record and label into the folder ``out``.
+    """Run embed-images, embed-text, record and label into the folder ``out``; returns labels.parquet.
 
     Missing image embeddings and activations are made in one pass over the probe
-    (each image decoded once for both models).
+    (each image decoded once for both models). ``options`` (``passes.PassOptions``, or its
+    fields as keyword arguments) say how the image pass runs; ``options.shard`` "I/N"
+    runs only that slice of it into RUN/shards/ (a later run without it merges them).
     """
+    opts = PassOptions.of(options, **settings)
+    ctx = _open_run(out, probe, concepts, clip, opts)
+    resolved = resolve_params(sim, params)  # validate before any expensive work
+    check_dtype(dtype)
+    target = load_target(model, weights, model_args, overrides, ctx.device)
+    if opts.shard is not None:
+        return _shard_pass(ctx, target, layers, summary, layout, dtype)
+    if ctx.lead:
+        _merge_shards(ctx.dir)
+    _embed_text(ctx, text_batch_size, dtype)
+    plan = _activations_plan(ctx, target, layers, summary, layout)
+    _image_pass(ctx, plan, summary, layout, dtype)
+    del target, plan  # free the network (and CLIP, dropped by the pass) before labelling
+    labels_fp = _label(ctx, layers, summary, layout, sim, params, resolved, top, seed, chunk, max_memory)
+    if compose and ctx.lead:  # compose is not split across ranks: rank 0 runs it
+        _compose(ctx, labels_fp, layers, sim, params, top, compose_top_k, compose_template, max_memory)
+    if ctx.lead:
+        _write_manifest(ctx, model, weights, model_args, layers, summary, sim, resolved, dtype)
+    return ctx.labels
+
+
+def _open_run(out, probe, concepts, clip, opts: PassOptions) -> _Run:
+    """Check the run folder and open the inputs; under torchrun, join the process group."""
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{run_dir} exists and is not a folder", hint="give a run folder with -o")
     if not run_dir.parent.is_dir():
         raise UsageError(f"folder {run_dir.parent} does not exist", hint=f"create it first (mkdir -p {run_dir.parent})")
+    dev = resolve_device(opts.device)
+    shard = parse_shard(opts.shard)
+    probe_set, concept_set, clip_spec = open_probe(probe), load_concepts(concepts), parse_clip_spec(clip)
     run_dir.mkdir(exist_ok=True)
-    dev = resolve_device(device)
-    resolved = resolve_params(sim, params)  # validate before any expensive work
-    check_dtype(dtype)
-    probe_set = open_probe(probe)
-    concept_set = load_concepts(concepts)
-    clip_spec = parse_clip_spec(clip)
-    clip_fp = clip_fingerprint(clip_spec)
-    steps: dict[str, Any] = {}
-    t0 = time.perf_counter()
-    loaded_clip = None
-
-    def get_clip():
-        nonlocal loaded_clip
-        if loaded_clip is None:
-            from .clip import load_clip
-
-            loaded_clip = load_clip(clip_spec, dev)
-        return loaded_clip
-
-    def ensure(path: Path, kind: str, expected: str, compute) -> bool:
-        """Reuse ``path`` when its fingerprint is ``expected``; otherwise compute it."""
-        ok, why = _reusable(path, kind, expected)
-        info(f"{'reusing' if ok else 'computing'} {path} ({why})")
-        if not ok:
-            compute()
-        steps[path.stem] = {"path": path.name, "reused": ok}
-        return ok
-
-    images_path, text_path = run_dir / "images.h5", run_dir / "text.h5"
-    clip_precision = resolve_precision(precision, dev, "clip")
-    target_precision = resolve_precision(precision, dev, "target")
-    # Under torchrun every rank runs this function: rank 0 writes the shared files, the
-    # image pass is split by rank, label splits neurons; barriers keep the ranks in step.
-
-    world = distributed_world()
-    lead = world is None or world[0] == 0
-
-    def barrier():
-        if world is not None:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    if world is not None:
-        _init_process_group(dev)
-    if shard is not None:
-        if world is not None:
+    ctx = _Run(run_dir, probe_set, concept_set, clip_spec, opts, dev)
+    if ctx.world is not None:
+        if shard is not None:
             raise UsageError("--shard and torchrun both split the probe", hint="use one of them")
-        return _run_shard(parse_shard(shard), probe_set, get_clip, clip_fp, model, weights, model_args, overrides, layers,
-                          summary, layout, run_dir, dev, (clip_precision, target_precision), batch_size, workers, strict, channels_last, dtype)
-    if lead:
-        _merge_shard_sets(run_dir)
-        ensure(text_path, A.TEXT_FORMAT, text_embeddings_fingerprint(clip_fp, concept_set.fingerprint, clip_precision),
-               lambda: embed_text(concept_set, get_clip(), text_path, batch_size=text_batch_size, precision=clip_precision,
-                                  dtype=dtype, strict=strict))
-    barrier()
-    images_ok, why = _reusable(images_path, A.IMAGE_FORMAT, image_embeddings_fingerprint(clip_fp, probe_set.fingerprint, clip_precision))
-    steps[images_path.stem] = {"path": images_path.name, "reused": images_ok}
+        _init_process_group(dev)
+    return ctx
 
-    acts_path = run_dir / "activations.h5"
-    target = load_target(model, weights, model_args, overrides, dev)
-    inputs_fp = activations_inputs_fingerprint(target, probe_set.fingerprint, target_precision)
-    attrs = A.peek_attrs(acts_path, A.ACTIVATIONS_FORMAT)
+
+def _merge_shards(run_dir: Path) -> None:
+    """Join RUN/shards/ (written by run --shard) into images.h5 and activations.h5, then remove them."""
+    folder = run_dir / SHARDS
+    if not folder.is_dir():
+        return
+    for stem in ("images", "activations"):
+        parts = sorted(folder.glob(f"{stem}.*-of-*.h5"))
+        if not parts:
+            continue
+        merge([str(x) for x in parts], run_dir / f"{stem}.h5")
+        info(f"merged {len(parts)} shards into {run_dir / f'{stem}.h5'}")
+        for x in parts:
+            x.unlink()
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _embed_text(ctx: _Run, batch_size: int, dtype: str) -> None:
+    """text.h5, reused when it holds the concept set's embeddings by this CLIP model and precision."""
+    if ctx.lead:
+        expected = text_embeddings_fingerprint(ctx.clip_fp, ctx.concepts.fingerprint, ctx.clip_precision)
+        ok, why = _reusable(ctx.text, A.TEXT_FORMAT, expected)
+        info(f"{'reusing' if ok else 'computing'} {ctx.text} ({why})")
+        if not ok:
+            embed_text(ctx.concepts, ctx.clip(), ctx.text, batch_size=batch_size, precision=ctx.clip_precision,
+                       dtype=dtype, strict=ctx.options.strict)
+        ctx.steps["text"] = {"path": ctx.text.name, "reused": ok}
+    ctx.barrier()
+
+
+def _activations_plan(ctx: _Run, target: Target, layers: list[str], summary: str, layout: str) -> RecordPlan:
+    """Which layers activations.h5 still needs; a file of other inputs, summary or layout is started over."""
+    inputs_fp = activations_inputs_fingerprint(target, ctx.probe.fingerprint, ctx.target_precision)
+    attrs = A.peek_attrs(ctx.activations, A.ACTIVATIONS_FORMAT)
     if attrs is not None and attrs.get("inputs_fingerprint") != inputs_fp:
-        info(f"recomputing {acts_path} (made from another model, weights, preprocessing, probe or precision)")
-        if lead:
-            acts_path.unlink()
-    barrier()
+        info(f"recomputing {ctx.activations} (made from another model, weights, preprocessing, probe or precision)")
+        if ctx.lead:
+            ctx.activations.unlink()
+    ctx.barrier()
     try:
-        plan = plan_record(probe_set, target, layers, acts_path, summary, layout, dev, target_precision)
+        plan = plan_record(ctx.probe, target, layers, ctx.activations, summary, layout, ctx.device, ctx.target_precision)
     except MismatchError:
-        # Same inputs but layers recorded with another summary: start this file over.
-        info(f"recomputing {acts_path} (recorded with another --summary or --layout)")
-        barrier()
-        if lead:
-            acts_path.unlink()
-        barrier()
-        plan = plan_record(probe_set, target, layers, acts_path, summary, layout, dev, target_precision)
-    steps["activations"] = {"path": acts_path.name, "reused_layers": plan.have}
-    info(f"{'reusing' if images_ok else 'computing'} {images_path} ({why})")
+        # Same inputs but layers recorded with another summary or layout: start this file over.
+        info(f"recomputing {ctx.activations} (recorded with another --summary or --layout)")
+        ctx.barrier()
+        if ctx.lead:
+            ctx.activations.unlink()
+        ctx.barrier()
+        plan = plan_record(ctx.probe, target, layers, ctx.activations, summary, layout, ctx.device, ctx.target_precision)
+    ctx.steps["activations"] = {"path": ctx.activations.name, "reused_layers": plan.have}
     if plan.todo:
-        info(f"recording {', '.join(plan.todo)} into {acts_path}" + (f" (reusing {', '.join(plan.have)})" if plan.have else ""))
+        info(f"recording {', '.join(plan.todo)} into {ctx.activations}"
+             + (f" (reusing {', '.join(plan.have)})" if plan.have else ""))
     else:
-        info(f"reusing {acts_path} (holds {', '.join(plan.layers)})")
+        info(f"reusing {ctx.activations} (holds {', '.join(plan.layers)})")
+    return plan
 
-    # One pass over the probe for whatever is missing: each image is decoded once and
-    # fed to CLIP and to the target model, each with its own preprocessing.
-    workers = default_workers(len(probe_set)) if workers is None else workers
+
+def _image_pass(ctx: _Run, plan: RecordPlan, summary: str, layout: str, dtype: str, outs: dict[str, Path] | None = None,
+                shard: str | None = None) -> None:
+    """One pass over the probe for whatever images.h5 and activations.h5 lack (``outs``: other files, a shard's).
+
+    Each image is decoded once and fed to CLIP and to the target model, each with its own
+    preprocessing. Under torchrun the ranks split the pass and rank 0 merges; adding
+    layers to an existing activations file is left to rank 0 alone.
+    """
+    images_fp = image_embeddings_fingerprint(ctx.clip_fp, ctx.probe.fingerprint, ctx.clip_precision)
+    images_ok, why = (False, "a shard") if outs is not None else _reusable(ctx.images, A.IMAGE_FORMAT, images_fp)
+    if outs is None:
+        info(f"{'reusing' if images_ok else 'computing'} {ctx.images} ({why})")
+        ctx.steps["images"] = {"path": ctx.images.name, "reused": images_ok}
+        outs = {"images": ctx.images, "activations": ctx.activations}
     if images_ok:
-        loaded_clip = None  # made the text embeddings; not needed for the pass
-    consumers: list[Any] = []
-    embedder = ImageEmbedder(get_clip(), len(probe_set), clip_precision) if not images_ok else None
-    if embedder is not None:
-        consumers.append(embedder)
-    with contextlib.ExitStack() as stack:
-        rec = None
-        if plan.todo:
-            rec = stack.enter_context(ActivationRecorder(target, plan.todo, len(probe_set), summary, layout, dev, target_precision,
-                                                         channels_last, infos=plan.infos))
-            consumers.append(rec)
-        skipped: list = []
-        ckpt = None
-        # torchrun: each rank encodes its slice into shard files that rank 0 merges. Adding
-        # layers to an existing activations file is left to rank 0 alone.
-        split = world is not None and consumers and not plan.exists
-        shard = Shard(world[0] + 1, world[1]) if split else None
-        positions = range(*shard.range(len(probe_set))) if shard else None
-        img_out = shard_file(images_path, shard) if shard else images_path
-        acts_out = shard_file(acts_path, shard) if shard else acts_path
-        extra = shard_attrs(shard, len(probe_set)) if shard else None
-        if world is not None and not split and not lead:
-            consumers = []  # rank 0 does this pass
-        if consumers:
-            what = " + ".join((["embed images"] if embedder else []) + ([f"record {len(plan.todo)} layer(s)"] if rec else []))
-            if checkpoint_every != 0:
-                from .passes import DEFAULT_CHUNK_IMAGES, Checkpoint
+        ctx.drop_clip()  # it made the text embeddings; the pass does not need it
+    opts, n = ctx.options, len(ctx.probe)
+    consumers: dict[str, Any] = {}
+    if not images_ok:
+        consumers["images"] = ImageEmbedder(ctx.clip(), n, ctx.clip_precision, dtype, opts.batch_size)
+    if plan.todo:
+        consumers["activations"] = ActivationRecorder.for_plan(plan, plan.todo, n, summary, layout, ctx.device,
+                                                               opts.channels_last, opts.batch_size)
+    if consumers:
+        key = [sorted(consumers), ctx.clip_precision, ctx.target_precision, plan.inputs_fp, plan.todo, summary, layout,
+               ctx.probe.fingerprint, ctx.clip_fp]
+        pp = plan_pass({name: outs[name] for name in consumers}, n, shard, key, opts.chunk, ctx.device,
+                       checkpoint_at=outs["images"].parent / "pass", split=not plan.exists)
+        what = " + ".join((["embed images"] if "images" in consumers else [])
+                          + ([f"record {len(plan.todo)} layer(s)"] if "activations" in consumers else []))
+        recorder = consumers.get("activations")
+        if recorder is not None:
+            with recorder:
+                execute(ctx.probe, consumers, pp, opts, (f"shard {shard}: " if shard else "") + what, ctx.device)
+        else:
+            execute(ctx.probe, consumers, pp, opts, what, ctx.device)
+    ctx.drop_clip()
+    ctx.barrier()
 
-                key = fingerprint([bool(embedder), clip_precision, target_precision, plan.inputs_fp if rec else None, plan.todo if rec else None,
-                                   summary, layout, probe_set.fingerprint, str(clip_fp), str(shard)])
-                ckpt = Checkpoint(run_dir / ("pass" if shard is None else f"pass-{shard.index}"), key,
-                                  checkpoint_every or DEFAULT_CHUNK_IMAGES)
-            skipped = image_pass(probe_set, consumers, batch_size, workers, what, dev, strict=strict, checkpoint=ckpt,
-                                 positions=positions)
-            if embedder is not None:
-                embedder.write(img_out, probe_set, batch_size, dtype, skipped, positions=positions, extra_attrs=extra)
-            if rec is not None:
-                rec.write(acts_out, probe_set, plan.inputs_fp, batch_size, keep=plan.exists, skipped=skipped,
-                          positions=positions, extra_attrs=extra)
-        if ckpt is not None:
-            ckpt.remove()
-        barrier()
-        if split and lead:
-            for final, made in ((images_path, embedder is not None), (acts_path, rec is not None)):
-                if made:
-                    parts = [shard_file(final, Shard(i, world[1])) for i in range(1, world[1] + 1)]
-                    merge(parts, final)
-                    for part in parts:
-                        part.unlink(missing_ok=True)
-        barrier()
-    loaded_clip = embedder = rec = consumers = None  # free both models before labelling
-    del target
 
-    labels_path = run_dir / "labels.parquet"
-    images_fp = A.peek_attrs(images_path, A.IMAGE_FORMAT)["fingerprint"]
-    text_fp = A.peek_attrs(text_path, A.TEXT_FORMAT)["fingerprint"]
+def _shard_pass(ctx: _Run, target: Target, layers: list[str], summary: str, layout: str, dtype: str) -> Path:
+    """``--shard I/N``: embed and record that slice into RUN/shards/; a later run without --shard merges them."""
+    shard = parse_shard(ctx.options.shard)
+    folder = ctx.dir / SHARDS
+    folder.mkdir(exist_ok=True)
+    tag = f"{shard.index}-of-{shard.count}"
+    outs = {"images": folder / f"images.{tag}.h5", "activations": folder / f"activations.{tag}.h5"}
+    plan = plan_record(ctx.probe, target, layers, outs["activations"], summary, layout, ctx.device, ctx.target_precision,
+                       fresh=True)  # a shard is always written anew
+    _image_pass(ctx, plan, summary, layout, dtype, outs=outs, shard=str(shard))
+    info(f"shard {shard} done in {folder}; when all {shard.count} are, run the same command without --shard to merge "
+         f"and label")
+    return folder
+
+
+def _label(ctx: _Run, layers, summary, layout, sim, params, resolved, top, seed, chunk, max_memory) -> str:
+    """labels.parquet, reused when it was made from the same artifacts and settings; returns its run fingerprint."""
+    images_fp = A.peek_attrs(ctx.images, A.IMAGE_FORMAT)["fingerprint"]
+    text_fp = A.peek_attrs(ctx.text, A.TEXT_FORMAT)["fingerprint"]
+    inputs_fp = A.peek_attrs(ctx.activations, A.ACTIVATIONS_FORMAT)["inputs_fingerprint"]
     labels_fp = fingerprint([A.LABELS_FORMAT, A.FORMAT_VERSION, images_fp, text_fp, inputs_fp, sorted(layers), summary,
                              layout, sim, resolved, seed, top])
-    reuse_labels = False
-    if labels_path.exists():
-        try:
-            reuse_labels = A.read_labels_metadata(labels_path).get("run_fingerprint") == labels_fp
-        except Exception:
-            reuse_labels = False
-    if reuse_labels:
-        info(f"reusing {labels_path} (up to date)")
+    reuse = _made_with(ctx.labels, labels_fp)
+    if reuse:
+        info(f"reusing {ctx.labels} (up to date)")
     else:
-        label(images_path, acts_path, labels_path, text=text_path, sim=sim, params=params, layers=layers, top=top,
-              seed=seed, device=str(dev), chunk=chunk, max_memory=max_memory, extra_metadata={"run_fingerprint": labels_fp})
-    steps["labels"] = {"path": labels_path.name, "reused": reuse_labels}
+        label(ctx.images, ctx.activations, ctx.labels, text=ctx.text, sim=sim, params=params, layers=layers, top=top,
+              seed=seed, device=str(ctx.device), chunk=chunk, max_memory=max_memory,
+              extra_metadata={"run_fingerprint": labels_fp})
+    ctx.steps["labels"] = {"path": ctx.labels.name, "reused": reuse}
+    return labels_fp
 
-    if compose and lead:  # compose is not split across ranks: rank 0 runs it
-        # Optional: compositional labels from the labels' candidates (dissect compose).
-        from .compose import compose as compose_labels
 
-        composed_path = run_dir / "composed.parquet"
-        compose_fp = fingerprint([labels_fp, "compose", compose_top_k, compose_template])
-        reuse = False
-        if composed_path.exists():
-            try:
-                import pyarrow.parquet as pq
+def _made_with(path: Path, run_fingerprint: str) -> bool:
+    """Whether the Parquet output ``path`` records ``run_fingerprint`` (made by this run's inputs and settings)."""
+    if not path.exists():
+        return False
+    try:
+        return A.read_labels_metadata(path).get("run_fingerprint") == run_fingerprint
+    except Exception:
+        return False
 
-                meta = json.loads(pq.read_schema(composed_path).metadata[b"dissect"])
-                reuse = meta.get("run_fingerprint") == compose_fp
-            except Exception:
-                reuse = False
-        if reuse:
-            info(f"reusing {composed_path} (up to date)")
-        else:
-            # The labels' candidates are reused when they hold enough (--top >= --compose-top-k).
-            compose_labels(images_path, acts_path, composed_path, text=text_path,
-                           labels=labels_path if top >= compose_top_k else None, sim=sim, params=params,
-                           layers=layers, top_k=compose_top_k, template=compose_template, top=top, device=str(dev),
-                           max_memory=max_memory, extra_metadata={"run_fingerprint": compose_fp})
-        steps["composed"] = {"path": composed_path.name, "reused": reuse}
 
+def _compose(ctx: _Run, labels_fp, layers, sim, params, top, top_k, template, max_memory) -> None:
+    """composed.parquet: compositional labels from the labels' candidates (dissect compose)."""
+    from .compose import compose as compose_labels
+
+    path = ctx.dir / "composed.parquet"
+    compose_fp = fingerprint([labels_fp, "compose", top_k, template])
+    reuse = _made_with(path, compose_fp)
+    if reuse:
+        info(f"reusing {path} (up to date)")
+    else:
+        # The labels' candidates are reused when they hold enough (--top >= --compose-top-k).
+        compose_labels(ctx.images, ctx.activations, path, text=ctx.text, labels=ctx.labels if top >= top_k else None,
+                       sim=sim, params=params, layers=layers, top_k=top_k, template=template, top=top,
+                       device=str(ctx.device), max_memory=max_memory, extra_metadata={"run_fingerprint": compose_fp})
+    ctx.steps["composed"] = {"path": path.name, "reused": reuse}
+
+
+def _write_manifest(ctx: _Run, model, weights, model_args, layers, summary, sim, resolved, dtype) -> None:
     manifest = {
-        "probe": probe_set.describe(),
-        "clip": str(clip_spec),
+        "probe": ctx.probe.describe(),
+        "clip": str(ctx.clip_spec),
         "model": model,
         "weights": weights,
         "model_args": model_args or {},
         "layers": layers,
         "summary": summary,
-        "concepts": {"name": concept_set.name, "source": concept_set.source, "n": len(concept_set.concepts)},
+        "concepts": {"name": ctx.concepts.name, "source": ctx.concepts.source, "n": len(ctx.concepts.concepts)},
         "similarity": sim,
         "params": resolved,
-        "precision": {"clip": clip_precision, "target": target_precision},
+        "precision": {"clip": ctx.clip_precision, "target": ctx.target_precision},
         "dtype": dtype,
-        "steps": steps,
-        "seconds": round(time.perf_counter() - t0, 2),
+        "steps": ctx.steps,
+        "seconds": round(time.perf_counter() - ctx.started, 2),
         "provenance": json.loads(A.provenance(stage="run")),
     }
-    if lead:
-        with A.atomic_path(run_dir / "run.json") as tmp:
-            tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-        info(f"done in {manifest['seconds']:.1f}s: {labels_path}")
-    return labels_path
-
+    with A.atomic_path(ctx.dir / "run.json") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    info(f"done in {manifest['seconds']:.1f}s: {ctx.labels}")

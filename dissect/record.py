@@ -14,9 +14,9 @@ from .errors import MismatchError, UsageError
 from .fingerprint import fingerprint
 from .hooks import LayerInfo, Recorder, check_recordable, list_modules, parse_layout, probe_layers, resolve_layers
 from .models import PreprocessOverrides, Target, load_target
-from .passes import DEFAULT_CHUNK_IMAGES, Checkpoint, default_workers, forward_errors, image_pass
+from .passes import PassOptions, execute, forward_errors
 from .probe import Probe, Skipped, image_sizes, kept_rows, open_probe, probe_files, report_skipped, skipped_attr, unchanged_rows
-from .runtime import DEFAULT_PRECISION, check_batch_size, info, resolve_device, resolve_precision
+from .runtime import info, resolve_device, resolve_precision
 
 
 def activations_inputs_fingerprint(target: Target, probe_fp: str, precision: str = "fp32") -> str:
@@ -93,10 +93,12 @@ class ActivationRecorder:
 
     def __init__(self, target: Target, layers: list[str], n_images: int, summary: str = "mean", layout: str = "auto",
                  device=None, precision: str = "fp32", channels_last: bool | None = None,
-                 infos: dict[str, LayerInfo] | None = None):
+                 infos: dict[str, LayerInfo] | None = None, inputs_fp: str = "", keep: bool = False,
+                 batch_size: int = 64):
         import torch
 
         self.target, self.layers, self.n_images = target, list(layers), n_images
+        self.inputs_fp, self.keep, self.batch_size = inputs_fp, keep, batch_size  # what write() records and adds to
         self.summary, self.layout, self.precision = summary, str(parse_layout(layout)), precision
         self.device = device if device is not None else torch.device("cpu")
         self.transform = target.transform
@@ -146,10 +148,18 @@ class ActivationRecorder:
             self.recorder.info.setdefault(name, LayerInfo(name, i["module_type"], tuple(i["raw_shape"]), i["layout"],
                                                           int(i["n_units"]), layout_source=i.get("layout_source", "")))
 
-    def write(self, out, probe: Probe, inputs_fp: str, batch_size: int, keep: bool, skipped: list[Skipped] = (),
-              positions: range | None = None, extra_attrs: dict[str, Any] | None = None) -> Path:
+    @classmethod
+    def for_plan(cls, plan: "RecordPlan", layers: list[str], n_images: int, summary: str, layout: str, device,
+                 channels_last: bool | None, batch_size: int) -> "ActivationRecorder":
+        """The recorder of ``layers`` of a ``plan_record`` plan (its layouts, fingerprint and file to add to)."""
+        return cls(plan.target, layers, n_images, summary, layout, device, plan.precision, channels_last,
+                   infos=plan.infos, inputs_fp=plan.inputs_fp, keep=plan.exists, batch_size=batch_size)
+
+    def write(self, out, probe: Probe, skipped: list[Skipped] = (), positions: range | None = None,
+              extra_attrs: dict[str, Any] | None = None) -> Path:
         """Check the activations and write (or add) the layers to ``out``; ``skipped`` images are listed in the file."""
         infos: dict[str, LayerInfo] = self.recorder.info
+        inputs_fp, keep, batch_size = self.inputs_fp, self.keep, self.batch_size
         rows = kept_rows(positions if positions is not None else len(probe), list(skipped))
         ids = [probe.ids[i] for i in rows]
         if keep:
@@ -231,12 +241,15 @@ def layer_infos(target: Target, layers: list[str], layout: str = "auto", device=
     return check_recordable(infos, layers, target.spec)
 
 
-def plan_record(probe: Probe, target: Target, layers: list[str], out, summary: str, layout: str, device, precision: str) -> RecordPlan:
+def plan_record(probe: Probe, target: Target, layers: list[str], out, summary: str, layout: str, device, precision: str,
+                fresh: bool = False) -> RecordPlan:
+    """What recording ``layers`` into ``out`` takes: their layouts, the layers ``out`` already holds and may keep
+    (none with ``fresh``: the file is written anew), the fingerprint of the inputs."""
     layers = resolve_layers(target.module, layers, target.spec)
     infos = layer_infos(target, layers, layout, device)
     precision = resolve_precision(precision, device, "target")
     inputs_fp = activations_inputs_fingerprint(target, probe.fingerprint, precision)
-    have, exists = existing_layers(out, inputs_fp, summary, str(parse_layout(layout)), infos)
+    have, exists = ([], False) if fresh else existing_layers(out, inputs_fp, summary, str(parse_layout(layout)), infos)
     todo = [n for n in layers if n not in have]
     return RecordPlan(target, layers, todo, have, exists, inputs_fp, precision, infos)
 
@@ -251,53 +264,48 @@ def record(
     summary: str = "mean",
     layout: str = "auto",
     overrides: PreprocessOverrides | None = None,
-    device: str = "auto",
-    batch_size: int = 64,
-    workers: int | None = None,
-    precision: str = DEFAULT_PRECISION,
-    channels_last: bool | None = None,
-    strict: bool = False,
-    shard: str | None = None,
-    checkpoint_every: int | None = None,
+    options: PassOptions | None = None,
+    **settings: Any,
 ) -> Path:
     """Record ``layers`` of the target model on every probe image into ``out``.
 
     Into an existing file made from the same model, preprocessing, probe and precision,
     only the layers it lacks are recorded (one forward pass for all of them, stopped
-    after the last one needed). ``precision``: see ``runtime.resolve_precision``.
+    after the last one needed); over a probe that has changed since, only the new or
+    changed images. ``options`` (``passes.PassOptions``, or its fields as keyword
+    arguments) say how the pass runs; ``precision``: see ``runtime.resolve_precision``.
     """
+    from .shards import distributed_world, plan_pass
 
-    check_batch_size(batch_size)
+    opts = PassOptions.of(options, **settings)
     out = A.check_output_path(out, probe_files(probe))
     if not isinstance(probe, Probe):
         probe = open_probe(probe)
-    dev = resolve_device(device)
+    dev = resolve_device(opts.device)
     target = model if isinstance(model, Target) else load_target(model, weights, model_args, overrides, dev)
-    sharded = shard is not None or os.environ.get("WORLD_SIZE", "1") not in ("", "1")
-    grown = None if sharded else _grown_probe(out, probe, target, layers, summary, layout, dev, precision)
+    sharded = opts.shard is not None or distributed_world() is not None
+    grown = None if sharded else _grown_probe(out, probe, target, layers, summary, layout, dev, opts.precision)
     if grown is not None:
-        return _record_grown(grown, probe, target, out, summary, layout, dev, batch_size, workers, channels_last, strict,
-                             checkpoint_every)
-    plan = plan_record(probe, target, layers, out, summary, layout, dev, precision)
-    if not plan.todo:
-        info(f"{out} already holds {', '.join(plan.layers)}; nothing to record")
-        return Path(out)
-    if plan.have:
-        info(f"{out} already holds {', '.join(plan.have)}; recording {', '.join(plan.todo)}")
-    from .shards import plan_pass
-
-    if (shard is not None or os.environ.get("WORLD_SIZE", "1") not in ("", "1")) and plan.exists:
-        raise UsageError(f"{out} exists: sharded passes write new files", hint="write to a new -o file")
-    every = DEFAULT_CHUNK_IMAGES if checkpoint_every is None else checkpoint_every
-    pp = plan_pass(out, len(probe), shard, [plan.inputs_fp, plan.todo, summary, layout], every, dev)
-    workers = default_workers(len(probe)) if workers is None else workers
-    with ActivationRecorder(target, plan.todo, len(probe), summary, layout, dev, plan.precision, channels_last,
-                            infos=plan.infos) as rec:
-        skipped = image_pass(probe, [rec], batch_size, workers, f"record {len(plan.todo)} layer(s)", dev, strict=strict,
-                             positions=pp.positions, checkpoint=pp.checkpoint)
-        rec.write(pp.out, probe, plan.inputs_fp, batch_size, keep=plan.exists, skipped=skipped, positions=pp.positions,
-                  extra_attrs=pp.extra_attrs)
-    return pp.finish(dev)
+        plan, reused = grown.plan, grown.reused
+        info(f"{out}: the probe changed; reusing {len(reused)} unchanged images, recording "
+             f"{len(probe) - len(reused)} new or changed for {', '.join(plan.layers)}")
+    else:
+        plan, reused = plan_record(probe, target, layers, out, summary, layout, dev, opts.precision), {}
+        if not plan.todo:
+            info(f"{out} already holds {', '.join(plan.layers)}; nothing to record")
+            return Path(out)
+        if plan.have:
+            info(f"{out} already holds {', '.join(plan.have)}; recording {', '.join(plan.todo)}")
+        if sharded and plan.exists:
+            raise UsageError(f"{out} exists: sharded passes write new files", hint="write to a new -o file")
+    pp = plan_pass({"activations": out}, len(probe), opts.shard, [plan.inputs_fp, plan.todo, summary, layout],
+                   opts.chunk, dev, encode=[i for i in range(len(probe)) if i not in reused] if reused else None)
+    with ActivationRecorder.for_plan(plan, plan.todo, len(probe), summary, layout, dev, opts.channels_last,
+                                     opts.batch_size) as rec:
+        if grown is not None:
+            grown.restore_into(rec)
+        made = execute(probe, {"activations": rec}, pp, opts, f"record {len(plan.todo)} layer(s)", dev)
+    return made["activations"]
 
 
 @dataclass
@@ -305,6 +313,16 @@ class _Grown:
     plan: RecordPlan
     reused: dict[int, int]          # probe position -> row of the old file
     old: A.Activations
+
+    def restore_into(self, rec: ActivationRecorder) -> None:
+        """Put the old file's rows of the unchanged images (and its layers' shapes) into ``rec``."""
+        pos = np.fromiter(self.reused, dtype=np.int64)
+        old_rows = np.fromiter(self.reused.values(), dtype=np.int64)
+        rec.restore(pos, {name: self.old.layers[name][old_rows] for name in self.plan.layers},
+                    {n: {"module_type": a.get("module_type", ""), "raw_shape": list(a.get("raw_shape", [])),
+                         "layout": a.get("layout", "nc"), "n_units": int(self.old.layers[n].shape[1]),
+                         "layout_source": a.get("layout_source", "")}
+                     for n, a in self.old.layer_attrs.items()})
 
 
 def _grown_probe(out, probe: Probe, target: Target, layers, summary, layout, dev, precision) -> _Grown | None:
@@ -356,31 +374,6 @@ def _json(value) -> str:
         except ValueError:
             return value
     return json.dumps(value, sort_keys=True, default=str)
-
-
-def _record_grown(g: _Grown, probe, target, out, summary, layout, dev, batch_size, workers, channels_last, strict,
-                  checkpoint_every) -> Path:
-
-    todo = [i for i in range(len(probe)) if i not in g.reused]
-    info(f"{out}: the probe changed; reusing {len(g.reused)} unchanged images, recording {len(todo)} new or changed "
-         f"for {', '.join(g.plan.layers)}")
-    with ActivationRecorder(target, g.plan.layers, len(probe), summary, layout, dev, g.plan.precision, channels_last,
-                            infos=g.plan.infos) as rec:
-        pos = np.fromiter(g.reused, dtype=np.int64)
-        old_rows = np.fromiter(g.reused.values(), dtype=np.int64)
-        rec.restore(pos, {name: g.old.layers[name][old_rows] for name in g.plan.layers},
-                    {n: {"module_type": a.get("module_type", ""), "raw_shape": list(a.get("raw_shape", [])),
-                         "layout": a.get("layout", "nc"), "n_units": int(g.old.layers[n].shape[1])}
-                     for n, a in g.old.layer_attrs.items()})
-        every = DEFAULT_CHUNK_IMAGES if checkpoint_every is None else checkpoint_every
-        ckpt = Checkpoint(out, fingerprint([g.plan.inputs_fp, g.plan.layers, todo, every]), every) if every else None
-        workers = default_workers(len(todo)) if workers is None else workers
-        skipped = image_pass(probe, [rec], batch_size, workers, f"record {len(g.plan.layers)} layer(s)", dev, strict=strict,
-                             positions=todo, checkpoint=ckpt) if todo else []
-        rec.write(out, probe, g.plan.inputs_fp, batch_size, keep=False, skipped=skipped)
-    if ckpt is not None:
-        ckpt.remove()
-    return Path(out)
 
 
 def list_layers(

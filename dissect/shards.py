@@ -178,36 +178,44 @@ def _init_process_group(device) -> None:
 
 @dataclass
 class PassPlan:
-    """Where this process's share of a pass goes and how it is checkpointed."""
+    """One pass of this process: what it encodes, where each output goes, how it is checkpointed and merged."""
 
-    out: Path                       # the file this process writes (a shard file under torchrun)
-    final: Path                     # the artifact the user asked for
-    positions: range | None         # probe positions this process encodes (None: all)
+    outs: dict[str, Path]           # the file each consumer writes in this process (a shard file under torchrun)
+    finals: dict[str, Path]         # the artifacts the user asked for
+    positions: range | None         # the probe rows this process's outputs hold (None: all)
+    encode: list[int]               # the probe positions to encode now (rows reused from an older file left out)
     shard: Shard | None
     checkpoint: Checkpoint | None
     extra_attrs: dict[str, Any]
     world: tuple[int, int, int] | None
+    split: bool = True              # under torchrun: the ranks share the pass (False: rank 0 runs it alone)
 
-    def finish(self, device=None) -> Path:
-        """Drop the checkpoint; under torchrun, rank 0 merges every rank's shard into the final file."""
-        if self.checkpoint is not None:
+    @property
+    def active(self) -> bool:
+        """Whether this process runs the pass (every process does, except ranks > 0 of an unsplit pass)."""
+        return self.world is None or self.split or self.world[0] == 0
+
+    def finish(self, device=None) -> dict[str, Path]:
+        """Drop the checkpoint; under torchrun, rank 0 merges every rank's shard into each final file."""
+        if self.checkpoint is not None and self.active:
             self.checkpoint.remove()
         if self.world is None:
-            return self.out
+            return dict(self.outs)
         import torch.distributed as dist
 
         rank, world, _ = self.world
         _init_process_group(device)
         dist.barrier()
-        if rank == 0:
-            parts = [shard_file(self.final, Shard(i, world)) for i in range(1, world + 1)]
-            try:
-                merge(parts, self.final)
-            finally:
-                for p in parts:
-                    Path(p).unlink(missing_ok=True)
+        if rank == 0 and self.split:
+            for final in self.finals.values():
+                parts = [shard_file(final, Shard(i, world)) for i in range(1, world + 1)]
+                try:
+                    merge(parts, final)
+                finally:
+                    for part in parts:
+                        Path(part).unlink(missing_ok=True)
         dist.barrier()
-        return self.final
+        return dict(self.finals)
 
 
 def shard_file(final: str | os.PathLike, shard: Shard) -> Path:
@@ -215,29 +223,51 @@ def shard_file(final: str | os.PathLike, shard: Shard) -> Path:
     return final.with_name(f".{final.stem}.shard-{shard.index}-of-{shard.count}{final.suffix}")
 
 
-def plan_pass(out: str | os.PathLike, n_images: int, shard: str | Shard | None, key: list[Any],
-              checkpoint_every: int | None = DEFAULT_CHUNK_IMAGES, device=None) -> PassPlan:
-    """This process's slice of the probe (``--shard`` or its torchrun rank), output path and checkpoint."""
+def plan_pass(outs: dict[str, str | os.PathLike], n_images: int, shard: str | Shard | None, key: list[Any],
+              checkpoint_every: int = DEFAULT_CHUNK_IMAGES, device=None, encode: list[int] | None = None,
+              checkpoint_at: str | os.PathLike | None = None, split: bool = True) -> PassPlan:
+    """This process's slice of the probe (``--shard`` or its torchrun rank), its outputs and its checkpoint.
+
+    ``outs`` names each consumer's artifact. ``encode``: the probe positions that need
+    encoding (default: all; fewer when an older file's rows are reused). The checkpoint
+    (every ``checkpoint_every`` images; 0: none) lives in ``checkpoint_at`` (default: beside
+    the single output) + ``.partial``, keyed by ``key`` (what is computed) and the slice.
+    ``split`` False: under torchrun rank 0 runs the whole pass and the other ranks wait.
+    """
     from .fingerprint import fingerprint
 
     shard = parse_shard(shard) if isinstance(shard, str) or shard is None else shard
     world = distributed_world()
-    final = Path(out)
-    target = final
+    finals = {name: Path(path) for name, path in outs.items()}
+    targets = dict(finals)
     if world is not None:
         if shard is not None:
             raise UsageError("--shard and torchrun both split the probe", hint="use one of them")
-        rank, size, _ = world
-        shard = Shard(rank + 1, size)
-        target = shard_file(final, shard)
         _init_process_group(device)
+        if split:
+            rank, size, _ = world
+            shard = Shard(rank + 1, size)
+            targets = {name: shard_file(path, shard) for name, path in finals.items()}
     positions = range(*shard.range(n_images)) if shard is not None else None
     if positions is not None and len(positions) == 0:
         raise UsageError(f"shard {shard} of a {n_images}-image probe is empty", hint="use fewer shards than images")
+    active = world is None or split or world[0] == 0
+    todo = (list(range(n_images)) if encode is None else sorted(encode)) if active else []
+    if positions is not None:
+        todo = [i for i in todo if positions.start <= i < positions.stop]
+    if checkpoint_at is None:
+        if len(targets) != 1:
+            raise ValueError("a pass with several outputs needs checkpoint_at")
+        base = next(iter(targets.values()))
+    else:
+        base = Path(checkpoint_at)
+        if shard is not None:
+            base = base.with_name(f"{base.name}-{shard.index}-of-{shard.count}")
     ckpt = None
-    if checkpoint_every:
+    if checkpoint_every and todo:
         if checkpoint_every < 1:
             raise UsageError(f"--checkpoint-every must be positive, got {checkpoint_every}")
-        ckpt = Checkpoint(target, fingerprint(key + [str(shard), n_images, checkpoint_every]), checkpoint_every)
+        ckpt = Checkpoint(base, fingerprint(key + [sorted(outs), str(shard), n_images, todo if encode is not None else None,
+                                                   checkpoint_every]), checkpoint_every)
     extra = shard_attrs(shard, n_images) if shard is not None else {}
-    return PassPlan(target, final, positions, shard, ckpt, extra, world)
+    return PassPlan(targets, finals, positions, todo, shard, ckpt, extra, world, split)

@@ -140,8 +140,13 @@ def test_default_precision_is_fp32_on_gpus_too(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert DEFAULT_PRECISION == "fp32"
-    for fn in (embed.embed_images, embed.embed_text, record.record, pipeline.run):
-        assert inspect.signature(fn).parameters["precision"].default == "fp32", fn
+    from dissect.passes import PassOptions
+
+    # The image passes (embed_images, record, run) take their precision from PassOptions; embed_text has its own.
+    assert PassOptions().precision == "fp32" and PassOptions.of(None, device="cpu").precision == "fp32"
+    assert inspect.signature(embed.embed_text).parameters["precision"].default == "fp32"
+    for fn in (embed.embed_images, record.record, pipeline.run):
+        assert "options" in inspect.signature(fn).parameters, fn
     for role in ("clip", "target"):
         assert resolve_precision(None, cuda, role) == "fp32" and resolve_precision("fp32", cuda, role) == "fp32"
         assert resolve_precision("auto", cuda, role) == "bf16" and resolve_precision("auto", cpu, role) == "fp32"

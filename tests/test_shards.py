@@ -141,6 +141,38 @@ def test_sigkill_then_rerun_continues_from_the_last_chunk(tmp_path, tiny_clip, c
     (assert_same_images if command == "embed-images" else assert_same_activations)(out, ref)
 
 
+def test_run_shard_task_checkpoints_and_resumes_like_every_pass(tmp_path, tiny_clip):
+    """A job-array task (run --shard) killed mid-pass continues from its last chunk, as embed-images and record do."""
+    probe = make_images(tmp_path / "probe", 120, seed=2, size=48)
+    concepts = tmp_path / "c.txt"
+    concepts.write_text("red\nblue\nsquare\n")
+    run_dir = tmp_path / "run"
+    args = [*_dissect_cmd(), "run", str(probe), "--clip", tiny_clip, *TIMM, "--layers", "layer1,fc", "--concepts",
+            str(concepts), "-o", str(run_dir), "--shard", "2/2", "--batch-size", "2", "--checkpoint-every", "10",
+            "--workers", "0", "--device", "cpu"]
+    env = dict(os.environ, DISSECT_QUIET="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    partial = run_dir / "shards" / "pass-2-of-2.partial"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(partial.glob("chunk-*.npz"))) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the pass ended before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list(partial.glob("chunk-*.npz")))
+    assert 2 <= done < 6 and not (run_dir / "shards" / "images.2-of-2.h5").exists()
+    again = subprocess.run(args, capture_output=True, text=True, env=dict(env, DISSECT_QUIET=""), timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming: {done * 10} of 60 images restored" in again.stderr.replace("\n", " ")
+    assert not partial.exists()
+    ref = tmp_path / "ref"
+    subprocess.run(args[:args.index("-o")] + ["-o", str(ref), "--shard", "2/2", "--batch-size", "2",
+                                               "--checkpoint-every", "0", "--workers", "0", "--device", "cpu"],
+                   check=True, env=env, timeout=300)
+    assert_same_images(run_dir / "shards" / "images.2-of-2.h5", ref / "shards" / "images.2-of-2.h5")
+    assert_same_activations(run_dir / "shards" / "activations.2-of-2.h5", ref / "shards" / "activations.2-of-2.h5")
+
+
 # ---------------------------------------------------------------------------
 # Incremental growth: new images, new concepts
 # ---------------------------------------------------------------------------
