@@ -79,24 +79,13 @@ def _print_summary(ev) -> None:
 
 
 def _write_units(ev, out, stage: str) -> None:
-    import json
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from dissect import artifacts as A
+    from dissect.evaluate import write_units
     from dissect.runtime import info
 
-    table = pa.Table.from_pydict(ev.units)
-    meta = {"format": f"dissect/{stage}", "version": A.FORMAT_VERSION, "summary": ev.summary,
-            "provenance": json.loads(A.provenance(stage=f"evaluate {stage}"))}
-    table = table.replace_schema_metadata({b"dissect": json.dumps(meta, default=str).encode()})
-    with A.atomic_path(out) as tmp:
-        pq.write_table(table, tmp)
-    summary = Path(out).with_suffix(".json")
-    with A.atomic_path(summary) as tmp:
-        tmp.write_text(json.dumps(ev.summary, indent=2, default=str) + "\n")
-    info(f"wrote {out} and {summary}")
+    kind = {"predict-class": A.PREDICT_FORMAT, "stability": A.STABILITY_FORMAT, "pvalues": A.PVALUES_FORMAT}[stage]
+    table, summary = write_units(ev, out, kind, f"evaluate {stage}")
+    info(f"wrote {table} and {summary}")
 
 
 def _print_layers(ev, title: str, columns: list[tuple[str, str, str]]) -> None:

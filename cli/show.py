@@ -23,8 +23,6 @@ def show(
     csv_out: Annotated[bool, typer.Option("--csv", help="CSV on standard output, for pipes.")] = False,
 ):
     """Print labels as a table (or --json / --csv for pipes)."""
-    import pyarrow.parquet as pq
-
     from dissect import artifacts as A
     from dissect.errors import UsageError
 
@@ -32,8 +30,7 @@ def show(
         raise UsageError(f"--sort {sort!r}: use similarity or unit")
     if json_out and csv_out:
         raise UsageError("give at most one of --json and --csv")
-    A.read_labels_metadata(labels)  # a clear error for anything that is not a labels file
-    df = pq.read_table(labels).to_pandas()
+    df = A.read_table(labels, A.LABELS_FORMAT).to_pandas()  # a clear error for anything that is not a labels file
     if layer is not None:
         if layer not in set(df.layer):
             raise UsageError(f"{labels} has no layer {layer!r}", hint=f"it holds: {', '.join(dict.fromkeys(df.layer))}")

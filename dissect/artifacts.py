@@ -12,7 +12,14 @@ name what is wrong.
     activations.h5  ids str[N], layers/<name> f32[N, C] (attr summary)
                     attrs: format="dissect/activations", version, model
     labels.parquet  layer, unit, label, similarity, candidates, candidate_similarities
-                    schema metadata b"dissect": JSON provenance
+                    schema metadata b"dissect": JSON {format, version, provenance, ...}
+    composed.parquet, metrics.parquet, predict.parquet, stability.parquet, pvalues.parquet:
+                    Parquet tables with the same metadata (``PARQUET_FORMATS``)
+
+Parquet outputs are written through ``write_parquet`` (atomically, or to standard
+output) and read through ``read_parquet_metadata`` / ``read_table``, which check the
+``format`` and ``version``; ``sniff`` names the kind of any artifact. docs/artifacts.md
+documents every file.
 """
 
 from __future__ import annotations
@@ -38,12 +45,25 @@ IMAGE_FORMAT = "dissect/image-embeddings"
 TEXT_FORMAT = "dissect/text-embeddings"
 ACTIVATIONS_FORMAT = "dissect/activations"
 LABELS_FORMAT = "dissect/labels"
+COMPOSED_FORMAT = "dissect/composed-labels"
+EVALUATION_FORMAT = "dissect/evaluation"
+PREDICT_FORMAT = "dissect/predict-class"
+STABILITY_FORMAT = "dissect/stability"
+PVALUES_FORMAT = "dissect/pvalues"
+
+HDF5_FORMATS = (IMAGE_FORMAT, TEXT_FORMAT, ACTIVATIONS_FORMAT)
+PARQUET_FORMATS = (LABELS_FORMAT, COMPOSED_FORMAT, EVALUATION_FORMAT, PREDICT_FORMAT, STABILITY_FORMAT, PVALUES_FORMAT)
 
 _MAKER = {
     IMAGE_FORMAT: "dissect embed-images",
     TEXT_FORMAT: "dissect embed-text",
     ACTIVATIONS_FORMAT: "dissect record",
     LABELS_FORMAT: "dissect label",
+    COMPOSED_FORMAT: "dissect compose",
+    EVALUATION_FORMAT: "dissect evaluate",
+    PREDICT_FORMAT: "dissect evaluate predict-class",
+    STABILITY_FORMAT: "dissect evaluate stability",
+    PVALUES_FORMAT: "dissect evaluate pvalues",
 }
 
 STDOUT = "-"
@@ -460,14 +480,31 @@ def labels_schema():
     )
 
 
-def write_labels(out: str | os.PathLike, rows: dict[str, list], metadata: dict[str, Any]) -> str:
-    """Write labels.parquet atomically, or to standard output when ``out`` is '-'."""
+COMPOSED_COLUMNS = ["layer", "unit", "label", "parts", "similarity", "single_label", "single_similarity", "gain",
+                    "candidates", "candidate_similarities"]
+
+
+def composed_schema():
     import pyarrow as pa
+
+    return pa.schema([
+        ("layer", pa.string()), ("unit", pa.int32()), ("label", pa.string()), ("parts", pa.list_(pa.string())),
+        ("similarity", pa.float64()), ("single_label", pa.string()), ("single_similarity", pa.float64()),
+        ("gain", pa.float64()), ("candidates", pa.list_(pa.string())), ("candidate_similarities", pa.list_(pa.float64())),
+    ])
+
+
+def write_parquet(out: str | os.PathLike, table, kind: str, metadata: dict[str, Any]) -> str:
+    """Write a Parquet artifact of ``kind`` atomically, or to standard output when ``out`` is '-'.
+
+    The schema metadata key ``dissect`` holds ``metadata`` with ``format`` and ``version``.
+    """
     import pyarrow.parquet as pq
 
-    meta = dict(metadata, format=LABELS_FORMAT, version=FORMAT_VERSION)
-    schema = labels_schema().with_metadata({b"dissect": json.dumps(meta, sort_keys=True, default=str).encode()})
-    table = pa.Table.from_pydict({c: rows[c] for c in LABEL_COLUMNS}, schema=schema)
+    if kind not in PARQUET_FORMATS:
+        raise ValueError(f"{kind!r} is not a Parquet artifact kind")
+    meta = dict(metadata, format=kind, version=FORMAT_VERSION)
+    table = table.replace_schema_metadata({b"dissect": json.dumps(meta, sort_keys=True, default=str).encode()})
     if str(out) == STDOUT:
         buf = io.BytesIO()
         pq.write_table(table, buf)
@@ -479,17 +516,91 @@ def write_labels(out: str | os.PathLike, rows: dict[str, list], metadata: dict[s
     return str(out)
 
 
-def read_labels_metadata(path: str | os.PathLike) -> dict[str, Any]:
+def write_labels(out: str | os.PathLike, rows: dict[str, list], metadata: dict[str, Any]) -> str:
+    """Write labels.parquet atomically, or to standard output when ``out`` is '-'."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pydict({c: rows[c] for c in LABEL_COLUMNS}, schema=labels_schema())
+    return write_parquet(out, table, LABELS_FORMAT, metadata)
+
+
+def _expected(kinds: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    return PARQUET_FORMATS if kinds is None else (kinds,) if isinstance(kinds, str) else tuple(kinds)
+
+
+def read_parquet_metadata(path: str | os.PathLike, kinds: str | tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The ``dissect`` metadata of a Parquet artifact, checked: it exists, is Parquet, is one of ``kinds`` (default:
+    any dissect Parquet artifact) and of a version this dissect reads."""
     import pyarrow.parquet as pq
 
+    expected = _expected(kinds)
+    p = Path(path)
+    maker = _MAKER.get(expected[0], "dissect")
+    if not p.exists():
+        raise InputError(f"{p} does not exist", hint=f"create it with `{maker}`")
+    if p.is_dir():
+        raise InputError(f"{p} is a folder, not a {expected[0]} file")
     try:
-        schema = pq.read_schema(path)
+        schema = pq.read_schema(p)
     except Exception as e:  # pyarrow raises several types for non-parquet input
-        raise ArtifactError(f"{path} is not a Parquet file: {e}") from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ArtifactError(f"{p} is not a Parquet file ({first})", hint=f"give a file written by `{maker}`") from None
     raw = (schema.metadata or {}).get(b"dissect")
     if raw is None:
-        raise ArtifactError(f"{path} has no dissect metadata", hint="use a file written by `dissect label`")
-    return json.loads(raw)
+        raise ArtifactError(f"{p} has no dissect metadata", hint=f"give a file written by `{maker}`")
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{p} has invalid dissect metadata (not a JSON object)", hint=f"give a file written by `{maker}`")
+    fmt = meta.get("format")
+    if fmt not in expected:
+        found = f"a {fmt!r} file" if isinstance(fmt, str) else "no valid 'format' in its metadata"
+        hint = f"give a file written by `{maker}`"
+        if isinstance(fmt, str) and fmt in _MAKER:
+            hint += f" (this one was written by `{_MAKER[fmt]}`)"
+        raise ArtifactError(f"{p} is {found}, expected {' or '.join(map(repr, expected))}", hint=hint)
+    version = meta.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ArtifactError(f"{p} has no valid integer 'version' in its metadata", hint=f"give a file written by `{maker}`")
+    if version > FORMAT_VERSION:
+        raise ArtifactError(f"{p} is format version {version}, newer than this dissect understands ({FORMAT_VERSION})",
+                            hint="upgrade dissect (pip install -U clip-dissect)")
+    return meta
+
+
+def read_table(path: str | os.PathLike, kinds: str | tuple[str, ...] | None = None, columns: list[str] | None = None):
+    """A Parquet artifact of ``kinds`` as a pyarrow Table, after ``read_parquet_metadata``'s checks."""
+    import pyarrow.parquet as pq
+
+    read_parquet_metadata(path, kinds)
+    try:
+        return pq.read_table(path, columns=columns)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ArtifactError(f"cannot read {path}: {first}") from None
+
+
+def read_labels_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a labels.parquet (``read_parquet_metadata`` for ``LABELS_FORMAT``)."""
+    return read_parquet_metadata(path, LABELS_FORMAT)
+
+
+def sniff(path: str | os.PathLike) -> str:
+    """The kind (``format``) of the dissect artifact at ``path``; a one-line error naming what is wrong otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p} does not exist", hint="give the path of an artifact")
+    if p.is_dir():
+        raise InputError(f"{p} is a folder, not an artifact")
+    if _h5py().is_hdf5(p):
+        for kind in HDF5_FORMATS:
+            if peek_attrs(p, kind) is not None:
+                return kind
+        _open(p, IMAGE_FORMAT)  # raises the precise reason (unknown format, newer version)
+        raise ArtifactError(f"{p} is not a dissect artifact")
+    return read_parquet_metadata(p)["format"]
 
 
 def check_same_clip(images: Embeddings, text: Embeddings) -> None:

@@ -19,7 +19,6 @@ neurons share candidates, are embedded and scored once.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from pathlib import Path
 from dataclasses import dataclass
@@ -30,20 +29,6 @@ import numpy as np
 from . import artifacts as A
 from .errors import UsageError
 from .runtime import info, progress, resolve_device, warn
-
-COMPOSED_COLUMNS = ["layer", "unit", "label", "parts", "similarity", "single_label", "single_similarity", "gain",
-                    "candidates", "candidate_similarities"]
-
-
-def composed_schema():
-    import pyarrow as pa
-
-    return pa.schema([
-        ("layer", pa.string()), ("unit", pa.int32()), ("label", pa.string()), ("parts", pa.list_(pa.string())),
-        ("similarity", pa.float64()), ("single_label", pa.string()), ("single_similarity", pa.float64()),
-        ("gain", pa.float64()), ("candidates", pa.list_(pa.string())), ("candidate_similarities", pa.list_(pa.float64())),
-    ])
-
 
 def check_template(template: str) -> str:
     try:
@@ -169,7 +154,6 @@ def compose(
     pairs whatever ``sim``) or computed here with ``sim``.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
     import torch
 
     from .label import open_inputs
@@ -193,13 +177,13 @@ def compose(
     check_probe_size(sim, params, len(img.keys))
     given = None
     if labels is not None:
-        lt = pq.read_table(labels).to_pydict()
+        lt = A.read_table(labels, A.LABELS_FORMAT, columns=["layer", "unit", "candidates"]).to_pydict()
         given = {(lay, int(u)): list(c) for lay, u, c in zip(lt["layer"], lt["unit"], lt["candidates"])}
     dev = resolve_device(device)
     I = torch.from_numpy(img.embeddings).to(dev)
     T = torch.from_numpy(txt.embeddings).to(dev)
     concept_pos = {c: i for i, c in enumerate(txt.keys)}
-    rows: dict[str, list] = {c: [] for c in COMPOSED_COLUMNS}
+    rows: dict[str, list] = {c: [] for c in A.COMPOSED_COLUMNS}
     n_embedded = n_texts = 0
     for name in acts.layers:
         q_np = A.read_activation_layer(activations, name)
@@ -263,20 +247,10 @@ def compose(
         "provenance": A.provenance(stage="compose"),
         **(extra_metadata or {}),
     }
-    table = pa.Table.from_pydict(rows, schema=composed_schema())
-    table = table.replace_schema_metadata({b"dissect": json.dumps({"format": "dissect/composed-labels",
-                                                                   "version": A.FORMAT_VERSION, **meta}, default=str).encode()})
+    table = pa.Table.from_pydict(rows, schema=A.composed_schema())
     if out is not None:
-        if str(out) == A.STDOUT:
-            import sys
-
-            sink = pa.BufferOutputStream()
-            pq.write_table(table, sink)
-            sys.stdout.buffer.write(sink.getvalue().to_pybytes())
-            sys.stdout.flush()
-        else:
-            with A.atomic_path(out) as tmp:
-                pq.write_table(table, tmp)
+        A.write_parquet(out, table, A.COMPOSED_FORMAT, meta)
+        if str(out) != A.STDOUT:
             info(f"wrote {out}: {table.num_rows} neurons with composed labels")
     return table
 

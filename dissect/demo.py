@@ -154,8 +154,6 @@ def unit_truth(acts: np.ndarray, ids: list[str], attr_ids: list[str], attrs: dic
 def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 1234, device: str = "auto",
              batch_size: int = 128, workers: int | None = 0) -> DemoResult:
     """Generate the probe, run the pipeline through the library stages, score the labels."""
-    import pyarrow.parquet as pq
-
     from . import artifacts as A
     from .clip import load_clip
     from .concepts import ConceptSet
@@ -215,7 +213,7 @@ def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 12
             label(out / "images.h5", acts_path, path, text=out / f"text-{set_name}.h5", sim=sim,
                   layers=[specs.final_layer] + (specs.hidden_layers if (sim == "softwpmi" and set_name == "mixed") else []),
                   device=str(dev))
-            df = pq.read_table(path).to_pandas()
+            df = A.read_table(path, A.LABELS_FORMAT).to_pandas()
             fin = df[df.layer == specs.final_layer].sort_values("unit")
             truth = [specs.class_names[u] for u in fin.unit]
             accuracy[set_name][sim] = float(np.mean([a == b for a, b in zip(fin.label, truth)]))
@@ -230,7 +228,7 @@ def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 12
     # Hidden layers: compare each label with the unit's most preferred world word.
     acts = A.read_activations(acts_path, specs.hidden_layers)
     attr_ids, attrs = _attributes(probe)
-    df = pq.read_table(out / "labels-mixed-softwpmi.parquet").to_pandas()
+    df = A.read_table(out / "labels-mixed-softwpmi.parquet", A.LABELS_FORMAT).to_pandas()
     hidden, agreement = [], {}
     for layer in specs.hidden_layers:
         best = unit_truth(acts.layers[layer], acts.ids, attr_ids, attrs)

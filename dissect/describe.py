@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from . import artifacts as A
-from .errors import ArtifactError, InputError
 
 
 def _loads(value):
@@ -23,16 +22,10 @@ def _loads(value):
 def describe(path: str | os.PathLike) -> dict[str, Any]:
     """A flat, ordered description of images.h5, text.h5, activations.h5 or a labels/composed/metrics Parquet."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path} does not exist", hint="give the path of an artifact")
-    if path.suffix == ".parquet":
-        return _describe_parquet(path)
-    for kind in (A.IMAGE_FORMAT, A.TEXT_FORMAT, A.ACTIVATIONS_FORMAT):
-        attrs = A.peek_attrs(path, kind)
-        if attrs is not None:
-            return _describe_h5(path, kind, attrs)
-    A.read_image_embeddings(path)  # raises the precise reason (not HDF5, unknown format, newer version)
-    raise ArtifactError(f"{path} is not a dissect artifact")
+    kind = A.sniff(path)
+    if kind in A.HDF5_FORMATS:
+        return _describe_h5(path, kind, A.peek_attrs(path, kind))
+    return _describe_parquet(path)
 
 
 def _provenance(attrs) -> dict[str, Any]:
@@ -79,17 +72,10 @@ def _describe_h5(path: Path, kind: str, attrs: dict[str, Any]) -> dict[str, Any]
 
 
 def _describe_parquet(path: Path) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-
-    try:
-        schema = pq.read_schema(path)
-    except Exception as e:
-        raise ArtifactError(f"{path} is not a Parquet file ({e})", hint="give a labels.parquet written by dissect") from None
-    meta = json.loads((schema.metadata or {}).get(b"dissect", b"{}") or b"{}")
-    if not meta:
-        raise ArtifactError(f"{path} has no dissect metadata", hint="give a Parquet file written by dissect")
-    table = pq.read_table(path, columns=["layer"]) if "layer" in schema.names else None
-    d: dict[str, Any] = {"format": meta.get("format", "dissect/labels"), "version": meta.get("version")}
+    meta = A.read_parquet_metadata(path)
+    table = A.read_table(path)
+    table = table.select(["layer"]) if "layer" in table.column_names else None
+    d: dict[str, Any] = {"format": meta["format"], "version": meta["version"]}
     if table is not None:
         layers = table.column("layer").to_pylist()
         d["rows"] = len(layers)

@@ -211,8 +211,6 @@ def evaluate(
     device: str = "auto",
 ) -> Evaluation:
     """Score each labels file's units against the truth (see the module docstring)."""
-    import pyarrow.parquet as pq
-
     if not labels:
         raise UsageError("no LABELS file given", hint="pass one or more labels.parquet files")
     if top_k is not None and top_k < 1:
@@ -221,7 +219,7 @@ def evaluate(
     files = []
     for path in labels:
         meta = A.read_labels_metadata(path)
-        table = pq.read_table(path).to_pydict()
+        table = A.read_table(path, A.LABELS_FORMAT).to_pydict()
         files.append((Path(path), meta, table, _pick_layer(table, layer, truth, path)))
 
     clip_spec = clip or files[0][1].get("clip")
@@ -294,16 +292,17 @@ def evaluate(
 
 def write_evaluation(ev: Evaluation, out: str | os.PathLike) -> tuple[Path, Path]:
     """metrics.parquet (one row per unit and labels file) and metrics.json (the summary) beside it."""
+    return write_units(ev, out, A.EVALUATION_FORMAT, "evaluate")
+
+
+def write_units(ev: Evaluation, out: str | os.PathLike, kind: str, stage: str) -> tuple[Path, Path]:
+    """The per-unit (or per-image) table of an evaluation as a Parquet artifact of ``kind``, and its summary
+    as JSON beside it (OUT with the suffix .json)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     out = Path(out)
-    table = pa.Table.from_pydict(ev.units)
-    meta = {"format": "dissect/evaluation", "version": A.FORMAT_VERSION, "summary": ev.summary,
-            "provenance": json.loads(A.provenance(stage="evaluate"))}
-    table = table.replace_schema_metadata({b"dissect": json.dumps(meta, default=str).encode()})
-    with A.atomic_path(out) as tmp:
-        pq.write_table(table, tmp)
+    A.write_parquet(out, pa.Table.from_pydict(ev.units), kind,
+                    {"summary": ev.summary, "provenance": json.loads(A.provenance(stage=stage))})
     summary_path = out.with_suffix(".json")
     with A.atomic_path(summary_path) as tmp:
         tmp.write_text(json.dumps(ev.summary, indent=2, default=str) + "\n")
@@ -519,9 +518,7 @@ def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def _layer_labels(labels_path, layer: str) -> list[str]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(labels_path).to_pydict()
+    table = A.read_table(labels_path, A.LABELS_FORMAT, columns=["layer", "unit", "label"]).to_pydict()
     rows = sorted((int(u), lab) for u, lab, lay in zip(table["unit"], table["label"], table["layer"]) if lay == layer)
     if not rows:
         layers = sorted(set(table["layer"]))

@@ -309,7 +309,7 @@ def _made_with(path: Path, run_fingerprint: str) -> bool:
     if not path.exists():
         return False
     try:
-        return A.read_labels_metadata(path).get("run_fingerprint") == run_fingerprint
+        return A.read_parquet_metadata(path).get("run_fingerprint") == run_fingerprint
     except Exception:
         return False
 

@@ -173,14 +173,12 @@ def build_report(
     With ``model`` (the target the activations came from), conv layers' activation maps
     are recomputed for the images shown and overlaid on them (a toggle on the page).
     """
-    import pyarrow.parquet as pq
-
     from .probe import open_probe
 
     if top_images < 1:
         raise UsageError(f"--top-images must be at least 1, got {top_images}")
     meta = A.read_labels_metadata(labels)
-    table = pq.read_table(labels).to_pandas()
+    table = A.read_table(labels, A.LABELS_FORMAT).to_pandas()
     acts = A.read_activations(activations, data=False)
     wanted = layers or list(dict.fromkeys(table.layer))
     missing = [n for n in wanted if n not in acts.layers]
@@ -193,10 +191,10 @@ def build_report(
         raise InputError(f"image {absent[0]!r} of {activations} is not in the probe", hint="pass the PROBE the activations were recorded on")
     extra_cols = {}
     if composed is not None:
-        c = pq.read_table(composed).to_pandas()
+        c = A.read_table(composed, A.COMPOSED_FORMAT).to_pandas()
         extra_cols["composed"] = {(r.layer, int(r.unit)): (r.label, float(r.gain)) for r in c.itertuples()}
     if metrics is not None:
-        m = pq.read_table(metrics).to_pandas()
+        m = A.read_table(metrics, A.EVALUATION_FORMAT).to_pandas()
         extra_cols["truth"] = {(r.layer, int(r.unit)): (r.truth, bool(r.exact)) for r in m.itertuples()}
 
     out = Path(out)

@@ -77,13 +77,11 @@ def merge(shards: list[str | os.PathLike], out: str | os.PathLike) -> Path:
     if not shards:
         raise UsageError("no SHARDS given", hint="pass the files written with --shard 1/N ... --shard N/N")
     out = A.check_output_path(out, list(shards))
-    kinds = {}
-    for p in shards:
-        for kind in (A.IMAGE_FORMAT, A.ACTIVATIONS_FORMAT):
-            if A.peek_attrs(p, kind) is not None:
-                kinds[p] = kind
-        if p not in kinds:
-            A.read_image_embeddings(p)  # raises the precise reason (missing, not HDF5, wrong format)
+    kinds = {p: A.sniff(p) for p in shards}
+    for p, kind in kinds.items():
+        if kind not in (A.IMAGE_FORMAT, A.ACTIVATIONS_FORMAT):
+            raise UsageError(f"{p} is a {kind} file: merge joins shards of embed-images and record",
+                             hint="give the files written with --shard I/N")
     kind = kinds[shards[0]]
     infos = []
     for p in shards:
