@@ -105,11 +105,11 @@ def embed_composed(texts: list[str], images: A.Embeddings, device: str = "auto",
 def _score_owned(sim, q, I, concept_emb, scored_emb, owned: np.ndarray, params, max_memory) -> tuple[np.ndarray, np.ndarray | None]:
     """(sims, raw) [C, J]: neuron k's similarity with text owned[k, j] of ``scored_emb`` (−inf where owned < 0),
     and for SoftWPMI/WPMI its raw score (log-likelihood over the neuron's top images; None otherwise)."""
-    from .similarity import score_extra_texts
+    from .similarity import METHODS, score_extra_texts
 
     C, J = owned.shape
     out = np.full((C, J), -np.inf, dtype=np.float64)
-    raw = np.full((C, J), -np.inf, dtype=np.float64) if sim in ("softwpmi", "wpmi") else None
+    raw = np.full((C, J), -np.inf, dtype=np.float64) if METHODS[sim].pmi else None
     flat = owned.ravel()
     order = np.argsort(flat, kind="stable")
     sorted_t = flat[order]

@@ -18,7 +18,7 @@ from . import artifacts as A
 from .concepts import ConceptSet
 from .errors import MismatchError, UsageError
 from .runtime import info, progress, resolve_device, warn
-from .similarity import DEFAULT_MAX_MEMORY, check_probe_size, resolve_params, score_layer
+from .similarity import DEFAULT_MAX_MEMORY, METHODS, check_probe_size, resolve_params, score_layer
 
 
 def _skipped_ids(attrs: dict[str, Any]) -> set[str]:
@@ -167,7 +167,7 @@ def label(
                 lo, hi = rank * C // size, (rank + 1) * C // size
                 q = q[:, lo:hi]
                 kw = {"passes": "two", "chunk": chunk or plan_chunk(sim, N, C, budget), "unit_offset": lo}
-                if sim in ("softwpmi", "wpmi"):
+                if METHODS[sim].pmi:
                     kw["population"] = distributed_population(C)
         with progress(f"{sim} {name}", len(txt.keys), "concepts") as advance:
             res = score_layer(sim, q, I, T, params, top=k, chunk=kw.pop("chunk", chunk), progress=advance, max_memory=budget,

@@ -18,14 +18,15 @@ what the float64 reference tests compare against.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
 from .errors import UsageError
 
-# Paper hyperparameters (METHOD.md; reference code defaults).
+# Paper hyperparameters (METHOD.md; reference code defaults). Each method's row of ``METHODS`` (below) says
+# what else score_layer needs to know about it.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "softwpmi": {"a": 10.0, "lam": 1.0, "top_k": 100, "p_start": 0.998, "p_end": 0.97, "min_prob": 1e-7},
     "wpmi": {"a": 2.0, "lam": 0.6, "top_k": 28, "min_prob": 1e-7},
@@ -82,7 +83,7 @@ def _check_ranges(name: str, params: dict[str, Any]) -> None:
     for key, (ok, what) in rules.items():
         if key in params and not ok(params[key]):
             raise UsageError(f"{name} parameter {key} {what}, got {params[key]}")
-    if name == "softwpmi" and not 0 < params["p_end"] <= params["p_start"] <= 1:
+    if "p_start" in params and not 0 < params["p_end"] <= params["p_start"] <= 1:
         raise UsageError(
             f"softwpmi needs 0 < p_end <= p_start <= 1, got p_start={params['p_start']}, p_end={params['p_end']}",
             hint="they are the probabilities that the top images belong to the neuron's example set",
@@ -91,9 +92,10 @@ def _check_ranges(name: str, params: dict[str, Any]) -> None:
 
 def examples_needed(name: str, params: dict[str, Any], n_images: int) -> int:
     """How many top-activating images per neuron the function uses (0 = all)."""
-    if name in ("softwpmi", "wpmi"):
+    examples = METHODS[name].examples
+    if examples == "top_k":
         return int(params["top_k"])
-    if name == "rank-reorder":
+    if examples == "top_fraction":
         return max(2, int(n_images * params["top_fraction"]))
     return 0
 
@@ -545,13 +547,66 @@ def rank_reorder(q, I, T, *, p, top_fraction, scale_p, n_perm, seed, idx=None, b
     return out
 
 
-KERNELS: dict[str, Callable[..., torch.Tensor]] = {
-    "softwpmi": softwpmi,
-    "wpmi": wpmi,
-    "rank-reorder": rank_reorder,
-    "cos": cos,
-    "cos-cubed": cos_cubed,
+@dataclass(frozen=True)
+class Method:
+    """What the drivers need to know about a similarity function, said once.
+
+    ``examples``: the images it reads per neuron: "top_k" (each neuron's top ``top_k``:
+    SoftWPMI, WPMI), "top_fraction" (rank reorder) or "all". ``pmi``: a softmax over the
+    concept set with the λ·log p(t) population correction, whose raw score breaks ties
+    (SoftWPMI, WPMI). ``soft``: soft membership weights of the top images (SoftWPMI).
+    ``bytes_per_row``: working memory per image row and concept of a block (``plan_chunk``).
+    """
+
+    kernel: Callable[..., torch.Tensor]
+    examples: str = "all"
+    pmi: bool = False
+    soft: bool = False
+    bytes_per_row: int = 24     # cos, cos-cubed and rank reorder keep a float64 copy of the products
+
+
+METHODS: dict[str, Method] = {
+    "softwpmi": Method(softwpmi, examples="top_k", pmi=True, soft=True, bytes_per_row=4),
+    "wpmi": Method(wpmi, examples="top_k", pmi=True, bytes_per_row=4),
+    "rank-reorder": Method(rank_reorder, examples="top_fraction"),
+    "cos": Method(cos),
+    "cos-cubed": Method(cos_cubed),
 }
+KERNELS: dict[str, Callable[..., torch.Tensor]] = {name: m.kernel for name, m in METHODS.items()}
+
+
+def membership_weights(name: str, params: dict[str, Any], device=None) -> torch.Tensor | None:
+    """SoftWPMI's weights of each neuron's top images (None: hard membership, or no top images)."""
+    if not METHODS[name].soft:
+        return None
+    return softwpmi_weights(int(params["top_k"]), params["p_start"], params["p_end"], device=device)
+
+
+@dataclass
+class LayerPrep:
+    """The work every block of concepts shares for one layer: each neuron's example images."""
+
+    rows_read: int                      # image rows a block reads
+    idx: torch.Tensor | None = None     # top images per neuron (into ``rows`` for PMI methods)
+    rows: torch.Tensor | None = None    # PMI methods: the images some neuron uses (None: all)
+    kw: dict[str, Any] = field(default_factory=dict)   # extra kernel arguments (rank reorder's baseline)
+
+
+def prepare_layer(name: str, q: torch.Tensor, params: dict[str, Any], unit_offset: int = 0) -> LayerPrep:
+    """Select each neuron's example images once per layer (and rank reorder's seeded baseline)."""
+    method = METHODS[name]
+    N = q.shape[0]
+    if method.examples == "top_k":
+        idx = top_images(q, int(params["top_k"]))
+        rows, idx = example_rows(idx, N)  # the images some neuron uses, selected once per layer
+        return LayerPrep(N if rows is None else rows.numel(), idx, rows)
+    if method.examples == "top_fraction":
+        n = examples_needed(name, params, N)
+        idx = top_images(q, n)
+        t = torch.gather(q, 0, idx).to(torch.float64)
+        baseline = rank_reorder_baseline(t, params["p"], int(params["n_perm"]), int(params["seed"]), unit_offset)
+        return LayerPrep(n, idx, kw={"idx": idx, "baseline": baseline})
+    return LayerPrep(N)
 
 
 # ---------------------------------------------------------------------------
@@ -580,9 +635,9 @@ def plan_chunk(name: str, rows: int, neurons: int, max_memory: int = DEFAULT_MAX
     off the top. The result is a multiple of TILE and at least one TILE, so the floor
     is rows x TILE x 4 bytes whatever the budget.
     """
-    pmi = name in ("softwpmi", "wpmi")
-    fixed = 48 << 20 if pmi else 0
-    per_concept = (4 if pmi else 24) * rows + 100 * neurons
+    method = METHODS[name]
+    fixed = 48 << 20 if method.pmi else 0
+    per_concept = method.bytes_per_row * rows + 100 * neurons
     n = max(0, max_memory - fixed) // max(1, per_concept)
     return max(TILE, (n // TILE) * TILE)
 
@@ -640,88 +695,100 @@ def score_layer(
     """
     if passes not in ("auto", "one", "two"):
         raise ValueError(f"passes must be 'auto', 'one' or 'two', got {passes!r}")
-    if name not in KERNELS:
+    if name not in METHODS:
         resolve_params(name)  # raises the user-facing error
+    method = METHODS[name]
     N, C = q.shape
     M = text_emb.shape[0]
-    kernel = KERNELS[name]
-    kw = dict(params)
     q = q.to(image_emb.device, torch.float32)
     image_emb, text_emb = image_emb.to(torch.float32).contiguous(), text_emb.to(torch.float32).contiguous()
-
-    # Work shared by all concept blocks.
-    pmi = name in ("softwpmi", "wpmi")
-    rows_read = N
-    if pmi:
-        idx = top_images(q, int(params["top_k"]))
-        rows, idx = example_rows(idx, N)  # the images some neuron uses, selected once per layer
-        rows_read = N if rows is None else rows.numel()
-    elif name == "rank-reorder":
-        n = examples_needed(name, params, N)
-        idx = top_images(q, n)
-        t = torch.gather(q, 0, idx).to(torch.float64)
-        kw.update(idx=idx, baseline=rank_reorder_baseline(t, params["p"], int(params["n_perm"]), int(params["seed"]), unit_offset))
-        rows_read = n
+    prep = prepare_layer(name, q, params, unit_offset)  # work shared by all concept blocks
     row_block = 0
-    if pmi and passes != "two" and float(params["a"]) <= _F32_SOFTMAX_MAX_A:
-        row_block = plan_single_pass(rows_read, C, M, max_memory)
+    if method.pmi and passes != "two" and float(params["a"]) <= _F32_SOFTMAX_MAX_A:
+        row_block = plan_single_pass(prep.rows_read, C, M, max_memory)
         if passes == "one" and not row_block:
-            row_block = min(rows_read, ROW_TILE)
+            row_block = min(prep.rows_read, ROW_TILE)
     if row_block:
-        # One product pass: all scores into a [C, M] accumulator, then the same top-K merge
-        # over concept blocks, taken from the accumulator.
-        done = [0.0, 0]
-        def rows_done(frac: float) -> None:
-            done[0] += frac * M
-            step = min(M, round(done[0])) - done[1]
-            if step > 0 and progress is not None:
-                progress(step)
-            done[1] += step
-        weights = softwpmi_weights(int(params["top_k"]), params["p_start"], params["p_end"], device=q.device) if name == "softwpmi" else None
-        score_all = pmi_single_pass(image_emb, text_emb, float(params["a"]), idx, rows, weights, float(params["min_prob"]),
-                                    row_block, progress=rows_done)
-        if done[1] < M and progress is not None:
-            progress(M - done[1])
+        # One product pass: all raw scores into a [C, M] accumulator, then the same top-K
+        # merge over concept blocks, taken from the accumulator.
+        score_all = _single_pass_scores(name, params, image_emb, text_emb, prep, row_block, progress)
         progress = None
         if full:
             return population_correction(score_all, float(params["lam"]), population)
-        kernel = lambda q, I, T, *, span, **_: (population_correction(score_all[:, span], float(params["lam"]), population),
-                                                  score_all[:, span])
         chunk = chunk or max(TILE, (max(0, max_memory - C * M * 8) // max(1, 100 * C)) // TILE * TILE)
-    chunk = chunk or plan_chunk(name, rows_read, C, max_memory)
-    chunk = -(-chunk // TILE) * TILE  # blocks hold whole tiles (see ``cosines``)
-    if pmi and not row_block:
-        log_z = log_softmax_denominator(image_emb, text_emb, float(params["a"]), chunk, rows)
-        kw.update(idx=idx, log_z=log_z, rows=rows, prepared=True, population=population)
-
-    if pmi and not full:
-        kw["return_score"] = True
-    k = min(top, M)
-    best_v = torch.full((C, 0), -math.inf, dtype=torch.float64, device=q.device)
-    best_t = torch.zeros((C, 0), dtype=torch.float64, device=q.device)
-    best_i = torch.zeros((C, 0), dtype=torch.long, device=q.device)
-    blocks = []
-    for s in range(0, M, chunk):
-        out = (kernel(q, image_emb, None, span=slice(s, s + chunk)) if row_block
-               else kernel(q, image_emb, text_emb[s : s + chunk], **kw))
-        sim, tie = out if (pmi and not full) else (out, torch.zeros_like(out))
-        del out
-        if full:
-            blocks.append(sim)
-        else:
-            cand_v = torch.cat([best_v, sim], dim=1)
-            cand_t = torch.cat([best_t, tie], dim=1)
-            cand_i = torch.cat([best_i, torch.arange(s, s + sim.shape[1], device=q.device).expand(C, -1)], dim=1)
-            del sim, tie
-            order = _topk_stable(cand_v, cand_t, cand_i, k, quantize=pmi)
-            best_v = torch.gather(cand_v, 1, order)
-            best_t = torch.gather(cand_t, 1, order)
-            best_i = torch.gather(cand_i, 1, order)
-            del cand_v, cand_t, cand_i
-        if progress is not None:
-            progress(min(chunk, M - s))
+        chunk = -(-chunk // TILE) * TILE
+        blocks = _accumulator_blocks(score_all, float(params["lam"]), population, chunk)
+    else:
+        chunk = chunk or plan_chunk(name, prep.rows_read, C, max_memory)
+        chunk = -(-chunk // TILE) * TILE  # blocks hold whole tiles (see ``cosines``)
+        blocks = _kernel_blocks(name, params, q, image_emb, text_emb, prep, chunk, population, with_score=not full)
     if full:
-        return torch.cat(blocks, dim=1)
+        out = []
+        for _, sim, _ in blocks:
+            out.append(sim)
+            if progress is not None:
+                progress(sim.shape[1])
+        return torch.cat(out, dim=1)
+    return _merge_blocks(blocks, C, min(top, M), quantize=method.pmi, device=q.device, progress=progress)
+
+
+def _single_pass_scores(name, params, image_emb, text_emb, prep: LayerPrep, row_block: int, progress) -> torch.Tensor:
+    """SoftWPMI/WPMI raw scores [C, M] in one product pass (``pmi_single_pass``), reporting progress in concepts."""
+    M = text_emb.shape[0]
+    done = [0.0, 0]
+
+    def rows_done(frac: float) -> None:
+        done[0] += frac * M
+        step = min(M, round(done[0])) - done[1]
+        if step > 0 and progress is not None:
+            progress(step)
+        done[1] += step
+
+    score_all = pmi_single_pass(image_emb, text_emb, float(params["a"]), prep.idx, prep.rows,
+                                membership_weights(name, params, image_emb.device), float(params["min_prob"]),
+                                row_block, progress=rows_done)
+    if done[1] < M and progress is not None:
+        progress(M - done[1])
+    return score_all
+
+
+def _accumulator_blocks(score_all: torch.Tensor, lam: float, population, chunk: int):
+    """(start, sim, raw score) for blocks of concepts, from the one-pass accumulator of raw scores."""
+    for s in range(0, score_all.shape[1], chunk):
+        score = score_all[:, s : s + chunk]
+        yield s, population_correction(score, lam, population), score
+
+
+def _kernel_blocks(name, params, q, image_emb, text_emb, prep: LayerPrep, chunk: int, population, with_score: bool):
+    """(start, sim, tie-breaker or None) for blocks of concepts, each scored by the method's kernel."""
+    method = METHODS[name]
+    kw = dict(params, **prep.kw)
+    if method.pmi:
+        log_z = log_softmax_denominator(image_emb, text_emb, float(params["a"]), chunk, prep.rows)
+        kw.update(idx=prep.idx, log_z=log_z, rows=prep.rows, prepared=True, population=population,
+                  return_score=with_score)
+    for s in range(0, text_emb.shape[0], chunk):
+        out = method.kernel(q, image_emb, text_emb[s : s + chunk], **kw)
+        sim, tie = out if (method.pmi and with_score) else (out, None)
+        yield s, sim, tie
+
+
+def _merge_blocks(blocks, C: int, k: int, quantize: bool, device, progress=None) -> LayerScores:
+    """Each neuron's running top ``k`` over blocks of (start, sim, tie-breaker or None) (``_topk_stable``)."""
+    best_v = torch.full((C, 0), -math.inf, dtype=torch.float64, device=device)
+    best_t = torch.zeros((C, 0), dtype=torch.float64, device=device)
+    best_i = torch.zeros((C, 0), dtype=torch.long, device=device)
+    for s, sim, tie in blocks:
+        n = sim.shape[1]
+        cand_v = torch.cat([best_v, sim], dim=1)
+        cand_t = torch.cat([best_t, torch.zeros_like(sim) if tie is None else tie], dim=1)
+        cand_i = torch.cat([best_i, torch.arange(s, s + n, device=device).expand(C, -1)], dim=1)
+        del sim, tie
+        order = _topk_stable(cand_v, cand_t, cand_i, k, quantize=quantize)
+        best_v, best_t, best_i = (torch.gather(x, 1, order) for x in (cand_v, cand_t, cand_i))
+        del cand_v, cand_t, cand_i
+        if progress is not None:
+            progress(n)
     return LayerScores(indices=best_i, values=best_v)
 
 
@@ -785,38 +852,28 @@ def score_extra_texts(
     depend on the rest of the concept set. Memory as ``score_layer``: blocks of texts
     sized from ``max_memory``.
     """
-    if name not in KERNELS:
+    if name not in METHODS:
         resolve_params(name)
-    N, C = q.shape
+    method = METHODS[name]
+    C = q.shape[1]
     q = q.to(image_emb.device, torch.float32)
     image_emb = image_emb.to(torch.float32).contiguous()
     extra_emb = extra_emb.to(torch.float32).contiguous()
-    kw = dict(params)
-    pmi = name in ("softwpmi", "wpmi")
-    rows_read = N
-    if pmi:
-        idx = top_images(q, int(params["top_k"]))
-        rows, idx = example_rows(idx, N)
-        rows_read = N if rows is None else rows.numel()
-    elif name == "rank-reorder":
-        n = examples_needed(name, params, N)
-        idx_rr = top_images(q, n)
-        t = torch.gather(q, 0, idx_rr).to(torch.float64)
-        kw.update(idx=idx_rr, baseline=rank_reorder_baseline(t, params["p"], int(params["n_perm"]), int(params["seed"])))
-        rows_read = n
-    chunk = chunk or plan_chunk(name, rows_read, C, max_memory)
+    prep = prepare_layer(name, q, params)
+    chunk = chunk or plan_chunk(name, prep.rows_read, C, max_memory)
     chunk = -(-chunk // TILE) * TILE
-    if pmi:
+    if method.pmi:
         a = float(params["a"])
-        log_z = log_softmax_denominator(image_emb, concept_emb.to(torch.float32).contiguous(), a, chunk, rows)
-        weights = softwpmi_weights(int(params["top_k"]), params["p_start"], params["p_end"], device=q.device) if name == "softwpmi" else None
+        log_z = log_softmax_denominator(image_emb, concept_emb.to(torch.float32).contiguous(), a, chunk, prep.rows)
+        weights = membership_weights(name, params, q.device)
+    kw = dict(params, **prep.kw)
     for s in range(0, extra_emb.shape[0], chunk):
         block = extra_emb[s : s + chunk]
-        if pmi:
-            p = probabilities(image_emb, block, a, log_z, rows)
-            score = pmi_scores(p, idx, weights, float(params["min_prob"]))
+        if method.pmi:
+            p = probabilities(image_emb, block, a, log_z, prep.rows)
+            score = pmi_scores(p, prep.idx, weights, float(params["min_prob"]))
             sim = population_correction(score, float(params["lam"]))
             yield (s, sim, score) if return_score else (s, sim)
         else:
-            sim = KERNELS[name](q, image_emb, block, **kw)
+            sim = method.kernel(q, image_emb, block, **kw)
             yield (s, sim, None) if return_score else (s, sim)
