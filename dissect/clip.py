@@ -328,11 +328,12 @@ def load_clip(spec: str | ClipSpec, device) -> Clip:
     return Clip(spec, model, preprocess, tokenizer, pcfg, clip_fingerprint(spec, activation), device, int(ctx), built)
 
 
-def reload_clip(spec: str, expected_fingerprint: str, made: str, device) -> Clip:
-    """Load the CLIP model an artifact names, checking it is the one that made ``made``."""
+def reload_clip(spec: str, expected_fingerprint: str, made: str, device, loaded: Clip | None = None) -> Clip:
+    """The CLIP model an artifact names, checked to be the one that made ``made``: ``loaded`` when given (a run
+    that has it in memory), else loaded from ``spec``."""
     from .errors import MismatchError
 
-    clip = load_clip(parse_clip_spec(spec), device)
+    clip = loaded if loaded is not None else load_clip(parse_clip_spec(spec), device)
     if clip.fingerprint != expected_fingerprint:
         raise MismatchError(
             f"the CLIP model {spec}, as this dissect builds it, is not the one that made {made}: its files changed, "

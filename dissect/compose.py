@@ -80,14 +80,14 @@ class ComposedTextCache:
 
 
 def embed_composed(texts: list[str], images: A.Embeddings, device: str = "auto", cache: str | os.PathLike | None = None,
-                   batch_size: int = 256) -> tuple[np.ndarray, int]:
-    """[U, d] embeddings of ``texts`` (unique) and how many had to be embedded now."""
+                   batch_size: int = 256, clip=None) -> tuple[np.ndarray, int]:
+    """[U, d] embeddings of ``texts`` (unique) and how many had to be embedded now (with ``clip`` when loaded)."""
     store = ComposedTextCache(images.clip_fingerprint, cache)
     emb, missing = store.lookup(texts)
     if missing:
         from .clip import encode_texts, reload_clip
 
-        clip = reload_clip(images.clip_spec, images.clip_fingerprint, str(images.path), resolve_device(device))
+        clip = reload_clip(images.clip_spec, images.clip_fingerprint, str(images.path), resolve_device(device), clip)
         out = []
         with progress("embed compositions", len(missing), "texts") as advance:
             for s in range(0, len(missing), batch_size):
@@ -146,12 +146,15 @@ def compose(
     max_memory: int | None = None,
     cache: str | os.PathLike | None = None,
     extra_metadata: dict[str, Any] | None = None,
+    clip=None,
 ):
     """Compositional labels for the neurons of ``layers``; writes ``out`` (Parquet) and returns a pyarrow Table.
 
     Candidates are each neuron's top ``top_k`` single concepts, from ``labels`` (a
     labels.parquet made from the same inputs, whose ``candidates`` then decide the
-    pairs whatever ``sim``) or computed here with ``sim``.
+    pairs whatever ``sim``) or computed here with ``sim``. ``clip``: the CLIP model of
+    images.h5, already loaded, to embed the compositions with (otherwise loaded when
+    they are not cached).
     """
     import pyarrow as pa
     import torch
@@ -170,7 +173,7 @@ def compose(
     inputs = [images, activations, text, labels]
     if out is not None and str(out) != A.STDOUT:
         out = A.check_output_path(out, inputs)
-    img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, device)
+    img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, device, clip=clip)
     budget = max_memory or DEFAULT_MAX_MEMORY
     from .similarity import check_probe_size
 
@@ -210,7 +213,7 @@ def compose(
         # Level 2: pairs of each neuron's candidates; level 3: the best pairs grown by one more candidate.
         pairs = itertools.permutations if ordered else itertools.combinations
         options = [[(c,) for c in cands] + list(pairs(cands, 2)) for cands in cand]
-        scored = _score_level(options, txt.keys, template, sim, q, I, T, params, budget, img, device, cache)
+        scored = _score_level(options, txt.keys, template, sim, q, I, T, params, budget, img, device, cache, clip)
         n_embedded += scored.embedded
         n_texts += scored.unique
         if depth == 3:
@@ -218,7 +221,7 @@ def compose(
                 beams = [p for p in scored.ranked[u] if len(p) == 2][:beam]
                 grown = {p + (c,) for p in beams for c in cands if c not in p}
                 options[u] = options[u] + sorted(grown)
-            scored = _score_level(options, txt.keys, template, sim, q, I, T, params, budget, img, device, cache)
+            scored = _score_level(options, txt.keys, template, sim, q, I, T, params, budget, img, device, cache, clip)
             n_embedded += scored.embedded
             n_texts += scored.unique
         for u in range(C):
@@ -270,7 +273,7 @@ class _Scored:
     unique: int
 
 
-def _score_level(options, keys, template, sim, q, I, T, params, budget, img, device, cache) -> _Scored:
+def _score_level(options, keys, template, sim, q, I, T, params, budget, img, device, cache, clip=None) -> _Scored:
     """Score each neuron's own options (single concepts and compositions) in the extended concept set.
 
     The compositions of the whole layer join the concept set: for SoftWPMI and WPMI the
@@ -282,7 +285,7 @@ def _score_level(options, keys, template, sim, q, I, T, params, budget, img, dev
 
     texts_of = [[_render([keys[i] for i in p], template) for p in opts] for opts in options]
     composed = list(dict.fromkeys(t for opts, ts in zip(options, texts_of) for p, t in zip(opts, ts) if len(p) > 1))
-    E, embedded = embed_composed(composed, img, device, cache)
+    E, embedded = embed_composed(composed, img, device, cache, clip=clip)
     E_t = torch.from_numpy(E).to(I.device)
     extended = torch.cat([T.to(torch.float32), E_t.to(torch.float32)])    # the concept set the softmax runs over
     single_rows = sorted({p[0] for opts in options for p in opts if len(p) == 1})

@@ -267,12 +267,14 @@ def text_for_images(
     cache: str | os.PathLike | None = None,
     device: str = "auto",
     batch_size: int = 256,
+    clip: Clip | None = None,
 ) -> A.Embeddings:
     """Text embeddings of ``concepts`` made with the CLIP model recorded in ``images``.
 
     Cached under ``cache`` (default :func:`cache_dir`) by the fingerprint of the CLIP
     model and the concept list's contents: a second call with the same concepts
-    loads no model at all.
+    loads no model at all. ``clip``: that model, already loaded (checked against
+    ``images``); otherwise it is loaded from the spec ``images`` records.
     """
     if not isinstance(concepts, ConceptSet):
         concepts = load_concepts(concepts)
@@ -285,7 +287,7 @@ def text_for_images(
         info(f"using cached text embeddings {path}")
         return text
     _report_concepts(concepts)
-    clip = reload_clip(images.clip_spec, images.clip_fingerprint, str(images.path), resolve_device(device))
+    clip = reload_clip(images.clip_spec, images.clip_fingerprint, str(images.path), resolve_device(device), clip)
     emb = compute_text_embeddings(clip, concepts, batch_size)
     folder.mkdir(parents=True, exist_ok=True)
     attrs = _text_attrs(clip, concepts, batch_size)

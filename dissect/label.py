@@ -65,10 +65,13 @@ def align_ids(images: A.Embeddings, acts: A.Activations) -> tuple[np.ndarray | N
     return img_rows, act_rows
 
 
-def open_inputs(images, activations, text=None, concepts=None, layers=None, device="auto", cache=None, batch_size=256):
+def open_inputs(images, activations, text=None, concepts=None, layers=None, device="auto", cache=None, batch_size=256,
+                clip=None):
     """Image embeddings, text embeddings and the activation file, aligned by id (as ``dissect label`` reads them).
 
-    Returns (images, activations without matrices, row order of the activations or None, text)."""
+    ``concepts`` are embedded with ``clip`` when given (a loaded ``clip.Clip``), else with the
+    CLIP model images.h5 records. Returns (images, activations without matrices, row order of
+    the activations or None, text)."""
     if (text is None) == (concepts is None):
         raise UsageError("give exactly one of --text and --concepts")
     img = A.read_image_embeddings(images)
@@ -82,7 +85,7 @@ def open_inputs(images, activations, text=None, concepts=None, layers=None, devi
     else:
         from .embed import text_for_images
 
-        txt = text_for_images(img, concepts, cache=cache, device=device, batch_size=batch_size)
+        txt = text_for_images(img, concepts, cache=cache, device=device, batch_size=batch_size, clip=clip)
     A.check_same_clip(img, txt)
     return img, acts, order, txt
 
@@ -104,11 +107,13 @@ def label(
     cache: str | os.PathLike | None = None,
     batch_size: int = 256,
     extra_metadata: dict[str, Any] | None = None,
+    clip=None,
 ):
     """Label the neurons of ``layers`` (default: all in the file); returns a pyarrow Table.
 
     Writes ``out`` (Parquet; '-' for standard output) unless it is None; ``extra_metadata``
-    is merged into the schema metadata.
+    is merged into the schema metadata. ``clip``: the CLIP model of images.h5, already
+    loaded, to embed ``concepts`` with (otherwise loaded when they are not cached).
     """
     import pyarrow as pa
     import torch
@@ -127,7 +132,7 @@ def label(
         out = A.check_output_path(out, inputs)
 
     # Matrices are not loaded here: layer names are checked, then layers are read one at a time.
-    img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, device, cache, batch_size)
+    img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, device, cache, batch_size, clip)
     if text is not None:
         concept_meta = {"name": txt.attrs.get("concept_set", str(text)), "source": txt.attrs.get("concept_source", str(Path(text).resolve()))}
     else:

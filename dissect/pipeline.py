@@ -87,6 +87,11 @@ class _Run:
             self._clip = load_clip(self.clip_spec, self.device)
         return self._clip
 
+    @property
+    def loaded_clip(self) -> Clip | None:
+        """The CLIP model if this run has it in memory (None: not loaded)."""
+        return self._clip
+
     def drop_clip(self) -> None:
         self._clip = None
 
@@ -144,8 +149,8 @@ def run(
         _merge_shards(ctx.dir)
     _embed_text(ctx, text_batch_size, dtype)
     plan = _activations_plan(ctx, target, layers, summary, layout)
-    _image_pass(ctx, plan, summary, layout, dtype)
-    del target, plan  # free the network (and CLIP, dropped by the pass) before labelling
+    _image_pass(ctx, plan, summary, layout, dtype, keep_clip=compose)
+    del target, plan  # free the network (and CLIP, unless compose embeds with it) before labelling
     labels_fp = _label(ctx, layers, summary, layout, sim, params, resolved, top, seed, chunk, max_memory)
     if compose and ctx.lead:  # compose is not split across ranks: rank 0 runs it
         _compose(ctx, labels_fp, layers, sim, params, top, compose_top_k, compose_template, max_memory)
@@ -232,7 +237,7 @@ def _activations_plan(ctx: _Run, target: Target, layers: list[str], summary: str
 
 
 def _image_pass(ctx: _Run, plan: RecordPlan, summary: str, layout: str, dtype: str, outs: dict[str, Path] | None = None,
-                shard: str | None = None) -> None:
+                shard: str | None = None, keep_clip: bool = False) -> None:
     """One pass over the probe for whatever images.h5 and activations.h5 lack (``outs``: other files, a shard's).
 
     Each image is decoded once and fed to CLIP and to the target model, each with its own
@@ -245,7 +250,7 @@ def _image_pass(ctx: _Run, plan: RecordPlan, summary: str, layout: str, dtype: s
         info(f"{'reusing' if images_ok else 'computing'} {ctx.images} ({why})")
         ctx.steps["images"] = {"path": ctx.images.name, "reused": images_ok}
         outs = {"images": ctx.images, "activations": ctx.activations}
-    if images_ok:
+    if images_ok and not keep_clip:
         ctx.drop_clip()  # it made the text embeddings; the pass does not need it
     opts, n = ctx.options, len(ctx.probe)
     consumers: dict[str, Any] = {}
@@ -267,7 +272,8 @@ def _image_pass(ctx: _Run, plan: RecordPlan, summary: str, layout: str, dtype: s
                 execute(ctx.probe, consumers, pp, opts, (f"shard {shard}: " if shard else "") + what, ctx.device)
         else:
             execute(ctx.probe, consumers, pp, opts, what, ctx.device)
-    ctx.drop_clip()
+    if not keep_clip:
+        ctx.drop_clip()
     ctx.barrier()
 
 
@@ -327,7 +333,8 @@ def _compose(ctx: _Run, labels_fp, layers, sim, params, top, top_k, template, ma
         # The labels' candidates are reused when they hold enough (--top >= --compose-top-k).
         compose_labels(ctx.images, ctx.activations, path, text=ctx.text, labels=ctx.labels if top >= top_k else None,
                        sim=sim, params=params, layers=layers, top_k=top_k, template=template, top=top,
-                       device=str(ctx.device), max_memory=max_memory, extra_metadata={"run_fingerprint": compose_fp})
+                       device=str(ctx.device), max_memory=max_memory, extra_metadata={"run_fingerprint": compose_fp},
+                       clip=ctx.loaded_clip)  # the run's model when in memory: not loaded again from a spec
     ctx.steps["composed"] = {"path": path.name, "reused": reuse}
 
 

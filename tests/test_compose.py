@@ -118,3 +118,20 @@ def test_run_with_compose_writes_and_then_reuses_composed_labels(tmp_path, tiny_
     assert manifest["steps"]["composed"]["reused"] is False
     r = invoke(*args)
     assert "reusing" in r.stderr and json.loads((tmp_path / "run" / "run.json").read_text())["steps"]["composed"]["reused"]
+
+
+def test_run_with_compose_loads_clip_once(tmp_path, tiny_clip, probe_dir, monkeypatch):
+    """compose embeds the compositions with the run's own CLIP model, not a second copy loaded from images.h5's spec."""
+    import dissect.clip
+    from dissect.pipeline import run
+
+    monkeypatch.setenv("DISSECT_CACHE", str(tmp_path / "cache"))  # no cached compositions
+    loads = []
+    real = dissect.clip.load_clip
+    monkeypatch.setattr(dissect.clip, "load_clip", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    concepts = tmp_path / "c.txt"
+    concepts.write_text("red\nblue\ngreen\nsquare\ncircle\ndog\ncat\ntree\n")
+    run([str(probe_dir)], tiny_clip, "timm:test_resnet", ["fc"], str(concepts), tmp_path / "run", weights="none",
+        params={"top_k": 5}, compose=True, compose_top_k=3, top=3, device="cpu", workers=0)
+    assert (tmp_path / "run" / "composed.parquet").exists()
+    assert len(loads) == 1, loads
