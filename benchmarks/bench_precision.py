@@ -46,7 +46,7 @@ def main() -> None:
     import pyarrow.parquet as pq
     import torch
 
-    from dissect import world
+    from dissect.demo import world
     from dissect.concepts import ConceptSet
     from dissect.demo import concept_sets, demo_specs
     from dissect.embed import embed_images, embed_text

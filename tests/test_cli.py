@@ -569,6 +569,7 @@ def test_wheel_installs_cli_inside_the_package(tmp_path):
     wheel = next(tmp_path.glob("*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "dissect/cli/main.py" in names and "dissect/concept_sets/20k.txt" in names
+    assert "dissect/demo/assets/tiny_clip/open_clip_model.safetensors" in names and "dissect/demo/world.py" in names
     assert not any(n.startswith(("cli/", "concept_sets/", "tests/")) for n in names)
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "dissect = dissect.cli.main:main" in zipfile.ZipFile(wheel).read(entry).decode()

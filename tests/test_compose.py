@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dissect import artifacts as A
-from dissect import world
+from dissect.demo import world
 from dissect.demo import demo_specs, world_words
 
 from test_cli import assert_one_line_error, invoke

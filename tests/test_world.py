@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dissect import world
+from dissect.demo import world
 
-DEMO = Path(world.__file__).resolve().parent / "assets" / "demo"
+DEMO = Path(world.__file__).resolve().parent / "assets"
 CLIP_DIR = DEMO / "tiny_clip"
 CLF_DIR = DEMO / "classifier"
 

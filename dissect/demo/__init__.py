@@ -1,8 +1,8 @@
 """``dissect demo``: the whole method on a small world where every answer is known.
 
 A tiny CLIP and a small timm classifier were trained here on the procedural
-images of :mod:`dissect.world` (``scripts/train_demo.py``; weights ship in
-``dissect/assets/demo``). The demo generates a fresh probe set, runs the same
+images of :mod:`dissect.demo.world` (``scripts/train_demo.py``; weights ship in
+``dissect/demo/assets``). The demo generates a fresh probe set, runs the same
 library functions as the commands (embed-images, embed-text, record, label) and
 scores the labels against ground truth:
 
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import world
-from .concepts import load_concepts
+from ..concepts import load_concepts
 
 SIMILARITIES = ("softwpmi", "wpmi", "rank-reorder", "cos", "cos-cubed")
 #: A hidden unit "clearly prefers" a world word when that word's images raise its
@@ -43,7 +43,7 @@ def assets_dir() -> Path:
     import os
 
     env = os.environ.get("DISSECT_DEMO_ASSETS")
-    return Path(env) if env else Path(str(resources.files("dissect") / "assets" / "demo"))
+    return Path(env) if env else Path(str(resources.files("dissect.demo") / "assets"))
 
 
 @dataclass
@@ -154,14 +154,14 @@ def unit_truth(acts: np.ndarray, ids: list[str], attr_ids: list[str], attrs: dic
 def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 1234, device: str = "auto",
              batch_size: int = 128, workers: int | None = 0) -> DemoResult:
     """Generate the probe, run the pipeline through the library stages, score the labels."""
-    from . import artifacts as A
-    from .clip import load_clip
-    from .concepts import ConceptSet
-    from .embed import embed_images, embed_text
-    from .label import label
-    from .models import PreprocessOverrides
-    from .record import record
-    from .runtime import info, resolve_device
+    from .. import artifacts as A
+    from ..clip import load_clip
+    from ..concepts import ConceptSet
+    from ..embed import embed_images, embed_text
+    from ..label import label
+    from ..models import PreprocessOverrides
+    from ..record import record
+    from ..runtime import info, resolve_device
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
