@@ -28,12 +28,12 @@ def compose(
     depth: Annotated[int, typer.Option("--depth", min=2, max=3, help="Parts per label: 2, or 3 by beam search from the best pairs.")] = 2,
     beam: Annotated[int, typer.Option("--beam", min=1, help="Pairs per neuron extended at --depth 3.")] = 5,
     top: O.Top = 5,
-    max_memory: O.MaxMemory = "256MB",
+    max_memory: O.MaxMemory = O.DEFAULT_MAX_MEMORY,
     device: O.Device = "auto",
 ):
     """Compositional labels ("striped animal"): pairs of each neuron's best concepts, scored like single ones (paper App. A.4)."""
-    from dissect.compose import compose as run
+    from dissect import compose as stage
 
-    run(images, activations, out, text=text, concepts=concepts, labels=labels, sim=sim, params=O.parse_params(param),
+    stage.compose(images, activations, out, text=text, concepts=concepts, labels=labels, sim=sim, params=O.parse_params(param),
         layers=O.split_list(layers) or None, top_k=top_k, template=template, ordered=ordered, depth=depth, beam=beam,
         top=top, device=device, max_memory=O.parse_size(max_memory))

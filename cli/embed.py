@@ -21,9 +21,9 @@ def embed_images(
     checkpoint_every: O.CheckpointEvery = None,
 ):
     """Embed probe images with CLIP's image encoder -> images.h5 (unreadable images are skipped and listed)."""
-    from dissect.embed import embed_images as run
+    from dissect import embed as stage
 
-    run(probe, clip, out, dtype=dtype, options=O.pass_options(device, batch_size, workers, precision, strict, checkpoint_every,
+    stage.embed_images(probe, clip, out, dtype=dtype, options=O.pass_options(device, batch_size, workers, precision, strict, checkpoint_every,
                                                               shard=shard))
 
 
@@ -39,6 +39,6 @@ def embed_text(
     strict: O.Strict = False,
 ):
     """Embed a concept set (a .txt file or a shipped set name) with CLIP's text encoder -> text.h5."""
-    from dissect.embed import embed_text as run
+    from dissect import embed as stage
 
-    run(concepts, clip, out, device=device, batch_size=batch_size, precision=precision, dtype=dtype, strict=strict)
+    stage.embed_text(concepts, clip, out, device=device, batch_size=batch_size, precision=precision, dtype=dtype, strict=strict)

@@ -34,20 +34,20 @@ def evaluate(
 ):
     """Score labels against known concepts: accuracy, top-K, CLIP and sentence cosine (paper §4.2)."""
     from dissect import artifacts as A
-    from dissect.evaluate import evaluate as run
+    from dissect import evaluate as stage
     from dissect.evaluate import write_evaluation
 
     if out is not None:
         A.check_output_path(out, [*labels, truth])
         A.check_output_path(Path(out).with_suffix(".json"), [*labels, truth])
-    ev = run([str(p) for p in labels], truth, layer=layer, clip=clip, sentence_model=sentence_model, top_k=top_k,
+    ev = stage.evaluate([str(p) for p in labels], truth, layer=layer, clip=clip, sentence_model=sentence_model, top_k=top_k,
              cutoff=cutoff, device=device)
     _print_summary(ev)
     if out is not None:
         parquet, summary = write_evaluation(ev, out)
-        from dissect.runtime import info
+        from dissect.runtime import note
 
-        info(f"wrote {parquet} and {summary}")
+        note(f"wrote {parquet} and {summary}")
 
 
 def _print_summary(ev) -> None:
@@ -81,11 +81,11 @@ def _print_summary(ev) -> None:
 def _write_units(ev, out, stage: str) -> None:
     from dissect import artifacts as A
     from dissect.evaluate import write_units
-    from dissect.runtime import info
+    from dissect.runtime import note
 
     kind = {"predict-class": A.PREDICT_FORMAT, "stability": A.STABILITY_FORMAT, "pvalues": A.PVALUES_FORMAT}[stage]
     table, summary = write_units(ev, out, kind, f"evaluate {stage}")
-    info(f"wrote {table} and {summary}")
+    note(f"wrote {table} and {summary}")
 
 
 def _print_layers(ev, title: str, columns: list[tuple[str, str, str]]) -> None:
@@ -115,7 +115,7 @@ def stability(
     layers: O.LayersOptional = None,
     resamples: Annotated[int, typer.Option("--resamples", "-B", min=1, help="Bootstrap resamples of the probe set (each costs one `label` of the layer).")] = 20,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the resampling.")] = 0,
-    max_memory: O.MaxMemory = "256MB",
+    max_memory: O.MaxMemory = O.DEFAULT_MAX_MEMORY,
     device: O.Device = "auto",
 ):
     """How often each unit keeps its label when the probe set is resampled (bootstrap; nothing is re-encoded)."""
@@ -144,7 +144,7 @@ def pvalues(
     layers: O.LayersOptional = None,
     permutations: Annotated[int, typer.Option("--permutations", "-P", min=1, help="Shuffles of the activations (each costs one `label` of the layer); the smallest p-value is 1/(1+P).")] = 100,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the permutations.")] = 0,
-    max_memory: O.MaxMemory = "256MB",
+    max_memory: O.MaxMemory = O.DEFAULT_MAX_MEMORY,
     device: O.Device = "auto",
 ):
     """An empirical p-value per unit: how often shuffled activations reach the unit's best similarity."""
@@ -187,11 +187,10 @@ def predict_class(
 ):
     """App. A.6: how often the label of the unit contributing most to a prediction names the predicted class."""
     from dissect import artifacts as A
-    from dissect.evaluate import predict_class as run
-    from dissect.models import parse_model_args
+    from dissect import evaluate as stage
 
     A.check_output_path(out, [labels, activations])
-    ev = run(labels, activations, layer, model, classes, weights=weights, model_args=parse_model_args(model_arg), clip=clip,
+    ev = stage.predict_class(labels, activations, layer, model, classes, weights=weights, model_args=O.model_args(model_arg), clip=clip,
              sentence_model=sentence_model, device=device, mix=mix)
     row = ev.summary[0]
     cols = [("images", "images", ""), ("label = predicted class", "agreement_with_predicted", ".2%")]
@@ -225,12 +224,11 @@ def weights_cmd(
 
     from dissect import artifacts as A
     from dissect.evaluate import weight_analysis
-    from dissect.models import parse_model_args
-    from dissect.runtime import info
+    from dissect.runtime import note
 
     if out is not None:
         A.check_output_path(out, [labels])
-    res = weight_analysis(labels, layer, model, classes, weights=weights, model_args=parse_model_args(model_arg), clip=clip,
+    res = weight_analysis(labels, layer, model, classes, weights=weights, model_args=O.model_args(model_arg), clip=clip,
                           sentence_model=sentence_model, top_weights=top_weights, device=device, mix=mix)
     table = Table(title=f"{res['final_layer']} weights vs. label-class similarity ({res['similarity']})",
                   title_justify="left")
@@ -248,4 +246,4 @@ def weights_cmd(
         res["provenance"] = json.loads(A.provenance(stage="evaluate weights"))
         with A.atomic_path(out) as tmp:
             tmp.write_text(json.dumps(res, indent=2, default=str) + "\n")
-        info(f"wrote {out}")
+        note(f"wrote {out}")

@@ -19,14 +19,14 @@ def label(
     top: O.Top = 5,
     seed: O.Seed = None,
     chunk: O.Chunk = None,
-    max_memory: O.MaxMemory = "256MB",
+    max_memory: O.MaxMemory = O.DEFAULT_MAX_MEMORY,
     device: O.Device = "auto",
     batch_size: O.BatchSize = 256,
 ):
     """Label every neuron with its most similar concept -> labels.parquet (never reruns CLIP on images or the model)."""
-    from dissect.label import label as run
+    from dissect import label as stage
 
-    run(
+    stage.label(
         images,
         activations,
         out,

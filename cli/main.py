@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from . import compose, demo, embed, evaluate, label, record, report, run, show  # noqa: F401  (commands register themselves)
 from .app import app
 
@@ -28,9 +26,9 @@ def main() -> None:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         raise
     finally:
-        if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):  # torchrun: leave the process group together
-            from dissect.shards import shutdown_distributed
+        from dissect.shards import distributed_world, shutdown_distributed
 
+        if distributed_world() is not None:  # torchrun: leave the process group together
             shutdown_distributed(success=code == 0)
 
 

@@ -72,6 +72,8 @@ Images = Annotated[Path, typer.Option("--images", "-i", help="Image embeddings f
 Activations = Annotated[Path, typer.Option("--activations", "-a", help="Activations from `dissect record`.", show_default=False)]
 Chunk = Annotated[Optional[int], typer.Option("--chunk", min=1, help="Concepts scored per block [default: as many as fit --max-memory].")]
 MaxMemory = Annotated[str, typer.Option("--max-memory", help="Working-memory budget of the similarity computation, e.g. 512MB, 4GB.")]
+#: The default --max-memory (``similarity.DEFAULT_MAX_MEMORY``).
+DEFAULT_MAX_MEMORY = "256MB"
 Precision = Annotated[
     str, typer.Option("--precision", help="Forward-pass precision: fp32 (default; true fp32, TF32 off), tf32 (TF32 "
                                           "matmuls and convolutions on GPUs), paper (the official code's: CLIP in fp16 on "
@@ -104,16 +106,35 @@ def split_list(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
-def parse_params(items: list[str] | None) -> dict[str, str]:
+def parse_key_values(items: list[str] | None, flag: str, example: str, json_values: bool = False) -> dict:
+    """KEY=VALUE strings of a repeatable option -> dict (values parsed as JSON when ``json_values`` and they can be)."""
+    import json
+
     from dissect.errors import UsageError
 
-    out = {}
+    out: dict = {}
     for item in items or []:
-        k, sep, v = item.partition("=")
-        if not sep or not k.strip():
-            raise UsageError(f"--param {item!r} is not NAME=VALUE", hint="e.g. --param top_k=50")
-        out[k.strip()] = v.strip()
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} {item!r} is not KEY=VALUE", hint=f"e.g. {flag} {example}")
+        value = value.strip()
+        if json_values:
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        out[key.strip()] = value
     return out
+
+
+def parse_params(items: list[str] | None) -> dict[str, str]:
+    """--param NAME=VALUE (validated and typed by ``similarity.resolve_params``)."""
+    return parse_key_values(items, "--param", "top_k=50")
+
+
+def model_args(items: list[str] | None) -> dict:
+    """--model-arg KEY=VALUE for the model constructor, values parsed as JSON when they can be (numbers, true, lists)."""
+    return parse_key_values(items, "--model-arg", "num_classes=10", json_values=True)
 
 
 def parse_triple(name: str, value: str | None) -> tuple[float, ...] | None:

@@ -35,16 +35,15 @@ def record(
     channels_last: O.ChannelsLast = None,
 ):
     """Record each neuron's activation on every probe image -> activations.h5 (adds missing layers to an existing file)."""
-    from dissect.models import parse_model_args
-    from dissect.record import record as run
+    from dissect import record as stage
 
-    run(
+    stage.record(
         probe,
         model,
         O.split_list(layers),
         out,
         weights=weights,
-        model_args=parse_model_args(model_arg),
+        model_args=O.model_args(model_arg),
         summary=summary,
         layout=layout,
         overrides=O.overrides(input_size, crop_pct, mean, std, interpolation),
@@ -66,10 +65,9 @@ def layers(
     """List a model's layer names with output shapes and neuron counts (one dummy forward pass)."""
     import json
 
-    from dissect.models import parse_model_args
     from dissect.record import list_layers
 
-    target, infos = list_layers(model, weights, parse_model_args(model_arg), O.overrides(input_size, None, None, None, None),
+    target, infos = list_layers(model, weights, O.model_args(model_arg), O.overrides(input_size, None, None, None, None),
                                 device, layout)
     shown = [i for i in infos if all_modules or i.layout != "-"]
     if json_out:
@@ -125,11 +123,11 @@ def merge(
     out: O.Out,
 ):
     """Join the shards of an embed-images or record pass into the artifact one process would have written."""
-    from dissect.runtime import info
-    from dissect.shards import merge as run
+    from dissect.runtime import note
+    from dissect.shards import merge as merge_shards
 
-    path = run(shards, out)
-    info(f"wrote {path} from {len(shards)} shards")
+    path = merge_shards(shards, out)
+    note(f"wrote {path} from {len(shards)} shards")
 
 
 def _input_shape(target) -> str:

@@ -32,7 +32,6 @@ def report(
 ):
     """An HTML report: one card per neuron with its label, alternatives and most activating images."""
     from dissect.errors import UsageError
-    from dissect.models import parse_model_args
     from dissect.report import build_report, find_run
 
     if run_dir is not None:
@@ -46,4 +45,4 @@ def report(
         raise UsageError("give a run folder, or --labels, --activations and -o", hint="e.g. dissect report runs/x")
     build_report(labels, activations, out, probe=probe, composed=composed, metrics=metrics, top_images=top_images,
                  layers=O.split_list(layers) or None, percentiles=percentiles, single_file=single_file, cutoff=cutoff,
-                 model=model, weights=weights, model_args=parse_model_args(model_arg), device=device)
+                 model=model, weights=weights, model_args=O.model_args(model_arg), device=device)

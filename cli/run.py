@@ -32,7 +32,7 @@ def run(
     top: O.Top = 5,
     seed: O.Seed = None,
     chunk: O.Chunk = None,
-    max_memory: O.MaxMemory = "256MB",
+    max_memory: O.MaxMemory = O.DEFAULT_MAX_MEMORY,
     device: O.Device = "auto",
     batch_size: O.BatchSize = 64,
     workers: O.Workers = None,
@@ -47,7 +47,6 @@ def run(
     channels_last: O.ChannelsLast = None,
 ):
     """The whole pipeline into one run folder: embed-images, embed-text, record, label."""
-    from dissect.models import parse_model_args
     from dissect.pipeline import run as run_pipeline
 
     run_pipeline(
@@ -60,7 +59,7 @@ def run(
         sim=sim,
         params=O.parse_params(param),
         weights=weights,
-        model_args=parse_model_args(model_arg),
+        model_args=O.model_args(model_arg),
         summary=summary,
         layout=layout,
         overrides=O.overrides(input_size, crop_pct, mean, std, interpolation),

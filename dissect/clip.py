@@ -36,7 +36,7 @@ from typing import Any
 
 from .errors import ModelError, UsageError
 from .fingerprint import fingerprint, fingerprint_file
-from .runtime import info, warn
+from .runtime import note, warn
 
 
 @dataclass
@@ -324,7 +324,7 @@ def load_clip(spec: str | ClipSpec, device) -> Clip:
         raise ModelError(f"CLIP {spec} was built with {built}, but {activation.reason} asks for "
                          f"{'QuickGELU' if activation.quick_gelu else 'GELU'}", hint="please report this")
     if activation.forced:
-        info(f"CLIP {spec}: built with QuickGELU, as {activation.reason} was trained")
+        note(f"CLIP {spec}: built with QuickGELU, as {activation.reason} was trained")
     return Clip(spec, model, preprocess, tokenizer, pcfg, clip_fingerprint(spec, activation), device, int(ctx), built)
 
 

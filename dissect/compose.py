@@ -28,7 +28,7 @@ import numpy as np
 
 from . import artifacts as A
 from .errors import UsageError
-from .runtime import info, progress, resolve_device, warn
+from .runtime import note, progress, resolve_device, warn
 
 def check_template(template: str) -> str:
     try:
@@ -160,7 +160,7 @@ def compose(
     import torch
 
     from .label import open_inputs
-    from .similarity import DEFAULT_MAX_MEMORY, resolve_params, score_layer
+    from .similarity import memory_budget, resolve_params, score_layer
 
     check_template(template)
     if top_k < 2:
@@ -174,7 +174,7 @@ def compose(
     if out is not None and str(out) != A.STDOUT:
         out = A.check_output_path(out, inputs)
     img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, device, clip=clip)
-    budget = max_memory or DEFAULT_MAX_MEMORY
+    budget = memory_budget(max_memory)
     from .similarity import check_probe_size
 
     check_probe_size(sim, params, len(img.keys))
@@ -238,7 +238,7 @@ def compose(
             rows["gain"].append(float(values[0] - values[single]))
             rows["candidates"].append(texts)
             rows["candidate_similarities"].append([float(v) for v in values[:top]])
-    info(f"composed {n_texts} unique texts; embedded {n_embedded} new ({n_texts - n_embedded} cached)")
+    note(f"composed {n_texts} unique texts; embedded {n_embedded} new ({n_texts - n_embedded} cached)")
     meta = {
         "similarity": sim, "params": params, "top_k": top_k, "template": template, "ordered": ordered, "depth": depth,
         "beam": beam, "top": top, "candidates_from": str(Path(labels).resolve()) if labels else sim,
@@ -254,7 +254,7 @@ def compose(
     if out is not None:
         A.write_parquet(out, table, A.COMPOSED_FORMAT, meta)
         if str(out) != A.STDOUT:
-            info(f"wrote {out}: {table.num_rows} neurons with composed labels")
+            note(f"wrote {out}: {table.num_rows} neurons with composed labels")
     return table
 
 

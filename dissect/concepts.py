@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .fingerprint import fingerprint_strings
-from .runtime import cache_dir, info, warn
+from .runtime import cache_dir, note, warn
 
 
 @dataclass
@@ -76,7 +76,7 @@ def fetch_remote_set(rs: RemoteSet, timeout: float = 30.0) -> tuple[str, str]:
     import urllib.error
     import urllib.request
 
-    info(f"downloading {rs.name} ({rs.about}) from {rs.url}")
+    note(f"downloading {rs.name} ({rs.about}) from {rs.url}")
     try:
         with urllib.request.urlopen(rs.url, timeout=timeout) as r:
             data = r.read()

@@ -15,7 +15,7 @@ from .fingerprint import fingerprint
 from .errors import InputError, UsageError
 from .passes import PassOptions, execute, forward_errors
 from .probe import Probe, Skipped, image_sizes, kept_rows, open_probe, probe_files, report_skipped, skipped_attr
-from .runtime import DEFAULT_PRECISION, cache_dir, check_batch_size, info, progress, resolve_device, resolve_precision, warn
+from .runtime import DEFAULT_PRECISION, cache_dir, check_batch_size, note, progress, resolve_device, resolve_precision, warn
 
 
 def image_embeddings_fingerprint(clip_fp: str, probe_fp: str, precision: str = "fp32") -> str:
@@ -67,7 +67,7 @@ class ImageEmbedder:
         A.write_embeddings(out, A.IMAGE_FORMAT, self.embeddings[keep], [probe.ids[i] for i in keep], self.clip.name,
                            self.clip.pretrained, attrs, dtype=self.dtype, sizes=image_sizes(probe, keep))
         report_skipped(list(skipped), len(positions) if positions is not None else len(probe), out)
-        info(f"wrote {out}: {len(keep)} image embeddings (d={self.embeddings.shape[1]}, {self.dtype})")
+        note(f"wrote {out}: {len(keep)} image embeddings (d={self.embeddings.shape[1]}, {self.dtype})")
         return Path(out)
 
 
@@ -107,7 +107,7 @@ def embed_images(
         old = A.read_image_embeddings(out)
         embedder.restore(np.fromiter(reused, dtype=np.int64),
                          {"embeddings": old.embeddings[np.fromiter(reused.values(), dtype=np.int64)]})
-        info(f"{out}: reusing {len(reused)} unchanged image embeddings; embedding {len(probe) - len(reused)} new or changed")
+        note(f"{out}: reusing {len(reused)} unchanged image embeddings; embedding {len(probe) - len(reused)} new or changed")
     plan = plan_pass({"images": out}, len(probe), opts.shard,
                      [image_embeddings_fingerprint(clip.fingerprint, probe.fingerprint, precision)], opts.chunk,
                      clip.device, encode=[i for i in range(len(probe)) if i not in reused] if reused else None)
@@ -232,7 +232,7 @@ def embed_text(
     emb = _reuse_text(out, clip, precision, concepts)
     todo = [i for i, c in enumerate(concepts.concepts) if emb is None or c not in emb]
     if emb is not None and len(todo) < len(concepts.concepts):
-        info(f"{out}: reusing {len(concepts.concepts) - len(todo)} concept embeddings; embedding {len(todo)} new")
+        note(f"{out}: reusing {len(concepts.concepts) - len(todo)} concept embeddings; embedding {len(todo)} new")
     new = compute_text_embeddings(clip, ConceptSet(concepts.name, [concepts.concepts[i] for i in todo], concepts.source),
                                   batch_size, precision, strict) if todo else None
     vectors = np.zeros((len(concepts.concepts), _embed_dim(clip)), dtype=np.float32)
@@ -244,7 +244,7 @@ def embed_text(
     emb = vectors
     attrs = _text_attrs(clip, concepts, batch_size, precision, dtype)
     A.write_embeddings(out, A.TEXT_FORMAT, emb, concepts.concepts, clip.name, clip.pretrained, attrs, dtype=dtype)
-    info(f"wrote {out}: {len(concepts.concepts)} concept embeddings")
+    note(f"wrote {out}: {len(concepts.concepts)} concept embeddings")
     return Path(out)
 
 
@@ -284,7 +284,7 @@ def text_for_images(
     cached = A.peek_attrs(path, A.TEXT_FORMAT)
     if cached is not None and cached.get("fingerprint") == fp:
         text = A.read_text_embeddings(path)
-        info(f"using cached text embeddings {path}")
+        note(f"using cached text embeddings {path}")
         return text
     _report_concepts(concepts)
     clip = reload_clip(images.clip_spec, images.clip_fingerprint, str(images.path), resolve_device(device), clip)

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import artifacts as A
 from .errors import InputError, UsageError
-from .runtime import info, resolve_device, warn
+from .runtime import note, resolve_device, warn
 
 #: The sentence-embedding model of the paper's "mpnet cos".
 DEFAULT_SENTENCE_MODEL = "all-mpnet-base-v2"
@@ -139,7 +139,7 @@ def open_sentence_space(model: str | None, device: str = "auto") -> SentenceSpac
     try:
         import sentence_transformers  # noqa: F401
     except ImportError:
-        info(f"sentence cos left out: sentence-transformers is not installed ({EVAL_EXTRA})")
+        note(f"sentence cos left out: sentence-transformers is not installed ({EVAL_EXTRA})")
         return None
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -153,7 +153,7 @@ def open_sentence_space(model: str | None, device: str = "auto") -> SentenceSpac
         return SentenceSpace(model, device)
     except Exception as e:  # offline, unknown name, broken folder: all mean "not available"
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        info(f"sentence cos left out: cannot load sentence model {model!r} ({first}); download it where there is "
+        note(f"sentence cos left out: cannot load sentence model {model!r} ({first}); download it where there is "
              f"internet or pass a local copy with --sentence-model PATH")
         return None
 
@@ -330,7 +330,7 @@ def _relabel_inputs(images, activations, text, concepts, sim, params, layers, de
     import torch
 
     from .label import open_inputs
-    from .similarity import DEFAULT_MAX_MEMORY, check_probe_size, resolve_params
+    from .similarity import check_probe_size, memory_budget, resolve_params
 
     params = resolve_params(sim, params)
     img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, device)
@@ -338,7 +338,7 @@ def _relabel_inputs(images, activations, text, concepts, sim, params, layers, de
     I = torch.from_numpy(img.embeddings).to(dev)
     T = torch.from_numpy(txt.embeddings).to(dev)
     check_probe_size(sim, params, I.shape[0])
-    return params, acts, order, txt, I, T, dev, max_memory or DEFAULT_MAX_MEMORY
+    return params, acts, order, txt, I, T, dev, memory_budget(max_memory)
 
 
 def label_stability(images, activations, text=None, concepts=None, sim: str = "softwpmi", params=None,
@@ -567,7 +567,7 @@ def _concept_similarity(labels: list[str], classes: list[str], clip_space, sente
     ``mix`` says (``MIXES``); without a sentence model, CLIP cos alone, said in one line."""
     weights, what = _mix_spaces(mix), MIXES[mix][1]
     if "sentence" in weights and sentence is None:
-        info(f"label-class similarity: CLIP cos only, not {what} (no sentence model; {EVAL_EXTRA})")
+        note(f"label-class similarity: CLIP cos only, not {what} (no sentence model; {EVAL_EXTRA})")
         weights, what = MIXES["clip"]
 
     def sim(space):

@@ -84,10 +84,6 @@ def parse_layout(spec: "str | LayoutRequest | None") -> LayoutRequest:
     return req
 
 
-def module_names(model: torch.nn.Module) -> list[str]:
-    return [n for n, _ in model.named_modules() if n]
-
-
 def resolve_layers(model: torch.nn.Module, names: list[str], spec: str = "MODEL") -> list[str]:
     """Check every requested layer name exists; fail with the closest matches."""
     if not names:
@@ -415,9 +411,9 @@ class Recorder:
         self.model, self.layers, self.summary = model, list(layers), summary
         self.keep_raw = keep_raw
         if isinstance(layout, dict):
-            self.request, self.info = LayoutRequest(), dict(layout)
+            self.request, self.layer_info = LayoutRequest(), dict(layout)
         else:
-            self.request, self.info = parse_layout(layout), {}
+            self.request, self.layer_info = parse_layout(layout), {}
         self._handles: list[Any] = []
         self._out: dict[str, torch.Tensor] = {}
         self._probing = False
@@ -447,7 +443,7 @@ class Recorder:
             if name in self._out:
                 raise ModelError(f"layer {name} ran twice in one forward pass",
                                  hint="record a module that runs once (see `dissect layers`)")
-            info = self.info[name]
+            info = self.layer_info[name]
             if not isinstance(output, torch.Tensor) or tuple(output.shape[1:]) != info.raw_shape:
                 got = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else type(output).__name__
                 raise ModelError(f"layer {name} gave {got} on this batch but {info.raw_shape} when its layout was "
@@ -461,14 +457,14 @@ class Recorder:
 
     def resolve(self, example: torch.Tensor) -> dict[str, LayerInfo]:
         """Decide every layer's layout from one forward pass of ``example`` (if not given)."""
-        if not all(n in self.info for n in self.layers):
+        if not all(n in self.layer_info for n in self.layers):
             self._probing = True  # our own hooks stay quiet during the probe pass
             try:
                 infos = probe_layers(self.model, example[:1], self.request)
             finally:
                 self._probing = False
-            self.info.update(check_recordable(infos, [n for n in self.layers if n not in self.info]))
-        return self.info
+            self.layer_info.update(check_recordable(infos, [n for n in self.layers if n not in self.layer_info]))
+        return self.layer_info
 
     def run(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward ``batch``; returns each layer's (N, C) summary (or raw output with keep_raw)."""

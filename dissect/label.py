@@ -17,8 +17,8 @@ import numpy as np
 from . import artifacts as A
 from .concepts import ConceptSet
 from .errors import MismatchError, UsageError
-from .runtime import info, progress, resolve_device, warn
-from .similarity import DEFAULT_MAX_MEMORY, METHODS, check_probe_size, resolve_params, score_layer
+from .runtime import note, progress, resolve_device, warn
+from .similarity import METHODS, check_probe_size, memory_budget, resolve_params, score_layer
 
 
 def _skipped_ids(attrs: dict[str, Any]) -> set[str]:
@@ -149,13 +149,13 @@ def label(
     T = torch.from_numpy(txt.embeddings).to(dev)
     rows: dict[str, list] = {c: [] for c in A.LABEL_COLUMNS}
     k = min(top, len(txt.keys))
-    from .shards import _init_process_group, distributed_world
+    from .shards import init_process_group, distributed_world
     from .similarity import distributed_population, plan_chunk
 
     world = distributed_world()
     if world is not None:
-        _init_process_group(dev)
-    budget = max_memory or DEFAULT_MAX_MEMORY
+        init_process_group(dev)
+    budget = memory_budget(max_memory)
     for name in acts.layers:
         q_np = A.read_activation_layer(activations, name)
         q = torch.from_numpy(q_np if order is None else q_np[order]).to(dev)
@@ -223,6 +223,6 @@ def label(
     if out is not None:
         A.write_labels(out, rows, meta)
         if str(out) != A.STDOUT:
-            info(f"wrote {out}: {table.num_rows} neurons labelled with {sim} over {len(txt.keys)} concepts")
+            note(f"wrote {out}: {table.num_rows} neurons labelled with {sim} over {len(txt.keys)} concepts")
     return table
 

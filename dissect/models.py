@@ -110,30 +110,18 @@ class Target:
     model_args: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
 
+    def preprocess_record(self) -> dict[str, Any]:
+        """The preprocessing as recorded and compared: the resolved values, or the custom transform's repr."""
+        return self.preprocess.as_dict() if self.preprocess else {"custom_transform": repr(self.transform)}
+
     def attrs(self) -> dict[str, Any]:
         return {
             "model": self.spec,
             "weights": self.weights,
             "model_args": self.model_args,
-            "preprocess": self.preprocess.as_dict() if self.preprocess else {"custom_transform": repr(self.transform)},
+            "preprocess": self.preprocess_record(),
             "model_fingerprint": self.fingerprint,
         }
-
-
-def parse_model_args(items: list[str] | None) -> dict[str, Any]:
-    """KEY=VALUE strings -> dict, values parsed as JSON when they can be (numbers, true, lists)."""
-    import json
-
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--model-arg {item!r} is not KEY=VALUE", hint="e.g. --model-arg num_classes=10")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
 
 
 def _load_state_dict(path: str) -> dict[str, Any]:

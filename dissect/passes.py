@@ -199,7 +199,7 @@ def image_pass(probe: Probe, consumers: list, batch_size: int, workers: int, des
     """
     import numpy as np
 
-    from .runtime import info, progress
+    from .runtime import note, progress
 
     positions = list(range(len(probe)) if positions is None else positions)
     pin = device is not None and getattr(device, "type", str(device)) == "cuda"
@@ -218,7 +218,7 @@ def image_pass(probe: Probe, consumers: list, batch_size: int, workers: int, des
             skipped += [Skipped(int(i), probe.ids[int(i)], r) for i, r in skip]
         todo = [c for c in todo if c not in set(done)]
         if done:
-            info(f"resuming: {sum(len(chunks[c]) for c in done)} of {len(positions)} images restored from {checkpoint.dir}")
+            note(f"resuming: {sum(len(chunks[c]) for c in done)} of {len(positions)} images restored from {checkpoint.dir}")
     remaining = [i for c in todo for i in chunks[c]]
     with progress(description, len(positions), "images") as advance:
         advance(len(positions) - len(remaining))

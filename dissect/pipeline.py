@@ -39,8 +39,8 @@ from .models import PreprocessOverrides, Target, load_target
 from .passes import PassOptions, execute
 from .probe import Probe, open_probe
 from .record import ActivationRecorder, RecordPlan, activations_inputs_fingerprint, plan_record
-from .runtime import info, resolve_device, resolve_precision
-from .shards import _init_process_group, distributed_world, merge, parse_shard, plan_pass
+from .runtime import note, resolve_device, resolve_precision
+from .shards import init_process_group, distributed_world, merge, parse_shard, plan_pass
 from .similarity import resolve_params
 
 SHARDS = "shards"
@@ -174,7 +174,7 @@ def _open_run(out, probe, concepts, clip, opts: PassOptions) -> _Run:
     if ctx.world is not None:
         if shard is not None:
             raise UsageError("--shard and torchrun both split the probe", hint="use one of them")
-        _init_process_group(dev)
+        init_process_group(dev)
     return ctx
 
 
@@ -188,7 +188,7 @@ def _merge_shards(run_dir: Path) -> None:
         if not parts:
             continue
         merge([str(x) for x in parts], run_dir / f"{stem}.h5")
-        info(f"merged {len(parts)} shards into {run_dir / f'{stem}.h5'}")
+        note(f"merged {len(parts)} shards into {run_dir / f'{stem}.h5'}")
         for x in parts:
             x.unlink()
     if not any(folder.iterdir()):
@@ -200,7 +200,7 @@ def _embed_text(ctx: _Run, batch_size: int, dtype: str) -> None:
     if ctx.lead:
         expected = text_embeddings_fingerprint(ctx.clip_fp, ctx.concepts.fingerprint, ctx.clip_precision)
         ok, why = _reusable(ctx.text, A.TEXT_FORMAT, expected)
-        info(f"{'reusing' if ok else 'computing'} {ctx.text} ({why})")
+        note(f"{'reusing' if ok else 'computing'} {ctx.text} ({why})")
         if not ok:
             embed_text(ctx.concepts, ctx.clip(), ctx.text, batch_size=batch_size, precision=ctx.clip_precision,
                        dtype=dtype, strict=ctx.options.strict)
@@ -213,7 +213,7 @@ def _activations_plan(ctx: _Run, target: Target, layers: list[str], summary: str
     inputs_fp = activations_inputs_fingerprint(target, ctx.probe.fingerprint, ctx.target_precision)
     attrs = A.peek_attrs(ctx.activations, A.ACTIVATIONS_FORMAT)
     if attrs is not None and attrs.get("inputs_fingerprint") != inputs_fp:
-        info(f"recomputing {ctx.activations} (made from another model, weights, preprocessing, probe or precision)")
+        note(f"recomputing {ctx.activations} (made from another model, weights, preprocessing, probe or precision)")
         if ctx.lead:
             ctx.activations.unlink()
     ctx.barrier()
@@ -221,7 +221,7 @@ def _activations_plan(ctx: _Run, target: Target, layers: list[str], summary: str
         plan = plan_record(ctx.probe, target, layers, ctx.activations, summary, layout, ctx.device, ctx.target_precision)
     except MismatchError:
         # Same inputs but layers recorded with another summary or layout: start this file over.
-        info(f"recomputing {ctx.activations} (recorded with another --summary or --layout)")
+        note(f"recomputing {ctx.activations} (recorded with another --summary or --layout)")
         ctx.barrier()
         if ctx.lead:
             ctx.activations.unlink()
@@ -229,10 +229,10 @@ def _activations_plan(ctx: _Run, target: Target, layers: list[str], summary: str
         plan = plan_record(ctx.probe, target, layers, ctx.activations, summary, layout, ctx.device, ctx.target_precision)
     ctx.steps["activations"] = {"path": ctx.activations.name, "reused_layers": plan.have}
     if plan.todo:
-        info(f"recording {', '.join(plan.todo)} into {ctx.activations}"
+        note(f"recording {', '.join(plan.todo)} into {ctx.activations}"
              + (f" (reusing {', '.join(plan.have)})" if plan.have else ""))
     else:
-        info(f"reusing {ctx.activations} (holds {', '.join(plan.layers)})")
+        note(f"reusing {ctx.activations} (holds {', '.join(plan.layers)})")
     return plan
 
 
@@ -247,7 +247,7 @@ def _image_pass(ctx: _Run, plan: RecordPlan, summary: str, layout: str, dtype: s
     images_fp = image_embeddings_fingerprint(ctx.clip_fp, ctx.probe.fingerprint, ctx.clip_precision)
     images_ok, why = (False, "a shard") if outs is not None else _reusable(ctx.images, A.IMAGE_FORMAT, images_fp)
     if outs is None:
-        info(f"{'reusing' if images_ok else 'computing'} {ctx.images} ({why})")
+        note(f"{'reusing' if images_ok else 'computing'} {ctx.images} ({why})")
         ctx.steps["images"] = {"path": ctx.images.name, "reused": images_ok}
         outs = {"images": ctx.images, "activations": ctx.activations}
     if images_ok and not keep_clip:
@@ -287,7 +287,7 @@ def _shard_pass(ctx: _Run, target: Target, layers: list[str], summary: str, layo
     plan = plan_record(ctx.probe, target, layers, outs["activations"], summary, layout, ctx.device, ctx.target_precision,
                        fresh=True)  # a shard is always written anew
     _image_pass(ctx, plan, summary, layout, dtype, outs=outs, shard=str(shard))
-    info(f"shard {shard} done in {folder}; when all {shard.count} are, run the same command without --shard to merge "
+    note(f"shard {shard} done in {folder}; when all {shard.count} are, run the same command without --shard to merge "
          f"and label")
     return folder
 
@@ -301,7 +301,7 @@ def _label(ctx: _Run, layers, summary, layout, sim, params, resolved, top, seed,
                              layout, sim, resolved, seed, top])
     reuse = _made_with(ctx.labels, labels_fp)
     if reuse:
-        info(f"reusing {ctx.labels} (up to date)")
+        note(f"reusing {ctx.labels} (up to date)")
     else:
         label(ctx.images, ctx.activations, ctx.labels, text=ctx.text, sim=sim, params=params, layers=layers, top=top,
               seed=seed, device=str(ctx.device), chunk=chunk, max_memory=max_memory,
@@ -328,7 +328,7 @@ def _compose(ctx: _Run, labels_fp, layers, sim, params, top, top_k, template, ma
     compose_fp = fingerprint([labels_fp, "compose", top_k, template])
     reuse = _made_with(path, compose_fp)
     if reuse:
-        info(f"reusing {path} (up to date)")
+        note(f"reusing {path} (up to date)")
     else:
         # The labels' candidates are reused when they hold enough (--top >= --compose-top-k).
         compose_labels(ctx.images, ctx.activations, path, text=ctx.text, labels=ctx.labels if top >= top_k else None,
@@ -358,4 +358,4 @@ def _write_manifest(ctx: _Run, model, weights, model_args, layers, summary, sim,
     }
     with A.atomic_path(ctx.dir / "run.json") as tmp:
         tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    info(f"done in {manifest['seconds']:.1f}s: {ctx.labels}")
+    note(f"done in {manifest['seconds']:.1f}s: {ctx.labels}")

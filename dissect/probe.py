@@ -44,7 +44,7 @@ class Probe:
     loaders: list[Callable[[], Any]]          # each returns a PIL image
     locations: list[str]                      # human-readable source of each image (path)
     sources: list[dict[str, Any]] = field(default_factory=list)
-    stat_key: list[Any] = field(default_factory=list)
+    sizes: list[Any] = field(default_factory=list)  # each image file's size in bytes (fingerprint, growth check)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -52,7 +52,7 @@ class Probe:
     @property
     def fingerprint(self) -> str:
         """Changes when an image is added, removed, renamed or rewritten (size)."""
-        return fingerprint([self.ids, self.stat_key])
+        return fingerprint([self.ids, self.sizes])
 
     def describe(self) -> dict[str, Any]:
         return {"sources": self.sources, "n_images": len(self), "fingerprint": self.fingerprint}
@@ -295,18 +295,18 @@ class Skipped:
 
 def image_sizes(probe: Probe, rows) -> list[int] | None:
     """The file sizes of ``rows`` (for the artifact's optional ``sizes``), or None when unknown."""
-    if len(probe.stat_key) != len(probe):
+    if len(probe.sizes) != len(probe):
         return None
-    return [int(probe.stat_key[i]) for i in rows]
+    return [int(probe.sizes[i]) for i in rows]
 
 
 def unchanged_rows(probe: Probe, old_ids: list[str], old_sizes) -> dict[int, int]:
     """{probe position: row in an older artifact} for images whose id and file size are unchanged."""
-    if old_sizes is None or len(probe.stat_key) != len(probe):
+    if old_sizes is None or len(probe.sizes) != len(probe):
         return {}
     old = {(k, int(sz)): r for r, (k, sz) in enumerate(zip(old_ids, old_sizes)) if int(sz) >= 0}
     out = {}
-    for i, (k, sz) in enumerate(zip(probe.ids, probe.stat_key)):
+    for i, (k, sz) in enumerate(zip(probe.ids, probe.sizes)):
         r = old.get((k, int(sz)))
         if r is not None:
             out[i] = r

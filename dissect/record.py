@@ -16,12 +16,12 @@ from .hooks import LayerInfo, Recorder, check_recordable, list_modules, parse_la
 from .models import PreprocessOverrides, Target, load_target
 from .passes import PassOptions, execute, forward_errors
 from .probe import Probe, Skipped, image_sizes, kept_rows, open_probe, probe_files, report_skipped, skipped_attr, unchanged_rows
-from .runtime import info, resolve_device, resolve_precision
+from .runtime import note, resolve_device, resolve_precision
 
 
 def activations_inputs_fingerprint(target: Target, probe_fp: str, precision: str = "fp32") -> str:
     """What every layer of an activations file shares: model, weights, preprocessing, probe, precision."""
-    pre = target.preprocess.as_dict() if target.preprocess else repr(target.transform)
+    pre = target.preprocess_record()
     extra = [] if precision == "fp32" else [precision]  # fp32 keeps the fingerprints of earlier files
     return fingerprint([A.ACTIVATIONS_FORMAT, A.FORMAT_VERSION, target.fingerprint, pre, probe_fp] + extra)
 
@@ -137,7 +137,7 @@ class ActivationRecorder:
 
     def info_state(self) -> dict[str, Any]:
         return {n: {"module_type": i.module_type, "raw_shape": list(i.raw_shape), "layout": i.layout, "n_units": i.n_units,
-                    "layout_source": i.layout_source} for n, i in self.recorder.info.items()}
+                    "layout_source": i.layout_source} for n, i in self.recorder.layer_info.items()}
 
     def restore(self, rows, state: dict[str, np.ndarray], info_state: dict[str, Any] | None = None) -> None:
         for name, arr in state.items():
@@ -145,7 +145,7 @@ class ActivationRecorder:
                 self.data[name] = np.zeros((self.n_images, arr.shape[1]), dtype=np.float32)
             self.data[name][rows] = arr
         for name, i in (info_state or {}).items():
-            self.recorder.info.setdefault(name, LayerInfo(name, i["module_type"], tuple(i["raw_shape"]), i["layout"],
+            self.recorder.layer_info.setdefault(name, LayerInfo(name, i["module_type"], tuple(i["raw_shape"]), i["layout"],
                                                           int(i["n_units"]), layout_source=i.get("layout_source", "")))
 
     @classmethod
@@ -158,7 +158,7 @@ class ActivationRecorder:
     def write(self, out, probe: Probe, skipped: list[Skipped] = (), positions: range | None = None,
               extra_attrs: dict[str, Any] | None = None) -> Path:
         """Check the activations and write (or add) the layers to ``out``; ``skipped`` images are listed in the file."""
-        infos: dict[str, LayerInfo] = self.recorder.info
+        infos: dict[str, LayerInfo] = self.recorder.layer_info
         inputs_fp, keep, batch_size = self.inputs_fp, self.keep, self.batch_size
         rows = kept_rows(positions if positions is not None else len(probe), list(skipped))
         ids = [probe.ids[i] for i in rows]
@@ -202,7 +202,7 @@ class ActivationRecorder:
         )
         A.write_activations(out, ids, data, layer_attrs, attrs, keep_from=out if keep else None, sizes=image_sizes(probe, rows))
         report_skipped(list(skipped), len(positions) if positions is not None else len(probe), out)
-        info(f"wrote {out}: {', '.join(f'{n} ({data[n].shape[1]} units)' for n in data)} over {len(ids)} images")
+        note(f"wrote {out}: {', '.join(f'{n} ({data[n].shape[1]} units)' for n in data)} over {len(ids)} images")
         return Path(out)
 
 
@@ -287,15 +287,15 @@ def record(
     grown = None if sharded else _grown_probe(out, probe, target, layers, summary, layout, dev, opts.precision)
     if grown is not None:
         plan, reused = grown.plan, grown.reused
-        info(f"{out}: the probe changed; reusing {len(reused)} unchanged images, recording "
+        note(f"{out}: the probe changed; reusing {len(reused)} unchanged images, recording "
              f"{len(probe) - len(reused)} new or changed for {', '.join(plan.layers)}")
     else:
         plan, reused = plan_record(probe, target, layers, out, summary, layout, dev, opts.precision), {}
         if not plan.todo:
-            info(f"{out} already holds {', '.join(plan.layers)}; nothing to record")
+            note(f"{out} already holds {', '.join(plan.layers)}; nothing to record")
             return Path(out)
         if plan.have:
-            info(f"{out} already holds {', '.join(plan.have)}; recording {', '.join(plan.todo)}")
+            note(f"{out} already holds {', '.join(plan.have)}; recording {', '.join(plan.todo)}")
         if sharded and plan.exists:
             raise UsageError(f"{out} exists: sharded passes write new files", hint="write to a new -o file")
     pp = plan_pass({"activations": out}, len(probe), opts.shard, [plan.inputs_fp, plan.todo, summary, layout],
@@ -337,9 +337,8 @@ def _grown_probe(out, probe: Probe, target: Target, layers, summary, layout, dev
     precision = resolve_precision(precision, dev, "target")
     if attrs.get("inputs_fingerprint") == activations_inputs_fingerprint(target, probe.fingerprint, precision):
         return None  # same probe: the usual path (add layers or nothing to do)
-    pre = target.preprocess.as_dict() if target.preprocess else {"custom_transform": repr(target.transform)}
     same_model = (attrs.get("model_fingerprint") == target.fingerprint and attrs.get("precision", "fp32") == precision
-                  and _json(attrs.get("preprocess")) == _json(pre))
+                  and _json(attrs.get("preprocess")) == _json(target.preprocess_record()))
     if not same_model:
         return None  # existing_layers refuses it with the usual message
     old_layers = list(attrs.get("_layers", []))

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import artifacts as A
 from .errors import InputError, UsageError
-from .runtime import info, progress
+from .runtime import note, progress
 
 THUMB = 112
 
@@ -246,7 +246,7 @@ def build_report(
     with progress("thumbnails", len(shown), "images") as advance:
         for image_id in shown:
             i = pos[image_id]
-            key = hashlib.sha1(f"{image_id}|{thumb_size}|{probe_set.stat_key[i] if probe_set.stat_key else ''}".encode()).hexdigest()[:16]
+            key = hashlib.sha1(f"{image_id}|{thumb_size}|{probe_set.sizes[i] if probe_set.sizes else ''}".encode()).hexdigest()[:16]
             if thumbs_dir is not None:
                 path = thumbs_dir / f"{key}.jpg"
                 if not path.exists():
@@ -288,7 +288,7 @@ def build_report(
     doc = doc.replace("{{DATA}}", json.dumps(data).replace("</", "<\\/"))
     with A.atomic_path(page) as tmp:
         tmp.write_text(doc, encoding="utf-8")
-    info(f"wrote {page}: {len(neurons)} neurons, {len(shown)} thumbnails")
+    note(f"wrote {page}: {len(neurons)} neurons, {len(shown)} thumbnails")
     return page
 
 

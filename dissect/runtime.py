@@ -40,7 +40,7 @@ def console():
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def info(message: str) -> None:
+def note(message: str) -> None:
     """A one-line status message on stderr (suppressed by --quiet)."""
     if not _quiet:
         console().print(message)

@@ -167,7 +167,7 @@ def shutdown_distributed(success: bool = True) -> None:
         dist.destroy_process_group()
 
 
-def _init_process_group(device) -> None:
+def init_process_group(device) -> None:
     import torch.distributed as dist
 
     if not dist.is_initialized():
@@ -202,7 +202,7 @@ class PassPlan:
         import torch.distributed as dist
 
         rank, world, _ = self.world
-        _init_process_group(device)
+        init_process_group(device)
         dist.barrier()
         if rank == 0 and self.split:
             for final in self.finals.values():
@@ -241,7 +241,7 @@ def plan_pass(outs: dict[str, str | os.PathLike], n_images: int, shard: str | Sh
     if world is not None:
         if shard is not None:
             raise UsageError("--shard and torchrun both split the probe", hint="use one of them")
-        _init_process_group(device)
+        init_process_group(device)
         if split:
             rank, size, _ = world
             shard = Shard(rank + 1, size)

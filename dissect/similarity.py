@@ -625,6 +625,11 @@ class LayerScores:
 DEFAULT_MAX_MEMORY = 256 << 20
 
 
+def memory_budget(max_memory: int | None) -> int:
+    """``max_memory`` bytes, or the default budget when None."""
+    return max_memory or DEFAULT_MAX_MEMORY
+
+
 def plan_chunk(name: str, rows: int, neurons: int, max_memory: int = DEFAULT_MAX_MEMORY) -> int:
     """Concepts per block so that one block's working set fits ``max_memory`` bytes.
 

@@ -95,13 +95,14 @@ def declared_channels(module) -> int | None:
 @pytest.mark.parametrize("spec,args,size,tokens", ARCHS, ids=[a[0] for a in ARCHS])
 def test_every_listed_layer_has_its_true_channel_count_and_record_writes_it(spec, args, size, tokens, two_images,
                                                                             tmp_path, one_torch_thread):
-    from dissect.models import PreprocessOverrides, load_target, parse_model_args
+    from dissect.cli.options import model_args
+    from dissect.models import PreprocessOverrides, load_target
 
     margs = [x for a in args for x in ("--model-arg", a)]
     r = invoke("layers", spec, "--weights", "none", *margs, "--input-size", size, "--json")
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in r.stdout.splitlines()]
-    modules = dict(load_target(spec, "none", parse_model_args(args), PreprocessOverrides(input_size=size)).module
+    modules = dict(load_target(spec, "none", model_args(args), PreprocessOverrides(input_size=size)).module
                    .named_modules())
     recordable, checked = [], 0
     for row in rows:

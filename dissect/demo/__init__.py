@@ -161,7 +161,7 @@ def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 12
     from ..label import label
     from ..models import PreprocessOverrides
     from ..record import record
-    from ..runtime import info, resolve_device
+    from ..runtime import note, resolve_device
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -174,7 +174,7 @@ def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 12
     stamp = out / "probe.json"
     want = {"n": n_images, "seed": seed, "world": world.__name__}
     if not stamp.exists() or json.loads(stamp.read_text()) != want:
-        info(f"generating {n_images} probe images (seed {seed}) in {probe}")
+        note(f"generating {n_images} probe images (seed {seed}) in {probe}")
         if probe.exists():
             import shutil
 
