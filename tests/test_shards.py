@@ -111,6 +111,18 @@ def test_torchrun_two_processes_write_the_single_process_artifact(tmp_path, tiny
     assert sorted(p.name for p in tmp_path.iterdir()) == ["acts.h5", "images.h5"]  # shard files merged and removed
 
 
+def _kill_after_chunks(args: list[str], env: dict, partial: Path, chunks: int) -> int:
+    """Start the command, SIGKILL it once ``partial`` holds ``chunks`` checkpointed chunks; how many it holds then."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(partial.glob("chunk-*.npz"))) < chunks and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the pass ended before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return len(list(partial.glob("chunk-*.npz")))
+
+
 @pytest.mark.parametrize("command", ["embed-images", "record"])
 def test_sigkill_then_rerun_continues_from_the_last_chunk(tmp_path, tiny_clip, command):
     probe = make_images(tmp_path / "probe", 120, seed=2, size=48)
@@ -119,16 +131,9 @@ def test_sigkill_then_rerun_continues_from_the_last_chunk(tmp_path, tiny_clip, c
     args = [*_dissect_cmd(), command, str(probe), *what, "-o", str(out), "--batch-size", "2", "--checkpoint-every", "10",
             "--workers", "0", "--device", "cpu"]
     env = dict(os.environ, DISSECT_QUIET="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     partial = Path(str(out) + ".partial")
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(partial.glob("chunk-*.npz"))) < 3 and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the pass ended before it could be killed; make it longer"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    done = _kill_after_chunks(args, env, partial, 3)
     assert not out.exists()
-    done = len(list(partial.glob("chunk-*.npz")))
     assert 3 <= done < 12
     again = subprocess.run([a if a != "1" else a for a in args], capture_output=True, text=True,
                            env=dict(env, DISSECT_QUIET=""), timeout=300)
@@ -151,15 +156,8 @@ def test_run_shard_task_checkpoints_and_resumes_like_every_pass(tmp_path, tiny_c
             str(concepts), "-o", str(run_dir), "--shard", "2/2", "--batch-size", "2", "--checkpoint-every", "10",
             "--workers", "0", "--device", "cpu"]
     env = dict(os.environ, DISSECT_QUIET="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     partial = run_dir / "shards" / "pass-2-of-2.partial"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(partial.glob("chunk-*.npz"))) < 2 and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the pass ended before it could be killed; make it longer"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = len(list(partial.glob("chunk-*.npz")))
+    done = _kill_after_chunks(args, env, partial, 2)
     assert 2 <= done < 6 and not (run_dir / "shards" / "images.2-of-2.h5").exists()
     again = subprocess.run(args, capture_output=True, text=True, env=dict(env, DISSECT_QUIET=""), timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
