@@ -71,7 +71,9 @@ def _err(message: str) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(message)}")
+    from dissect.runtime import printable
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(printable(message))}")
 
 
 def handle_errors(fn: Callable) -> Callable:

@@ -25,52 +25,79 @@ def show(
     """Print labels as a table (or --json / --csv for pipes)."""
     from dissect import artifacts as A
     from dissect.errors import UsageError
+    from dissect.runtime import printable
 
     if sort not in ("similarity", "unit"):
         raise UsageError(f"--sort {sort!r}: use similarity or unit")
     if json_out and csv_out:
         raise UsageError("give at most one of --json and --csv")
-    df = A.read_table(labels, A.LABELS_FORMAT).to_pandas()  # a clear error for anything that is not a labels file
+    table = A.read_table(labels, (A.LABELS_FORMAT, A.COMPOSED_FORMAT))  # one line for anything else
+    rows = table.to_pylist()
     if layer is not None:
-        if layer not in set(df.layer):
-            raise UsageError(f"{labels} has no layer {layer!r}", hint=f"it holds: {', '.join(dict.fromkeys(df.layer))}")
-        df = df[df.layer == layer]
+        present = list(dict.fromkeys(r["layer"] for r in rows))
+        if layer not in present:
+            raise UsageError(f"{labels} has no layer {layer!r}", hint=f"it holds: {', '.join(map(str, present))}")
+        rows = [r for r in rows if r["layer"] == layer]
     if grep:
         g = grep.lower()
-        hit = df.label.str.lower().str.contains(g, regex=False) | df.candidates.map(lambda c: any(g in x.lower() for x in c))
-        df = df[hit]
+        rows = [r for r in rows if g in str(r["label"]).lower() or any(g in str(c).lower() for c in r["candidates"] or [])]
     if sort == "similarity":
-        df = df.sort_values("similarity", ascending=False, kind="stable")
+        rows.sort(key=lambda r: -_number(r["similarity"]))
     if limit is not None:
-        df = df.head(limit)
-    cols = [c for c in ("layer", "unit", "label", "similarity", "candidates", "gain") if c in df.columns]
+        rows = rows[:limit]
+    cols = [c for c in ("layer", "unit", "label", "similarity", "candidates", "gain") if c in table.column_names]
     if json_out:
-        for rec in df[cols].to_dict(orient="records"):
-            rec["candidates"] = list(rec["candidates"])
-            sys.stdout.write(json.dumps(rec) + "\n")
+        for r in rows:  # valid JSON: NaN and infinities are null
+            rec = {c: _finite(r[c]) for c in cols}
+            sys.stdout.write(json.dumps(rec, allow_nan=False) + "\n")
         return
     if csv_out:
-        out = df[cols].copy()
-        out["candidates"] = out["candidates"].map(lambda c: "|".join(c))
-        out.to_csv(sys.stdout, index=False)
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(cols)
+        for r in rows:
+            w.writerow(["|".join(map(str, r[c] or [])) if c == "candidates" else "" if _finite(r[c]) is None else r[c]
+                        for c in cols])
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"{Path(labels).name}: {len(df)} neurons", title_justify="left")
+    view = Table(title=escape(printable(f"{Path(labels).name}: {len(rows)} neurons")), title_justify="left")
     for c in cols:
-        table.add_column(c, justify="right" if c in ("unit", "similarity", "gain") else "left")
-    for rec in df[cols].itertuples(index=False):
-        row = dict(zip(cols, rec))
-        cells = [str(row["layer"]), str(row["unit"]), str(row["label"]), f"{row['similarity']:.4f}",
-                 ", ".join(list(row["candidates"])[1:])]
-        if "gain" in row:
-            cells.append(f"{row['gain']:+.3f}")
-        table.add_row(*cells)
+        view.add_column(c, justify="right" if c in ("unit", "similarity", "gain") else "left")
+    for r in rows:  # labels may hold anything: escapes and markup are shown, not executed
+        cells = [r["layer"], r["unit"], r["label"], _fmt(r["similarity"], ".4f"), ", ".join(map(str, (r["candidates"] or [])[1:]))]
+        if "gain" in r:
+            cells.append(_fmt(r["gain"], "+.3f"))
+        view.add_row(*(escape(printable(str(x))) for x in cells))
     console = Console()
     if not console.is_terminal:  # piped or captured: do not wrap at 80 columns
         console = Console(width=200)
-    console.print(table)
+    console.print(view)
+
+
+def _number(x) -> float:
+    """Sort key: NaN and missing values last."""
+    import math
+
+    return x if isinstance(x, (int, float)) and not math.isnan(x) else -math.inf
+
+
+def _finite(x):
+    """A JSON-safe value: NaN and infinities (and lists of them) become None."""
+    import math
+
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _fmt(x, spec: str) -> str:
+    return "null" if x is None else format(x, spec)
 
 
 @command("info")

@@ -178,9 +178,9 @@ def build_report(
     if top_images < 1:
         raise UsageError(f"--top-images must be at least 1, got {top_images}")
     meta = A.read_labels_metadata(labels)
-    table = A.read_table(labels, A.LABELS_FORMAT).to_pandas()
+    label_rows = A.read_table(labels, A.LABELS_FORMAT).to_pylist()
     acts = A.read_activations(activations, data=False)
-    wanted = layers or list(dict.fromkeys(table.layer))
+    wanted = layers or list(dict.fromkeys(r["layer"] for r in label_rows))
     missing = [n for n in wanted if n not in acts.layers]
     if missing:
         raise UsageError(f"{activations} has no layer {missing[0]!r} of the labels", hint="pass the activations the labels came from")
@@ -191,11 +191,11 @@ def build_report(
         raise InputError(f"image {absent[0]!r} of {activations} is not in the probe", hint="pass the PROBE the activations were recorded on")
     extra_cols = {}
     if composed is not None:
-        c = A.read_table(composed, A.COMPOSED_FORMAT).to_pandas()
-        extra_cols["composed"] = {(r.layer, int(r.unit)): (r.label, float(r.gain)) for r in c.itertuples()}
+        c = A.read_table(composed, A.COMPOSED_FORMAT, columns=["layer", "unit", "label", "gain"]).to_pylist()
+        extra_cols["composed"] = {(r["layer"], int(r["unit"])): (r["label"], r["gain"]) for r in c}
     if metrics is not None:
-        m = A.read_table(metrics, A.EVALUATION_FORMAT).to_pandas()
-        extra_cols["truth"] = {(r.layer, int(r.unit)): (r.truth, bool(r.exact)) for r in m.itertuples()}
+        m = A.read_table(metrics, A.EVALUATION_FORMAT, columns=["layer", "unit", "truth", "exact"]).to_pylist()
+        extra_cols["truth"] = {(r["layer"], int(r["unit"])): (r["truth"], bool(r["exact"])) for r in m}
 
     out = Path(out)
     page = out if single_file else out / "index.html"
@@ -207,7 +207,7 @@ def build_report(
     neurons, summaries, shown = [], [], {}
     for name in wanted:
         q = A.read_activation_layer(activations, name)
-        rows = table[table.layer == name].sort_values("unit")
+        rows = sorted((r for r in label_rows if r["layer"] == name), key=lambda r: r["unit"])
         n = min(top_images, q.shape[0])
         order = np.argsort(-q, axis=0, kind="stable")
         frac_rows = {}
@@ -216,11 +216,11 @@ def build_report(
             for label, frac in (("top 0.1%", 0.001), ("top 1%", 0.01), ("top 5%", 0.05)):
                 k = max(n, int(round(q.shape[0] * frac)))
                 frac_rows[label] = (k, rng)
-        for r in rows.itertuples():
-            u = int(r.unit)
+        for r in rows:
+            u = int(r["unit"])
             top = order[:n, u]
-            card: dict[str, Any] = {"layer": name, "unit": u, "label": r.label, "sim": float(r.similarity),
-                                    "cands": [[c, float(v)] for c, v in zip(r.candidates, r.candidate_similarities)][1:],
+            card: dict[str, Any] = {"layer": name, "unit": u, "label": r["label"], "sim": r["similarity"],
+                                    "cands": [[c, v] for c, v in zip(r["candidates"] or [], r["candidate_similarities"] or [])][1:],
                                     "imgs": [[acts.ids[i], float(q[i, u])] for i in top]}
             for label, (k, rng) in frac_rows.items():
                 pick = np.sort(rng.choice(order[:k, u], size=min(5, k), replace=False))
@@ -232,7 +232,7 @@ def build_report(
             for i, _ in card["imgs"] + [x for v in card.get("samples", {}).values() for x in v]:
                 shown.setdefault(i, None)
             neurons.append(card)
-        sims = rows.similarity.to_numpy(dtype=np.float64)
+        sims = np.array([np.nan if r["similarity"] is None else r["similarity"] for r in rows], dtype=np.float64)
         summaries.append({"layer": name, "units": int(len(rows)), "mean": float(np.nanmean(sims)) if len(sims) else None,
                           "interpretable": None if cutoff is None else float(np.mean(sims > cutoff)),
                           "svg": _svg_histogram(sims, cutoff)})

@@ -40,15 +40,35 @@ def console():
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def printable(text: str) -> str:
+    """``text`` with control and format characters (terminal escapes, RTL overrides, NUL) shown as escapes.
+
+    Labels, ids and paths come from files anyone may write; printed raw, "\\x1b]0;..." retitles
+    the terminal and "\\x1b[2J" clears it. Newlines and tabs become escapes too: one value, one line.
+    """
+    import unicodedata
+
+    out = []
+    for ch in str(text):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def note(message: str) -> None:
     """A one-line status message on stderr (suppressed by --quiet)."""
     if not _quiet:
-        console().print(message)
+        console().print(printable(message), markup=False)
 
 
 def warn(message: str) -> None:
     """A warning on stderr (always shown)."""
-    console().print(f"[yellow]warning:[/yellow] {message}")
+    from rich.markup import escape
+
+    console().print(f"[yellow]warning:[/yellow] {escape(printable(message))}")
 
 
 @contextlib.contextmanager

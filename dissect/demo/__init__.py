@@ -151,6 +151,14 @@ def unit_truth(acts: np.ndarray, ids: list[str], attr_ids: list[str], attrs: dic
     return best
 
 
+def _layer_rows(labels, layer: str) -> list[dict[str, Any]]:
+    """A labels file's rows of ``layer``, by unit."""
+    from .. import artifacts as A
+
+    return sorted((r for r in A.read_table(labels, A.LABELS_FORMAT).to_pylist() if r["layer"] == layer),
+                  key=lambda r: r["unit"])
+
+
 def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 1234, device: str = "auto",
              batch_size: int = 128, workers: int | None = 0) -> DemoResult:
     """Generate the probe, run the pipeline through the library stages, score the labels."""
@@ -213,32 +221,29 @@ def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 12
             label(out / "images.h5", acts_path, path, text=out / f"text-{set_name}.h5", sim=sim,
                   layers=[specs.final_layer] + (specs.hidden_layers if (sim == "softwpmi" and set_name == "mixed") else []),
                   device=str(dev))
-            df = A.read_table(path, A.LABELS_FORMAT).to_pandas()
-            fin = df[df.layer == specs.final_layer].sort_values("unit")
-            truth = [specs.class_names[u] for u in fin.unit]
-            accuracy[set_name][sim] = float(np.mean([a == b for a, b in zip(fin.label, truth)]))
+            fin = _layer_rows(path, specs.final_layer)
+            truth = [specs.class_names[r["unit"]] for r in fin]
+            accuracy[set_name][sim] = float(np.mean([r["label"] == t for r, t in zip(fin, truth)]))
             if sim == "softwpmi":
                 final_rows[set_name] = [
-                    {"unit": int(r.unit), "label": r.label, "similarity": float(r.similarity),
-                     "candidates": list(r.candidates), "truth": tr}
-                    for r, tr in zip(fin.itertuples(), truth)
+                    {"unit": int(r["unit"]), "label": r["label"], "similarity": float(r["similarity"]),
+                     "candidates": list(r["candidates"]), "truth": tr}
+                    for r, tr in zip(fin, truth)
                 ]
     timings["label"] = time.perf_counter() - t
 
     # Hidden layers: compare each label with the unit's most preferred world word.
     acts = A.read_activations(acts_path, specs.hidden_layers)
     attr_ids, attrs = _attributes(probe)
-    df = A.read_table(out / "labels-mixed-softwpmi.parquet", A.LABELS_FORMAT).to_pandas()
     hidden, agreement = [], {}
     for layer in specs.hidden_layers:
         best = unit_truth(acts.layers[layer], acts.ids, attr_ids, attrs)
-        rows = df[df.layer == layer].sort_values("unit")
         hits = []
-        for r in rows.itertuples():
-            word, effect = best[r.unit]
-            hits.append(r.label == word)
-            hidden.append({"layer": layer, "unit": int(r.unit), "label": r.label, "similarity": float(r.similarity),
-                           "preferred": word, "effect": effect, "candidates": list(r.candidates)})
+        for r in _layer_rows(out / "labels-mixed-softwpmi.parquet", layer):
+            word, effect = best[r["unit"]]
+            hits.append(r["label"] == word)
+            hidden.append({"layer": layer, "unit": int(r["unit"]), "label": r["label"], "similarity": float(r["similarity"]),
+                           "preferred": word, "effect": effect, "candidates": list(r["candidates"])})
         effects = np.array([b[1] for b in best])
         hits = np.array(hits)
         selective = effects >= SELECTIVE_EFFECT
