@@ -281,6 +281,10 @@ def load_clip(spec: str | ClipSpec, device) -> Clip:
     else:
         name, pretrained = spec.model, None
 
+    if spec.kind == "hub" or (spec.kind == "builtin" and spec.pretrained and not spec.is_file):
+        from .runtime import hub_offline
+
+        hub_offline()  # offline: the hub's cache only, failing at once when the weights are not in it
     activation = resolve_activation(spec)
     jit_file = spec.kind == "builtin" and spec.is_file and is_torchscript_archive(spec.pretrained)
     if spec.tag:
@@ -297,6 +301,9 @@ def load_clip(spec: str | ClipSpec, device) -> Clip:
                      ("resize_mode", "image_resize_mode")):
         if preprocess_cfg and preprocess_cfg.get(key) is not None:
             kwargs[arg] = tuple(preprocess_cfg[key]) if isinstance(preprocess_cfg[key], list) else preprocess_cfg[key]
+    import logging
+
+    logging.disable(logging.ERROR)  # open_clip logs its failures to the root logger: ours is the one line
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=None if jit_file else pretrained, device=device, **kwargs)
@@ -314,6 +321,8 @@ def load_clip(spec: str | ClipSpec, device) -> Clip:
         raise ModelError(f"cannot load CLIP {spec}: {_first_lines(str(e))}", hint=_download_hint(spec)) from None
     except (ValueError, TypeError, KeyError, AssertionError) as e:
         raise ModelError(f"cannot build CLIP {spec}: {_first_lines(str(e))}", hint="check the model config") from None
+    finally:
+        logging.disable(logging.NOTSET)
     model.eval()
     visual_cfg = getattr(model.visual, "preprocess_cfg", None) or {}
     pcfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(visual_cfg).items()}

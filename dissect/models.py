@@ -188,6 +188,10 @@ def _timm(name: str, weights: str | None, args: dict[str, Any]):
     file_weights = pretrained and _is_file_weights(weights)
     if pretrained and not file_weights and weights.lower() != "pretrained":
         name = f"{name.split('.')[0]}.{weights}"  # --weights TAG picks timm's pretrained tag
+    if pretrained and not file_weights:
+        from .runtime import hub_offline
+
+        hub_offline()  # offline: the hub's cache only, failing at once when the weights are not in it
     try:
         module = timm.create_model(name, pretrained=pretrained and not file_weights, **args)
     except TypeError as e:
@@ -195,16 +199,11 @@ def _timm(name: str, weights: str | None, args: dict[str, Any]):
     except RuntimeError as e:
         msg = str(e)
         if "pretrained" in msg.lower() or "download" in msg.lower() or "hub" in msg.lower():
-            raise ModelError(
-                f"cannot download timm weights for {name}",
-                hint=f"download them where there is internet, then pass --weights /path/to/{name}.safetensors",
-            ) from None
+            raise ModelError(f"cannot download timm weights for {name}", hint=_timm_download_hint(name)) from None
         raise ModelError(f"cannot create timm:{name}: {msg.splitlines()[0]}") from None
     except Exception as e:  # huggingface_hub / urllib errors when offline
-        raise ModelError(
-            f"cannot download timm weights for {name}: {type(e).__name__}",
-            hint=f"download them where there is internet, then pass --weights /path/to/{name}.safetensors (or --weights none)",
-        ) from None
+        raise ModelError(f"cannot download timm weights for {name}: {type(e).__name__}",
+                         hint=_timm_download_hint(name)) from None
     if file_weights:
         load_state_dict_into(module, weights)
     cfg = timm.data.resolve_data_config({}, model=module)
@@ -217,6 +216,23 @@ def _timm(name: str, weights: str | None, args: dict[str, Any]):
         interpolation=cfg.get("interpolation", "bilinear"),
     )
     return module, pre, weights
+
+
+def _timm_download_hint(name: str) -> str:
+    """Which file to fetch for timm's pretrained ``name`` and which flag takes it."""
+    try:
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name) or get_pretrained_cfg(name.split(".")[0])
+    except Exception:
+        cfg = None
+    where = "its weights"
+    if cfg is not None and getattr(cfg, "hf_hub_id", None):
+        where = f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/{cfg.hf_hub_filename or 'model.safetensors'}"
+    elif cfg is not None and getattr(cfg, "url", None):
+        where = cfg.url
+    return (f"fetch {where} where there is internet and pass --weights /path/to/{Path(where).name if '/' in where else name}"
+            f" (or --weights none for random weights)")
 
 
 def _torchvision(name: str, weights: str | None, args: dict[str, Any]):
@@ -295,17 +311,35 @@ def _python_file(spec: str, weights: str | None, args: dict[str, Any]):
     return result, transform, weights or "none"
 
 
+def downloads_weights(spec: str, weights: str | None) -> bool:
+    """Whether loading ``spec`` with ``weights`` fetches pretrained weights (timm's hub, torchvision's URLs)."""
+    w = (weights or "").strip()
+    if w.lower() in ("none", "random") or (w and _is_file_weights(w)):
+        return False
+    return spec.startswith(("timm:", "torchvision:"))
+
+
 def load_target(
     spec: str,
     weights: str | None = None,
     model_args: dict[str, Any] | None = None,
     overrides: PreprocessOverrides | None = None,
     device=None,
+    layers: list[str] | None = None,
 ) -> Target:
-    """Build the target network in eval mode with its resolved preprocessing."""
+    """Build the target network in eval mode with its resolved preprocessing.
+
+    ``layers``: names to check before any weights are downloaded (on the architecture
+    alone), so that a misspelt layer is said at once, not after the download.
+    """
     args = dict(model_args or {})
     overrides = (overrides or PreprocessOverrides()).validate()
     import torch
+
+    if layers and downloads_weights(spec, weights):
+        from .hooks import resolve_layers
+
+        resolve_layers(load_target(spec, "none", args, overrides).module, list(layers), spec)
 
     # Random initialisation (--weights none, or a python file building its own model) is
     # seeded, so that equal fingerprints always mean equal weights.

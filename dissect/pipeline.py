@@ -142,7 +142,7 @@ def run(
     ctx = _open_run(out, probe, concepts, clip, opts)
     resolved = resolve_params(sim, params)  # validate before any expensive work
     check_dtype(dtype)
-    target = load_target(model, weights, model_args, overrides, ctx.device)
+    target = load_target(model, weights, model_args, overrides, ctx.device, layers=layers)
     if opts.shard is not None:
         return _shard_pass(ctx, target, layers, summary, layout, dtype)
     if ctx.lead:

@@ -282,7 +282,7 @@ def record(
     if not isinstance(probe, Probe):
         probe = open_probe(probe)
     dev = resolve_device(opts.device)
-    target = model if isinstance(model, Target) else load_target(model, weights, model_args, overrides, dev)
+    target = model if isinstance(model, Target) else load_target(model, weights, model_args, overrides, dev, layers=layers)
     sharded = opts.shard is not None or distributed_world() is not None
     grown = None if sharded else _grown_probe(out, probe, target, layers, summary, layout, dev, opts.precision)
     if grown is not None:

@@ -89,7 +89,7 @@ def _activation_maps(model, weights, model_args, device, probe_set, pos, neurons
     from .runtime import resolve_device, warn
 
     dev = resolve_device(device)
-    target = load_target(model, weights, model_args, None, dev)
+    target = load_target(model, weights, model_args, None, dev, layers=layers)
     if target.fingerprint and acts.attrs.get("model_fingerprint") and target.fingerprint != acts.attrs["model_fingerprint"]:
         raise UsageError(f"{model} with these weights is not the model that made the activations",
                          hint="pass the --model, --weights and --model-arg used for `dissect record`")

@@ -29,6 +29,49 @@ def cache_dir() -> Path:
     return Path(env) if env else user_cache()
 
 
+_hub_checked: dict[str, bool] = {}
+
+
+def hub_offline(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether downloads from the Hugging Face hub must come from its local cache only.
+
+    True when the user says so (HF_HUB_OFFLINE=1, DISSECT_OFFLINE=1) or when ``host`` cannot
+    be reached (checked once per process, a ``timeout``-second connect). Then huggingface_hub
+    is switched to offline mode, so that a missing file fails at once instead of after a
+    minute of retries; files already in its cache still load. With a proxy configured the
+    check is left to the hub itself.
+    """
+    if os.environ.get("DISSECT_OFFLINE") or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        _set_hub_offline()
+        return True
+    if host in _hub_checked:
+        return _hub_checked[host]
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        _hub_checked[host] = False
+        return False
+    import socket
+
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            offline = False
+    except OSError:
+        offline = True
+    _hub_checked[host] = offline
+    if offline:
+        _set_hub_offline()
+    return offline
+
+
+def _set_hub_offline() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hub_constants  # read at import: set it there too
+
+        hub_constants.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass
+
+
 def set_quiet(quiet: bool) -> None:
     global _quiet
     _quiet = quiet

@@ -521,3 +521,32 @@ def test_ctrl_c_and_sigterm_leave_nothing_half_written(tmp_path, tiny_clip, sig,
     assert not out.exists() and not list(tmp_path.glob(".i.h5*"))
     subprocess.run(cmd[:-6] + ["--batch-size", "64", "--device", "cpu"], check=True, capture_output=True, env=env)
     assert len(A.read_image_embeddings(out).keys) == 400  # a rerun works
+
+
+def test_offline_a_wrong_layer_is_said_before_any_download_and_the_hub_fails_fast(tmp_path, probe_dir, monkeypatch):
+    """No internet, HF_HUB_OFFLINE unset: the layer is checked on the architecture first; the hub is not retried."""
+    import socket
+
+    import huggingface_hub.constants
+
+    from dissect import runtime
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(runtime, "_hub_checked", {})
+    tried = []
+
+    def unreachable(*a, **k):
+        tried.append(a[0] if a else k)
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(socket, "getaddrinfo", unreachable)
+    r = invoke("record", probe_dir, "--model", "timm:resnet18", "--layers", "layer9", "-o", tmp_path / "a.h5", ok=False)
+    assert_one_line_error(r, "timm:resnet18 has no layer 'layer9'", "layer4")
+    assert not tried  # the layer name was refused before any connection
+    r = invoke("record", probe_dir, "--model", "timm:resnet18", "--layers", "layer4", "-o", tmp_path / "a.h5", ok=False)
+    assert_one_line_error(r, "cannot download timm weights", "huggingface.co/timm/resnet18", "--weights")
+    assert "Retry" not in r.output and huggingface_hub.constants.HF_HUB_OFFLINE is True
+    assert len([t for t in tried if t == ("huggingface.co", 443)]) == 1  # checked once, then offline mode
+    assert not (tmp_path / "a.h5").exists()
