@@ -108,6 +108,23 @@ def shipped_sets() -> list[str]:
     return sorted(p.name[:-4] for p in root.iterdir() if p.name.endswith(".txt"))
 
 
+#: The shipped word lists without profanity: ``20k-clean`` is ``20k`` minus every word of
+#: ``concept_sets/filters/profanity-en.txt`` (LDNOOBW's English list, CC BY 4.0).
+CLEAN_SETS = ("20k-clean", "10k-clean", "3k-clean")
+
+
+def profanity() -> frozenset[str]:
+    """The words and phrases of the shipped profanity list, lower-cased."""
+    text = resources.files("dissect.concept_sets").joinpath("filters/profanity-en.txt").read_text("utf-8")
+    return frozenset(line.strip().lower() for line in text.splitlines() if line.strip())
+
+
+def without_profanity(concepts: list[str]) -> list[str]:
+    """``concepts`` less those on the profanity list (compared lower-cased)."""
+    bad = profanity()
+    return [c for c in concepts if c.lower() not in bad]
+
+
 def parse_concepts(text: str) -> tuple[list[str], int, list[str]]:
     """Concepts from file text: strip lines, drop blanks and repeats (first kept)."""
     seen: set[str] = set()
@@ -137,6 +154,11 @@ def load_concepts(name_or_path: str | os.PathLike) -> ConceptSet:
     elif path.suffix == "" and spec in shipped_sets():
         text = resources.files("dissect.concept_sets").joinpath(f"{spec}.txt").read_text("utf-8")
         source = f"shipped:{spec}"
+    elif spec in CLEAN_SETS:
+        base = load_concepts(spec[: -len("-clean")])
+        kept = without_profanity(base.concepts)
+        text = "\n".join(kept) + "\n"
+        source = f"shipped:{spec} ({base.name} without {len(base.concepts) - len(kept)} words of filters/profanity-en.txt)"
     elif spec in REMOTE_SETS:
         rs = REMOTE_SETS[spec]
         text, digest = fetch_remote_set(rs)
@@ -146,7 +168,8 @@ def load_concepts(name_or_path: str | os.PathLike) -> ConceptSet:
     else:
         raise InputError(
             f"concept set {spec!r} is neither a file nor a shipped set",
-            hint=f"shipped sets: {', '.join(shipped_sets())}; downloaded on first use: {', '.join(REMOTE_SETS)}",
+            hint=f"shipped sets: {', '.join(shipped_sets() + list(CLEAN_SETS))}; downloaded on first use: "
+                 f"{', '.join(REMOTE_SETS)}",
         )
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1

@@ -200,3 +200,35 @@ def test_offline_the_paper_list_fails_in_one_line_naming_the_url_and_the_flag(tm
     assert err.startswith("error: cannot download paper-3k") and concepts.REMOTE_SETS["paper-3k"].url in err
     assert "--concepts /path/to/3k.txt" in err
     assert not (tmp_path / "t.h5").exists()
+
+
+# --- Profanity: left out of the demo, and shipped lists without it ----------------------------------------------
+
+
+def test_clean_sets_are_the_shipped_lists_without_the_profanity_list():
+    from dissect.concepts import CLEAN_SETS, load_concepts, profanity
+
+    bad = profanity()
+    assert "shit" in bad and len(bad) == 362
+    for name in CLEAN_SETS:
+        full, clean = load_concepts(name[: -len("-clean")]), load_concepts(name)
+        assert clean.concepts == [c for c in full.concepts if c.lower() not in bad]
+        assert 0 < len(full.concepts) - len(clean.concepts) < 100
+        assert "without" in clean.source and clean.fingerprint != full.fingerprint  # the choice is recorded
+
+
+def test_the_demo_shows_no_profanity(demo_run):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from dissect.concepts import profanity
+
+    out, result = demo_run
+    bad = profanity()
+    words = (out / "concepts-mixed.txt").read_text().split("\n")
+    assert not [w for w in words if w.lower() in bad]
+    for f in out.glob("labels-*.parquet"):
+        rows = pq.read_table(f).to_pylist()
+        assert not {c for r in rows for c in r["candidates"] if c.lower() in bad}, f
+    assert json.loads((out / "demo.json").read_text())["common_words"] == "3k-clean"

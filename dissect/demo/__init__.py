@@ -36,6 +36,8 @@ SIMILARITIES = ("softwpmi", "wpmi", "rank-reorder", "cos", "cos-cubed")
 #: standardised activation by at least this much on average.
 SELECTIVE_EFFECT = 2.0
 N_COMMON_WORDS = 600
+#: The shipped list the distractor words come from (recorded in demo.json).
+COMMON_WORDS = "3k-clean"
 
 
 def assets_dir() -> Path:
@@ -102,11 +104,11 @@ def concept_sets(class_names: list[str]) -> dict[str, list[str]]:
     """The demo's two concept sets: the class names, and a larger mixed set.
 
     The mixed set holds the class names, the world's other attribute words and the
-    first 600 words of the shipped ``3k`` set that are not world words, so the right
-    answer has to win against hundreds of distractors.
+    first 600 words of the shipped ``3k-clean`` set (``3k`` without profanity) that are
+    not world words, so the right answer has to win against hundreds of distractors.
     """
     words = world_words()
-    common = [w for w in load_concepts("3k").concepts if w not in set(words)][:N_COMMON_WORDS]
+    common = [w for w in load_concepts(COMMON_WORDS).concepts if w not in set(words)][:N_COMMON_WORDS]
     mixed = list(dict.fromkeys(class_names + words + common))
     return {"classes": list(class_names), "mixed": mixed}
 
@@ -197,7 +199,8 @@ def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 12
     sets = concept_sets(specs.class_names)
     for name, words in sets.items():
         (out / f"concepts-{name}.txt").write_text("\n".join(words) + "\n")
-        embed_text(ConceptSet(f"demo:{name}", words, f"demo:{name}"), clip, out / f"text-{name}.h5", batch_size=256)
+        source = f"demo:{name}" + (f" (class names, world words, {N_COMMON_WORDS} words of {COMMON_WORDS})" if name == "mixed" else "")
+        embed_text(ConceptSet(f"demo:{name}", words, source), clip, out / f"text-{name}.h5", batch_size=256)
     del clip
     timings["clip"] = time.perf_counter() - t
 
@@ -257,7 +260,7 @@ def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 12
     counts = {k: len(v) for k, v in sets.items()}
     result = DemoResult(out, specs, n_images, accuracy, final_rows, hidden, agreement, time.perf_counter() - t0, counts, timings)
     summary = {
-        "n_images": n_images, "concept_counts": counts, "seed": seed, "accuracy": accuracy, "hidden_agreement": agreement,
+        "n_images": n_images, "concept_counts": counts, "common_words": COMMON_WORDS, "seed": seed, "accuracy": accuracy, "hidden_agreement": agreement,
         "seconds": round(result.seconds, 1), "timings": {k: round(v, 1) for k, v in timings.items()},
         "clip": specs.clip, "model": specs.model, "weights": specs.weights,
     }
