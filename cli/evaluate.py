@@ -33,13 +33,11 @@ def evaluate(
     device: O.Device = "auto",
 ):
     """Score labels against known concepts: accuracy, top-K, CLIP and sentence cosine (paper §4.2)."""
-    from dissect import artifacts as A
     from dissect import evaluate as stage
     from dissect.evaluate import write_evaluation
 
     if out is not None:
-        A.check_output_path(out, [*labels, truth])
-        A.check_output_path(Path(out).with_suffix(".json"), [*labels, truth])
+        _check_outputs(out, [*labels, truth])
     ev = stage.evaluate([str(p) for p in labels], truth, layer=layer, clip=clip, sentence_model=sentence_model, top_k=top_k,
              cutoff=cutoff, device=device)
     _print_summary(ev)
@@ -76,6 +74,14 @@ def _print_summary(ev) -> None:
     if not console.is_terminal:  # piped or captured: do not truncate cells to 80 columns
         console = Console(width=200)
     console.print(table)
+
+
+def _check_outputs(out, inputs) -> None:
+    """OUT and the summary JSON beside it must overwrite none of the inputs."""
+    from dissect import artifacts as A
+
+    A.check_output_path(out, inputs)
+    A.check_output_path(Path(out).with_suffix(".json"), inputs)
 
 
 def _write_units(ev, out, stage: str) -> None:
@@ -119,10 +125,9 @@ def stability(
     device: O.Device = "auto",
 ):
     """How often each unit keeps its label when the probe set is resampled (bootstrap; nothing is re-encoded)."""
-    from dissect import artifacts as A
     from dissect.evaluate import label_stability
 
-    A.check_output_path(out, [images, activations, text])
+    _check_outputs(out, [images, activations, text, concepts])
     ev = label_stability(images, activations, text=text, concepts=concepts, sim=sim, params=O.parse_params(param),
                          layers=O.split_list(layers) or None, resamples=resamples, seed=seed, device=device,
                          max_memory=O.parse_size(max_memory))
@@ -148,10 +153,9 @@ def pvalues(
     device: O.Device = "auto",
 ):
     """An empirical p-value per unit: how often shuffled activations reach the unit's best similarity."""
-    from dissect import artifacts as A
     from dissect.evaluate import permutation_pvalues
 
-    A.check_output_path(out, [images, activations, text])
+    _check_outputs(out, [images, activations, text, concepts])
     ev = permutation_pvalues(images, activations, text=text, concepts=concepts, sim=sim, params=O.parse_params(param),
                              layers=O.split_list(layers) or None, permutations=permutations, seed=seed, device=device,
                              max_memory=O.parse_size(max_memory))
@@ -186,10 +190,9 @@ def predict_class(
     device: O.Device = "auto",
 ):
     """App. A.6: how often the label of the unit contributing most to a prediction names the predicted class."""
-    from dissect import artifacts as A
     from dissect import evaluate as stage
 
-    A.check_output_path(out, [labels, activations])
+    _check_outputs(out, [labels, activations, classes])
     ev = stage.predict_class(labels, activations, layer, model, classes, weights=weights, model_args=O.model_args(model_arg), clip=clip,
              sentence_model=sentence_model, device=device, mix=mix)
     row = ev.summary[0]
@@ -227,7 +230,7 @@ def weights_cmd(
     from dissect.runtime import note
 
     if out is not None:
-        A.check_output_path(out, [labels])
+        A.check_output_path(out, [labels, classes])
     res = weight_analysis(labels, layer, model, classes, weights=weights, model_args=O.model_args(model_arg), clip=clip,
                           sentence_model=sentence_model, top_weights=top_weights, device=device, mix=mix)
     table = Table(title=f"{res['final_layer']} weights vs. label-class similarity ({res['similarity']})",

@@ -170,7 +170,7 @@ def compose(
     if beam < 1 or top < 1:
         raise UsageError("--beam and --top must be at least 1")
     params = resolve_params(sim, params)
-    inputs = [images, activations, text, labels]
+    inputs = [images, activations, text, labels, concepts]
     if out is not None and str(out) != A.STDOUT:
         out = A.check_output_path(out, inputs)
     img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, device, clip=clip)

@@ -150,6 +150,20 @@ def _activation_maps(model, weights, model_args, device, probe_set, pos, neurons
     return out
 
 
+def _check_report_output(out: Path, page: Path, single_file: bool, inputs) -> None:
+    """The page (and, without --single-file, the folder) must overwrite none of the inputs."""
+    if not single_file:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"report folder {out} exists and is not a folder",
+                             hint="give a new folder with -o, or --single-file -o report.html")
+        if not out.parent.is_dir():
+            raise UsageError(f"folder {out.parent} does not exist", hint=f"create it first (mkdir -p {out.parent})")
+        if out.exists():
+            A.check_output_path(page, inputs)
+        return
+    A.check_output_path(page, inputs)
+
+
 def build_report(
     labels: str | os.PathLike,
     activations: str | os.PathLike,
@@ -199,6 +213,7 @@ def build_report(
 
     out = Path(out)
     page = out if single_file else out / "index.html"
+    _check_report_output(out, page, single_file, [labels, activations, composed, metrics])
     (page.parent if single_file else out).mkdir(parents=True, exist_ok=True)
     thumbs_dir = None if single_file else out / "thumbs"
     if thumbs_dir is not None:

@@ -1,0 +1,97 @@
+"""No command ever overwrites one of its inputs: every command that writes is run with -o set to each of its inputs
+(also through a symlink), and must refuse in one line, leaving the input byte for byte as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import make_images
+from test_cli import assert_one_line_error, invoke
+
+TIMM = ["--model", "timm:test_resnet", "--weights", "none", "--model-arg", "num_classes=3"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_clip):
+    d = tmp_path_factory.mktemp("inputs")
+    probe = make_images(d / "probe", 24, seed=5)
+    listing = d / "probe.txt"
+    listing.write_text("\n".join(str(p) for p in sorted(probe.rglob("*.png"))) + "\n")
+    concepts = d / "concepts.txt"
+    concepts.write_text("red\nblue\ngreen\nsquare\ncircle\ndog\n")
+    truth = d / "truth.txt"
+    truth.write_text("red\nblue\ngreen\n")
+    invoke("embed-images", listing, "--clip", tiny_clip, "-o", d / "images.h5", "--device", "cpu")
+    invoke("embed-text", concepts, "--clip", tiny_clip, "-o", d / "text.h5")
+    invoke("record", listing, *TIMM, "--layers", "global_pool,fc", "-o", d / "acts.h5")
+    common = ["-i", d / "images.h5", "-a", d / "acts.h5", "-t", d / "text.h5"]
+    invoke("label", *common, "--param", "top_k=5", "-o", d / "labels.parquet")
+    invoke("compose", *common, "--labels", d / "labels.parquet", "--layers", "fc", "--param", "top_k=5", "--top-k", 3,
+           "-o", d / "composed.parquet")
+    invoke("evaluate", d / "labels.parquet", "--truth", truth, "--layer", "fc", "--sentence-model", "none",
+           "-o", d / "metrics.parquet")
+    invoke("embed-images", listing, "--clip", tiny_clip, "--shard", "1/2", "-o", d / "s1.h5")
+    invoke("embed-images", listing, "--clip", tiny_clip, "--shard", "2/2", "-o", d / "s2.h5")
+    return d, tiny_clip
+
+
+def _cases(d: Path, clip: str):
+    """(name, command with OUT where -o goes, the inputs to aim it at)."""
+    common = ["-i", d / "images.h5", "-a", d / "acts.h5", "-t", d / "text.h5"]
+    labels, acts = d / "labels.parquet", d / "acts.h5"
+    return [
+        ("embed-images", ["embed-images", d / "probe.txt", "--clip", clip, "-o", "OUT"], [d / "probe.txt"]),
+        ("embed-text", ["embed-text", d / "concepts.txt", "--clip", clip, "-o", "OUT"], [d / "concepts.txt"]),
+        ("record", ["record", d / "probe.txt", *TIMM, "--layers", "fc", "-o", "OUT"], [d / "probe.txt"]),
+        ("label", ["label", *common, "--param", "top_k=5", "-o", "OUT"], [d / "images.h5", acts, d / "text.h5"]),
+        ("label --concepts", ["label", "-i", d / "images.h5", "-a", acts, "--concepts", d / "concepts.txt",
+                              "--param", "top_k=5", "-o", "OUT"], [d / "concepts.txt"]),
+        ("compose", ["compose", *common, "--labels", labels, "--param", "top_k=5", "-o", "OUT"],
+         [d / "images.h5", acts, d / "text.h5", labels]),
+        ("evaluate", ["evaluate", labels, "--truth", d / "truth.txt", "--layer", "fc", "--sentence-model", "none",
+                      "-o", "OUT"], [labels, d / "truth.txt"]),
+        ("stability", ["evaluate", "stability", *common, "--resamples", 2, "--param", "top_k=5", "-o", "OUT"],
+         [d / "images.h5", acts, d / "text.h5"]),
+        ("pvalues", ["evaluate", "pvalues", *common, "--permutations", 2, "--sim", "cos", "-o", "OUT"],
+         [d / "images.h5", acts, d / "text.h5"]),
+        ("predict-class", ["evaluate", "predict-class", "--labels", labels, "-a", acts, "--layer", "global_pool", *TIMM,
+                           "--classes", d / "truth.txt", "--sentence-model", "none", "-o", "OUT"],
+         [labels, acts, d / "truth.txt"]),
+        ("weights", ["evaluate", "weights", "--labels", labels, "--layer", "global_pool", *TIMM, "--classes",
+                     d / "truth.txt", "--sentence-model", "none", "-o", "OUT"], [labels, d / "truth.txt"]),
+        ("merge", ["merge", d / "s1.h5", d / "s2.h5", "-o", "OUT"], [d / "s1.h5", d / "s2.h5"]),
+        ("report", ["report", "--labels", labels, "--activations", acts, "--composed", d / "composed.parquet",
+                    "--metrics", d / "metrics.parquet", "-o", "OUT"],
+         [labels, acts, d / "composed.parquet", d / "metrics.parquet"]),
+        ("report --single-file", ["report", "--labels", labels, "--activations", acts, "--composed",
+                                  d / "composed.parquet", "--metrics", d / "metrics.parquet", "--single-file",
+                                  "-o", "OUT"], [labels, acts, d / "composed.parquet", d / "metrics.parquet"]),
+        ("run", ["run", d / "probe.txt", "--clip", clip, *TIMM, "--layers", "fc", "--concepts", d / "concepts.txt",
+                 "-o", "OUT"], [d / "probe.txt", d / "concepts.txt"]),
+    ]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_every_writing_command_refuses_an_output_that_is_one_of_its_inputs(inputs, tmp_path):
+    d, clip = inputs
+    checked = 0
+    for name, cmd, targets in _cases(d, clip):
+        for target in targets:
+            link = tmp_path / f"link-{checked}{target.suffix}"
+            link.symlink_to(target)
+            for out in (target, link):
+                before = _digest(target)
+                r = invoke(*[out if a == "OUT" else a for a in cmd], ok=False)
+                assert r.exit_code != 0, (name, out)
+                assert_one_line_error(r)
+                assert _digest(target) == before, (name, out)
+                checked += 1
+        assert not list(d.glob(".*.tmp")), name
+    assert checked >= 60
