@@ -111,6 +111,54 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+class ProcessLock:
+    """An exclusive lock on ``path`` held by this process (``flock``; released by the OS if the process dies).
+
+    A second dissect that asks for the same lock is refused at once, in one line naming the
+    process that holds it. Where ``fcntl`` is missing (Windows) no lock is taken.
+    """
+
+    def __init__(self, path: str | os.PathLike, what: str):
+        self.path, self.what, self._f = Path(path), what, None
+        try:
+            import fcntl
+        except ImportError:
+            return
+        f = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise UsageError(f"{what} is in use by another dissect ({holder})",
+                             hint="wait for it to finish, or write to another -o") from None
+        f.seek(0)
+        f.truncate()
+        import datetime
+
+        f.write(f"pid {os.getpid()}, since {datetime.datetime.now().isoformat(timespec='seconds')}: "
+                f"{' '.join(sys.argv)[:200]}")
+        f.flush()
+        self._f = f
+
+    def release(self, remove: bool = False) -> None:
+        """Let go of the lock (``remove``: delete the lock file first, while still holding it)."""
+        if self._f is None:
+            return
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        self._f.close()  # closing releases the flock
+        self._f = None
+
+    def __enter__(self) -> "ProcessLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release(remove=True)
+
+
 def provenance(**extra: Any) -> str:
     """JSON provenance blob stored in every artifact."""
     import datetime

@@ -320,14 +320,17 @@ class Checkpoint:
         self.dir = Path(str(out) + ".partial")
         self.key, self.chunk = key, chunk
         meta = self.dir / "meta.json"
-        if self.dir.exists():
-            try:
-                ok = json.loads(meta.read_text()).get("key") == key
-            except (OSError, ValueError):
-                ok = False
-            if not ok:
-                shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(exist_ok=True)
+        # One process per partial folder: a second pass into the same output is refused, naming the first.
+        self.lock = A.ProcessLock(self.dir / "lock", f"{out} (its checkpoint {self.dir})")
+        try:
+            ok = json.loads(meta.read_text()).get("key") == key
+        except (OSError, ValueError):
+            ok = False
+        if not ok:  # chunks of another computation: never mixed in
+            for old in self.dir.iterdir():
+                if old.name != "lock":
+                    shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
         if not meta.exists():
             with A.atomic_path(meta) as tmp:
                 tmp.write_text(json.dumps({"key": key, "chunk": chunk}))
@@ -353,3 +356,4 @@ class Checkpoint:
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        self.lock.release()

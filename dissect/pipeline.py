@@ -140,6 +140,20 @@ def run(
     """
     opts = PassOptions.of(options, **settings)
     ctx = _open_run(out, probe, concepts, clip, opts)
+    # One run per folder (rank 0 holds it under torchrun, where the ranks keep in step by barriers; the tasks of a
+    # job array, --shard, write files of their own and run side by side).
+    lock = A.ProcessLock(ctx.dir / ".dissect-run.lock", f"run folder {ctx.dir}") if ctx.lead and not opts.shard else None
+    try:
+        return _run_steps(ctx, model, layers, sim, params, weights, model_args, summary, layout, overrides, top, seed,
+                          text_batch_size, chunk, max_memory, dtype, compose, compose_top_k, compose_template)
+    finally:
+        if lock is not None:
+            lock.release(remove=True)
+
+
+def _run_steps(ctx: _Run, model, layers, sim, params, weights, model_args, summary, layout, overrides, top, seed,
+               text_batch_size, chunk, max_memory, dtype, compose, compose_top_k, compose_template) -> Path:
+    opts = ctx.options
     resolved = resolve_params(sim, params)  # validate before any expensive work
     check_dtype(dtype)
     target = load_target(model, weights, model_args, overrides, ctx.device, layers=layers)

@@ -550,3 +550,53 @@ def test_offline_a_wrong_layer_is_said_before_any_download_and_the_hub_fails_fas
     assert "Retry" not in r.output and huggingface_hub.constants.HF_HUB_OFFLINE is True
     assert len([t for t in tried if t == ("huggingface.co", 443)]) == 1  # checked once, then offline mode
     assert not (tmp_path / "a.h5").exists()
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_naming_the_first_and_loses_nothing(tmp_path, tiny_clip, probe_dir):
+    """While another dissect holds a run folder (or an output's checkpoint), a run is refused at once, naming it."""
+    from dissect import artifacts as A
+
+    concepts = tmp_path / "c.txt"
+    concepts.write_text("red\nblue\nsquare\n")
+    run_dir = tmp_path / "run"
+    args = ["run", probe_dir, "--clip", tiny_clip, *TIMM, "--layers", "layer1,fc", "--concepts", concepts, "-o", run_dir,
+            "--param", "top_k=10", "--device", "cpu"]
+    invoke(*args)
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    other = subprocess.Popen([sys.executable, "-c", "import sys, time; from dissect import artifacts as A; "
+                              f"held = A.ProcessLock({str(run_dir / '.dissect-run.lock')!r}, 'x'); print('held', flush=True); "
+                              "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "held"
+        r = invoke(*args, "--concepts", tmp_path / "c.txt", ok=False)
+        assert_one_line_error(r, f"run folder {run_dir} is in use by another dissect (pid {other.pid}", "Wait for it")
+        after = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir() if p.name != ".dissect-run.lock"}
+        assert after == before  # nothing of the run touched
+    finally:
+        other.kill()
+        other.wait()
+    invoke(*args)  # the holder is gone: the folder is free again
+    assert not (run_dir / ".dissect-run.lock").exists()
+    holder = A.ProcessLock(tmp_path / "x.lock", "x")  # in this process: released and removed on exit
+    with holder:
+        pass
+    assert not (tmp_path / "x.lock").exists()
+
+
+def test_a_second_pass_into_the_same_output_is_refused_while_the_first_runs(tmp_path, tiny_clip, probe_dir):
+    out = tmp_path / "images.h5"
+    partial = Path(str(out) + ".partial")
+    partial.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; from dissect import artifacts as A; "
+                              f"held = A.ProcessLock({str(partial / 'lock')!r}, 'x'); print('held', flush=True); time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "held"
+        r = invoke("embed-images", probe_dir, "--clip", tiny_clip, "-o", out, "--device", "cpu", ok=False)
+        assert_one_line_error(r, f"{out} (its checkpoint", f"pid {other.pid}")
+        assert not out.exists() and partial.is_dir()  # the other process's partial work is left alone
+    finally:
+        other.kill()
+        other.wait()
+    invoke("embed-images", probe_dir, "--clip", tiny_clip, "-o", out, "--device", "cpu")
+    assert out.exists() and not partial.exists()
