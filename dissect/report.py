@@ -15,6 +15,7 @@ import hashlib
 import html
 import io
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -297,14 +298,42 @@ def build_report(
         + (f', {s["interpretable"]:.0%} above {cutoff}' if s["interpretable"] is not None else "")
         + f'{s["svg"]}</div>' for s in summaries)
     options = "".join(f'<option value="{html.escape(s["layer"])}">{html.escape(s["layer"])} ({s["units"]})</option>' for s in summaries)
-    doc = _PAGE.replace("{{TITLE}}", html.escape(title)).replace("{{OPTIONS}}", options).replace("{{SUMMARY}}", summary_html)
-    doc = doc.replace("{{HEADER}}", html.escape(f"{meta.get('model', '')} · {meta.get('similarity', '')} · "
-                                                 f"{(meta.get('concepts') or {}).get('name', '')} · CLIP {meta.get('clip', '')}"))
-    doc = doc.replace("{{DATA}}", json.dumps(data).replace("</", "<\\/"))
+    header = (f"{meta.get('model', '')} · {meta.get('similarity', '')} · {(meta.get('concepts') or {}).get('name', '')}"
+              f" · CLIP {meta.get('clip', '')}")
+    doc = fill_template(_PAGE, {"TITLE": html.escape(title), "OPTIONS": options, "SUMMARY": summary_html,
+                                "HEADER": html.escape(header), "DATA": script_json(data)})
     with A.atomic_path(page) as tmp:
         tmp.write_text(doc, encoding="utf-8")
     note(f"wrote {page}: {len(neurons)} neurons, {len(shown)} thumbnails")
     return page
+
+
+def fill_template(template: str, values: dict[str, str]) -> str:
+    """Fill every ``{{NAME}}`` of ``template`` in one pass: text put in is never scanned for placeholders again
+    (a file or model named "{{DATA}}" stays that name). The values must already be escaped for where they go."""
+    import re
+
+    return re.sub(r"\{\{([A-Z_]+)\}\}", lambda m: values[m.group(1)], template)
+
+
+def _json_safe(x):
+    """NaN and infinities as the strings the page shows ("NaN", "Infinity", "-Infinity"); JSON has no such numbers."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def script_json(data) -> str:
+    """``data`` as JSON to put inside <script type="application/json">: valid JSON (no NaN) that cannot close or
+    comment out its element (<, >, & and the JavaScript line separators written as \\u escapes)."""
+    text = json.dumps(_json_safe(data), allow_nan=False, ensure_ascii=False)
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(ch, esc)
+    return text
 
 
 _PAGE = """<!doctype html>
@@ -341,16 +370,21 @@ header h1{font-size:17px;margin:0 0 4px} header .sub{color:#666;font-size:12px}
 const D = JSON.parse(document.getElementById('data').textContent);
 const cards = document.getElementById('cards');
 const lazy = D.neurons.length > 200 ? ' loading="lazy"' : '';  // big layers: only what is scrolled to
-const esc = s => String(s).replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
+// Labels come from files anyone may write: markup is shown as text, control and bidi characters as escapes.
+const esc = s => String(s).replace(/[\\u0000-\\u001f\\u007f-\\u009f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]/g,
+    c => '\\\\u' + c.charCodeAt(0).toString(16).padStart(4, '0'))
+  .replace(/[&<>"']/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}[c]));
+const num = (x, d) => typeof x === 'number' ? x.toFixed(d) : esc(x);   // "NaN", "Infinity", null as such
+const key = x => typeof x === 'number' ? x : -Infinity;
 function card(n) {
   const el = document.createElement('div');
   el.className = 'card'; el.dataset.layer = n.layer;
-  el.dataset.text = (n.label + ' ' + n.cands.map(c => c[0]).join(' ') + (n.composed ? ' ' + n.composed[0] : '')).toLowerCase();
-  let h = `<h2>${esc(n.layer)} #${n.unit}: ${esc(n.label)}</h2><div class="meta">similarity ${n.sim.toFixed(3)}`;
+  el.dataset.text = (String(n.label) + ' ' + n.cands.map(c => String(c[0])).join(' ') + (n.composed ? ' ' + String(n.composed[0]) : '')).toLowerCase();
+  let h = `<h2>${esc(n.layer)} #${n.unit}: ${esc(n.label)}</h2><div class="meta">similarity ${num(n.sim, 3)}`;
   if (n.truth) h += ` · truth: ${esc(n.truth[0])} <span class="${n.truth[1] ? 'ok' : 'bad'}">${n.truth[1] ? '✓' : '✗'}</span>`;
-  if (n.composed) h += ` · composed: ${esc(n.composed[0])} (${n.composed[1] >= 0 ? '+' : ''}${n.composed[1].toFixed(2)})`;
-  h += `</div><div class="cands">${n.cands.map(c => esc(c[0]) + ' ' + c[1].toFixed(2)).join(' · ')}</div><div class="imgs">`;
-  h += n.imgs.map((i, j) => `<img${lazy} src="${D.src[i[0]]}"${n.maps ? ` data-plain="${D.src[i[0]]}" data-map="${n.maps[j]}"` : ''} title="${esc(i[0])}: ${i[1].toFixed(3)}" alt="">`).join('');
+  if (n.composed) h += ` · composed: ${esc(n.composed[0])} (${key(n.composed[1]) >= 0 ? '+' : ''}${num(n.composed[1], 2)})`;
+  h += `</div><div class="cands">${n.cands.map(c => esc(c[0]) + ' ' + num(c[1], 2)).join(' · ')}</div><div class="imgs">`;
+  h += n.imgs.map((i, j) => `<img${lazy} src="${D.src[i[0]]}"${n.maps ? ` data-plain="${D.src[i[0]]}" data-map="${n.maps[j]}"` : ''} title="${esc(i[0])}: ${num(i[1], 3)}" alt="">`).join('');
   h += '</div>';
   for (const [k, v] of Object.entries(n.samples || {}))
     h += `<div class="samples">${esc(k)}</div><div class="imgs">` + v.map(i => `<img${lazy} src="${D.src[i[0]]}" title="${esc(i[0])}" alt="">`).join('') + '</div>';
@@ -362,7 +396,7 @@ function render() {
   const layer = document.getElementById('layer').value, q = document.getElementById('search').value.trim().toLowerCase();
   const by = document.getElementById('sort').value;
   const list = els.filter(([n, el]) => (!layer || n.layer === layer) && (!q || el.dataset.text.includes(q)));
-  if (by === 'sim') list.sort((a, b) => b[0].sim - a[0].sim);
+  if (by === 'sim') list.sort((a, b) => key(b[0].sim) - key(a[0].sim));
   cards.replaceChildren(...list.map(x => x[1]));
   document.getElementById('count').textContent = list.length + ' of ' + els.length + ' neurons';
 }

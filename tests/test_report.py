@@ -170,3 +170,76 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         assert (keep / "report-screenshot.png").stat().st_size > 10_000
     finally:
         browser.close()
+
+
+HOSTILE = ["<img src=x onerror=alert(1)>", "<script>window.pwned='script'</script>", "{{DATA}}", "<!--<script>",
+           "</script><script>window.pwned='close'</script>", None, "\u202eevil\u202c", "\x1b]0;title\x07\x1b[2J",
+           "\"><svg onload=\"window.pwned='svg'\">", "{{TITLE}} \u2028 line"]
+
+
+@pytest.fixture(scope="module")
+def hostile_report(demo_run, tmp_path_factory):
+    """A labels file of script tags, placeholders, comment openers, NaN, null, bidi overrides and terminal escapes,
+    with '{{DATA}}' in its file name and in the model name of its metadata."""
+    from dissect import artifacts as A
+
+    out, _ = demo_run
+    d = tmp_path_factory.mktemp("hostile")
+    table = pq.read_table(out / "labels-mixed-softwpmi.parquet")
+    meta = json.loads(table.schema.metadata[b"dissect"])
+    meta["model"] = "{{DATA}}<script>window.pwned='meta'</script>"
+    rows = {c: [] for c in A.LABEL_COLUMNS}
+    for r in table.to_pylist():
+        if r["layer"] != "fc":
+            continue
+        bad = HOSTILE[r["unit"]]
+        rows["layer"].append("fc")
+        rows["unit"].append(r["unit"])
+        rows["label"].append(bad)
+        rows["similarity"].append(float("nan") if r["unit"] == 1 else float("inf") if r["unit"] == 2 else r["similarity"])
+        rows["candidates"].append([bad or "x", "{{SUMMARY}}", "<b>bold</b>"])
+        rows["candidate_similarities"].append([float("nan"), float("-inf"), 0.5])
+    labels = d / "{{DATA}} labels.parquet"
+    A.write_labels(labels, rows, {k: v for k, v in meta.items() if k not in ("format", "version")})
+    invoke("report", "--labels", labels, "-a", out / "activations.h5", "-o", d / "site", "--layers", "fc",
+           "--top-images", 3, "--cutoff", 0.16)
+    invoke("report", "--labels", labels, "-a", out / "activations.h5", "-o", d / "one.html", "--layers", "fc",
+           "--top-images", 3, "--single-file")
+    return labels, d
+
+
+def test_hostile_labels_are_data_in_the_page(hostile_report):
+    labels, d = hostile_report
+    for page in (d / "site" / "index.html", d / "one.html"):
+        text = page.read_text()
+        data = _page_data(page)
+        assert [n["label"] for n in data["neurons"]] == HOSTILE  # every label, unchanged, as data
+        assert data["neurons"][1]["sim"] == "NaN" and data["neurons"][2]["sim"] == "Infinity"
+        assert text.count("<script") == 2  # the data element and our code: nothing injected
+        start = text.index('<script id="data" type="application/json">')
+        payload = text[start:text.index("</script>", start)]
+        assert "<" not in payload[len('<script id="data" type="application/json">'):] and "<!--" not in payload
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
+def test_hostile_labels_run_no_script_and_every_card_is_shown(hostile_report, tmp_path):
+    _, d = hostile_report
+    browser = Browser(tmp_path)
+    try:
+        browser.call("Page.enable")
+        browser.call("Page.addScriptToEvaluateOnNewDocument",
+                     source="window.alert = () => { window.pwned = 'alert'; }; window.onerror = (m) => { window.jsError = String(m); };")
+        for page in (d / "site" / "index.html", d / "one.html"):
+            browser.goto(page.as_uri())
+            time.sleep(0.3)  # let onerror handlers of broken images fire
+            assert browser.js("window.pwned === undefined"), browser.js("window.pwned")
+            assert browser.js("window.jsError === undefined"), browser.js("window.jsError")
+            assert browser.js("document.querySelectorAll('.card').length") == len(HOSTILE)
+            assert browser.js("document.scripts.length") == 2  # the data and our code, nothing injected
+            texts = browser.js("[...document.querySelectorAll('.card h2')].map(h => h.textContent)")
+            assert any("<img src=x onerror=alert(1)>" in t for t in texts) and any("{{DATA}}" in t for t in texts)
+            assert any("\\u202e" in t for t in texts) and any("\\u001b" in t for t in texts)  # shown, not obeyed
+            assert any("NaN" in t for t in browser.js("[...document.querySelectorAll('.card .meta')].map(m => m.textContent)"))
+            assert "{{DATA}}" in browser.js("document.querySelector('header .sub').textContent")
+    finally:
+        browser.close()

@@ -41,3 +41,31 @@ def test_info_describes_every_artifact(demo_run):
     r = invoke("info", out / "probe.json", ok=False)
     assert_one_line_error(r, "probe.json")
     assert "dissect/image-embeddings" in invoke("info", out / "images.h5").stdout
+
+
+def test_show_prints_escapes_and_markup_as_text_and_json_stays_valid(tmp_path):
+    import json
+
+    from dissect import artifacts as A
+
+    rows = {"layer": ["l", "l"], "unit": [0, 1], "label": ["\x1b]0;pwned\x07\x1b[2J[bold]x[/bold]", "ok"],
+            "similarity": [float("nan"), float("inf")], "candidates": [["a", "\u202eb"], ["c"]],
+            "candidate_similarities": [[1.0, 2.0], [1.0]]}
+    A.write_labels(tmp_path / "l.parquet", rows, {})
+    r = invoke("show", tmp_path / "l.parquet")
+    assert "\x1b" not in r.stdout and "\\x1b]0;pwned\\x07\\x1b[2J[bold]x[/bold]" in r.stdout.replace("\n", "")
+    assert "\u202e" not in r.stdout and "\\u202e" in r.stdout
+    lines = invoke("show", tmp_path / "l.parquet", "--json").stdout.splitlines()
+    recs = [json.loads(line) for line in lines]  # strict JSON: a bare NaN would not parse in other tools
+    assert "NaN" not in lines[0] and recs[0]["similarity"] is None and recs[1]["similarity"] is None
+    assert recs[0]["label"].startswith("\x1b")  # JSON carries the value itself, escaped by the encoder
+    csv_out = invoke("show", tmp_path / "l.parquet", "--csv").stdout
+    assert csv_out.splitlines()[0] == "layer,unit,label,similarity,candidates"
+
+
+def test_show_reads_composed_labels(demo_run, tmp_path):
+    out, _ = demo_run
+    invoke("compose", "-i", out / "images.h5", "-a", out / "activations.h5", "-t", out / "text-mixed.h5", "--layers", "fc",
+           "--labels", out / "labels-mixed-softwpmi.parquet", "-o", tmp_path / "c.parquet")
+    r = invoke("show", tmp_path / "c.parquet", "--layer", "fc")
+    assert "gain" in r.stdout and "fc" in r.stdout
