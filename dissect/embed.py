@@ -50,6 +50,9 @@ class ImageEmbedder:
     def info_state(self) -> dict[str, Any]:
         return {}  # every row has the same width, known from the model
 
+    def state_names(self) -> list[str]:
+        return ["embeddings"]
+
     def write(self, out, probe: Probe, skipped: list[Skipped] = (), positions: range | None = None,
               extra_attrs: dict[str, Any] | None = None) -> Path:
         """Write the embeddings of the images the pass kept (of ``positions``); ``skipped`` ones are listed in the file."""

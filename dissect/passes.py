@@ -23,7 +23,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from . import artifacts as A
-from .errors import ArtifactError, InputError, ModelError, UsageError
+from .errors import InputError, ModelError, UsageError
 from .probe import Probe, Skipped
 from .runtime import DEFAULT_PRECISION
 
@@ -49,6 +49,8 @@ class PassConsumer(Protocol):
     def restore(self, rows, state: dict[str, np.ndarray], info: dict[str, Any]) -> None: ...
 
     def info_state(self) -> dict[str, Any]: ...
+
+    def state_names(self) -> list[str]: ...
 
     def write(self, out: Path, probe: Probe, skipped: list[Skipped], positions: range | None,
               extra_attrs: dict[str, Any]) -> Path: ...
@@ -197,9 +199,8 @@ def image_pass(probe: Probe, consumers: list, batch_size: int, workers: int, des
     ``state(rows)`` / ``restore(rows, state)``, and chunks saved by an earlier,
     interrupted run are restored instead of encoded again.
     """
-    import numpy as np
 
-    from .runtime import note, progress
+    from .runtime import note, progress, warn
 
     positions = list(range(len(probe)) if positions is None else positions)
     pin = device is not None and getattr(device, "type", str(device)) == "cuda"
@@ -208,14 +209,15 @@ def image_pass(probe: Probe, consumers: list, batch_size: int, workers: int, des
     chunks = [positions[c : c + size] for c in range(0, len(positions), size)]
     todo = list(range(len(chunks)))
     if checkpoint is not None:
-        done = [c for c in checkpoint.done() if c < len(chunks)]
-        for c in done:
-            arrays, skip, extra = checkpoint.load(c)
-            rows = np.asarray(chunks[c], dtype=np.int64)
-            for k, consumer in enumerate(consumers):
-                consumer.restore(rows, {n[len(f"{k}:"):]: v for n, v in arrays.items() if n.startswith(f"{k}:")},
-                                 extra.get(str(k), {}))
-            skipped += [Skipped(int(i), probe.ids[int(i)], r) for i, r in skip]
+        done = []
+        for c in (c for c in checkpoint.done() if c < len(chunks)):
+            try:
+                skipped += _restore_chunk(checkpoint, c, chunks[c], consumers, probe)
+                done.append(c)
+            except _DamagedChunk as e:  # checked like fresh results: a bad chunk is encoded again
+                warn(f"checkpoint chunk {c} of {checkpoint.dir} is damaged ({e}); encoding its {len(chunks[c])} "
+                     f"images again")
+                checkpoint.discard(c)
         todo = [c for c in todo if c not in set(done)]
         if done:
             note(f"resuming: {sum(len(chunks[c]) for c in done)} of {len(positions)} images restored from {checkpoint.dir}")
@@ -235,7 +237,7 @@ def image_pass(probe: Probe, consumers: list, batch_size: int, workers: int, des
             n = len(idx) + len(errors)
             advance(n)
             while checkpoint is not None and pending and chunks[pending[0]][-1] <= last:
-                _save_chunk(checkpoint, pending.pop(0), chunks, consumers, skipped)
+                _save_chunk(checkpoint, pending.pop(0), chunks, consumers, skipped, probe)
     if positions and len(skipped) == len(positions):
         raise InputError(
             f"none of the {len(positions)} probe images could be read (e.g. {skipped[0].reason})",
@@ -254,14 +256,18 @@ def execute(probe: Probe, consumers: dict[str, PassConsumer], plan, options: Pas
     under torchrun.
     """
     skipped: list[Skipped] = []
-    if plan.active:
-        if plan.encode:
-            skipped = image_pass(probe, list(consumers.values()), options.batch_size,
-                                 options.workers_for(len(plan.encode)), description, device, strict=options.strict,
-                                 positions=plan.encode, checkpoint=plan.checkpoint)
-        for name, consumer in consumers.items():
-            consumer.write(plan.outs[name], probe, skipped, plan.positions, plan.extra_attrs)
-    return plan.finish(device)
+    try:
+        if plan.active:
+            if plan.encode:
+                skipped = image_pass(probe, list(consumers.values()), options.batch_size,
+                                     options.workers_for(len(plan.encode)), description, device, strict=options.strict,
+                                     positions=plan.encode, checkpoint=plan.checkpoint)
+            for name, consumer in consumers.items():
+                consumer.write(plan.outs[name], probe, skipped, plan.positions, plan.extra_attrs)
+        return plan.finish(device)
+    finally:  # a pass that failed keeps its chunks for the rerun, but not its lock (a library caller may retry at once)
+        if plan.checkpoint is not None:
+            plan.checkpoint.lock.release()
 
 
 class _Collect:
@@ -282,6 +288,9 @@ class _Collect:
     def info_state(self):
         return {}
 
+    def state_names(self):
+        return []
+
 
 def decoded_batches(probe: Probe, transforms: list, batch_size: int, workers: int = 0) -> list[tuple[Any, list]]:
     """[(indices, [one batch per transform]), ...] of the whole probe, decoded once (unreadable images skipped)."""
@@ -290,9 +299,38 @@ def decoded_batches(probe: Probe, transforms: list, batch_size: int, workers: in
     return [(idx, [c.batches[b][1] for c in consumers]) for b, (idx, _) in enumerate(consumers[0].batches)]
 
 
-def _save_chunk(checkpoint, c: int, chunks, consumers, skipped: list[Skipped]) -> None:
-    import numpy as np
+class _DamagedChunk(Exception):
+    """A checkpoint chunk that cannot be trusted (unreadable, foreign, or not what the pass computes)."""
 
+
+def _restore_chunk(checkpoint, c: int, positions: list[int], consumers, probe: Probe) -> list[Skipped]:
+    """Check chunk ``c`` like fresh results (its ids, every array's rows, dtype and finiteness) and give each
+    consumer its rows back; the images the chunk skipped. _DamagedChunk when anything is off."""
+    arrays, skip, extra, ids = checkpoint.load(c)
+    skipped_pos = {int(i) for i, _ in skip}
+    if ids != [probe.ids[i] for i in positions]:
+        raise _DamagedChunk("its images are not this probe's")
+    if not skipped_pos <= set(positions):
+        raise _DamagedChunk("it lists skipped images outside it")
+    rows = np.asarray(positions, dtype=np.int64)
+    for name, arr in arrays.items():
+        if arr.ndim != 2 or arr.shape[0] != len(rows) or arr.dtype.kind != "f":
+            raise _DamagedChunk(f"array {name} is {arr.dtype} {arr.shape}, not {len(rows)} rows of floats")
+        kept = np.array([i not in skipped_pos for i in positions], dtype=bool)
+        if not np.isfinite(arr[kept]).all():
+            raise _DamagedChunk(f"array {name} holds NaN or Inf")
+    for k, consumer in enumerate(consumers):
+        mine = {n[len(f"{k}:"):]: v for n, v in arrays.items() if n.startswith(f"{k}:")}
+        if set(mine) != set(consumer.state_names()):
+            raise _DamagedChunk(f"it holds {sorted(mine)}, not {sorted(consumer.state_names())}")
+        try:
+            consumer.restore(rows, mine, extra.get(str(k), {}))
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise _DamagedChunk(f"its results do not fit ({str(e)[:120]})") from None
+    return [Skipped(int(i), probe.ids[int(i)], str(r)) for i, r in skip]
+
+
+def _save_chunk(checkpoint, c: int, chunks, consumers, skipped: list[Skipped], probe: Probe) -> None:
     rows = np.asarray(chunks[c], dtype=np.int64)
     members = set(chunks[c])
     arrays, extra = {}, {}
@@ -300,7 +338,7 @@ def _save_chunk(checkpoint, c: int, chunks, consumers, skipped: list[Skipped]) -
         arrays.update({f"{k}:{n}": v for n, v in consumer.state(rows).items()})
         extra[str(k)] = consumer.info_state()
     skip = [[s.index, s.reason] for s in skipped if s.index in members]
-    checkpoint.save(c, arrays, skip, extra)
+    checkpoint.save(c, arrays, skip, extra, [probe.ids[i] for i in chunks[c]])
 
 
 
@@ -338,21 +376,31 @@ class Checkpoint:
     def done(self) -> list[int]:
         return sorted(int(p.stem.split("-")[1]) for p in self.dir.glob("chunk-*.npz"))
 
-    def save(self, c: int, arrays: dict[str, np.ndarray], skipped: list[list[str]], info: dict[str, Any] | None = None) -> None:
+    def save(self, c: int, arrays: dict[str, np.ndarray], skipped: list[list], info: dict[str, Any] | None,
+             ids: list[str]) -> None:
+        """Chunk ``c``: each consumer's arrays, the images it skipped, JSON info and the ids of its images."""
         path = self.dir / f"chunk-{c:06d}.npz"
+        blob = lambda obj: np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8)  # noqa: E731
         with A.atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, **{f"a/{k}": v for k, v in arrays.items()},
-                         _skipped=np.frombuffer(json.dumps(skipped).encode(), dtype=np.uint8),
-                         _info=np.frombuffer(json.dumps(info or {}).encode(), dtype=np.uint8))
+                np.savez(f, **{f"a/{k}": v for k, v in arrays.items()}, _skipped=blob(skipped), _info=blob(info or {}),
+                         _ids=blob(ids))
 
-    def load(self, c: int) -> tuple[dict[str, np.ndarray], list[list[str]], dict[str, Any]]:
+    def load(self, c: int) -> tuple[dict[str, np.ndarray], list[list], dict[str, Any], list[str]]:
+        """(arrays, skipped, info, ids) of chunk ``c``; _DamagedChunk if it cannot be read (truncated, foreign)."""
         try:
-            with np.load(self.dir / f"chunk-{c:06d}.npz") as z:
+            with np.load(self.dir / f"chunk-{c:06d}.npz", allow_pickle=False) as z:
                 arrays = {k[2:]: z[k] for k in z.files if k.startswith("a/")}
-                return arrays, json.loads(bytes(z["_skipped"]).decode()), json.loads(bytes(z["_info"]).decode())
-        except (OSError, ValueError, KeyError) as e:
-            raise ArtifactError(f"checkpoint {self.dir} is damaged ({e})", hint=f"delete {self.dir} and run again") from None
+                meta = [json.loads(bytes(z[k]).decode()) for k in ("_skipped", "_info", "_ids")]
+        except Exception as e:  # BadZipFile, EOFError, a missing member, invalid JSON...
+            raise _DamagedChunk(f"unreadable: {type(e).__name__}") from None
+        skipped, info, ids = meta
+        if not (isinstance(skipped, list) and isinstance(info, dict) and isinstance(ids, list)):
+            raise _DamagedChunk("its metadata is not what a dissect chunk holds")
+        return arrays, skipped, info, ids
+
+    def discard(self, c: int) -> None:
+        (self.dir / f"chunk-{c:06d}.npz").unlink(missing_ok=True)
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -135,12 +135,18 @@ class ActivationRecorder:
         """The rows' activations of every layer, for a checkpoint (``passes.image_pass``)."""
         return {name: arr[rows] for name, arr in self.data.items()}
 
+    def state_names(self) -> list[str]:
+        return list(self.layers)
+
     def info_state(self) -> dict[str, Any]:
         return {n: {"module_type": i.module_type, "raw_shape": list(i.raw_shape), "layout": i.layout, "n_units": i.n_units,
                     "layout_source": i.layout_source} for n, i in self.recorder.layer_info.items()}
 
     def restore(self, rows, state: dict[str, np.ndarray], info_state: dict[str, Any] | None = None) -> None:
         for name, arr in state.items():
+            width = (info_state or {}).get(name, {}).get("n_units", arr.shape[1])
+            if arr.shape[1] != width:
+                raise ValueError(f"layer {name} has {arr.shape[1]} columns, its layout says {width} units")
             if name not in self.data:
                 self.data[name] = np.zeros((self.n_images, arr.shape[1]), dtype=np.float32)
             self.data[name][rows] = arr

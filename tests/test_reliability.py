@@ -28,6 +28,7 @@ from dissect import artifacts as A
 
 from conftest import make_images
 from test_cli import TIMM, assert_one_line_error, invoke
+import test_shards
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -600,3 +601,75 @@ def test_a_second_pass_into_the_same_output_is_refused_while_the_first_runs(tmp_
         other.wait()
     invoke("embed-images", probe_dir, "--clip", tiny_clip, "-o", out, "--device", "cpu")
     assert out.exists() and not partial.exists()
+
+
+# ---------------------------------------------------------------------------
+# A damaged checkpoint is checked like fresh results and recomputed (issue 15)
+# ---------------------------------------------------------------------------
+
+def _damage_chunk(path: Path, damage: str) -> None:
+    if damage == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+        return
+    if damage == "not-a-chunk":
+        path.write_text("not a zip at all\n")
+        return
+    with np.load(path) as z:
+        members = {k: z[k] for k in z.files}
+    key = next(k for k in members if k.startswith("a/"))
+    if damage == "nan":
+        members[key] = members[key].copy()
+        members[key][1, 0] = np.nan
+    elif damage == "inf":
+        members[key] = members[key].copy()
+        members[key][0, -1] = -np.inf
+    elif damage == "foreign-ids":
+        ids = json.loads(bytes(members["_ids"]).decode())
+        members["_ids"] = np.frombuffer(json.dumps(ids[::-1]).encode(), dtype=np.uint8)
+    elif damage == "short":
+        members[key] = members[key][:-1]
+    elif damage == "ints":
+        members[key] = members[key].astype(np.int64)
+    elif damage == "missing-array":
+        del members[key]
+    elif damage == "bad-json":
+        members["_skipped"] = np.frombuffer(b"{not json", dtype=np.uint8)
+    elif damage == "pickled":
+        members[key] = np.array([object()] * len(members[key]), dtype=object)
+    else:
+        raise ValueError(damage)
+    with open(path, "wb") as f:
+        np.savez(f, **members)
+
+
+DAMAGES = ["truncated", "not-a-chunk", "nan", "inf", "foreign-ids", "short", "ints", "missing-array", "bad-json",
+           "pickled"]
+
+
+@pytest.mark.parametrize("command", ["embed-images", "record"])
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_checkpoint_chunk_is_encoded_again_with_a_warning(tmp_path, tiny_clip, monkeypatch, command, damage):
+    """A chunk left by a crash, a full disk or a hand edit is checked like fresh results; a bad one is recomputed."""
+    from dissect import passes
+
+    probe = make_images(tmp_path / "probe", 12, seed=4)
+    what = ["--clip", tiny_clip] if command == "embed-images" else [*TIMM, "--layers", "layer1,fc"]
+    common = [command, probe, *what, "--batch-size", 2, "--workers", 0, "--device", "cpu"]
+    ref = tmp_path / "ref.h5"
+    invoke(*common, "-o", ref, "--checkpoint-every", 0)
+    out = tmp_path / "out.h5"
+    partial = Path(str(out) + ".partial")
+    with monkeypatch.context() as m:  # a run whose checkpoint survives, as a crash after the last chunk leaves it
+        m.setattr(passes.Checkpoint, "remove", lambda self: None)
+        invoke(*common, "-o", out, "--checkpoint-every", 4)
+    chunks = sorted(partial.glob("chunk-*.npz"))
+    assert len(chunks) == 3
+    out.unlink()
+    _damage_chunk(chunks[1], damage)
+    r = invoke(*common, "-o", out, "--checkpoint-every", 4)
+    assert "Traceback" not in r.output
+    assert "checkpoint chunk 1" in r.stderr and "damaged" in r.stderr and "encoding its 4 images again" in r.stderr
+    assert "resuming: 8 of 12 images restored" in r.stderr.replace("\n", " ")
+    assert not partial.exists()
+    (test_shards.assert_same_images if command == "embed-images" else test_shards.assert_same_activations)(out, ref)
