@@ -28,6 +28,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -91,23 +92,111 @@ def check_output_path(out: str | os.PathLike, inputs: list[str | os.PathLike] = 
     return p
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: Set when HDF5 failed to write a file: the library is then left in a state in which its exit handler can crash
+#: the process, so the console script leaves with os._exit (cli/main.py) after its one-line message.
+HDF5_WRITE_FAILED = False
+
+
+def _hdf5_write_error(e: RuntimeError, final: Path) -> OSError | None:
+    """The OSError behind an HDF5 RuntimeError such as 'file write failed: ... errno = 28, error message = ...'."""
+    import re
+
+    m = re.search(r"errno = (\d+), error message = '([^']*)'", str(e))
+    if "write failed" not in str(e) and m is None:
+        return None
+    return OSError(int(m.group(1)) if m else None, m.group(2) if m else "HDF5 could not write the file", str(final))
+
+
+def _strings_bytes(strings: list[str]) -> int:
+    """About what HDF5 stores for variable-length UTF-8 strings (their bytes and a 16-byte reference each)."""
+    return sum(len(x.encode("utf-8", "surrogatepass")) + 16 for x in strings)
+
+
+class _QuietH5pyDealloc:
+    """While HDF5 writes a file, a failing write (disk full) also makes h5py's object destructors print
+    'Exception ignored in ... __dealloc__' tracebacks; the one-line error says it all, so they are dropped."""
+
+    def __enter__(self):
+        self.previous, self.previous_except = sys.unraisablehook, sys.excepthook
+        sys.unraisablehook, sys.excepthook = self, self.excepthook  # Cython prints through both
+        return self
+
+    def __call__(self, unraisable):
+        if "h5py" not in repr(getattr(unraisable, "object", "")):
+            self.previous(unraisable)
+
+    def excepthook(self, kind, value, tb):
+        import traceback
+
+        frames = traceback.extract_tb(tb) if tb is not None else []
+        if not (issubclass(kind, RuntimeError) and frames and "h5py" in frames[-1].filename):
+            self.previous_except(kind, value, tb)
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            sys.unraisablehook, sys.excepthook = self.previous, self.previous_except
+        # after a failure the file's objects die later, with the exception's frames: their noise stays dropped
+
+
+def check_room(final: str | os.PathLike, nbytes: int) -> None:
+    """Refuse, before writing, a file of about ``nbytes`` that the disk or the shell's file-size limit cannot hold."""
+    from .runtime import human_bytes
+
+    final = Path(final)
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and nbytes > limit:
+            raise UsageError(f"{final} needs about {human_bytes(nbytes)} but this shell limits files to "
+                             f"{human_bytes(limit)} (ulimit -f)", hint="raise the limit (ulimit -f unlimited) and run again")
+    except (ImportError, ValueError, OSError):
+        pass
+    try:
+        free = shutil.disk_usage(final.parent if str(final.parent) else ".").free
+    except OSError:
+        return
+    if nbytes > free:
+        raise UsageError(f"{final} needs about {human_bytes(nbytes)} but its disk has {human_bytes(free)} free",
+                         hint="free some space, or write elsewhere with -o")
+
+
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(final: str | os.PathLike, nbytes: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it over ``final`` only on success.
 
     A crash, Ctrl-C or error leaves no file under the final name and removes the
-    temporary one, so an artifact is only ever visible once complete.
+    temporary one, so an artifact is only ever visible once complete. The file gets the
+    permissions the umask gives (as any program's new files), not mkstemp's 0600.
+    ``nbytes``: the size about to be written, checked against free space and ``ulimit -f`` first.
     """
     final = Path(final)
+    if nbytes is not None:
+        check_room(final, nbytes)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent or ".")
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        with _QuietH5pyDealloc():
+            yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, final)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(e, RuntimeError):  # h5py's words for a failed write (disk full, ulimit -f)
+            os_error = _hdf5_write_error(e, final)
+            if os_error is not None:
+                global HDF5_WRITE_FAILED
+                HDF5_WRITE_FAILED = True
+                raise os_error from None
         raise
 
 
@@ -221,11 +310,12 @@ def _open(path: str | os.PathLike, expected: str):
         raise ArtifactError(f"cannot open {p}: {e}") from e
     attrs = _read_attrs(f)
     fmt = attrs.get("format")
-    if fmt != expected:
+    if not isinstance(fmt, str) or fmt != expected:
         f.close()
-        found = f"format {fmt!r}" if fmt is not None else "no 'format' attribute"
+        found = (f"format {fmt!r}" if isinstance(fmt, str) else "no 'format' attribute" if fmt is None
+                 else f"a 'format' attribute that is not a string ({type(fmt).__name__})")
         hint = f"use the file written by `{_MAKER[expected]}`"
-        if fmt in _MAKER:
+        if isinstance(fmt, str) and fmt in _MAKER:
             hint += f" (this one was written by `{_MAKER[fmt]}`)"
         raise ArtifactError(f"{p} has {found}, expected {expected!r}", hint=hint)
     version = attrs.get("version")
@@ -240,13 +330,93 @@ def _open(path: str | os.PathLike, expected: str):
             f"{p} is format version {version}, newer than this dissect understands ({FORMAT_VERSION})",
             hint="upgrade dissect (pip install -U clip-dissect)",
         )
+    try:
+        _check_json_attrs(p, attrs)
+    except ArtifactError:
+        f.close()
+        raise
     return f, attrs
 
 
-def _read_strings(f, name: str, path) -> list[str]:
+def _is_pair_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, list) and len(x) >= 2 and isinstance(x[0], str) for x in v)
+
+
+def _is_probe(v) -> bool:
+    return isinstance(v, dict) and isinstance(v.get("sources", []), list) \
+        and all(isinstance(x, dict) for x in v.get("sources", [])) \
+        and (v.get("n_images") is None or (isinstance(v["n_images"], int) and not isinstance(v["n_images"], bool)))
+
+
+def _is_range(v) -> bool:
+    return isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v) \
+        and v[0] <= v[1]
+
+
+#: Attributes that hold JSON, with what they must decode to (written by ``_attr``; checked when a file is opened,
+#: so that every reader can rely on them).
+_JSON_ATTRS = {
+    "probe": (_is_probe, "a JSON object with a list of 'sources' and an integer 'n_images'"),
+    "skipped": (_is_pair_list, "a JSON list of [id, reason] pairs"),
+    "provenance": (lambda v: isinstance(v, dict), "a JSON object"),
+    "model_args": (lambda v: isinstance(v, dict), "a JSON object"),
+    "shard_range": (_is_range, "a JSON [start, stop] pair of image positions"),
+    "merged_from": (lambda v: isinstance(v, list), "a JSON list"),
+}
+
+
+def _check_json_attrs(p: Path, attrs: dict[str, Any]) -> None:
+    for key, (ok, what) in _JSON_ATTRS.items():
+        if key not in attrs or (key in ("model_args", "provenance") and isinstance(attrs[key], str) and not attrs[key]):
+            continue
+        value = attrs[key]
+        try:
+            decoded = json.loads(value) if isinstance(value, str) else None
+        except ValueError:
+            decoded = None
+        if not ok(decoded):
+            raise ArtifactError(f"{p}: attribute {key!r} is not {what}",
+                                hint="the file was damaged or edited: write it again with the command that made it")
+    for key in ("shard", "probe_n_images", "clip_model", "clip_pretrained", "clip_fingerprint", "clip_spec", "model",
+                "fingerprint", "inputs_fingerprint"):
+        v = attrs.get(key)
+        if key in attrs and (isinstance(v, bool) or not isinstance(v, (str, int))):
+            raise ArtifactError(f"{p}: attribute {key!r} is a {type(attrs[key]).__name__}, not a string",
+                                hint="the file was damaged or edited: write it again with the command that made it")
+
+
+def h5_dataset(f, name: str, path, rows: int | None = None):
+    """The HDF5 dataset ``name`` of an open artifact; a one-line error when it is missing or not a dataset."""
+    h5py = _h5py()
     if name not in f:
         raise ArtifactError(f"{path} has no dataset {name!r}")
     ds = f[name]
+    if not isinstance(ds, h5py.Dataset):
+        raise ArtifactError(f"{path}: {name!r} is a {type(ds).__name__.lower()}, not a dataset",
+                            hint="the file was damaged or edited: write it again with the command that made it")
+    if rows is not None and (ds.ndim < 1 or ds.shape[0] != rows):
+        raise ArtifactError(f"{path}: dataset {name!r} has shape {ds.shape} but there are {rows} ids")
+    return ds
+
+
+def h5_layers(f, path):
+    """The ``layers`` group of an open activations file, each member checked to be a dataset."""
+    h5py = _h5py()
+    if "layers" in f and not isinstance(f["layers"], h5py.Group):
+        raise ArtifactError(f"{path}: 'layers' is a dataset, not a group of layers",
+                            hint="the file was damaged or edited: record the layers again")
+    if "layers" not in f or not len(f["layers"]):
+        raise ArtifactError(f"{path} holds no layers", hint="record some with `dissect record --layers ...`")
+    group = f["layers"]
+    for name in group:
+        if not isinstance(group[name], h5py.Dataset):
+            raise ArtifactError(f"{path}: layer {name!r} is a group, not a dataset",
+                                hint="the file was damaged or edited: record the layer again")
+    return group
+
+
+def _read_strings(f, name: str, path) -> list[str]:
+    ds = h5_dataset(f, name, path)
     if ds.ndim != 1 or ds.dtype.kind not in ("O", "S", "U"):
         raise ArtifactError(f"{path}: dataset {name!r} must be a 1-D array of UTF-8 strings, got {ds.dtype} {ds.shape}")
     try:
@@ -256,13 +426,16 @@ def _read_strings(f, name: str, path) -> list[str]:
 
 
 def _read_matrix(f, name: str, path, rows: int | None = None) -> np.ndarray:
-    if name not in f:
-        raise ArtifactError(f"{path} has no dataset {name!r}")
-    ds = f[name]
+    ds = h5_dataset(f, name, path)
     if ds.ndim != 2 or ds.dtype.kind != "f":
         raise ArtifactError(f"{path}: dataset {name!r} must be a 2-D float array, got {ds.dtype} {ds.shape}")
     if rows is not None and ds.shape[0] != rows:
         raise ArtifactError(f"{path}: dataset {name!r} has {ds.shape[0]} rows but there are {rows} ids")
+    if ds.shape[1] == 0:
+        if str(path).endswith(":layers"):
+            raise ArtifactError(f"layer {name!r} of {str(path)[:-len(':layers')]} has no units (0 columns)",
+                                hint="record the layer again; `dissect layers MODEL` lists the layers with units")
+        raise ArtifactError(f"{path}: dataset {name!r} has width 0", hint="the file was damaged: write it again")
     arr = np.asarray(ds[:], dtype=np.float32)
     if not np.isfinite(arr).all():
         bad = np.unique(np.nonzero(~np.isfinite(arr))[1])
@@ -346,7 +519,7 @@ def write_embeddings(
     key_name = "ids" if kind == IMAGE_FORMAT else "concepts"
     embeddings = np.ascontiguousarray(embeddings, dtype=dtype)
     h5py = _h5py()
-    with atomic_path(path) as tmp:
+    with atomic_path(path, nbytes=embeddings.nbytes + _strings_bytes(keys) + 8 * len(sizes or [])) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("embeddings", data=embeddings)
             f.create_dataset(key_name, data=np.array(keys, dtype=object), dtype=_str_dtype())
@@ -392,7 +565,10 @@ def read_sizes(path: str | os.PathLike) -> np.ndarray | None:
     h5py = _h5py()
     try:
         with h5py.File(path, "r") as f:
-            return np.asarray(f["sizes"][:], dtype=np.int64) if "sizes" in f else None
+            ds = f.get("sizes")
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or ds.dtype.kind not in "iu":
+                return None  # an optional hint for reuse: anything else is ignored
+            return np.asarray(ds[:], dtype=np.int64)
     except OSError:
         return None
 
@@ -407,7 +583,7 @@ def peek_attrs(path: str | os.PathLike, kind: str) -> dict[str, Any] | None:
     except (InputError, ArtifactError):
         return None
     with f:
-        if kind == ACTIVATIONS_FORMAT and "layers" in f:
+        if kind == ACTIVATIONS_FORMAT and isinstance(f.get("layers"), _h5py().Group):
             attrs["_layers"] = list(f["layers"].keys())
     return attrs
 
@@ -440,7 +616,11 @@ def write_activations(
 ) -> Path:
     """Write activations.h5 atomically; layers of ``keep_from`` (an older file) are copied over."""
     h5py = _h5py()
-    with atomic_path(path) as tmp:
+    nbytes = sum(int(np.prod(np.shape(a))) * 4 for a in layers.values()) + _strings_bytes(ids) + 8 * len(sizes or [])
+    if keep_from is not None:
+        with h5py.File(keep_from, "r") as old:
+            nbytes += sum(old["layers"][n].size * old["layers"][n].dtype.itemsize for n in old["layers"] if n not in layers)
+    with atomic_path(path, nbytes=nbytes) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=_str_dtype())
             if sizes is not None and len(sizes) == len(ids):
@@ -469,9 +649,7 @@ def read_activations(path: str | os.PathLike, layers: list[str] | None = None, d
     f, attrs = _open(path, ACTIVATIONS_FORMAT)
     with f:
         ids = _read_strings(f, "ids", path)
-        if "layers" not in f or not len(f["layers"]):
-            raise ArtifactError(f"{path} holds no layers", hint="record some with `dissect record --layers ...`")
-        available = _layer_names(f["layers"])
+        available = _layer_names(h5_layers(f, path))
         wanted = layers or available
         missing = [n for n in wanted if n not in available]
         if missing:
@@ -484,6 +662,9 @@ def read_activations(path: str | os.PathLike, layers: list[str] | None = None, d
             ds = f["layers"][name]
             if ds.ndim != 2 or ds.shape[0] != len(ids) or ds.dtype.kind != "f":
                 raise ArtifactError(f"{path}: layer {name} must be a float [{len(ids)}, C] array, got {ds.dtype} {ds.shape}")
+            if ds.shape[1] == 0:
+                raise ArtifactError(f"layer {name!r} of {path} has no units (0 columns)",
+                                    hint="record the layer again; `dissect layers MODEL` lists the layers with units")
             matrices[name] = _read_matrix(f["layers"], name, f"{path}:layers", rows=len(ids)) if data else None
             lattrs[name] = _read_attrs(ds)
     if len(set(ids)) != len(ids):
@@ -502,8 +683,8 @@ def read_activation_layer(path: str | os.PathLike, name: str) -> np.ndarray:
 
 
 def _layer_names(group) -> list[str]:
-    """Layer datasets under ``layers``, in the order they were written."""
-    return [n for n in group if hasattr(group[n], "dtype")]
+    """Layer datasets under ``layers``, in the order they were written (``h5_layers`` checked them)."""
+    return list(group)
 
 
 # ---------------------------------------------------------------------------
@@ -554,10 +735,13 @@ def write_parquet(out: str | os.PathLike, table, kind: str, metadata: dict[str, 
     meta = dict(metadata, format=kind, version=FORMAT_VERSION)
     table = table.replace_schema_metadata({b"dissect": json.dumps(meta, sort_keys=True, default=str).encode()})
     if str(out) == STDOUT:
+        from .runtime import stdout_stream
+
+        stream = stdout_stream().buffer
         buf = io.BytesIO()
         pq.write_table(table, buf)
-        sys.stdout.buffer.write(buf.getvalue())
-        sys.stdout.buffer.flush()
+        stream.write(buf.getvalue())
+        stream.flush()
         return STDOUT
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
@@ -583,7 +767,8 @@ def read_parquet_metadata(path: str | os.PathLike, kinds: str | tuple[str, ...] 
 
     expected = _expected(kinds)
     p = Path(path)
-    maker = _MAKER.get(expected[0], "dissect")
+    maker = _MAKER[expected[0]] if len(expected) == 1 else \
+        "dissect label` or `dissect compose" if expected == (LABELS_FORMAT, COMPOSED_FORMAT) else "dissect"
     if not p.exists():
         raise InputError(f"{p} does not exist", hint=f"create it with `{maker}`")
     if p.is_dir():
@@ -604,30 +789,130 @@ def read_parquet_metadata(path: str | os.PathLike, kinds: str | tuple[str, ...] 
         raise ArtifactError(f"{p} has invalid dissect metadata (not a JSON object)", hint=f"give a file written by `{maker}`")
     fmt = meta.get("format")
     if fmt not in expected:
-        found = f"a {fmt!r} file" if isinstance(fmt, str) else "no valid 'format' in its metadata"
+        found = f"is a {fmt!r} file" if isinstance(fmt, str) else "has no valid 'format' in its metadata"
         hint = f"give a file written by `{maker}`"
         if isinstance(fmt, str) and fmt in _MAKER:
             hint += f" (this one was written by `{_MAKER[fmt]}`)"
-        raise ArtifactError(f"{p} is {found}, expected {' or '.join(map(repr, expected))}", hint=hint)
+        wanted = "a dissect Parquet artifact" if kinds is None else " or ".join(map(repr, expected))
+        raise ArtifactError(f"{p} {found}, expected {wanted}", hint=hint)
     version = meta.get("version")
     if isinstance(version, bool) or not isinstance(version, int):
         raise ArtifactError(f"{p} has no valid integer 'version' in its metadata", hint=f"give a file written by `{maker}`")
     if version > FORMAT_VERSION:
         raise ArtifactError(f"{p} is format version {version}, newer than this dissect understands ({FORMAT_VERSION})",
                             hint="upgrade dissect (pip install -U clip-dissect)")
+    for key, types in _META_TYPES.items():
+        if meta.get(key) is not None and (not isinstance(meta[key], types) or isinstance(meta[key], bool) and bool not in types):
+            want = " or ".join(_TYPE_WORDS[t] for t in types)
+            raise ArtifactError(f"{p}: metadata field {key!r} is {_TYPE_WORDS.get(type(meta[key]), type(meta[key]).__name__)}, "
+                                f"not {want}", hint=f"the file was damaged or edited: write it again with `{maker}`")
     return meta
+
+
+#: The metadata fields readers rely on, with the JSON types they may have (null is always allowed).
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "clip": (str,), "clip_fingerprint": (str,), "model": (str,), "weights": (str,), "similarity": (str,),
+    "concepts": (dict,), "params": (dict,), "probe": (dict, str), "provenance": (str, dict), "inputs": (dict,),
+    "layers": (dict, list), "top": (int,), "template": (str,), "depth": (int,), "summary": (dict, list, str),
+}
+_TYPE_WORDS = {str: "a string", dict: "a JSON object", list: "a list", int: "an integer", float: "a number", bool: "a boolean"}
+
+# ---------------------------------------------------------------------------
+# The columns each Parquet kind must hold, with their types (checked when a table is read)
+# ---------------------------------------------------------------------------
+
+_FAMILIES = {"string": "text", "int": "an integer", "float": "a number", "list<string>": "a list of text",
+             "list<float>": "a list of numbers", "bool": "a boolean"}
+
+
+def _family(t) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        inner = _family(t.value_type)
+        return f"list<{inner}>" if inner in ("string", "float", "int") else "list"
+    if pa.types.is_null(t):
+        return "null"
+    return str(t)
+
+
+#: kind -> {column: family}; "float" also takes integers, "list<float>" lists of integers.
+_REQUIRED_COLUMNS: dict[str, dict[str, str]] = {
+    LABELS_FORMAT: {"layer": "string", "unit": "int", "label": "string", "similarity": "float",
+                    "candidates": "list<string>", "candidate_similarities": "list<float>"},
+    COMPOSED_FORMAT: {"layer": "string", "unit": "int", "label": "string", "parts": "list<string>", "similarity": "float",
+                      "candidates": "list<string>", "candidate_similarities": "list<float>", "gain": "float"},
+    EVALUATION_FORMAT: {"layer": "string", "unit": "int", "label": "string", "truth": "string", "exact": "bool"},
+    PREDICT_FORMAT: {}, STABILITY_FORMAT: {"layer": "string", "unit": "int"}, PVALUES_FORMAT: {"layer": "string", "unit": "int"},
+}
+
+
+def _check_columns(p: Path, table, kind: str, columns: list[str] | None):
+    """The table with its required columns checked (present, of the right type; layer and unit never null,
+    units not negative) and cast to their written types; a one-line error naming the file and column."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    maker = _MAKER.get(kind, "dissect")
+    for name in columns or []:
+        if name not in table.column_names:
+            raise ArtifactError(f"{p} has no column {name!r}", hint=f"give a file written by `{maker}`")
+    for name, family in _REQUIRED_COLUMNS.get(kind, {}).items():
+        if columns is not None and name not in columns:
+            continue
+        if name not in table.column_names:
+            raise ArtifactError(f"{p} has no column {name!r} (a {kind} file has {', '.join(_REQUIRED_COLUMNS[kind])})",
+                                hint=f"give a file written by `{maker}`")
+        col = table.column(name)
+        got = _family(col.type)
+        fits = got == family or got == "null" and name not in ("layer", "unit") \
+            or (family, got) in (("float", "int"), ("list<float>", "list<int>")) \
+            or family.startswith("list") and got == "list" and col.null_count == len(col)
+        if not fits:
+            raise ArtifactError(f"{p}: column {name!r} holds {col.type}, not {_FAMILIES[family]}",
+                                hint=f"give a file written by `{maker}`")
+        if name in ("layer", "unit") and col.null_count:
+            raise ArtifactError(f"{p}: column {name!r} has {col.null_count} empty (null) values",
+                                hint=f"give a file written by `{maker}`")
+        if name == "unit" and len(col) and pc.min(col).as_py() < 0:
+            raise ArtifactError(f"{p}: column 'unit' holds a negative unit ({pc.min(col).as_py()})",
+                                hint=f"give a file written by `{maker}`")
+        if name == "unit" and len(col) and pc.max(col).as_py() > np.iinfo(np.int32).max:
+            raise ArtifactError(f"{p}: column 'unit' holds unit {pc.max(col).as_py()}, beyond any layer",
+                                hint=f"give a file written by `{maker}`")
+        target = {"string": pa.string(), "int": pa.int32(), "float": pa.float64(), "list<string>": pa.list_(pa.string()),
+                  "list<float>": pa.list_(pa.float64()), "bool": pa.bool_()}[family]
+        if col.type != target:
+            table = table.set_column(table.column_names.index(name), name, col.cast(target))
+    if kind in (LABELS_FORMAT, COMPOSED_FORMAT) and {"layer", "unit"} <= set(table.column_names):
+        seen: set = set()
+        for key in zip(table.column("layer").to_pylist(), table.column("unit").to_pylist()):
+            if key in seen:
+                raise ArtifactError(f"{p} labels unit {key[1]} of layer {key[0]} more than once",
+                                    hint=f"give a file written by `{maker}`")
+            seen.add(key)
+    return table
 
 
 def read_table(path: str | os.PathLike, kinds: str | tuple[str, ...] | None = None, columns: list[str] | None = None):
     """A Parquet artifact of ``kinds`` as a pyarrow Table, after ``read_parquet_metadata``'s checks."""
     import pyarrow.parquet as pq
 
-    read_parquet_metadata(path, kinds)
+    meta = read_parquet_metadata(path, kinds)
     try:
-        return pq.read_table(path, columns=columns)
+        table = pq.read_table(path, columns=columns and [c for c in columns if c in pq.read_schema(path).names])
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ArtifactError(f"cannot read {path}: {first}") from None
+    return _check_columns(Path(path), table, meta["format"], columns)
 
 
 def read_labels_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -646,14 +931,31 @@ def sniff(path: str | os.PathLike) -> str:
         for kind in HDF5_FORMATS:
             if peek_attrs(p, kind) is not None:
                 return kind
-        _open(p, IMAGE_FORMAT)  # raises the precise reason (unknown format, newer version)
-        raise ArtifactError(f"{p} is not a dissect artifact")
+        try:
+            with _h5py().File(p, "r") as f:
+                fmt = _read_attrs(f).get("format")
+        except OSError as e:
+            raise ArtifactError(f"cannot open {p}: {e}") from None
+        if isinstance(fmt, str) and fmt in HDF5_FORMATS:
+            _open(p, fmt)  # the precise reason: a newer version, damaged attributes
+        found = (f"format {fmt!r}" if isinstance(fmt, str) else "no 'format' attribute" if fmt is None
+                 else "a 'format' attribute that is not a string")
+        raise ArtifactError(f"{p} is an HDF5 file but not a dissect artifact ({found})",
+                            hint="give an images.h5, text.h5 or activations.h5 written by dissect")
     return read_parquet_metadata(p)["format"]
 
 
 def check_same_clip(images: Embeddings, text: Embeddings) -> None:
     """Refuse image and text embeddings made by different CLIP models."""
-    if images.clip_fingerprint != text.clip_fingerprint or images.embeddings.shape[1] != text.embeddings.shape[1]:
+    if images.embeddings.shape[1] != text.embeddings.shape[1] and images.clip_fingerprint == text.clip_fingerprint:
+        raise MismatchError(f"{images.path} and {text.path} record the same CLIP model but hold embeddings of "
+                            f"different widths ({images.embeddings.shape[1]} and {text.embeddings.shape[1]})",
+                            hint="one of them was edited or damaged: embed it again")
+    if "clip_fingerprint" in images.attrs and "clip_fingerprint" in text.attrs:
+        same = images.clip_fingerprint == text.clip_fingerprint
+    else:  # written by another program: the model names are all there is to compare
+        same = (images.clip_model, images.clip_pretrained) == (text.clip_model, text.clip_pretrained)
+    if not same or images.embeddings.shape[1] != text.embeddings.shape[1]:
         raise MismatchError(
             f"images and text come from different CLIP models: {images.path} was made with "
             f"{images.clip_spec} (d={images.embeddings.shape[1]}), {text.path} with {text.clip_spec} "

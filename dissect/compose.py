@@ -181,7 +181,8 @@ def compose(
     given = None
     if labels is not None:
         lt = A.read_table(labels, A.LABELS_FORMAT, columns=["layer", "unit", "candidates"]).to_pydict()
-        given = {(lay, int(u)): list(c) for lay, u, c in zip(lt["layer"], lt["unit"], lt["candidates"])}
+        given = {(lay, int(u)): [x for x in (c or []) if x is not None]
+                 for lay, u, c in zip(lt["layer"], lt["unit"], lt["candidates"])}
     dev = resolve_device(device)
     I = torch.from_numpy(img.embeddings).to(dev)
     T = torch.from_numpy(txt.embeddings).to(dev)

@@ -33,6 +33,11 @@ def _provenance(attrs) -> dict[str, Any]:
     return {k: prov[k] for k in ("tool_version", "created", "command", "precision", "device", "n_skipped") if k in prov}
 
 
+def _layer_line(ds) -> str:
+    shape = f"{ds.shape[1]} units" if ds.ndim == 2 else f"shape {ds.shape} (not [N, units])"
+    return f"{shape}, summary {ds.attrs.get('summary', '?')}"
+
+
 def _describe_h5(path: Path, kind: str, attrs: dict[str, Any]) -> dict[str, Any]:
     import h5py
 
@@ -41,17 +46,17 @@ def _describe_h5(path: Path, kind: str, attrs: dict[str, Any]) -> dict[str, Any]
         if kind == A.ACTIVATIONS_FORMAT:
             d["model"] = attrs.get("model", "")
             d["weights"] = attrs.get("weights", "")
-            d["images"] = int(f["ids"].shape[0])
-            d["layers"] = {name: f"{f['layers'][name].shape[1]} units, summary {f['layers'][name].attrs.get('summary', '?')}"
-                           for name in f["layers"]}
+            d["images"] = int(A.h5_dataset(f, "ids", path).shape[0])
+            group = A.h5_layers(f, path)
+            d["layers"] = {name: _layer_line(group[name]) for name in group}
             d["preprocess"] = _loads(attrs.get("preprocess", ""))
             d["inputs_fingerprint"] = attrs.get("inputs_fingerprint", "")
         else:
             key = "ids" if kind == A.IMAGE_FORMAT else "concepts"
-            emb = f["embeddings"]
+            emb = A.h5_dataset(f, "embeddings", path)
             d["clip"] = attrs.get("clip_spec") or f"{attrs.get('clip_model')}:{attrs.get('clip_pretrained')}"
-            d["images" if kind == A.IMAGE_FORMAT else "concepts"] = int(f[key].shape[0])
-            d["embedding"] = f"{emb.shape[1]} dims, {emb.dtype}"
+            d["images" if kind == A.IMAGE_FORMAT else "concepts"] = int(A.h5_dataset(f, key, path).shape[0])
+            d["embedding"] = f"{emb.shape[1]} dims, {emb.dtype}" if emb.ndim == 2 else f"{emb.dtype} {emb.shape} (not [N, d])"
             if kind == A.TEXT_FORMAT:
                 d["concept_set"] = attrs.get("concept_set", "")
                 d["text_encoder"] = attrs.get("text_encoder", "")
@@ -60,7 +65,7 @@ def _describe_h5(path: Path, kind: str, attrs: dict[str, Any]) -> dict[str, Any]
             probe = _loads(attrs["probe"])
             d["probe"] = {"sources": [s.get("path", s.get("name")) for s in probe.get("sources", [])],
                           "images": probe.get("n_images"), "fingerprint": probe.get("fingerprint")}
-        skipped = _loads(attrs.get("skipped", "[]")) or []
+        skipped = _loads(attrs.get("skipped", "[]")) or []  # its shape was checked when the file was opened
         if skipped:
             d["skipped"] = f"{len(skipped)} images (first: {skipped[0][0]}: {skipped[0][1]})"
         if "precision" in attrs:
@@ -72,9 +77,10 @@ def _describe_h5(path: Path, kind: str, attrs: dict[str, Any]) -> dict[str, Any]
 
 
 def _describe_parquet(path: Path) -> dict[str, Any]:
-    meta = A.read_parquet_metadata(path)
-    table = A.read_table(path)
-    table = table.select(["layer"]) if "layer" in table.column_names else None
+    import pyarrow.parquet as pq
+
+    meta = A.read_parquet_metadata(path)  # info describes what is there: only the layer column is needed
+    table = A.read_table(path, columns=["layer"]) if "layer" in pq.read_schema(path).names else None
     d: dict[str, Any] = {"format": meta["format"], "version": meta["version"]}
     if table is not None:
         layers = table.column("layer").to_pylist()
@@ -83,7 +89,7 @@ def _describe_parquet(path: Path) -> dict[str, Any]:
     for k in ("similarity", "params", "top", "clip", "model", "weights", "template", "depth"):
         if k in meta:
             d[k] = meta[k]
-    if "concepts" in meta:
+    if isinstance(meta.get("concepts"), dict):  # the reader checked its type; null is allowed
         c = meta["concepts"]
         d["concepts"] = f"{c.get('name', '')} ({c.get('n', '?')} concepts)"
     if "probe" in meta:

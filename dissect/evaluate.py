@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import artifacts as A
-from .errors import InputError, UsageError
+from .errors import ArtifactError, InputError, UsageError
 from .runtime import note, resolve_device, warn
 
 #: The sentence-embedding model of the paper's "mpnet cos".
@@ -124,6 +124,10 @@ class SentenceSpace:
     def __init__(self, model: str, device: str = "auto"):
         self.spec = model
         dev = resolve_device(device)
+        from .runtime import hub_offline
+
+        if not Path(model).exists():
+            hub_offline()  # offline: the hub's cache only, failing at once instead of after a minute of retries
         from sentence_transformers import SentenceTransformer  # ImportError: caller reports
 
         self.model = SentenceTransformer(model, device=str(dev))
@@ -187,6 +191,8 @@ UNIT_COLUMNS = ["labels", "similarity_fn", "concept_set", "layer", "unit", "labe
 
 def _pick_layer(table, layer: str | None, truth: Truth, path) -> str:
     layers = list(dict.fromkeys(table["layer"]))
+    if not layers:
+        raise ArtifactError(f"{path} holds no labels (0 rows)", hint="label some units with `dissect label`")
     if layer is not None:
         if layer not in layers:
             raise UsageError(f"{path} has no layer {layer!r}", hint=f"it holds: {', '.join(layers)}")
@@ -239,13 +245,18 @@ def evaluate(
         if len(kept) < len(rows):
             warn(f"{path}: {len(rows) - len(kept)} unit(s) of {name} have no true name and are left out")
         lab = [table["label"][i] for i in kept]
+        unlabelled = [int(table["unit"][i]) for i, x in zip(kept, lab) if x is None]
+        if unlabelled:
+            raise ArtifactError(f"{path}: {len(unlabelled)} unit(s) of {name} have no label (null; unit {unlabelled[0]})",
+                                hint="give labels written by `dissect label`")
         tru = [truth.names[int(table["unit"][i])] for i in kept]
         exact = [normalise(a) == normalise(b) for a, b in zip(lab, tru)]
-        k = top_k or max(len(table["candidates"][i]) for i in kept)
-        topk = [normalise(t) in {normalise(c) for c in table["candidates"][i][:k]} for i, t in zip(kept, tru)]
+        cands = [[c for c in (table["candidates"][i] or []) if c is not None] for i in kept]
+        k = top_k or max(1, max(len(c) for c in cands))
+        topk = [normalise(t) in {normalise(c) for c in cand[:k]} for cand, t in zip(cands, tru)]
         ccos = cosines_of_pairs(clip_space, lab, tru)
         scos = cosines_of_pairs(sentence, lab, tru) if sentence is not None else np.full(len(kept), np.nan)
-        sims = [float(table["similarity"][i]) for i in kept]
+        sims = [float("nan") if table["similarity"][i] is None else float(table["similarity"][i]) for i in kept]
         concept_set = (meta.get("concepts") or {}).get("name", "")
         units["labels"] += [str(path)] * len(kept)
         units["similarity_fn"] += [meta.get("similarity", "")] * len(kept)

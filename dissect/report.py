@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import artifacts as A
-from .errors import InputError, UsageError
+from .errors import InputError, MismatchError, UsageError
 from .runtime import note, progress
 
 THUMB = 112
@@ -47,11 +47,8 @@ def _probe_from_activations(acts: A.Activations) -> list[str]:
     return paths
 
 
-def _thumbnail(path_or_image, size: int) -> bytes:
-    from PIL import Image
-
-    img = path_or_image
-    img = img.copy()
+def _thumbnail(image, size: int) -> bytes:
+    img = image.copy()
     img.thumbnail((size, size))
     buf = io.BytesIO()
     img.convert("RGB").save(buf, format="JPEG", quality=85)
@@ -224,6 +221,9 @@ def build_report(
     for name in wanted:
         q = A.read_activation_layer(activations, name)
         rows = sorted((r for r in label_rows if r["layer"] == name), key=lambda r: r["unit"])
+        if rows and rows[-1]["unit"] >= q.shape[1]:
+            raise MismatchError(f"{labels} labels unit {rows[-1]['unit']} of layer {name}, which has {q.shape[1]} units "
+                                f"in {activations}", hint="pass the activations the labels came from")
         n = min(top_images, q.shape[0])
         order = np.argsort(-q, axis=0, kind="stable")
         frac_rows = {}

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import artifacts as A
-from .errors import MismatchError, UsageError
+from .errors import ArtifactError, MismatchError, UsageError
 from .passes import DEFAULT_CHUNK_IMAGES, Checkpoint
 
 @dataclass(frozen=True)
@@ -65,9 +65,20 @@ def shard_attrs(shard: Shard, n_images: int) -> dict[str, Any]:
 def _shard_info(path, attrs) -> tuple[Shard, tuple[int, int], int]:
     if "shard" not in attrs:
         raise UsageError(f"{path} is not a shard (no 'shard' attribute)", hint="give the files written with --shard I/N")
-    shard = parse_shard(str(attrs["shard"]))
-    start, stop = json.loads(attrs["shard_range"])
-    return shard, (int(start), int(stop)), int(attrs["probe_n_images"])
+    try:
+        shard = parse_shard(str(attrs["shard"]))
+    except UsageError:
+        raise ArtifactError(f"{path}: attribute 'shard' is {str(attrs['shard'])[:60]!r}, not I/N",
+                            hint="the file was damaged or edited: run its shard again") from None
+    n = attrs.get("probe_n_images")
+    if "shard_range" not in attrs or not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ArtifactError(f"{path}: shard {shard} lacks a valid 'shard_range' or 'probe_n_images' attribute",
+                            hint="the file was damaged or edited: run its shard again")
+    start, stop = json.loads(attrs["shard_range"])  # a [start, stop] pair: checked when the file was opened
+    if (start, stop) != shard.range(n):
+        raise ArtifactError(f"{path}: shard {shard} of {n} images should hold positions {list(shard.range(n))}, "
+                            f"its attributes say [{start}, {stop}]", hint="the file was damaged or edited: run its shard again")
+    return shard, (int(start), int(stop)), n
 
 
 def merge(shards: list[str | os.PathLike], out: str | os.PathLike) -> Path:
