@@ -76,6 +76,54 @@ def _err(message: str) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(printable(message))}")
 
 
+class _ClosedStdout:
+    """Standard output when the shell closed it (``>&-``): what a command writes there ends in one line."""
+
+    closed = False  # so that code which checks before writing gets to the write, and its one-line error
+
+    def write(self, data):
+        from dissect.errors import UsageError
+
+        raise UsageError("standard output is closed: there is nowhere to write the output",
+                         hint="give a file path with -o, or pipe the output into a program")
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+    def fileno(self):
+        import io
+
+        raise io.UnsupportedOperation("standard output is closed")
+
+    @property
+    def buffer(self):
+        return self
+
+
+def _left_behind() -> tuple[str, str]:
+    """What a failed or interrupted command leaves, and how a rerun uses it: the checkpoints it resumes from."""
+    passes = sys.modules.get("dissect.passes")
+    kept = [c for c in (passes.live_checkpoints() if passes is not None else []) if c.done()]
+    if not kept:
+        return "no partial output was kept", "run the same command again to redo it"
+    chunks = sum(len(c.done()) for c in kept)
+    return (f"{chunks} finished chunk(s) are kept in {', '.join(str(c.dir) for c in kept)}, nothing under the output "
+            f"name", "run the same command again to resume from them")
+
+
+_ERRNO_HINTS = {
+    "ENOSPC": "free some space on that disk, or write elsewhere with -o",
+    "EDQUOT": "your disk quota is full: free some space, or write elsewhere with -o",
+    "EFBIG": "the file is larger than this shell allows: raise the limit (ulimit -f unlimited) or write elsewhere",
+    "EACCES": "check the permissions of that path, or write elsewhere with -o",
+    "EPERM": "check the permissions of that path, or write elsewhere with -o",
+    "EROFS": "that file system is read-only: write elsewhere with -o",
+}
+
+
 def handle_errors(fn: Callable) -> Callable:
     """Run a command; a DissectError becomes one line on stderr and its exit code."""
 
@@ -83,6 +131,10 @@ def handle_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         from dissect.errors import DissectError
 
+        if sys.stdout is None:  # `dissect ... >&-`: the shell gave us no standard output
+            sys.stdout = _ClosedStdout()
+        if "dissect.passes" in sys.modules:  # several commands in one process (tests, notebooks): this one's only
+            sys.modules["dissect.passes"]._LIVE.clear()
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
@@ -97,7 +149,8 @@ def handle_errors(fn: Callable) -> Callable:
                 raise
             signum = getattr(e, "signum", 2)
             what = "interrupted" if signum == 2 else f"stopped by signal {signum}"
-            _err(f"{what}; no partial output was kept. Run the same command again to redo it")
+            left, rerun = _left_behind()
+            _err(f"{what}; {left}. {rerun[0].upper()}{rerun[1:]}")
             raise typer.Exit(128 + signum) from None
         except MemoryError:
             if _state["debug"]:
@@ -115,8 +168,12 @@ def handle_errors(fn: Callable) -> Callable:
                 _err(f"internal error: {type(e).__name__}: {e}. Re-run with --debug for the traceback and please report it")
                 raise typer.Exit(1) from None
             # Disk full, permission lost, a vanished folder: the system's words, the file, what to do.
+            import errno as errno_names
+
             where = f" ({e.filename})" if e.filename else ""
-            _err(f"{e.strerror or e}{where}; no partial output was kept. Fix it (free space, permissions) and run the command again")
+            todo = _ERRNO_HINTS.get(errno_names.errorcode.get(e.errno, ""), "fix it (free space, permissions)")
+            left, rerun = _left_behind()
+            _err(f"{e.strerror or e}{where}; {left}. {todo[0].upper() + todo[1:]}, then {rerun}")
             raise typer.Exit(1) from None
         except Exception as e:  # a bug: still one line unless --debug
             if _state["debug"]:

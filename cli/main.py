@@ -30,6 +30,23 @@ def main() -> None:
 
         if distributed_world() is not None:  # torchrun: leave the process group together
             shutdown_distributed(success=code == 0)
+        _leave_if_hdf5_failed(code)
+
+
+def _leave_if_hdf5_failed(code: int) -> None:
+    """After HDF5 failed to write a file (disk full, ulimit -f) its library's exit handler can crash the process
+    (SIGSEGV in H5_term_library): the one-line message is out, so leave without running it."""
+    import os
+    import sys
+
+    artifacts = sys.modules.get("dissect.artifacts")
+    if artifacts is not None and artifacts.HDF5_WRITE_FAILED:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code or 1)
 
 
 if __name__ == "__main__":

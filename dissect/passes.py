@@ -237,7 +237,11 @@ def image_pass(probe: Probe, consumers: list, batch_size: int, workers: int, des
             n = len(idx) + len(errors)
             advance(n)
             while checkpoint is not None and pending and chunks[pending[0]][-1] <= last:
-                _save_chunk(checkpoint, pending.pop(0), chunks, consumers, skipped, probe)
+                try:
+                    _save_chunk(checkpoint, pending.pop(0), chunks, consumers, skipped, probe)
+                except (OSError, UsageError) as e:  # a checkpoint is insurance, not the result: go on without it
+                    warn(f"cannot save checkpoints in {checkpoint.dir} ({getattr(e, 'strerror', None) or e}); going on without them")
+                    checkpoint = None
     if positions and len(skipped) == len(positions):
         raise InputError(
             f"none of the {len(positions)} probe images could be read (e.g. {skipped[0].reason})",
@@ -267,6 +271,8 @@ def execute(probe: Probe, consumers: dict[str, PassConsumer], plan, options: Pas
         return plan.finish(device)
     finally:  # a pass that failed keeps its chunks for the rerun, but not its lock (a library caller may retry at once)
         if plan.checkpoint is not None:
+            if plan.checkpoint.dir.is_dir() and not plan.checkpoint.done():
+                plan.checkpoint.remove()  # nothing finished: nothing to leave behind
             plan.checkpoint.lock.release()
 
 
@@ -347,6 +353,15 @@ def _save_chunk(checkpoint, c: int, chunks, consumers, skipped: list[Skipped], p
 # Resumable passes
 # ---------------------------------------------------------------------------
 
+#: Checkpoints of this process not yet removed (what an interrupted command leaves for its rerun).
+_LIVE: list["Checkpoint"] = []
+
+
+def live_checkpoints() -> list["Checkpoint"]:
+    """The checkpoints this process has opened and not removed, whose folders still exist."""
+    return [c for c in _LIVE if c.dir.is_dir()]
+
+
 class Checkpoint:
     """Completed chunks of a pass, in ``OUT.partial/`` beside the output.
 
@@ -372,6 +387,7 @@ class Checkpoint:
         if not meta.exists():
             with A.atomic_path(meta) as tmp:
                 tmp.write_text(json.dumps({"key": key, "chunk": chunk}))
+        _LIVE.append(self)
 
     def done(self) -> list[int]:
         return sorted(int(p.stem.split("-")[1]) for p in self.dir.glob("chunk-*.npz"))
@@ -381,7 +397,7 @@ class Checkpoint:
         """Chunk ``c``: each consumer's arrays, the images it skipped, JSON info and the ids of its images."""
         path = self.dir / f"chunk-{c:06d}.npz"
         blob = lambda obj: np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8)  # noqa: E731
-        with A.atomic_path(path) as tmp:
+        with A.atomic_path(path, nbytes=sum(a.nbytes for a in arrays.values())) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **{f"a/{k}": v for k, v in arrays.items()}, _skipped=blob(skipped), _info=blob(info or {}),
                          _ids=blob(ids))
@@ -405,3 +421,5 @@ class Checkpoint:
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
         self.lock.release()
+        if self in _LIVE:
+            _LIVE.remove(self)

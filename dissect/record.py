@@ -158,6 +158,7 @@ class ActivationRecorder:
     def for_plan(cls, plan: "RecordPlan", layers: list[str], n_images: int, summary: str, layout: str, device,
                  channels_last: bool | None, batch_size: int) -> "ActivationRecorder":
         """The recorder of ``layers`` of a ``plan_record`` plan (its layouts, fingerprint and file to add to)."""
+        check_input_memory(plan.target, batch_size, device)
         return cls(plan.target, layers, n_images, summary, layout, device, plan.precision, channels_last,
                    infos=plan.infos, inputs_fp=plan.inputs_fp, keep=plan.exists, batch_size=batch_size)
 
@@ -238,9 +239,35 @@ def example_input(target: Target, device=None):
     return target.transform(Image.new("RGB", (256, 256), (128, 128, 128))).unsqueeze(0).to(device)
 
 
+#: A forward pass holds at least this many times its input in activations (a ResNet's stem alone makes ~5x).
+FORWARD_MEMORY_FACTOR = 8
+
+
+def check_input_memory(target: Target, batch_size: int, device=None) -> None:
+    """Refuse, before any work, an input size whose batches cannot fit in memory (``--input-size 20000``)."""
+    from .runtime import available_memory, human_bytes
+
+    if target.preprocess is None:
+        return
+    size = target.preprocess.input_size
+    per_image = 3 * size * size * 4
+    need = FORWARD_MEMORY_FACTOR * per_image * batch_size
+    free = available_memory(device)
+    if free is None or need <= free:
+        return
+    fits = free // (FORWARD_MEMORY_FACTOR * per_image)
+    where = "GPU memory" if getattr(device, "type", str(device)) == "cuda" else "memory"
+    raise UsageError(
+        f"--input-size {size}: {'one image' if batch_size == 1 else f'a batch of {batch_size} images'} is {human_bytes(per_image * batch_size)} of input alone "
+        f"and the forward pass needs several times that, but {human_bytes(free)} of {where} is free",
+        hint=(f"use --batch-size {fits} or less" if fits >= 1 else "use a smaller --input-size")
+        + f" (the model's own input size is in `dissect layers {target.spec}`)")
+
+
 def layer_infos(target: Target, layers: list[str], layout: str = "auto", device=None) -> dict[str, LayerInfo]:
     """Shapes, layouts and unit counts of ``layers`` from one forward pass; one-line errors for layers that
     cannot be recorded (undecidable layout, a module that runs several times)."""
+    check_input_memory(target, 1, device)
     x = example_input(target, device)
     with forward_errors(target.spec, x):
         infos = probe_layers(target.module, x, layout)

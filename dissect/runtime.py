@@ -7,6 +7,7 @@ for data (``-o -``).
 from __future__ import annotations
 
 import contextlib
+import sys
 import os
 from pathlib import Path
 from typing import Callable, Iterator
@@ -226,3 +227,42 @@ def check_batch_size(batch_size: int) -> int:
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     return batch_size
+
+
+def available_memory(device=None) -> int | None:
+    """Bytes of memory free for work on ``device`` (CUDA: free GPU memory; otherwise the host's MemAvailable),
+    or None when it cannot be told."""
+    if device is not None and getattr(device, "type", str(device)) == "cuda":
+        try:
+            import torch
+
+            return int(torch.cuda.mem_get_info(device)[0])
+        except Exception:
+            return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def stdout_stream():
+    """The binary standard output, or a one-line UsageError when it is closed (``>&-``)."""
+    if sys.stdout is None or getattr(sys.stdout, "closed", False):
+        raise UsageError("standard output is closed: there is nowhere to write the output",
+                         hint="give a file path with -o, or pipe the output into a program")
+    return sys.stdout

@@ -491,7 +491,7 @@ def test_disk_full_or_permission_lost_while_writing(tmp_path, made, probe_dir, m
 
     monkeypatch.setattr(h5py.Group, "create_dataset", failing)
     r = invoke("record", probe_dir, *TIMM, "--layers", "layer1,fc", "-o", tmp_path / "a.h5", ok=False)
-    assert_one_line_error(r, os.strerror(err), "run the command again", code=1)
+    assert_one_line_error(r, os.strerror(err), "run the same command again", code=1)
     assert not (tmp_path / "a.h5").exists() and not list(tmp_path.glob(".a.h5*")), list(tmp_path.iterdir())
     monkeypatch.undo()
     invoke("record", probe_dir, *TIMM, "--layers", "layer1,fc", "-o", tmp_path / "a.h5")  # a rerun works
