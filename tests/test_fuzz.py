@@ -1,4 +1,5 @@
-"""Property-based fuzzing of embed-text, label and record with random combinations of bad input.
+"""Property-based fuzzing of embed-text, label and record with random combinations of bad input, and of
+every command that reads artifacts (label, compose, evaluate, report, show, info, merge) with crafted ones.
 
 Whatever the input, each command either exits 0 with a valid artifact, or exits
 non-zero with one error line last on stderr, no traceback (without --debug), no
@@ -209,3 +210,122 @@ def test_fuzz_record(n_good, broken, layers, batch, strict, summary, size, out_k
         if r.exit_code == 0:
             acts = A.read_activations(out)
             assert len(acts.ids) == n_good and not strict or not broken
+
+
+# ---------------------------------------------------------------------------
+# Crafted artifacts (issue 15): valid HDF5 and Parquet containers with wrong contents,
+# for every command that reads artifacts
+# ---------------------------------------------------------------------------
+
+import json  # noqa: E402
+
+import crafted  # noqa: E402
+from test_crafted import base as crafted_base  # noqa: E402,F401  (the module fixture, shared)
+from test_crafted import commands as crafted_commands  # noqa: E402
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 10**6) | st.floats(allow_nan=False) | st.text(max_size=8),
+                     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=6)
+_ATTR_KEYS = ["format", "version", "probe", "skipped", "provenance", "clip_model", "clip_pretrained", "clip_fingerprint",
+              "clip_spec", "model", "weights", "shard", "shard_range", "probe_n_images", "fingerprint", "inputs_fingerprint",
+              "model_args", "preprocess", "ids_fingerprint", "precision", "concept_set"]
+_ATTR_VALUES = st.one_of(
+    st.text(max_size=20).filter(lambda s: "\x00" not in s), st.integers(-5, 10**6), st.floats(allow_nan=True),
+    st.lists(st.integers(0, 40), min_size=1, max_size=3), _JSON.map(json.dumps),
+    st.sampled_from(["dissect/activations", "dissect/image-embeddings", "dissect/text-embeddings", "1/2", "2/2", "9/2",
+                     "[0, 15]", "[15, 30]", "[0, 99]", "[]", "[[\"a\", \"b\"]]", '{"sources": [], "n_images": 30}']),
+)
+_DATASETS = {"images.h5": ["embeddings", "ids", "sizes"], "text.h5": ["embeddings", "concepts"],
+             "acts.h5": ["ids", "sizes", "layers/layer1", "layers/fc"], "shard1.h5": ["embeddings", "ids"],
+             "shard2.h5": ["embeddings", "ids"]}
+_COLUMNS = {"labels.parquet": list(A.LABEL_COLUMNS), "composed.parquet": list(A.COMPOSED_COLUMNS)}
+_META_KEYS = ["format", "version", "clip", "clip_fingerprint", "concepts", "params", "probe", "provenance", "similarity",
+              "model", "weights", "layers", "top", "summary", "template", "depth", "anything"]
+
+
+def _h5_mutation(name: str):
+    ops = [
+        st.tuples(st.just("attr"), st.sampled_from(_ATTR_KEYS), _ATTR_VALUES),
+        st.tuples(st.just("del-attr"), st.sampled_from(_ATTR_KEYS)),
+        st.tuples(st.just("dataset"), st.sampled_from(_DATASETS[name]), st.sampled_from(crafted.DATASET_HOWS)),
+    ]
+    if name == "acts.h5":
+        ops += [st.tuples(st.just("layer-attr"), st.sampled_from(["layer1", "fc"]),
+                          st.sampled_from(["summary", "layout", "raw_shape", "module_type", "fingerprint", "n_units"]),
+                          _ATTR_VALUES),
+                st.tuples(st.just("layers"), st.sampled_from(["dataset", "empty"]))]
+    return st.one_of(*ops)
+
+
+def _parquet_mutation(name: str):
+    cols = st.sampled_from(_COLUMNS[name] + ["nonexistent"])
+    return st.one_of(
+        st.tuples(st.just("meta"), st.sampled_from(_META_KEYS), _JSON),
+        st.tuples(st.just("meta-raw"), st.one_of(st.none(), st.binary(max_size=20), _JSON.map(lambda v: json.dumps(v).encode()))),
+        st.tuples(st.just("drop-column"), cols),
+        st.tuples(st.just("column-type"), cols, st.sampled_from(crafted.COLUMN_TYPES)),
+        st.tuples(st.just("value"), cols, st.integers(-3, 3),
+                  st.one_of(st.none(), st.integers(-10, 10**6), st.floats(allow_nan=True), st.text(max_size=5),
+                            st.just(2**40), st.lists(st.text(max_size=3), max_size=2))),
+        st.tuples(st.just("rows"), st.sampled_from(["empty", "duplicate", "reverse", "first"])),
+    )
+
+
+def _crafted(targets: list[str]):
+    """(file, [1-3 mutations of it]) for one of ``targets``."""
+    return st.one_of(*[st.tuples(st.just(t), st.lists(_h5_mutation(t) if t.endswith(".h5") else _parquet_mutation(t),
+                                                      min_size=1, max_size=3)) for t in targets])
+
+
+_OUTPUTS = {"label": ("out.parquet", A.read_labels_metadata), "compose": ("out.parquet", A.read_parquet_metadata),
+            "compose-labels": ("out.parquet", A.read_parquet_metadata), "merge": ("merged.h5", A.sniff)}
+
+
+def _run_crafted(base: Path, command: str, target: str, mutations: list[tuple]) -> None:
+    from hypothesis import reject
+
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        for p in base.iterdir():
+            if p.is_file():
+                shutil.copy(p, d / p.name)
+        (d / "probe").symlink_to(base / "probe")
+        try:
+            for m in mutations:
+                crafted.apply(d / target, m)
+        except (ValueError, TypeError, OverflowError, UnicodeError):
+            reject()  # a value h5py or pyarrow cannot store: not a file anyone could hand us
+        event(f"{target}: {', '.join(sorted({m[0] for m in mutations}))}")
+        before = (d / target).read_bytes()
+        args = crafted_commands(d, target)[command]
+        name, reader = _OUTPUTS.get(command, (None, None))
+        r = invoke(*args, ok=False)
+        check_outcome(r, d / name if name else None, reader)
+        assert (d / target).read_bytes() == before, f"{target} was modified"
+
+
+_TARGETS = {"label": ["images.h5", "text.h5", "acts.h5"], "compose": ["images.h5", "text.h5", "acts.h5"],
+            "evaluate": ["labels.parquet"], "compose-labels": ["labels.parquet"],
+            "report": ["acts.h5", "labels.parquet", "composed.parquet"], "show": ["labels.parquet", "composed.parquet"],
+            "info": ["images.h5", "text.h5", "acts.h5", "shard1.h5", "labels.parquet", "composed.parquet"],
+            "merge": ["shard1.h5", "shard2.h5"]}
+
+
+def _crafted_test(command: str):
+    @FUZZ
+    @given(case=_crafted(_TARGETS[command]))
+    def test(crafted_base, case):
+        _run_crafted(crafted_base, command, *case)
+
+    test.__name__ = f"test_fuzz_crafted_{command.replace('-', '_')}"
+    test.__doc__ = f"`dissect {command}` on crafted artifacts: a valid result or one line, never 'internal error'."
+    return test
+
+
+test_fuzz_crafted_label = _crafted_test("label")
+test_fuzz_crafted_compose = _crafted_test("compose")
+test_fuzz_crafted_compose_labels = _crafted_test("compose-labels")
+test_fuzz_crafted_evaluate = _crafted_test("evaluate")
+test_fuzz_crafted_report = _crafted_test("report")
+test_fuzz_crafted_show = _crafted_test("show")
+test_fuzz_crafted_info = _crafted_test("info")
+test_fuzz_crafted_merge = _crafted_test("merge")
