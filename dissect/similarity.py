@@ -466,7 +466,11 @@ def _pmi(q, I, T, a, lam, top_k, weights, min_prob, log_z, idx, chunk, return_sc
 
 def cos(q, I, T):
     """cos: sim_k(m) = q_k · P[:, m] / (‖q_k‖ ‖P[:, m]‖), over all N images (no centring)."""
-    P = cosines(I, T).to(torch.float64)
+    return _cos_of(q, cosines(I, T))
+
+
+def _cos_of(q, P):
+    P = P.to(torch.float64)
     qn = q.to(torch.float64)
     qn = qn / qn.norm(dim=0, keepdim=True).clamp_min(1e-12)
     P = P / P.norm(dim=0, keepdim=True).clamp_min(1e-12)
@@ -485,8 +489,11 @@ def cos_cubed(q, I, T, *, min_norm):
         u = (q_k - mean q_k)^3 / max(‖·‖, min_norm),  v = (P[:, m] - mean P[:, m])^3 / max(‖·‖, min_norm)
         sim_k(m) = u · v
     """
-    P = cosines(I, T).to(torch.float64)
-    return _centre_cube(q.to(torch.float64), min_norm).T @ _centre_cube(P, min_norm)
+    return _cos_cubed_of(q, cosines(I, T), min_norm)
+
+
+def _cos_cubed_of(q, P, min_norm):
+    return _centre_cube(q.to(torch.float64), min_norm).T @ _centre_cube(P.to(torch.float64), min_norm)
 
 
 def rank_reorder_baseline(sorted_vals: torch.Tensor, p: float, n_perm: int, seed: int, unit_offset: int = 0) -> torch.Tensor:
@@ -517,7 +524,7 @@ def rank_reorder_baseline(sorted_vals: torch.Tensor, p: float, n_perm: int, seed
     return out.clamp_min(1e-30)
 
 
-def rank_reorder(q, I, T, *, p, top_fraction, scale_p, n_perm, seed, idx=None, baseline=None):
+def rank_reorder(q, I, T, *, p, top_fraction, scale_p, n_perm, seed, idx=None, baseline=None, presence=None):
     """Rank reorder (paper App. A.1), negated so that higher is better.
 
     For neuron k with top-n images (n = ⌊N · top_fraction⌋) t_0 ≥ … ≥ t_{n-1} and ascending
@@ -527,6 +534,7 @@ def rank_reorder(q, I, T, *, p, top_fraction, scale_p, n_perm, seed, idx=None, b
         sim_k(m) = -err_k(m)
     The reference code divides by mean(c)^0.5 and yields NaN when that mean is negative;
     we clamp the mean at 1e-6 instead (real CLIP cosines are positive).
+    ``presence`` [N, Mc] replaces the cosines P = I·Tᵀ (``I``, ``T`` are then unused).
     """
     N, C = q.shape
     n = max(2, int(N * top_fraction))
@@ -536,15 +544,43 @@ def rank_reorder(q, I, T, *, p, top_fraction, scale_p, n_perm, seed, idx=None, b
     if baseline is None:
         baseline = rank_reorder_baseline(t, p, n_perm, seed)
     s = torch.flip(t, dims=[0])
-    Mc = T.shape[0]
+    Mc = T.shape[0] if presence is None else presence.shape[1]
     out = torch.empty((C, Mc), dtype=torch.float64, device=q.device)
     for k in range(C):
-        c = cosines(I[idx[:, k]], T, row_tile=None).to(torch.float64)  # [n, Mc]
+        if presence is None:
+            c = cosines(I[idx[:, k]], T, row_tile=None).to(torch.float64)  # [n, Mc]
+        else:
+            c = presence[idx[:, k]].to(torch.float64)
         ranks = torch.argsort(torch.argsort(c, dim=0, stable=True), dim=0, stable=True)
         reorg = s[:, k][ranks]                                      # [n, Mc]
         err = (t[:, k : k + 1] - reorg).abs().pow(p).mean(dim=0)
         out[k] = -(err / baseline[k] / c.mean(dim=0).clamp_min(1e-6).pow(scale_p))
     return out
+
+
+def from_presence(name: str, q: torch.Tensor, presence: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+    """sim [C, M] of similarity ``name`` with a concept-presence matrix in place of CLIP's.
+
+    ``presence`` [N, M] in [0, 1] holds each concept's presence on each image (ground-truth
+    annotations, or the sanity tests' perturbed ones). Each function runs its own kernel on
+    it: SoftWPMI and WPMI take it as p(t_m | x_i) (what the softmax over CLIP cosines
+    estimates), cos, cos-cubed and rank reorder as the image-concept matrix P.
+    """
+    params = resolve_params(name, {k: v for k, v in params.items()} if params else None)
+    q = q.to(torch.float32) if q.dtype not in (torch.float32, torch.float64) else q
+    if name in ("softwpmi", "wpmi"):
+        k = min(int(params["top_k"]), q.shape[0])
+        w = softwpmi_weights(k, params["p_start"], params["p_end"], device=q.device) if name == "softwpmi" else None
+        score = pmi_scores(presence.to(torch.float32).contiguous(), top_images(q, k), w, params["min_prob"])
+        return population_correction(score, params["lam"])
+    if name == "cos":
+        return _cos_of(q, presence)
+    if name == "cos-cubed":
+        return _cos_cubed_of(q, presence, params["min_norm"])
+    if name == "rank-reorder":
+        rr = {k: params[k] for k in ("p", "top_fraction", "scale_p", "n_perm", "seed")}
+        return rank_reorder(q, None, None, presence=presence, **rr)
+    raise UsageError(f"unknown similarity function {name!r}", hint=f"choose one of: {', '.join(SIMILARITIES)}")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,191 @@
+"""How well an explanation predicts a unit: the metrics of the unified evaluation framework.
+
+Oikarinen, Yan & Weng, "Evaluating Neuron Explanations: A Unified Framework with Sanity
+Checks" (ICML 2025) write every evaluation as a similarity between two vectors over the
+scored images: the unit's activation ``a`` and the presence ``c`` of its explanation.
+Only five of the eighteen metrics in use pass their two sanity tests: correlation,
+cosine, AUPRC, F1 and IoU. They are here, with AUC, recall and precision for the
+sanity report (the last three fail a test: see :mod:`dissect.sanity`).
+
+Every kernel takes ``acts`` [N, U] (U units on N images) and ``presence`` [N, U] (the
+presence in [0, 1] of unit u's explanation on the same images) and scores column u of
+one against column u of the other, all units at once: ``(U,)`` float64. Pure tensor
+code; nothing here reads a file.
+
+Conventions follow the framework, where the unit is the ground truth and the
+explanation the prediction:
+
+* a unit is *active* on the top-α fraction of the images: ``a >= v_k`` with ``v_k``
+  its k-th largest activation, ``k = ceil(α N)`` (ties at the cutoff count as active);
+* a concept is *present* where ``c >= 0.5``;
+* recall = |active ∧ present| / |active|, precision = |active ∧ present| / |present|;
+* AUPRC is the average precision of ranking the images by ``c`` to retrieve the
+  active ones (a step function; tied presence values form one threshold);
+* AUC is the probability that an active image has higher presence than an inactive
+  one (ties count one half).
+
+Undefined values are NaN, never 0: correlation of a constant vector, cosine of a zero
+vector, precision of an explanation that is never present, AUC with no inactive image.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+#: The framework's default top fraction for hidden layers (its ResNet layer4 settings).
+DEFAULT_ALPHA = 0.005
+#: Metrics that pass both sanity tests (the framework's result, and ours: dissect.sanity).
+RELIABLE = ("correlation", "cosine", "auprc", "f1", "iou")
+#: Every metric this module computes, in table order.
+METRICS = ("correlation", "cosine", "auprc", "f1", "iou", "auc", "recall", "precision")
+#: Metrics that look at the unit binarised at its top-α fraction.
+BINARISED = ("auprc", "f1", "iou", "auc", "recall", "precision")
+
+
+def _f64(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float64)
+
+
+def _check(acts: torch.Tensor, presence: torch.Tensor) -> None:
+    if acts.ndim != 2 or acts.shape != presence.shape:
+        raise ValueError(f"acts and presence must both be [N, U], got {tuple(acts.shape)} and {tuple(presence.shape)}")
+
+
+def correlation(acts: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each unit with its explanation's presence: the simulation score."""
+    _check(acts, presence)
+    a = _f64(acts)
+    c = _f64(presence)
+    a = a - a.mean(dim=0, keepdim=True)
+    c = c - c.mean(dim=0, keepdim=True)
+    den = a.norm(dim=0) * c.norm(dim=0)
+    out = (a * c).sum(dim=0) / den
+    return torch.where(den > 0, out, torch.full_like(out, math.nan))
+
+
+def cosine(acts: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+    """Cosine of the raw (uncentred) activation and presence vectors."""
+    _check(acts, presence)
+    a, c = _f64(acts), _f64(presence)
+    den = a.norm(dim=0) * c.norm(dim=0)
+    out = (a * c).sum(dim=0) / den
+    return torch.where(den > 0, out, torch.full_like(out, math.nan))
+
+
+def active(acts: torch.Tensor, alpha: float | None) -> torch.Tensor:
+    """[N, U] bool: the images on which each unit is in its top-α fraction (ties at the cutoff included).
+
+    ``alpha`` None: the activations are already binary (active where ≥ 0.5), as the
+    framework's synthetic sanity setting passes them (its ``alpha=False``)."""
+    if alpha is None:
+        return acts >= 0.5
+    if not 0 < alpha <= 1:
+        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+    n = acts.shape[0]
+    k = min(n, max(1, math.ceil(alpha * n)))
+    cutoff = torch.topk(acts, k, dim=0).values[-1:]
+    return acts >= cutoff
+
+
+def present(presence: torch.Tensor) -> torch.Tensor:
+    return presence >= 0.5
+
+
+def _counts(act: torch.Tensor, pres: torch.Tensor):
+    a, p = _f64(act), _f64(pres)
+    tp = (a * p).sum(dim=0)
+    return tp, a.sum(dim=0), p.sum(dim=0)
+
+
+def _div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    out = num / den.clamp_min(1e-300)
+    return torch.where(den > 0, out, torch.full_like(out, math.nan))
+
+
+def recall(acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = DEFAULT_ALPHA) -> torch.Tensor:
+    """Share of the unit's active images on which the explanation is present."""
+    tp, n_act, _ = _counts(active(acts, alpha), present(presence))
+    return _div(tp, n_act)
+
+
+def precision(acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = DEFAULT_ALPHA) -> torch.Tensor:
+    """Share of the images with the explanation present on which the unit is active."""
+    tp, _, n_pres = _counts(active(acts, alpha), present(presence))
+    return _div(tp, n_pres)
+
+
+def f1(acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = DEFAULT_ALPHA) -> torch.Tensor:
+    """2 TP / (2 TP + FP + FN) = 2 TP / (|active| + |present|)."""
+    tp, n_act, n_pres = _counts(active(acts, alpha), present(presence))
+    return _div(2 * tp, n_act + n_pres)
+
+
+def iou(acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = DEFAULT_ALPHA) -> torch.Tensor:
+    """|active ∧ present| / |active ∨ present|."""
+    tp, n_act, n_pres = _counts(active(acts, alpha), present(presence))
+    return _div(tp, n_act + n_pres - tp)
+
+
+def _sorted_groups(scores: torch.Tensor):
+    """Sort each column descending; per position the index of the first and of the last
+    position holding the same value (tie groups)."""
+    n = scores.shape[0]
+    vals, order = torch.sort(scores, dim=0, descending=True, stable=True)
+    pos = torch.arange(n, device=scores.device).unsqueeze(1).expand_as(vals)
+    new = torch.ones_like(vals, dtype=torch.bool)
+    new[1:] = vals[1:] != vals[:-1]
+    last = torch.ones_like(vals, dtype=torch.bool)
+    last[:-1] = new[1:]
+    first_idx = torch.cummax(torch.where(new, pos, torch.zeros_like(pos)), dim=0).values
+    end = torch.where(last, pos, torch.full_like(pos, n))
+    last_idx = torch.flip(torch.cummin(torch.flip(end, dims=[0]), dim=0).values, dims=[0])
+    return order, first_idx, last_idx
+
+
+def auprc(acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = DEFAULT_ALPHA) -> torch.Tensor:
+    """Average precision of the presence as a ranking of the unit's active images.
+
+    AP = Σ over thresholds (R_t - R_{t-1}) P_t, thresholds at the distinct presence
+    values: each active image contributes the precision at the end of its tie group.
+    """
+    _check(acts, presence)
+    target = _f64(active(acts, alpha))
+    order, _, last_idx = _sorted_groups(_f64(presence))
+    t = torch.gather(target, 0, order)
+    tp_at = torch.cumsum(t, dim=0)
+    prec_end = torch.gather(tp_at, 0, last_idx) / (last_idx + 1).to(torch.float64)
+    n_pos = t.sum(dim=0)
+    return _div((t * prec_end).sum(dim=0), n_pos)
+
+
+def auc(acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = DEFAULT_ALPHA) -> torch.Tensor:
+    """ROC AUC of the presence for the unit's active images (Mann-Whitney U, ties one half)."""
+    _check(acts, presence)
+    target = _f64(active(acts, alpha))
+    n = presence.shape[0]
+    order, first_idx, last_idx = _sorted_groups(_f64(presence))
+    t = torch.gather(target, 0, order)
+    # descending position p has ascending rank n - p (1-based); a tie group shares its mean
+    rank = n - (first_idx + last_idx).to(torch.float64) / 2
+    n_pos = t.sum(dim=0)
+    n_neg = n - n_pos
+    u = (t * rank).sum(dim=0) - n_pos * (n_pos + 1) / 2
+    return _div(u, n_pos * n_neg)
+
+
+_FUNCTIONS = {"correlation": correlation, "cosine": cosine, "auprc": auprc, "f1": f1, "iou": iou, "auc": auc,
+              "recall": recall, "precision": precision}
+
+
+def metric(name: str, acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = DEFAULT_ALPHA) -> torch.Tensor:
+    """One metric by name (``METRICS``); ``alpha`` is used by the binarised ones."""
+    fn = _FUNCTIONS[name]
+    return fn(acts, presence, alpha) if name in BINARISED else fn(acts, presence)
+
+
+def score_all(acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = DEFAULT_ALPHA,
+              names: tuple[str, ...] = METRICS) -> dict[str, torch.Tensor]:
+    """Every metric of ``names`` for all units, each ``(U,)`` float64."""
+    return {m: metric(m, acts, presence, alpha) for m in names}

@@ -1,0 +1,161 @@
+"""The missing-labels and extra-labels sanity tests of an evaluation metric.
+
+Oikarinen, Yan & Weng (ICML 2025, Sec. 4): a metric that scores an explanation
+against a unit must score it *lower* when the concept labels are made worse.
+
+* missing labels: every positive image of a concept is dropped with probability 1/2;
+* extra labels: negatives are turned positive with probability n⁺ / (N − n⁺), so that
+  the expected number of positives doubles.
+
+For each perturbation the score of the right explanation is compared with the
+original one, normalised by the metric's range (its bounds where it has them, else
+the spread of the values seen, as the framework does); a repetition *decreases* when
+the normalised difference is below −ε (ε = 0.001). The decrease rate is the share of
+repetitions that decrease; a metric passes a test when its decrease rate is at least
+:data:`PASS_RATE` in every setting.
+
+Two settings: the framework's synthetic one (:func:`synthetic`: unit = concept,
+binary, with activation frequencies 0.499 … 0.0001), and a user's own activations
+with annotated concepts (:func:`run`, given the pairs unit ↔ concept). Both the
+framework's metrics (:mod:`dissect.metrics`) and dissect's similarity functions
+(run on the presence matrix through :func:`dissect.similarity.from_presence`) go
+through the same tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import metrics as M
+
+EPSILON = 1e-3
+#: A metric passes a test when at least this share of the repetitions decreases, in every setting.
+PASS_RATE = 0.9
+#: The framework's synthetic activation frequencies γ.
+FREQUENCIES = (0.499, 0.1, 0.01, 0.001, 0.0001)
+#: Known ranges (min, max) of the framework metrics; None: the spread of the values seen.
+RANGES = {"correlation": (-1.0, 1.0), "cosine": (-1.0, 1.0), "auprc": (0.0, 1.0), "f1": (0.0, 1.0),
+          "iou": (0.0, 1.0), "auc": (0.0, 1.0), "recall": (0.0, 1.0), "precision": (0.0, 1.0)}
+TESTS = ("missing", "extra")
+
+
+def missing_labels(c: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Each positive kept with probability 1/2."""
+    keep = torch.rand(c.shape, generator=g, device=c.device) > 0.5
+    return c * keep
+
+
+def extra_labels(c: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random positives added so that the expected number of positives doubles."""
+    pos = c.sum(dim=0, keepdim=True)
+    rate = pos / (c.shape[0] - pos).clamp_min(1)
+    extra = torch.rand(c.shape, generator=g, device=c.device) < rate
+    return torch.clamp(c + extra.to(c.dtype), max=1)
+
+
+@dataclass
+class Scorer:
+    """A metric (``kind`` 'metric') or a similarity function ('similarity') under test."""
+
+    name: str
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+    alpha: float | None = M.DEFAULT_ALPHA
+
+    def matched(self, acts: torch.Tensor, presence: torch.Tensor, concept_of_unit: torch.Tensor) -> torch.Tensor:
+        """(U,) score of each unit against its own concept; for similarities also the full [U, M] matrix."""
+        if self.kind == "metric":
+            return M.metric(self.name, acts, presence[:, concept_of_unit], self.alpha), None
+        from .similarity import from_presence
+
+        sim = from_presence(self.name, acts, presence, self.params)
+        return sim[torch.arange(sim.shape[0], device=sim.device), concept_of_unit], sim
+
+
+@dataclass
+class SanityResult:
+    scorer: str
+    kind: str
+    settings: list[str]                       # one label per unit/setting
+    rates: dict[str, list[float]]             # test -> decrease rate per setting
+    mean_diff: dict[str, list[float]]         # test -> mean normalised difference per setting
+    repetitions: int
+
+    def passes(self, test: str) -> bool:
+        rates = [r for r in self.rates[test] if r == r]
+        return bool(rates) and min(rates) >= PASS_RATE
+
+    def row(self) -> dict[str, Any]:
+        return {"scorer": self.scorer, "kind": self.kind, "repetitions": self.repetitions,
+                "missing_pass": self.passes("missing"), "extra_pass": self.passes("extra"),
+                "missing_rate": min(self.rates["missing"]), "extra_rate": min(self.rates["extra"]),
+                "settings": self.settings, "missing_rates": self.rates["missing"], "extra_rates": self.rates["extra"],
+                "missing_mean_diff": self.mean_diff["missing"], "extra_mean_diff": self.mean_diff["extra"]}
+
+
+def run(scorer: Scorer, acts: torch.Tensor, presence: torch.Tensor, concept_of_unit: torch.Tensor,
+        repetitions: int = 100, seed: int = 0, settings: list[str] | None = None, progress=None) -> SanityResult:
+    """Both tests for ``scorer`` on units ``acts`` [N, U] whose right concepts are the columns
+    ``concept_of_unit`` (U,) of the binary ``presence`` [N, M]. Deterministic in ``seed``."""
+    g = torch.Generator(device="cpu").manual_seed(int(seed))
+    presence = (presence >= 0.5).to(torch.float32)
+    base, sim0 = scorer.matched(acts, presence, concept_of_unit)
+    bounds = RANGES.get(scorer.name) if scorer.kind == "metric" else None
+    diffs: dict[str, list[torch.Tensor]] = {t: [] for t in TESTS}
+    span = None if bounds is None else bounds[1] - bounds[0]
+    for _ in range(int(repetitions)):
+        perturbed = {"missing": missing_labels(presence.cpu(), g).to(presence.device),
+                     "extra": extra_labels(presence.cpu(), g).to(presence.device)}
+        scores = {}
+        for t in TESTS:
+            scores[t], sim = scorer.matched(acts, perturbed[t], concept_of_unit)
+            if span is None and sim is not None:  # first repetition fixes the spread (the framework's run_test)
+                seen = torch.cat([sim0.flatten(), sim.flatten()])
+                seen = seen[torch.isfinite(seen)]
+                lo, hi = (float(seen.min()), float(seen.max())) if seen.numel() else (0.0, 1.0)
+                span = (hi - lo) or 1.0
+        for t in TESTS:
+            diffs[t].append((scores[t] - base) / (span or 1.0))
+        if progress is not None:
+            progress(1)
+    rates, mean_diff = {}, {}
+    for t in TESTS:
+        d = torch.stack(diffs[t]).to(torch.float64)          # [R, U]
+        rates[t] = ((d < -EPSILON).to(torch.float64).mean(dim=0)).tolist()
+        mean_diff[t] = torch.nanmean(d, dim=0).tolist()
+    labels = settings or [str(i) for i in range(acts.shape[1])]
+    return SanityResult(scorer.name, scorer.kind, labels, rates, mean_diff, int(repetitions))
+
+
+def synthetic_setting(n_inputs: int = 100_000, frequencies=FREQUENCIES, device="cpu"):
+    """The framework's synthetic units: unit i = concept i, active on the first γ_i·N inputs."""
+    nums = [max(1, int(f * n_inputs)) for f in frequencies]
+    c = torch.zeros(n_inputs, len(frequencies), device=device)
+    for i, n in enumerate(nums):
+        c[:n, i] = 1
+    return c.clone(), c, torch.arange(len(frequencies), device=device)
+
+
+def synthetic(scorer: Scorer, n_inputs: int = 100_000, repetitions: int = 100, seed: int = 0,
+              frequencies=FREQUENCIES, device="cpu", progress=None) -> SanityResult:
+    """Both tests on the framework's synthetic setting (activations are the binary concepts themselves).
+
+    As in the framework, the binarised metrics are given the binary activation itself
+    (alpha = the share of active inputs is then exact: the reference passes ``alpha=False``).
+    """
+    acts, presence, right = synthetic_setting(n_inputs, frequencies, device)
+    if scorer.kind == "metric":
+        scorer = Scorer(scorer.name, "metric", alpha=None)
+    return run(scorer, acts, presence, right, repetitions, seed, [f"{f:g}" for f in frequencies], progress)
+
+
+def scorers(similarity_params: dict[str, dict[str, Any]] | None = None, alpha: float = M.DEFAULT_ALPHA) -> list[Scorer]:
+    """Every framework metric and every dissect similarity function, in report order."""
+    from .similarity import SIMILARITIES
+
+    out = [Scorer(m, "metric", alpha=alpha) for m in M.METRICS]
+    out += [Scorer(s, "similarity", dict((similarity_params or {}).get(s, {}))) for s in SIMILARITIES]
+    return out
