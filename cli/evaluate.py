@@ -250,3 +250,114 @@ def weights_cmd(
         with A.atomic_path(out) as tmp:
             tmp.write_text(json.dumps(res, indent=2, default=str) + "\n")
         note(f"wrote {out}")
+
+
+@subcommand(evaluate_app, "simulate")
+def simulate_cmd(
+    labels: Annotated[list[Path], typer.Argument(help="labels.parquet, composed.parquet, or CLIP-Dissect / MILAN / NetDissect CSVs (several: one table row each).", show_default=False)],
+    activations: O.Activations,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="simulate.parquet (one row per labels file, layer and unit); the summary goes to simulate.json beside it.")] = None,
+    images: Annotated[Optional[Path], typer.Option("--images", help="images.h5: estimate each label's presence with its CLIP model (when no --annotations).")] = None,
+    text: O.Text = None,
+    annotations: Annotated[Optional[str], typer.Option("--annotations", help="Per-image concepts: a CSV or Parquet with columns id, concept[, value in 0..1], or 'classes' (an ImageFolder probe's class folders).")] = None,
+    layer: Annotated[Optional[str], typer.Option("--layer", help="Score only this layer (needed for a NetDissect tally, which holds one unnamed layer).")] = None,
+    alpha: Annotated[float, typer.Option("--alpha", help="Top fraction of images on which a unit counts as active (AUPRC, F1, IoU, AUC); the framework's default.")] = 0.005,
+    calibration: Annotated[str, typer.Option("--calibration", help="CLIP cosine to presence: zscore (default, fitted on the demo world), zscore:K,Z0, sigmoid:A,B (Linear Explanations' form) or raw.")] = "zscore",
+    max_memory: O.MaxMemory = O.DEFAULT_MAX_MEMORY,
+    device: O.Device = "auto",
+):
+    """Simulation scores: how well each label predicts its unit's activation on held-out images (correlation, cosine, AUPRC, F1, IoU)."""
+    from dissect import simulate as stage
+
+    if out is not None:
+        _check_outputs(out, [*labels, activations, images, text,
+                             annotations if annotations not in (None, "classes") else None])
+    sim = stage.simulate([str(p) for p in labels], activations, images=images, text=text, annotations=annotations,
+                         layer=layer, alpha=alpha, calibration=stage.parse_calibration(calibration), device=device,
+                         max_memory=O.parse_size(max_memory))
+    _print_simulation(sim)
+    if out is not None:
+        parquet, summary = stage.write_simulation(sim, out)
+        from dissect.runtime import note
+
+        note(f"wrote {parquet} and {summary}")
+
+
+def _print_simulation(sim) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    layers = list(dict.fromkeys(r["layer"] for r in sim.summary))
+    files = list(dict.fromkeys(r["labels"] for r in sim.summary))
+    table = Table(title="Simulation correlation on held-out images: mean (share of units > 0.1)", title_justify="left")
+    table.add_column("labels")
+    table.add_column("method")
+    for lay in layers:
+        table.add_column(lay, justify="right")
+    cell = {(r["labels"], r["layer"]): r for r in sim.summary}
+    for f in files:
+        first = next(r for r in sim.summary if r["labels"] == f)
+        cells = []
+        for lay in layers:
+            r = cell.get((f, lay))
+            if r is None or r["mean_correlation"] is None:
+                cells.append("-")
+            else:
+                mark = "" if r["held_out"] else "*"
+                part = "" if r["scored_units"] == r["units"] else f" {r['scored_units']}/{r['units']} units"
+                cells.append(f"{r['mean_correlation']:.3f}{mark} ({r['share_correlation_above_0.1']:.0%}){part}")
+        table.add_row(Path(f).name, first["method"], *cells)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    console.print(table)
+    if any(not r["held_out"] for r in sim.summary):
+        console.print("* scored on the images the labels were made on (optimistic)")
+
+
+@subcommand(evaluate_app, "sanity")
+def sanity_cmd(
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="sanity.parquet (one row per setting and scorer); the summary goes to sanity.json beside it.")] = None,
+    activations: Annotated[Optional[Path], typer.Option("--activations", help="activations.h5: also run the tests on these units (with --annotations).")] = None,
+    annotations: Annotated[Optional[str], typer.Option("--annotations", help="Per-image concepts (CSV/Parquet id, concept[, value]) or 'classes'.")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="labels.parquet pairing each unit with its concept [default: the annotated concept of highest IoU, the framework's choice].")] = None,
+    layers: O.LayersOptional = None,
+    repetitions: Annotated[int, typer.Option("--repetitions", "-R", min=1, help="Perturbations drawn per test.")] = 100,
+    n_inputs: Annotated[int, typer.Option("--n-inputs", min=100, help="Inputs of the synthetic setting (the framework: 500,000).")] = 100_000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the perturbations.")] = 0,
+    alpha: Annotated[float, typer.Option("--alpha", help="Top fraction for the binarised metrics on real units.")] = 0.005,
+    no_synthetic: Annotated[bool, typer.Option("--no-synthetic", help="Skip the synthetic setting.")] = False,
+):
+    """The missing-labels and extra-labels sanity tests for every metric and every similarity function."""
+    from dissect import sanity_report as stage
+
+    if out is not None:
+        _check_outputs(out, [activations, labels, annotations if annotations not in (None, "classes") else None])
+    rep = stage.run_report(activations=activations, annotations=annotations, labels=labels,
+                           layers=O.split_list(layers) or None, repetitions=repetitions, n_inputs=n_inputs, seed=seed,
+                           alpha=alpha, synthetic=not no_synthetic)
+    _print_sanity(rep)
+    if out is not None:
+        parquet, summary = stage.write_report(rep, out)
+        from dissect.runtime import note
+
+        note(f"wrote {parquet} and {summary}")
+
+
+def _print_sanity(rep) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    for setting in dict.fromkeys(r["setting"] for r in rep.rows):
+        table = Table(title=f"Sanity tests, {setting}: share of perturbations that lower the score "
+                            f"(pass: >= {rep.pass_rate:.0%} in every case)", title_justify="left")
+        for c in ("scorer", "kind", "missing labels", "extra labels", "verdict"):
+            table.add_column(c)
+        for r in (r for r in rep.rows if r["setting"] == setting):
+            verdict = "pass" if r["missing_pass"] and r["extra_pass"] else \
+                "fails " + " and ".join(t for t, ok in (("missing", r["missing_pass"]), ("extra", r["extra_pass"])) if not ok)
+            table.add_row(r["scorer"], r["kind"], f"{r['missing_rate']:.0%}", f"{r['extra_rate']:.0%}", verdict)
+        console.print(table)

@@ -22,6 +22,7 @@ def label(
     max_memory: O.MaxMemory = O.DEFAULT_MAX_MEMORY,
     device: O.Device = "auto",
     batch_size: O.BatchSize = 256,
+    holdout: O.Holdout = None,
 ):
     """Label every neuron with its most similar concept -> labels.parquet (never reruns CLIP on images or the model)."""
     from dissect import label as stage
@@ -41,4 +42,6 @@ def label(
         chunk=chunk,
         max_memory=O.parse_size(max_memory),
         batch_size=batch_size,
+        holdout=holdout,
+        holdout_seed=seed or 0,
     )

@@ -62,7 +62,8 @@ Param = Annotated[
     Optional[list[str]], typer.Option("--param", "-p", help="Similarity hyperparameter NAME=VALUE (repeatable), e.g. top_k=50.")
 ]
 Top = Annotated[int, typer.Option("--top", "-k", min=1, help="Alternative concepts kept per neuron (candidates column).")]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for randomised similarities (rank-reorder).")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for randomised similarities (rank-reorder) and of the --holdout split [default: 0].")]
+Holdout = Annotated[Optional[float], typer.Option("--holdout", help="Label on part of the probe only: hold out this share of the images (a deterministic split by image id, seeded by --seed) for `dissect evaluate simulate` to score the labels on.")]
 Concepts = Annotated[
     Optional[str],
     typer.Option("--concepts", "-c", help="Concept set: a .txt file, a shipped set (20k, 10k, 3k, imagenet, imagenet-wordnet, cifar100) or the paper's own lists (paper-20k, paper-10k, paper-3k; downloaded on first use)."),

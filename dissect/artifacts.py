@@ -51,9 +51,12 @@ EVALUATION_FORMAT = "dissect/evaluation"
 PREDICT_FORMAT = "dissect/predict-class"
 STABILITY_FORMAT = "dissect/stability"
 PVALUES_FORMAT = "dissect/pvalues"
+SIMULATE_FORMAT = "dissect/simulate"
+SANITY_FORMAT = "dissect/sanity"
 
 HDF5_FORMATS = (IMAGE_FORMAT, TEXT_FORMAT, ACTIVATIONS_FORMAT)
-PARQUET_FORMATS = (LABELS_FORMAT, COMPOSED_FORMAT, EVALUATION_FORMAT, PREDICT_FORMAT, STABILITY_FORMAT, PVALUES_FORMAT)
+PARQUET_FORMATS = (LABELS_FORMAT, COMPOSED_FORMAT, EVALUATION_FORMAT, PREDICT_FORMAT, STABILITY_FORMAT, PVALUES_FORMAT,
+                   SIMULATE_FORMAT, SANITY_FORMAT)
 
 _MAKER = {
     IMAGE_FORMAT: "dissect embed-images",
@@ -65,6 +68,8 @@ _MAKER = {
     PREDICT_FORMAT: "dissect evaluate predict-class",
     STABILITY_FORMAT: "dissect evaluate stability",
     PVALUES_FORMAT: "dissect evaluate pvalues",
+    SIMULATE_FORMAT: "dissect evaluate simulate",
+    SANITY_FORMAT: "dissect evaluate sanity",
 }
 
 STDOUT = "-"
@@ -852,6 +857,8 @@ _REQUIRED_COLUMNS: dict[str, dict[str, str]] = {
                       "candidates": "list<string>", "candidate_similarities": "list<float>", "gain": "float"},
     EVALUATION_FORMAT: {"layer": "string", "unit": "int", "label": "string", "truth": "string", "exact": "bool"},
     PREDICT_FORMAT: {}, STABILITY_FORMAT: {"layer": "string", "unit": "int"}, PVALUES_FORMAT: {"layer": "string", "unit": "int"},
+    SIMULATE_FORMAT: {"labels": "string", "layer": "string", "unit": "int", "label": "string", "correlation": "float"},
+    SANITY_FORMAT: {"setting": "string", "scorer": "string"},
 }
 
 
@@ -962,3 +969,189 @@ def check_same_clip(images: Embeddings, text: Embeddings) -> None:
             f"(d={text.embeddings.shape[1]})",
             hint=f"re-embed the concepts with `dissect embed-text CONCEPTS --clip {images.clip_spec}`",
         )
+
+
+# ---------------------------------------------------------------------------
+# Labels made by other programs, and per-image concept annotations
+# ---------------------------------------------------------------------------
+
+#: Label files other methods publish (the official CLIP-Dissect repository's data/ folder).
+EXTERNAL_LABEL_KINDS = {
+    "clip-dissect-csv": "CLIP-Dissect CSV (layer,unit,description,similarity)",
+    "milan-csv": "MILAN CSV (layer,unit,description)",
+    "netdissect-tally": "NetDissect-Lite tally CSV (unit,category,label,score,...; one layer, units 1-based)",
+}
+
+
+@dataclass
+class LabelFile:
+    """Labels of one file, whatever wrote it: one entry per labelled unit."""
+
+    path: str
+    kind: str                    # LABELS_FORMAT, COMPOSED_FORMAT or a key of EXTERNAL_LABEL_KINDS
+    layers: list[str]
+    units: list[int]
+    labels: list[str]
+    similarity: list[float | None]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        if self.kind in (LABELS_FORMAT, COMPOSED_FORMAT):
+            sim = self.metadata.get("similarity") or "?"
+            return f"dissect {sim}" if self.kind == LABELS_FORMAT else f"dissect compose ({sim})"
+        return {"clip-dissect-csv": "CLIP-Dissect (CSV)", "milan-csv": "MILAN", "netdissect-tally": "NetDissect"}[self.kind]
+
+
+def _netdissect_label(raw: str) -> str:
+    """A tally label as words: the category suffix (-s scene, -c colour) dropped, '_' and '-' as spaces."""
+    text = raw.strip()
+    for suffix in ("-s", "-c"):
+        if text.endswith(suffix):
+            text = text[: -len(suffix)]
+    return " ".join(text.replace("_", " ").replace("-", " ").split())
+
+
+def read_label_file(path: str | os.PathLike, layer: str | None = None) -> LabelFile:
+    """Labels from a dissect labels.parquet or composed.parquet, or from a CLIP-Dissect, MILAN or
+    NetDissect-Lite CSV (told apart by their header). ``layer`` names the layer of a NetDissect
+    tally (its file holds one layer and no layer column); its 1-based units become 0-based."""
+    import csv
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p} does not exist", hint="give a labels.parquet, composed.parquet or a label CSV")
+    if p.is_dir():
+        raise InputError(f"{p} is a folder, not a labels file")
+    if p.suffix.lower() != ".csv":
+        meta = read_parquet_metadata(p, (LABELS_FORMAT, COMPOSED_FORMAT))
+        table = read_table(p, (LABELS_FORMAT, COMPOSED_FORMAT), columns=["layer", "unit", "label", "similarity"])
+        labels = table.column("label").to_pylist()
+        if any(v is None for v in labels):
+            raise ArtifactError(f"{p}: column 'label' has empty (null) values", hint=f"give a file written by `{_MAKER[meta['format']]}`")
+        return LabelFile(str(p), meta["format"], table.column("layer").to_pylist(), table.column("unit").to_pylist(), labels,
+                         table.column("similarity").to_pylist(), meta)
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+            header = [h.strip() for h in (rows[0].keys() if rows else [])]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"cannot read {p} as CSV: {e}") from None
+    if not rows:
+        raise InputError(f"{p} holds no labels", hint="give a CSV with a header row and one row per unit")
+    rows = [{(k or "").strip(): (v or "").strip() if isinstance(v, str) else v for k, v in r.items()} for r in rows]
+    cols = set(header)
+    if {"layer", "unit", "description"} <= cols:
+        kind = "clip-dissect-csv" if "similarity" in cols else "milan-csv"
+        layers = [r["layer"] for r in rows]
+        if layer is not None:
+            keep = [i for i, name in enumerate(layers) if name == layer]
+            if not keep:
+                raise UsageError(f"{p} labels no layer {layer!r}", hint=f"its layers: {', '.join(dict.fromkeys(layers))}")
+            rows, layers = [rows[i] for i in keep], [layers[i] for i in keep]
+        texts = [r["description"] for r in rows]
+        raw_units = [r["unit"] for r in rows]
+        sims = [r.get("similarity") for r in rows] if kind == "clip-dissect-csv" else [None] * len(rows)
+        offset = 0
+    elif {"unit", "category", "label", "score"} <= cols:
+        kind = "netdissect-tally"
+        if layer is None:
+            raise UsageError(f"{p} is a NetDissect tally: it holds one layer and does not name it",
+                             hint="pass --layer NAME (the layer it describes, as named in activations.h5)")
+        layers = [layer] * len(rows)
+        texts = [_netdissect_label(r["label"]) for r in rows]
+        raw_units = [r["unit"] for r in rows]
+        sims = [r.get("score") for r in rows]
+        offset = 1
+    else:
+        raise InputError(f"{p} is not a label CSV dissect knows (header: {', '.join(header)[:120]})",
+                         hint="known: " + "; ".join(EXTERNAL_LABEL_KINDS.values()))
+    units = []
+    for i, raw in enumerate(raw_units):
+        try:
+            u = int(str(raw).strip())
+        except ValueError:
+            raise InputError(f"{p} row {i + 2}: unit {raw!r} is not a whole number") from None
+        if u - offset < 0:
+            raise InputError(f"{p} row {i + 2}: unit {u} is out of range" + (" (NetDissect units start at 1)" if offset else ""))
+        units.append(u - offset)
+    similarity = []
+    for s_ in sims:
+        try:
+            similarity.append(None if s_ in (None, "") else float(s_))
+        except ValueError:
+            similarity.append(None)
+    seen: set = set()
+    for key in zip(layers, units):
+        if key in seen:
+            raise InputError(f"{p} labels unit {key[1] + offset} of layer {key[0]} more than once")
+        seen.add(key)
+    empty = [i for i, t in enumerate(texts) if not t]
+    if empty:
+        raise InputError(f"{p} row {empty[0] + 2} has an empty label")
+    return LabelFile(str(p), kind, layers, units, texts, similarity, {"format": kind, "source": str(p.resolve())})
+
+
+@dataclass
+class Annotations:
+    """Per-image concept presence in long form: image ``ids``, ``concepts`` and ``values`` in [0, 1]."""
+
+    path: str
+    ids: list[str]
+    concepts: list[str]
+    values: np.ndarray
+    fingerprint: str = ""
+
+
+def read_annotations(path: str | os.PathLike) -> Annotations:
+    """Annotations from a CSV or Parquet in long form: columns ``id`` and ``concept``, optional
+    ``value`` in [0, 1] (absent: 1). Ids are image ids as stored in dissect's artifacts."""
+    import csv
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p} does not exist", hint="give a CSV or Parquet with columns id, concept[, value]")
+    if p.is_dir():
+        raise InputError(f"{p} is a folder, not an annotations file")
+    if p.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(p)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise InputError(f"{p} is not a Parquet file dissect can read: {first}") from None
+        names = table.column_names
+        cols = {n: table.column(n).to_pylist() for n in ("id", "concept", "value") if n in names}
+    else:
+        try:
+            with open(p, newline="", encoding="utf-8-sig") as f:
+                rows = list(csv.DictReader(f))
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise InputError(f"cannot read {p} as CSV: {e}") from None
+        names = list(rows[0].keys()) if rows else []
+        cols = {n: [r.get(n) for r in rows] for n in ("id", "concept", "value") if n in names}
+    for need in ("id", "concept"):
+        if need not in cols:
+            raise InputError(f"{p} has no column {need!r} (columns: {', '.join(map(str, names))[:120]})",
+                             hint="annotations are long form: one row per (id, concept), optional value in [0, 1]")
+    ids, concepts = cols["id"], cols["concept"]
+    if not ids:
+        raise InputError(f"{p} holds no annotations")
+    for i, (a, b) in enumerate(zip(ids, concepts)):
+        if a in (None, "") or b in (None, ""):
+            raise InputError(f"{p} row {i + 1} has an empty id or concept")
+    raw = cols.get("value")
+    if raw is None:
+        values = np.ones(len(ids), dtype=np.float64)
+    else:
+        try:
+            values = np.array([1.0 if v in (None, "") else float(v) for v in raw], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError(f"{p}: column 'value' holds something that is not a number") from None
+        bad = ~np.isfinite(values) | (values < 0) | (values > 1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise InputError(f"{p} row {i + 1}: value {values[i]} is not in [0, 1]")
+    return Annotations(str(p), [str(a) for a in ids], [str(b) for b in concepts], values,
+                       fingerprint_strings([f"{a}\t{b}\t{v!r}" for a, b, v in zip(ids, concepts, values.tolist())]))

@@ -108,12 +108,16 @@ def label(
     batch_size: int = 256,
     extra_metadata: dict[str, Any] | None = None,
     clip=None,
+    holdout: float | None = None,
+    holdout_seed: int = 0,
 ):
     """Label the neurons of ``layers`` (default: all in the file); returns a pyarrow Table.
 
     Writes ``out`` (Parquet; '-' for standard output) unless it is None; ``extra_metadata``
     is merged into the schema metadata. ``clip``: the CLIP model of images.h5, already
     loaded, to embed ``concepts`` with (otherwise loaded when they are not cached).
+    ``holdout``: the share of the probe kept out of labelling (:mod:`dissect.split`, seeded by
+    ``holdout_seed``), for ``dissect evaluate simulate`` to score the labels on; recorded in the metadata.
     """
     import pyarrow as pa
     import torch
@@ -141,11 +145,25 @@ def label(
     concept_meta["fingerprint"] = txt.keys_fingerprint
     concept_meta["n"] = len(txt.keys)
 
-    N = len(img.keys)
+    split_meta = None
+    keep = None
+    if holdout is not None:
+        from . import split
+
+        out_mask = split.held_out(img.keys, holdout, holdout_seed)
+        keep = np.flatnonzero(~out_mask)
+        if keep.size == 0 or keep.size == len(img.keys):
+            raise UsageError(f"--holdout {holdout} leaves {'no' if keep.size == 0 else 'every'} image of the "
+                             f"{len(img.keys)} for labelling", hint="choose a fraction between 0.05 and 0.5")
+        split_meta = split.record(holdout, holdout_seed, keep.size, len(img.keys) - keep.size)
+        note(f"labelling on {keep.size} of {len(img.keys)} images; {len(img.keys) - keep.size} held out (seed {holdout_seed})")
+        order = keep if order is None else order[keep]
+
+    N = len(img.keys) if keep is None else int(keep.size)
     check_probe_size(sim, params, N)
 
     dev = resolve_device(device)
-    I = torch.from_numpy(img.embeddings).to(dev)
+    I = torch.from_numpy(img.embeddings if keep is None else img.embeddings[keep]).to(dev)
     T = torch.from_numpy(txt.embeddings).to(dev)
     rows: dict[str, list] = {c: [] for c in A.LABEL_COLUMNS}
     k = min(top, len(txt.keys))
@@ -205,6 +223,8 @@ def label(
         "provenance": A.provenance(stage="label"),
         **(extra_metadata or {}),
     }
+    if split_meta is not None:
+        meta["split"] = split_meta
     if world is not None:
         import torch.distributed as dist
 

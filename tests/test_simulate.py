@@ -1,0 +1,195 @@
+"""`dissect evaluate simulate` and `evaluate sanity` on the demo world, whose ground truth is known,
+and on label files in the formats other methods publish."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import h5py
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from dissect import artifacts as A
+from dissect.demo import demo_specs, world
+from dissect.simulate import DEFAULT_CALIBRATION, Calibration, parse_calibration
+
+from test_cli import assert_one_line_error, invoke
+
+
+@pytest.fixture(scope="module")
+def world_run(demo_run, tmp_path_factory):
+    out, _ = demo_run
+    tmp = tmp_path_factory.mktemp("simulate")
+    with open(out / "probe" / "attributes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    ann = tmp / "annotations.csv"
+    with open(ann, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "concept"])
+        for r in rows:
+            for a in world.ATTRIBUTES:
+                w.writerow([r["filename"], r[a]])
+    return out, tmp, ann, {r["filename"]: r for r in rows}
+
+
+def _csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def _table(path):
+    return pq.read_table(path).to_pylist()
+
+
+def test_final_layer_correlation_is_the_direct_pearson_and_a_wrong_label_scores_lower(world_run):
+    out, tmp, ann, truth = world_run
+    classes = demo_specs().class_names
+    right = _csv(tmp / "right.csv", ["layer", "unit", "description", "similarity"],
+                 [["fc", k, c, 1.0] for k, c in enumerate(classes)])
+    wrong = _csv(tmp / "wrong.csv", ["layer", "unit", "description", "similarity"],
+                 [["fc", k, classes[(k + 1) % len(classes)], 1.0] for k in range(len(classes))])
+    res = tmp / "sim.parquet"
+    invoke("evaluate", "simulate", right, wrong, "--activations", out / "activations.h5", "--annotations", ann, "-o", res)
+    rows = _table(res)
+    with h5py.File(out / "activations.h5", "r") as f:
+        ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
+    fc = A.read_activation_layer(out / "activations.h5", "fc").astype(np.float64)
+    got = {(r["labels"].endswith("right.csv"), r["unit"]): r for r in rows}
+    for k, c in enumerate(classes):
+        y = np.array([truth[i]["shape"] == c for i in ids], dtype=np.float64)
+        direct = np.corrcoef(fc[:, k], y)[0, 1]
+        assert got[(True, k)]["correlation"] == pytest.approx(direct, abs=1e-9)
+        assert got[(True, k)]["correlation"] > got[(False, k)]["correlation"], c
+        assert got[(True, k)]["n_images"] == len(ids) and got[(True, k)]["presence"] == "annotations"
+    meta = A.read_parquet_metadata(res, A.SIMULATE_FORMAT)
+    assert meta["presence"]["source"] == "annotations" and meta["alpha"] == 0.005
+    summary = json.loads(res.with_suffix(".json").read_text())
+    assert {s["method"] for s in summary} == {"CLIP-Dissect (CSV)"}
+
+
+def test_holdout_labels_are_scored_on_the_held_out_images_only(world_run):
+    out, tmp, ann, _ = world_run
+    from dissect.split import held_out
+
+    labels = tmp / "held.parquet"
+    r = invoke("label", "--images", out / "images.h5", "--activations", out / "activations.h5", "--text", out / "text-mixed.h5", "--layers", "fc",
+               "--holdout", "0.3", "--seed", "5", "-o", labels)
+    meta = A.read_labels_metadata(labels)
+    assert meta["split"]["holdout"] == 0.3 and meta["split"]["seed"] == 5
+    ids = A.read_activations(out / "activations.h5", data=False).ids
+    mask = held_out(ids, 0.3, 5)
+    assert meta["split"]["n_held_out"] == int(mask.sum()) and meta["probe"]["n_images"] == int((~mask).sum())
+    res = tmp / "held-sim.parquet"
+    r = invoke("evaluate", "simulate", labels, "--activations", out / "activations.h5", "--annotations", ann, "-o", res)
+    assert "optimistic" not in r.stderr
+    rows = _table(res)
+    assert {row["n_images"] for row in rows} == {int(mask.sum())} and all(row["held_out"] for row in rows)
+    # the same labels made on every image: scored on all, with a warning
+    r = invoke("evaluate", "simulate", out / "labels-mixed-softwpmi.parquet", "--activations", out / "activations.h5",
+               "--annotations", ann, "--layer", "fc")
+    assert "optimistic" in r.stderr
+
+
+def test_the_split_depends_on_the_id_and_seed_only():
+    from dissect.split import held_out
+
+    ids = [f"img{i}.png" for i in range(2000)]
+    a = held_out(ids, 0.25, 1)
+    b = held_out(list(reversed(ids)), 0.25, 1)[::-1]
+    assert (a == b).all() and abs(a.mean() - 0.25) < 0.04
+    assert (held_out(ids[:100], 0.25, 1) == a[:100]).all()
+    assert not (held_out(ids, 0.25, 2) == a).all()
+
+
+def test_a_label_never_annotated_gets_nan_with_a_reason(world_run):
+    out, tmp, ann, _ = world_run
+    f = _csv(tmp / "odd.csv", ["layer", "unit", "description"], [["fc", 0, "circle"], ["fc", 1, "zeppelin"]])
+    res = tmp / "odd.parquet"
+    invoke("evaluate", "simulate", f, "--activations", out / "activations.h5", "--annotations", ann, "-o", res)
+    rows = {r["unit"]: r for r in _table(res)}
+    assert rows[0]["reason"] is None and rows[0]["correlation"] > 0.5
+    assert np.isnan(rows[1]["correlation"]) and "zeppelin" in rows[1]["reason"]
+
+
+def test_published_label_formats_are_read(world_run, tmp_path):
+    out, _, ann, _ = world_run
+    milan = _csv(tmp_path / "milan.csv", ["layer", "unit", "description"],
+                 [["layer4", 0, "Red objects"], ["layer4", 1, "Stripes"], ["fc", 2, "triangle"]])
+    lf = A.read_label_file(milan)
+    assert lf.kind == "milan-csv" and lf.labels[0] == "Red objects" and lf.similarity == [None] * 3
+    tally = _csv(tmp_path / "tally.csv", ["unit", "category", "label", "score", "color-label"],
+                 [[1, "color", "red-c", 0.12, "red-c"], [2, "scene", "greenhouse-indoor-s", 0.07, "x"],
+                  [3, "texture", "striped", 0.05, "x"]])
+    with pytest.raises(Exception, match="--layer"):
+        A.read_label_file(tally)
+    lf = A.read_label_file(tally, layer="layer4")
+    assert lf.kind == "netdissect-tally" and lf.units == [0, 1, 2] and lf.labels == ["red", "greenhouse indoor", "striped"]
+    assert lf.similarity == [0.12, 0.07, 0.05] and lf.layers == ["layer4"] * 3
+    res = tmp_path / "s.parquet"
+    invoke("evaluate", "simulate", tally, milan, "--layer", "layer4", "--activations", out / "activations.h5",
+           "--annotations", ann, "-o", res)
+    rows = _table(res)
+    assert {r["method"] for r in rows} == {"NetDissect", "MILAN"}
+    red = next(r for r in rows if r["method"] == "NetDissect" and r["unit"] == 0)
+    assert red["label"] == "red" and red["reason"] is None
+    assert next(r for r in rows if r["label"] == "Red objects")["reason"] is not None  # free text: not annotated
+
+
+def test_units_that_do_not_fit_the_activations_are_refused_in_one_line(world_run, tmp_path):
+    out, _, ann, _ = world_run
+    f = _csv(tmp_path / "far.csv", ["layer", "unit", "description", "similarity"], [["fc", 10, "circle", 0.3]])
+    assert_one_line_error(invoke("evaluate", "simulate", f, "--activations", out / "activations.h5", "--annotations", ann,
+                                 ok=False), "unit 10", "10 units", "1-based")
+    g = _csv(tmp_path / "bad.csv", ["neuron", "text"], [[0, "x"]])
+    assert_one_line_error(invoke("evaluate", "simulate", g, "--activations", out / "activations.h5", "--annotations", ann,
+                                 ok=False), "bad.csv", "not a label CSV")
+    assert_one_line_error(invoke("evaluate", "simulate", out / "labels-mixed-softwpmi.parquet", "--activations",
+                                 out / "activations.h5", ok=False), "--annotations")
+    assert_one_line_error(invoke("evaluate", "simulate", out / "labels-mixed-softwpmi.parquet", "--activations",
+                                 out / "activations.h5", "--annotations", tmp_path / "none.csv", ok=False), "does not exist")
+
+
+def test_clip_presence_records_its_calibration(world_run, tmp_path):
+    out, _, _, _ = world_run
+    res = tmp_path / "clip.parquet"
+    invoke("evaluate", "simulate", out / "labels-mixed-softwpmi.parquet", "--layer", "fc", "--activations",
+           out / "activations.h5", "--images", out / "images.h5", "--text", out / "text-mixed.h5", "-o", res)
+    meta = A.read_parquet_metadata(res, A.SIMULATE_FORMAT)
+    assert meta["presence"]["source"] == "clip"
+    assert meta["presence"]["calibration"] == DEFAULT_CALIBRATION.describe()
+    rows = _table(res)
+    assert all(r["presence"] == "clip" for r in rows) and np.mean([r["correlation"] for r in rows]) > 0.5
+
+
+def test_calibrations_are_the_documented_formulas():
+    import torch
+
+    cos = torch.tensor([[0.1, 0.3], [0.2, 0.1], [0.4, 0.2], [0.3, 0.3]], dtype=torch.float64)
+    z = (cos - cos.mean(0)) / cos.std(0)
+    k, z0 = DEFAULT_CALIBRATION.a, DEFAULT_CALIBRATION.b
+    assert torch.allclose(DEFAULT_CALIBRATION.apply(cos), 1 / (1 + torch.exp(-k * (z - z0))))
+    le = parse_calibration("sigmoid:58,-0.25")
+    assert le == Calibration("sigmoid", 58.0, -0.25)
+    assert torch.allclose(le.apply(cos), 1 / (1 + torch.exp(-58 * (cos - 0.25))))
+    assert torch.equal(parse_calibration("raw").apply(cos), cos)
+    with pytest.raises(Exception, match="calibration"):
+        parse_calibration("sigmoid:x")
+
+
+def test_sanity_command_reports_every_scorer(world_run, tmp_path):
+    out, _, ann, _ = world_run
+    res = tmp_path / "sanity.parquet"
+    r = invoke("evaluate", "sanity", "--activations", out / "activations.h5", "--annotations", ann, "--layers", "fc",
+               "-R", "3", "--n-inputs", "20000", "-o", res)
+    rows = _table(res)
+    settings = {row["setting"] for row in rows}
+    assert len(settings) == 2 and len(rows) == 2 * 13
+    fc = {row["scorer"]: row for row in rows if "fc" in row["setting"]}
+    assert fc["correlation"]["missing_pass"] and fc["correlation"]["extra_pass"]
+    assert not fc["recall"]["extra_pass"]
+    assert "Sanity tests" in r.output
