@@ -383,9 +383,10 @@ def _check_json_attrs(p: Path, attrs: dict[str, Any]) -> None:
             raise ArtifactError(f"{p}: attribute {key!r} is not {what}",
                                 hint="the file was damaged or edited: write it again with the command that made it")
     for key in ("shard", "probe_n_images", "clip_model", "clip_pretrained", "clip_fingerprint", "clip_spec", "model",
-                "fingerprint", "inputs_fingerprint"):
+                "fingerprint", "inputs_fingerprint", "weights", "concept_set", "concept_source"):
         v = attrs.get(key)
-        if key in attrs and (isinstance(v, bool) or not isinstance(v, (str, int))):
+        want = (int, str) if key in ("shard", "probe_n_images") else (str,)
+        if key in attrs and (isinstance(v, bool) or not isinstance(v, want)):
             raise ArtifactError(f"{p}: attribute {key!r} is a {type(attrs[key]).__name__}, not a string",
                                 hint="the file was damaged or edited: write it again with the command that made it")
 
