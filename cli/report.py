@@ -20,6 +20,7 @@ def report(
     probe: Annotated[Optional[list[str]], typer.Option("--probe", help="The probe images [default: the folders recorded in the activations].")] = None,
     composed: Annotated[Optional[Path], typer.Option("--composed", help="composed.parquet, shown on the cards.")] = None,
     metrics: Annotated[Optional[Path], typer.Option("--metrics", help="metrics.parquet from `dissect evaluate` (truth and ✓/✗ on the cards).")] = None,
+    simulate: Annotated[Optional[Path], typer.Option("--simulate", help="simulate.parquet from `dissect evaluate simulate` (each card's simulation correlation).")] = None,
     layers: O.LayersOptional = None,
     top_images: Annotated[int, typer.Option("--top-images", "-n", min=1, help="Most activating images per neuron.")] = 10,
     percentiles: Annotated[bool, typer.Option("--percentiles", help="Also 5 images sampled from each neuron's top 0.1%, 1% and 5% (paper App. A.7).")] = False,
@@ -40,9 +41,10 @@ def report(
         activations = activations or found["activations"]
         composed = composed or found["composed"]
         metrics = metrics or found["metrics"]
+        simulate = simulate or found["simulate"]
         out = out or (run_dir / ("report.html" if single_file else "report"))
     if labels is None or activations is None or out is None:
         raise UsageError("give a run folder, or --labels, --activations and -o", hint="e.g. dissect report runs/x")
-    build_report(labels, activations, out, probe=probe, composed=composed, metrics=metrics, top_images=top_images,
+    build_report(labels, activations, out, probe=probe, composed=composed, metrics=metrics, simulate=simulate, top_images=top_images,
                  layers=O.split_list(layers) or None, percentiles=percentiles, single_file=single_file, cutoff=cutoff,
                  model=model, weights=weights, model_args=O.model_args(model_arg), device=device)

@@ -32,7 +32,8 @@ THUMB = 112
 def find_run(folder: Path) -> dict[str, Path | None]:
     """The artifacts of a run folder (``dissect run``): labels, activations, and the optional extras."""
     found = {"labels": folder / "labels.parquet", "activations": folder / "activations.h5",
-             "composed": folder / "composed.parquet", "metrics": folder / "metrics.parquet"}
+             "composed": folder / "composed.parquet", "metrics": folder / "metrics.parquet",
+             "simulate": folder / "simulate.parquet"}
     if not found["labels"].exists() or not found["activations"].exists():
         raise InputError(f"{folder} holds no labels.parquet and activations.h5",
                          hint="give a `dissect run` folder, or --labels and --activations")
@@ -169,6 +170,7 @@ def build_report(
     probe: list[str] | None = None,
     composed: str | os.PathLike | None = None,
     metrics: str | os.PathLike | None = None,
+    simulate: str | os.PathLike | None = None,
     top_images: int = 10,
     layers: list[str] | None = None,
     percentiles: bool = False,
@@ -208,10 +210,14 @@ def build_report(
     if metrics is not None:
         m = A.read_table(metrics, A.EVALUATION_FORMAT, columns=["layer", "unit", "truth", "exact"]).to_pylist()
         extra_cols["truth"] = {(r["layer"], int(r["unit"])): (r["truth"], bool(r["exact"])) for r in m}
+    if simulate is not None:
+        from .simulate import read_scores
+
+        extra_cols["simulation"] = read_scores(simulate)
 
     out = Path(out)
     page = out if single_file else out / "index.html"
-    _check_report_output(out, page, single_file, [labels, activations, composed, metrics])
+    _check_report_output(out, page, single_file, [labels, activations, composed, metrics, simulate])
     (page.parent if single_file else out).mkdir(parents=True, exist_ok=True)
     thumbs_dir = None if single_file else out / "thumbs"
     if thumbs_dir is not None:
@@ -245,6 +251,8 @@ def build_report(
                 card["composed"] = extra_cols["composed"][(name, u)]
             if "truth" in extra_cols and (name, u) in extra_cols["truth"]:
                 card["truth"] = extra_cols["truth"][(name, u)]
+            if "simulation" in extra_cols and (name, u) in extra_cols["simulation"]:
+                card["simr"] = extra_cols["simulation"][(name, u)]
             for i, _ in card["imgs"] + [x for v in card.get("samples", {}).values() for x in v]:
                 shown.setdefault(i, None)
             neurons.append(card)
@@ -360,7 +368,7 @@ header h1{font-size:17px;margin:0 0 4px} header .sub{color:#666;font-size:12px}
 <div class="controls">
 <label>Layer <select id="layer"><option value="">all</option>{{OPTIONS}}</select></label>
 <input id="search" type="search" placeholder="search labels and candidates">
-<label>Sort <select id="sort"><option value="unit">unit</option><option value="sim">similarity</option></select></label>
+<label>Sort <select id="sort"><option value="unit">unit</option><option value="sim">similarity</option><option value="simr">simulation r</option></select></label>
 <label id="mapsbox" hidden><input type="checkbox" id="maps"> activation maps</label>
 <span id="count"></span></div></header>
 <div id="summaries">{{SUMMARY}}</div>
@@ -381,6 +389,7 @@ function card(n) {
   el.className = 'card'; el.dataset.layer = n.layer;
   el.dataset.text = (String(n.label) + ' ' + n.cands.map(c => String(c[0])).join(' ') + (n.composed ? ' ' + String(n.composed[0]) : '')).toLowerCase();
   let h = `<h2>${esc(n.layer)} #${n.unit}: ${esc(n.label)}</h2><div class="meta">similarity ${num(n.sim, 3)}`;
+  if ('simr' in n) h += ` · simulation r ${n.simr === null ? 'n/a' : num(n.simr, 3)}`;
   if (n.truth) h += ` · truth: ${esc(n.truth[0])} <span class="${n.truth[1] ? 'ok' : 'bad'}">${n.truth[1] ? '✓' : '✗'}</span>`;
   if (n.composed) h += ` · composed: ${esc(n.composed[0])} (${key(n.composed[1]) >= 0 ? '+' : ''}${num(n.composed[1], 2)})`;
   h += `</div><div class="cands">${n.cands.map(c => esc(c[0]) + ' ' + num(c[1], 2)).join(' · ')}</div><div class="imgs">`;
@@ -397,6 +406,7 @@ function render() {
   const by = document.getElementById('sort').value;
   const list = els.filter(([n, el]) => (!layer || n.layer === layer) && (!q || el.dataset.text.includes(q)));
   if (by === 'sim') list.sort((a, b) => key(b[0].sim) - key(a[0].sim));
+  if (by === 'simr') list.sort((a, b) => key(b[0].simr) - key(a[0].simr));
   cards.replaceChildren(...list.map(x => x[1]));
   document.getElementById('count').textContent = list.length + ' of ' + els.length + ' neurons';
 }

@@ -193,3 +193,18 @@ def test_sanity_command_reports_every_scorer(world_run, tmp_path):
     assert fc["correlation"]["missing_pass"] and fc["correlation"]["extra_pass"]
     assert not fc["recall"]["extra_pass"]
     assert "Sanity tests" in r.output
+
+
+def test_the_report_shows_each_cards_simulation_score(world_run, tmp_path):
+    out, tmp, ann, _ = world_run
+    res = tmp_path / "sim.parquet"
+    invoke("evaluate", "simulate", out / "labels-mixed-softwpmi.parquet", "--layer", "fc", "--activations",
+           out / "activations.h5", "--annotations", ann, "-o", res)
+    corr = {r["unit"]: r["correlation"] for r in _table(res)}
+    page = tmp_path / "r.html"
+    invoke("report", "--labels", out / "labels-mixed-softwpmi.parquet", "-a", out / "activations.h5", "--layers", "fc",
+           "--simulate", res, "--single-file", "-o", page, "-n", 2)
+    text = page.read_text()
+    data = json.loads(text.split('<script id="data" type="application/json">')[1].split("</script>")[0])
+    shown = {n["unit"]: n["simr"] for n in data["neurons"]}
+    assert shown == pytest.approx(corr) and "simulation r" in text
