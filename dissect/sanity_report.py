@@ -57,7 +57,7 @@ def run_report(activations=None, annotations: str | None = None, labels=None, la
                synthetic: bool = True) -> SanityReport:
     import torch
 
-    from .simulate import AnnotatedPresence, normalise
+    from .presence import AnnotatedPresence, normalise
 
     if (activations is None) != (annotations is None):
         raise UsageError("give --activations and --annotations together (or neither, for the synthetic setting only)")
