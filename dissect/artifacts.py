@@ -53,10 +53,11 @@ STABILITY_FORMAT = "dissect/stability"
 PVALUES_FORMAT = "dissect/pvalues"
 SIMULATE_FORMAT = "dissect/simulate"
 SANITY_FORMAT = "dissect/sanity"
+EXPLAIN_FORMAT = "dissect/explanations"
 
 HDF5_FORMATS = (IMAGE_FORMAT, TEXT_FORMAT, ACTIVATIONS_FORMAT)
 PARQUET_FORMATS = (LABELS_FORMAT, COMPOSED_FORMAT, EVALUATION_FORMAT, PREDICT_FORMAT, STABILITY_FORMAT, PVALUES_FORMAT,
-                   SIMULATE_FORMAT, SANITY_FORMAT)
+                   SIMULATE_FORMAT, SANITY_FORMAT, EXPLAIN_FORMAT)
 
 _MAKER = {
     IMAGE_FORMAT: "dissect embed-images",
@@ -70,6 +71,7 @@ _MAKER = {
     PVALUES_FORMAT: "dissect evaluate pvalues",
     SIMULATE_FORMAT: "dissect evaluate simulate",
     SANITY_FORMAT: "dissect evaluate sanity",
+    EXPLAIN_FORMAT: "dissect explain",
 }
 
 STDOUT = "-"
@@ -860,6 +862,8 @@ _REQUIRED_COLUMNS: dict[str, dict[str, str]] = {
     PREDICT_FORMAT: {}, STABILITY_FORMAT: {"layer": "string", "unit": "int"}, PVALUES_FORMAT: {"layer": "string", "unit": "int"},
     SIMULATE_FORMAT: {"labels": "string", "layer": "string", "unit": "int", "label": "string", "correlation": "float"},
     SANITY_FORMAT: {"setting": "string", "scorer": "string"},
+    EXPLAIN_FORMAT: {"layer": "string", "unit": "int", "concepts": "list<string>", "weights": "list<float>",
+                     "bias": "float", "correlation": "float"},
 }
 
 
@@ -900,7 +904,7 @@ def _check_columns(p: Path, table, kind: str, columns: list[str] | None):
                   "list<float>": pa.list_(pa.float64()), "bool": pa.bool_()}[family]
         if col.type != target:
             table = table.set_column(table.column_names.index(name), name, col.cast(target))
-    if kind in (LABELS_FORMAT, COMPOSED_FORMAT) and {"layer", "unit"} <= set(table.column_names):
+    if kind in (LABELS_FORMAT, COMPOSED_FORMAT, EXPLAIN_FORMAT) and {"layer", "unit"} <= set(table.column_names):
         seen: set = set()
         for key in zip(table.column("layer").to_pylist(), table.column("unit").to_pylist()):
             if key in seen:

@@ -129,18 +129,20 @@ def iou(acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = DEFAUL
 
 
 def _sorted_groups(scores: torch.Tensor):
-    """Sort each column descending; per position the index of the first and of the last
-    position holding the same value (tie groups)."""
-    n = scores.shape[0]
-    vals, order = torch.sort(scores, dim=0, descending=True, stable=True)
-    pos = torch.arange(n, device=scores.device).unsqueeze(1).expand_as(vals)
+    """Sort each column descending (working on the transpose: rows sort much faster); per sorted
+    position the index of the first and of the last position holding the same value (tie groups).
+    All three are [U, N]."""
+    rows = scores.T.contiguous()
+    n = rows.shape[1]
+    vals, order = torch.sort(rows, dim=1, descending=True, stable=True)
+    pos = torch.arange(n, device=scores.device).expand_as(vals)
     new = torch.ones_like(vals, dtype=torch.bool)
-    new[1:] = vals[1:] != vals[:-1]
+    new[:, 1:] = vals[:, 1:] != vals[:, :-1]
     last = torch.ones_like(vals, dtype=torch.bool)
-    last[:-1] = new[1:]
-    first_idx = torch.cummax(torch.where(new, pos, torch.zeros_like(pos)), dim=0).values
+    last[:, :-1] = new[:, 1:]
+    first_idx = torch.cummax(torch.where(new, pos, torch.zeros_like(pos)), dim=1).values
     end = torch.where(last, pos, torch.full_like(pos, n))
-    last_idx = torch.flip(torch.cummin(torch.flip(end, dims=[0]), dim=0).values, dims=[0])
+    last_idx = torch.flip(torch.cummin(torch.flip(end, dims=[1]), dim=1).values, dims=[1])
     return order, first_idx, last_idx
 
 
@@ -151,28 +153,28 @@ def auprc(acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = DEFA
     values: each active image contributes the precision at the end of its tie group.
     """
     _check(acts, presence)
-    target = _f64(active(acts, alpha))
-    order, _, last_idx = _sorted_groups(_f64(presence))
-    t = torch.gather(target, 0, order)
-    tp_at = torch.cumsum(t, dim=0)
-    prec_end = torch.gather(tp_at, 0, last_idx) / (last_idx + 1).to(torch.float64)
-    n_pos = t.sum(dim=0)
-    return _div((t * prec_end).sum(dim=0), n_pos)
+    return _ranked(_f64(active(acts, alpha)), _sorted_groups(_f64(presence)))[0]
 
 
 def auc(acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = DEFAULT_ALPHA) -> torch.Tensor:
     """ROC AUC of the presence for the unit's active images (Mann-Whitney U, ties one half)."""
     _check(acts, presence)
-    target = _f64(active(acts, alpha))
-    n = presence.shape[0]
-    order, first_idx, last_idx = _sorted_groups(_f64(presence))
-    t = torch.gather(target, 0, order)
+    return _ranked(_f64(active(acts, alpha)), _sorted_groups(_f64(presence)))[1]
+
+
+def _ranked(target: torch.Tensor, groups) -> tuple[torch.Tensor, torch.Tensor]:
+    """(AUPRC, AUC) of the binary ``target`` [N, U] ranked by the presence whose sort is ``groups``."""
+    order, first_idx, last_idx = groups
+    n = target.shape[0]
+    t = torch.gather(target.T.contiguous(), 1, order)                  # [U, N], in presence order
+    n_pos = t.sum(dim=1)
+    tp_at = torch.cumsum(t, dim=1)
+    prec_end = torch.gather(tp_at, 1, last_idx) / (last_idx + 1).to(torch.float64)
+    ap = _div((t * prec_end).sum(dim=1), n_pos)
     # descending position p has ascending rank n - p (1-based); a tie group shares its mean
     rank = n - (first_idx + last_idx).to(torch.float64) / 2
-    n_pos = t.sum(dim=0)
-    n_neg = n - n_pos
-    u = (t * rank).sum(dim=0) - n_pos * (n_pos + 1) / 2
-    return _div(u, n_pos * n_neg)
+    u = (t * rank).sum(dim=1) - n_pos * (n_pos + 1) / 2
+    return ap, _div(u, n_pos * (n - n_pos))
 
 
 _FUNCTIONS = {"correlation": correlation, "cosine": cosine, "auprc": auprc, "f1": f1, "iou": iou, "auc": auc,
@@ -186,6 +188,37 @@ def metric(name: str, acts: torch.Tensor, presence: torch.Tensor, alpha: float |
 
 
 def score_all(acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = DEFAULT_ALPHA,
-              names: tuple[str, ...] = METRICS) -> dict[str, torch.Tensor]:
-    """Every metric of ``names`` for all units, each ``(U,)`` float64."""
-    return {m: metric(m, acts, presence, alpha) for m in names}
+              names: tuple[str, ...] = METRICS, index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Every metric of ``names`` for all units, each ``(U,)`` float64; the binarisation and the
+    sort by presence are computed once for all of them.
+
+    ``index`` (U,): ``presence`` [N, L] holds each distinct explanation once and unit u's is
+    column ``index[u]`` (units sharing a label share its sort)."""
+    groups = None
+    if index is not None:
+        if presence.ndim != 2 or index.ndim != 1 or index.shape[0] != acts.shape[1]:
+            raise ValueError("index must give one presence column per unit")
+        if "auprc" in names or "auc" in names:
+            groups = tuple(g.index_select(0, index) for g in _sorted_groups(_f64(presence)))
+        presence = presence.index_select(1, index)
+    _check(acts, presence)
+    out: dict[str, torch.Tensor] = {}
+    if "correlation" in names:
+        out["correlation"] = correlation(acts, presence)
+    if "cosine" in names:
+        out["cosine"] = cosine(acts, presence)
+    if any(m in BINARISED for m in names):
+        act = active(acts, alpha)
+        tp, n_act, n_pres = _counts(act, present(presence))
+        counted = {"recall": lambda: _div(tp, n_act), "precision": lambda: _div(tp, n_pres),
+                   "f1": lambda: _div(2 * tp, n_act + n_pres), "iou": lambda: _div(tp, n_act + n_pres - tp)}
+        for m in names:
+            if m in counted:
+                out[m] = counted[m]()
+        if "auprc" in names or "auc" in names:
+            ap, roc = _ranked(_f64(act), groups if groups is not None else _sorted_groups(_f64(presence)))
+            if "auprc" in names:
+                out["auprc"] = ap
+            if "auc" in names:
+                out["auc"] = roc
+    return {m: out[m] for m in names}

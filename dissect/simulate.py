@@ -154,8 +154,12 @@ def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLik
                     blk = list(range(s, min(len(entries), s + block)))
                     labs = [lf.labels[entries[j]] for j in blk]
                     a = torch.from_numpy(q_all[np.ix_(act_rows, [units[j] for j in blk])]).to(dev)
-                    pres = source.matrix(labs, row_of, n).to(dev)
-                    scores = M.score_all(a, pres, alpha, COLUMNS)
+                    distinct = list(dict.fromkeys(labs))
+                    col = {lab: j for j, lab in enumerate(distinct)}
+                    index = torch.tensor([col[lab] for lab in labs], dtype=torch.long, device=dev)
+                    pres_u = source.matrix(distinct, row_of, n).to(dev)
+                    scores = M.score_all(a, pres_u, alpha, COLUMNS, index=index)
+                    pres = pres_u.index_select(1, index)
                     constant = (a.max(dim=0).values == a.min(dim=0).values).cpu().numpy()
                     absent = (pres.max(dim=0).values < 0.5).cpu().numpy() if source.name != "clip" else np.zeros(len(blk), bool)
                     for t, j in enumerate(blk):

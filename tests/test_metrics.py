@@ -186,3 +186,14 @@ def test_every_similarity_function_goes_through_the_sanity_tests():
         assert all(0.0 <= x <= 1.0 for x in r.rates["missing"] + r.rates["extra"])
     # cos is a cosine: it passes both, like the framework's cosine
     assert results["cos"].passes("missing") and results["cos"].passes("extra")
+
+
+def test_shared_explanations_give_the_same_scores_as_one_column_per_unit():
+    g = torch.Generator().manual_seed(2)
+    acts = torch.rand(500, 6, generator=g)
+    distinct = torch.rand(500, 3, generator=g).round(decimals=1)
+    index = torch.tensor([2, 0, 0, 1, 2, 2])
+    a = M.score_all(acts, distinct, 0.05, index=index)
+    b = M.score_all(acts, distinct[:, index], 0.05)
+    for m in M.METRICS:
+        torch.testing.assert_close(a[m], b[m], rtol=0, atol=0, equal_nan=True)
