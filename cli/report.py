@@ -21,6 +21,7 @@ def report(
     composed: Annotated[Optional[Path], typer.Option("--composed", help="composed.parquet, shown on the cards.")] = None,
     metrics: Annotated[Optional[Path], typer.Option("--metrics", help="metrics.parquet from `dissect evaluate` (truth and ✓/✗ on the cards).")] = None,
     simulate: Annotated[Optional[Path], typer.Option("--simulate", help="simulate.parquet from `dissect evaluate simulate` (each card's simulation correlation).")] = None,
+    explanations: Annotated[Optional[Path], typer.Option("--explanations", help="explanations.parquet from `dissect explain` (each card's weighted concepts).")] = None,
     layers: O.LayersOptional = None,
     top_images: Annotated[int, typer.Option("--top-images", "-n", min=1, help="Most activating images per neuron.")] = 10,
     percentiles: Annotated[bool, typer.Option("--percentiles", help="Also 5 images sampled from each neuron's top 0.1%, 1% and 5% (paper App. A.7).")] = False,
@@ -42,9 +43,10 @@ def report(
         composed = composed or found["composed"]
         metrics = metrics or found["metrics"]
         simulate = simulate or found["simulate"]
+        explanations = explanations or found["explanations"]
         out = out or (run_dir / ("report.html" if single_file else "report"))
     if labels is None or activations is None or out is None:
         raise UsageError("give a run folder, or --labels, --activations and -o", hint="e.g. dissect report runs/x")
-    build_report(labels, activations, out, probe=probe, composed=composed, metrics=metrics, simulate=simulate, top_images=top_images,
+    build_report(labels, activations, out, probe=probe, composed=composed, metrics=metrics, simulate=simulate, explanations=explanations, top_images=top_images,
                  layers=O.split_list(layers) or None, percentiles=percentiles, single_file=single_file, cutoff=cutoff,
                  model=model, weights=weights, model_args=O.model_args(model_arg), device=device)

@@ -42,6 +42,8 @@ def run(
     compose: Annotated[bool, typer.Option("--compose", help="Also compose labels from pairs of each neuron's best concepts (composed.parquet).")] = False,
     compose_top_k: Annotated[int, typer.Option("--compose-top-k", min=2, help="Candidates per neuron combined by --compose.")] = 10,
     compose_template: Annotated[str, typer.Option("--compose-template", help='Template joining two parts, e.g. "{a} and {b}".')] = "{a} {b}",
+    explain: Annotated[bool, typer.Option("--explain", help="Also fit linear explanations, scored on held-out images (explanations.parquet; `dissect explain` in CLIP mode).")] = False,
+    explain_max_concepts: Annotated[int, typer.Option("--explain-max-concepts", min=1, help="Most concepts per linear explanation.")] = 5,
     precision: O.Precision = "fp32",
     dtype: O.Dtype = "float32",
     channels_last: O.ChannelsLast = None,
@@ -70,6 +72,8 @@ def run(
         compose=compose,
         compose_top_k=compose_top_k,
         compose_template=compose_template,
+        explain=explain,
+        explain_max_concepts=explain_max_concepts,
         dtype=dtype,
         options=O.pass_options(device, batch_size, workers, precision, strict, checkpoint_every, channels_last, shard),
     )

@@ -14,7 +14,7 @@ from .app import command
 
 @command("show")
 def show(
-    labels: Annotated[Path, typer.Argument(help="labels.parquet (or composed.parquet).", show_default=False)],
+    labels: Annotated[Path, typer.Argument(help="labels.parquet (or composed.parquet, explanations.parquet).", show_default=False)],
     layer: Annotated[Optional[str], typer.Option("--layer", "-l", help="Only this layer.")] = None,
     grep: Annotated[Optional[str], typer.Option("--grep", "-g", help="Only labels (or candidates) containing this text (case-insensitive).")] = None,
     sort: Annotated[str, typer.Option("--sort", help="Order: similarity (highest first) or unit.")] = "unit",
@@ -31,8 +31,12 @@ def show(
         raise UsageError(f"--sort {sort!r}: use similarity or unit")
     if json_out and csv_out:
         raise UsageError("give at most one of --json and --csv")
-    table = A.read_table(labels, (A.LABELS_FORMAT, A.COMPOSED_FORMAT))  # one line for anything else
+    table = A.read_table(labels, (A.LABELS_FORMAT, A.COMPOSED_FORMAT, A.EXPLAIN_FORMAT))  # one line for anything else
     rows = table.to_pylist()
+    explained = "explanation" in table.column_names
+    if explained:  # a linear explanation: its text is the label, its held-out correlation the score
+        rows = [dict(r, label=r["explanation"], similarity=r["correlation"], candidates=[""] + list(r["concepts"] or []))
+                for r in rows]
     if layer is not None:
         present = list(dict.fromkeys(r["layer"] for r in rows))
         if layer not in present:
@@ -46,6 +50,8 @@ def show(
     if limit is not None:
         rows = rows[:limit]
     cols = [c for c in ("layer", "unit", "label", "similarity", "candidates", "gain") if c in table.column_names]
+    if explained:
+        cols = ["layer", "unit", "explanation", "correlation", "single_concept", "single_correlation"]
     if json_out:
         for r in rows:  # valid JSON: NaN and infinities are null
             rec = {c: _finite(r[c]) for c in cols}
@@ -66,8 +72,13 @@ def show(
 
     view = Table(title=escape(printable(f"{Path(labels).name}: {len(rows)} neurons")), title_justify="left")
     for c in cols:
-        view.add_column(c, justify="right" if c in ("unit", "similarity", "gain") else "left")
+        view.add_column(c, justify="right" if c in ("unit", "similarity", "gain", "correlation", "single_correlation") else "left")
     for r in rows:  # labels may hold anything: escapes and markup are shown, not executed
+        if explained:
+            cells = [r["layer"], r["unit"], r["explanation"], _fmt(r["correlation"], ".3f"), r["single_concept"] or "",
+                     _fmt(r["single_correlation"], ".3f")]
+            view.add_row(*(escape(printable(str(x))) for x in cells))
+            continue
         cells = [r["layer"], r["unit"], r["label"], _fmt(r["similarity"], ".4f"), ", ".join(map(str, (r["candidates"] or [])[1:]))]
         if "gain" in r:
             cells.append(_fmt(r["gain"], "+.3f"))

@@ -999,9 +999,14 @@ class LabelFile:
     labels: list[str]
     similarity: list[float | None]
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: linear explanations: each unit's concepts and weights (its prediction is Σ w_i c_i)
+    parts: list[list[str]] | None = None
+    part_weights: list[list[float]] | None = None
 
     @property
     def method(self) -> str:
+        if self.kind == EXPLAIN_FORMAT:
+            return f"dissect explain ({self.metadata.get('mode', '?')} mode)"
         if self.kind in (LABELS_FORMAT, COMPOSED_FORMAT):
             sim = self.metadata.get("similarity") or "?"
             return f"dissect {sim}" if self.kind == LABELS_FORMAT else f"dissect compose ({sim})"
@@ -1029,7 +1034,18 @@ def read_label_file(path: str | os.PathLike, layer: str | None = None) -> LabelF
     if p.is_dir():
         raise InputError(f"{p} is a folder, not a labels file")
     if p.suffix.lower() != ".csv":
-        meta = read_parquet_metadata(p, (LABELS_FORMAT, COMPOSED_FORMAT))
+        meta = read_parquet_metadata(p, (LABELS_FORMAT, COMPOSED_FORMAT, EXPLAIN_FORMAT))
+        if meta["format"] == EXPLAIN_FORMAT:
+            table = read_table(p, EXPLAIN_FORMAT, columns=["layer", "unit", "concepts", "weights", "correlation"])
+            parts = [list(c or []) for c in table.column("concepts").to_pylist()]
+            weights = [list(w or []) for w in table.column("weights").to_pylist()]
+            bad = next((i for i, (c, w) in enumerate(zip(parts, weights)) if len(c) != len(w) or None in c or None in w), None)
+            if bad is not None:
+                raise ArtifactError(f"{p} row {bad}: its concepts and weights do not pair up",
+                                    hint="give a file written by `dissect explain`")
+            texts = [" + ".join(f"{w:.2f} {c}" for c, w in zip(cs, ws)) for cs, ws in zip(parts, weights)]
+            return LabelFile(str(p), EXPLAIN_FORMAT, table.column("layer").to_pylist(), table.column("unit").to_pylist(),
+                             texts, table.column("correlation").to_pylist(), meta, parts, weights)
         table = read_table(p, (LABELS_FORMAT, COMPOSED_FORMAT), columns=["layer", "unit", "label", "similarity"])
         labels = table.column("label").to_pylist()
         if any(v is None for v in labels):

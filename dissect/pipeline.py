@@ -128,6 +128,8 @@ def run(
     compose: bool = False,
     compose_top_k: int = 10,
     compose_template: str = "{a} {b}",
+    explain: bool = False,
+    explain_max_concepts: int = 5,
     options: PassOptions | None = None,
     **settings: Any,
 ) -> Path:
@@ -145,14 +147,16 @@ def run(
     lock = A.ProcessLock(ctx.dir / ".dissect-run.lock", f"run folder {ctx.dir}") if ctx.lead and not opts.shard else None
     try:
         return _run_steps(ctx, model, layers, sim, params, weights, model_args, summary, layout, overrides, top, seed,
-                          text_batch_size, chunk, max_memory, dtype, compose, compose_top_k, compose_template)
+                          text_batch_size, chunk, max_memory, dtype, compose, compose_top_k, compose_template,
+                          explain, explain_max_concepts)
     finally:
         if lock is not None:
             lock.release(remove=True)
 
 
 def _run_steps(ctx: _Run, model, layers, sim, params, weights, model_args, summary, layout, overrides, top, seed,
-               text_batch_size, chunk, max_memory, dtype, compose, compose_top_k, compose_template) -> Path:
+               text_batch_size, chunk, max_memory, dtype, compose, compose_top_k, compose_template,
+               explain=False, explain_max_concepts=5) -> Path:
     opts = ctx.options
     resolved = resolve_params(sim, params)  # validate before any expensive work
     check_dtype(dtype)
@@ -168,6 +172,8 @@ def _run_steps(ctx: _Run, model, layers, sim, params, weights, model_args, summa
     labels_fp = _label(ctx, layers, summary, layout, sim, params, resolved, top, seed, chunk, max_memory)
     if compose and ctx.lead:  # compose is not split across ranks: rank 0 runs it
         _compose(ctx, labels_fp, layers, sim, params, top, compose_top_k, compose_template, max_memory)
+    if explain and ctx.lead:
+        _explain(ctx, labels_fp, layers, explain_max_concepts, max_memory)
     if ctx.lead:
         _write_manifest(ctx, model, weights, model_args, layers, summary, sim, resolved, dtype)
     return ctx.labels
@@ -350,6 +356,26 @@ def _compose(ctx: _Run, labels_fp, layers, sim, params, top, top_k, template, ma
                        device=str(ctx.device), max_memory=max_memory, extra_metadata={"run_fingerprint": compose_fp},
                        clip=ctx.loaded_clip)  # the run's model when in memory: not loaded again from a spec
     ctx.steps["composed"] = {"path": path.name, "reused": reuse}
+
+
+def _explain(ctx: _Run, labels_fp, layers, max_concepts, max_memory) -> None:
+    """explanations.parquet: linear explanations in CLIP mode over the run's concept set (dissect explain)."""
+    from .explain import explain as explain_units
+
+    path = ctx.dir / "explanations.parquet"
+    explain_fp = fingerprint([labels_fp, "explain", max_concepts])
+    reuse = _made_with(path, explain_fp)
+    if reuse:
+        note(f"reusing {path} (up to date)")
+    else:
+        ex = explain_units(ctx.activations, None, images=ctx.images, text=ctx.text, layers=layers,
+                           max_concepts=max_concepts, device=str(ctx.device), max_memory=max_memory)
+        ex.metadata["run_fingerprint"] = explain_fp
+        from .explain import write_explanations
+
+        write_explanations(ex, path)
+        note(f"wrote {path}")
+    ctx.steps["explanations"] = {"path": path.name, "reused": reuse}
 
 
 def _write_manifest(ctx: _Run, model, weights, model_args, layers, summary, sim, resolved, dtype) -> None:

@@ -33,7 +33,7 @@ def find_run(folder: Path) -> dict[str, Path | None]:
     """The artifacts of a run folder (``dissect run``): labels, activations, and the optional extras."""
     found = {"labels": folder / "labels.parquet", "activations": folder / "activations.h5",
              "composed": folder / "composed.parquet", "metrics": folder / "metrics.parquet",
-             "simulate": folder / "simulate.parquet"}
+             "simulate": folder / "simulate.parquet", "explanations": folder / "explanations.parquet"}
     if not found["labels"].exists() or not found["activations"].exists():
         raise InputError(f"{folder} holds no labels.parquet and activations.h5",
                          hint="give a `dissect run` folder, or --labels and --activations")
@@ -171,6 +171,7 @@ def build_report(
     composed: str | os.PathLike | None = None,
     metrics: str | os.PathLike | None = None,
     simulate: str | os.PathLike | None = None,
+    explanations: str | os.PathLike | None = None,
     top_images: int = 10,
     layers: list[str] | None = None,
     percentiles: bool = False,
@@ -214,10 +215,13 @@ def build_report(
         from .simulate import read_scores
 
         extra_cols["simulation"] = read_scores(simulate)
+    if explanations is not None:
+        e = A.read_table(explanations, A.EXPLAIN_FORMAT, columns=["layer", "unit", "explanation", "correlation"]).to_pylist()
+        extra_cols["explanation"] = {(r["layer"], int(r["unit"])): (r["explanation"], r["correlation"]) for r in e}
 
     out = Path(out)
     page = out if single_file else out / "index.html"
-    _check_report_output(out, page, single_file, [labels, activations, composed, metrics, simulate])
+    _check_report_output(out, page, single_file, [labels, activations, composed, metrics, simulate, explanations])
     (page.parent if single_file else out).mkdir(parents=True, exist_ok=True)
     thumbs_dir = None if single_file else out / "thumbs"
     if thumbs_dir is not None:
@@ -253,6 +257,8 @@ def build_report(
                 card["truth"] = extra_cols["truth"][(name, u)]
             if "simulation" in extra_cols and (name, u) in extra_cols["simulation"]:
                 card["simr"] = extra_cols["simulation"][(name, u)]
+            if "explanation" in extra_cols and (name, u) in extra_cols["explanation"]:
+                card["expl"] = extra_cols["explanation"][(name, u)]
             for i, _ in card["imgs"] + [x for v in card.get("samples", {}).values() for x in v]:
                 shown.setdefault(i, None)
             neurons.append(card)
@@ -387,11 +393,12 @@ const key = x => typeof x === 'number' ? x : -Infinity;
 function card(n) {
   const el = document.createElement('div');
   el.className = 'card'; el.dataset.layer = n.layer;
-  el.dataset.text = (String(n.label) + ' ' + n.cands.map(c => String(c[0])).join(' ') + (n.composed ? ' ' + String(n.composed[0]) : '')).toLowerCase();
+  el.dataset.text = (String(n.label) + ' ' + n.cands.map(c => String(c[0])).join(' ') + (n.composed ? ' ' + String(n.composed[0]) : '') + (n.expl ? ' ' + String(n.expl[0]) : '')).toLowerCase();
   let h = `<h2>${esc(n.layer)} #${n.unit}: ${esc(n.label)}</h2><div class="meta">similarity ${num(n.sim, 3)}`;
   if ('simr' in n) h += ` · simulation r ${n.simr === null ? 'n/a' : num(n.simr, 3)}`;
   if (n.truth) h += ` · truth: ${esc(n.truth[0])} <span class="${n.truth[1] ? 'ok' : 'bad'}">${n.truth[1] ? '✓' : '✗'}</span>`;
   if (n.composed) h += ` · composed: ${esc(n.composed[0])} (${key(n.composed[1]) >= 0 ? '+' : ''}${num(n.composed[1], 2)})`;
+  if (n.expl) h += `</div><div class="meta">linear: ${esc(n.expl[0])} (r ${n.expl[1] === null ? 'n/a' : num(n.expl[1], 3)})`;
   h += `</div><div class="cands">${n.cands.map(c => esc(c[0]) + ' ' + num(c[1], 2)).join(' · ')}</div><div class="imgs">`;
   h += n.imgs.map((i, j) => `<img${lazy} src="${D.src[i[0]]}"${n.maps ? ` data-plain="${D.src[i[0]]}" data-map="${n.maps[j]}"` : ''} title="${esc(i[0])}: ${num(i[1], 3)}" alt="">`).join('');
   h += '</div>';

@@ -54,13 +54,14 @@ class Simulation:
 
 def _scored_ids(lf: A.LabelFile, ids: list[str]) -> tuple[np.ndarray, bool]:
     """Rows of ``ids`` to score ``lf`` on, and whether they are held out from its labelling."""
-    split = lf.metadata.get("split") if lf.kind in (A.LABELS_FORMAT, A.COMPOSED_FORMAT) else None
+    ours = (A.LABELS_FORMAT, A.COMPOSED_FORMAT, A.EXPLAIN_FORMAT)
+    split = lf.metadata.get("split") if lf.kind in ours else None
     if isinstance(split, dict) and "holdout" in split:
         from . import split as S
 
         mask = S.held_out(ids, split["holdout"], split.get("seed", 0))
         return np.flatnonzero(mask), True
-    if lf.kind in (A.LABELS_FORMAT, A.COMPOSED_FORMAT):
+    if lf.kind in ours:
         warn(f"{lf.path} was labelled on all images: scoring it on the same images is optimistic "
              "(label with --holdout FRACTION for a held-out score)")
     else:
@@ -75,6 +76,30 @@ def _check_units(lf: A.LabelFile, layer: str, units: list[int], n_units: int, ac
                 else "give labels of the same model and layer as the activations")
         raise MismatchError(f"{lf.path} labels unit {top} of layer {layer!r}, but {activations} records "
                             f"{n_units} units (0..{n_units - 1})", hint=hint)
+
+
+def _weighted_presence(source, lf: A.LabelFile, rows_of_units: list[int], distinct: list[str], row_of, n):
+    """A linear explanation's presence: Σ w_i c_i / Σ w_i of its concepts (in [0, 1], so the binarised
+    metrics read it like a single concept's); and, per distinct text, what no image is annotated with
+    (None when every concept is)."""
+    import torch
+
+    by_text = {}
+    for i in rows_of_units:
+        by_text.setdefault(lf.labels[i], (lf.parts[i], lf.part_weights[i]))
+    out = torch.zeros((n, len(distinct)), dtype=torch.float64)
+    unknown: dict[str, Any] = {}
+    for j, text in enumerate(distinct):
+        concepts, weights = by_text[text]
+        missing = [c for c in concepts if not source.known(c)]
+        unknown[text] = repr(missing[0]) if missing else None
+        if not concepts or sum(weights) <= 0:
+            unknown[text] = "any concept (an empty explanation)"
+            continue
+        cols = source.matrix(list(concepts), row_of, n).to(torch.float64)
+        w = torch.tensor(weights, dtype=torch.float64)
+        out[:, j] = cols @ w / w.sum()
+    return out, unknown
 
 
 def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLike, images=None, text=None,
@@ -120,7 +145,8 @@ def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLik
         ids_kept = [i for i in ids if i in keep]
         if len(ids_kept) != len(ids):
             ids = ids_kept
-        labels = sorted({lab for lf in files for lab in lf.labels})
+        labels = sorted({lab for lf in files for lab in lf.labels if lf.parts is None}
+                        | {c for lf in files if lf.parts is not None for cs in lf.parts for c in cs})
         source = ClipPresence(img, _clip_texts(img, labels, text, device, cache, batch_size), calibration, dev)
     act_row = {k: i for i, k in enumerate(acts.ids)}
 
@@ -157,14 +183,19 @@ def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLik
                     distinct = list(dict.fromkeys(labs))
                     col = {lab: j for j, lab in enumerate(distinct)}
                     index = torch.tensor([col[lab] for lab in labs], dtype=torch.long, device=dev)
-                    pres_u = source.matrix(distinct, row_of, n).to(dev)
+                    if lf.parts is None:
+                        pres_u = source.matrix(distinct, row_of, n).to(dev)
+                        unknown = {lab: None if source.known(lab) else repr(lab) for lab in distinct}
+                    else:
+                        pres_u, unknown = _weighted_presence(source, lf, [entries[j] for j in blk], distinct, row_of, n)
+                        pres_u = pres_u.to(dev)
                     scores = M.score_all(a, pres_u, alpha, COLUMNS, index=index)
                     pres = pres_u.index_select(1, index)
                     constant = (a.max(dim=0).values == a.min(dim=0).values).cpu().numpy()
                     absent = (pres.max(dim=0).values < 0.5).cpu().numpy() if source.name != "clip" else np.zeros(len(blk), bool)
                     for t, j in enumerate(blk):
-                        if source.name != "clip" and not source.known(labs[t]):
-                            reasons[j] = f"no image is annotated with {labs[t]!r}"
+                        if source.name != "clip" and unknown[labs[t]]:
+                            reasons[j] = f"no image is annotated with {unknown[labs[t]]}"
                         elif absent[t]:
                             reasons[j] = f"{labs[t]!r} is never present on the {n} scored images"
                         elif constant[t]:

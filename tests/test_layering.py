@@ -15,11 +15,11 @@ ROOT = Path(__file__).resolve().parents[1] / "dissect"
 LAYERS = [
     {"errors", "fingerprint"},
     {"runtime"},
-    {"artifacts", "concepts", "probe", "hooks", "models", "clip", "similarity"},
+    {"artifacts", "concepts", "probe", "hooks", "models", "clip", "similarity", "metrics", "sanity", "split"},
     {"passes", "shards"},
-    {"embed", "record", "label"},
-    {"compose", "evaluate", "report", "describe"},
-    {"pipeline", "demo", "demo.world"},
+    {"embed", "record", "label", "presence"},
+    {"compose", "evaluate", "report", "describe", "simulate", "sanity_report", "explain"},
+    {"pipeline", "demo", "demo.world", "demo.planted"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 
