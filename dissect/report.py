@@ -263,7 +263,7 @@ def build_report(
                 shown.setdefault(i, None)
             neurons.append(card)
         sims = np.array([np.nan if r["similarity"] is None else r["similarity"] for r in rows], dtype=np.float64)
-        summaries.append({"layer": name, "units": int(len(rows)), "mean": float(np.nanmean(sims)) if len(sims) else None,
+        summaries.append({"layer": name, "units": int(len(rows)), "mean": float(np.nanmean(sims)) if np.isfinite(sims).any() else None,
                           "interpretable": None if cutoff is None else float(np.mean(sims > cutoff)),
                           "svg": _svg_histogram(sims, cutoff)})
 
