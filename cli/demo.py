@@ -63,6 +63,22 @@ def demo(
     for name, accs in res.accuracy.items():
         m.add_row(f"{name} ({res.concept_counts[name]})", *(f"{accs[s]:.0%}" for s in SIMILARITIES))
     con.print(m)
+    if res.planted:
+        pt = Table(title=f"Planted units ({res.planted[0]['units']}: known weighted sums of world words): recovered "
+                         "(all words named, at most 2 others) and mean held-out correlation", title_justify="left")
+        for col in ("method", "label mode (annotations)", "CLIP mode (tiny CLIP)"):
+            pt.add_column(col)
+        cell = {(r["method"].split(" (")[0], r["mode"]): r for r in res.planted}
+        for method in dict.fromkeys(r["method"].split(" (")[0] for r in res.planted):
+            cells = []
+            for mode in ("label", "clip"):
+                r = cell.get((method, mode))
+                cells.append("-" if r is None else f"{r['recovered']}/{r['units']}, r = "
+                             + ("n/a" if r["mean_correlation"] is None else f"{r['mean_correlation']:.3f}")
+                             + ("" if r["held_out"] else "*"))
+            pt.add_row(method, *cells)
+        con.print(pt)
+        con.print("* scored on the images it was made on (compose has no held-out split)")
     con.print(f"{res.n_images} probe images; {res.seconds:.0f} s in all; artifacts in {res.out}/ (demo.json, labels-*.parquet)")
     con.print(f"The demo models are ordinary specs: --clip {specs.clip}  {specs.command_line()}")
 

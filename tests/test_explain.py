@@ -146,3 +146,16 @@ def test_linear_explanations_are_exact_least_squares():
     assert bias == pytest.approx(sol[-1], rel=1e-6)
     pred = C[split.held][:, idx] @ np.array(w) + bias
     assert r_held == pytest.approx(np.corrcoef(pred, a[split.held])[0, 1], abs=1e-9)
+
+
+def test_the_demo_reports_planted_recovery_for_every_method(demo_run):
+    out, result = demo_run
+    import json
+
+    rows = json.loads((out / "demo.json").read_text())["planted"]
+    got = {(r["method"], r["mode"]): r for r in rows}
+    assert got[("linear explanation", "label")]["recovered"] == len(planted.PLANTED)
+    assert got[("linear explanation", "clip")]["recovered"] >= 0.8 * len(planted.PLANTED)
+    single = got[("single label (best concept)", "label")]
+    assert got[("linear explanation", "label")]["mean_correlation"] > single["mean_correlation"] + 0.1
+    assert ("compose (pairs)", "clip") in got and "Planted units" in result.output
