@@ -203,10 +203,19 @@ def score_all(acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = 
         presence = presence.index_select(1, index)
     _check(acts, presence)
     out: dict[str, torch.Tensor] = {}
-    if "correlation" in names:
-        out["correlation"] = correlation(acts, presence)
-    if "cosine" in names:
-        out["cosine"] = cosine(acts, presence)
+    if "correlation" in names or "cosine" in names:
+        a, c = _f64(acts), _f64(presence)   # converted once for both
+        if "cosine" in names:
+            den = a.norm(dim=0) * c.norm(dim=0)
+            cos = (a * c).sum(dim=0) / den
+            out["cosine"] = torch.where(den > 0, cos, torch.full_like(cos, math.nan))
+        if "correlation" in names:
+            a = a - a.mean(dim=0, keepdim=True)
+            c = c - c.mean(dim=0, keepdim=True)
+            den = a.norm(dim=0) * c.norm(dim=0)
+            r = (a * c).sum(dim=0) / den
+            out["correlation"] = torch.where(den > 0, r, torch.full_like(r, math.nan))
+        del a, c
     if any(m in BINARISED for m in names):
         act = active(acts, alpha)
         tp, n_act, n_pres = _counts(act, present(presence))

@@ -171,6 +171,8 @@ def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLik
             q_all = layer_cache[name]
             units = [lf.units[i] for i in entries]
             _check_units(lf, name, units, q_all.shape[1], activations)
+            all_rows = act_rows.size == q_all.shape[0] and bool((act_rows == np.arange(q_all.shape[0])).all())
+            q_scored = q_all if all_rows else q_all[act_rows]   # the scored images' rows, selected once
             n = len(scored)
             block = max(1, min(len(entries), budget // max(1, n * 8 * 12)))
             vals = {c: np.full(len(entries), np.nan) for c in COLUMNS}
@@ -179,7 +181,7 @@ def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLik
                 for s in range(0, len(entries), block):
                     blk = list(range(s, min(len(entries), s + block)))
                     labs = [lf.labels[entries[j]] for j in blk]
-                    a = torch.from_numpy(q_all[np.ix_(act_rows, [units[j] for j in blk])]).to(dev)
+                    a = torch.from_numpy(q_scored[:, [units[j] for j in blk]]).to(dev)
                     distinct = list(dict.fromkeys(labs))
                     col = {lab: j for j, lab in enumerate(distinct)}
                     index = torch.tensor([col[lab] for lab in labs], dtype=torch.long, device=dev)
