@@ -66,6 +66,16 @@ def make(d: Path, n: int, c: int, m: int, dim: int = 512, seed: int = 0):
     return recipes
 
 
+def _timed(args: list[str]) -> tuple[float, float]:
+    with tempfile.NamedTemporaryFile(suffix=".peak") as peak:
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True,
+                           env=dict(os.environ, BENCH_PEAK=peak.name))
+        if r.returncode != 0:
+            sys.exit(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else str(r.returncode))
+        return time.perf_counter() - t, int(Path(peak.name).read_text() or 0) / 2**20
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=50_000)
@@ -82,6 +92,9 @@ def main() -> None:
         t = time.perf_counter()
         recipes = make(d, n, c, m)
         print(f"N={n} images, C={c} units, M={m} concepts (artifacts made in {time.perf_counter() - t:.0f} s)")
+        label_s, label_gb = _timed(["label", "-i", str(d / "images.h5"), "-a", str(d / "activations.h5"), "-t",
+                                    str(d / "text.h5"), "--device", "cpu", "-o", str(d / "labels.parquet")])
+        print(f"baseline: label (SoftWPMI) on the same artifacts {label_s:.1f} s, peak {label_gb:.2f} GB")
         with tempfile.NamedTemporaryFile(suffix=".peak") as peak:
             t = time.perf_counter()
             r = subprocess.run([sys.executable, "-c", _CHILD, "explain", "-a", str(d / "activations.h5"), "-i",
@@ -96,7 +109,8 @@ def main() -> None:
         hit = sum(set(rec) <= set(row["concepts"]) for rec, row in zip(recipes, rows))
         corr = np.nanmean([row["correlation"] for row in rows])
         single = np.nanmean([row["single_correlation"] for row in rows])
-        print(f"explain: {dt:.1f} s, peak {gb:.2f} GB (--max-memory {a.max_memory}); planted concepts all found "
+        print(f"explain: {dt:.1f} s (ratio to label {dt / label_s:.2f}), peak {gb:.2f} GB (--max-memory {a.max_memory}); "
+              f"planted concepts all found "
               f"for {hit}/{len(rows)} units; mean held-out r {corr:.3f} (best single concept {single:.3f}); "
               f"{np.mean([row['n_concepts'] for row in rows]):.2f} concepts per unit")
 

@@ -94,10 +94,10 @@ def main() -> None:
         print(f"label (softwpmi)              {label_s:7.1f} s   peak {label_gb:.2f} GB")
         ann_s, ann_gb = timed(["evaluate", "simulate", str(p["labels"]), "-a", str(p["acts"]), "--annotations", str(p["ann"]),
                           "-o", str(Path(tmp) / "s1.parquet"), "--device", "cpu"])
-        print(f"simulate (annotations)        {ann_s:7.1f} s   peak {ann_gb:.2f} GB   {ann_s / label_s:.3f} of label")
+        print(f"simulate (annotations)        {ann_s:7.1f} s   peak {ann_gb:.2f} GB   ratio to label {ann_s / label_s:.3f}")
         clip_s, clip_gb = timed(["evaluate", "simulate", str(p["labels"]), "-a", str(p["acts"]), "--images", str(p["images"]),
                            "-t", str(p["text"]), "-o", str(Path(tmp) / "s2.parquet"), "--device", "cpu"])
-        print(f"simulate (CLIP presence)      {clip_s:7.1f} s   peak {clip_gb:.2f} GB   {clip_s / label_s:.3f} of label")
+        print(f"simulate (CLIP presence)      {clip_s:7.1f} s   peak {clip_gb:.2f} GB   ratio to label {clip_s / label_s:.3f}")
         import pyarrow.parquet as pq
 
         r = pq.read_table(Path(tmp) / "s1.parquet").column("correlation").to_numpy()

@@ -136,25 +136,21 @@ class ConceptColumns:
                                               "n_concepts": len(text.keys), "calibration": calibration.describe()})
 
 
-def _standardise_columns(x, rows):
-    """(x - mean) / std per column, mean and std over ``rows``; constant columns become 0."""
-    sub = x[rows]
-    mean = sub.mean(dim=0, keepdim=True)
-    std = sub.std(dim=0, keepdim=True)
-    return (x - mean) / std.clamp_min(1e-12) * (std > 0), mean.squeeze(0), std.squeeze(0)
-
-
 def preselect(a, concepts: ConceptColumns, split: Split, width: int, progress_cb=None):
     """[U, width] candidate concept indices per unit (best first) and [U, width] their train correlations.
 
-    ``a`` [N, U] float64. Concepts never present (≥ 0.5) on the train images, or constant
+    ``a`` [N, U] (float32 is enough: the ranking is rounded to 1e-6). Concepts never present (≥ 0.5) on the train images, or constant
     there, are never candidates; a unit with fewer eligible concepts gets -1 entries.
     """
     import torch
 
     train = torch.as_tensor(split.train)
-    az, _, _ = _standardise_columns(a, train)
-    az_t = az[train]
+    # the train rows of every unit, standardised, as float32: [n_train, U] is the largest array here
+    az_t = torch.empty((train.numel(), a.shape[1]), dtype=torch.float32)
+    for s in range(0, a.shape[1], 256):
+        blk = a[:, s:s + 256].index_select(0, train).to(torch.float64)
+        std = blk.std(dim=0, keepdim=True)
+        az_t[:, s:s + 256] = ((blk - blk.mean(dim=0, keepdim=True)) / std.clamp_min(1e-12) * (std > 0)).float()
     n = az_t.shape[0]
     M = len(concepts.names)
     U = a.shape[1]
@@ -165,8 +161,8 @@ def preselect(a, concepts: ConceptColumns, split: Split, width: int, progress_cb
         c = concepts(idx)
         ct = c[train]
         eligible = (ct.max(dim=0).values >= 0.5) & (ct.std(dim=0) > 1e-5)
-        cz = (ct - ct.mean(dim=0, keepdim=True)) / ct.std(dim=0, keepdim=True).clamp_min(1e-12)
-        corr = (az_t.T @ cz) / max(1, n - 1)                           # [U, block]
+        cz = ((ct - ct.mean(dim=0, keepdim=True)) / ct.std(dim=0, keepdim=True).clamp_min(1e-12)).float()
+        corr = (az_t.T @ cz).to(torch.float64) / max(1, n - 1)         # [U, block]
         corr = torch.round(corr * 1e6) / 1e6
         corr[:, ~eligible] = -math.inf
         vals = torch.cat([best_val, corr], dim=1)
@@ -248,7 +244,7 @@ def fit_units(a, concepts: ConceptColumns, split: Split, cand, max_concepts: int
     fit_rows = torch.as_tensor(np.sort(np.concatenate([split.train, split.val])))
     train, val, held = (torch.as_tensor(r) for r in (split.train, split.val, split.held))
     # standardise each unit on the fit part (the tolerance is then scale-free), one contiguous column at a time
-    cols_a = [a[:, b].contiguous() for b in range(B)]
+    cols_a = [a[:, b].to(torch.float64).contiguous() for b in range(B)]
     mean = torch.stack([c.index_select(0, fit_rows).mean() for c in cols_a])
     std = torch.stack([c.index_select(0, fit_rows).std() for c in cols_a]).clamp_min(1e-12)
     y = torch.stack([(c - mean[b]) / std[b] for b, c in enumerate(cols_a)])  # [B, N]
@@ -398,7 +394,7 @@ def explain(activations, out=None, images=None, text=None, concepts=None, annota
         if order is not None:
             q = q[order]
         wanted = list(range(q.shape[1])) if units is None else [u for u in units if u < q.shape[1]]
-        a = torch.from_numpy(np.ascontiguousarray(q[:, wanted])).to(torch.float64)
+        a = torch.from_numpy(np.ascontiguousarray(q[:, wanted]))        # float32; each unit batch goes to float64
         del q
         with progress(f"explain {name}: candidates", len(vocab.names), "concepts") as advance:
             cand, _ = preselect(a, vocab, split, W, advance)

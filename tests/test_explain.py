@@ -159,3 +159,17 @@ def test_the_demo_reports_planted_recovery_for_every_method(demo_run):
     single = got[("single label (best concept)", "label")]
     assert got[("linear explanation", "label")]["mean_correlation"] > single["mean_correlation"] + 0.1
     assert ("compose (pairs)", "clip") in got and "Planted units" in result.output
+
+
+def test_run_explain_adds_the_step_and_reuses_it(tmp_path, tiny_clip, probe_dir):
+    from test_passes import TIMM
+
+    concepts = tmp_path / "c.txt"
+    concepts.write_text("red\nblue\nsquare\ncircle\ngreen\nstar\n")
+    args = ["run", probe_dir, "--clip", tiny_clip, *TIMM, "--layers", "fc", "--concepts", concepts, "-o",
+            tmp_path / "run", "--param", "top_k=5", "--workers", 0, "--explain", "--explain-max-concepts", 2]
+    invoke(*args)
+    rows = _rows(tmp_path / "run" / "explanations.parquet")
+    assert rows and all(len(r["concepts"]) <= 2 for r in rows)
+    r = invoke(*args)
+    assert "reusing" in r.stderr and "explanations.parquet" in r.stderr
