@@ -177,6 +177,41 @@ def _ranked(target: torch.Tensor, groups) -> tuple[torch.Tensor, torch.Tensor]:
     return ap, _div(u, n_pos * (n - n_pos))
 
 
+def _ranked_sparse(acts, act, presence, distinct, index, alpha):
+    """(AUPRC, AUC) from the active images alone, or None when too many images are active.
+
+    With k = ⌈αN⌉ active images per unit, AUPRC and AUC need, for each active image's
+    presence v, how many images have presence ≥ v, > v, and how many active ones ≥ v:
+    binary searches in each label's sorted presence instead of ranking every image of every
+    unit. Same definitions as ``_ranked`` (tie groups, ties one half)."""
+    if alpha is None:
+        return None
+    n = acts.shape[0]
+    n_act = act.sum(dim=0)
+    k_max = int(n_act.max()) if n_act.numel() else 0
+    if k_max == 0 or k_max > max(64, 4 * math.ceil(alpha * n)) or k_max * 4 > n:
+        return None  # many ties at the cutoff (e.g. a ReLU unit that is mostly 0): the full ranking
+    top = torch.topk(acts, k_max, dim=0).indices                        # [k, U]: every active image is in it
+    valid = torch.gather(act, 0, top).T                                 # [U, k]
+    v = torch.gather(_f64(presence), 0, top).T.contiguous()            # [U, k] presence of those images
+    if distinct is not None:
+        rows = torch.sort(_f64(distinct).T.contiguous(), dim=1).values.index_select(0, index).contiguous()
+    else:
+        rows = torch.sort(_f64(presence).T.contiguous(), dim=1).values  # [U, N] ascending
+    lt = torch.searchsorted(rows, v, side="left").to(torch.float64)    # images with presence < v
+    le = torch.searchsorted(rows, v, side="right").to(torch.float64)   # images with presence <= v
+    ge = n - lt
+    vv = torch.where(valid, v, torch.full_like(v, -math.inf))
+    pos_sorted = torch.sort(vv, dim=1).values.contiguous()
+    tp_ge = k_max - torch.searchsorted(pos_sorted, v, side="left").to(torch.float64)  # active images >= v
+    w = valid.to(torch.float64)
+    n_pos = n_act.to(torch.float64)
+    ap = _div((w * tp_ge / ge).sum(dim=1), n_pos)
+    midrank = lt + (le - lt + 1) / 2
+    u = (w * midrank).sum(dim=1) - n_pos * (n_pos + 1) / 2
+    return ap, _div(u, n_pos * (n - n_pos))
+
+
 _FUNCTIONS = {"correlation": correlation, "cosine": cosine, "auprc": auprc, "f1": f1, "iou": iou, "auc": auc,
               "recall": recall, "precision": precision}
 
@@ -195,11 +230,11 @@ def score_all(acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = 
     ``index`` (U,): ``presence`` [N, L] holds each distinct explanation once and unit u's is
     column ``index[u]`` (units sharing a label share its sort)."""
     groups = None
+    distinct = None
     if index is not None:
         if presence.ndim != 2 or index.ndim != 1 or index.shape[0] != acts.shape[1]:
             raise ValueError("index must give one presence column per unit")
-        if "auprc" in names or "auc" in names:
-            groups = tuple(g.index_select(0, index) for g in _sorted_groups(_f64(presence)))
+        distinct = presence
         presence = presence.index_select(1, index)
     _check(acts, presence)
     out: dict[str, torch.Tensor] = {}
@@ -225,7 +260,9 @@ def score_all(acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = 
             if m in counted:
                 out[m] = counted[m]()
         if "auprc" in names or "auc" in names:
-            ap, roc = _ranked(_f64(act), groups if groups is not None else _sorted_groups(_f64(presence)))
+            sparse = _ranked_sparse(acts, act, presence, distinct, index, alpha) if groups is None else None
+            ap, roc = sparse if sparse is not None else \
+                _ranked(_f64(act), groups if groups is not None else _sorted_groups(_f64(presence)))
             if "auprc" in names:
                 out["auprc"] = ap
             if "auc" in names:

@@ -197,3 +197,22 @@ def test_shared_explanations_give_the_same_scores_as_one_column_per_unit():
     b = M.score_all(acts, distinct[:, index], 0.05)
     for m in M.METRICS:
         torch.testing.assert_close(a[m], b[m], rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_sparse_ranking_of_active_images_equals_the_full_one(seed):
+    g = torch.Generator().manual_seed(seed)
+    n = 4000
+    acts = torch.randn(n, 9, generator=g)
+    acts[:, 3] = torch.relu(acts[:, 3] - 2.5)        # mostly zero: many ties at the cutoff -> full path
+    acts[:, 4] = acts[:, 4].round(decimals=1)         # ties at the cutoff, few
+    distinct = torch.rand(n, 4, generator=g, dtype=torch.float64)
+    distinct[:, 1] = distinct[:, 1].round(decimals=1)  # tied presence
+    distinct[:, 2] = (distinct[:, 2] < 0.1).double()   # binary presence
+    index = torch.tensor([0, 1, 2, 3, 1, 2, 0, 3, 3])
+    got = M.score_all(acts, distinct, 0.01, ("auprc", "auc"), index=index)
+    want = reference_metric("auprc", acts, distinct[:, index], 0.01), reference_metric("auc", acts, distinct[:, index], 0.01)
+    np.testing.assert_allclose(got["auprc"].numpy(), want[0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got["auc"].numpy(), want[1], rtol=1e-10, atol=1e-12)
+    full = M._ranked(M.active(acts, 0.01).double(), M._sorted_groups(distinct[:, index]))
+    np.testing.assert_allclose(got["auprc"].numpy(), full[0].numpy(), rtol=1e-12)
