@@ -394,7 +394,8 @@ def explain(activations, out=None, images=None, text=None, concepts=None, annota
         if order is not None:
             q = q[order]
         wanted = list(range(q.shape[1])) if units is None else [u for u in units if u < q.shape[1]]
-        a = torch.from_numpy(np.ascontiguousarray(q[:, wanted]))        # float32; each unit batch goes to float64
+        # float32 (each unit batch goes to float64); no copy of the layer when every unit is explained
+        a = torch.from_numpy(q if units is None else np.ascontiguousarray(q[:, wanted]))
         del q
         with progress(f"explain {name}: candidates", len(vocab.names), "concepts") as advance:
             cand, _ = preselect(a, vocab, split, W, advance)
