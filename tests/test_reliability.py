@@ -498,7 +498,7 @@ def test_disk_full_or_permission_lost_while_writing(tmp_path, made, probe_dir, m
     assert set(A.read_activations(tmp_path / "a.h5").layers) == {"layer1", "fc"}
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("sig,code", [pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow), (signal.SIGTERM, 143)])
 def test_ctrl_c_and_sigterm_leave_nothing_half_written(tmp_path, tiny_clip, sig, code):
     probe = make_images(tmp_path / "probe", 400, size=64)
     out = tmp_path / "i.h5"
