@@ -259,10 +259,10 @@ def simulate_cmd(
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="simulate.parquet (one row per labels file, layer and unit); the summary goes to simulate.json beside it.")] = None,
     images: Annotated[Optional[Path], typer.Option("--images", help="images.h5: estimate each label's presence with its CLIP model (when no --annotations).")] = None,
     text: O.Text = None,
-    annotations: Annotated[Optional[str], typer.Option("--annotations", help="Per-image concepts: a CSV or Parquet with columns id, concept[, value in 0..1], or 'classes' (an ImageFolder probe's class folders).")] = None,
+    annotations: O.Annotations = None,
     layer: Annotated[Optional[str], typer.Option("--layer", help="Score only this layer (needed for a NetDissect tally, which holds one unnamed layer).")] = None,
     alpha: Annotated[float, typer.Option("--alpha", help="Top fraction of images on which a unit counts as active (AUPRC, F1, IoU, AUC); the framework's default.")] = 0.005,
-    calibration: Annotated[str, typer.Option("--calibration", help="CLIP cosine to presence: zscore (default, fitted on the demo world), zscore:K,Z0, sigmoid:A,B (Linear Explanations' form) or raw.")] = "zscore",
+    calibration: O.Calibration = "zscore",
     max_memory: O.MaxMemory = O.DEFAULT_MAX_MEMORY,
     device: O.Device = "auto",
 ):
@@ -319,7 +319,7 @@ def _print_simulation(sim) -> None:
 def sanity_cmd(
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="sanity.parquet (one row per setting and scorer); the summary goes to sanity.json beside it.")] = None,
     activations: Annotated[Optional[Path], typer.Option("--activations", help="activations.h5: also run the tests on these units (with --annotations).")] = None,
-    annotations: Annotated[Optional[str], typer.Option("--annotations", help="Per-image concepts (CSV/Parquet id, concept[, value]) or 'classes'.")] = None,
+    annotations: O.Annotations = None,
     labels: Annotated[Optional[Path], typer.Option("--labels", help="labels.parquet pairing each unit with its concept [default: the annotated concept of highest IoU, the framework's choice].")] = None,
     layers: O.LayersOptional = None,
     repetitions: Annotated[int, typer.Option("--repetitions", "-R", min=1, help="Perturbations drawn per test.")] = 100,

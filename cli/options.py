@@ -182,3 +182,6 @@ def pass_options(device="auto", batch_size=64, workers=None, precision="fp32", s
 
     return PassOptions.of(device=device, batch_size=batch_size, workers=workers, precision=precision, strict=strict,
                           checkpoint_every=checkpoint_every, channels_last=channels_last, shard=shard)
+
+Annotations = Annotated[Optional[str], typer.Option("--annotations", help="Per-image concepts: a CSV or Parquet with columns id, concept[, value in 0..1], or 'classes' (an ImageFolder probe's class folders).")]
+Calibration = Annotated[str, typer.Option("--calibration", help="CLIP cosine to presence: zscore (default, fitted on the demo world), zscore:K,Z0, sigmoid:A,B (Linear Explanations' form) or raw.")]
