@@ -1003,6 +1003,16 @@ class LabelFile:
     parts: list[list[str]] | None = None
     part_weights: list[list[float]] | None = None
 
+    def select_layer(self, layer: str) -> None:
+        """Keep the entries of ``layer`` only (every per-unit field, parts and weights too)."""
+        keep = [i for i, name in enumerate(self.layers) if name == layer]
+        if not keep:
+            raise UsageError(f"{self.path} labels no layer {layer!r}", hint=f"its layers: {', '.join(dict.fromkeys(self.layers))}")
+        for attr in ("layers", "units", "labels", "similarity", "parts", "part_weights"):
+            values = getattr(self, attr)
+            if values is not None:
+                setattr(self, attr, [values[i] for i in keep])
+
     @property
     def method(self) -> str:
         if self.kind == EXPLAIN_FORMAT:
@@ -1023,9 +1033,10 @@ def _netdissect_label(raw: str) -> str:
 
 
 def read_label_file(path: str | os.PathLike, layer: str | None = None) -> LabelFile:
-    """Labels from a dissect labels.parquet or composed.parquet, or from a CLIP-Dissect, MILAN or
-    NetDissect-Lite CSV (told apart by their header). ``layer`` names the layer of a NetDissect
-    tally (its file holds one layer and no layer column); its 1-based units become 0-based."""
+    """Labels from a dissect labels.parquet, composed.parquet or explanations.parquet, or from a
+    CLIP-Dissect, MILAN or NetDissect-Lite CSV (told apart by their header). ``layer`` names the
+    layer of a NetDissect tally (its file holds one layer and no layer column); its 1-based units
+    become 0-based. Every layer is returned: ``LabelFile.select_layer`` keeps one."""
     import csv
 
     p = Path(path)
@@ -1065,11 +1076,6 @@ def read_label_file(path: str | os.PathLike, layer: str | None = None) -> LabelF
     if {"layer", "unit", "description"} <= cols:
         kind = "clip-dissect-csv" if "similarity" in cols else "milan-csv"
         layers = [r["layer"] for r in rows]
-        if layer is not None:
-            keep = [i for i, name in enumerate(layers) if name == layer]
-            if not keep:
-                raise UsageError(f"{p} labels no layer {layer!r}", hint=f"its layers: {', '.join(dict.fromkeys(layers))}")
-            rows, layers = [rows[i] for i in keep], [layers[i] for i in keep]
         texts = [r["description"] for r in rows]
         raw_units = [r["unit"] for r in rows]
         sims = [r.get("similarity") for r in rows] if kind == "clip-dissect-csv" else [None] * len(rows)

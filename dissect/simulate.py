@@ -118,11 +118,7 @@ def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLik
     files = [A.read_label_file(p, layer) for p in label_paths]
     if layer is not None:
         for lf in files:
-            keep = [i for i, name in enumerate(lf.layers) if name == layer]
-            if not keep:
-                raise UsageError(f"{lf.path} labels no layer {layer!r}", hint=f"its layers: {', '.join(dict.fromkeys(lf.layers))}")
-            for attr in ("layers", "units", "labels", "similarity"):
-                setattr(lf, attr, [getattr(lf, attr)[i] for i in keep])
+            lf.select_layer(layer)
     needed = sorted({name for lf in files for name in lf.layers})
     acts = A.read_activations(activations, needed, data=False)
     ids = list(acts.ids)
@@ -142,9 +138,7 @@ def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLik
             img = A.Embeddings(img.embeddings[img_rows], [img.keys[i] for i in img_rows], img.clip_model,
                                img.clip_pretrained, img.attrs, img.path)
         keep = set(img.keys)
-        ids_kept = [i for i in ids if i in keep]
-        if len(ids_kept) != len(ids):
-            ids = ids_kept
+        ids = [i for i in ids if i in keep]  # images one of the passes skipped are left out (align_ids warned)
         labels = sorted({lab for lf in files for lab in lf.labels if lf.parts is None}
                         | {c for lf in files if lf.parts is not None for cs in lf.parts for c in cs})
         source = ClipPresence(img, _clip_texts(img, labels, text, device, cache, batch_size), calibration, dev)

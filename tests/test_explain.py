@@ -173,3 +173,17 @@ def test_run_explain_adds_the_step_and_reuses_it(tmp_path, tiny_clip, probe_dir)
     assert rows and all(len(r["concepts"]) <= 2 for r in rows)
     r = invoke(*args)
     assert "reusing" in r.stderr and "explanations.parquet" in r.stderr
+
+
+def test_simulate_of_one_layer_of_a_two_layer_explanations_file_keeps_each_units_concepts(demo_run, tmp_path):
+    out, _ = demo_run
+    ann = planted.write_annotations(tmp_path / "annotations.csv", out / "probe")
+    res = tmp_path / "two-layers.parquet"
+    invoke("explain", "-a", out / "activations.h5", "--annotations", ann, "--layers", "layer4,fc", "-o", res)
+    sim = tmp_path / "fc.parquet"
+    invoke("evaluate", "simulate", res, "--layer", "fc", "-a", out / "activations.h5", "--annotations", ann, "-o", sim)
+    ours = {(x["layer"], x["unit"]): x for x in _rows(res)}
+    got = _rows(sim)
+    assert {x["layer"] for x in got} == {"fc"} and len(got) == 10
+    for x in got:
+        assert x["correlation"] == pytest.approx(ours[("fc", x["unit"])]["correlation"], abs=1e-9)
