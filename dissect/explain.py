@@ -95,7 +95,7 @@ class ConceptColumns:
     def from_annotations(cls, source, ids: list[str]) -> "ConceptColumns":
         import torch
 
-        names = sorted(source._by_concept)
+        names = source.concepts
         pres = source.matrix(names, {k: i for i, k in enumerate(ids)}, len(ids)).to(torch.float64)
         return cls(names, lambda idx: pres[:, torch.as_tensor(idx, dtype=torch.long)], source.describe)
 
@@ -126,8 +126,7 @@ class ConceptColumns:
             cos = cosines(I, T.index_select(0, idx)).to(torch.float64)  # tiles: bit-identical whatever the block
             if calibration.kind == "zscore":
                 mean, std = zscore_stats()
-                z = (cos - mean[idx]) / std[idx]
-                return torch.sigmoid(calibration.a * (z - calibration.b)).cpu()
+                return calibration.apply_with(cos, mean[idx], std[idx]).cpu()
             return calibration.apply(cos).cpu()
 
         return cls(list(text.keys), columns, {"source": "clip", "clip": images.clip_spec,

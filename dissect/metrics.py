@@ -53,25 +53,28 @@ def _check(acts: torch.Tensor, presence: torch.Tensor) -> None:
         raise ValueError(f"acts and presence must both be [N, U], got {tuple(acts.shape)} and {tuple(presence.shape)}")
 
 
-def correlation(acts: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation of each unit with its explanation's presence: the simulation score."""
-    _check(acts, presence)
-    a = _f64(acts)
-    c = _f64(presence)
-    a = a - a.mean(dim=0, keepdim=True)
-    c = c - c.mean(dim=0, keepdim=True)
+def _cosine64(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Column-wise cosine of two float64 [N, U] tensors; NaN where either column is all zeros."""
     den = a.norm(dim=0) * c.norm(dim=0)
     out = (a * c).sum(dim=0) / den
     return torch.where(den > 0, out, torch.full_like(out, math.nan))
+
+
+def _correlation64(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Column-wise Pearson r of two float64 [N, U] tensors (the cosine of the centred columns)."""
+    return _cosine64(a - a.mean(dim=0, keepdim=True), c - c.mean(dim=0, keepdim=True))
+
+
+def correlation(acts: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each unit with its explanation's presence: the simulation score."""
+    _check(acts, presence)
+    return _correlation64(_f64(acts), _f64(presence))
 
 
 def cosine(acts: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
     """Cosine of the raw (uncentred) activation and presence vectors."""
     _check(acts, presence)
-    a, c = _f64(acts), _f64(presence)
-    den = a.norm(dim=0) * c.norm(dim=0)
-    out = (a * c).sum(dim=0) / den
-    return torch.where(den > 0, out, torch.full_like(out, math.nan))
+    return _cosine64(_f64(acts), _f64(presence))
 
 
 def active(acts: torch.Tensor, alpha: float | None) -> torch.Tensor:
@@ -241,15 +244,9 @@ def score_all(acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = 
     if "correlation" in names or "cosine" in names:
         a, c = _f64(acts), _f64(presence)   # converted once for both
         if "cosine" in names:
-            den = a.norm(dim=0) * c.norm(dim=0)
-            cos = (a * c).sum(dim=0) / den
-            out["cosine"] = torch.where(den > 0, cos, torch.full_like(cos, math.nan))
+            out["cosine"] = _cosine64(a, c)
         if "correlation" in names:
-            a = a - a.mean(dim=0, keepdim=True)
-            c = c - c.mean(dim=0, keepdim=True)
-            den = a.norm(dim=0) * c.norm(dim=0)
-            r = (a * c).sum(dim=0) / den
-            out["correlation"] = torch.where(den > 0, r, torch.full_like(r, math.nan))
+            out["correlation"] = _correlation64(a, c)
         del a, c
     if any(m in BINARISED for m in names):
         act = active(acts, alpha)

@@ -46,12 +46,20 @@ class Calibration:
         import torch
 
         cos = cos.to(torch.float64)
+        if self.kind == "zscore":
+            return self.apply_with(cos, cos.mean(dim=0, keepdim=True), cos.std(dim=0, keepdim=True).clamp_min(1e-12))
+        return self.apply_with(cos)
+
+    def apply_with(self, cos, mean=None, std=None):
+        """``apply`` with each concept's cosine ``mean`` and ``std`` given (zscore), e.g. over more
+        images than ``cos`` holds."""
+        import torch
+
+        cos = cos.to(torch.float64)
         if self.kind == "raw":
             return cos
         if self.kind == "sigmoid":
             return torch.sigmoid(self.a * (cos + self.b))
-        mean = cos.mean(dim=0, keepdim=True)
-        std = cos.std(dim=0, keepdim=True).clamp_min(1e-12)
         return torch.sigmoid(self.a * ((cos - mean) / std - self.b))
 
     def describe(self) -> dict[str, Any]:
@@ -120,6 +128,11 @@ class AnnotatedPresence:
             classes.append(parent.name)
         return cls("classes", list(ids), classes, np.ones(len(ids)),
                    {"source": "classes", "concepts": len(set(classes)), "rule": "the image's folder name"})
+
+    @property
+    def concepts(self) -> list[str]:
+        """Every annotated concept (normalised), sorted."""
+        return sorted(self._by_concept)
 
     def known(self, label: str) -> bool:
         return normalise(label) in self._by_concept

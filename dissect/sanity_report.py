@@ -37,7 +37,7 @@ def _presence_matrix(source, ids: list[str]):
     """[N, M] float32 presence of every annotated concept on the images ``ids``, and the concept names."""
     import torch
 
-    concepts = sorted(source._by_concept)
+    concepts = source.concepts
     row = {k: i for i, k in enumerate(ids)}
     return source.matrix(concepts, row, len(ids)).to(torch.float32), concepts
 
