@@ -13,22 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-_CHILD = """
-import atexit, os, resource, runpy, sys
-atexit.register(lambda: open(os.environ["BENCH_PEAK"], "w").write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
-sys.argv = ["dissect", *sys.argv[1:]]
-runpy.run_module("dissect.cli.main", run_name="__main__")
-"""
-
+from _timing import timed
 
 def make(d: Path, n: int, c: int, m: int, dim: int = 512, seed: int = 0):
     import torch
@@ -66,16 +57,6 @@ def make(d: Path, n: int, c: int, m: int, dim: int = 512, seed: int = 0):
     return recipes
 
 
-def _timed(args: list[str]) -> tuple[float, float]:
-    with tempfile.NamedTemporaryFile(suffix=".peak") as peak:
-        t = time.perf_counter()
-        r = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True,
-                           env=dict(os.environ, BENCH_PEAK=peak.name))
-        if r.returncode != 0:
-            sys.exit(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else str(r.returncode))
-        return time.perf_counter() - t, int(Path(peak.name).read_text() or 0) / 2**20
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=50_000)
@@ -92,19 +73,11 @@ def main() -> None:
         t = time.perf_counter()
         recipes = make(d, n, c, m)
         print(f"N={n} images, C={c} units, M={m} concepts (artifacts made in {time.perf_counter() - t:.0f} s)")
-        label_s, label_gb = _timed(["label", "-i", str(d / "images.h5"), "-a", str(d / "activations.h5"), "-t",
+        label_s, label_gb = timed(["label", "-i", str(d / "images.h5"), "-a", str(d / "activations.h5"), "-t",
                                     str(d / "text.h5"), "--device", "cpu", "-o", str(d / "labels.parquet")])
         print(f"baseline: label (SoftWPMI) on the same artifacts {label_s:.1f} s, peak {label_gb:.2f} GB")
-        with tempfile.NamedTemporaryFile(suffix=".peak") as peak:
-            t = time.perf_counter()
-            r = subprocess.run([sys.executable, "-c", _CHILD, "explain", "-a", str(d / "activations.h5"), "-i",
-                                str(d / "images.h5"), "-t", str(d / "text.h5"), "-K", "5", "--max-memory", a.max_memory,
-                                "--device", "cpu", "-o", str(d / "explanations.parquet")],
-                               capture_output=True, text=True, env=dict(os.environ, BENCH_PEAK=peak.name))
-            dt = time.perf_counter() - t
-            if r.returncode != 0:
-                sys.exit(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else str(r.returncode))
-            gb = int(Path(peak.name).read_text() or 0) / 2**20
+        dt, gb = timed(["explain", "-a", str(d / "activations.h5"), "-i", str(d / "images.h5"), "-t", str(d / "text.h5"),
+                        "-K", "5", "--max-memory", a.max_memory, "--device", "cpu", "-o", str(d / "explanations.parquet")])
         rows = pq.read_table(d / "explanations.parquet").to_pylist()
         hit = sum(set(rec) <= set(row["concepts"]) for rec, row in zip(recipes, rows))
         corr = np.nanmean([row["correlation"] for row in rows])

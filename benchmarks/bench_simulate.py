@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from _timing import timed
 
 
 def make(d: Path, n: int, c: int, m: int, dim: int = 512, seed: int = 0) -> dict[str, Path]:
@@ -52,30 +51,6 @@ def make(d: Path, n: int, c: int, m: int, dim: int = 512, seed: int = 0) -> dict
             w.writerow([ids[i], concepts[t]])
     return {k: d / v for k, v in {"images": "images.h5", "text": "text.h5", "acts": "activations.h5",
                                   "ann": "annotations.csv", "labels": "labels.parquet"}.items()}
-
-
-_CHILD = """
-import atexit, os, resource, runpy, sys
-atexit.register(lambda: open(os.environ["BENCH_PEAK"], "w").write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
-sys.argv = ["dissect", *sys.argv[1:]]
-runpy.run_module("dissect.cli.main", run_name="__main__")
-"""
-
-
-def timed(args: list[str]) -> tuple[float, float]:
-    """(seconds, peak resident GB) of one command in a child process."""
-    import os
-
-    with tempfile.NamedTemporaryFile(suffix=".peak") as peak:
-        t = time.perf_counter()
-        r = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True,
-                           env=dict(os.environ, BENCH_PEAK=peak.name))
-        dt = time.perf_counter() - t
-        if r.returncode != 0:
-            tail = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else str(r.returncode)
-            sys.exit(f"{' '.join(args[:2])} failed: {tail}")
-        kb = int(Path(peak.name).read_text() or 0)
-    return dt, kb / 2**20
 
 
 def main() -> None:
