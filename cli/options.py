@@ -57,6 +57,25 @@ CropPct = Annotated[Optional[float], typer.Option("--crop-pct", help="Override c
 Mean = Annotated[Optional[str], typer.Option("--mean", help="Override normalisation mean, R,G,B.")]
 Std = Annotated[Optional[str], typer.Option("--std", help="Override normalisation std, R,G,B.")]
 Interpolation = Annotated[Optional[str], typer.Option("--interpolation", help="Override resize interpolation (bilinear, bicubic, ...).")]
+Directions = Annotated[
+    Optional[list[str]],
+    typer.Option("--directions", help="Units that are directions of a layer, recorded as the entry LAYER@NAME: LAYER=SPEC "
+                 "or LAYER@NAME=SPEC (repeatable). SPEC: a [K, C] matrix (.npy, .pt, .safetensors, FILE#key), an SAE folder "
+                 "in the SAELens layout (cfg.json + sae_weights.safetensors), or file.py:function returning a module."),
+]
+DirectionsSummary = Annotated[
+    str, typer.Option("--directions-summary", help="Reduction of the directions' units over positions: auto (max for SAEs, "
+                      "else --summary), mean, max or cls. Applied after encoding every position.")]
+DirectionsDtype = Annotated[str, typer.Option("--directions-dtype", help="How direction entries are stored: float32, or float16 (half the file).")]
+
+
+def directions(items, summary="auto", dtype="float32"):
+    """The ``--directions`` options as one object."""
+    from dissect.directions import DirectionsOptions
+
+    return DirectionsOptions(tuple(items or ()), summary, dtype)
+
+
 Sim = Annotated[str, typer.Option("--sim", "-s", help="Similarity: softwpmi, wpmi, rank-reorder, cos or cos-cubed.")]
 Param = Annotated[
     Optional[list[str]], typer.Option("--param", "-p", help="Similarity hyperparameter NAME=VALUE (repeatable), e.g. top_k=50.")

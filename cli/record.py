@@ -33,8 +33,14 @@ def record(
     checkpoint_every: O.CheckpointEvery = None,
     precision: O.Precision = "fp32",
     channels_last: O.ChannelsLast = None,
+    directions: O.Directions = None,
+    directions_summary: O.DirectionsSummary = "auto",
+    directions_dtype: O.DirectionsDtype = "float32",
 ):
-    """Record each neuron's activation on every probe image -> activations.h5 (adds missing layers to an existing file)."""
+    """Record each neuron's activation on every probe image -> activations.h5 (adds missing layers to an existing file).
+
+    With --directions, also the units of each direction set (SAE latents, probe or PCA directions), encoded at every
+    position of its layer's output, as the entry LAYER@NAME."""
     from dissect import record as stage
 
     stage.record(
@@ -48,6 +54,7 @@ def record(
         layout=layout,
         overrides=O.overrides(input_size, crop_pct, mean, std, interpolation),
         options=O.pass_options(device, batch_size, workers, precision, strict, checkpoint_every, channels_last, shard),
+        directions=O.directions(directions, directions_summary, directions_dtype),
     )
 
 
@@ -61,15 +68,18 @@ def layers(
     all_modules: Annotated[bool, typer.Option("--all", help="Also list modules whose output is not a 2-4-D tensor.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
     device: O.Device = "cpu",
+    directions: O.Directions = None,
 ):
-    """List a model's layer names with output shapes and neuron counts (one dummy forward pass)."""
+    """List a model's layer names with output shapes and neuron counts (one dummy forward pass).
+
+    With --directions LAYER=SPEC, each direction set is listed after its layer as LAYER@NAME with its unit count."""
     import json
 
     from dissect.record import list_layers
 
     target, infos = list_layers(model, weights, O.model_args(model_arg), O.overrides(input_size, None, None, None, None),
-                                device, layout)
-    shown = [i for i in infos if all_modules or i.layout != "-"]
+                                device, layout, directions=O.directions(directions))
+    shown = [i for i in infos if all_modules or i.layout != "-" or "@" in i.name]
     if json_out:
         for i in shown:
             typer.echo(json.dumps({"layer": i.name, "type": i.module_type, "shape": list(i.raw_shape),

@@ -47,8 +47,12 @@ def run(
     precision: O.Precision = "fp32",
     dtype: O.Dtype = "float32",
     channels_last: O.ChannelsLast = None,
+    directions: O.Directions = None,
+    directions_summary: O.DirectionsSummary = "auto",
+    directions_dtype: O.DirectionsDtype = "float32",
 ):
-    """The whole pipeline into one run folder: embed-images, embed-text, record, label."""
+    """The whole pipeline into one run folder: embed-images, embed-text, record, label (with --directions, also
+    of SAE latents or other directions of a layer, as LAYER@NAME)."""
     from dissect.pipeline import run as run_pipeline
 
     run_pipeline(
@@ -76,4 +80,5 @@ def run(
         explain_max_concepts=explain_max_concepts,
         dtype=dtype,
         options=O.pass_options(device, batch_size, workers, precision, strict, checkpoint_every, channels_last, shard),
+        directions=O.directions(directions, directions_summary, directions_dtype),
     )

@@ -433,7 +433,7 @@ def _read_strings(f, name: str, path) -> list[str]:
         raise ArtifactError(f"{path}: dataset {name!r} is not valid UTF-8 text: {e}") from e
 
 
-def _read_matrix(f, name: str, path, rows: int | None = None) -> np.ndarray:
+def _read_matrix(f, name: str, path, rows: int | None = None, units: tuple[int, int] | None = None) -> np.ndarray:
     ds = h5_dataset(f, name, path)
     if ds.ndim != 2 or ds.dtype.kind != "f":
         raise ArtifactError(f"{path}: dataset {name!r} must be a 2-D float array, got {ds.dtype} {ds.shape}")
@@ -444,9 +444,14 @@ def _read_matrix(f, name: str, path, rows: int | None = None) -> np.ndarray:
             raise ArtifactError(f"layer {name!r} of {str(path)[:-len(':layers')]} has no units (0 columns)",
                                 hint="record the layer again; `dissect layers MODEL` lists the layers with units")
         raise ArtifactError(f"{path}: dataset {name!r} has width 0", hint="the file was damaged: write it again")
-    arr = np.asarray(ds[:], dtype=np.float32)
+    lo = 0
+    if units is None:
+        arr = np.asarray(ds[:], dtype=np.float32)
+    else:
+        lo, hi = max(0, int(units[0])), min(int(ds.shape[1]), int(units[1]))
+        arr = np.asarray(ds[:, lo:hi], dtype=np.float32)
     if not np.isfinite(arr).all():
-        bad = np.unique(np.nonzero(~np.isfinite(arr))[1])
+        bad = np.unique(np.nonzero(~np.isfinite(arr))[1]) + lo
         listed = f"{bad[:10].tolist()}{'...' if len(bad) > 10 else ''}"
         if str(path).endswith(":layers"):
             raise ArtifactError(
@@ -621,10 +626,19 @@ def write_activations(
     attrs: dict[str, Any],
     keep_from: str | os.PathLike | None = None,
     sizes: list[int] | None = None,
+    dtypes: dict[str, str] | None = None,
 ) -> Path:
-    """Write activations.h5 atomically; layers of ``keep_from`` (an older file) are copied over."""
+    """Write activations.h5 atomically; layers of ``keep_from`` (an older file) are copied over.
+
+    A layer is an [N, C] array, or a source too large for memory with ``shape`` and
+    ``block(lo, hi)`` (rows lo..hi), copied in row blocks. ``dtypes``: layers stored as
+    ``float16`` (readers always get float32). Wide layers are stored in chunks of
+    ``LAYER_CHUNK`` so that reading a block of units does not read the whole matrix.
+    """
     h5py = _h5py()
-    nbytes = sum(int(np.prod(np.shape(a))) * 4 for a in layers.values()) + _strings_bytes(ids) + 8 * len(sizes or [])
+    dtypes = dtypes or {}
+    item = {n: 2 if dtypes.get(n) == "float16" else 4 for n in layers}
+    nbytes = sum(int(np.prod(a.shape)) * item[n] for n, a in layers.items()) + _strings_bytes(ids) + 8 * len(sizes or [])
     if keep_from is not None:
         with h5py.File(keep_from, "r") as old:
             nbytes += sum(old["layers"][n].size * old["layers"][n].dtype.itemsize for n in old["layers"] if n not in layers)
@@ -645,10 +659,25 @@ def write_activations(
                         if name not in layers:
                             old.copy(old["layers"][name], group, name=name)
             for name, arr in layers.items():
-                ds = group.create_dataset(name, data=np.ascontiguousarray(arr, dtype=np.float32))
+                dtype = np.float16 if dtypes.get(name) == "float16" else np.float32
+                n, c = (int(x) for x in arr.shape)
+                if n * c * 4 <= WIDE_LAYER_BYTES and not hasattr(arr, "block"):
+                    ds = group.create_dataset(name, data=np.ascontiguousarray(arr, dtype=dtype))
+                else:
+                    chunks = (max(1, min(n, LAYER_CHUNK[0])), max(1, min(c, LAYER_CHUNK[1])))
+                    ds = group.create_dataset(name, shape=(n, c), dtype=dtype, chunks=chunks)
+                    step = chunks[0] * max(1, (64 << 20) // max(1, chunks[0] * c * 4))
+                    for lo in range(0, n, step):
+                        hi = min(n, lo + step)
+                        ds[lo:hi] = (arr.block(lo, hi) if hasattr(arr, "block") else arr[lo:hi]).astype(dtype)
                 for k, v in layer_attrs.get(name, {}).items():
                     ds.attrs[k] = _attr(v)
     return Path(path)
+
+
+#: Layers larger than this (as float32) are stored in chunks of LAYER_CHUNK (rows, units).
+WIDE_LAYER_BYTES = 64 << 20
+LAYER_CHUNK = (512, 256)
 
 
 def read_activations(path: str | os.PathLike, layers: list[str] | None = None, data: bool = True) -> Activations:
@@ -680,14 +709,22 @@ def read_activations(path: str | os.PathLike, layers: list[str] | None = None, d
     return Activations(ids, matrices, lattrs, attrs, Path(path))
 
 
-def read_activation_layer(path: str | os.PathLike, name: str) -> np.ndarray:
-    """One layer's [N, C] float32 matrix, without reading the ids again.
+def read_activation_layer(path: str | os.PathLike, name: str, units: tuple[int, int] | None = None) -> np.ndarray:
+    """One layer's [N, C] float32 matrix (``units`` (lo, hi): only those columns), without reading the ids again.
 
     For use after ``read_activations(path, data=False)`` has checked the file and its names.
     """
     f, _ = _open(path, ACTIVATIONS_FORMAT)
     with f:
-        return _read_matrix(f["layers"], name, f"{path}:layers", rows=f["ids"].shape[0])
+        return _read_matrix(f["layers"], name, f"{path}:layers", rows=f["ids"].shape[0], units=units)
+
+
+def activation_layer_shape(path: str | os.PathLike, name: str) -> tuple[int, int]:
+    """(N, C) of one layer, read from the file's header."""
+    f, _ = _open(path, ACTIVATIONS_FORMAT)
+    with f:
+        ds = h5_dataset(f["layers"], name, f"{path}:layers")
+        return tuple(int(x) for x in ds.shape)
 
 
 def _layer_names(group) -> list[str]:
@@ -1182,3 +1219,34 @@ def read_annotations(path: str | os.PathLike) -> Annotations:
             raise InputError(f"{p} row {i + 1}: value {values[i]} is not in [0, 1]")
     return Annotations(str(p), [str(a) for a in ids], [str(b) for b in concepts], values,
                        fingerprint_strings([f"{a}\t{b}\t{v!r}" for a, b, v in zip(ids, concepts, values.tolist())]))
+
+
+# ---------------------------------------------------------------------------
+# Directions (directions.safetensors, from `dissect decompose`)
+# ---------------------------------------------------------------------------
+
+DIRECTIONS_FORMAT = "dissect/directions"
+
+
+def write_directions(path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, Any]) -> Path:
+    """A safetensors file of named float32 matrices, ``directions`` [K, C] among them (what ``--directions``
+    reads); ``metadata`` (format, version, how it was made) goes in the header as JSON strings."""
+    from safetensors.numpy import save_file
+
+    head = {"format": DIRECTIONS_FORMAT, "version": str(FORMAT_VERSION)}
+    head.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str) for k, v in metadata.items()})
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+    with atomic_path(path, nbytes=sum(a.nbytes for a in arrays.values())) as tmp:
+        save_file(arrays, str(tmp), metadata=head)
+    return Path(path)
+
+
+def read_directions_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The header metadata of a safetensors file ({} when it has none)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise ArtifactError(f"cannot read {path}: {(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None

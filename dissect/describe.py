@@ -35,7 +35,16 @@ def _provenance(attrs) -> dict[str, Any]:
 
 def _layer_line(ds) -> str:
     shape = f"{ds.shape[1]} units" if ds.ndim == 2 else f"shape {ds.shape} (not [N, units])"
-    return f"{shape}, summary {ds.attrs.get('summary', '?')}"
+    line = f"{shape}, summary {ds.attrs.get('summary', '?')}"
+    kind = ds.attrs.get("directions_kind")
+    if kind:  # a direction entry: what made its units, over positions of which layer
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        spec = ds.attrs.get("directions_spec", "")
+        line += (f"{' over positions' if ds.attrs.get('summary') != 'identity' else ''}, {kind} "
+                 f"{spec.decode() if isinstance(spec, bytes) else spec} on {ds.attrs.get('directions_layer', '?')}")
+        if str(ds.attrs.get("dtype", "float32")) != "float32":
+            line += f", stored as {ds.attrs.get('dtype')}"
+    return line
 
 
 def _describe_h5(path: Path, kind: str, attrs: dict[str, Any]) -> dict[str, Any]:

@@ -405,10 +405,19 @@ class Recorder:
     """
 
     def __init__(self, model: torch.nn.Module, layers: list[str], summary: str = "mean",
-                 layout: "str | LayoutRequest | dict[str, LayerInfo]" = "auto", keep_raw: bool = False):
+                 layout: "str | LayoutRequest | dict[str, LayerInfo]" = "auto", keep_raw: bool = False,
+                 units: "dict[str, tuple[str, Any, str]] | None" = None):
         if summary not in SUMMARIES:
             raise UsageError(f"unknown summary {summary!r}", hint=f"use one of {', '.join(SUMMARIES)}")
-        self.model, self.layers, self.summary = model, list(layers), summary
+        self.model, self.summary = model, summary
+        # ``units``: entry -> (layer, directions.DirectionSet, summary): a set of directions applied to every
+        # position of the layer's output before its summary, returned under the entry's name.
+        self.units = dict(units or {})
+        self.outputs = list(layers)  # the layers whose neurons are returned
+        self.layers = list(dict.fromkeys(list(layers) + [lay for lay, _, _ in self.units.values()]))
+        self._by_layer: dict[str, list[str]] = {}
+        for entry, (lay, _, _) in self.units.items():
+            self._by_layer.setdefault(lay, []).append(entry)
         self.keep_raw = keep_raw
         if isinstance(layout, dict):
             self.request, self.layer_info = LayoutRequest(), dict(layout)
@@ -416,6 +425,7 @@ class Recorder:
             self.request, self.layer_info = parse_layout(layout), {}
         self._handles: list[Any] = []
         self._out: dict[str, torch.Tensor] = {}
+        self._ran: set[str] = set()
         self._probing = False
 
     def __enter__(self) -> "Recorder":
@@ -440,17 +450,25 @@ class Recorder:
         def hook(_mod, _inp, output):
             if self._probing:
                 return
-            if name in self._out:
+            if name in self._ran:
                 raise ModelError(f"layer {name} ran twice in one forward pass",
                                  hint="record a module that runs once (see `dissect layers`)")
+            self._ran.add(name)
             info = self.layer_info[name]
             if not isinstance(output, torch.Tensor) or tuple(output.shape[1:]) != info.raw_shape:
                 got = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else type(output).__name__
                 raise ModelError(f"layer {name} gave {got} on this batch but {info.raw_shape} when its layout was "
                                  f"decided", hint="use inputs of one size (--input-size)")
             x = output.detach()
-            self._out[name] = x if self.keep_raw else summarize(x.float(), info.layout, self.summary)
-            if len(self._out) == len(self.layers):
+            if name in self.outputs:
+                self._out[name] = x if self.keep_raw else summarize(x.float(), info.layout, self.summary)
+            if self._by_layer.get(name):
+                from .directions import encode_summary
+
+                for entry in self._by_layer[name]:
+                    _, dset, summ = self.units[entry]
+                    self._out[entry] = encode_summary(dset, x, info.layout, summ)
+            if len(self._ran) == len(self.layers):
                 raise _Stop
 
         return hook
@@ -467,15 +485,16 @@ class Recorder:
         return self.layer_info
 
     def run(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Forward ``batch``; returns each layer's (N, C) summary (or raw output with keep_raw)."""
+        """Forward ``batch``; returns each layer's (N, C) summary (or raw output with keep_raw) and each unit
+        set's (N, K) summary under its entry name."""
         self.resolve(batch)
-        self._out = {}
+        self._out, self._ran = {}, set()
         try:
             with torch.inference_mode():
                 self.model(batch)
         except _Stop:
             pass
-        missing = [n for n in self.layers if n not in self._out]
+        missing = [n for n in self.layers if n not in self._ran]
         if missing:
             raise ModelError(
                 f"layer {missing[0]} never ran in the forward pass",

@@ -90,6 +90,69 @@ def open_inputs(images, activations, text=None, concepts=None, layers=None, devi
     return img, acts, order, txt
 
 
+#: What a labels file records of each layer (direction entries add what made their units).
+LAYER_META = ("summary", "layout", "raw_shape", "fingerprint", "directions_kind", "directions_spec",
+              "directions_fingerprint", "directions_layer")
+
+
+def units_per_block(rows: int, units: int, budget: int) -> int:
+    """Units of a layer read at once: all of them, unless their [rows, units] float32 matrix exceeds a quarter
+    of the budget (the rest is the scoring's working set)."""
+    return int(max(1, min(units, (budget // 4) // max(1, 4 * rows))))
+
+
+def _add_rows(rows: dict[str, list], name: str, lo: int, hi: int, idx, val, keys) -> None:
+    rows["layer"] += [name] * (hi - lo)
+    rows["unit"] += list(range(lo, hi))
+    rows["label"] += [keys[i] for i in idx[:, 0]]
+    rows["similarity"] += val[:, 0].tolist()
+    rows["candidates"] += [[keys[i] for i in r] for r in idx]
+    rows["candidate_similarities"] += [r.tolist() for r in val]
+
+
+def _score_in_blocks(sim, params, activations, name, order, I, T, k, chunk, budget, block):
+    """Top-k concepts of every unit of a layer too wide for ``budget``, read ``block`` units at a time.
+
+    SoftWPMI and WPMI need only each neuron's top images from the activations: those are
+    selected block by block, then the whole layer is scored at once (its log p(t) term
+    spans all neurons), the same result as reading the layer whole. The other methods
+    read whole columns for every concept: each block is scored on its own.
+    """
+    import torch
+
+    from .similarity import prepare_examples
+
+    C = A.activation_layer_shape(activations, name)[1]
+    starts = list(range(0, C, block))
+    note(f"{name}: {C} units read in {len(starts)} blocks of {block} (--max-memory)")
+
+    def load(lo):
+        q_np = A.read_activation_layer(activations, name, units=(lo, lo + block))
+        return torch.from_numpy(q_np if order is None else q_np[order]).to(I.device)
+
+    if METHODS[sim].pmi:
+        with progress(f"{sim} {name}: top images", C, "units") as advance:
+            def blocks():
+                for lo in starts:
+                    q = load(lo)
+                    yield q
+                    advance(q.shape[1])
+
+            prep = prepare_examples(sim, blocks(), I.shape[0], params)
+        with progress(f"{sim} {name}", T.shape[0], "concepts") as advance:
+            res = score_layer(sim, None, I, T, params, top=k, chunk=chunk, progress=advance, max_memory=budget, prep=prep)
+        return res.indices.cpu().numpy(), res.values.cpu().numpy()
+    idx, val = [], []
+    with progress(f"{sim} {name}", C, "units") as advance:
+        for lo in starts:
+            q = load(lo)
+            res = score_layer(sim, q, I, T, params, top=k, chunk=chunk, max_memory=budget, unit_offset=lo)
+            idx.append(res.indices.cpu().numpy())
+            val.append(res.values.cpu().numpy())
+            advance(q.shape[1])
+    return np.concatenate(idx), np.concatenate(val)
+
+
 def label(
     images: str | os.PathLike,
     activations: str | os.PathLike,
@@ -175,6 +238,16 @@ def label(
         init_process_group(dev)
     budget = memory_budget(max_memory)
     for name in acts.layers:
+        C_all = A.activation_layer_shape(activations, name)[1]
+        rows_n = N if order is None else len(order)
+        block = units_per_block(rows_n, C_all, budget)
+        # SoftWPMI/WPMI read wide layers in blocks at no extra cost; the others only when the layer is far
+        # beyond the budget (each of their blocks computes the image-concept cosines again).
+        if world is None and block < C_all and (METHODS[sim].pmi or 4 * rows_n * C_all > 4 * budget):
+            # Too wide for the budget (an SAE's latents): read and score it in blocks of units.
+            idx, val = _score_in_blocks(sim, params, activations, name, order, I, T, k, chunk, budget, block)
+            _add_rows(rows, name, 0, C_all, idx, val, txt.keys)
+            continue
         q_np = A.read_activation_layer(activations, name)
         q = torch.from_numpy(q_np if order is None else q_np[order]).to(dev)
         del q_np
@@ -195,13 +268,7 @@ def label(
         with progress(f"{sim} {name}", len(txt.keys), "concepts") as advance:
             res = score_layer(sim, q, I, T, params, top=k, chunk=kw.pop("chunk", chunk), progress=advance, max_memory=budget,
                               **kw)
-        idx, val = res.indices.cpu().numpy(), res.values.cpu().numpy()
-        rows["layer"] += [name] * (hi - lo)
-        rows["unit"] += list(range(lo, hi))
-        rows["label"] += [txt.keys[i] for i in idx[:, 0]]
-        rows["similarity"] += val[:, 0].tolist()
-        rows["candidates"] += [[txt.keys[i] for i in r] for r in idx]
-        rows["candidate_similarities"] += [r.tolist() for r in val]
+        _add_rows(rows, name, lo, hi, res.indices.cpu().numpy(), res.values.cpu().numpy(), txt.keys)
 
     meta = {
         "similarity": sim,
@@ -212,7 +279,8 @@ def label(
         "clip_fingerprint": img.clip_fingerprint,
         "model": acts.model,
         "weights": acts.attrs.get("weights", ""),
-        "layers": {n: {kk: acts.layer_attrs[n].get(kk) for kk in ("summary", "layout", "raw_shape", "fingerprint")} for n in acts.layers},
+        "layers": {n: {kk: acts.layer_attrs[n].get(kk) for kk in LAYER_META if kk in acts.layer_attrs[n] or kk in LAYER_META[:4]}
+                   for n in acts.layers},
         "inputs": {
             "images": {"path": str(Path(images).resolve()), "fingerprint": img.attrs.get("fingerprint", img.keys_fingerprint)},
             "activations": {"path": str(Path(activations).resolve()), "fingerprint": acts.attrs.get("inputs_fingerprint", "")},

@@ -38,6 +38,7 @@ from .label import label
 from .models import PreprocessOverrides, Target, load_target
 from .passes import PassOptions, execute
 from .probe import Probe, open_probe
+from .directions import DirectionsOptions
 from .record import ActivationRecorder, RecordPlan, activations_inputs_fingerprint, plan_record
 from .runtime import note, resolve_device, resolve_precision
 from .shards import init_process_group, distributed_world, merge, parse_shard, plan_pass
@@ -59,6 +60,7 @@ class _Run:
     steps: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     world: tuple[int, int, int] | None = field(default_factory=distributed_world)
+    directions: DirectionsOptions = field(default_factory=DirectionsOptions)
     _clip: Clip | None = None
 
     def __post_init__(self):
@@ -131,6 +133,7 @@ def run(
     explain: bool = False,
     explain_max_concepts: int = 5,
     options: PassOptions | None = None,
+    directions=None,
     **settings: Any,
 ) -> Path:
     """Run embed-images, embed-text, record and label into the folder ``out``; returns labels.parquet.
@@ -139,13 +142,17 @@ def run(
     (each image decoded once for both models). ``options`` (``passes.PassOptions``, or its
     fields as keyword arguments) say how the image pass runs; ``options.shard`` "I/N"
     runs only that slice of it into RUN/shards/ (a later run without it merges them).
+    ``directions`` (``directions.DirectionsOptions`` or ``LAYER=SPEC`` items): direction
+    sets recorded and labelled beside their layers, as ``LAYER@NAME``.
     """
     opts = PassOptions.of(options, **settings)
+    directions = DirectionsOptions.of(directions)
     ctx = _open_run(out, probe, concepts, clip, opts)
     # One run per folder (rank 0 holds it under torchrun, where the ranks keep in step by barriers; the tasks of a
     # job array, --shard, write files of their own and run side by side).
     lock = A.ProcessLock(ctx.dir / ".dissect-run.lock", f"run folder {ctx.dir}") if ctx.lead and not opts.shard else None
     try:
+        ctx.directions = directions
         return _run_steps(ctx, model, layers, sim, params, weights, model_args, summary, layout, overrides, top, seed,
                           text_batch_size, chunk, max_memory, dtype, compose, compose_top_k, compose_template,
                           explain, explain_max_concepts)
@@ -168,6 +175,7 @@ def _run_steps(ctx: _Run, model, layers, sim, params, weights, model_args, summa
     _embed_text(ctx, text_batch_size, dtype)
     plan = _activations_plan(ctx, target, layers, summary, layout)
     _image_pass(ctx, plan, summary, layout, dtype, keep_clip=compose)
+    layers = plan.layers  # with the direction entries (LAYER@NAME), and the layers they are on
     del target, plan  # free the network (and CLIP, unless compose embeds with it) before labelling
     labels_fp = _label(ctx, layers, summary, layout, sim, params, resolved, top, seed, chunk, max_memory)
     if compose and ctx.lead:  # compose is not split across ranks: rank 0 runs it
@@ -238,7 +246,8 @@ def _activations_plan(ctx: _Run, target: Target, layers: list[str], summary: str
             ctx.activations.unlink()
     ctx.barrier()
     try:
-        plan = plan_record(ctx.probe, target, layers, ctx.activations, summary, layout, ctx.device, ctx.target_precision)
+        plan = plan_record(ctx.probe, target, layers, ctx.activations, summary, layout, ctx.device, ctx.target_precision,
+                           directions=ctx.directions)
     except MismatchError:
         # Same inputs but layers recorded with another summary or layout: start this file over.
         note(f"recomputing {ctx.activations} (recorded with another --summary or --layout)")
@@ -246,7 +255,8 @@ def _activations_plan(ctx: _Run, target: Target, layers: list[str], summary: str
         if ctx.lead:
             ctx.activations.unlink()
         ctx.barrier()
-        plan = plan_record(ctx.probe, target, layers, ctx.activations, summary, layout, ctx.device, ctx.target_precision)
+        plan = plan_record(ctx.probe, target, layers, ctx.activations, summary, layout, ctx.device, ctx.target_precision,
+                           directions=ctx.directions)
     ctx.steps["activations"] = {"path": ctx.activations.name, "reused_layers": plan.have}
     if plan.todo:
         note(f"recording {', '.join(plan.todo)} into {ctx.activations}"
@@ -305,7 +315,7 @@ def _shard_pass(ctx: _Run, target: Target, layers: list[str], summary: str, layo
     tag = f"{shard.index}-of-{shard.count}"
     outs = {"images": folder / f"images.{tag}.h5", "activations": folder / f"activations.{tag}.h5"}
     plan = plan_record(ctx.probe, target, layers, outs["activations"], summary, layout, ctx.device, ctx.target_precision,
-                       fresh=True)  # a shard is always written anew
+                       fresh=True, directions=ctx.directions)  # a shard is always written anew
     _image_pass(ctx, plan, summary, layout, dtype, outs=outs, shard=str(shard))
     note(f"shard {shard} done in {folder}; when all {shard.count} are, run the same command without --shard to merge "
          f"and label")
@@ -317,8 +327,12 @@ def _label(ctx: _Run, layers, summary, layout, sim, params, resolved, top, seed,
     images_fp = A.peek_attrs(ctx.images, A.IMAGE_FORMAT)["fingerprint"]
     text_fp = A.peek_attrs(ctx.text, A.TEXT_FORMAT)["fingerprint"]
     inputs_fp = A.peek_attrs(ctx.activations, A.ACTIVATIONS_FORMAT)["inputs_fingerprint"]
+    entries = sorted(n for n in layers if "@" in n)
+    # Direction entries: what made their units (another SAE under the same name must be labelled again).
+    units_fp = ([A.read_activations(ctx.activations, entries, data=False).layer_attrs[n].get("fingerprint") for n in entries]
+                if entries else [])
     labels_fp = fingerprint([A.LABELS_FORMAT, A.FORMAT_VERSION, images_fp, text_fp, inputs_fp, sorted(layers), summary,
-                             layout, sim, resolved, seed, top])
+                             layout, sim, resolved, seed, top] + ([units_fp] if units_fp else []))
     reuse = _made_with(ctx.labels, labels_fp)
     if reuse:
         note(f"reusing {ctx.labels} (up to date)")

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import artifacts as A
+from .directions import DirectionsOptions, UnitEntry
 from .errors import MismatchError, UsageError
 from .fingerprint import fingerprint
 from .hooks import LayerInfo, Recorder, check_recordable, list_modules, parse_layout, probe_layers, resolve_layers
@@ -31,7 +32,8 @@ def layer_fingerprint(inputs_fp: str, layer: str, summary: str, layout: str) -> 
 
 
 def existing_layers(path: str | os.PathLike, inputs_fp: str, summary: str, layout: str,
-                    infos: dict[str, LayerInfo] | None = None) -> tuple[list[str], bool]:
+                    infos: dict[str, LayerInfo] | None = None,
+                    units: "dict[str, UnitEntry] | None" = None) -> tuple[list[str], bool]:
     """Layers of an existing activations file that can be reused, and whether the file exists.
 
     Raises MismatchError when the file holds activations of other inputs, or a layer whose
@@ -55,6 +57,8 @@ def existing_layers(path: str | os.PathLike, inputs_fp: str, summary: str, layou
         for name in attrs.get("_layers", []):
             la = f["layers"][name].attrs
             _check_layout(path, name, la, f["layers"][name].shape[1], (infos or {}).get(name))
+            if name in (units or {}):
+                _check_unit_entry(path, name, la, units[name])
             if la.get("summary_requested", la.get("summary")) == summary and (layout == "auto" or la.get("layout_requested", "auto") == layout):
                 reusable.append(name)
             else:
@@ -63,6 +67,19 @@ def existing_layers(path: str | os.PathLike, inputs_fp: str, summary: str, layou
                     hint="write other summaries to another -o file",
                 )
     return reusable, True
+
+
+def _check_unit_entry(path, name: str, la, want: "UnitEntry") -> None:
+    """Refuse a stored direction entry made from another set, summary or dtype than the one asked for."""
+    if la.get("directions_fingerprint") != want.set.fingerprint:
+        raise MismatchError(
+            f"{path} already holds {name} made from other directions ({la.get('directions_spec', 'neurons')})",
+            hint=f"name this set apart (--directions {want.layer}@OTHER={want.set.spec}) or write another -o file")
+    for key, value in (("directions_summary", want.summary), ("dtype", want.dtype)):
+        if la.get(key, "float32" if key == "dtype" else None) != value:
+            raise MismatchError(f"{path} already holds {name} recorded with {key.replace('directions_', '')} "
+                                f"{la.get(key)}, not {value}",
+                                hint=f"name this one apart ({want.layer}@OTHER=SPEC) or write another -o file")
 
 
 def _check_layout(path, name: str, la, units: int, now: LayerInfo | None) -> None:
@@ -94,10 +111,14 @@ class ActivationRecorder:
     def __init__(self, target: Target, layers: list[str], n_images: int, summary: str = "mean", layout: str = "auto",
                  device=None, precision: str = "fp32", channels_last: bool | None = None,
                  infos: dict[str, LayerInfo] | None = None, inputs_fp: str = "", keep: bool = False,
-                 batch_size: int = 64):
+                 batch_size: int = 64, units: dict[str, UnitEntry] | None = None, spill_dir=None):
         import torch
 
+        # ``layers``: the layers and direction entries (``LAYER@NAME``, described in ``units``) to record.
+        self.units = {n: u for n, u in (units or {}).items() if n in layers}
         self.target, self.layers, self.n_images = target, list(layers), n_images
+        self.spill_dir = Path(spill_dir) if spill_dir is not None else None
+        self._spills: list[_Spill] = []
         self.inputs_fp, self.keep, self.batch_size = inputs_fp, keep, batch_size  # what write() records and adds to
         self.summary, self.layout, self.precision = summary, str(parse_layout(layout)), precision
         self.device = device if device is not None else torch.device("cpu")
@@ -108,9 +129,14 @@ class ActivationRecorder:
         if self.channels_last:
             target.module.to(memory_format=torch.channels_last)
         # The layouts decided by plan_record, or decided on one image of the first batch.
-        given = {n: infos[n] for n in self.layers} if infos and all(n in infos for n in self.layers) else None
-        self.recorder = Recorder(target.module, self.layers, summary=summary, layout=given or layout)
-        self.data: dict[str, np.ndarray] = {}
+        neurons = [n for n in self.layers if n not in self.units]
+        hooked = list(dict.fromkeys(neurons + [u.layer for u in self.units.values()]))
+        given = {n: infos[n] for n in hooked} if infos and all(n in infos for n in hooked) else None
+        self.recorder = Recorder(target.module, neurons, summary=summary, layout=given or layout,
+                                 units={n: (u.layer, u.set, u.summary) for n, u in self.units.items()})
+        for u in self.units.values():
+            u.set.module.to(self.device)
+        self.data: dict[str, Any] = {}   # name -> [N, C] array, or a _Spill for layers too large for memory
 
     def __enter__(self) -> "ActivationRecorder":
         self.recorder.__enter__()
@@ -118,6 +144,18 @@ class ActivationRecorder:
 
     def __exit__(self, *exc) -> None:
         self.recorder.__exit__(*exc)
+        for spill in self._spills:
+            spill.close()
+        self._spills.clear()
+
+    def _store(self, name: str, width: int):
+        """The [N, width] float32 rows of ``name``: in memory, or spilled to a temporary HDF5 file beside the
+        output when larger than SPILL_BYTES (an SAE's latents: 49,152 x 50,000 images is 9.8 GB)."""
+        if self.n_images * width * 4 > SPILL_BYTES:
+            spill = _Spill(self.n_images, width, self.spill_dir)
+            self._spills.append(spill)
+            return spill
+        return np.zeros((self.n_images, width), dtype=np.float32)
 
     def __call__(self, idx, batch) -> None:
         from .runtime import autocast
@@ -127,9 +165,12 @@ class ActivationRecorder:
             outputs = self.recorder.run(x)
         rows = idx.numpy()
         for name, val in outputs.items():
+            arr = val.float().cpu().numpy()
+            if name in self.units:
+                _check_latents(name, arr, self.units[name].dtype, rows)
             if name not in self.data:
-                self.data[name] = np.zeros((self.n_images, val.shape[1]), dtype=np.float32)
-            self.data[name][rows] = val.float().cpu().numpy()
+                self.data[name] = self._store(name, arr.shape[1])
+            self.data[name][rows] = arr
 
     def state(self, rows) -> dict[str, np.ndarray]:
         """The rows' activations of every layer, for a checkpoint (``passes.image_pass``)."""
@@ -148,7 +189,7 @@ class ActivationRecorder:
             if arr.shape[1] != width:
                 raise ValueError(f"layer {name} has {arr.shape[1]} columns, its layout says {width} units")
             if name not in self.data:
-                self.data[name] = np.zeros((self.n_images, arr.shape[1]), dtype=np.float32)
+                self.data[name] = self._store(name, arr.shape[1])
             self.data[name][rows] = arr
         for name, i in (info_state or {}).items():
             self.recorder.layer_info.setdefault(name, LayerInfo(name, i["module_type"], tuple(i["raw_shape"]), i["layout"],
@@ -160,7 +201,8 @@ class ActivationRecorder:
         """The recorder of ``layers`` of a ``plan_record`` plan (its layouts, fingerprint and file to add to)."""
         check_input_memory(plan.target, batch_size, device)
         return cls(plan.target, layers, n_images, summary, layout, device, plan.precision, channels_last,
-                   infos=plan.infos, inputs_fp=plan.inputs_fp, keep=plan.exists, batch_size=batch_size)
+                   infos=plan.infos, inputs_fp=plan.inputs_fp, keep=plan.exists, batch_size=batch_size,
+                   units=plan.units, spill_dir=plan.spill_dir)
 
     def write(self, out, probe: Probe, skipped: list[Skipped] = (), positions: range | None = None,
               extra_attrs: dict[str, Any] | None = None) -> Path:
@@ -176,8 +218,12 @@ class ActivationRecorder:
                     f"{out} was recorded on other readable images of this probe ({len(old.ids)} then, {len(ids)} now)",
                     hint="write to a new -o file, or delete it to record all layers again",
                 )
-        data = {name: self.data[name][rows] for name in self.layers}  # the order asked for, not execution order
+        # The order asked for, not execution order; spilled layers are copied over in row blocks.
+        data = {name: (self.data[name].view(rows) if isinstance(self.data[name], _Spill) else self.data[name][rows])
+                for name in self.layers}
         for name, arr in data.items():
+            if isinstance(arr, _SpillView):
+                continue  # checked batch by batch
             if not np.isfinite(arr).all():
                 units = np.unique(np.nonzero(~np.isfinite(arr))[1])[:10].tolist()
                 hint = "check the weights" if self.precision == "fp32" else f"check the weights, or try --precision fp32 (it ran in {self.precision})"
@@ -194,8 +240,20 @@ class ActivationRecorder:
                 # A file's layers all share one summary request; "identity" marks 2-D layers.
                 "summary_requested": self.summary,
             }
-            for name in data
+            for name in data if name not in self.units
         }
+        for name, u in self.units.items():
+            li = infos[u.layer]
+            layer_attrs[name] = {
+                "summary": u.summary if li.layout != "nc" else "identity",
+                "layout": li.layout, "layout_requested": self.layout, "layout_source": li.layout_source,
+                "raw_shape": list(li.raw_shape), "module_type": f"{u.set.kind} on {u.layer} ({li.module_type})",
+                "fingerprint": layer_fingerprint(inputs_fp, name, u.summary, self.layout) + u.set.fingerprint[:16],
+                "summary_requested": self.summary, "directions_layer": u.layer, "directions_summary": u.summary,
+                "dtype": u.dtype,
+                **u.set.attrs(),
+            }
+        dtypes = {name: u.dtype for name, u in self.units.items()}
         attrs = self.target.attrs()
         attrs.update(
             inputs_fingerprint=inputs_fp,
@@ -207,7 +265,8 @@ class ActivationRecorder:
                                     channels_last=self.channels_last, n_skipped=len(skipped)),
             **(extra_attrs or {}),
         )
-        A.write_activations(out, ids, data, layer_attrs, attrs, keep_from=out if keep else None, sizes=image_sizes(probe, rows))
+        A.write_activations(out, ids, data, layer_attrs, attrs, keep_from=out if keep else None, sizes=image_sizes(probe, rows),
+                            dtypes=dtypes)
         report_skipped(list(skipped), len(positions) if positions is not None else len(probe), out)
         note(f"wrote {out}: {', '.join(f'{n} ({data[n].shape[1]} units)' for n in data)} over {len(ids)} images")
         return Path(out)
@@ -225,6 +284,8 @@ class RecordPlan:
     inputs_fp: str
     precision: str
     infos: dict[str, LayerInfo] = field(default_factory=dict)   # each layer's shape, layout and unit count
+    units: dict[str, UnitEntry] = field(default_factory=dict)   # direction entries (LAYER@NAME) among the layers
+    spill_dir: Path | None = None                               # where layers too large for memory are spilled
 
 
 def example_input(target: Target, device=None):
@@ -274,17 +335,39 @@ def layer_infos(target: Target, layers: list[str], layout: str = "auto", device=
     return check_recordable(infos, layers, target.spec)
 
 
-def plan_record(probe: Probe, target: Target, layers: list[str], out, summary: str, layout: str, device, precision: str,
-                fresh: bool = False) -> RecordPlan:
-    """What recording ``layers`` into ``out`` takes: their layouts, the layers ``out`` already holds and may keep
-    (none with ``fresh``: the file is written anew), the fingerprint of the inputs."""
-    layers = resolve_layers(target.module, layers, target.spec)
+def plan_units(target: Target, layers: list[str], directions, summary: str, layout: str, device
+               ) -> tuple[list[str], dict[str, LayerInfo], dict[str, UnitEntry]]:
+    """The layers to record (a direction set's layer is recorded with it), their LayerInfo, and each direction
+    entry (``LAYER@NAME``) loaded and checked against its layer's width."""
+    from .directions import load
+
+    opts = DirectionsOptions.of(directions)
+    requests = opts.requests()
+    layers = resolve_layers(target.module, list(layers) + [r.layer for r in requests if r.layer not in layers], target.spec)
     infos = layer_infos(target, layers, layout, device)
+    units = {}
+    for r in requests:
+        ds = load(r.spec, channels=infos[r.layer].n_units)
+        units[r.entry] = UnitEntry(r.layer, ds, ds.summary_for(opts.summary, summary), opts.dtype)
+        if units[r.entry].summary == "cls" and infos[r.layer].layout != "nlc":
+            raise UsageError(f"--directions-summary cls needs token outputs, but {r.layer} is {infos[r.layer].layout}",
+                             hint="use --directions-summary max or mean")
+    return layers, infos, units
+
+
+def plan_record(probe: Probe, target: Target, layers: list[str], out, summary: str, layout: str, device, precision: str,
+                fresh: bool = False, directions=None) -> RecordPlan:
+    """What recording ``layers`` (and ``directions``, a ``directions.DirectionsOptions``) into ``out`` takes: their
+    layouts, the layers ``out`` already holds and may keep (none with ``fresh``: the file is written anew), the
+    fingerprint of the inputs."""
+    layers, infos, units = plan_units(target, layers, directions, summary, layout, device)
     precision = resolve_precision(precision, device, "target")
     inputs_fp = activations_inputs_fingerprint(target, probe.fingerprint, precision)
-    have, exists = ([], False) if fresh else existing_layers(out, inputs_fp, summary, str(parse_layout(layout)), infos)
-    todo = [n for n in layers if n not in have]
-    return RecordPlan(target, layers, todo, have, exists, inputs_fp, precision, infos)
+    have, exists = ([], False) if fresh else existing_layers(out, inputs_fp, summary, str(parse_layout(layout)), infos,
+                                                             units)
+    names = layers + list(units)
+    todo = [n for n in names if n not in have]
+    return RecordPlan(target, names, todo, have, exists, inputs_fp, precision, infos, units, Path(out).parent)
 
 
 def record(
@@ -298,9 +381,14 @@ def record(
     layout: str = "auto",
     overrides: PreprocessOverrides | None = None,
     options: PassOptions | None = None,
+    directions: "DirectionsOptions | list[str] | None" = None,
     **settings: Any,
 ) -> Path:
     """Record ``layers`` of the target model on every probe image into ``out``.
+
+    ``directions`` (``directions.DirectionsOptions`` or ``LAYER=SPEC`` items): sets of
+    directions or SAE latents, each recorded as its own entry ``LAYER@NAME`` beside its
+    layer (see :mod:`dissect.directions`).
 
     Into an existing file made from the same model, preprocessing, probe and precision,
     only the layers it lacks are recorded (one forward pass for all of them, stopped
@@ -317,13 +405,16 @@ def record(
     dev = resolve_device(opts.device)
     target = model if isinstance(model, Target) else load_target(model, weights, model_args, overrides, dev, layers=layers)
     sharded = opts.shard is not None or distributed_world() is not None
-    grown = None if sharded else _grown_probe(out, probe, target, layers, summary, layout, dev, opts.precision)
+    directions = DirectionsOptions.of(directions)
+    grown = None if sharded else _grown_probe(out, probe, target, layers, summary, layout, dev, opts.precision,
+                                              bool(directions.items))
     if grown is not None:
         plan, reused = grown.plan, grown.reused
         note(f"{out}: the probe changed; reusing {len(reused)} unchanged images, recording "
              f"{len(probe) - len(reused)} new or changed for {', '.join(plan.layers)}")
     else:
-        plan, reused = plan_record(probe, target, layers, out, summary, layout, dev, opts.precision), {}
+        plan, reused = plan_record(probe, target, layers, out, summary, layout, dev, opts.precision,
+                                   directions=directions), {}
         if not plan.todo:
             note(f"{out} already holds {', '.join(plan.layers)}; nothing to record")
             return Path(out)
@@ -358,14 +449,16 @@ class _Grown:
                      for n, a in self.old.layer_attrs.items()})
 
 
-def _grown_probe(out, probe: Probe, target: Target, layers, summary, layout, dev, precision) -> _Grown | None:
+def _grown_probe(out, probe: Probe, target: Target, layers, summary, layout, dev, precision,
+                 directions: bool = False) -> _Grown | None:
     """An existing file of the same model and precision over a probe that has since changed (images added or removed).
 
     Its layers are kept and recorded for the new images only. Asking for layers it does
-    not hold at the same time is refused (record those after, in a second call).
+    not hold at the same time is refused (record those after, in a second call). Files
+    with direction entries are not grown (they are recorded anew into another file).
     """
     attrs = A.peek_attrs(out, A.ACTIVATIONS_FORMAT)
-    if attrs is None or attrs.get("shard"):
+    if attrs is None or attrs.get("shard") or directions or any("@" in n for n in attrs.get("_layers", [])):
         return None
     precision = resolve_precision(precision, dev, "target")
     if attrs.get("inputs_fingerprint") == activations_inputs_fingerprint(target, probe.fingerprint, precision):
@@ -415,10 +508,94 @@ def list_layers(
     overrides: PreprocessOverrides | None = None,
     device: str = "cpu",
     layout: str = "auto",
+    directions=None,
 ) -> tuple[Target, list[LayerInfo]]:
-    """Every named module of ``model`` with its output shape, from one dummy forward pass."""
+    """Every named module of ``model`` with its output shape, from one dummy forward pass; each set of
+    ``directions`` follows its layer as ``LAYER@NAME`` with its unit count."""
     dev = resolve_device(device)
     target = load_target(model, weights, model_args, overrides, dev)
     example = example_input(target, dev)
     with forward_errors(target.spec, example):
-        return target, list_modules(target.module, example, layout)
+        infos = list_modules(target.module, example, layout)
+    directions = DirectionsOptions.of(directions)
+    if not directions.items:
+        return target, infos
+    _, checked, units = plan_units(target, [], directions, "mean", layout, dev)
+    out = []
+    for i in infos:
+        out.append(i)
+        for entry, u in units.items():
+            if u.layer == i.name:
+                li = checked[u.layer]
+                out.append(LayerInfo(entry, f"{u.set.kind} ({u.summary})", li.raw_shape, li.layout, u.set.k, 1,
+                                     f"{u.set.kind} {u.set.spec}"))
+    return target, out
+
+
+#: Layers whose [N, C] float32 rows exceed this many bytes are spilled to disk while recording.
+SPILL_BYTES = 256 << 20
+#: float16 holds magnitudes up to this.
+FLOAT16_MAX = 65504.0
+
+
+def _check_latents(name: str, arr: np.ndarray, dtype: str, rows) -> None:
+    """A direction entry's batch: finite, and within float16's range when stored as float16."""
+    if not np.isfinite(arr).all():
+        units = np.unique(np.nonzero(~np.isfinite(arr))[1])[:10].tolist()
+        raise UsageError(f"{name} produced NaN or Inf (units {units})", hint="check the directions' weights")
+    if dtype == "float16" and arr.size and float(np.abs(arr).max()) > FLOAT16_MAX:
+        raise UsageError(f"{name} reaches {float(np.abs(arr).max()):.4g}, beyond float16's range",
+                         hint="record it with --directions-dtype float32")
+
+
+class _Spill:
+    """[N, C] float32 rows in a temporary HDF5 file (removed on close), written a batch at a time."""
+
+    def __init__(self, n: int, width: int, folder: Path | None):
+        import tempfile
+
+        import h5py
+
+        fd, name = tempfile.mkstemp(prefix=".dissect-spill-", suffix=".h5", dir=str(folder) if folder else None)
+        os.close(fd)
+        self.path = Path(name)
+        rows = max(1, min(n, 256))
+        # The chunk cache holds one band of chunk rows, so batches that fill a band part by part never re-read it.
+        self.file = h5py.File(self.path, "w", rdcc_nbytes=max(1 << 20, 2 * rows * width * 4), rdcc_nslots=100003)
+        self.ds = self.file.create_dataset("rows", shape=(n, width), dtype=np.float32,
+                                           chunks=(rows, max(1, min(width, 1024))))
+        self.shape = (n, width)
+
+    def __setitem__(self, rows, arr) -> None:
+        rows = np.asarray(rows)
+        if rows.size and rows[-1] - rows[0] + 1 == rows.size and np.all(np.diff(rows) == 1):
+            self.ds[int(rows[0]) : int(rows[-1]) + 1] = arr
+        else:
+            for r, v in zip(rows.tolist(), arr):
+                self.ds[r] = v
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.asarray(rows)
+        if rows.size and rows[-1] - rows[0] + 1 == rows.size and np.all(np.diff(rows) == 1):
+            return self.ds[int(rows[0]) : int(rows[-1]) + 1]
+        return np.stack([self.ds[r] for r in rows.tolist()]) if rows.size else np.zeros((0, self.shape[1]), np.float32)
+
+    def view(self, rows) -> "_SpillView":
+        return _SpillView(self, np.asarray(rows, dtype=np.int64))
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        finally:
+            self.path.unlink(missing_ok=True)
+
+
+class _SpillView:
+    """The kept rows of a spill, read in blocks (``artifacts.write_activations`` copies such a source block by block)."""
+
+    def __init__(self, spill: _Spill, rows: np.ndarray):
+        self.spill, self.rows = spill, rows
+        self.shape = (len(rows), spill.shape[1])
+
+    def block(self, lo: int, hi: int) -> np.ndarray:
+        return self.spill[self.rows[lo:hi]]

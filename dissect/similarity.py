@@ -628,6 +628,17 @@ class LayerPrep:
     kw: dict[str, Any] = field(default_factory=dict)   # extra kernel arguments (rank reorder's baseline)
 
 
+def prepare_examples(name: str, blocks, n_images: int, params: dict[str, Any]) -> LayerPrep:
+    """SoftWPMI/WPMI's layer prep from the layer's activations given as blocks of units ([N, c] tensors, in
+    order): each neuron's top images depend on its own column only, so this equals ``prepare_layer`` on the
+    whole matrix while holding one block at a time."""
+    if METHODS[name].examples != "top_k":
+        raise ValueError(f"{name} reads whole activation columns; score its blocks of units one by one")
+    idx = torch.cat([top_images(q, int(params["top_k"])) for q in blocks], dim=1)
+    rows, idx = example_rows(idx, n_images)
+    return LayerPrep(n_images if rows is None else rows.numel(), idx, rows)
+
+
 def prepare_layer(name: str, q: torch.Tensor, params: dict[str, Any], unit_offset: int = 0) -> LayerPrep:
     """Select each neuron's example images once per layer (and rank reorder's seeded baseline)."""
     method = METHODS[name]
@@ -712,6 +723,7 @@ def score_layer(
     passes: str = "auto",
     population: Callable | None = None,
     unit_offset: int = 0,
+    prep: "LayerPrep | None" = None,
 ) -> LayerScores | torch.Tensor:
     """Score every neuron of one layer against every concept, block by block.
 
@@ -732,18 +744,26 @@ def score_layer(
     ``population`` (SoftWPMI, WPMI): how log p(t) is estimated from a block's scores
     (default: over the neurons of ``q``; ``distributed_population`` when the layer's
     neurons are split across processes); ``unit_offset``: ``q`` holds units offset.. of
-    the layer (rank reorder draws its seeded baseline accordingly).
+    the layer (rank reorder draws its seeded baseline accordingly). ``prep``: the layer's
+    example images, already selected (``prepare_examples`` over blocks of units); then
+    ``q`` may be None for SoftWPMI and WPMI, which read nothing else of it.
     """
     if passes not in ("auto", "one", "two"):
         raise ValueError(f"passes must be 'auto', 'one' or 'two', got {passes!r}")
     if name not in METHODS:
         resolve_params(name)  # raises the user-facing error
     method = METHODS[name]
-    N, C = q.shape
+    if q is None and (prep is None or not method.pmi):
+        raise ValueError("q may be None only with the prep of a SoftWPMI or WPMI layer")
     M = text_emb.shape[0]
-    q = q.to(image_emb.device, torch.float32)
     image_emb, text_emb = image_emb.to(torch.float32).contiguous(), text_emb.to(torch.float32).contiguous()
-    prep = prepare_layer(name, q, params, unit_offset)  # work shared by all concept blocks
+    if q is not None:
+        C = q.shape[1]
+        q = q.to(image_emb.device, torch.float32)
+    else:
+        C = int(prep.idx.shape[1])
+    if prep is None:
+        prep = prepare_layer(name, q, params, unit_offset)  # work shared by all concept blocks
     row_block = 0
     if method.pmi and passes != "two" and float(params["a"]) <= _F32_SOFTMAX_MAX_A:
         row_block = plan_single_pass(prep.rows_read, C, M, max_memory)
@@ -770,7 +790,7 @@ def score_layer(
             if progress is not None:
                 progress(sim.shape[1])
         return torch.cat(out, dim=1)
-    return _merge_blocks(blocks, C, min(top, M), quantize=method.pmi, device=q.device, progress=progress)
+    return _merge_blocks(blocks, C, min(top, M), quantize=method.pmi, device=image_emb.device, progress=progress)
 
 
 def _single_pass_scores(name, params, image_emb, text_emb, prep: LayerPrep, row_block: int, progress) -> torch.Tensor:

@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[1] / "dissect"
 LAYERS = [
     {"errors", "fingerprint"},
     {"runtime"},
-    {"artifacts", "concepts", "probe", "hooks", "models", "clip", "similarity", "metrics", "sanity", "split"},
+    {"artifacts", "concepts", "probe", "hooks", "models", "clip", "similarity", "metrics", "sanity", "split", "directions"},
     {"passes", "shards"},
-    {"embed", "record", "label", "presence"},
+    {"embed", "record", "label", "presence", "decompose"},
     {"compose", "evaluate", "report", "describe", "simulate", "sanity_report", "explain"},
     {"pipeline", "demo", "demo.world", "demo.planted"},
 ]

@@ -1,0 +1,483 @@
+"""Unit sets that are not neurons: directions, SAE latents and learned dictionaries of a layer.
+
+``--directions LAYER=SPEC`` (``LAYER@NAME=SPEC`` to name the entry) turns a layer's
+C-dimensional channel space into K new units, recorded as their own layer entry
+``LAYER@NAME`` of activations.h5 and then labelled, composed, explained and evaluated
+like any layer. SPEC is one of
+
+* a matrix file of shape [K, C] (``.npy``, ``.pt``/``.pth`` read with
+  ``weights_only``, ``.safetensors`` with one 2-D tensor or a ``directions`` tensor,
+  or ``FILE#key`` for a named one): unit k = activation · direction_kᵀ;
+* a sparse-autoencoder folder in the SAELens layout (``cfg.json`` and
+  ``sae_weights.safetensors`` with ``W_enc`` [d_in, d_sae], ``b_enc``, ``b_dec``,
+  ``W_dec`` and, for JumpReLU, ``threshold``): unit k = latent k of the SAE's encoder
+  (architectures ``standard``, ``topk``, ``jumprelu``; ``apply_b_dec_to_input``;
+  activation ``relu``, ``tanh-relu`` or ``topk`` with its ``k``; input normalisation
+  ``none``, ``constant_norm_rescale`` or ``layer_norm``);
+* ``file.py:function`` returning a ``torch.nn.Module`` that maps [..., C] to [..., K]
+  (any other format: ViT-Prisma's and saev's checkpoints, a probe with a non-linearity).
+
+The map is applied to every spatial position or token of the layer's output before
+the summary over positions (an SAE encodes tokens: mean-then-encode is not
+encode-then-mean). The default summary of an SAE is ``max`` (what SAE papers show as
+top images); of a matrix or module, the layer's own ``--summary``.
+
+Every set has a fingerprint of what it computes (its weights, configuration, code), so
+an activations file never mixes latents of two SAEs under one name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError, UsageError
+
+KINDS = ("matrix", "sae", "module")
+#: Summary of the latents over positions: "auto" is max for SAEs, the layer's own summary otherwise.
+DIRECTION_SUMMARIES = ("auto", "mean", "max", "cls")
+DTYPES = ("float32", "float16")
+SAE_ARCHITECTURES = ("standard", "topk", "jumprelu")
+SAE_NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm")
+SAE_CONFIG, SAE_WEIGHTS = "cfg.json", "sae_weights.safetensors"
+MATRIX_SUFFIXES = (".npy", ".pt", ".pth", ".bin", ".safetensors")
+#: Elements of the [rows, positions, K] latent block encoded at once (bounds the hook's memory).
+ENCODE_BLOCK = 1 << 24
+
+
+@dataclass
+class DirectionRequest:
+    """One ``--directions`` item: the layer, the entry's name and the spec it loads from."""
+
+    layer: str
+    name: str
+    spec: str
+
+    @property
+    def entry(self) -> str:
+        return f"{self.layer}@{self.name}"
+
+
+@dataclass(frozen=True)
+class DirectionsOptions:
+    """``--directions`` (items ``LAYER=SPEC``), ``--directions-summary`` and ``--directions-dtype``, as the CLI gives them."""
+
+    items: tuple[str, ...] = ()
+    summary: str = "auto"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.summary not in DIRECTION_SUMMARIES:
+            raise UsageError(f"unknown --directions-summary {self.summary!r}", hint=f"use one of {', '.join(DIRECTION_SUMMARIES)}")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"unknown --directions-dtype {self.dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
+
+    @classmethod
+    def of(cls, value: "DirectionsOptions | list[str] | tuple[str, ...] | None") -> "DirectionsOptions":
+        if isinstance(value, cls):
+            return value
+        return cls(tuple(value or ()))
+
+    def requests(self) -> list["DirectionRequest"]:
+        return parse_requests(list(self.items))
+
+
+@dataclass
+class UnitEntry:
+    """A direction set as recorded: on ``layer``, summarised with ``summary``, stored as ``dtype``."""
+
+    layer: str
+    set: "DirectionSet"
+    summary: str
+    dtype: str = "float32"
+
+
+@dataclass
+class DirectionSet:
+    """K units defined on a layer's C channels: ``module`` maps [..., C] to [..., K]."""
+
+    kind: str
+    spec: str
+    module: Any
+    k: int
+    c: int
+    fingerprint: str
+    describe: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def default_summary(self) -> str:
+        return "max" if self.kind == "sae" else ""
+
+    def summary_for(self, requested: str, layer_summary: str) -> str:
+        """The summary over positions this set's latents are recorded with."""
+        if requested and requested != "auto":
+            return requested
+        return self.default_summary or layer_summary
+
+    def attrs(self) -> dict[str, Any]:
+        """What an activations file records about the set (``dissect info`` shows it)."""
+        return {"directions_kind": self.kind, "directions_spec": self.spec, "directions_k": self.k,
+                "directions_c": self.c, "directions_fingerprint": self.fingerprint,
+                "directions": json.dumps(self.describe, sort_keys=True)}
+
+
+def parse_requests(items: list[str] | None) -> list[DirectionRequest]:
+    """``LAYER=SPEC`` or ``LAYER@NAME=SPEC`` items (one per entry name)."""
+    out: list[DirectionRequest] = []
+    for item in items or []:
+        target, eq, spec = str(item).partition("=")
+        target, spec = target.strip(), spec.strip()
+        if not eq or not target or not spec:
+            raise UsageError(f"--directions {item!r} is not LAYER=SPEC",
+                             hint="e.g. --directions blocks.9=sae_folder/ or --directions layer4@probe=probe.npy")
+        layer, at, name = target.partition("@")
+        if not layer or (at and not name):
+            raise UsageError(f"--directions {item!r} names no layer or no entry", hint="use LAYER=SPEC or LAYER@NAME=SPEC")
+        if at and not all(ch.isalnum() or ch in "_-." for ch in name):
+            raise UsageError(f"--directions entry name {name!r} must be letters, digits, '_', '-' or '.'")
+        req = DirectionRequest(layer, name or _default_name(spec), spec)
+        if any(r.entry == req.entry for r in out):
+            raise UsageError(f"--directions gives {req.entry} twice", hint="name the entries apart: LAYER@NAME=SPEC")
+        out.append(req)
+    return out
+
+
+def _default_name(spec: str) -> str:
+    p = Path(spec.partition("#")[0] if "#" in spec else spec)
+    if p.is_dir():
+        return "sae"
+    if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
+        return "module"
+    return "dirs"
+
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+
+def load(spec: str, channels: int | None = None, device=None) -> DirectionSet:
+    """The direction set of ``spec`` (see the module docstring), checked against ``channels`` when given."""
+    path, _, key = spec.partition("#")
+    p = Path(path)
+    if p.is_dir():
+        if key:
+            raise UsageError(f"--directions {spec}: '#key' is for matrix files, and {path} is a folder")
+        ds = load_sae(p)
+    elif spec.rpartition(":")[0].endswith(".py") and not p.exists():
+        ds = load_module(spec, channels)
+    else:
+        ds = load_matrix(p, key or None)
+    if channels is not None and ds.c != channels:
+        raise UsageError(f"--directions {spec}: its {ds.kind} works on {ds.c} channels, but the layer has {channels}",
+                         hint="give directions of the layer's width (`dissect layers MODEL` lists each layer's channels)")
+    ds.spec = spec
+    if device is not None:
+        ds.module.to(device)
+    return ds
+
+
+def _missing(p: Path, what: str) -> UsageError:
+    return UsageError(f"{what} {p} does not exist",
+                      hint="give a matrix file (.npy, .pt, .safetensors), an SAE folder (cfg.json + "
+                           "sae_weights.safetensors) or file.py:function")
+
+
+def _tensors_of(p: Path) -> dict[str, Any]:
+    """Every tensor of a matrix file, by name (a bare array is ``directions``)."""
+    import numpy as np
+    import torch
+
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return {"directions": torch.from_numpy(np.load(p, allow_pickle=False))}
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return dict(load_file(str(p)))
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ArtifactError(f"cannot read directions file {p}: {first}",
+                            hint="save a [K, C] tensor with numpy.save, torch.save or safetensors (no pickled objects)") from None
+    if isinstance(obj, torch.Tensor):
+        return {"directions": obj}
+    if isinstance(obj, dict):
+        return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    raise ArtifactError(f"{p} holds a {type(obj).__name__}, not a tensor or a dict of tensors",
+                        hint="save the [K, C] matrix itself: torch.save(tensor, path)")
+
+
+def load_matrix(p: Path, key: str | None = None) -> DirectionSet:
+    """A [K, C] matrix: K directions in a C-channel space."""
+    import torch
+
+    if not p.is_file():
+        raise _missing(p, "directions file")
+    if p.suffix.lower() not in MATRIX_SUFFIXES:
+        raise UsageError(f"--directions {p}: unknown matrix format {p.suffix or '(none)'}",
+                         hint=f"use one of {', '.join(MATRIX_SUFFIXES)}, an SAE folder, or file.py:function")
+    tensors = _tensors_of(p)
+    two_d = {k: v for k, v in tensors.items() if v.ndim == 2}
+    if key is not None:
+        if key not in tensors:
+            raise UsageError(f"{p} has no tensor {key!r}", hint=f"it holds: {', '.join(sorted(tensors)) or 'none'}")
+        w = tensors[key]
+    elif len(two_d) == 1:
+        key, w = next(iter(two_d.items()))
+    elif "directions" in two_d:
+        key, w = "directions", two_d["directions"]
+    else:
+        raise UsageError(f"{p} holds {len(two_d)} 2-D tensors ({', '.join(sorted(two_d)) or 'none'}); which are the directions?",
+                         hint=f"name one: --directions LAYER={p}#KEY")
+    if w.ndim != 2 or min(w.shape) < 1 or not w.dtype.is_floating_point:
+        raise ArtifactError(f"{p}#{key} is {str(w.dtype).replace('torch.', '')} {tuple(w.shape)}, not a [K, C] float matrix",
+                            hint="directions are rows: K directions of the layer's C channels")
+    w = w.detach().to(torch.float32).contiguous()
+    if not torch.isfinite(w).all():
+        raise ArtifactError(f"{p}#{key} holds NaN or Inf", hint="check how the directions were computed")
+    fp = _digest(["matrix", list(w.shape), w.numpy().tobytes()])
+    k, c = int(w.shape[0]), int(w.shape[1])
+    return DirectionSet("matrix", str(p), Projection(w), k, c, fp, {"file": str(p.resolve()), "key": key, "shape": [k, c]})
+
+
+def load_sae(folder: Path) -> DirectionSet:
+    """An SAE saved in the SAELens layout: its encoder's latents."""
+    import torch
+
+    cfg_path, w_path = folder / SAE_CONFIG, folder / SAE_WEIGHTS
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise UsageError(f"SAE folder {folder} has no {p.name}",
+                             hint=f"an SAE in the SAELens layout holds {SAE_CONFIG} and {SAE_WEIGHTS} "
+                                  f"(SAE.save_model writes them); other formats: --directions LAYER=file.py:function")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"cannot read {cfg_path}: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ArtifactError(f"{cfg_path} is not a JSON object")
+    arch = str(cfg.get("architecture", "standard")).lower()
+    act = str(cfg.get("activation_fn_str", cfg.get("activation_fn", "topk" if arch == "topk" else "relu"))).lower()
+    kwargs = cfg.get("activation_fn_kwargs") or {}
+    if act == "topk" and arch == "standard":
+        arch = "topk"  # older SAELens: a standard SAE with a topk activation
+    if arch not in SAE_ARCHITECTURES:
+        raise UsageError(f"{folder}: SAE architecture {arch!r} is not supported",
+                         hint=f"supported: {', '.join(SAE_ARCHITECTURES)}; wrap others as --directions LAYER=file.py:function")
+    if arch != "topk" and act not in ("relu", "tanh-relu"):
+        raise UsageError(f"{folder}: activation {act!r} is not supported", hint="supported: relu, tanh-relu, topk")
+    k_top = cfg.get("k", kwargs.get("k")) if arch == "topk" else None
+    norm = str(cfg.get("normalize_activations", "none") or "none").lower()
+    if norm not in SAE_NORMALIZATIONS:
+        raise UsageError(f"{folder}: normalize_activations {norm!r} is not supported",
+                         hint="supported: none, constant_norm_rescale, layer_norm; fold a dataset-wide scaling factor "
+                              "into W_enc and b_dec, or wrap the SAE as file.py:function")
+    try:
+        from safetensors.torch import load_file
+
+        sd = load_file(str(w_path))
+    except Exception as e:
+        raise ArtifactError(f"cannot read {w_path}: {(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
+    need = ["W_enc", "b_enc", "b_dec"] + (["threshold"] if arch == "jumprelu" and "log_threshold" not in sd else [])
+    missing = [n for n in need if n not in sd]
+    if missing:
+        raise ArtifactError(f"{w_path} has no {', '.join(missing)}", hint=f"it holds: {', '.join(sorted(sd))}")
+    W_enc = sd["W_enc"].to(torch.float32)
+    if W_enc.ndim != 2:
+        raise ArtifactError(f"{w_path}: W_enc is {tuple(W_enc.shape)}, not [d_in, d_sae]")
+    d_in, d_sae = (int(s) for s in W_enc.shape)
+    if "threshold" in sd:
+        threshold = sd["threshold"].to(torch.float32)
+    elif arch == "jumprelu":
+        threshold = torch.exp(sd["log_threshold"].to(torch.float32))
+    else:
+        threshold = None
+    shapes = {"b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,)}
+    for name, t in (("b_enc", sd["b_enc"]), ("b_dec", sd["b_dec"]), ("threshold", threshold)):
+        if t is not None and tuple(t.shape) != shapes[name]:
+            raise ArtifactError(f"{w_path}: {name} is {tuple(t.shape)}, but W_enc {tuple(W_enc.shape)} needs {shapes[name]}")
+    for name, want in (("d_in", d_in), ("d_sae", d_sae)):
+        if name in cfg and int(cfg[name]) != want:
+            raise ArtifactError(f"{folder}: {SAE_CONFIG} says {name} = {cfg[name]}, but W_enc is {tuple(W_enc.shape)}")
+    if arch == "topk":
+        if not isinstance(k_top, (int, float)) or int(k_top) < 1 or int(k_top) != k_top:
+            raise ArtifactError(f"{folder}: a topk SAE needs a whole k >= 1 in {SAE_CONFIG} ('k' or activation_fn_kwargs.k)")
+        k_top = min(int(k_top), d_sae)
+    enc = SAEEncoder(W_enc, sd["b_enc"].to(torch.float32), sd["b_dec"].to(torch.float32),
+                     bool(cfg.get("apply_b_dec_to_input", True)), arch, act, k_top, threshold, norm)
+    for name, t in enc.state_dict().items():
+        if not torch.isfinite(t).all():
+            raise ArtifactError(f"{w_path}: {name} holds NaN or Inf")
+    describe = {"folder": str(folder.resolve()), "architecture": arch, "activation": act, "k": k_top,
+                "apply_b_dec_to_input": enc.apply_b_dec, "normalize_activations": norm, "d_in": d_in, "d_sae": d_sae,
+                "hook_name": cfg.get("hook_name", cfg.get("hook_point", "")), "model_name": cfg.get("model_name", "")}
+    fp = _digest(["sae", {k: v for k, v in describe.items() if k not in ("folder", "hook_name", "model_name")},
+                  *(t.numpy().tobytes() for t in enc.state_dict().values())])
+    return DirectionSet("sae", str(folder), enc, d_sae, d_in, fp, describe)
+
+
+def load_module(spec: str, channels: int | None) -> DirectionSet:
+    """``file.py:function``: a module mapping [..., C] to [..., K] (called with no arguments)."""
+    import importlib.util
+
+    import torch
+
+    path, _, func = spec.rpartition(":")
+    p = Path(path)
+    if not p.is_file():
+        raise _missing(p, "directions module file")
+    name = f"dissect_user_directions_{hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:8]}"
+    mod_spec = importlib.util.spec_from_file_location(name, p)
+    module_obj = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(module_obj)
+        fn = getattr(module_obj, func)
+        result = fn()
+    except AttributeError:
+        raise UsageError(f"{path} has no function {func!r}") from None
+    except Exception as e:
+        raise UsageError(f"{spec}: {type(e).__name__}: {str(e)[:200]}", hint="run the function by hand to see the traceback") from None
+    if not isinstance(result, torch.nn.Module):
+        raise UsageError(f"{spec} returned {type(result).__name__}, not a torch.nn.Module mapping [..., C] to [..., K]")
+    result.eval()
+    c = channels if channels is not None else _module_width(result)
+    if c is None:
+        raise UsageError(f"{spec}: cannot tell how many channels it takes", hint="record it with --directions on a layer")
+    try:
+        with torch.inference_mode():
+            out = result(torch.zeros(2, 3, c))
+    except Exception as e:
+        raise UsageError(f"{spec} cannot run on [..., {c}] inputs: {type(e).__name__}: {str(e)[:200]}",
+                         hint="its module must map the layer's channels (last axis) to K units") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 3 or out.shape[:2] != (2, 3):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UsageError(f"{spec} maps [2, 3, {c}] to {got}, not [2, 3, K]",
+                         hint="act on the last axis only (e.g. return an nn.Linear, or encode with x @ W)")
+    source = p.read_bytes()
+    state = [t.detach().cpu().numpy().tobytes() for t in result.state_dict().values()]
+    fp = _digest(["module", func, source, *state])
+    return DirectionSet("module", spec, result, int(out.shape[-1]), int(c), fp,
+                        {"file": str(p.resolve()), "function": func, "class": type(result).__name__})
+
+
+def _module_width(module) -> int | None:
+    for m in module.modules():
+        for attr in ("in_features", "d_in"):
+            v = getattr(m, attr, None)
+            if isinstance(v, int):
+                return v
+    return None
+
+
+def _digest(parts: list) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        b = part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode()
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------
+# Encoders
+# ---------------------------------------------------------------------------
+
+def _module_base():
+    import torch
+
+    return torch.nn.Module
+
+
+class Projection(_module_base()):
+    """x · Wᵀ for a [K, C] matrix W: K directions."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.register_buffer("weight", weight)
+
+    def forward(self, x):
+        return x @ self.weight.to(x.dtype).T
+
+
+class SAEEncoder(_module_base()):
+    """The encoder of a SAELens-layout SAE (``encode``, not the reconstruction).
+
+    standard: act((x − b_dec·apply) W_enc + b_enc); jumprelu: the same times
+    [pre > threshold]; topk: the k largest pre-activations per position, through ReLU,
+    the rest 0. Inputs are first normalised per position when the SAE says so.
+    """
+
+    def __init__(self, W_enc, b_enc, b_dec, apply_b_dec: bool, arch: str, act: str, k: int | None, threshold, norm: str):
+        import torch
+
+        super().__init__()
+        self.register_buffer("W_enc", W_enc.contiguous())
+        self.register_buffer("b_enc", b_enc.contiguous())
+        self.register_buffer("b_dec", b_dec.contiguous())
+        self.register_buffer("threshold", threshold.contiguous() if threshold is not None else torch.zeros(0))
+        self.apply_b_dec, self.arch, self.act, self.k, self.norm = apply_b_dec, arch, act, k, norm
+
+    def forward(self, x):
+        import torch
+
+        if self.norm == "constant_norm_rescale":
+            x = x * (math.sqrt(x.shape[-1]) / x.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        elif self.norm == "layer_norm":
+            mu = x.mean(dim=-1, keepdim=True)
+            x = (x - mu) / ((x - mu).pow(2).mean(dim=-1, keepdim=True) + 1e-5).sqrt()
+        if self.apply_b_dec:
+            x = x - self.b_dec.to(x.dtype)
+        pre = x @ self.W_enc.to(x.dtype) + self.b_enc.to(x.dtype)
+        if self.arch == "topk":
+            top = torch.topk(pre, self.k, dim=-1)
+            return torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))
+        out = torch.relu(torch.tanh(pre)) if self.act == "tanh-relu" else torch.relu(pre)
+        if self.arch == "jumprelu":
+            out = out * (pre > self.threshold.to(x.dtype)).to(out.dtype)
+        return out
+
+
+# ---------------------------------------------------------------------------
+# Applying a set to a layer's output
+# ---------------------------------------------------------------------------
+
+def positions_last(x, layout: str):
+    """A layer output as [N, P, C]: every spatial position or token a row of channels."""
+    if layout == "nc":
+        return x[:, None, :]
+    if layout == "nlc":
+        return x
+    if layout == "ncl":
+        return x.transpose(1, 2)
+    if layout == "nchw":
+        return x.flatten(2).transpose(1, 2)
+    if layout == "nhwc":
+        return x.flatten(1, 2)
+    raise ValueError(f"unknown layout {layout!r}")
+
+
+def encode_summary(ds: DirectionSet, x, layout: str, summary: str):
+    """(N, K): the set's units at every position of ``x`` (N, ...), summarised over positions.
+
+    ``cls`` encodes only token 0 (per-position maps commute with taking it). Rows are
+    encoded in blocks so that the [rows, P, K] latents stay under ``ENCODE_BLOCK`` elements.
+    """
+    import torch
+
+    if summary == "cls" and layout != "nlc":
+        raise UsageError(f"--directions-summary cls needs token outputs (N, L, C); this layer's layout is {layout}")
+    t = positions_last(x, layout)
+    if summary == "cls":
+        t = t[:, :1]
+    n, p, _ = t.shape
+    step = max(1, ENCODE_BLOCK // max(1, p * ds.k))
+    parts = []
+    for s in range(0, n, step):
+        z = ds.module(t[s : s + step].float())
+        parts.append(z[:, 0] if p == 1 else (z.mean(dim=1) if summary == "mean" else z.amax(dim=1)))
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
