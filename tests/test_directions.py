@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from dissect import artifacts as A
 from dissect import directions as D
 from dissect.cli.main import app
-from dissect.demo import demo_specs, unit_truth, _attributes
+from dissect.demo import _attributes, demo_specs
 
 runner = CliRunner()
 
