@@ -336,10 +336,13 @@ def load_module(spec: str, channels: int | None) -> DirectionSet:
     module_obj = importlib.util.module_from_spec(mod_spec)
     try:
         mod_spec.loader.exec_module(module_obj)
-        fn = getattr(module_obj, func)
+    except Exception as e:
+        raise UsageError(f"importing {path} failed: {type(e).__name__}: {str(e)[:200]}") from None
+    fn = getattr(module_obj, func, None)
+    if not callable(fn):
+        raise UsageError(f"{path} has no function {func!r}")
+    try:
         result = fn()
-    except AttributeError:
-        raise UsageError(f"{path} has no function {func!r}") from None
     except Exception as e:
         raise UsageError(f"{spec}: {type(e).__name__}: {str(e)[:200]}", hint="run the function by hand to see the traceback") from None
     if not isinstance(result, torch.nn.Module):
@@ -359,7 +362,11 @@ def load_module(spec: str, channels: int | None) -> DirectionSet:
         raise UsageError(f"{spec} maps [2, 3, {c}] to {got}, not [2, 3, K]",
                          hint="act on the last axis only (e.g. return an nn.Linear, or encode with x @ W)")
     source = p.read_bytes()
-    state = [t.detach().cpu().numpy().tobytes() for t in result.state_dict().values()]
+    # Its weights: the state_dict, and tensors kept as plain attributes (a checkpoint read inside the function).
+    tensors = list(result.state_dict().values())
+    for m in result.modules():
+        tensors += [v for _, v in sorted(vars(m).items()) if isinstance(v, torch.Tensor)]
+    state = [t.detach().cpu().float().numpy().tobytes() for t in tensors]
     fp = _digest(["module", func, source, *state])
     return DirectionSet("module", spec, result, int(out.shape[-1]), int(c), fp,
                         {"file": str(p.resolve()), "function": func, "class": type(result).__name__})

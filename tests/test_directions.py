@@ -271,6 +271,24 @@ def test_a_module_spec_is_called_and_fingerprinted_with_its_weights(tmp_path):
     assert D.load(f"{f}:make", channels=C).fingerprint != ds.fingerprint
 
 
+def test_the_readme_recipe_for_other_sae_checkpoints_works_and_tracks_the_checkpoint(tmp_path):
+    g = torch.Generator().manual_seed(8)
+    sd = {"W_enc": torch.randn(C, K, generator=g), "b_enc": torch.randn(K, generator=g), "b_dec": torch.randn(C, generator=g)}
+    torch.save(sd, tmp_path / "checkpoint.pt")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("# sae_module.py")[1].split("```")[0].split("\n", 1)[1]
+    f = tmp_path / "sae_module.py"
+    import textwrap
+
+    f.write_text(textwrap.dedent(code).replace('"checkpoint.pt"', repr(str(tmp_path / "checkpoint.pt"))))
+    ds = D.load(f"{f}:encoder", channels=C)
+    x = _x()
+    torch.testing.assert_close(ds.module(x).double(), sae_reference(x, sd["W_enc"], sd["b_enc"], sd["b_dec"]),
+                               atol=1e-5, rtol=1e-5)
+    torch.save({k: v * 2 for k, v in sd.items()}, tmp_path / "checkpoint.pt")
+    assert D.load(f"{f}:encoder", channels=C).fingerprint != ds.fingerprint
+
+
 def test_summaries_are_taken_after_encoding_every_position():
     W_enc = torch.randn(C, K, generator=torch.Generator().manual_seed(5))
     enc = D.SAEEncoder(W_enc, torch.zeros(K), torch.zeros(C), True, "standard", "relu", None, None, "none")
