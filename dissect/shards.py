@@ -141,9 +141,14 @@ def merge(shards: list[str | os.PathLike], out: str | os.PathLike) -> Path:
             if list(part.layers) != layers:
                 raise MismatchError(f"{o[0]} holds layers {', '.join(part.layers)}, {ordered[0][0]} {', '.join(layers)}",
                                     hint="record the same --layers in every shard")
+            for name in layers:  # a direction entry made from another set in some shard
+                if part.layer_attrs[name].get("fingerprint") != parts[0].layer_attrs[name].get("fingerprint"):
+                    raise MismatchError(f"{o[0]} holds {name} made otherwise than in {ordered[0][0]}",
+                                        hint="record every shard with the same --layers, --summary and --directions")
         ids = [k for p in parts for k in p.ids]
         data = {name: np.concatenate([p.layers[name] for p in parts]) for name in layers}
-        A.write_activations(out, ids, data, parts[0].layer_attrs, attrs)
+        dtypes = {n: "float16" for n, la in parts[0].layer_attrs.items() if la.get("dtype") == "float16"}
+        A.write_activations(out, ids, data, parts[0].layer_attrs, attrs, dtypes=dtypes)
     return Path(out)
 
 

@@ -578,3 +578,19 @@ def test_a_tiny_sae_trained_on_the_demo_world_finds_its_attributes(demo, tmp_pat
     latents = _found_words(a.layers["layer4@sae"], _labels_of(labels, "layer4@sae"), a.ids, attr_ids, attrs)
     assert latents[0] >= 8 and latents[1] >= 7, (latents, neurons)
     assert latents[0] >= neurons[0] - 3, (latents, neurons)
+
+
+def test_sharded_records_of_an_entry_merge_into_the_unsharded_file(fc_world, demo, tmp_path):
+    d, _, _ = fc_world
+    base = ["record", demo / "probe", *model_args(), "--layers", "fc", "--directions", f"global_pool={d / 'sae'}",
+            "--directions-dtype", "float16"]
+    invoke(*base, "-o", tmp_path / "whole.h5")
+    for i in (1, 2):
+        invoke(*base, "--shard", f"{i}/2", "-o", tmp_path / f"part{i}.h5")
+    invoke("merge", tmp_path / "part2.h5", tmp_path / "part1.h5", "-o", tmp_path / "merged.h5")
+    a, b = (A.read_activations(tmp_path / p) for p in ("whole.h5", "merged.h5"))
+    assert a.ids == b.ids
+    np.testing.assert_array_equal(a.layers["global_pool@sae"], b.layers["global_pool@sae"])
+    with h5py.File(tmp_path / "merged.h5") as f:
+        assert f["layers"]["global_pool@sae"].dtype == np.float16
+        assert f["layers"]["global_pool@sae"].attrs["directions_kind"] == "sae"
