@@ -30,6 +30,22 @@ from . import artifacts as A
 from .errors import UsageError
 from .runtime import note, progress, resolve_device, warn
 
+#: How compose chooses between a unit's best single concept and its best composition.
+SELECT = ("simulate", "veto", "argmax")
+DEFAULT_SELECT = "simulate"
+PROCEDURES = ("pairs", "paper")
+#: Candidates per unit of the pairs procedure.
+DEFAULT_TOP_K = 10
+#: The official notebook's candidates per unit (fig10: its top 100, all ordered pairs).
+PAPER_TOP_K = 100
+DEFAULT_HOLDOUT = 0.2
+#: A composition must beat the single concept's held-out AUPRC by this much, for the unit's top SELECT_ALPHA
+#: images (both chosen on the planted composition world: README "Compositional labels").
+DEFAULT_MARGIN = 0.1
+SELECT_ALPHA = 0.02
+
+
+
 def check_template(template: str) -> str:
     try:
         out = template.format(a="A", b="B")
@@ -136,7 +152,7 @@ def compose(
     sim: str = "softwpmi",
     params: dict[str, Any] | None = None,
     layers: list[str] | None = None,
-    top_k: int = 10,
+    top_k: int | None = None,
     template: str = "{a} {b}",
     ordered: bool = False,
     depth: int = 2,
@@ -147,8 +163,22 @@ def compose(
     cache: str | os.PathLike | None = None,
     extra_metadata: dict[str, Any] | None = None,
     clip=None,
+    select: str = DEFAULT_SELECT,
+    procedure: str = "pairs",
+    holdout: float = DEFAULT_HOLDOUT,
+    holdout_seed: int = 0,
+    margin: float = DEFAULT_MARGIN,
+    calibration=None,
 ):
     """Compositional labels for the neurons of ``layers``; writes ``out`` (Parquet) and returns a pyarrow Table.
+
+    ``select`` decides between each unit's best single concept and its best composition
+    (see ``SELECT``): ``simulate`` keeps the composition when its held-out simulation score
+    beats the single concept's by ``margin`` (candidates and similarities come from the
+    other images; ``holdout``, ``holdout_seed`` and ``calibration`` as for ``evaluate
+    simulate``), ``veto`` is dissect 0.2's rule, ``argmax`` the paper's plain argmax.
+    ``procedure`` ``paper`` is the official notebook's (``PAPER_TOP_K`` candidates, ordered
+    pairs, each unit scored in a concept set of its own texts) instead of ``pairs``.
 
     Candidates are each neuron's top ``top_k`` single concepts, from ``labels`` (a
     labels.parquet made from the same inputs, whose ``candidates`` then decide the
@@ -163,6 +193,18 @@ def compose(
     from .similarity import memory_budget, resolve_params, score_layer
 
     check_template(template)
+    if select not in SELECT:
+        raise UsageError(f"unknown --select {select!r}", hint=f"use one of {', '.join(SELECT)}")
+    if procedure not in PROCEDURES:
+        raise UsageError(f"unknown --procedure {procedure!r}", hint=f"use one of {', '.join(PROCEDURES)}")
+    if procedure == "paper":
+        if select == "veto":
+            raise UsageError("--select veto needs --procedure pairs (it compares raw scores the paper's procedure "
+                             "does not compute)", hint="use --select argmax (the paper's) or simulate")
+        if depth != 2:
+            raise UsageError("--procedure paper composes pairs only", hint="leave out --depth")
+    if top_k is None:
+        top_k = PAPER_TOP_K if procedure == "paper" else DEFAULT_TOP_K
     if top_k < 2:
         raise UsageError(f"--top-k must be at least 2 to make pairs, got {top_k}")
     if depth not in (2, 3):
@@ -184,14 +226,30 @@ def compose(
         given = {(lay, int(u)): [x for x in (c or []) if x is not None]
                  for lay, u, c in zip(lt["layer"], lt["unit"], lt["candidates"])}
     dev = resolve_device(device)
-    I = torch.from_numpy(img.embeddings).to(dev)
+    I_all = torch.from_numpy(img.embeddings).to(dev)
     T = torch.from_numpy(txt.embeddings).to(dev)
+    judge = None
+    if select == "simulate":
+        from . import split
+        from .presence import DEFAULT_CALIBRATION
+
+        held = split.held_out(img.keys, holdout, holdout_seed)
+        if held.all() or not held.any() or held.sum() < 10:
+            raise UsageError(f"--holdout {holdout} holds out {int(held.sum())} of {len(held)} images",
+                             hint="give a share that leaves at least 10 images on each side, e.g. 0.2")
+        judge = _HeldOut(I_all, held, calibration or DEFAULT_CALIBRATION, margin)
+        I = I_all[torch.from_numpy(~held).to(dev)]
+        note(f"compose --select simulate: candidates and similarities on {int((~held).sum())} images, the choice "
+             f"between one word and two on {int(held.sum())} held out (seed {holdout_seed})")
+    else:
+        I = I_all
     concept_pos = {c: i for i, c in enumerate(txt.keys)}
     rows: dict[str, list] = {c: [] for c in A.COMPOSED_COLUMNS}
     n_embedded = n_texts = 0
     for name in acts.layers:
         q_np = A.read_activation_layer(activations, name)
-        q = torch.from_numpy(q_np if order is None else q_np[order]).to(dev)
+        q_full = torch.from_numpy(q_np if order is None else q_np[order]).to(dev)
+        q = q_full if judge is None else q_full[judge.train]
         C = q.shape[1]
         k = min(top_k, len(txt.keys))
         if given is not None:
@@ -211,38 +269,55 @@ def compose(
             with progress(f"{sim} {name} (single concepts)", len(txt.keys), "concepts") as advance:
                 single = score_layer(sim, q, I, T, params, top=k, progress=advance, max_memory=budget)
             cand = [list(r) for r in single.indices.cpu().numpy()]
-        # Level 2: pairs of each neuron's candidates; level 3: the best pairs grown by one more candidate.
-        pairs = itertools.permutations if ordered else itertools.combinations
-        options = [[(c,) for c in cands] + list(pairs(cands, 2)) for cands in cand]
-        scored = _score_level(options, txt.keys, template, sim, q, I, T, params, budget, img, device, cache, clip)
+        if procedure == "paper":
+            scored = _paper_level(cand, txt.keys, template, sim, q, I, params, budget, img, device, cache, clip)
+        else:
+            # Level 2: pairs of each neuron's candidates; level 3: the best pairs grown by one more candidate.
+            pairs = itertools.permutations if ordered else itertools.combinations
+            options = [[(c,) for c in cands] + list(pairs(cands, 2)) for cands in cand]
+            veto = select == "veto"
+            scored = _score_level(options, txt.keys, template, sim, q, I, T, params, budget, img, device, cache, clip,
+                                  veto=veto)
+            if depth == 3:
+                n_embedded += scored.embedded
+                n_texts += scored.unique
+                for u, cands in enumerate(cand):
+                    beams = [p for p in scored.ranked[u] if len(p) == 2][:beam]
+                    grown = {p + (c,) for p in beams for c in cands if c not in p}
+                    options[u] = options[u] + sorted(grown)
+                scored = _score_level(options, txt.keys, template, sim, q, I, T, params, budget, img, device, cache,
+                                      clip, veto=veto)
         n_embedded += scored.embedded
         n_texts += scored.unique
-        if depth == 3:
-            for u, cands in enumerate(cand):
-                beams = [p for p in scored.ranked[u] if len(p) == 2][:beam]
-                grown = {p + (c,) for p in beams for c in cands if c not in p}
-                options[u] = options[u] + sorted(grown)
-            scored = _score_level(options, txt.keys, template, sim, q, I, T, params, budget, img, device, cache, clip)
-            n_embedded += scored.embedded
-            n_texts += scored.unique
+        chosen = judge.choose(q_full, scored, txt.keys, T, template, img, device, cache, clip) if judge else None
         for u in range(C):
             ranked, values = scored.ranked[u], scored.values[u]
             single = next(j for j, p in enumerate(ranked) if len(p) == 1)
-            texts = [_render([txt.keys[i] for i in p], template) for p in ranked[:top]]
+            first, r_label, r_single, gain = 0, float("nan"), float("nan"), float(values[0] - values[single])
+            if chosen is not None:
+                first, r_label, r_single, gain = chosen[u]
+            order_u = [first] + [j for j in range(len(ranked)) if j != first]
+            texts = [_render([txt.keys[i] for i in ranked[j]], template) for j in order_u[:top]]
             rows["layer"].append(name)
             rows["unit"].append(u)
             rows["label"].append(texts[0])
-            rows["parts"].append([txt.keys[i] for i in ranked[0]])
-            rows["similarity"].append(float(values[0]))
+            rows["parts"].append([txt.keys[i] for i in ranked[first]])
+            rows["similarity"].append(float(values[first]))
             rows["single_label"].append(txt.keys[ranked[single][0]])
             rows["single_similarity"].append(float(values[single]))
-            rows["gain"].append(float(values[0] - values[single]))
+            rows["gain"].append(gain)
             rows["candidates"].append(texts)
-            rows["candidate_similarities"].append([float(v) for v in values[:top]])
+            rows["candidate_similarities"].append([float(values[j]) for j in order_u[:top]])
+            rows["selected_by"].append(select)
+            rows["heldout_correlation"].append(r_label)
+            rows["single_heldout_correlation"].append(r_single)
     note(f"composed {n_texts} unique texts; embedded {n_embedded} new ({n_texts - n_embedded} cached)")
     meta = {
         "similarity": sim, "params": params, "top_k": top_k, "template": template, "ordered": ordered, "depth": depth,
         "beam": beam, "top": top, "candidates_from": str(Path(labels).resolve()) if labels else sim,
+        "select": select, "procedure": procedure,
+        **({"split": {"holdout": holdout, "seed": holdout_seed, "margin": margin,
+                      "calibration": judge.calibration.describe()}} if judge is not None else {}),
         "concepts": {"name": txt.attrs.get("concept_set", str(text or concepts)), "fingerprint": txt.keys_fingerprint,
                      "n": len(txt.keys)},
         "clip": img.clip_spec, "clip_fingerprint": img.clip_fingerprint, "model": acts.model,
@@ -274,7 +349,96 @@ class _Scored:
     unique: int
 
 
-def _score_level(options, keys, template, sim, q, I, T, params, budget, img, device, cache, clip=None) -> _Scored:
+class _HeldOut:
+    """``--select simulate``: measurement, not similarity, decides between one word and two.
+
+    A label is read as a prediction of where the unit fires: a single concept where CLIP
+    sees it (its calibrated presence, as ``evaluate simulate`` scores a label), a
+    composition "a b" where CLIP sees a *and* b (the product of the parts' presences: the
+    logical AND of compositional explanations, Mu & Andreas 2020; CLIP's embedding of the
+    phrase is not used, since it blurs conjunctions: on the demo world "red circle" tracks
+    a red-circle unit no better than "red"). The score is the AUPRC of that prediction for
+    the unit's top ``alpha`` images: a composition claims where the unit fires most, and a
+    correlation over all images is dominated by the many images where it fires a little
+    (on the planted world even the true conjunction correlates less than one of its
+    words). Each unit keeps its method's best single concept; its candidate composition is
+    the pair of its candidates with the best score on the images compose worked on; the
+    composition becomes the label only when it also beats the single concept on the
+    held-out images, by ``margin``.
+    """
+
+    def __init__(self, I_all, held: np.ndarray, calibration, margin: float, alpha: float = SELECT_ALPHA):
+        import torch
+
+        self.I_all, self.calibration, self.margin, self.alpha = I_all, calibration, float(margin), float(alpha)
+        self.held = torch.from_numpy(held).to(I_all.device)
+        self.train = ~self.held
+
+    def choose(self, q_full, scored: _Scored, keys, T, template, img, device, cache, clip):
+        """Per unit: (index into its ranked options of the label, held-out score of the label, of the best single,
+        gain = held-out score of the chosen composition - that of the best single)."""
+        import torch
+
+        from .metrics import auprc
+
+        used = sorted({i for ranked in scored.ranked for p in ranked for i in p})
+        col = {c: j for j, c in enumerate(used)}
+        # Presence of every concept any option uses, on every probe image (calibrated over all of them).
+        P = self.calibration.apply(self.I_all.float() @ T[used].float().T)
+        acts = q_full.to(torch.float64)
+        out = []
+        for u, ranked in enumerate(scored.ranked):
+            js = next(j for j, p in enumerate(ranked) if len(p) == 1)
+            comps = [j for j, p in enumerate(ranked) if len(p) > 1]
+            if not comps:
+                out.append((js, float("nan"), float("nan"), 0.0))
+                continue
+            cols = [P[:, col[ranked[js][0]]]]
+            for j in comps:
+                cols.append(torch.stack([P[:, col[i]] for i in ranked[j]]).prod(dim=0))
+            Pu = torch.stack(cols, dim=1)
+
+            def score(rows):
+                a = acts[rows][:, u : u + 1].expand(-1, Pu.shape[1]).contiguous()
+                return auprc(a, Pu[rows].contiguous(), self.alpha).cpu().numpy()
+
+            s_train, s_held = score(self.train), score(self.held)
+            k = int(np.argmax(np.nan_to_num(s_train[1:], nan=-1.0)))
+            jc, rs, rc = comps[k], float(s_held[0]), float(s_held[k + 1])
+            if np.nan_to_num(rc, nan=-1.0) > np.nan_to_num(rs, nan=-1.0) + self.margin:
+                out.append((jc, rc, rs, rc - rs))
+            else:
+                out.append((js, rs, rs, rc - rs))
+        return out
+
+
+def _paper_level(cand, keys, template, sim, q, I, params, budget, img, device, cache, clip=None) -> _Scored:
+    """The official notebook's procedure (fig10): for each unit, its candidates and all their ordered pairs
+    form a concept set of their own, in which every unit of the layer is scored (so the softmax runs over
+    that unit's texts and log p(t) over the layer's units); the unit's own row ranks its texts."""
+    import torch
+
+    from .similarity import score_layer
+
+    ranked, values, embedded, unique = [], [], 0, set()
+    with progress("compose (paper's procedure)", len(cand), "units") as advance:
+        for u, cands in enumerate(cand):
+            opts = list(itertools.permutations(cands, 2)) + [(c,) for c in cands]
+            texts = [_render([keys[i] for i in p], template) for p in opts]
+            E, n = embed_composed(list(dict.fromkeys(texts)), img, device, cache, clip=clip)
+            row = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+            embedded += n
+            unique.update(texts)
+            E_t = torch.from_numpy(E).to(I.device)[[row[t] for t in texts]]
+            sims = score_layer(sim, q, I, E_t, params, full=True, max_memory=budget)[u : u + 1].cpu().numpy()
+            r, v = _rank([opts], sims)
+            ranked.append(r[0])
+            values.append(v[0])
+            advance(1)
+    return _Scored(ranked, values, embedded, len(unique))
+
+def _score_level(options, keys, template, sim, q, I, T, params, budget, img, device, cache, clip=None,
+                 veto: bool = False) -> _Scored:
     """Score each neuron's own options (single concepts and compositions) in the extended concept set.
 
     The compositions of the whole layer join the concept set: for SoftWPMI and WPMI the
@@ -298,11 +462,12 @@ def _score_level(options, keys, template, sim, q, I, T, params, budget, img, dev
     for u, (opts, ts) in enumerate(zip(options, texts_of)):
         owned[u, : len(opts)] = [row_of[("s", p[0])] if len(p) == 1 else row_of[("c", t)] for p, t in zip(opts, ts)]
     sims, raw = _score_owned(sim, q, I, extended, scored_emb, owned, params, budget)
-    if raw is not None:
+    if raw is not None and veto:
         # PMI rewards texts that few neurons match, and a composition is always rarer than its
         # parts: by that bonus alone it would beat the single concept of almost every neuron.
-        # A composition may replace the single label only if it also explains the neuron's own
-        # top images at least as well (raw score_k(t) = log-likelihood over them, not lower).
+        # --select veto (dissect 0.2's rule, not the paper's): a composition may replace the single
+        # label only if it also explains the neuron's own top images at least as well (raw
+        # score_k(t) = log-likelihood over them, not lower).
         for u, opts in enumerate(options):
             singles = [j for j, p in enumerate(opts) if len(p) == 1]
             if not singles:
@@ -311,9 +476,18 @@ def _score_level(options, keys, template, sim, q, I, T, params, budget, img, dev
             for j, p in enumerate(opts):
                 if len(p) > 1 and raw[u, j] < raw[u, best] - 1e-9 * max(1.0, abs(raw[u, best])):
                     sims[u, j] = -np.inf
-    ranked, values = [], []
+    ranked, values = _rank(options, sims)
+    if any(not np.isfinite(v[0]) for v in values):
+        warn("some neurons have no finite similarity")
+    return _Scored(ranked, values, embedded, len(composed))
+
+
+def _rank(options, sims):
+    """Each unit's options best first, with their similarities."""
     from .similarity import TIE_TOLERANCE
 
+    J = sims.shape[1]
+    ranked, values = [], []
     for u, opts in enumerate(options):
         # Best first. Similarities within TIE_TOLERANCE are tied (e.g. several texts saturating
         # at λ·log C): the simpler explanation wins (fewer parts), then candidate order.
@@ -322,6 +496,4 @@ def _score_level(options, keys, template, sim, q, I, T, params, budget, img, dev
         order = [j for j in np.lexsort((np.arange(J), n_parts, -bucket))[: len(opts)] if np.isfinite(sims[u, j])]
         ranked.append([opts[j] for j in order])
         values.append([float(sims[u, j]) for j in order])
-    if any(not np.isfinite(v[0]) for v in values):
-        warn("some neurons have no finite similarity")
-    return _Scored(ranked, values, embedded, len(composed))
+    return ranked, values

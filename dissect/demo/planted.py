@@ -93,3 +93,63 @@ def recovered(recipe: dict[str, float], concepts: list[str], max_extra: int = 2)
     got = [canonical(c) for c in concepts]
     want = {canonical(w) for w in recipe}
     return want <= set(got) and len(set(got) - want) <= max_extra
+
+
+# ---------------------------------------------------------------------------
+# A planted-composition world: units that respond to two words at once, and units of one word
+# ---------------------------------------------------------------------------
+
+#: The composition layer's name in activations.h5.
+COMPOSITION_LAYER = "composed"
+#: How much a two-word unit responds to each of its words alone (a class logit's partial response).
+PART_RESPONSE = 0.35
+
+
+def composition_units() -> list[tuple[str, ...]]:
+    """The units of the composition world: every colour + shape pair (80, the demo world's "red star"
+    classes), 20 texture + shape pairs (striped, dotted, checkered with each shape but two), and one unit per
+    colour and per shape (18 single-word units)."""
+    from .world import ATTRIBUTES
+
+    colours, shapes, textures = ATTRIBUTES["color"], ATTRIBUTES["shape"], ATTRIBUTES["texture"]
+    pairs = [(c, s) for c in colours for s in shapes]
+    pairs += [(t, s) for t in textures[1:] for s in shapes][:20]
+    return pairs + [(c,) for c in colours] + [(s,) for s in shapes]
+
+
+def composition_activations(ids: list[str], probe: Path, seed: int = 0) -> np.ndarray:
+    """[N, units] float32: a two-word unit is 1 on images with both words, PART_RESPONSE on images with one
+    of them, 0 otherwise; a one-word unit is 1 on images with its word; plus Gaussian noise (σ = NOISE)."""
+    rows = attributes(probe)
+    units = composition_units()
+    rng = np.random.default_rng(seed)
+    q = rng.normal(0.0, NOISE, size=(len(ids), len(units)))
+    for u, words in enumerate(units):
+        present = [np.array([has(rows[i], w) for i in ids], dtype=np.float64) for w in words]
+        if len(words) == 1:
+            q[:, u] += present[0]
+        else:
+            both = present[0] * present[1]
+            q[:, u] += both + PART_RESPONSE * (present[0] + present[1] - 2 * both)
+    return q.astype(np.float32)
+
+
+def write_composition(out: Path, ids: list[str], probe: Path, seed: int = 0) -> Path:
+    """activations.h5 of the composition world's layer (ids in the order given)."""
+    from .. import artifacts as A
+
+    q = composition_activations(ids, probe, seed)
+    probe_attr = json.dumps({"sources": [{"type": "folder", "path": str(Path(probe).resolve()), "n_images": len(ids)}],
+                             "n_images": len(ids)})
+    return A.write_activations(out, ids, {COMPOSITION_LAYER: q},
+                               {COMPOSITION_LAYER: {"summary": "planted", "layout": "nc"}},
+                               {"model": "planted-composition", "probe": probe_attr,
+                                "planted": json.dumps(composition_units())})
+
+
+def composition_recovery(units: list[tuple[str, ...]], parts: list[list[str]]) -> dict[str, float]:
+    """Shares of two-word units named with exactly their two words, and of one-word units kept at their word."""
+    two = [sorted(map(canonical, p)) == sorted(map(canonical, u)) for u, p in zip(units, parts) if len(u) == 2]
+    one = [[canonical(x) for x in p] == [canonical(u[0])] for u, p in zip(units, parts) if len(u) == 1]
+    return {"two_words": float(np.mean(two)) if two else float("nan"),
+            "one_word": float(np.mean(one)) if one else float("nan"), "n_two": len(two), "n_one": len(one)}
