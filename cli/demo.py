@@ -78,7 +78,18 @@ def demo(
                              + ("" if r["held_out"] else "*"))
             pt.add_row(method, *cells)
         con.print(pt)
-        con.print("* scored on the images it was made on (compose has no held-out split)")
+        con.print("* scored on the images it was made on")
+    if res.composition:
+        ct = Table(title="Planted compositions (100 units of two world words, 18 of one): single label, compose "
+                         f"(--select {res.composition[0]['select']}) and linear explanation", title_justify="left")
+        for col in ("method", "label names one of the two words", "one-word units labelled right",
+                    "both words among the top-10 candidates", "two-word units: both words", "one-word units kept"):
+            ct.add_column(col, justify="left" if col == "method" else "right")
+        pct = lambda v: "-" if v != v else f"{v:.0%}"  # noqa: E731  (NaN: not applicable)
+        for r in res.composition:
+            ct.add_row(r["method"], pct(r["single_two"]), pct(r["single_one"]), pct(r["both_in_candidates"]),
+                       pct(r["compose_two"]), pct(r["compose_one"]))
+        con.print(ct)
     con.print(f"{res.n_images} probe images; {res.seconds:.0f} s in all; artifacts in {res.out}/ (demo.json, labels-*.parquet)")
     con.print(f"The demo models are ordinary specs: --clip {specs.clip}  {specs.command_line()}")
 

@@ -363,8 +363,8 @@ class _HeldOut:
     (on the planted world even the true conjunction correlates less than one of its
     words). Each unit keeps its method's best single concept; its candidate composition is
     the pair of its candidates with the best score on the images compose worked on; the
-    composition becomes the label only when it also beats the single concept on the
-    held-out images, by ``margin``.
+    composition becomes the label only when it beats the single concept by ``margin``
+    both there and on the held-out images (which it was not chosen on).
     """
 
     def __init__(self, I_all, held: np.ndarray, calibration, margin: float, alpha: float = SELECT_ALPHA):
@@ -405,7 +405,8 @@ class _HeldOut:
             s_train, s_held = score(self.train), score(self.held)
             k = int(np.argmax(np.nan_to_num(s_train[1:], nan=-1.0)))
             jc, rs, rc = comps[k], float(s_held[0]), float(s_held[k + 1])
-            if np.nan_to_num(rc, nan=-1.0) > np.nan_to_num(rs, nan=-1.0) + self.margin:
+            beats = lambda s, j: np.nan_to_num(s[j], nan=-1.0) > np.nan_to_num(s[0], nan=-1.0) + self.margin  # noqa: E731
+            if beats(s_held, k + 1) and beats(s_train, k + 1):
                 out.append((jc, rc, rs, rc - rs))
             else:
                 out.append((js, rs, rs, rc - rs))

@@ -359,7 +359,9 @@ def _compose(ctx: _Run, labels_fp, layers, sim, params, top, top_k, template, ma
     from .compose import compose as compose_labels
 
     path = ctx.dir / "composed.parquet"
-    compose_fp = fingerprint([labels_fp, "compose", top_k, template])
+    from .compose import DEFAULT_SELECT
+
+    compose_fp = fingerprint([labels_fp, "compose", top_k, template, DEFAULT_SELECT])
     reuse = _made_with(path, compose_fp)
     if reuse:
         note(f"reusing {path} (up to date)")

@@ -126,6 +126,7 @@ class DemoResult:
     concept_counts: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     planted: list[dict[str, Any]] = field(default_factory=list)   # method x mode -> recovered, mean held-out r
+    composition: list[dict[str, Any]] = field(default_factory=list)  # similarity -> recovery on the composition world
 
 
 def _attributes(probe: Path) -> tuple[list[str], dict[str, list[str]]]:
@@ -261,14 +262,18 @@ def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 12
     t = time.perf_counter()
     planted_rows = planted_recovery(out, probe, acts.ids, str(dev))
     timings["planted"] = time.perf_counter() - t
+    t = time.perf_counter()
+    composition_rows = composition_recovery(out, probe, acts.ids, str(dev))
+    timings["composition"] = time.perf_counter() - t
 
     counts = {k: len(v) for k, v in sets.items()}
     result = DemoResult(out, specs, n_images, accuracy, final_rows, hidden, agreement, time.perf_counter() - t0, counts, timings,
-                        planted_rows)
+                        planted_rows, composition_rows)
     summary = {
         "n_images": n_images, "concept_counts": counts, "common_words": COMMON_WORDS, "seed": seed, "accuracy": accuracy, "hidden_agreement": agreement,
         "seconds": round(result.seconds, 1), "timings": {k: round(v, 1) for k, v in timings.items()},
         "clip": specs.clip, "model": specs.model, "weights": specs.weights, "planted": planted_rows,
+        "composition": composition_rows,
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     return result
@@ -318,4 +323,52 @@ def planted_recovery(out: Path, probe: Path, ids: list[str], device: str) -> lis
     add("single label (best concept)", "label", [[c] for c in ex_label.rows["single_concept"]],
         ex_label.rows["single_correlation"])
     add("linear explanation", "label", ex_label.rows["concepts"], ex_label.rows["correlation"])
+    return rows
+
+
+def composition_recovery(out: Path, probe: Path, ids: list[str], device: str) -> list[dict[str, Any]]:
+    """The planted-composition world (:func:`planted.composition_units`: 100 two-word units, 18 one-word units):
+    for every similarity function, how often the single label names one of a two-word unit's words and names a
+    one-word unit right, how often compose (its default selection) names a two-word unit with both words and
+    keeps a one-word unit at its word; and the same for linear explanations (CLIP mode, all similarity
+    functions alike: both words among its concepts, at most two others; one-word: its word first)."""
+    from .. import artifacts as A
+    from ..compose import DEFAULT_SELECT, compose
+    from ..explain import explain
+    from ..label import label
+    from . import planted
+
+    acts = planted.write_composition(out / "composition.h5", list(ids), probe)
+    units = planted.composition_units()
+    text = out / "text-mixed.h5"
+    two = [i for i, u in enumerate(units) if len(u) == 2]
+    one = [i for i, u in enumerate(units) if len(u) == 1]
+    rows = []
+    for sim in SIMILARITIES:
+        labels = out / f"labels-composition-{sim}.parquet"
+        label(out / "images.h5", acts, labels, text=text, sim=sim, top=10, device=device)
+        lab = _layer_rows(labels, planted.COMPOSITION_LAYER)
+        composed = out / f"composed-composition-{sim}.parquet"
+        compose(out / "images.h5", acts, composed, text=text, labels=labels, sim=sim, device=device)
+        comp = sorted(A.read_table(composed, A.COMPOSED_FORMAT).to_pylist(), key=lambda r: r["unit"])
+        rec = planted.composition_recovery(units, [list(r["parts"]) for r in comp])
+        canon = planted.canonical
+        rows.append({
+            "method": sim, "select": DEFAULT_SELECT,
+            "single_two": float(np.mean([canon(lab[i]["label"]) in set(map(canon, units[i])) for i in two])),
+            "single_one": float(np.mean([canon(lab[i]["label"]) == canon(units[i][0]) for i in one])),
+            "compose_two": rec["two_words"], "compose_one": rec["one_word"],
+            "both_in_candidates": float(np.mean([set(map(canon, units[i])) <= set(map(canon, lab[i]["candidates"]))
+                                                 for i in two])),
+        })
+    ex = explain(acts, out / "explanations-composition.parquet", images=out / "images.h5", text=text, device=device)
+    concepts = ex.rows["concepts"]
+    rows.append({
+        "method": "linear explanation", "select": "",
+        "single_two": float("nan"), "single_one": float("nan"),
+        "compose_two": float(np.mean([planted.recovered({w: 1.0 for w in units[i]}, concepts[i]) for i in two])),
+        "compose_one": float(np.mean([bool(concepts[i]) and planted.canonical(concepts[i][0]) == planted.canonical(units[i][0])
+                                      for i in one])),
+        "both_in_candidates": float("nan"),
+    })
     return rows
