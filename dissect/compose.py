@@ -39,6 +39,8 @@ DEFAULT_TOP_K = 10
 #: The official notebook's candidates per unit (fig10: its top 100, all ordered pairs).
 PAPER_TOP_K = 100
 DEFAULT_HOLDOUT = 0.2
+#: --select simulate needs this many images on each side of the split (else it chooses by similarity, with a warning).
+MIN_SPLIT_IMAGES = 50
 #: A composition must beat the single concept's held-out AUPRC by this much, for the unit's top SELECT_ALPHA
 #: images (both chosen on the planted composition world: README "Compositional labels").
 DEFAULT_MARGIN = 0.1
@@ -234,11 +236,15 @@ def compose(
         from .presence import DEFAULT_CALIBRATION
 
         held = split.held_out(img.keys, holdout, holdout_seed)
-        if held.all() or not held.any() or held.sum() < 10:
-            raise UsageError(f"--holdout {holdout} holds out {int(held.sum())} of {len(held)} images",
-                             hint="give a share that leaves at least 10 images on each side, e.g. 0.2")
-        judge = _HeldOut(I_all, held, calibration or DEFAULT_CALIBRATION, margin)
-        I = I_all[torch.from_numpy(~held).to(dev)]
+        if min(int(held.sum()), int((~held).sum())) < MIN_SPLIT_IMAGES:
+            warn(f"--select simulate: --holdout {holdout} leaves {int(held.sum())} of {len(held)} images held out and "
+                 f"{int((~held).sum())} to compose on, fewer than {MIN_SPLIT_IMAGES} on a side; choosing by similarity "
+                 f"instead (--select veto)")
+            select = "veto"
+        else:
+            judge = _HeldOut(I_all, held, calibration or DEFAULT_CALIBRATION, margin)
+    if judge is not None:
+        I = I_all[judge.train]
         note(f"compose --select simulate: candidates and similarities on {int((~held).sum())} images, the choice "
              f"between one word and two on {int(held.sum())} held out (seed {holdout_seed})")
     else:

@@ -48,19 +48,31 @@ def test_planted_pair_is_found_and_a_single_concept_neuron_gains_nothing(planted
     invoke("compose", "-i", out / "images.h5", "-a", d / "acts.h5", "-t", d / "words.h5", "--sim", sim, *param,
            "--top-k", 8, "-o", tmp_path / "c.parquet")
     c = pq.read_table(tmp_path / "c.parquet").to_pandas()
-    assert set(c.parts[0]) == {"red", "star"} and c.gain[0] > 0.05
+    # --select simulate (the default): gain = held-out AUPRC of the best composition minus the single concept's
+    assert set(c.parts[0]) == {"red", "star"} and c.gain[0] > 0.1 and c.selected_by[0] == "simulate"
+    assert c.label[1] == "star" and list(c.parts[1]) == ["star"] and c.gain[1] <= 0.1
+    assert (c.parts[2:].map(len) == 1).mean() >= 0.9  # background neurons tuned to one word keep it
+
+
+@pytest.mark.parametrize("sim,param", [("softwpmi", ["--param", "top_k=20"]), ("wpmi", ["--param", "top_k=20"]), ("cos", [])])
+def test_the_veto_rule_of_dissect_0_2_is_kept_as_an_option(planted, tmp_path, sim, param):
+    out, d = planted
+    invoke("compose", "-i", out / "images.h5", "-a", d / "acts.h5", "-t", d / "words.h5", "--sim", sim, *param,
+           "--top-k", 8, "--select", "veto", "-o", tmp_path / "c.parquet")
+    c = pq.read_table(tmp_path / "c.parquet").to_pandas()
+    assert set(c.parts[0]) == {"red", "star"} and c.gain[0] > 0.05 and c.selected_by[0] == "veto"
     assert c.label[1] == "star" and list(c.parts[1]) == ["star"] and c.gain[1] == 0.0
     if sim != "softwpmi":
         assert np.median(c.gain) < 0.05  # background neurons tuned to one word mostly keep it
 
 
 def test_under_softwpmi_a_composition_must_explain_the_neurons_images_as_well_as_its_single_label(planted, tmp_path):
-    """Without that rule PMI's rarity bonus alone makes 'star <anything>' beat 'star' for the star neuron."""
+    """--select veto: without that rule PMI's rarity bonus alone makes 'star <anything>' beat 'star' for the star neuron."""
     from dissect.compose import compose
 
     out, d = planted
     t = compose(out / "images.h5", d / "acts.h5", None, text=d / "words.h5", sim="softwpmi", params={"top_k": 20}, top_k=8,
-                top=40)
+                top=40, select="veto")
     c = t.to_pandas()
     star = c[c.unit == 1].iloc[0]
     # Compositions of 'star' that scored above 'star' by PMI alone were dropped from its candidates.
@@ -71,17 +83,21 @@ def test_under_softwpmi_a_composition_must_explain_the_neurons_images_as_well_as
 def test_schema_templates_depth_three_and_metadata(planted, tmp_path):
     out, d = planted
     invoke("compose", "-i", out / "images.h5", "-a", d / "acts.h5", "-t", d / "words.h5", "--sim", "wpmi", "--param", "top_k=20",
-           "--top-k", 5, "--template", "{a} and {b}", "--depth", 3, "--beam", 2, "--top", 4, "-o", tmp_path / "c.parquet")
+           "--top-k", 5, "--template", "{a} and {b}", "--depth", 3, "--beam", 2, "--top", 4, "--select", "argmax",
+           "-o", tmp_path / "c.parquet")
     t = pq.read_table(tmp_path / "c.parquet")
     assert t.column_names == ["layer", "unit", "label", "parts", "similarity", "single_label", "single_similarity", "gain",
-                              "candidates", "candidate_similarities"]
+                              "candidates", "candidate_similarities", "selected_by", "heldout_correlation",
+                              "single_heldout_correlation"]
     c = t.to_pandas()
     assert all(len(x) == 4 for x in c.candidates) and all(np.all(np.diff(list(v)) <= 1e-12) for v in c.candidate_similarities)
     for label, parts in zip(c.label, c.parts):
         assert label == " and ".join(parts) if len(parts) == 2 else len(parts) in (1, 3)
     np.testing.assert_allclose(c.gain, c.similarity - c.single_similarity)
+    assert set(c.selected_by) == {"argmax"} and c.heldout_correlation.isna().all()
     meta = json.loads(t.schema.metadata[b"dissect"])
     assert meta["format"] == "dissect/composed-labels" and meta["template"] == "{a} and {b}" and meta["depth"] == 3
+    assert meta["select"] == "argmax" and meta["procedure"] == "pairs"
 
 
 def test_a_second_compose_with_another_sim_embeds_no_text(planted, tmp_path):

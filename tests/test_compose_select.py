@@ -114,7 +114,7 @@ def test_bad_selection_options_end_in_one_line(world, tmp_path):
     for extra, fragment in ((["--select", "best"], "unknown --select"),
                             (["--procedure", "paper", "--select", "veto"], "--select veto needs --procedure pairs"),
                             (["--procedure", "magic"], "unknown --procedure"),
-                            (["--holdout", "0.0001"], "--holdout")):
+                            (["--holdout", "1.5"], "--holdout")):
         r = runner.invoke(app, [str(x) for x in base + extra])
         assert r.exit_code != 0 and "Traceback" not in r.output, r.output
         lines = r.stderr.strip().splitlines()
