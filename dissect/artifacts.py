@@ -755,8 +755,8 @@ def labels_schema():
 
 
 COMPOSED_COLUMNS = ["layer", "unit", "label", "parts", "similarity", "single_label", "single_similarity", "gain",
-                    "candidates", "candidate_similarities", "selected_by", "heldout_correlation",
-                    "single_heldout_correlation"]
+                    "candidates", "candidate_similarities", "selected_by", "heldout_auprc",
+                    "single_heldout_auprc"]
 
 
 def composed_schema():
@@ -766,7 +766,7 @@ def composed_schema():
         ("layer", pa.string()), ("unit", pa.int32()), ("label", pa.string()), ("parts", pa.list_(pa.string())),
         ("similarity", pa.float64()), ("single_label", pa.string()), ("single_similarity", pa.float64()),
         ("gain", pa.float64()), ("candidates", pa.list_(pa.string())), ("candidate_similarities", pa.list_(pa.float64())),
-        ("selected_by", pa.string()), ("heldout_correlation", pa.float64()), ("single_heldout_correlation", pa.float64()),
+        ("selected_by", pa.string()), ("heldout_auprc", pa.float64()), ("single_heldout_auprc", pa.float64()),
     ])
 
 

@@ -315,8 +315,8 @@ def compose(
             rows["candidates"].append(texts)
             rows["candidate_similarities"].append([float(values[j]) for j in order_u[:top]])
             rows["selected_by"].append(select)
-            rows["heldout_correlation"].append(r_label)
-            rows["single_heldout_correlation"].append(r_single)
+            rows["heldout_auprc"].append(r_label)
+            rows["single_heldout_auprc"].append(r_single)
     note(f"composed {n_texts} unique texts; embedded {n_embedded} new ({n_texts - n_embedded} cached)")
     meta = {
         "similarity": sim, "params": params, "top_k": top_k, "template": template, "ordered": ordered, "depth": depth,

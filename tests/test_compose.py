@@ -87,14 +87,14 @@ def test_schema_templates_depth_three_and_metadata(planted, tmp_path):
            "-o", tmp_path / "c.parquet")
     t = pq.read_table(tmp_path / "c.parquet")
     assert t.column_names == ["layer", "unit", "label", "parts", "similarity", "single_label", "single_similarity", "gain",
-                              "candidates", "candidate_similarities", "selected_by", "heldout_correlation",
-                              "single_heldout_correlation"]
+                              "candidates", "candidate_similarities", "selected_by", "heldout_auprc",
+                              "single_heldout_auprc"]
     c = t.to_pandas()
     assert all(len(x) == 4 for x in c.candidates) and all(np.all(np.diff(list(v)) <= 1e-12) for v in c.candidate_similarities)
     for label, parts in zip(c.label, c.parts):
         assert label == " and ".join(parts) if len(parts) == 2 else len(parts) in (1, 3)
     np.testing.assert_allclose(c.gain, c.similarity - c.single_similarity)
-    assert set(c.selected_by) == {"argmax"} and c.heldout_correlation.isna().all()
+    assert set(c.selected_by) == {"argmax"} and c.heldout_auprc.isna().all()
     meta = json.loads(t.schema.metadata[b"dissect"])
     assert meta["format"] == "dissect/composed-labels" and meta["template"] == "{a} and {b}" and meta["depth"] == 3
     assert meta["select"] == "argmax" and meta["procedure"] == "pairs"

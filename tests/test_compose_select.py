@@ -46,9 +46,9 @@ def test_wpmi_with_the_default_selection_names_both_words_and_keeps_single_words
     assert rec["one_word"] >= 0.9, rec
     assert {r["selected_by"] for r in rows} == {"simulate"}
     for r in rows:  # the gain is the held-out AUPRC margin of the best composition over the best single concept
-        assert math.isfinite(r["gain"]) and math.isfinite(r["heldout_correlation"])
+        assert math.isfinite(r["gain"]) and math.isfinite(r["heldout_auprc"])
         if len(r["parts"]) == 2:
-            assert r["gain"] > 0.1 and r["heldout_correlation"] > r["single_heldout_correlation"] + 0.1
+            assert r["gain"] > 0.1 and r["heldout_auprc"] > r["single_heldout_auprc"] + 0.1
         else:
             assert r["label"] == r["single_label"]
 
