@@ -33,3 +33,17 @@ def test_demo_prints_tables_and_artifacts(demo_run):
         assert (out / name).exists()
     summary = json.loads((out / "demo.json").read_text())
     assert summary["concept_counts"]["mixed"] >= 500 + summary["concept_counts"]["classes"]
+
+
+def test_demo_reports_the_planted_composition_world_for_every_similarity(demo_run):
+    import json
+
+    from dissect.demo import SIMILARITIES
+
+    out, result = demo_run
+    rows = json.loads((out / "demo.json").read_text())["composition"]
+    assert [r["method"] for r in rows] == list(SIMILARITIES) + ["linear explanation"]
+    wpmi = next(r for r in rows if r["method"] == "wpmi")
+    assert wpmi["compose_two"] >= 0.9 and wpmi["compose_one"] >= 0.9 and wpmi["select"] == "simulate"
+    assert rows[-1]["compose_two"] >= 0.9  # linear explanations name both words
+    assert "Planted compositions" in result.output
