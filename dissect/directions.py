@@ -323,24 +323,13 @@ def load_sae(folder: Path) -> DirectionSet:
 
 def load_module(spec: str, channels: int | None) -> DirectionSet:
     """``file.py:function``: a module mapping [..., C] to [..., K] (called with no arguments)."""
-    import importlib.util
-
     import torch
+
+    from .runtime import user_function
 
     path, _, func = spec.rpartition(":")
     p = Path(path)
-    if not p.is_file():
-        raise _missing(p, "directions module file")
-    name = f"dissect_user_directions_{hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:8]}"
-    mod_spec = importlib.util.spec_from_file_location(name, p)
-    module_obj = importlib.util.module_from_spec(mod_spec)
-    try:
-        mod_spec.loader.exec_module(module_obj)
-    except Exception as e:
-        raise UsageError(f"importing {path} failed: {type(e).__name__}: {str(e)[:200]}") from None
-    fn = getattr(module_obj, func, None)
-    if not callable(fn):
-        raise UsageError(f"{path} has no function {func!r}")
+    fn = user_function(path, func, "directions module", UsageError, hint=_missing(p, "").hint)
     try:
         result = fn()
     except Exception as e:

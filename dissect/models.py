@@ -16,7 +16,6 @@ are recorded in every activations artifact.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -283,18 +282,10 @@ def _torchvision(name: str, weights: str | None, args: dict[str, Any]):
 
 
 def _python_file(spec: str, weights: str | None, args: dict[str, Any]):
+    from .runtime import user_function
+
     path, _, func = spec.rpartition(":")
-    if not Path(path).is_file():
-        raise ModelError(f"model file {path} does not exist")
-    mod_spec = importlib.util.spec_from_file_location(f"dissect_user_model_{fingerprint(path)[:8]}", path)
-    module_obj = importlib.util.module_from_spec(mod_spec)
-    try:
-        mod_spec.loader.exec_module(module_obj)
-    except Exception as e:
-        raise ModelError(f"importing {path} failed: {type(e).__name__}: {e}") from None
-    fn = getattr(module_obj, func, None)
-    if not callable(fn):
-        raise ModelError(f"{path} has no function {func!r}")
+    fn = user_function(path, func, "model", ModelError)
     try:
         result = fn(**args)
     except Exception as e:

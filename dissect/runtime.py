@@ -17,6 +17,28 @@ from .errors import UsageError
 _quiet = bool(os.environ.get("DISSECT_QUIET"))
 
 
+def user_function(path: str, func: str, kind: str, error: type = UsageError, hint: str | None = None):
+    """The function ``func`` of the user's Python file ``path`` (``--model file.py:fn``, ``--directions file.py:fn``),
+    imported under a name of its own; one-line ``error``s for a missing file, a failing import or no such function."""
+    import hashlib
+    import importlib.util
+
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{kind} file {path} does not exist", hint=hint)
+    tag = hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:8]
+    mod_spec = importlib.util.spec_from_file_location(f"dissect_user_{kind.split()[0]}_{tag}", p)
+    module_obj = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(module_obj)
+    except Exception as e:
+        raise error(f"importing {path} failed: {type(e).__name__}: {str(e)[:200]}") from None
+    fn = getattr(module_obj, func, None)
+    if not callable(fn):
+        raise error(f"{path} has no function {func!r}")
+    return fn
+
+
 def user_cache() -> Path:
     """~/.cache/dissect (or under $XDG_CACHE_HOME): the default home of dissect's caches and downloads."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")

@@ -594,3 +594,19 @@ def test_sharded_records_of_an_entry_merge_into_the_unsharded_file(fc_world, dem
     with h5py.File(tmp_path / "merged.h5") as f:
         assert f["layers"]["global_pool@sae"].dtype == np.float16
         assert f["layers"]["global_pool@sae"].attrs["directions_kind"] == "sae"
+
+
+def test_every_downstream_command_takes_an_entry_by_name(fc_world, demo, tmp_path):
+    d, acts, labels = fc_world
+    entry = "global_pool@fcrows"
+    common = ["-i", demo / "images.h5", "-a", acts, "-t", demo / "text-mixed.h5", "--layers", entry]
+    invoke("compose", *common, "-o", tmp_path / "c.parquet", "--device", "cpu")
+    invoke("explain", *common, "-o", tmp_path / "e.parquet", "--device", "cpu")
+    rows = A.read_table(tmp_path / "e.parquet", A.EXPLAIN_FORMAT).to_pylist()
+    assert {r["layer"] for r in rows} == {entry} and len(rows) == 10
+    invoke("evaluate", "simulate", labels, "-a", acts, "--images", demo / "images.h5", "-t", demo / "text-mixed.h5",
+           "--layer", entry, "-o", tmp_path / "s.parquet", "--device", "cpu")
+    invoke("report", "--labels", labels, "--activations", acts, "-o", tmp_path / "report", "--top-images", 2)
+    assert entry in (tmp_path / "report" / "index.html").read_text()
+    shown = invoke("show", labels, "--layer", entry)
+    assert entry in shown.output
