@@ -433,7 +433,8 @@ def _read_strings(f, name: str, path) -> list[str]:
         raise ArtifactError(f"{path}: dataset {name!r} is not valid UTF-8 text: {e}") from e
 
 
-def _read_matrix(f, name: str, path, rows: int | None = None, units: tuple[int, int] | None = None) -> np.ndarray:
+def _read_matrix(f, name: str, path, rows: int | None = None, units: tuple[int, int] | None = None,
+                 row_range: tuple[int, int] | None = None) -> np.ndarray:
     ds = h5_dataset(f, name, path)
     if ds.ndim != 2 or ds.dtype.kind != "f":
         raise ArtifactError(f"{path}: dataset {name!r} must be a 2-D float array, got {ds.dtype} {ds.shape}")
@@ -444,12 +445,12 @@ def _read_matrix(f, name: str, path, rows: int | None = None, units: tuple[int, 
             raise ArtifactError(f"layer {name!r} of {str(path)[:-len(':layers')]} has no units (0 columns)",
                                 hint="record the layer again; `dissect layers MODEL` lists the layers with units")
         raise ArtifactError(f"{path}: dataset {name!r} has width 0", hint="the file was damaged: write it again")
-    lo = 0
-    if units is None:
+    r0, r1 = (0, ds.shape[0]) if row_range is None else (max(0, int(row_range[0])), min(int(ds.shape[0]), int(row_range[1])))
+    lo, hi = (0, ds.shape[1]) if units is None else (max(0, int(units[0])), min(int(ds.shape[1]), int(units[1])))
+    if row_range is None and units is None:
         arr = np.asarray(ds[:], dtype=np.float32)
     else:
-        lo, hi = max(0, int(units[0])), min(int(ds.shape[1]), int(units[1]))
-        arr = np.asarray(ds[:, lo:hi], dtype=np.float32)
+        arr = np.asarray(ds[r0:r1, lo:hi], dtype=np.float32)
     if not np.isfinite(arr).all():
         bad = np.unique(np.nonzero(~np.isfinite(arr))[1]) + lo
         listed = f"{bad[:10].tolist()}{'...' if len(bad) > 10 else ''}"
@@ -666,7 +667,7 @@ def write_activations(
                 else:
                     chunks = (max(1, min(n, LAYER_CHUNK[0])), max(1, min(c, LAYER_CHUNK[1])))
                     ds = group.create_dataset(name, shape=(n, c), dtype=dtype, chunks=chunks)
-                    step = chunks[0] * max(1, (64 << 20) // max(1, chunks[0] * c * 4))
+                    step = chunks[0] * max(1, COPY_BLOCK_BYTES // max(1, chunks[0] * c * 4))
                     for lo in range(0, n, step):
                         hi = min(n, lo + step)
                         ds[lo:hi] = (arr.block(lo, hi) if hasattr(arr, "block") else arr[lo:hi]).astype(dtype)
@@ -678,6 +679,8 @@ def write_activations(
 #: Layers larger than this (as float32) are stored in chunks of LAYER_CHUNK (rows, units).
 WIDE_LAYER_BYTES = 64 << 20
 LAYER_CHUNK = (512, 256)
+#: Rows of a large layer are copied in blocks of about this many bytes (a multiple of the chunk rows).
+COPY_BLOCK_BYTES = 64 << 20
 
 
 def read_activations(path: str | os.PathLike, layers: list[str] | None = None, data: bool = True) -> Activations:
@@ -709,14 +712,16 @@ def read_activations(path: str | os.PathLike, layers: list[str] | None = None, d
     return Activations(ids, matrices, lattrs, attrs, Path(path))
 
 
-def read_activation_layer(path: str | os.PathLike, name: str, units: tuple[int, int] | None = None) -> np.ndarray:
-    """One layer's [N, C] float32 matrix (``units`` (lo, hi): only those columns), without reading the ids again.
+def read_activation_layer(path: str | os.PathLike, name: str, units: tuple[int, int] | None = None,
+                          rows: tuple[int, int] | None = None) -> np.ndarray:
+    """One layer's [N, C] float32 matrix (``units`` (lo, hi): only those columns; ``rows`` (lo, hi): only those
+    images), without reading the ids again.
 
     For use after ``read_activations(path, data=False)`` has checked the file and its names.
     """
     f, _ = _open(path, ACTIVATIONS_FORMAT)
     with f:
-        return _read_matrix(f["layers"], name, f"{path}:layers", rows=f["ids"].shape[0], units=units)
+        return _read_matrix(f["layers"], name, f"{path}:layers", rows=f["ids"].shape[0], units=units, row_range=rows)
 
 
 def activation_layer_shape(path: str | os.PathLike, name: str) -> tuple[int, int]:

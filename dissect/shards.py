@@ -135,7 +135,9 @@ def merge(shards: list[str | os.PathLike], out: str | os.PathLike) -> Path:
             dtype = "float16" if f["embeddings"].dtype.itemsize < 4 else "float32"
         A.write_embeddings(out, kind, emb, ids, parts[0].clip_model, parts[0].clip_pretrained, attrs, dtype=dtype)
     else:
-        parts = [A.read_activations(o[0]) for o in ordered]
+        # Layers are copied block by block from the shard files, never held whole (an SAE's latents can be
+        # larger than memory).
+        parts = [A.read_activations(o[0], data=False) for o in ordered]
         layers = list(parts[0].layers)
         for o, part in zip(ordered, parts):
             if list(part.layers) != layers:
@@ -146,10 +148,32 @@ def merge(shards: list[str | os.PathLike], out: str | os.PathLike) -> Path:
                     raise MismatchError(f"{o[0]} holds {name} made otherwise than in {ordered[0][0]}",
                                         hint="record every shard with the same --layers, --summary and --directions")
         ids = [k for p in parts for k in p.ids]
-        data = {name: np.concatenate([p.layers[name] for p in parts]) for name in layers}
+        data = {name: _ConcatRows([(o[0], len(p.ids)) for o, p in zip(ordered, parts)], name) for name in layers}
         dtypes = {n: "float16" for n, la in parts[0].layer_attrs.items() if la.get("dtype") == "float16"}
         A.write_activations(out, ids, data, parts[0].layer_attrs, attrs, dtypes=dtypes)
     return Path(out)
+
+
+class _ConcatRows:
+    """Layer ``name`` of several activation files, one after the other, read a block of rows at a time
+    (a source for ``artifacts.write_activations``)."""
+
+    def __init__(self, files: list[tuple[Any, int]], name: str):
+        self.files, self.name = files, name
+        widths = {A.activation_layer_shape(f, name)[1] for f, _ in files}
+        if len(widths) != 1:
+            raise MismatchError(f"layer {name} has {sorted(widths)} units in different shards",
+                                hint="merge shards of the same command")
+        self.shape = (sum(n for _, n in files), widths.pop())
+
+    def block(self, lo: int, hi: int) -> np.ndarray:
+        out, start = [], 0
+        for f, n in self.files:
+            a, b = max(lo, start), min(hi, start + n)
+            if a < b:
+                out.append(A.read_activation_layer(f, self.name, rows=(a - start, b - start)))
+            start += n
+        return np.concatenate(out) if len(out) > 1 else out[0]
 
 
 # ---------------------------------------------------------------------------

@@ -589,6 +589,24 @@ def test_sharded_records_of_an_entry_merge_into_the_unsharded_file(fc_world, dem
         invoke(*base, "--shard", f"{i}/2", "-o", tmp_path / f"part{i}.h5")
     invoke("merge", tmp_path / "part2.h5", tmp_path / "part1.h5", "-o", tmp_path / "merged.h5")
     a, b = (A.read_activations(tmp_path / p) for p in ("whole.h5", "merged.h5"))
+    # merge copies a block of rows at a time from the shards, never a whole layer
+    reads = []
+    real = A.read_activation_layer
+    import dissect.shards as S
+
+    def spy(path, name, units=None, rows=None):
+        reads.append(None if rows is None else rows[1] - rows[0])
+        return real(path, name, units=units, rows=rows)
+
+    try:
+        A.read_activation_layer, old = spy, (A.LAYER_CHUNK, A.COPY_BLOCK_BYTES)
+        A.LAYER_CHUNK, A.COPY_BLOCK_BYTES = (64, 256), 1
+        S.merge([tmp_path / "part2.h5", tmp_path / "part1.h5"], tmp_path / "merged2.h5")
+    finally:
+        A.read_activation_layer, (A.LAYER_CHUNK, A.COPY_BLOCK_BYTES) = real, old
+    assert reads and None not in reads and max(reads) <= 64
+    np.testing.assert_array_equal(A.read_activations(tmp_path / "merged2.h5").layers["global_pool@sae"],
+                                  a.layers["global_pool@sae"])
     assert a.ids == b.ids
     np.testing.assert_array_equal(a.layers["global_pool@sae"], b.layers["global_pool@sae"])
     with h5py.File(tmp_path / "merged.h5") as f:
