@@ -265,6 +265,7 @@ def simulate_cmd(
     calibration: O.Calibration = "zscore",
     max_memory: O.MaxMemory = O.DEFAULT_MAX_MEMORY,
     device: O.Device = "auto",
+    composed: Annotated[str, typer.Option("--composed", help="How a composed label predicts: phrase (CLIP's presence of the composed text) or and (present where all its parts are: the product of their presences, as compose --select simulate reads it).")] = "phrase",
 ):
     """Simulation scores: how well each label predicts its unit's activation on held-out images (correlation, cosine, AUPRC, F1, IoU)."""
     from dissect import simulate as stage
@@ -274,7 +275,7 @@ def simulate_cmd(
                              annotations if annotations not in (None, "classes") else None])
     sim = stage.simulate([str(p) for p in labels], activations, images=images, text=text, annotations=annotations,
                          layer=layer, alpha=alpha, calibration=stage.parse_calibration(calibration), device=device,
-                         max_memory=O.parse_size(max_memory))
+                         max_memory=O.parse_size(max_memory), composed=composed)
     _print_simulation(sim)
     if out is not None:
         parquet, summary = stage.write_simulation(sim, out)

@@ -1043,7 +1043,8 @@ class LabelFile:
     labels: list[str]
     similarity: list[float | None]
     metadata: dict[str, Any] = field(default_factory=dict)
-    #: linear explanations: each unit's concepts and weights (its prediction is Σ w_i c_i)
+    #: linear explanations: each unit's concepts and weights (its prediction is Σ w_i c_i);
+    #: compositions read as AND (``read_label_file(composed="and")``): their parts, weights None
     parts: list[list[str]] | None = None
     part_weights: list[list[float]] | None = None
 
@@ -1076,11 +1077,12 @@ def _netdissect_label(raw: str) -> str:
     return " ".join(text.replace("_", " ").replace("-", " ").split())
 
 
-def read_label_file(path: str | os.PathLike, layer: str | None = None) -> LabelFile:
+def read_label_file(path: str | os.PathLike, layer: str | None = None, composed: str = "phrase") -> LabelFile:
     """Labels from a dissect labels.parquet, composed.parquet or explanations.parquet, or from a
     CLIP-Dissect, MILAN or NetDissect-Lite CSV (told apart by their header). ``layer`` names the
     layer of a NetDissect tally (its file holds one layer and no layer column); its 1-based units
-    become 0-based. Every layer is returned: ``LabelFile.select_layer`` keeps one."""
+    become 0-based. Every layer is returned: ``LabelFile.select_layer`` keeps one. ``composed``
+    ``and``: a composed label is read as its parts (present where all of them are), not as one phrase."""
     import csv
 
     p = Path(path)
@@ -1101,12 +1103,20 @@ def read_label_file(path: str | os.PathLike, layer: str | None = None) -> LabelF
             texts = [" + ".join(f"{w:.2f} {c}" for c, w in zip(cs, ws)) for cs, ws in zip(parts, weights)]
             return LabelFile(str(p), EXPLAIN_FORMAT, table.column("layer").to_pylist(), table.column("unit").to_pylist(),
                              texts, table.column("correlation").to_pylist(), meta, parts, weights)
-        table = read_table(p, (LABELS_FORMAT, COMPOSED_FORMAT), columns=["layer", "unit", "label", "similarity"])
+        and_parts = composed == "and" and meta["format"] == COMPOSED_FORMAT
+        table = read_table(p, (LABELS_FORMAT, COMPOSED_FORMAT),
+                           columns=["layer", "unit", "label", "similarity"] + (["parts"] if and_parts else []))
         labels = table.column("label").to_pylist()
         if any(v is None for v in labels):
             raise ArtifactError(f"{p}: column 'label' has empty (null) values", hint=f"give a file written by `{_MAKER[meta['format']]}`")
+        parts = None
+        if and_parts:
+            parts = [list(c or []) for c in table.column("parts").to_pylist()]
+            bad = next((i for i, c in enumerate(parts) if not c or None in c), None)
+            if bad is not None:
+                raise ArtifactError(f"{p} row {bad}: its parts are empty", hint="give a file written by `dissect compose`")
         return LabelFile(str(p), meta["format"], table.column("layer").to_pylist(), table.column("unit").to_pylist(), labels,
-                         table.column("similarity").to_pylist(), meta)
+                         table.column("similarity").to_pylist(), meta, parts)
     try:
         with open(p, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))

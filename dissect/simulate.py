@@ -86,13 +86,16 @@ def _weighted_presence(source, lf: A.LabelFile, rows_of_units: list[int], distin
 
     by_text = {}
     for i in rows_of_units:
-        by_text.setdefault(lf.labels[i], (lf.parts[i], lf.part_weights[i]))
+        by_text.setdefault(lf.labels[i], (lf.parts[i], lf.part_weights[i] if lf.part_weights is not None else None))
     out = torch.zeros((n, len(distinct)), dtype=torch.float64)
     unknown: dict[str, Any] = {}
     for j, text in enumerate(distinct):
         concepts, weights = by_text[text]
         missing = [c for c in concepts if not source.known(c)]
         unknown[text] = repr(missing[0]) if missing else None
+        if weights is None:  # a composition read as AND: present where every part is (the product)
+            out[:, j] = source.matrix(list(concepts), row_of, n).to(torch.float64).prod(dim=1)
+            continue
         if not concepts or sum(weights) <= 0:
             unknown[text] = "any concept (an empty explanation)"
             continue
@@ -102,11 +105,18 @@ def _weighted_presence(source, lf: A.LabelFile, rows_of_units: list[int], distin
     return out, unknown
 
 
+#: How a composed label predicts its unit in ``simulate``.
+COMPOSED_READINGS = ("phrase", "and")
+
+
 def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLike, images=None, text=None,
              annotations: str | None = None, layer: str | None = None, alpha: float = M.DEFAULT_ALPHA,
              calibration: Calibration = DEFAULT_CALIBRATION, device: str = "auto", max_memory: int | None = None,
-             cache=None, batch_size: int = 256) -> Simulation:
-    """Score every unit of every labels file (see the module docstring); one row per (file, layer, unit)."""
+             cache=None, batch_size: int = 256, composed: str = "phrase") -> Simulation:
+    """Score every unit of every labels file (see the module docstring); one row per (file, layer, unit).
+
+    ``composed``: how a composed label predicts (``phrase``: CLIP's presence of the composed
+    text; ``and``: the product of its parts' presences, what ``compose --select simulate`` uses)."""
     import torch
 
     from .similarity import memory_budget
@@ -115,7 +125,9 @@ def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLik
         raise UsageError("give at least one labels file")
     if not 0 < alpha <= 1:
         raise UsageError(f"--alpha must be in (0, 1], got {alpha}")
-    files = [A.read_label_file(p, layer) for p in label_paths]
+    if composed not in COMPOSED_READINGS:
+        raise UsageError(f"unknown --composed {composed!r}", hint=f"use one of {', '.join(COMPOSED_READINGS)}")
+    files = [A.read_label_file(p, layer, composed=composed) for p in label_paths]
     if layer is not None:
         for lf in files:
             lf.select_layer(layer)
@@ -228,6 +240,7 @@ def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLik
                         "model": acts.model},
         "presence": source.describe,
         "alpha": alpha,
+        "composed": composed,
         "metrics": {"correlation": "Pearson r (the simulation score)", "cosine": "cosine of the raw vectors",
                     "auprc": f"average precision of presence for the top-{alpha:g} active images",
                     "f1": f"F1, unit active on its top {alpha:g}, concept present where presence >= 0.5",
