@@ -264,6 +264,14 @@ def load_sae(folder: Path) -> DirectionSet:
     arch = str(cfg.get("architecture", "standard")).lower()
     act = str(cfg.get("activation_fn_str", cfg.get("activation_fn", "topk" if arch == "topk" else "relu"))).lower()
     kwargs = cfg.get("activation_fn_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ArtifactError(f"{cfg_path}: activation_fn_kwargs is {type(kwargs).__name__}, not an object")
+    apply_b_dec = cfg.get("apply_b_dec_to_input", True)
+    if not isinstance(apply_b_dec, bool):
+        raise ArtifactError(f"{cfg_path}: apply_b_dec_to_input is {apply_b_dec!r}, not true or false")
+    for name in ("d_in", "d_sae"):
+        if name in cfg and (isinstance(cfg[name], bool) or not isinstance(cfg[name], int)):
+            raise ArtifactError(f"{cfg_path}: {name} is {cfg[name]!r}, not a whole number")
     if act == "topk" and arch == "standard":
         arch = "topk"  # older SAELens: a standard SAE with a topk activation
     if arch not in SAE_ARCHITECTURES:
@@ -305,11 +313,12 @@ def load_sae(folder: Path) -> DirectionSet:
         if name in cfg and int(cfg[name]) != want:
             raise ArtifactError(f"{folder}: {SAE_CONFIG} says {name} = {cfg[name]}, but W_enc is {tuple(W_enc.shape)}")
     if arch == "topk":
-        if not isinstance(k_top, (int, float)) or int(k_top) < 1 or int(k_top) != k_top:
+        if isinstance(k_top, bool) or not isinstance(k_top, (int, float)) or not math.isfinite(k_top) \
+                or int(k_top) < 1 or int(k_top) != k_top:
             raise ArtifactError(f"{folder}: a topk SAE needs a whole k >= 1 in {SAE_CONFIG} ('k' or activation_fn_kwargs.k)")
         k_top = min(int(k_top), d_sae)
     enc = SAEEncoder(W_enc, sd["b_enc"].to(torch.float32), sd["b_dec"].to(torch.float32),
-                     bool(cfg.get("apply_b_dec_to_input", True)), arch, act, k_top, threshold, norm)
+                     apply_b_dec, arch, act, k_top, threshold, norm)
     for name, t in enc.state_dict().items():
         if not torch.isfinite(t).all():
             raise ArtifactError(f"{w_path}: {name} holds NaN or Inf")

@@ -410,6 +410,16 @@ def _bad_specs(tmp_path):
     write_sae(tmp_path / "shape", torch.zeros(96, 4), torch.zeros(5), torch.zeros(96), {})
     write_sae(tmp_path / "topk0", torch.zeros(96, 4), torch.zeros(4), torch.zeros(96), {"architecture": "topk"})
     write_sae(tmp_path / "jump", torch.zeros(96, 4), torch.zeros(4), torch.zeros(96), {"architecture": "jumprelu"})
+    for name, cfg in {"din_str": {"d_in": "x"}, "kwargs_list": {"activation_fn_kwargs": [1]},
+                      "apply_str": {"apply_b_dec_to_input": "no"}, "k_bool": {"architecture": "topk", "k": True}}.items():
+        write_sae(tmp_path / name, torch.zeros(96, 4), torch.zeros(4), torch.zeros(96), cfg)
+    (tmp_path / "cfg_list").mkdir()
+    (tmp_path / "cfg_list" / "cfg.json").write_text("[1, 2]")
+    (tmp_path / "cfg_list" / "sae_weights.safetensors").write_bytes((tmp_path / "gated" / "sae_weights.safetensors").read_bytes())
+    (tmp_path / "truncated").mkdir()
+    (tmp_path / "truncated" / "cfg.json").write_text("{}")
+    (tmp_path / "truncated" / "sae_weights.safetensors").write_bytes(
+        (tmp_path / "gated" / "sae_weights.safetensors").read_bytes()[:40])
     (tmp_path / "wrong.py").write_text("import torch\ndef f():\n    return torch.nn.Flatten(0)\n")
     (tmp_path / "boom.py").write_text("def f():\n    raise RuntimeError('no')\n")
     return {
@@ -425,6 +435,12 @@ def _bad_specs(tmp_path):
         "a mis-shaped bias": (f"layer4={tmp_path / 'shape'}", "b_enc"),
         "a topk SAE without k": (f"layer4={tmp_path / 'topk0'}", "k"),
         "a jumprelu SAE without threshold": (f"layer4={tmp_path / 'jump'}", "threshold"),
+        "a d_in that is not a number": (f"layer4={tmp_path / 'din_str'}", "d_in"),
+        "activation_fn_kwargs not an object": (f"layer4={tmp_path / 'kwargs_list'}", "activation_fn_kwargs"),
+        "apply_b_dec_to_input not a boolean": (f"layer4={tmp_path / 'apply_str'}", "apply_b_dec_to_input"),
+        "k true": (f"layer4={tmp_path / 'k_bool'}", "whole k"),
+        "cfg.json not an object": (f"layer4={tmp_path / 'cfg_list'}", "not a JSON object"),
+        "truncated weights": (f"layer4={tmp_path / 'truncated'}", "cannot read"),
         "a module of the wrong shape": (f"layer4={tmp_path / 'wrong.py'}:f", "not [2, 3, K]"),
         "a module that fails": (f"layer4={tmp_path / 'boom.py'}:f", "RuntimeError"),
         "no layer": ("=x.npy", "LAYER=SPEC"),
