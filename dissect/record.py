@@ -167,7 +167,7 @@ class ActivationRecorder:
         for name, val in outputs.items():
             arr = val.float().cpu().numpy()
             if name in self.units:
-                _check_latents(name, arr, self.units[name].dtype, rows)
+                _check_latents(name, arr, self.units[name].dtype)
             if name not in self.data:
                 self.data[name] = self._store(name, arr.shape[1])
             self.data[name][rows] = arr
@@ -222,10 +222,11 @@ class ActivationRecorder:
         data = {name: (self.data[name].view(rows) if isinstance(self.data[name], _Spill) else self.data[name][rows])
                 for name in self.layers}
         for name, arr in data.items():
-            if isinstance(arr, _SpillView):
-                continue  # checked batch by batch
-            if not np.isfinite(arr).all():
-                units = np.unique(np.nonzero(~np.isfinite(arr))[1])[:10].tolist()
+            # A spilled layer's non-finite units were noted as its batches were written.
+            bad = (arr.nonfinite_units() if isinstance(arr, _SpillView)
+                   else np.unique(np.nonzero(~np.isfinite(arr))[1]).tolist())
+            if bad:
+                units = bad[:10]
                 hint = "check the weights" if self.precision == "fp32" else f"check the weights, or try --precision fp32 (it ran in {self.precision})"
                 raise UsageError(f"layer {name} produced NaN or Inf activations (units {units})", hint=hint)
         layer_attrs = {
@@ -538,7 +539,7 @@ SPILL_BYTES = 256 << 20
 FLOAT16_MAX = 65504.0
 
 
-def _check_latents(name: str, arr: np.ndarray, dtype: str, rows) -> None:
+def _check_latents(name: str, arr: np.ndarray, dtype: str) -> None:
     """A direction entry's batch: finite, and within float16's range when stored as float16."""
     if not np.isfinite(arr).all():
         units = np.unique(np.nonzero(~np.isfinite(arr))[1])[:10].tolist()
@@ -565,9 +566,15 @@ class _Spill:
         self.ds = self.file.create_dataset("rows", shape=(n, width), dtype=np.float32,
                                            chunks=(rows, max(1, min(width, 1024))))
         self.shape = (n, width)
+        self.nonfinite: dict[int, set[int]] = {}   # row -> its non-finite units (a row written again is replaced)
 
     def __setitem__(self, rows, arr) -> None:
         rows = np.asarray(rows)
+        bad_r, bad_c = np.nonzero(~np.isfinite(arr))
+        for r in rows.tolist():
+            self.nonfinite.pop(r, None)
+        for r, c in zip(rows[bad_r].tolist(), bad_c.tolist()):
+            self.nonfinite.setdefault(r, set()).add(c)
         if rows.size and rows[-1] - rows[0] + 1 == rows.size and np.all(np.diff(rows) == 1):
             self.ds[int(rows[0]) : int(rows[-1]) + 1] = arr
         else:
@@ -599,3 +606,8 @@ class _SpillView:
 
     def block(self, lo: int, hi: int) -> np.ndarray:
         return self.spill[self.rows[lo:hi]]
+
+    def nonfinite_units(self) -> list[int]:
+        """The units with a NaN or Inf value on one of the kept rows, sorted."""
+        bad = self.spill.nonfinite
+        return sorted(set().union(*(bad[r] for r in self.rows.tolist() if r in bad))) if bad else []

@@ -644,3 +644,27 @@ def test_every_downstream_command_takes_an_entry_by_name(fc_world, demo, tmp_pat
     assert entry in (tmp_path / "report" / "index.html").read_text()
     shown = invoke("show", labels, "--layer", entry)
     assert entry in shown.output
+
+
+@pytest.mark.parametrize("spilled", [False, True])
+def test_nan_activations_are_refused_whether_the_layer_is_in_memory_or_spilled(probe_dir, tmp_path, monkeypatch, spilled):
+    """A layer spilled to disk while recording (any layer over SPILL_BYTES, neurons too) is checked for NaN
+    and Inf like one held in memory: one line naming the layer and its units, nothing written."""
+    import dissect.record as R
+
+    src = tmp_path / "nanmodel.py"
+    src.write_text(
+        "import torch\nfrom torchvision import transforms as T\n"
+        "class NaNAt(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        x = x.clone(); x[:, 3] = float('nan'); return x\n"
+        "def build():\n"
+        "    m = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), NaNAt())\n"
+        "    return m, T.Compose([T.Resize((16, 16)), T.ToTensor()])\n")
+    if spilled:
+        monkeypatch.setattr(R, "SPILL_BYTES", 0)
+    r = invoke("record", probe_dir, "--model", f"{src}:build", "--weights", "none", "--layers", "3",
+               "-o", tmp_path / "a.h5", "--device", "cpu", ok=False)
+    one_line_error(r, "layer 3", "units [3]")
+    assert not (tmp_path / "a.h5").exists()
+    assert not list(tmp_path.glob(".dissect-spill-*"))
