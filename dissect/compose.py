@@ -47,7 +47,6 @@ DEFAULT_MARGIN = 0.1
 SELECT_ALPHA = 0.02
 
 
-
 def check_template(template: str) -> str:
     try:
         out = template.format(a="A", b="B")
@@ -295,7 +294,7 @@ def compose(
                                       clip, veto=veto)
         n_embedded += scored.embedded
         n_texts += scored.unique
-        chosen = judge.choose(q_full, scored, txt.keys, T, template, img, device, cache, clip) if judge else None
+        chosen = judge.choose(q_full, scored, T) if judge else None
         for u in range(C):
             ranked, values = scored.ranked[u], scored.values[u]
             single = next(j for j, p in enumerate(ranked) if len(p) == 1)
@@ -380,7 +379,7 @@ class _HeldOut:
         self.held = torch.from_numpy(held).to(I_all.device)
         self.train = ~self.held
 
-    def choose(self, q_full, scored: _Scored, keys, T, template, img, device, cache, clip):
+    def choose(self, q_full, scored: _Scored, T):
         """Per unit: (index into its ranked options of the label, held-out score of the label, of the best single,
         gain = held-out score of the chosen composition - that of the best single)."""
         import torch
@@ -392,6 +391,8 @@ class _HeldOut:
         # Presence of every concept any option uses, on every probe image (calibrated over all of them).
         P = self.calibration.apply(self.I_all.float() @ T[used].float().T)
         acts = q_full.to(torch.float64)
+        # Each side's activations and presences, split once for all units.
+        sides = [(acts[rows], P[rows]) for rows in (self.train, self.held)]
         out = []
         for u, ranked in enumerate(scored.ranked):
             js = next(j for j, p in enumerate(ranked) if len(p) == 1)
@@ -399,16 +400,14 @@ class _HeldOut:
             if not comps:
                 out.append((js, float("nan"), float("nan"), 0.0))
                 continue
-            cols = [P[:, col[ranked[js][0]]]]
-            for j in comps:
-                cols.append(torch.stack([P[:, col[i]] for i in ranked[j]]).prod(dim=0))
-            Pu = torch.stack(cols, dim=1)
 
-            def score(rows):
-                a = acts[rows][:, u : u + 1].expand(-1, Pu.shape[1]).contiguous()
-                return auprc(a, Pu[rows].contiguous(), self.alpha).cpu().numpy()
+            def score(side):
+                a, p = side
+                cols = [p[:, col[ranked[js][0]]]] + [p[:, [col[i] for i in ranked[j]]].prod(dim=1) for j in comps]
+                pu = torch.stack(cols, dim=1)
+                return auprc(a[:, u : u + 1].expand(-1, pu.shape[1]).contiguous(), pu, self.alpha).cpu().numpy()
 
-            s_train, s_held = score(self.train), score(self.held)
+            s_train, s_held = (score(side) for side in sides)
             k = int(np.argmax(np.nan_to_num(s_train[1:], nan=-1.0)))
             jc, rs, rc = comps[k], float(s_held[0]), float(s_held[k + 1])
             beats = lambda s, j: np.nan_to_num(s[j], nan=-1.0) > np.nan_to_num(s[0], nan=-1.0) + self.margin  # noqa: E731
@@ -432,8 +431,9 @@ def _paper_level(cand, keys, template, sim, q, I, params, budget, img, device, c
         for u, cands in enumerate(cand):
             opts = list(itertools.permutations(cands, 2)) + [(c,) for c in cands]
             texts = [_render([keys[i] for i in p], template) for p in opts]
-            E, n = embed_composed(list(dict.fromkeys(texts)), img, device, cache, clip=clip)
-            row = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+            distinct = list(dict.fromkeys(texts))
+            E, n = embed_composed(distinct, img, device, cache, clip=clip)
+            row = {t: i for i, t in enumerate(distinct)}
             embedded += n
             unique.update(texts)
             E_t = torch.from_numpy(E).to(I.device)[[row[t] for t in texts]]
@@ -443,6 +443,7 @@ def _paper_level(cand, keys, template, sim, q, I, params, budget, img, device, c
             values.append(v[0])
             advance(1)
     return _Scored(ranked, values, embedded, len(unique))
+
 
 def _score_level(options, keys, template, sim, q, I, T, params, budget, img, device, cache, clip=None,
                  veto: bool = False) -> _Scored:
