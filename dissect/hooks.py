@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from .directions import encode_summary
 from .errors import ModelError, UsageError
 
 LAYOUTS = ("auto", "nc", "nlc", "ncl", "nchw", "nhwc")
@@ -463,8 +464,6 @@ class Recorder:
             if name in self.outputs:
                 self._out[name] = x if self.keep_raw else summarize(x.float(), info.layout, self.summary)
             if self._by_layer.get(name):
-                from .directions import encode_summary
-
                 for entry in self._by_layer[name]:
                     _, dset, summ = self.units[entry]
                     self._out[entry] = encode_summary(dset, x, info.layout, summ)

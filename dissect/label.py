@@ -110,7 +110,7 @@ def _add_rows(rows: dict[str, list], name: str, lo: int, hi: int, idx, val, keys
     rows["candidate_similarities"] += [r.tolist() for r in val]
 
 
-def _score_in_blocks(sim, params, activations, name, order, I, T, k, chunk, budget, block):
+def _score_in_blocks(sim, params, activations, name, C, order, I, T, k, chunk, budget, block):
     """Top-k concepts of every unit of a layer too wide for ``budget``, read ``block`` units at a time.
 
     SoftWPMI and WPMI need only each neuron's top images from the activations: those are
@@ -122,7 +122,6 @@ def _score_in_blocks(sim, params, activations, name, order, I, T, k, chunk, budg
 
     from .similarity import prepare_examples
 
-    C = A.activation_layer_shape(activations, name)[1]
     starts = list(range(0, C, block))
     note(f"{name}: {C} units read in {len(starts)} blocks of {block} (--max-memory)")
 
@@ -241,11 +240,11 @@ def label(
         C_all = A.activation_layer_shape(activations, name)[1]
         rows_n = N if order is None else len(order)
         block = units_per_block(rows_n, C_all, budget)
-        # SoftWPMI/WPMI read wide layers in blocks at no extra cost; the others only when the layer is far
-        # beyond the budget (each of their blocks computes the image-concept cosines again).
+        # SoftWPMI/WPMI read wide layers in blocks at no extra cost; the others only when the layer's float32
+        # matrix is over 4 x the budget (each of their blocks computes the image-concept cosines again).
         if world is None and block < C_all and (METHODS[sim].pmi or 4 * rows_n * C_all > 4 * budget):
             # Too wide for the budget (an SAE's latents): read and score it in blocks of units.
-            idx, val = _score_in_blocks(sim, params, activations, name, order, I, T, k, chunk, budget, block)
+            idx, val = _score_in_blocks(sim, params, activations, name, C_all, order, I, T, k, chunk, budget, block)
             _add_rows(rows, name, 0, C_all, idx, val, txt.keys)
             continue
         q_np = A.read_activation_layer(activations, name)
