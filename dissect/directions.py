@@ -28,7 +28,6 @@ an activations file never mixes latents of two SAEs under one name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -147,7 +146,7 @@ def parse_requests(items: list[str] | None) -> list[DirectionRequest]:
 
 
 def _default_name(spec: str) -> str:
-    p = Path(spec.partition("#")[0] if "#" in spec else spec)
+    p = Path(spec.partition("#")[0])
     if p.is_dir():
         return "sae"
     if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
@@ -380,12 +379,11 @@ def _module_width(module) -> int | None:
 
 
 def _digest(parts: list) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        b = part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode()
-        h.update(len(b).to_bytes(8, "little"))
-        h.update(b)
-    return h.hexdigest()[:32]
+    """Fingerprint of mixed parts: bytes as they are, anything else as its JSON."""
+    from .fingerprint import fingerprint_blobs
+
+    return fingerprint_blobs(p if isinstance(p, bytes) else json.dumps(p, sort_keys=True, default=str).encode()
+                             for p in parts)
 
 
 # ---------------------------------------------------------------------------

@@ -24,9 +24,13 @@ def fingerprint(obj: Any) -> str:
 
 def fingerprint_strings(items: Iterable[str]) -> str:
     """Digest of an ordered sequence of strings (ids, concepts); order matters."""
+    return fingerprint_blobs(s.encode("utf-8") for s in items)
+
+
+def fingerprint_blobs(items: Iterable[bytes]) -> str:
+    """Digest of an ordered sequence of byte strings (tensor contents, source code), each length-prefixed."""
     h = hashlib.sha256()
-    for s in items:
-        b = s.encode("utf-8")
+    for b in items:
         h.update(len(b).to_bytes(8, "little"))
         h.update(b)
     return h.hexdigest()[:32]
