@@ -447,10 +447,7 @@ def _read_matrix(f, name: str, path, rows: int | None = None, units: tuple[int, 
         raise ArtifactError(f"{path}: dataset {name!r} has width 0", hint="the file was damaged: write it again")
     r0, r1 = (0, ds.shape[0]) if row_range is None else (max(0, int(row_range[0])), min(int(ds.shape[0]), int(row_range[1])))
     lo, hi = (0, ds.shape[1]) if units is None else (max(0, int(units[0])), min(int(ds.shape[1]), int(units[1])))
-    if row_range is None and units is None:
-        arr = np.asarray(ds[:], dtype=np.float32)
-    else:
-        arr = np.asarray(ds[r0:r1, lo:hi], dtype=np.float32)
+    arr = np.asarray(ds[r0:r1, lo:hi], dtype=np.float32)
     if not np.isfinite(arr).all():
         bad = np.unique(np.nonzero(~np.isfinite(arr))[1]) + lo
         listed = f"{bad[:10].tolist()}{'...' if len(bad) > 10 else ''}"
