@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from . import options as O
 from .app import command
 
 

@@ -39,7 +39,7 @@ def _leave_if_hdf5_failed(code: int) -> None:
     import os
     import sys
 
-    artifacts = sys.modules.get("dissect.artifacts")
+    artifacts = sys.modules.get("dissect.artifacts.files")
     if artifacts is not None and artifacts.HDF5_WRITE_FAILED:
         for stream in (sys.stdout, sys.stderr):
             try:

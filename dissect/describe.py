@@ -33,54 +33,49 @@ def _provenance(attrs) -> dict[str, Any]:
     return {k: prov[k] for k in ("tool_version", "created", "command", "precision", "device", "n_skipped") if k in prov}
 
 
-def _layer_line(ds) -> str:
+def _layer_line(ds: "A.DatasetHeader") -> str:
     shape = f"{ds.shape[1]} units" if ds.ndim == 2 else f"shape {ds.shape} (not [N, units])"
     line = f"{shape}, summary {ds.attrs.get('summary', '?')}"
     kind = ds.attrs.get("directions_kind")
     if kind:  # a direction entry: what made its units, over positions of which layer
-        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
-        spec = ds.attrs.get("directions_spec", "")
         line += (f"{' over positions' if ds.attrs.get('summary') != 'identity' else ''}, {kind} "
-                 f"{spec.decode() if isinstance(spec, bytes) else spec} on {ds.attrs.get('directions_layer', '?')}")
+                 f"{ds.attrs.get('directions_spec', '')} on {ds.attrs.get('directions_layer', '?')}")
         if str(ds.attrs.get("dtype", "float32")) != "float32":
             line += f", stored as {ds.attrs.get('dtype')}"
     return line
 
 
 def _describe_h5(path: Path, kind: str, attrs: dict[str, Any]) -> dict[str, Any]:
-    import h5py
-
     d: dict[str, Any] = {"format": kind, "version": int(attrs.get("version", 0)), "size": f"{path.stat().st_size / 1e6:.1f} MB"}
-    with h5py.File(path, "r") as f:
-        if kind == A.ACTIVATIONS_FORMAT:
-            d["model"] = attrs.get("model", "")
-            d["weights"] = attrs.get("weights", "")
-            d["images"] = int(A.h5_dataset(f, "ids", path).shape[0])
-            group = A.h5_layers(f, path)
-            d["layers"] = {name: _layer_line(group[name]) for name in group}
-            d["preprocess"] = _loads(attrs.get("preprocess", ""))
-            d["inputs_fingerprint"] = attrs.get("inputs_fingerprint", "")
-        else:
-            key = "ids" if kind == A.IMAGE_FORMAT else "concepts"
-            emb = A.h5_dataset(f, "embeddings", path)
-            d["clip"] = attrs.get("clip_spec") or f"{attrs.get('clip_model')}:{attrs.get('clip_pretrained')}"
-            d["images" if kind == A.IMAGE_FORMAT else "concepts"] = int(A.h5_dataset(f, key, path).shape[0])
-            d["embedding"] = f"{emb.shape[1]} dims, {emb.dtype}" if emb.ndim == 2 else f"{emb.dtype} {emb.shape} (not [N, d])"
-            if kind == A.TEXT_FORMAT:
-                d["concept_set"] = attrs.get("concept_set", "")
-                d["text_encoder"] = attrs.get("text_encoder", "")
-            d["fingerprint"] = attrs.get("fingerprint", "")
-        if "probe" in attrs:
-            probe = _loads(attrs["probe"])
-            d["probe"] = {"sources": [s.get("path", s.get("name")) for s in probe.get("sources", [])],
-                          "images": probe.get("n_images"), "fingerprint": probe.get("fingerprint")}
-        skipped = _loads(attrs.get("skipped", "[]")) or []  # its shape was checked when the file was opened
-        if skipped:
-            d["skipped"] = f"{len(skipped)} images (first: {skipped[0][0]}: {skipped[0][1]})"
-        if "precision" in attrs:
-            d["precision"] = attrs["precision"]
-        if "shard" in attrs:
-            d["shard"] = f"{attrs['shard']} (positions {attrs.get('shard_range')}); join with `dissect merge`"
+    header = A.read_header(path, kind)
+    if kind == A.ACTIVATIONS_FORMAT:
+        d["model"] = attrs.get("model", "")
+        d["weights"] = attrs.get("weights", "")
+        d["images"] = int(header.dataset("ids", path).shape[0])
+        d["layers"] = {name: _layer_line(layer) for name, layer in header.layers.items()}
+        d["preprocess"] = _loads(attrs.get("preprocess", ""))
+        d["inputs_fingerprint"] = attrs.get("inputs_fingerprint", "")
+    else:
+        key = "ids" if kind == A.IMAGE_FORMAT else "concepts"
+        emb = header.dataset("embeddings", path)
+        d["clip"] = attrs.get("clip_spec") or f"{attrs.get('clip_model')}:{attrs.get('clip_pretrained')}"
+        d["images" if kind == A.IMAGE_FORMAT else "concepts"] = int(header.dataset(key, path).shape[0])
+        d["embedding"] = f"{emb.shape[1]} dims, {emb.dtype}" if emb.ndim == 2 else f"{emb.dtype} {emb.shape} (not [N, d])"
+        if kind == A.TEXT_FORMAT:
+            d["concept_set"] = attrs.get("concept_set", "")
+            d["text_encoder"] = attrs.get("text_encoder", "")
+        d["fingerprint"] = attrs.get("fingerprint", "")
+    if "probe" in attrs:
+        probe = _loads(attrs["probe"])
+        d["probe"] = {"sources": [s.get("path", s.get("name")) for s in probe.get("sources", [])],
+                      "images": probe.get("n_images"), "fingerprint": probe.get("fingerprint")}
+    skipped = _loads(attrs.get("skipped", "[]")) or []  # its shape was checked when the file was opened
+    if skipped:
+        d["skipped"] = f"{len(skipped)} images (first: {skipped[0][0]}: {skipped[0][1]})"
+    if "precision" in attrs:
+        d["precision"] = attrs["precision"]
+    if "shard" in attrs:
+        d["shard"] = f"{attrs['shard']} (positions {attrs.get('shard_range')}); join with `dissect merge`"
     d["made"] = _provenance(attrs)
     return d
 

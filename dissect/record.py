@@ -50,22 +50,19 @@ def existing_layers(path: str | os.PathLike, inputs_fp: str, summary: str, layou
             f"{path} holds activations of another model, weights, preprocessing or probe ({attrs.get('model')})",
             hint="write to another -o file, or delete it to start over",
         )
-    import h5py
-
     reusable = []
-    with h5py.File(path, "r") as f:
-        for name in attrs.get("_layers", []):
-            la = f["layers"][name].attrs
-            _check_layout(path, name, la, f["layers"][name].shape[1], (infos or {}).get(name))
-            if name in (units or {}):
-                _check_unit_entry(path, name, la, units[name])
-            if la.get("summary_requested", la.get("summary")) == summary and (layout == "auto" or la.get("layout_requested", "auto") == layout):
-                reusable.append(name)
-            else:
-                raise MismatchError(
-                    f"{path} already holds layer {name} recorded with summary {la.get('summary')}",
-                    hint="write other summaries to another -o file",
-                )
+    for name, layer in A.read_header(path, A.ACTIVATIONS_FORMAT, need_layers=False).layers.items():
+        la = layer.attrs
+        _check_layout(path, name, la, layer.shape[1], (infos or {}).get(name))
+        if name in (units or {}):
+            _check_unit_entry(path, name, la, units[name])
+        if la.get("summary_requested", la.get("summary")) == summary and (layout == "auto" or la.get("layout_requested", "auto") == layout):
+            reusable.append(name)
+        else:
+            raise MismatchError(
+                f"{path} already holds layer {name} recorded with summary {la.get('summary')}",
+                hint="write other summaries to another -o file",
+            )
     return reusable, True
 
 
@@ -118,7 +115,7 @@ class ActivationRecorder:
         self.units = {n: u for n, u in (units or {}).items() if n in layers}
         self.target, self.layers, self.n_images = target, list(layers), n_images
         self.spill_dir = Path(spill_dir) if spill_dir is not None else None
-        self._spills: list[_Spill] = []
+        self._spills: list[A.RowSpill] = []
         self.inputs_fp, self.keep, self.batch_size = inputs_fp, keep, batch_size  # what write() records and adds to
         self.summary, self.layout, self.precision = summary, str(parse_layout(layout)), precision
         self.device = device if device is not None else torch.device("cpu")
@@ -136,7 +133,7 @@ class ActivationRecorder:
                                  units={n: (u.layer, u.set, u.summary) for n, u in self.units.items()})
         for u in self.units.values():
             u.set.module.to(self.device)
-        self.data: dict[str, Any] = {}   # name -> [N, C] array, or a _Spill for layers too large for memory
+        self.data: dict[str, Any] = {}   # name -> [N, C] array, or an A.RowSpill for layers too large for memory
 
     def __enter__(self) -> "ActivationRecorder":
         self.recorder.__enter__()
@@ -152,7 +149,7 @@ class ActivationRecorder:
         """The [N, width] float32 rows of ``name``: in memory, or spilled to a temporary HDF5 file beside the
         output when larger than SPILL_BYTES (an SAE's latents: 49,152 x 50,000 images is 9.8 GB)."""
         if self.n_images * width * 4 > SPILL_BYTES:
-            spill = _Spill(self.n_images, width, self.spill_dir)
+            spill = A.RowSpill(self.n_images, width, self.spill_dir)
             self._spills.append(spill)
             return spill
         return np.zeros((self.n_images, width), dtype=np.float32)
@@ -219,11 +216,11 @@ class ActivationRecorder:
                     hint="write to a new -o file, or delete it to record all layers again",
                 )
         # The order asked for, not execution order; spilled layers are copied over in row blocks.
-        data = {name: (self.data[name].view(rows) if isinstance(self.data[name], _Spill) else self.data[name][rows])
+        data = {name: (self.data[name].view(rows) if isinstance(self.data[name], A.RowSpill) else self.data[name][rows])
                 for name in self.layers}
         for name, arr in data.items():
             # A spilled layer's non-finite units were noted as its batches were written.
-            bad = (arr.nonfinite_units() if isinstance(arr, _SpillView)
+            bad = (arr.nonfinite_units() if isinstance(arr, A.RowSpillView)
                    else np.unique(np.nonzero(~np.isfinite(arr))[1]).tolist())
             if bad:
                 units = bad[:10]
@@ -549,65 +546,3 @@ def _check_latents(name: str, arr: np.ndarray, dtype: str) -> None:
                          hint="record it with --directions-dtype float32")
 
 
-class _Spill:
-    """[N, C] float32 rows in a temporary HDF5 file (removed on close), written a batch at a time."""
-
-    def __init__(self, n: int, width: int, folder: Path | None):
-        import tempfile
-
-        import h5py
-
-        fd, name = tempfile.mkstemp(prefix=".dissect-spill-", suffix=".h5", dir=str(folder) if folder else None)
-        os.close(fd)
-        self.path = Path(name)
-        rows = max(1, min(n, 256))
-        # The chunk cache holds one band of chunk rows, so batches that fill a band part by part never re-read it.
-        self.file = h5py.File(self.path, "w", rdcc_nbytes=max(1 << 20, 2 * rows * width * 4), rdcc_nslots=100003)
-        self.ds = self.file.create_dataset("rows", shape=(n, width), dtype=np.float32,
-                                           chunks=(rows, max(1, min(width, 1024))))
-        self.shape = (n, width)
-        self.nonfinite: dict[int, set[int]] = {}   # row -> its non-finite units (a row written again is replaced)
-
-    def __setitem__(self, rows, arr) -> None:
-        rows = np.asarray(rows)
-        bad_r, bad_c = np.nonzero(~np.isfinite(arr))
-        for r in rows.tolist():
-            self.nonfinite.pop(r, None)
-        for r, c in zip(rows[bad_r].tolist(), bad_c.tolist()):
-            self.nonfinite.setdefault(r, set()).add(c)
-        if rows.size and rows[-1] - rows[0] + 1 == rows.size and np.all(np.diff(rows) == 1):
-            self.ds[int(rows[0]) : int(rows[-1]) + 1] = arr
-        else:
-            for r, v in zip(rows.tolist(), arr):
-                self.ds[r] = v
-
-    def __getitem__(self, rows) -> np.ndarray:
-        rows = np.asarray(rows)
-        if rows.size and rows[-1] - rows[0] + 1 == rows.size and np.all(np.diff(rows) == 1):
-            return self.ds[int(rows[0]) : int(rows[-1]) + 1]
-        return np.stack([self.ds[r] for r in rows.tolist()]) if rows.size else np.zeros((0, self.shape[1]), np.float32)
-
-    def view(self, rows) -> "_SpillView":
-        return _SpillView(self, np.asarray(rows, dtype=np.int64))
-
-    def close(self) -> None:
-        try:
-            self.file.close()
-        finally:
-            self.path.unlink(missing_ok=True)
-
-
-class _SpillView:
-    """The kept rows of a spill, read in blocks (``artifacts.write_activations`` copies such a source block by block)."""
-
-    def __init__(self, spill: _Spill, rows: np.ndarray):
-        self.spill, self.rows = spill, rows
-        self.shape = (len(rows), spill.shape[1])
-
-    def block(self, lo: int, hi: int) -> np.ndarray:
-        return self.spill[self.rows[lo:hi]]
-
-    def nonfinite_units(self) -> list[int]:
-        """The units with a NaN or Inf value on one of the kept rows, sorted."""
-        bad = self.spill.nonfinite
-        return sorted(set().union(*(bad[r] for r in self.rows.tolist() if r in bad))) if bad else []

@@ -83,8 +83,6 @@ def _shard_info(path, attrs) -> tuple[Shard, tuple[int, int], int]:
 
 def merge(shards: list[str | os.PathLike], out: str | os.PathLike) -> Path:
     """Join the shard artifacts of one pass into ``out`` (images.h5 or activations.h5)."""
-    import h5py
-
     if not shards:
         raise UsageError("no SHARDS given", hint="pass the files written with --shard 1/N ... --shard N/N")
     out = A.check_output_path(out, list(shards))
@@ -131,8 +129,8 @@ def merge(shards: list[str | os.PathLike], out: str | os.PathLike) -> Path:
         parts = [A.read_image_embeddings(o[0]) for o in ordered]
         ids = [k for e in parts for k in e.keys]
         emb = np.concatenate([e.embeddings for e in parts])
-        with h5py.File(ordered[0][0], "r") as f:
-            dtype = "float16" if f["embeddings"].dtype.itemsize < 4 else "float32"
+        stored = A.read_header(ordered[0][0], kind).dataset("embeddings", ordered[0][0]).dtype
+        dtype = "float16" if stored.itemsize < 4 else "float32"
         A.write_embeddings(out, kind, emb, ids, parts[0].clip_model, parts[0].clip_pretrained, attrs, dtype=dtype)
     else:
         # Layers are copied block by block from the shard files, never held whole (an SAE's latents can be

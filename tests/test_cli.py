@@ -575,6 +575,18 @@ def test_wheel_installs_cli_inside_the_package(tmp_path):
     assert "dissect = dissect.cli.main:main" in zipfile.ZipFile(wheel).read(entry).decode()
 
 
+def test_every_package_of_the_library_is_declared_for_the_wheel():
+    """pyproject.toml lists dissect's packages by hand (cli/ and concept_sets/ install inside it): a new package
+    folder that is not listed would be missing from `pip install .` while every editable-install test passes."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    root = Path(__file__).resolve().parents[1]
+    declared = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(("dissect",) + p.parent.relative_to(root / "dissect").parts)
+             for p in (root / "dissect").rglob("__init__.py")}
+    assert found <= declared, sorted(found - declared)
+
+
 def test_probe_list_file_and_several_probes_are_concatenated(tmp_path, tiny_clip, probe_dir):
     second = make_images(tmp_path / "second", 4, seed=7)
     lst = tmp_path / "list.txt"

@@ -356,7 +356,7 @@ def test_spilled_and_float16_entries_hold_what_memory_would(fc_world, demo, tmp_
             "--directions-summary", "max"]
     invoke(*base, "-o", mem)
     monkeypatch.setattr(R, "SPILL_BYTES", 0)
-    monkeypatch.setattr(A, "WIDE_LAYER_BYTES", 0)
+    monkeypatch.setattr("dissect.artifacts.hdf5.WIDE_LAYER_BYTES", 0)
     invoke(*base, "--checkpoint-every", "300", "-o", spilled)
     invoke(*base, "--directions-dtype", "float16", "-o", half)
     a, b, c = (A.read_activations(p).layers["layer4@w"] for p in (mem, spilled, half))
@@ -608,6 +608,7 @@ def test_sharded_records_of_an_entry_merge_into_the_unsharded_file(fc_world, dem
     # merge copies a block of rows at a time from the shards, never a whole layer
     reads = []
     real = A.read_activation_layer
+    import dissect.artifacts.hdf5 as H
     import dissect.shards as S
 
     def spy(path, name, units=None, rows=None):
@@ -615,11 +616,11 @@ def test_sharded_records_of_an_entry_merge_into_the_unsharded_file(fc_world, dem
         return real(path, name, units=units, rows=rows)
 
     try:
-        A.read_activation_layer, old = spy, (A.LAYER_CHUNK, A.COPY_BLOCK_BYTES)
-        A.LAYER_CHUNK, A.COPY_BLOCK_BYTES = (64, 256), 1
+        A.read_activation_layer, old = spy, (H.LAYER_CHUNK, H.COPY_BLOCK_BYTES)
+        H.LAYER_CHUNK, H.COPY_BLOCK_BYTES = (64, 256), 1
         S.merge([tmp_path / "part2.h5", tmp_path / "part1.h5"], tmp_path / "merged2.h5")
     finally:
-        A.read_activation_layer, (A.LAYER_CHUNK, A.COPY_BLOCK_BYTES) = real, old
+        A.read_activation_layer, (H.LAYER_CHUNK, H.COPY_BLOCK_BYTES) = real, old
     assert reads and None not in reads and max(reads) <= 64
     np.testing.assert_array_equal(A.read_activations(tmp_path / "merged2.h5").layers["global_pool@sae"],
                                   a.layers["global_pool@sae"])

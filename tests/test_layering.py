@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[1] / "dissect"
 LAYERS = [
     {"errors", "fingerprint"},
     {"runtime"},
-    {"artifacts", "concepts", "probe", "hooks", "models", "clip", "similarity", "metrics", "sanity", "split", "directions"},
+    {"artifacts", "artifacts.formats", "artifacts.files", "artifacts.hdf5", "artifacts.tables", "artifacts.tensors",
+     "artifacts.external", "artifacts.sniff",
+     "concepts", "probe", "hooks", "models", "clip", "similarity", "metrics", "sanity", "split", "directions"},
     {"passes", "shards"},
     {"embed", "record", "label", "presence", "decompose"},
     {"compose", "evaluate", "report", "describe", "simulate", "sanity_report", "explain"},
