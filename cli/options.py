@@ -92,7 +92,7 @@ Images = Annotated[Path, typer.Option("--images", "-i", help="Image embeddings f
 Activations = Annotated[Path, typer.Option("--activations", "-a", help="Activations from `dissect record`.", show_default=False)]
 Chunk = Annotated[Optional[int], typer.Option("--chunk", min=1, help="Concepts scored per block [default: as many as fit --max-memory].")]
 MaxMemory = Annotated[str, typer.Option("--max-memory", help="Working-memory budget of the similarity computation, e.g. 512MB, 4GB.")]
-#: The default --max-memory (``similarity.DEFAULT_MAX_MEMORY``).
+#: The default --max-memory (``budget.DEFAULT_MAX_MEMORY``).
 DEFAULT_MAX_MEMORY = "256MB"
 Precision = Annotated[
     str, typer.Option("--precision", help="Forward-pass precision: fp32 (default; true fp32, TF32 off), tf32 (TF32 "

@@ -191,7 +191,8 @@ def compose(
     import torch
 
     from .label import open_inputs
-    from .similarity import memory_budget, resolve_params, score_layer
+    from .budget import memory_budget
+    from .similarity import resolve_params, score_layer
 
     check_template(template)
     if select not in SELECT:

@@ -341,7 +341,8 @@ def _relabel_inputs(images, activations, text, concepts, sim, params, layers, de
     import torch
 
     from .label import open_inputs
-    from .similarity import check_probe_size, memory_budget, resolve_params
+    from .budget import memory_budget
+    from .similarity import check_probe_size, resolve_params
 
     params = resolve_params(sim, params)
     img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, device)

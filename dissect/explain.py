@@ -347,7 +347,7 @@ def explain(activations, out=None, images=None, text=None, concepts=None, annota
     import torch
 
     from .presence import DEFAULT_CALIBRATION, AnnotatedPresence
-    from .similarity import memory_budget
+    from .budget import memory_budget, units_per_fit_batch
 
     if max_concepts < 1:
         raise UsageError(f"--max-concepts must be at least 1, got {max_concepts}")
@@ -398,8 +398,7 @@ def explain(activations, out=None, images=None, text=None, concepts=None, annota
         del q
         with progress(f"explain {name}: candidates", len(vocab.names), "concepts") as advance:
             cand, _ = preselect(a, vocab, split, W, advance)
-        per_unit = len(ids) * (W + 1) * 8 * 4 + (W + 1) ** 2 * W * 8 * 8
-        b = unit_batch or max(1, min(256, budget // max(1, per_unit)))
+        b = unit_batch or units_per_fit_batch(budget, len(ids), W)
         results = []
         with progress(f"explain {name}: fit", len(wanted), "units") as advance:
             for s in range(0, len(wanted), b):

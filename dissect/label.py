@@ -18,7 +18,8 @@ from . import artifacts as A
 from .concepts import ConceptSet
 from .errors import MismatchError, UsageError
 from .runtime import note, progress, resolve_device, warn
-from .similarity import METHODS, check_probe_size, memory_budget, resolve_params, score_layer
+from .budget import layer_exceeds, memory_budget, units_per_read
+from .similarity import METHODS, check_probe_size, resolve_params, score_layer
 
 
 def _skipped_ids(attrs: dict[str, Any]) -> set[str]:
@@ -93,12 +94,6 @@ def open_inputs(images, activations, text=None, concepts=None, layers=None, devi
 #: What a labels file records of each layer (direction entries add what made their units).
 LAYER_META = ("summary", "layout", "raw_shape", "fingerprint", "directions_kind", "directions_spec",
               "directions_fingerprint", "directions_layer")
-
-
-def units_per_block(rows: int, units: int, budget: int) -> int:
-    """Units of a layer read at once: all of them, unless their [rows, units] float32 matrix exceeds a quarter
-    of the budget (the rest is the scoring's working set)."""
-    return int(max(1, min(units, (budget // 4) // max(1, 4 * rows))))
 
 
 def _add_rows(rows: dict[str, list], name: str, lo: int, hi: int, idx, val, keys) -> None:
@@ -239,10 +234,10 @@ def label(
     for name in acts.layers:
         C_all = A.activation_layer_shape(activations, name)[1]
         rows_n = N if order is None else len(order)
-        block = units_per_block(rows_n, C_all, budget)
+        block = units_per_read(budget, rows_n, C_all)
         # SoftWPMI/WPMI read wide layers in blocks at no extra cost; the others only when the layer's float32
         # matrix is over 4 x the budget (each of their blocks computes the image-concept cosines again).
-        if world is None and block < C_all and (METHODS[sim].pmi or 4 * rows_n * C_all > 4 * budget):
+        if world is None and block < C_all and (METHODS[sim].pmi or layer_exceeds(budget, rows_n, C_all)):
             # Too wide for the budget (an SAE's latents): read and score it in blocks of units.
             idx, val = _score_in_blocks(sim, params, activations, name, C_all, order, I, T, k, chunk, budget, block)
             _add_rows(rows, name, 0, C_all, idx, val, txt.keys)

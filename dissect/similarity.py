@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import torch
 
+from .budget import DEFAULT_MAX_MEMORY, concepts_per_accumulator_block, concepts_per_block, rows_per_single_pass
 from .errors import UsageError
 
 # Paper hyperparameters (METHOD.md; reference code defaults). Each method's row of ``METHODS`` (below) says
@@ -668,45 +669,11 @@ class LayerScores:
     values: torch.Tensor
 
 
-#: Default working-memory budget of ``score_layer`` (beyond its inputs), in bytes.
-DEFAULT_MAX_MEMORY = 256 << 20
-
-
-def memory_budget(max_memory: int | None) -> int:
-    """``max_memory`` bytes, or the default budget when None."""
-    return max_memory or DEFAULT_MAX_MEMORY
-
-
 def plan_chunk(name: str, rows: int, neurons: int, max_memory: int = DEFAULT_MAX_MEMORY) -> int:
-    """Concepts per block so that one block's working set fits ``max_memory`` bytes.
-
-    Per concept a block holds, for the ``rows`` images it reads, the float32
-    probabilities (≈ 4 bytes per row, plus float64 sums over blocks of 16,384 rows;
-    24 bytes per row for cos and cos-cubed, which keep a float64 copy), plus about 100 bytes per neuron (scores, similarities, tie-breakers,
-    candidates and their sort keys). The gather buffer of SoftWPMI/WPMI (48 MiB) comes
-    off the top. The result is a multiple of TILE and at least one TILE, so the floor
-    is rows x TILE x 4 bytes whatever the budget.
-    """
+    """Concepts per block of ``name``'s kernel so that one block's working set fits ``max_memory`` bytes
+    (``budget.concepts_per_block`` with the method's bytes per image row)."""
     method = METHODS[name]
-    fixed = 48 << 20 if method.pmi else 0
-    per_concept = method.bytes_per_row * rows + 100 * neurons
-    n = max(0, max_memory - fixed) // max(1, per_concept)
-    return max(TILE, (n // TILE) * TILE)
-
-
-def plan_single_pass(rows: int, neurons: int, concepts: int, max_memory: int = DEFAULT_MAX_MEMORY) -> int:
-    """Image rows per block of ``pmi_single_pass`` within ``max_memory`` bytes, or 0 if it does not fit.
-
-    The single pass holds the C×M float64 accumulator (8·C·M bytes), 48 MiB of gather
-    buffers and, per row of a block, its M float32 probabilities and a float64 copy of
-    up to 4,096 of them. It is used only when a block of at least ROW_TILE rows (or all of them) fits.
-    """
-    avail = max_memory - 8 * neurons * concepts - (48 << 20)
-    per_row = 4 * concepts + 8 * min(concepts, 4096)
-    r = avail // max(1, per_row)
-    if r < min(rows, ROW_TILE):
-        return 0
-    return int(min(rows, r if r < ROW_TILE else r // ROW_TILE * ROW_TILE))
+    return concepts_per_block(max_memory, rows, neurons, method.bytes_per_row, method.pmi, TILE)
 
 
 def score_layer(
@@ -738,7 +705,7 @@ def score_layer(
     ``passes`` (SoftWPMI, WPMI): "one" takes the products once (``pmi_single_pass``,
     which holds a [C, M] float64 accumulator), "two" streams over concept blocks and
     takes them twice (the softmax denominator first), "auto" takes one pass when its
-    accumulator and a row block fit ``max_memory`` (``plan_single_pass``). Both give the
+    accumulator and a row block fit ``max_memory`` (``budget.rows_per_single_pass``). Both give the
     same float32 terms summed in float64, so the same scores to rounding.
 
     ``population`` (SoftWPMI, WPMI): how log p(t) is estimated from a block's scores
@@ -766,7 +733,7 @@ def score_layer(
         prep = prepare_layer(name, q, params, unit_offset)  # work shared by all concept blocks
     row_block = 0
     if method.pmi and passes != "two" and float(params["a"]) <= _F32_SOFTMAX_MAX_A:
-        row_block = plan_single_pass(prep.rows_read, C, M, max_memory)
+        row_block = rows_per_single_pass(max_memory, prep.rows_read, C, M, ROW_TILE)
         if passes == "one" and not row_block:
             row_block = min(prep.rows_read, ROW_TILE)
     if row_block:
@@ -776,7 +743,7 @@ def score_layer(
         progress = None
         if full:
             return population_correction(score_all, float(params["lam"]), population)
-        chunk = chunk or max(TILE, (max(0, max_memory - C * M * 8) // max(1, 100 * C)) // TILE * TILE)
+        chunk = chunk or concepts_per_accumulator_block(max_memory, C, M, TILE)
         chunk = -(-chunk // TILE) * TILE
         blocks = _accumulator_blocks(score_all, float(params["lam"]), population, chunk)
     else:

@@ -119,7 +119,7 @@ def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLik
     text; ``and``: the product of its parts' presences, what ``compose --select simulate`` uses)."""
     import torch
 
-    from .similarity import memory_budget
+    from .budget import memory_budget, units_per_simulation_block
 
     if not label_paths:
         raise UsageError("give at least one labels file")
@@ -180,7 +180,7 @@ def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLik
             all_rows = act_rows.size == q_all.shape[0] and bool((act_rows == np.arange(q_all.shape[0])).all())
             q_scored = q_all if all_rows else q_all[act_rows]   # the scored images' rows, selected once
             n = len(scored)
-            block = max(1, min(len(entries), budget // max(1, n * 8 * 12)))
+            block = units_per_simulation_block(budget, n, len(entries))
             vals = {c: np.full(len(entries), np.nan) for c in COLUMNS}
             reasons: list[str | None] = [None] * len(entries)
             with progress(f"simulate {Path(lf.path).name} {name}", len(entries), "units") as advance:

@@ -354,11 +354,12 @@ def test_one_and_two_product_passes_agree_whatever_the_row_block(name):
 
 @pytest.mark.parametrize("name", PMI)
 def test_auto_takes_one_pass_only_when_its_accumulator_fits(name):
-    from dissect.similarity import plan_single_pass
+    from dissect.budget import rows_per_single_pass
+    from dissect.similarity import ROW_TILE
 
-    assert plan_single_pass(50_000, 512, 20_000, 256 << 20) > 0          # 82 MB accumulator
-    assert plan_single_pass(50_000, 2048, 20_000, 256 << 20) == 0        # 328 MB accumulator
-    assert plan_single_pass(50_000, 2048, 20_000, 1 << 30) > 0
+    assert rows_per_single_pass(256 << 20, 50_000, 512, 20_000, ROW_TILE) > 0        # 82 MB accumulator
+    assert rows_per_single_pass(256 << 20, 50_000, 2048, 20_000, ROW_TILE) == 0      # 328 MB accumulator
+    assert rows_per_single_pass(1 << 30, 50_000, 2048, 20_000, ROW_TILE) > 0
     q, I, T = tensors()
     params = resolve_params(name)
     # A budget too small for the accumulator still gives the same scores (two passes).
