@@ -25,7 +25,7 @@ def make(d: Path, n: int, c: int, m: int, dim: int = 512, seed: int = 0):
     import torch
 
     from dissect import artifacts as A
-    from dissect.presence import DEFAULT_CALIBRATION
+    from dissect.evaluate.presence import DEFAULT_CALIBRATION
 
     rng = np.random.default_rng(seed)
     T = rng.standard_normal((m, dim), dtype=np.float32)

@@ -40,7 +40,7 @@ def compose(
     """Compositional labels ("striped animal"): pairs of each neuron's best concepts, scored like single ones (paper App. A.4),
     kept where they predict the unit better than one word (--select)."""
     from dissect import compose as stage
-    from dissect.presence import parse_calibration
+    from dissect.evaluate.presence import parse_calibration
 
     stage.compose(images, activations, out, text=text, concepts=concepts, labels=labels, sim=sim, params=O.parse_params(param),
         layers=O.split_list(layers) or None, top_k=top_k, template=template, ordered=ordered, depth=depth, beam=beam,

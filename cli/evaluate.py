@@ -33,7 +33,7 @@ def evaluate(
     device: O.Device = "auto",
 ):
     """Score labels against known concepts: accuracy, top-K, CLIP and sentence cosine (paper §4.2)."""
-    from dissect import evaluate as stage
+    from dissect.evaluate import protocol as stage
     from dissect.evaluate import write_evaluation
 
     if out is not None:
@@ -190,7 +190,7 @@ def predict_class(
     device: O.Device = "auto",
 ):
     """App. A.6: how often the label of the unit contributing most to a prediction names the predicted class."""
-    from dissect import evaluate as stage
+    from dissect.evaluate import protocol as stage
 
     _check_outputs(out, [labels, activations, classes])
     ev = stage.predict_class(labels, activations, layer, model, classes, weights=weights, model_args=O.model_args(model_arg), clip=clip,
@@ -268,7 +268,7 @@ def simulate_cmd(
     composed: Annotated[str, typer.Option("--composed", help="How a composed label predicts: phrase (CLIP's presence of the composed text) or and (present where all its parts are: the product of their presences, as compose --select simulate reads it).")] = "phrase",
 ):
     """Simulation scores: how well each label predicts its unit's activation on held-out images (correlation, cosine, AUPRC, F1, IoU)."""
-    from dissect import simulate as stage
+    from dissect.evaluate import simulate as stage
 
     if out is not None:
         _check_outputs(out, [*labels, activations, images, text,
@@ -330,7 +330,7 @@ def sanity_cmd(
     no_synthetic: Annotated[bool, typer.Option("--no-synthetic", help="Skip the synthetic setting.")] = False,
 ):
     """The missing-labels and extra-labels sanity tests for every metric and every similarity function."""
-    from dissect import sanity_report as stage
+    from dissect.evaluate import sanity_report as stage
 
     if out is not None:
         _check_outputs(out, [activations, labels, annotations if annotations not in (None, "classes") else None])

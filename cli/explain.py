@@ -33,7 +33,7 @@ def explain(
 ):
     """Linear explanations: a weighted handful of concepts per unit, scored on held-out images -> explanations.parquet."""
     from dissect import explain as stage
-    from dissect.presence import parse_calibration
+    from dissect.evaluate.presence import parse_calibration
 
     stage.explain(activations, out, images=images, text=text, concepts=concepts, annotations=annotations,
                   layers=O.split_list(layers) or None, max_concepts=max_concepts, width=width, tolerance=tolerance,

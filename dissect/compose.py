@@ -190,7 +190,7 @@ def compose(
     import pyarrow as pa
     import torch
 
-    from .label import open_inputs
+    from .inputs import open_inputs
     from .budget import memory_budget
     from .similarity import resolve_params, score_layer
 
@@ -233,7 +233,7 @@ def compose(
     judge = None
     if select == "simulate":
         from . import split
-        from .presence import DEFAULT_CALIBRATION
+        from .evaluate.presence import DEFAULT_CALIBRATION
 
         held = split.held_out(img.keys, holdout, holdout_seed)
         if min(int(held.sum()), int((~held).sum())) < MIN_SPLIT_IMAGES:
@@ -385,12 +385,13 @@ class _HeldOut:
         gain = held-out score of the chosen composition - that of the best single)."""
         import torch
 
-        from .metrics import auprc
+        from .evaluate.metrics import auprc
+        from .evaluate.presence import CalibratedCosines
 
         used = sorted({i for ranked in scored.ranked for p in ranked for i in p})
         col = {c: j for j, c in enumerate(used)}
         # Presence of every concept any option uses, on every probe image (calibrated over all of them).
-        P = self.calibration.apply(self.I_all.float() @ T[used].float().T)
+        P = CalibratedCosines(self.I_all, T[used], self.calibration).columns(range(len(used))).to(self.I_all.device)
         acts = q_full.to(torch.float64)
         # Each side's activations and presences, split once for all units.
         sides = [(acts[rows], P[rows]) for rows in (self.train, self.held)]

@@ -24,6 +24,12 @@ from .fingerprint import fingerprint_strings
 from .runtime import cache_dir, note, warn
 
 
+def normalise(text: str) -> str:
+    """How concept names are matched wherever two are compared (labels with annotations, with true class names):
+    case-blind, '_' as a space, runs of whitespace as one ('Great_White  shark ' -> 'great white shark')."""
+    return " ".join(str(text).replace("_", " ").casefold().split())
+
+
 @dataclass
 class ConceptSet:
     name: str                 # shipped name or file path as given

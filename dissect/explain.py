@@ -101,38 +101,17 @@ class ConceptColumns:
 
     @classmethod
     def from_clip(cls, images: A.Embeddings, text: A.Embeddings, calibration, device) -> "ConceptColumns":
+        """Every concept of ``text`` with its presence estimated with CLIP (``presence.CalibratedCosines``)."""
         import torch
 
-        from .similarity import cosines
+        from .evaluate.presence import CalibratedCosines
 
-        I = torch.from_numpy(np.ascontiguousarray(images.embeddings)).to(device).float()
-        T = torch.from_numpy(np.ascontiguousarray(text.embeddings)).to(device).float()
-        stats: dict[str, Any] = {}
-
-        def zscore_stats():
-            # per-concept mean and std over all images, in fixed concept blocks: a concept's
-            # statistics never depend on which other concepts are asked for with it
-            if not stats:
-                means, stds = [], []
-                for s in range(0, T.shape[0], CONCEPT_BLOCK):
-                    cos = cosines(I, T[s:s + CONCEPT_BLOCK]).to(torch.float64)
-                    means.append(cos.mean(dim=0))
-                    stds.append(cos.std(dim=0))
-                stats["mean"], stats["std"] = torch.cat(means), torch.cat(stds).clamp_min(1e-12)
-            return stats["mean"], stats["std"]
-
-        def columns(idx):
-            idx = torch.as_tensor(idx, dtype=torch.long, device=T.device)
-            cos = cosines(I, T.index_select(0, idx)).to(torch.float64)  # tiles: bit-identical whatever the block
-            if calibration.kind == "zscore":
-                mean, std = zscore_stats()
-                return calibration.apply_with(cos, mean[idx], std[idx]).cpu()
-            return calibration.apply(cos).cpu()
-
-        return cls(list(text.keys), columns, {"source": "clip", "clip": images.clip_spec,
-                                              "clip_fingerprint": images.clip_fingerprint,
-                                              "concepts": text.attrs.get("concept_set", str(text.path)),
-                                              "n_concepts": len(text.keys), "calibration": calibration.describe()})
+        presence = CalibratedCosines(torch.from_numpy(np.ascontiguousarray(images.embeddings)).to(device),
+                                     torch.from_numpy(np.ascontiguousarray(text.embeddings)).to(device), calibration)
+        return cls(list(text.keys), presence.columns, {"source": "clip", "clip": images.clip_spec,
+                                                       "clip_fingerprint": images.clip_fingerprint,
+                                                       "concepts": text.attrs.get("concept_set", str(text.path)),
+                                                       "n_concepts": len(text.keys), "calibration": calibration.describe()})
 
 
 def preselect(a, concepts: ConceptColumns, split: Split, width: int, progress_cb=None):
@@ -346,7 +325,7 @@ def explain(activations, out=None, images=None, text=None, concepts=None, annota
     """Linear explanations of every unit of ``layers`` (default: all); writes ``out`` when given."""
     import torch
 
-    from .presence import DEFAULT_CALIBRATION, AnnotatedPresence
+    from .evaluate.presence import DEFAULT_CALIBRATION, AnnotatedPresence
     from .budget import memory_budget, units_per_fit_batch
 
     if max_concepts < 1:
@@ -367,15 +346,14 @@ def explain(activations, out=None, images=None, text=None, concepts=None, annota
     if annotations is not None:
         if images is not None or text is not None or concepts is not None:
             raise UsageError("give either --annotations (label mode) or --images with --text/--concepts (CLIP mode), not both")
-        source = (AnnotatedPresence.from_classes(ids, activations) if annotations == "classes"
-                  else AnnotatedPresence.from_file(annotations))
+        source = AnnotatedPresence.open(annotations, ids, activations)
         vocab = ConceptColumns.from_annotations(source, ids)
         mode = "label"
         order = None
     else:
         if images is None or (text is None) == (concepts is None):
             raise UsageError("give --annotations FILE (label mode), or --images images.h5 with one of --text, --concepts (CLIP mode)")
-        from .label import open_inputs
+        from .inputs import open_inputs
 
         img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, device, cache, batch_size)
         ids = list(img.keys)

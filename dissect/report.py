@@ -212,7 +212,7 @@ def build_report(
         m = A.read_table(metrics, A.EVALUATION_FORMAT, columns=["layer", "unit", "truth", "exact"]).to_pylist()
         extra_cols["truth"] = {(r["layer"], int(r["unit"])): (r["truth"], bool(r["exact"])) for r in m}
     if simulate is not None:
-        from .simulate import read_scores
+        from .evaluate.simulate import read_scores
 
         extra_cols["simulation"] = read_scores(simulate)
     if explanations is not None:

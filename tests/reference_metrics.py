@@ -1,4 +1,4 @@
-"""A slow float64 reference of the evaluation metrics (dissect.metrics), from their definitions.
+"""A slow float64 reference of the evaluation metrics (dissect.evaluate.metrics), from their definitions.
 
 Plain Python over one unit at a time: for a unit with activations ``a`` (length N)
 and its explanation's presence ``c``:

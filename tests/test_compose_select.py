@@ -81,7 +81,7 @@ def test_the_papers_procedure_scores_each_unit_in_a_concept_set_of_its_own(world
     the similarity, all ordered pairs plus the singles as a new concept set, every unit scored in it, the unit's
     own argmax."""
     from dissect.compose import embed_composed
-    from dissect.label import open_inputs
+    from dissect.inputs import open_inputs
     from dissect.similarity import resolve_params, score_layer
 
     out, d, acts = world
@@ -125,8 +125,8 @@ def test_bad_selection_options_end_in_one_line(world, tmp_path):
 def test_evaluate_simulate_can_read_a_composition_as_the_and_of_its_parts(world, tmp_path):
     """--composed and: a composed label predicts its unit by the product of its parts' presences, the reading
     compose's selection uses; on the composition world it beats CLIP's phrase embedding for two-word units."""
-    from dissect.presence import DEFAULT_CALIBRATION
-    from dissect.simulate import simulate
+    from dissect.evaluate.presence import DEFAULT_CALIBRATION
+    from dissect.evaluate.simulate import simulate
 
     out, _, acts = world
     path = tmp_path / "c.parquet"

@@ -17,10 +17,13 @@ LAYERS = [
     {"runtime"},
     {"artifacts", "artifacts.formats", "artifacts.files", "artifacts.hdf5", "artifacts.tables", "artifacts.tensors",
      "artifacts.external", "artifacts.sniff",
-     "concepts", "probe", "hooks", "models", "clip", "similarity", "metrics", "sanity", "split", "directions"},
+     "concepts", "probe", "hooks", "models", "clip", "similarity", "split",
+     "evaluate", "evaluate.metrics", "evaluate.sanity",  # the package's face imports its modules lazily
+     "directions"},
     {"passes", "shards"},
-    {"embed", "record", "label", "presence", "decompose"},
-    {"compose", "evaluate", "report", "describe", "simulate", "sanity_report", "explain"},
+    {"embed", "record", "inputs", "label", "evaluate.presence", "decompose"},
+    {"compose", "evaluate.protocol", "evaluate.results", "evaluate.resampling", "evaluate.simulate",
+     "evaluate.sanity_report", "report", "describe", "explain"},
     {"pipeline", "demo", "demo.world", "demo.planted"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

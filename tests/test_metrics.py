@@ -1,5 +1,5 @@
-"""The evaluation metrics (dissect.metrics) against the float64 reference, and the sanity
-tests (dissect.sanity) against the framework's published synthetic results."""
+"""The evaluation metrics (dissect.evaluate.metrics) against the float64 reference, and the sanity
+tests (dissect.evaluate.sanity) against the framework's published synthetic results."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dissect import metrics as M
-from dissect import sanity as S
+from dissect.evaluate import metrics as M
+from dissect.evaluate import sanity as S
 from dissect.similarity import SIMILARITIES, from_presence, resolve_params
 
 import reference as R

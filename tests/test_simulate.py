@@ -13,7 +13,7 @@ import pytest
 
 from dissect import artifacts as A
 from dissect.demo import demo_specs, world
-from dissect.simulate import DEFAULT_CALIBRATION, Calibration, parse_calibration
+from dissect.evaluate.simulate import DEFAULT_CALIBRATION, Calibration, parse_calibration
 
 from test_cli import assert_one_line_error, invoke
 

@@ -291,7 +291,7 @@ def planted_recovery(out: Path, probe: Path, ids: list[str], device: str) -> lis
     from ..compose import compose
     from ..explain import explain
     from ..label import label
-    from ..simulate import simulate
+    from ..evaluate.simulate import simulate
     from . import planted
 
     acts = planted.write(out / "planted.h5", list(ids), probe)

@@ -8,7 +8,7 @@ unit k is class k), the label is compared with the true name:
     clip_cos     cosine of the two texts in a CLIP text-embedding space
     sentence_cos cosine in a sentence-transformers space (all-mpnet-base-v2 in the paper)
 
-normalise() lower-cases, turns '_' into spaces, strips and collapses whitespace.
+normalise() (``concepts.normalise``) matches case-blind, turns '_' into spaces and collapses whitespace.
 A unit is "interpretable" when its similarity exceeds a cutoff τ (App. A.8: 0.16
 for SoftWPMI). Several labels files give the paper's Table 3 layout: one row per
 file, one column per metric.
@@ -17,28 +17,23 @@ file, one column per metric.
 from __future__ import annotations
 
 import csv
-import json
 import os
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import artifacts as A
-from .errors import ArtifactError, InputError, UsageError
-from .runtime import note, resolve_device, warn
+from .. import artifacts as A
+from ..concepts import normalise
+from ..errors import ArtifactError, InputError, UsageError
+from ..runtime import note, resolve_device, warn
+from .results import Evaluation, write_units
 
 #: The sentence-embedding model of the paper's "mpnet cos".
 DEFAULT_SENTENCE_MODEL = "all-mpnet-base-v2"
 EVAL_EXTRA = "pip install 'clip-dissect[eval]'"
-
-
-def normalise(name: str) -> str:
-    """'Great_White  shark ' -> 'great white shark'."""
-    return re.sub(r"\s+", " ", str(name).replace("_", " ")).strip().lower()
 
 
 # ---------------------------------------------------------------------------
@@ -83,7 +78,7 @@ def load_truth(spec: str | os.PathLike) -> Truth:
             names = {k: ln.strip() for k, ln in enumerate(lines) if ln.strip()}
         source = str(path.resolve())
     else:
-        from .concepts import shipped_sets
+        from ..concepts import shipped_sets
 
         if spec not in CLASS_LISTS or spec not in shipped_sets():
             raise InputError(
@@ -106,13 +101,13 @@ class ClipTextSpace:
     """Cosines of texts in a CLIP text-embedding space."""
 
     def __init__(self, spec: str, device: str = "auto"):
-        from .clip import load_clip
+        from ..clip import load_clip
 
         self.spec = spec
         self.clip = load_clip(spec, resolve_device(device))
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        from .clip import encode_texts
+        from ..clip import encode_texts
 
         out = [encode_texts(self.clip, texts[s : s + 256]).numpy() for s in range(0, len(texts), 256)]
         return np.concatenate(out) if out else np.zeros((0, 1), dtype=np.float32)
@@ -124,7 +119,7 @@ class SentenceSpace:
     def __init__(self, model: str, device: str = "auto"):
         self.spec = model
         dev = resolve_device(device)
-        from .runtime import hub_offline
+        from ..runtime import hub_offline
 
         if not Path(model).exists():
             hub_offline()  # offline: the hub's cache only, failing at once instead of after a minute of retries
@@ -175,14 +170,6 @@ def cosines_of_pairs(space, a: list[str], b: list[str]) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # evaluate
 # ---------------------------------------------------------------------------
-
-@dataclass
-class Evaluation:
-    """Per-unit rows (``units``, column -> list) and one summary per labels file (``summary``)."""
-
-    units: dict[str, list]
-    summary: list[dict[str, Any]]
-    notes: list[str] = field(default_factory=list)
 
 
 UNIT_COLUMNS = ["labels", "similarity_fn", "concept_set", "layer", "unit", "label", "truth", "exact", "top_k",
@@ -306,150 +293,6 @@ def write_evaluation(ev: Evaluation, out: str | os.PathLike) -> tuple[Path, Path
     return write_units(ev, out, A.EVALUATION_FORMAT, "evaluate")
 
 
-def write_units(ev: Evaluation, out: str | os.PathLike, kind: str, stage: str) -> tuple[Path, Path]:
-    """The per-unit (or per-image) table of an evaluation as a Parquet artifact of ``kind``, and its summary
-    as JSON beside it (OUT with the suffix .json)."""
-    import pyarrow as pa
-
-    out = Path(out)
-    A.write_parquet(out, pa.Table.from_pydict(ev.units), kind,
-                    {"summary": ev.summary, "provenance": json.loads(A.provenance(stage=stage))})
-    summary_path = out.with_suffix(".json")
-    with A.atomic_path(summary_path) as tmp:
-        tmp.write_text(json.dumps(ev.summary, indent=2, default=str) + "\n")
-    return out, summary_path
-
-
-# ---------------------------------------------------------------------------
-# Beyond the paper: label stability under resampling, permutation p-values
-# ---------------------------------------------------------------------------
-
-def _layer_activations(activations, name, order):
-    q = A.read_activation_layer(activations, name)
-    return q if order is None else q[order]
-
-
-def _best_labels(sim, q, I, T, params, max_memory):
-    from .similarity import score_layer
-
-    res = score_layer(sim, q, I, T, params, top=1, max_memory=max_memory)
-    return res.indices[:, 0].cpu().numpy(), res.values[:, 0].cpu().numpy()
-
-
-def _relabel_inputs(images, activations, text, concepts, sim, params, layers, device, max_memory):
-    """What stability and pvalues relabel from: parameters, aligned inputs on the device, the memory budget."""
-    import torch
-
-    from .label import open_inputs
-    from .budget import memory_budget
-    from .similarity import check_probe_size, resolve_params
-
-    params = resolve_params(sim, params)
-    img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, device)
-    dev = resolve_device(device)
-    I = torch.from_numpy(img.embeddings).to(dev)
-    T = torch.from_numpy(txt.embeddings).to(dev)
-    check_probe_size(sim, params, I.shape[0])
-    return params, acts, order, txt, I, T, dev, memory_budget(max_memory)
-
-
-def label_stability(images, activations, text=None, concepts=None, sim: str = "softwpmi", params=None,
-                    layers=None, resamples: int = 20, seed: int = 0, device: str = "auto",
-                    max_memory: int | None = None) -> Evaluation:
-    """How often each unit keeps its label when the probe set is resampled (bootstrap).
-
-    The layer is relabelled on ``resamples`` bootstrap resamples of the probe images
-    (N draws with replacement; the recorded activations and image embeddings are
-    reused, nothing is re-encoded). Per unit: ``stability`` = share of resamples
-    whose label equals the label on the whole probe. Per layer: the mean stability
-    and the share of units with stability >= 0.9 ("stable"). Cost: ``resamples``
-    times `label` on the layer.
-    """
-    import torch
-
-    from .runtime import progress
-
-    if resamples < 1:
-        raise UsageError(f"--resamples must be at least 1, got {resamples}")
-    params, acts, order, txt, I, T, dev, budget = _relabel_inputs(images, activations, text, concepts, sim, params, layers,
-                                                                 device, max_memory)
-    N = I.shape[0]
-    rng = np.random.default_rng(seed)
-    units: dict[str, list] = {c: [] for c in ("layer", "unit", "label", "similarity", "stability", "modal_label")}
-    summary = []
-    for name in acts.layers:
-        q = torch.from_numpy(_layer_activations(activations, name, order)).to(dev)
-        full, values = _best_labels(sim, q, I, T, params, budget)
-        draws = np.empty((resamples, q.shape[1]), dtype=np.int64)
-        with progress(f"stability {name}", resamples, "resamples") as advance:
-            for b in range(resamples):
-                idx = torch.from_numpy(rng.integers(0, N, N)).to(dev)
-                draws[b], _ = _best_labels(sim, q[idx], I[idx], T, params, budget)
-                advance(1)
-        stability = (draws == full[None, :]).mean(axis=0)
-        modal = [int(np.bincount(draws[:, k]).argmax()) for k in range(q.shape[1])]
-        units["layer"] += [name] * q.shape[1]
-        units["unit"] += list(range(q.shape[1]))
-        units["label"] += [txt.keys[i] for i in full]
-        units["similarity"] += values.tolist()
-        units["stability"] += stability.tolist()
-        units["modal_label"] += [txt.keys[i] for i in modal]
-        summary.append({"layer": name, "units": int(q.shape[1]), "mean_stability": float(stability.mean()),
-                        "stable_share": float((stability >= 0.9).mean()), "resamples": resamples, "seed": seed,
-                        "similarity_fn": sim, "params": params})
-    return Evaluation(units, summary)
-
-
-def permutation_pvalues(images, activations, text=None, concepts=None, sim: str = "softwpmi", params=None,
-                        layers=None, permutations: int = 100, seed: int = 0, device: str = "auto",
-                        max_memory: int | None = None) -> Evaluation:
-    """An empirical p-value per unit: how often shuffled activations score as well as the real ones.
-
-    For each of ``permutations`` draws, every unit's activations are shuffled over the
-    probe images (each unit by its own permutation, same probe, same concepts) and the
-    layer is labelled again; ``p_value`` = (1 + #{draws whose best similarity >= the
-    observed best}) / (1 + permutations), so the smallest possible value is
-    1 / (1 + permutations). For cos, cos-cubed and rank reorder a unit's score depends
-    only on its own activations, so this is the exact permutation test; for SoftWPMI
-    and WPMI the λ correction compares a unit with the rest of its layer, which the
-    null shuffles too (an approximation when units are strongly related). Cost:
-    ``permutations`` times `label` on the layer.
-    """
-    import torch
-
-    from .runtime import progress
-
-    if permutations < 1:
-        raise UsageError(f"--permutations must be at least 1, got {permutations}")
-    params, acts, order, txt, I, T, dev, budget = _relabel_inputs(images, activations, text, concepts, sim, params, layers,
-                                                                 device, max_memory)
-    N = I.shape[0]
-    gen = torch.Generator().manual_seed(int(seed))
-    units: dict[str, list] = {c: [] for c in ("layer", "unit", "label", "similarity", "p_value")}
-    summary = []
-    for name in acts.layers:
-        q = torch.from_numpy(_layer_activations(activations, name, order))
-        full, observed = _best_labels(sim, q.to(dev), I, T, params, budget)
-        C = q.shape[1]
-        at_least = np.zeros(C, dtype=np.int64)
-        with progress(f"permutations {name}", permutations, "draws") as advance:
-            for _ in range(permutations):
-                perm = torch.argsort(torch.rand(N, C, generator=gen), dim=0)  # one permutation per unit
-                _, best = _best_labels(sim, torch.gather(q, 0, perm).to(dev), I, T, params, budget)
-                at_least += best >= observed
-                advance(1)
-        p = (1 + at_least) / (1 + permutations)
-        units["layer"] += [name] * C
-        units["unit"] += list(range(C))
-        units["label"] += [txt.keys[i] for i in full]
-        units["similarity"] += observed.tolist()
-        units["p_value"] += p.tolist()
-        summary.append({"layer": name, "units": C, "permutations": permutations, "seed": seed,
-                        "share_p_below_0.01": float((p < 0.01).mean()), "share_p_below_0.05": float((p < 0.05).mean()),
-                        "similarity_fn": sim, "params": params})
-    return Evaluation(units, summary)
-
-
 # ---------------------------------------------------------------------------
 # Hidden layers (App. A.6) and weights (§5): the final linear layer against the labels
 # ---------------------------------------------------------------------------
@@ -469,7 +312,7 @@ def final_linear(module) -> tuple[np.ndarray, np.ndarray | None, str]:
         linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
         head = linears[-1] if linears else None
     if head is None:
-        from .errors import ModelError
+        from ..errors import ModelError
 
         raise ModelError("the model has no final linear layer", hint="predict-class and weights need a classifier")
     name = next((n for n, m in module.named_modules() if m is head), "classifier")
@@ -595,8 +438,8 @@ def _concept_similarity(labels: list[str], classes: list[str], clip_space, sente
 
 
 def _head(model: str, weights: str | None, model_args: dict[str, Any] | None, n_units: int, layer: str = "the labelled layer"):
-    from .errors import MismatchError
-    from .models import load_target
+    from ..errors import MismatchError
+    from ..models import load_target
 
     target = load_target(model, weights, model_args)
     W, b, name = final_linear(target.module)

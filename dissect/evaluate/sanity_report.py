@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from . import artifacts as A
+from .. import artifacts as A
 from . import metrics as M
 from . import sanity as S
-from .errors import UsageError
-from .runtime import note, progress
+from ..errors import UsageError
+from ..runtime import note, progress
 
 
 @dataclass
@@ -57,7 +57,8 @@ def run_report(activations=None, annotations: str | None = None, labels=None, la
                synthetic: bool = True) -> SanityReport:
     import torch
 
-    from .presence import AnnotatedPresence, normalise
+    from ..concepts import normalise
+    from .presence import AnnotatedPresence
 
     if (activations is None) != (annotations is None):
         raise UsageError("give --activations and --annotations together (or neither, for the synthetic setting only)")
@@ -77,8 +78,7 @@ def run_report(activations=None, annotations: str | None = None, labels=None, la
     if activations is not None:
         acts = A.read_activations(activations, layers, data=False)
         ids = list(acts.ids)
-        source = (AnnotatedPresence.from_classes(ids, activations) if annotations == "classes"
-                  else AnnotatedPresence.from_file(annotations))
+        source = AnnotatedPresence.open(annotations, ids, activations)
         pres, concepts = _presence_matrix(source, ids)
         present = pres.max(dim=0).values >= 0.5
         if not bool(present.any()):

@@ -69,7 +69,7 @@ class Scorer:
         """(U,) score of each unit against its own concept; for similarities also the full [U, M] matrix."""
         if self.kind == "metric":
             return M.metric(self.name, acts, presence[:, concept_of_unit], self.alpha), None
-        from .similarity import from_presence
+        from ..similarity import from_presence
 
         sim = from_presence(self.name, acts, presence, self.params)
         return sim[torch.arange(sim.shape[0], device=sim.device), concept_of_unit], sim
@@ -154,7 +154,7 @@ def synthetic(scorer: Scorer, n_inputs: int = 100_000, repetitions: int = 100, s
 
 def scorers(similarity_params: dict[str, dict[str, Any]] | None = None, alpha: float = M.DEFAULT_ALPHA) -> list[Scorer]:
     """Every framework metric and every dissect similarity function, in report order."""
-    from .similarity import SIMILARITIES
+    from ..similarity import SIMILARITIES
 
     out = [Scorer(m, "metric", alpha=alpha) for m in M.METRICS]
     out += [Scorer(s, "similarity", dict((similarity_params or {}).get(s, {}))) for s in SIMILARITIES]

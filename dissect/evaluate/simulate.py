@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from . import artifacts as A
+from .. import artifacts as A
 from . import metrics as M
-from .errors import MismatchError, UsageError
-from .presence import DEFAULT_CALIBRATION, AnnotatedPresence, Calibration, ClipPresence, _clip_texts, parse_calibration
-from .runtime import progress, resolve_device, warn
+from ..errors import MismatchError, UsageError
+from .presence import DEFAULT_CALIBRATION, AnnotatedPresence, Calibration, ClipPresence, clip_texts, parse_calibration
+from ..runtime import progress, resolve_device, warn
 
 #: Metrics written per unit, in column order.
 COLUMNS = ("correlation", "cosine", "auprc", "f1", "iou", "auc")
@@ -57,7 +57,7 @@ def _scored_ids(lf: A.LabelFile, ids: list[str]) -> tuple[np.ndarray, bool]:
     ours = (A.LABELS_FORMAT, A.COMPOSED_FORMAT, A.EXPLAIN_FORMAT)
     split = lf.metadata.get("split") if lf.kind in ours else None
     if isinstance(split, dict) and "holdout" in split:
-        from . import split as S
+        from .. import split as S
 
         mask = S.held_out(ids, split["holdout"], split.get("seed", 0))
         return np.flatnonzero(mask), True
@@ -119,7 +119,7 @@ def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLik
     text; ``and``: the product of its parts' presences, what ``compose --select simulate`` uses)."""
     import torch
 
-    from .budget import memory_budget, units_per_simulation_block
+    from ..budget import memory_budget, units_per_simulation_block
 
     if not label_paths:
         raise UsageError("give at least one labels file")
@@ -137,23 +137,18 @@ def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLik
 
     dev = resolve_device(device)
     if annotations is not None:
-        source = (AnnotatedPresence.from_classes(ids, activations) if annotations == "classes"
-                  else AnnotatedPresence.from_file(annotations))
+        source = AnnotatedPresence.open(annotations, ids, activations)
     else:
         if images is None:
             raise UsageError("give --annotations FILE (or 'classes'), or --images images.h5 to estimate presence with CLIP")
-        from .label import align_ids
+        from ..inputs import aligned_images
 
-        img = A.read_image_embeddings(images)
-        img_rows, _ = align_ids(img, acts)
-        if img_rows is not None:
-            img = A.Embeddings(img.embeddings[img_rows], [img.keys[i] for i in img_rows], img.clip_model,
-                               img.clip_pretrained, img.attrs, img.path)
+        img, _ = aligned_images(images, acts)
         keep = set(img.keys)
-        ids = [i for i in ids if i in keep]  # images one of the passes skipped are left out (align_ids warned)
+        ids = [i for i in ids if i in keep]  # images one of the passes skipped are left out (with a warning)
         labels = sorted({lab for lf in files for lab in lf.labels if lf.parts is None}
                         | {c for lf in files if lf.parts is not None for cs in lf.parts for c in cs})
-        source = ClipPresence(img, _clip_texts(img, labels, text, device, cache, batch_size), calibration, dev)
+        source = ClipPresence(img, clip_texts(img, labels, text, device, cache, batch_size), calibration, dev)
     act_row = {k: i for i, k in enumerate(acts.ids)}
 
     budget = memory_budget(max_memory)
