@@ -68,12 +68,9 @@ def _main(
 
 
 def _err(message: str) -> None:
-    from rich.console import Console
-    from rich.markup import escape
+    from .output import error
 
-    from dissect.runtime import printable
-
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(printable(message))}")
+    error(message)
 
 
 class _ClosedStdout:

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from . import options as O
+from . import output
 from .app import command
 
 
@@ -20,13 +21,12 @@ def demo(
     batch_size: O.BatchSize = 128,
 ):
     """Show the method working offline: tiny CLIP + classifier trained on a generated world with known answers."""
-    from rich.console import Console
     from rich.table import Table
 
     from dissect.demo import SIMILARITIES, run_demo
 
     res = run_demo(out, n_images=n_images, seed=seed, device=device, batch_size=batch_size)
-    con = Console()
+    con = output.console()
     specs = res.specs
 
     t = Table(title=f"Final layer {specs.final_layer} of {specs.model} (SoftWPMI, mixed set of "

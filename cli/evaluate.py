@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import options as O
+from . import output
 from .app import DefaultCommandGroup, app, subcommand
 
 evaluate_app = typer.Typer(
@@ -34,7 +35,6 @@ def evaluate(
 ):
     """Score labels against known concepts: accuracy, top-K, CLIP and sentence cosine (paper §4.2)."""
     from dissect.evaluate import protocol as stage
-    from dissect.evaluate import write_evaluation
 
     if out is not None:
         _check_outputs(out, [*labels, truth])
@@ -42,14 +42,10 @@ def evaluate(
              cutoff=cutoff, device=device)
     _print_summary(ev)
     if out is not None:
-        parquet, summary = write_evaluation(ev, out)
-        from dissect.runtime import note
-
-        note(f"wrote {parquet} and {summary}")
+        output.wrote(*stage.write_evaluation(ev, out))
 
 
 def _print_summary(ev) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     topk = next(k for k in ev.summary[0] if k.startswith("top") and k.endswith("_accuracy"))
@@ -70,10 +66,7 @@ def _print_summary(ev) -> None:
         if "interpretable" in row:
             cells.append(f"{row['interpretable'][row['layer']]:.0%}")
         table.add_row(*cells)
-    console = Console()
-    if not console.is_terminal:  # piped or captured: do not truncate cells to 80 columns
-        console = Console(width=200)
-    console.print(table)
+    output.show(table)
 
 
 def _check_outputs(out, inputs) -> None:
@@ -81,32 +74,20 @@ def _check_outputs(out, inputs) -> None:
     from dissect import artifacts as A
 
     A.check_output_path(out, inputs)
-    A.check_output_path(Path(out).with_suffix(".json"), inputs)
+    A.check_output_path(A.summary_path_of(out), inputs)
 
 
 def _write_units(ev, out, stage: str) -> None:
     from dissect import artifacts as A
-    from dissect.evaluate import write_units
-    from dissect.runtime import note
+    from dissect.evaluate.results import write_units
 
     kind = {"predict-class": A.PREDICT_FORMAT, "stability": A.STABILITY_FORMAT, "pvalues": A.PVALUES_FORMAT}[stage]
-    table, summary = write_units(ev, out, kind, f"evaluate {stage}")
-    note(f"wrote {table} and {summary}")
+    output.wrote(*write_units(ev, out, kind, f"evaluate {stage}"))
 
 
 def _print_layers(ev, title: str, columns: list[tuple[str, str, str]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    for header, _, _ in columns:
-        table.add_column(header)
-    for row in ev.summary:
-        table.add_row(*[format(row[key], fmt) if fmt else str(row[key]) for _, key, fmt in columns])
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    console.print(table)
+    rows = [[format(row[key], fmt) if fmt else str(row[key]) for _, key, fmt in columns] for row in ev.summary]
+    output.show(output.table(title, [header for header, _, _ in columns], rows))
 
 
 @subcommand(evaluate_app, "stability")
@@ -220,36 +201,21 @@ def weights_cmd(
     device: O.Device = "auto",
 ):
     """§5: correlation between final-layer weights W[c, j] and the similarity of unit j's label to class c."""
-    import json
-
-    from rich.console import Console
-    from rich.table import Table
-
     from dissect import artifacts as A
-    from dissect.evaluate import weight_analysis
-    from dissect.runtime import note
+    from dissect.evaluate import protocol as stage
 
     if out is not None:
         A.check_output_path(out, [labels, classes])
-    res = weight_analysis(labels, layer, model, classes, weights=weights, model_args=O.model_args(model_arg), clip=clip,
-                          sentence_model=sentence_model, top_weights=top_weights, device=device, mix=mix)
-    table = Table(title=f"{res['final_layer']} weights vs. label-class similarity ({res['similarity']})",
-                  title_justify="left")
-    for c in ("weights", "n", "pearson r", "p-value"):
-        table.add_column(c)
-    for key, what in (("pearson_all", "all"), ("pearson_top", f"top {res['pearson_top']['n']}")):
-        table.add_row(what, str(res[key]["n"]), f"{res[key]['r']:.4f}", f"{res[key]['p']:.3g}")
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    console.print(table)
-    console.print("mean similarity of each class's top-k weights: "
-                  + ", ".join(f"k={k} {v:.4f}" for k, v in res["mean_similarity_of_top_k_weights"].items()))
+    res = stage.weight_analysis(labels, layer, model, classes, weights=weights, model_args=O.model_args(model_arg),
+                                clip=clip, sentence_model=sentence_model, top_weights=top_weights, device=device, mix=mix)
+    rows = [[what, res[key]["n"], f"{res[key]['r']:.4f}", f"{res[key]['p']:.3g}"]
+            for key, what in (("pearson_all", "all"), ("pearson_top", f"top {res['pearson_top']['n']}"))]
+    output.show(output.table(f"{res['final_layer']} weights vs. label-class similarity ({res['similarity']})",
+                             ("weights", "n", "pearson r", "p-value"), rows),
+                "mean similarity of each class's top-k weights: "
+                + ", ".join(f"k={k} {v:.4f}" for k, v in res["mean_similarity_of_top_k_weights"].items()))
     if out is not None:
-        res["provenance"] = json.loads(A.provenance(stage="evaluate weights"))
-        with A.atomic_path(out) as tmp:
-            tmp.write_text(json.dumps(res, indent=2, default=str) + "\n")
-        note(f"wrote {out}")
+        output.wrote(stage.write_weights(res, out))
 
 
 @subcommand(evaluate_app, "simulate")
@@ -278,14 +244,10 @@ def simulate_cmd(
                          max_memory=O.parse_size(max_memory), composed=composed)
     _print_simulation(sim)
     if out is not None:
-        parquet, summary = stage.write_simulation(sim, out)
-        from dissect.runtime import note
-
-        note(f"wrote {parquet} and {summary}")
+        output.wrote(*stage.write_simulation(sim, out))
 
 
 def _print_simulation(sim) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     layers = list(dict.fromkeys(r["layer"] for r in sim.summary))
@@ -308,12 +270,9 @@ def _print_simulation(sim) -> None:
                 part = "" if r["scored_units"] == r["units"] else f" {r['scored_units']}/{r['units']} units"
                 cells.append(f"{r['mean_correlation']:.3f}{mark} ({r['share_correlation_above_0.1']:.0%}){part}")
         table.add_row(Path(f).name, first["method"], *cells)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    console.print(table)
+    output.show(table)
     if any(not r["held_out"] for r in sim.summary):
-        console.print("* scored on the images the labels were made on (optimistic)")
+        output.show("* scored on the images the labels were made on (optimistic)")
 
 
 @subcommand(evaluate_app, "sanity")
@@ -339,26 +298,16 @@ def sanity_cmd(
                            alpha=alpha, synthetic=not no_synthetic)
     _print_sanity(rep)
     if out is not None:
-        parquet, summary = stage.write_report(rep, out)
-        from dissect.runtime import note
-
-        note(f"wrote {parquet} and {summary}")
+        output.wrote(*stage.write_report(rep, out))
 
 
 def _print_sanity(rep) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
     for setting in dict.fromkeys(r["setting"] for r in rep.rows):
-        table = Table(title=f"Sanity tests, {setting}: share of perturbations that lower the score "
-                            f"(pass: >= {rep.pass_rate:.0%} in every case)", title_justify="left")
-        for c in ("scorer", "kind", "missing labels", "extra labels", "verdict"):
-            table.add_column(c)
+        rows = []
         for r in (r for r in rep.rows if r["setting"] == setting):
             verdict = "pass" if r["missing_pass"] and r["extra_pass"] else \
                 "fails " + " and ".join(t for t, ok in (("missing", r["missing_pass"]), ("extra", r["extra_pass"])) if not ok)
-            table.add_row(r["scorer"], r["kind"], f"{r['missing_rate']:.0%}", f"{r['extra_rate']:.0%}", verdict)
-        console.print(table)
+            rows.append([r["scorer"], r["kind"], f"{r['missing_rate']:.0%}", f"{r['extra_rate']:.0%}", verdict])
+        output.show(output.table(f"Sanity tests, {setting}: share of perturbations that lower the score "
+                                 f"(pass: >= {rep.pass_rate:.0%} in every case)",
+                                 ("scorer", "kind", "missing labels", "extra labels", "verdict"), rows))

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from . import options as O
+from . import output
 from .app import command
 
 
@@ -73,7 +74,6 @@ def layers(
     """List a model's layer names with output shapes and neuron counts (one dummy forward pass).
 
     With --directions LAYER=SPEC, each direction set is listed after its layer as LAYER@NAME with its unit count."""
-    import json
 
     from dissect.record import list_layers
 
@@ -82,12 +82,11 @@ def layers(
     shown = [i for i in infos if all_modules or i.layout != "-" or "@" in i.name]
     if json_out:
         for i in shown:
-            typer.echo(json.dumps({"layer": i.name, "type": i.module_type, "shape": list(i.raw_shape),
-                                   "layout": i.layout or None, "layout_source": i.layout_source or None,
-                                   "neurons": i.n_units if i.layout and i.calls == 1 and i.rows == 1 else None,
-                                   "calls": i.calls, "rows_per_image": i.rows}))
+            output.echo_json({"layer": i.name, "type": i.module_type, "shape": list(i.raw_shape),
+                              "layout": i.layout or None, "layout_source": i.layout_source or None,
+                              "neurons": i.n_units if i.layout and i.calls == 1 and i.rows == 1 else None,
+                              "calls": i.calls, "rows_per_image": i.rows})
         return
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -114,7 +113,7 @@ def layers(
     cells = [[i.name, i.module_type, "x".join(map(str, i.raw_shape)), i.layout or "?", "- (runs 99x)"] for i in shown]
     widest = sum(max(len(c[k]) for c in cells + [["layer", "type", "output shape", "layout", "neurons"]])
                  for k in range(5)) + 17
-    console = Console(width=None if sys.stdout.isatty() else widest, soft_wrap=not sys.stdout.isatty())
+    console = output.console(width=widest, soft_wrap=not sys.stdout.isatty())
     console.print(table)
     if undecided:
         console.print(f"?: {undecided} layer(s) whose channel axis cannot be decided from the module; record them with "

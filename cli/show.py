@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from . import output
 from .app import command
 
 
@@ -66,7 +67,6 @@ def show(
             w.writerow(["|".join(map(str, r[c] or [])) if c == "candidates" else "" if _finite(r[c]) is None else r[c]
                         for c in cols])
         return
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -83,10 +83,7 @@ def show(
         if "gain" in r:
             cells.append(_fmt(r["gain"], "+.3f"))
         view.add_row(*(escape(printable(str(x))) for x in cells))
-    console = Console()
-    if not console.is_terminal:  # piped or captured: do not wrap at 80 columns
-        console = Console(width=200)
-    console.print(view)
+    output.show(view)
 
 
 def _number(x) -> float:
@@ -119,9 +116,8 @@ def info(artifact: Annotated[Path, typer.Argument(help="images.h5, text.h5, acti
 
     d = describe(artifact)
     if json_out:
-        typer.echo(json.dumps(d, indent=2, default=str))
+        output.echo_json(d, indent=2)
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{artifact}", title_justify="left", show_header=False)
@@ -129,7 +125,4 @@ def info(artifact: Annotated[Path, typer.Argument(help="images.h5, text.h5, acti
     table.add_column("value")
     for k, v in d.items():
         table.add_row(k, v if isinstance(v, str) else json.dumps(v, default=str))
-    console = Console()
-    if not console.is_terminal:  # piped or captured: do not wrap at 80 columns
-        console = Console(width=200)
-    console.print(table)
+    output.show(table)

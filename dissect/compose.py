@@ -187,7 +187,6 @@ def compose(
     images.h5, already loaded, to embed the compositions with (otherwise loaded when
     they are not cached).
     """
-    import pyarrow as pa
     import torch
 
     from .inputs import open_inputs
@@ -332,7 +331,7 @@ def compose(
         "provenance": A.provenance(stage="compose"),
         **(extra_metadata or {}),
     }
-    table = pa.Table.from_pydict(rows, schema=A.composed_schema())
+    table = A.table_of(A.COMPOSED_FORMAT, rows)
     if out is not None:
         A.write_parquet(out, table, A.COMPOSED_FORMAT, meta)
         if str(out) != A.STDOUT:

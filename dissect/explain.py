@@ -434,11 +434,4 @@ def explain(activations, out=None, images=None, text=None, concepts=None, annota
 
 
 def write_explanations(ex: Explanations, out) -> str:
-    import pyarrow as pa
-
-    schema = pa.schema([("layer", pa.string()), ("unit", pa.int32()), ("concepts", pa.list_(pa.string())),
-                        ("weights", pa.list_(pa.float64())), ("bias", pa.float64()), ("explanation", pa.string()),
-                        ("n_concepts", pa.int32()), ("correlation", pa.float64()), ("correlation_train", pa.float64()),
-                        ("single_concept", pa.string()), ("single_correlation", pa.float64()), ("n_train", pa.int64()),
-                        ("n_val", pa.int64()), ("n_held_out", pa.int64())])
-    return A.write_parquet(out, pa.Table.from_pydict(ex.rows, schema=schema), A.EXPLAIN_FORMAT, ex.metadata)
+    return A.write_table(out, A.EXPLAIN_FORMAT, ex.rows, ex.metadata)[0]

@@ -108,7 +108,6 @@ def label(
     ``holdout``: the share of the probe kept out of labelling (:mod:`dissect.split`, seeded by
     ``holdout_seed``), for ``dissect evaluate simulate`` to score the labels on; recorded in the metadata.
     """
-    import pyarrow as pa
     import torch
 
     if (text is None) == (concepts is None):
@@ -233,7 +232,7 @@ def label(
                     if lay == layer:
                         for c in A.LABEL_COLUMNS:
                             rows[c].append(part[c][i])
-    table = pa.Table.from_pydict({c: rows[c] for c in A.LABEL_COLUMNS}, schema=A.labels_schema())
+    table = A.table_of(A.LABELS_FORMAT, rows)
     if out is not None:
         A.write_labels(out, rows, meta)
         if str(out) != A.STDOUT:

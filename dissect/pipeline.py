@@ -412,6 +412,5 @@ def _write_manifest(ctx: _Run, model, weights, model_args, layers, summary, sim,
         "seconds": round(time.perf_counter() - ctx.started, 2),
         "provenance": json.loads(A.provenance(stage="run")),
     }
-    with A.atomic_path(ctx.dir / "run.json") as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    A.write_json(ctx.dir / "run.json", manifest)
     note(f"done in {manifest['seconds']:.1f}s: {ctx.labels}")

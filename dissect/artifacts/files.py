@@ -197,3 +197,10 @@ def provenance(**extra: Any) -> str:
     }
     info.update(extra)
     return json.dumps(info, sort_keys=True, default=str)
+
+
+def write_json(out: str | os.PathLike, data: Any) -> Path:
+    """A JSON file (a summary, a manifest, a result), indented, written atomically."""
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return Path(out)

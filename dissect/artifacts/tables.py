@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, InputError
-from .files import atomic_path
+from .files import atomic_path, write_json
 from .formats import (COMPOSED_FORMAT, EVALUATION_FORMAT, EXPLAIN_FORMAT, FORMAT_VERSION, LABELS_FORMAT, MAKER,
                       PARQUET_FORMATS, PREDICT_FORMAT, PVALUES_FORMAT, SANITY_FORMAT, SIMULATE_FORMAT, STABILITY_FORMAT,
                       STDOUT)
@@ -166,10 +166,7 @@ def write_table(out: str | os.PathLike, kind: str, rows: dict[str, list], metada
     written = write_parquet(out, table_of(kind, rows, metrics), kind, metadata)
     if summary is None:
         return written, None
-    summary_path = summary_path_of(out)
-    with atomic_path(summary_path) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    return written, summary_path
+    return written, write_json(summary_path_of(out), summary)
 
 
 def summary_path_of(out: str | os.PathLike) -> Path:

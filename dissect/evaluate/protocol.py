@@ -479,6 +479,13 @@ def weight_analysis(labels, layer: str, model: str, classes: str, weights: str |
             "sentence_model": None if sentence is None else sentence.spec}
 
 
+def write_weights(result: dict[str, Any], out: str | os.PathLike) -> Path:
+    """weights.json: ``weight_analysis``'s result with how it was made."""
+    import json
+
+    return A.write_json(out, dict(result, provenance=json.loads(A.provenance(stage="evaluate weights"))))
+
+
 def predict_class(labels, activations, layer: str, model: str, classes: str, weights: str | None = None,
                   model_args: dict[str, Any] | None = None, clip: str | None = None,
                   sentence_model: str | None = DEFAULT_SENTENCE_MODEL, device: str = "auto",

@@ -118,19 +118,9 @@ def run_report(activations=None, annotations: str | None = None, labels=None, la
 
 
 def write_report(rep: SanityReport, out: str | os.PathLike) -> tuple[Path, Path]:
-    import pyarrow as pa
-
-    out = Path(out)
-    schema = pa.schema([("setting", pa.string()), ("scorer", pa.string()), ("kind", pa.string()),
-                        ("repetitions", pa.int32()), ("missing_rate", pa.float64()), ("extra_rate", pa.float64()),
-                        ("missing_pass", pa.bool_()), ("extra_pass", pa.bool_()), ("cases", pa.list_(pa.string())),
-                        ("missing_rates", pa.list_(pa.float64())), ("extra_rates", pa.list_(pa.float64())),
-                        ("missing_mean_diff", pa.list_(pa.float64())), ("extra_mean_diff", pa.list_(pa.float64()))])
-    cols = {f.name: [r[f.name] for r in rep.rows] for f in schema}
-    A.write_parquet(out, pa.Table.from_pydict(cols, schema=schema), A.SANITY_FORMAT, rep.metadata)
+    """sanity.parquet (one row per setting and scorer) and sanity.json (the rates and verdicts) beside it."""
+    columns = {name: [r[name] for r in rep.rows] for name in A.KINDS[A.SANITY_FORMAT].names()}
     summary = [{k: r[k] for k in ("setting", "scorer", "kind", "missing_rate", "extra_rate", "missing_pass", "extra_pass")}
                for r in rep.rows]
-    summary_path = out.with_suffix(".json")
-    with A.atomic_path(summary_path) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    return out, summary_path
+    _, summary_path = A.write_table(out, A.SANITY_FORMAT, columns, rep.metadata, summary=summary)
+    return Path(out), summary_path

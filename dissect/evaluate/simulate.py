@@ -252,17 +252,8 @@ def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLik
 
 def write_simulation(sim: Simulation, out: str | os.PathLike) -> tuple[Path, Path]:
     """simulate.parquet (one row per labels file, layer and unit) and simulate.json (the summary) beside it."""
-    import pyarrow as pa
-
-    out = Path(out)
-    schema = pa.schema([("labels", pa.string()), ("method", pa.string()), ("layer", pa.string()), ("unit", pa.int32()),
-                        ("label", pa.string()), *[(c, pa.float64()) for c in COLUMNS], ("similarity", pa.float64()),
-                        ("n_images", pa.int64()), ("held_out", pa.bool_()), ("presence", pa.string()), ("reason", pa.string())])
-    A.write_parquet(out, pa.Table.from_pydict(sim.units, schema=schema), A.SIMULATE_FORMAT, sim.metadata)
-    summary_path = out.with_suffix(".json")
-    with A.atomic_path(summary_path) as tmp:
-        tmp.write_text(json.dumps(sim.summary, indent=2, default=str) + "\n")
-    return out, summary_path
+    _, summary = A.write_table(out, A.SIMULATE_FORMAT, sim.units, sim.metadata, summary=sim.summary, metrics=COLUMNS)
+    return Path(out), summary
 
 
 def read_scores(path: str | os.PathLike) -> dict[tuple[str, int], float]:
