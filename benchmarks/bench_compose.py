@@ -42,6 +42,7 @@ def main() -> None:
     from dissect import artifacts as A
     from dissect.clip import encode_texts, load_clip
     from dissect.compose import _render, _score_owned, embed_composed
+    from dissect.settings import Compute
     from dissect.concepts import load_concepts
     from dissect.demo import demo_specs
     from dissect.runtime import set_quiet
@@ -80,10 +81,10 @@ def main() -> None:
         unique = list(dict.fromkeys(t for ts in texts_of for t in ts))
 
         t0 = time.perf_counter()
-        E, embedded = embed_composed(unique, img, device="cpu", cache=Path(tmp) / "cache")
+        E, embedded = embed_composed(unique, img, Compute(device="cpu", cache=Path(tmp) / "cache"))
         t_embed = time.perf_counter() - t0
         t0 = time.perf_counter()
-        _, again = embed_composed(unique, img, device="cpu", cache=Path(tmp) / "cache")
+        _, again = embed_composed(unique, img, Compute(device="cpu", cache=Path(tmp) / "cache"))
         t_cached = time.perf_counter() - t0
 
         pos = {t: i for i, t in enumerate(unique)}

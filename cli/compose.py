@@ -42,7 +42,8 @@ def compose(
     from dissect import compose as stage
     from dissect.evaluate.presence import parse_calibration
 
-    stage.compose(images, activations, out, text=text, concepts=concepts, labels=labels, sim=sim, params=O.parse_params(param),
-        layers=O.split_list(layers) or None, top_k=top_k, template=template, ordered=ordered, depth=depth, beam=beam,
-        top=top, device=device, max_memory=O.parse_size(max_memory), select=select, procedure=procedure, holdout=holdout,
-        holdout_seed=seed, margin=margin, calibration=parse_calibration(calibration))
+    settings = stage.ComposeSettings(sim=sim, params=O.parse_params(param), top_k=top_k, template=template, ordered=ordered,
+                                     depth=depth, beam=beam, top=top, select=select, procedure=procedure, holdout=holdout,
+                                     holdout_seed=seed, margin=margin, calibration=parse_calibration(calibration))
+    stage.compose(images, activations, out, text=text, concepts=concepts, labels=labels,
+                  layers=O.split_list(layers) or None, settings=settings, compute=O.compute(device, max_memory))

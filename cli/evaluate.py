@@ -239,9 +239,9 @@ def simulate_cmd(
     if out is not None:
         _check_outputs(out, [*labels, activations, images, text,
                              annotations if annotations not in (None, "classes") else None])
+    settings = stage.SimulateSettings(alpha=alpha, calibration=stage.parse_calibration(calibration), composed=composed)
     sim = stage.simulate([str(p) for p in labels], activations, images=images, text=text, annotations=annotations,
-                         layer=layer, alpha=alpha, calibration=stage.parse_calibration(calibration), device=device,
-                         max_memory=O.parse_size(max_memory), composed=composed)
+                         layer=layer, settings=settings, compute=O.compute(device, max_memory))
     _print_simulation(sim)
     if out is not None:
         output.wrote(*stage.write_simulation(sim, out))

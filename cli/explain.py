@@ -35,7 +35,7 @@ def explain(
     from dissect import explain as stage
     from dissect.evaluate.presence import parse_calibration
 
+    settings = stage.ExplainSettings(max_concepts=max_concepts, width=width, tolerance=tolerance, holdout=holdout,
+                                     seed=seed, calibration=parse_calibration(calibration), unit_batch=unit_batch)
     stage.explain(activations, out, images=images, text=text, concepts=concepts, annotations=annotations,
-                  layers=O.split_list(layers) or None, max_concepts=max_concepts, width=width, tolerance=tolerance,
-                  holdout=holdout, seed=seed, calibration=parse_calibration(calibration), device=device,
-                  max_memory=O.parse_size(max_memory), unit_batch=unit_batch, batch_size=batch_size)
+                  layers=O.split_list(layers) or None, settings=settings, compute=O.compute(device, max_memory, batch_size))

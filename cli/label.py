@@ -27,21 +27,7 @@ def label(
     """Label every neuron with its most similar concept -> labels.parquet (never reruns CLIP on images or the model)."""
     from dissect import label as stage
 
-    stage.label(
-        images,
-        activations,
-        out,
-        text=text,
-        concepts=concepts,
-        sim=sim,
-        params=O.parse_params(param),
-        layers=O.split_list(layers) or None,
-        top=top,
-        seed=seed,
-        device=device,
-        chunk=chunk,
-        max_memory=O.parse_size(max_memory),
-        batch_size=batch_size,
-        holdout=holdout,
-        holdout_seed=seed or 0,
-    )
+    stage.label(images, activations, out, text=text, concepts=concepts, layers=O.split_list(layers) or None,
+                settings=stage.LabelSettings(sim=sim, params=O.parse_params(param), top=top, seed=seed, chunk=chunk,
+                                             holdout=holdout, holdout_seed=seed or 0),
+                compute=O.compute(device, max_memory, batch_size))

@@ -202,5 +202,20 @@ def pass_options(device="auto", batch_size=64, workers=None, precision="fp32", s
     return PassOptions.of(device=device, batch_size=batch_size, workers=workers, precision=precision, strict=strict,
                           checkpoint_every=checkpoint_every, channels_last=channels_last, shard=shard)
 
+def target(model: str, weights=None, model_arg=None, input_size=None, crop_pct=None, mean=None, std=None,
+           interpolation=None):
+    """The target network as the command names it (``models.TargetSpec``)."""
+    from dissect.models import TargetSpec
+
+    return TargetSpec(model, weights, model_args(model_arg), overrides(input_size, crop_pct, mean, std, interpolation))
+
+
+def compute(device="auto", max_memory=DEFAULT_MAX_MEMORY, batch_size=256):
+    """How an artifact stage runs, built once from the command's options (``settings.Compute``)."""
+    from dissect.settings import Compute
+
+    return Compute(device=device, max_memory=parse_size(max_memory), batch_size=batch_size)
+
+
 Annotations = Annotated[Optional[str], typer.Option("--annotations", help="Per-image concepts: a CSV or Parquet with columns id, concept[, value in 0..1], or 'classes' (an ImageFolder probe's class folders).")]
 Calibration = Annotated[str, typer.Option("--calibration", help="CLIP cosine to presence: zscore (default, fitted on the demo world), zscore:K,Z0, sigmoid:A,B (Linear Explanations' form) or raw.")]

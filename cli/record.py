@@ -79,7 +79,9 @@ def layers(
 
     target, infos = list_layers(model, weights, O.model_args(model_arg), O.overrides(input_size, None, None, None, None),
                                 device, layout, directions=O.directions(directions))
-    shown = [i for i in infos if all_modules or i.layout != "-" or "@" in i.name]
+    from dissect.directions import is_entry
+
+    shown = [i for i in infos if all_modules or i.layout != "-" or is_entry(i.name)]
     if json_out:
         for i in shown:
             output.echo_json({"layer": i.name, "type": i.module_type, "shape": list(i.raw_shape),

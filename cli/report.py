@@ -34,7 +34,7 @@ def report(
 ):
     """An HTML report: one card per neuron with its label, alternatives and most activating images."""
     from dissect.errors import UsageError
-    from dissect.report import build_report, find_run
+    from dissect.report import ReportExtras, ReportSettings, build_report, find_run
 
     if run_dir is not None:
         found = find_run(run_dir)
@@ -47,6 +47,8 @@ def report(
         out = out or (run_dir / ("report.html" if single_file else "report"))
     if labels is None or activations is None or out is None:
         raise UsageError("give a run folder, or --labels, --activations and -o", hint="e.g. dissect report runs/x")
-    build_report(labels, activations, out, probe=probe, composed=composed, metrics=metrics, simulate=simulate, explanations=explanations, top_images=top_images,
-                 layers=O.split_list(layers) or None, percentiles=percentiles, single_file=single_file, cutoff=cutoff,
-                 model=model, weights=weights, model_args=O.model_args(model_arg), device=device)
+    extras = ReportExtras(composed=composed, metrics=metrics, simulate=simulate, explanations=explanations)
+    settings = ReportSettings(top_images=top_images, layers=tuple(O.split_list(layers)) or None, percentiles=percentiles,
+                              single_file=single_file, cutoff=cutoff)
+    build_report(labels, activations, out, probe=probe, extras=extras, settings=settings,
+                 maps=O.target(model, weights, model_arg) if model is not None else None, device=device)

@@ -53,32 +53,21 @@ def run(
 ):
     """The whole pipeline into one run folder: embed-images, embed-text, record, label (with --directions, also
     of SAE latents or other directions of a layer, as LAYER@NAME)."""
+    from dissect.label import LabelSettings
+    from dissect.pipeline import RunSettings
     from dissect.pipeline import run as run_pipeline
 
     run_pipeline(
         probe,
         clip,
-        model,
+        O.target(model, weights, model_arg, input_size, crop_pct, mean, std, interpolation),
         O.split_list(layers),
         concepts,
         out,
-        sim=sim,
-        params=O.parse_params(param),
-        weights=weights,
-        model_args=O.model_args(model_arg),
-        summary=summary,
-        layout=layout,
-        overrides=O.overrides(input_size, crop_pct, mean, std, interpolation),
-        top=top,
-        seed=seed,
-        chunk=chunk,
-        max_memory=O.parse_size(max_memory),
-        compose=compose,
-        compose_top_k=compose_top_k,
-        compose_template=compose_template,
-        explain=explain,
-        explain_max_concepts=explain_max_concepts,
-        dtype=dtype,
+        settings=RunSettings(summary=summary, layout=layout, dtype=dtype, max_memory=O.parse_size(max_memory),
+                             compose=compose, compose_top_k=compose_top_k, compose_template=compose_template,
+                             explain=explain, explain_max_concepts=explain_max_concepts),
+        label=LabelSettings(sim=sim, params=O.parse_params(param), top=top, seed=seed, chunk=chunk),
         options=O.pass_options(device, batch_size, workers, precision, strict, checkpoint_every, channels_last, shard),
         directions=O.directions(directions, directions_summary, directions_dtype),
     )

@@ -123,21 +123,22 @@ class Activation:
     reason: str
 
 
-def resolve_activation(spec: ClipSpec) -> Activation:
-    """The activation the weights of ``spec`` were trained with (see the module docstring)."""
-    if spec.kind == "config":
-        cfg = json.loads(Path(spec.model).read_text())
-        model_cfg = cfg.get("model_cfg", cfg) if isinstance(cfg, dict) else {}
-        return Activation(bool(isinstance(model_cfg, dict) and model_cfg.get("quick_gelu")), False, "the model config")
-    if spec.kind == "local-dir":
-        path = Path(spec.model[len("local-dir:"):]) / "open_clip_config.json"
-        try:
-            model_cfg = json.loads(path.read_text()).get("model_cfg", {})
-        except (OSError, ValueError, AttributeError):
-            model_cfg = {}
-        return Activation(bool(isinstance(model_cfg, dict) and model_cfg.get("quick_gelu")), False, "the folder's config")
-    if spec.kind == "hub":
-        return Activation(None, False, "the hub's config")
+def _config_activation(spec: ClipSpec) -> Activation:
+    cfg = json.loads(Path(spec.model).read_text())
+    model_cfg = cfg.get("model_cfg", cfg) if isinstance(cfg, dict) else {}
+    return Activation(bool(isinstance(model_cfg, dict) and model_cfg.get("quick_gelu")), False, "the model config")
+
+
+def _folder_activation(spec: ClipSpec) -> Activation:
+    path = Path(spec.model[len("local-dir:"):]) / "open_clip_config.json"
+    try:
+        model_cfg = json.loads(path.read_text()).get("model_cfg", {})
+    except (OSError, ValueError, AttributeError):
+        model_cfg = {}
+    return Activation(bool(isinstance(model_cfg, dict) and model_cfg.get("quick_gelu")), False, "the folder's config")
+
+
+def _builtin_activation(spec: ClipSpec) -> Activation:
     import open_clip
 
     own = bool((open_clip.get_model_config(spec.model) or {}).get("quick_gelu"))
@@ -148,6 +149,11 @@ def resolve_activation(spec: ClipSpec) -> Activation:
     if spec.is_file and is_torchscript_archive(spec.pretrained):
         return Activation(True, not own, "an OpenAI TorchScript checkpoint")
     return Activation(own, False, f"the {spec.model} config")
+
+
+def resolve_activation(spec: ClipSpec) -> Activation:
+    """The activation the weights of ``spec`` were trained with (see the module docstring)."""
+    return CLIP_KINDS[spec.kind].activation(spec)
 
 
 def quickgelu_tags(model: str) -> list[str]:
@@ -201,28 +207,35 @@ def clip_fingerprint(spec: ClipSpec, activation: Activation | None = None) -> st
     A model dissect builds with QuickGELU against its architecture config (``ViT-B-16:openai``)
     gets a fingerprint of its own, so embeddings made before, with nn.GELU, are never reused.
     """
-    parts: list[Any] = [spec.kind, spec.model, spec.pretrained]
-    if spec.kind == "config":
-        parts = [spec.kind, json.loads(Path(spec.model).read_text()), fingerprint_file(spec.pretrained) if spec.pretrained else ""]
-    elif spec.kind == "local-dir":
-        folder = Path(spec.model[len("local-dir:"):])
-        parts = [spec.kind, sorted((p.name, fingerprint_file(p)) for p in folder.iterdir() if p.is_file())]
-    elif spec.is_file:
-        parts = [spec.kind, spec.model, fingerprint_file(spec.pretrained)]
-        if spec.tag:
-            parts.append(f"tag={spec.tag}")
+    parts = CLIP_KINDS[spec.kind].identity(spec)
     activation = activation or resolve_activation(spec)
     if activation.forced:
         parts.append("force_quick_gelu")
     return fingerprint(parts)
 
 
-def _download_hint(spec: ClipSpec) -> str:
-    if spec.kind == "hub":
-        return (
-            "download it where there is internet (hf download "
-            f"{spec.model[len('hf-hub:'):]} --local-dir FOLDER) and pass --clip local-dir:FOLDER"
-        )
+def _config_identity(spec: ClipSpec) -> list[Any]:
+    return [spec.kind, json.loads(Path(spec.model).read_text()), fingerprint_file(spec.pretrained) if spec.pretrained else ""]
+
+
+def _folder_identity(spec: ClipSpec) -> list[Any]:
+    folder = Path(spec.model[len("local-dir:"):])
+    return [spec.kind, sorted((p.name, fingerprint_file(p)) for p in folder.iterdir() if p.is_file())]
+
+
+def _named_identity(spec: ClipSpec) -> list[Any]:
+    """A hub or built-in model by its names; a local checkpoint by its content (and the tag whose settings it takes)."""
+    if not spec.is_file:
+        return [spec.kind, spec.model, spec.pretrained]
+    return [spec.kind, spec.model, fingerprint_file(spec.pretrained)] + ([f"tag={spec.tag}"] if spec.tag else [])
+
+
+def _hub_hint(spec: ClipSpec) -> str:
+    return ("download it where there is internet (hf download "
+            f"{spec.model[len('hf-hub:'):]} --local-dir FOLDER) and pass --clip local-dir:FOLDER")
+
+
+def _weights_hint(spec: ClipSpec) -> str:
     cfg = _pretrained_cfg(spec.model, spec.pretrained) if spec.kind == "builtin" and spec.pretrained and not spec.is_file else {}
     if cfg.get("hf_hub"):
         repo, name = os.path.split(str(cfg["hf_hub"]))  # "org/repo/" names open_clip's default file
@@ -237,63 +250,106 @@ def _download_hint(spec: ClipSpec) -> str:
     )
 
 
+def _download_hint(spec: ClipSpec) -> str:
+    return CLIP_KINDS[spec.kind].download_hint(spec)
+
+
+@dataclass
+class _Build:
+    """What open_clip is asked to build: a model name, its pretrained tag or file (None: none, or loaded by dissect),
+    the tokenizer's name, a preprocessing config (None: the model's own) and whether the file is TorchScript."""
+
+    name: str
+    pretrained: str | None
+    tokenizer: str
+    preprocess_cfg: dict[str, Any] | None = None
+    torchscript: bool = False
+
+
+def _builtin_build(spec: ClipSpec, activation: Activation) -> _Build:
+    """An open_clip architecture: its name and tag checked, the tag's preprocessing for ``MODEL:TAG@FILE``."""
+    import open_clip
+
+    if spec.model not in open_clip.list_models():
+        import difflib
+
+        close = difflib.get_close_matches(spec.model, open_clip.list_models(), n=3)
+        raise ModelError(
+            f"unknown CLIP model {spec.model!r}",
+            hint=(f"did you mean {', '.join(close)}? " if close else "") + "see open_clip.list_pretrained() for names and tags",
+        )
+    tag = spec.tag or ("" if spec.is_file else spec.pretrained)
+    if tag:
+        tags = open_clip.list_pretrained_tags_by_model(spec.model)
+        if tag not in tags:
+            raise ModelError(
+                f"unknown pretrained tag {tag!r} for {spec.model}",
+                hint=f"known tags: {', '.join(tags) or 'none'}; or give a checkpoint file path",
+            )
+    preprocess_cfg = _pretrained_cfg(spec.model, spec.tag) if spec.tag else None  # the tag's normalisation and resizing
+    if not spec.tag and spec.is_file and not activation.quick_gelu:
+        quick_tags = quickgelu_tags(spec.model)
+        if quick_tags:
+            warn(f"{spec.model} with a local checkpoint is built with nn.GELU, as its open_clip config says; weights "
+                 f"of its QuickGELU tags ({', '.join(quick_tags)}) need --clip {spec.model}:TAG@{spec.pretrained}")
+    jit = spec.is_file and is_torchscript_archive(spec.pretrained)
+    return _Build(spec.model, spec.pretrained or None, spec.model, preprocess_cfg, jit)
+
+
+def _config_build(spec: ClipSpec, activation: Activation) -> _Build:
+    """A model config of the user's, registered with open_clip under a content-derived name (never shadowing a
+    built-in model)."""
+    cfg = json.loads(Path(spec.model).read_text())
+    model_cfg = cfg.get("model_cfg", cfg)
+    if not isinstance(model_cfg, dict) or "vision_cfg" not in model_cfg or "text_cfg" not in model_cfg:
+        raise ModelError(
+            f"{spec.model} is not an open_clip model config",
+            hint="it needs embed_dim, vision_cfg and text_cfg (or model_cfg holding them)",
+        )
+    name = f"dissect-{fingerprint(model_cfg)[:12]}"
+    _register_config(name, model_cfg)
+    return _Build(name, spec.pretrained or None, name, cfg.get("preprocess_cfg"))
+
+
+@dataclass(frozen=True)
+class ClipKind:
+    """How one kind of ``--clip`` spec is built, identified and fetched: the activation its weights were trained
+    with, what its fingerprint hashes, what open_clip is asked to build, whether that reaches the hub, and what to
+    fetch when the download fails."""
+
+    activation: Any
+    identity: Any
+    build: Any
+    online: Any
+    download_hint: Any
+
+
+#: Every kind of ``--clip`` spec (``ClipSpec.kind``), decided once when the spec is parsed.
+CLIP_KINDS: dict[str, ClipKind] = {
+    "builtin": ClipKind(_builtin_activation, _named_identity, _builtin_build,
+                        lambda spec: bool(spec.pretrained) and not spec.is_file, _weights_hint),
+    "hub": ClipKind(lambda spec: Activation(None, False, "the hub's config"), _named_identity,
+                    lambda spec, activation: _Build(spec.model, None, spec.model), lambda spec: True, _hub_hint),
+    "local-dir": ClipKind(_folder_activation, _folder_identity,
+                          lambda spec, activation: _Build(spec.model, None, spec.model), lambda spec: False, _weights_hint),
+    "config": ClipKind(_config_activation, _config_identity, _config_build, lambda spec: False, _weights_hint),
+}
+
+
 def load_clip(spec: str | ClipSpec, device) -> Clip:
     """Load a CLIP model for inference on ``device``."""
     import open_clip
 
     if isinstance(spec, str):
         spec = parse_clip_spec(spec)
-    preprocess_cfg: dict[str, Any] | None = None
-    tokenizer_name = spec.model
-    if spec.kind == "builtin":
-        if spec.model not in open_clip.list_models():
-            import difflib
-
-            close = difflib.get_close_matches(spec.model, open_clip.list_models(), n=3)
-            raise ModelError(
-                f"unknown CLIP model {spec.model!r}",
-                hint=(f"did you mean {', '.join(close)}? " if close else "")
-                + "see open_clip.list_pretrained() for names and tags",
-            )
-        tag = spec.tag or ("" if spec.is_file else spec.pretrained)
-        if tag:
-            tags = open_clip.list_pretrained_tags_by_model(spec.model)
-            if tag not in tags:
-                raise ModelError(
-                    f"unknown pretrained tag {tag!r} for {spec.model}",
-                    hint=f"known tags: {', '.join(tags) or 'none'}; or give a checkpoint file path",
-                )
-        name, pretrained = spec.model, spec.pretrained or None
-    elif spec.kind == "config":
-        cfg = json.loads(Path(spec.model).read_text())
-        model_cfg = cfg.get("model_cfg", cfg)
-        preprocess_cfg = cfg.get("preprocess_cfg")
-        if not isinstance(model_cfg, dict) or "vision_cfg" not in model_cfg or "text_cfg" not in model_cfg:
-            raise ModelError(
-                f"{spec.model} is not an open_clip model config",
-                hint="it needs embed_dim, vision_cfg and text_cfg (or model_cfg holding them)",
-            )
-        # Register under a content-derived name so it can never shadow a built-in model.
-        name = f"dissect-{fingerprint(model_cfg)[:12]}"
-        _register_config(name, model_cfg)
-        tokenizer_name = name
-        pretrained = spec.pretrained or None
-    else:
-        name, pretrained = spec.model, None
-
-    if spec.kind == "hub" or (spec.kind == "builtin" and spec.pretrained and not spec.is_file):
+    kind = CLIP_KINDS[spec.kind]
+    activation = kind.activation(spec)
+    build = kind.build(spec, activation)
+    if kind.online(spec):
         from .runtime import hub_offline
 
         hub_offline()  # offline: the hub's cache only, failing at once when the weights are not in it
-    activation = resolve_activation(spec)
-    jit_file = spec.kind == "builtin" and spec.is_file and is_torchscript_archive(spec.pretrained)
-    if spec.tag:
-        preprocess_cfg = _pretrained_cfg(spec.model, spec.tag)  # the tag's normalisation and resizing
-    elif spec.kind == "builtin" and spec.is_file and not activation.quick_gelu:
-        quick_tags = quickgelu_tags(spec.model)
-        if quick_tags:
-            warn(f"{spec.model} with a local checkpoint is built with nn.GELU, as its open_clip config says; weights "
-                 f"of its QuickGELU tags ({', '.join(quick_tags)}) need --clip {spec.model}:TAG@{spec.pretrained}")
+    preprocess_cfg = build.preprocess_cfg
     kwargs: dict[str, Any] = {"force_quick_gelu": True} if activation.forced else {}
     # A config's preprocess_cfg (hub format) sets normalisation and resizing; the input
     # size always comes from the model config itself.
@@ -306,10 +362,10 @@ def load_clip(spec: str | ClipSpec, device) -> Clip:
     logging.disable(logging.ERROR)  # open_clip logs its failures to the root logger: ours is the one line
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=None if jit_file else pretrained, device=device, **kwargs)
-        if jit_file:
+            build.name, pretrained=None if build.torchscript else build.pretrained, device=device, **kwargs)
+        if build.torchscript:
             _load_torchscript_weights(model, spec.pretrained)
-        tokenizer = open_clip.get_tokenizer(tokenizer_name)
+        tokenizer = open_clip.get_tokenizer(build.tokenizer)
     except RuntimeError as e:
         msg = str(e)
         if "size mismatch" in msg or "Missing key" in msg or "Unexpected key" in msg:

@@ -29,6 +29,7 @@ import numpy as np
 from . import artifacts as A
 from .errors import UsageError
 from .runtime import note, progress, resolve_device, warn
+from .settings import Compute, Settings, no_other_fields
 
 #: How compose chooses between a unit's best single concept and its best composition.
 SELECT = ("simulate", "veto", "argmax")
@@ -96,9 +97,11 @@ class ComposedTextCache:
         A.write_embeddings(self.path, A.TEXT_FORMAT, self.embeddings, self.texts, images.clip_model, images.clip_pretrained, attrs)
 
 
-def embed_composed(texts: list[str], images: A.Embeddings, device: str = "auto", cache: str | os.PathLike | None = None,
-                   batch_size: int = 256, clip=None) -> tuple[np.ndarray, int]:
-    """[U, d] embeddings of ``texts`` (unique) and how many had to be embedded now (with ``clip`` when loaded)."""
+def embed_composed(texts: list[str], images: A.Embeddings, compute: Compute | None = None) -> tuple[np.ndarray, int]:
+    """[U, d] embeddings of ``texts`` (unique) and how many had to be embedded now (with ``compute.clip`` when
+    loaded; cached in ``compute.cache``)."""
+    compute = compute or Compute()
+    device, cache, batch_size, clip = compute.device, compute.cache, compute.batch_size, compute.clip
     store = ComposedTextCache(images.clip_fingerprint, cache)
     emb, missing = store.lookup(texts)
     if missing:
@@ -143,37 +146,198 @@ def _score_owned(sim, q, I, concept_emb, scored_emb, owned: np.ndarray, params, 
     return out, raw
 
 
-def compose(
-    images: str | os.PathLike,
-    activations: str | os.PathLike,
-    out: str | os.PathLike | None,
-    text: str | os.PathLike | None = None,
-    concepts: str | None = None,
-    labels: str | os.PathLike | None = None,
-    sim: str = "softwpmi",
-    params: dict[str, Any] | None = None,
-    layers: list[str] | None = None,
-    top_k: int | None = None,
-    template: str = "{a} {b}",
-    ordered: bool = False,
-    depth: int = 2,
-    beam: int = 5,
-    top: int = 5,
-    device: str = "auto",
-    max_memory: int | None = None,
-    cache: str | os.PathLike | None = None,
-    extra_metadata: dict[str, Any] | None = None,
-    clip=None,
-    select: str = DEFAULT_SELECT,
-    procedure: str = "pairs",
-    holdout: float = DEFAULT_HOLDOUT,
-    holdout_seed: int = 0,
-    margin: float = DEFAULT_MARGIN,
-    calibration=None,
-):
+@dataclass(frozen=True)
+class ComposeSettings(Settings):
+    """What compose computes (``compose``'s docstring says how): the similarity function and its parameters,
+    candidates per unit (``top_k``; None: ``DEFAULT_TOP_K``, ``PAPER_TOP_K`` with the paper's procedure), how two
+    parts are joined, ordered pairs or not, 2 or 3 parts (``depth``, by a beam of ``beam`` pairs), options kept per
+    unit (``top``), how one word or two is chosen (``select``, with ``holdout``, ``holdout_seed``, ``margin`` and
+    ``calibration`` for ``simulate``) and the procedure."""
+
+    sim: str = "softwpmi"
+    params: dict[str, Any] | None = None
+    top_k: int | None = None
+    template: str = "{a} {b}"
+    ordered: bool = False
+    depth: int = 2
+    beam: int = 5
+    top: int = 5
+    select: str = DEFAULT_SELECT
+    procedure: str = "pairs"
+    holdout: float = DEFAULT_HOLDOUT
+    holdout_seed: int = 0
+    margin: float = DEFAULT_MARGIN
+    calibration: Any = None
+
+    def check(self) -> None:
+        check_template(self.template)
+        if self.select not in SELECT:
+            raise UsageError(f"unknown --select {self.select!r}", hint=f"use one of {', '.join(SELECT)}")
+        if self.procedure not in PROCEDURES:
+            raise UsageError(f"unknown --procedure {self.procedure!r}", hint=f"use one of {', '.join(PROCEDURES)}")
+        if self.procedure == "paper":
+            if self.select == "veto":
+                raise UsageError("--select veto needs --procedure pairs (it compares raw scores the paper's procedure "
+                                 "does not compute)", hint="use --select argmax (the paper's) or simulate")
+            if self.depth != 2:
+                raise UsageError("--procedure paper composes pairs only", hint="leave out --depth")
+        if self.k < 2:
+            raise UsageError(f"--top-k must be at least 2 to make pairs, got {self.k}")
+        if self.depth not in (2, 3):
+            raise UsageError(f"--depth must be 2 or 3, got {self.depth}")
+        if self.beam < 1 or self.top < 1:
+            raise UsageError("--beam and --top must be at least 1")
+
+    @property
+    def k(self) -> int:
+        """Candidates per unit."""
+        if self.top_k is not None:
+            return self.top_k
+        return PAPER_TOP_K if self.procedure == "paper" else DEFAULT_TOP_K
+
+
+@dataclass
+class _Composing:
+    """What every layer of one compose run shares."""
+
+    settings: ComposeSettings
+    params: dict[str, Any]
+    compute: Compute
+    activations: Any
+    img: A.Embeddings
+    txt: A.Embeddings
+    order: np.ndarray | None
+    I_all: Any
+    T: Any
+    judge: "_HeldOut | None"
+    given: dict | None
+    labels: Any
+
+    def __post_init__(self):
+        #: The images candidates and similarities come from (those compose works on, without the held-out ones).
+        self.I = self.I_all if self.judge is None else self.I_all[self.judge.train]
+
+
+def _given_candidates(labels) -> dict[tuple[str, int], list[str]] | None:
+    """Each unit's candidates as a labels.parquet stores them (None without ``labels``)."""
+    if labels is None:
+        return None
+    lt = A.read_table(labels, A.LABELS_FORMAT, columns=["layer", "unit", "candidates"]).to_pydict()
+    return {(lay, int(u)): [x for x in (c or []) if x is not None] for lay, u, c in zip(lt["layer"], lt["unit"], lt["candidates"])}
+
+
+def _judge(settings: ComposeSettings, img: A.Embeddings, I_all) -> "_HeldOut | None":
+    """``--select simulate``'s held-out judge, or None (another rule, or a probe too small to split: then the rule is
+    the veto, with a warning)."""
+    if settings.select != "simulate":
+        return None
+    from . import split
+    from .evaluate.presence import DEFAULT_CALIBRATION
+
+    held = split.held_out(img.keys, settings.holdout, settings.holdout_seed)
+    if min(int(held.sum()), int((~held).sum())) < MIN_SPLIT_IMAGES:
+        warn(f"--select simulate: --holdout {settings.holdout} leaves {int(held.sum())} of {len(held)} images held out "
+             f"and {int((~held).sum())} to compose on, fewer than {MIN_SPLIT_IMAGES} on a side; choosing by similarity "
+             f"instead (--select veto)")
+        return None
+    note(f"compose --select simulate: candidates and similarities on {int((~held).sum())} images, the choice "
+         f"between one word and two on {int(held.sum())} held out (seed {settings.holdout_seed})")
+    return _HeldOut(I_all, held, settings.calibration or DEFAULT_CALIBRATION, settings.margin)
+
+
+def _candidates(ctx: _Composing, name: str, q) -> list[list[int]]:
+    """Each unit's ``k`` candidate concepts (indices into the concept set): the labels file's, or scored here."""
+    from .similarity import score_layer
+
+    keys, k = ctx.txt.keys, min(ctx.settings.k, len(ctx.txt.keys))
+    if ctx.given is None:
+        with progress(f"{ctx.settings.sim} {name} (single concepts)", len(keys), "concepts") as advance:
+            single = score_layer(ctx.settings.sim, q, ctx.I, ctx.T, ctx.params, top=k, progress=advance,
+                                 max_memory=ctx.compute.budget)
+        return [list(r) for r in single.indices.cpu().numpy()]
+    concept_pos = {c: i for i, c in enumerate(keys)}
+    cand = []
+    for u in range(q.shape[1]):
+        names = ctx.given.get((name, u))
+        if names is None:
+            raise UsageError(f"{ctx.labels} has no candidates for {name} unit {u}", hint="label the same layers first")
+        missing = [c for c in names if c not in concept_pos]
+        if missing:
+            raise UsageError(f"{ctx.labels} was made with other concepts ({missing[0]!r} is not in the concept set)",
+                             hint="pass the --text/--concepts it was labelled with")
+        cand.append([concept_pos[c] for c in names[:k]])
+    if min(len(c) for c in cand) < 2:
+        raise UsageError(f"{ctx.labels} keeps fewer than 2 candidates per unit", hint="relabel with --top 10")
+    return cand
+
+
+def _score_pairs(ctx: _Composing, cand: list[list[int]], q, veto: bool) -> tuple["_Scored", int, int]:
+    """Level 2: pairs of each neuron's candidates; level 3: the best pairs grown by one more candidate. Returns the
+    last level's scores and the texts embedded now and in all over the levels."""
+    s = ctx.settings
+    pairs = itertools.permutations if s.ordered else itertools.combinations
+    options = [[(c,) for c in cands] + list(pairs(cands, 2)) for cands in cand]
+    scored = _score_level(ctx, options, q, veto)
+    if s.depth != 3:
+        return scored, scored.embedded, scored.unique
+    for u, cands in enumerate(cand):
+        beams = [p for p in scored.ranked[u] if len(p) == 2][:s.beam]
+        grown = {p + (c,) for p in beams for c in cands if c not in p}
+        options[u] = options[u] + sorted(grown)
+    deeper = _score_level(ctx, options, q, veto)
+    return deeper, scored.embedded + deeper.embedded, scored.unique + deeper.unique
+
+
+def _add_unit_rows(rows: dict[str, list], ctx: _Composing, name: str, scored: "_Scored", chosen, select: str) -> None:
+    keys, s = ctx.txt.keys, ctx.settings
+    for u in range(len(scored.ranked)):
+        ranked, values = scored.ranked[u], scored.values[u]
+        single = next(j for j, p in enumerate(ranked) if len(p) == 1)
+        first, r_label, r_single, gain = 0, float("nan"), float("nan"), float(values[0] - values[single])
+        if chosen is not None:
+            first, r_label, r_single, gain = chosen[u]
+        order_u = [first] + [j for j in range(len(ranked)) if j != first]
+        texts = [_render([keys[i] for i in ranked[j]], s.template) for j in order_u[:s.top]]
+        rows["layer"].append(name)
+        rows["unit"].append(u)
+        rows["label"].append(texts[0])
+        rows["parts"].append([keys[i] for i in ranked[first]])
+        rows["similarity"].append(float(values[first]))
+        rows["single_label"].append(keys[ranked[single][0]])
+        rows["single_similarity"].append(float(values[single]))
+        rows["gain"].append(gain)
+        rows["candidates"].append(texts)
+        rows["candidate_similarities"].append([float(values[j]) for j in order_u[:s.top]])
+        rows["selected_by"].append(select)
+        rows["heldout_auprc"].append(r_label)
+        rows["single_heldout_auprc"].append(r_single)
+
+
+def _metadata(ctx: _Composing, acts, select: str, n_texts: int, n_embedded: int, concepts_name) -> dict[str, Any]:
+    s, img, txt = ctx.settings, ctx.img, ctx.txt
+    return {
+        "similarity": s.sim, "params": ctx.params, "top_k": s.k, "template": s.template, "ordered": s.ordered,
+        "depth": s.depth, "beam": s.beam, "top": s.top,
+        "candidates_from": str(Path(ctx.labels).resolve()) if ctx.labels else s.sim,
+        "select": select, "procedure": s.procedure,
+        **({"split": {"holdout": s.holdout, "seed": s.holdout_seed, "margin": s.margin,
+                      "calibration": ctx.judge.calibration.describe()}} if ctx.judge is not None else {}),
+        "concepts": {"name": txt.attrs.get("concept_set", str(concepts_name)), "fingerprint": txt.keys_fingerprint,
+                     "n": len(txt.keys)},
+        "clip": img.clip_spec, "clip_fingerprint": img.clip_fingerprint, "model": acts.model,
+        "weights": acts.attrs.get("weights", ""), "composed_texts": n_texts, "embedded_now": n_embedded,
+        "probe": {"n_images": len(img.keys), "ids_fingerprint": img.keys_fingerprint},
+        "provenance": A.provenance(stage="compose"),
+    }
+
+
+def compose(images: str | os.PathLike, activations: str | os.PathLike, out: str | os.PathLike | None,
+            text: str | os.PathLike | None = None, concepts: str | None = None, labels: str | os.PathLike | None = None,
+            layers: list[str] | None = None, settings: ComposeSettings | None = None, compute: Compute | None = None,
+            extra_metadata: dict[str, Any] | None = None, **fields: Any):
     """Compositional labels for the neurons of ``layers``; writes ``out`` (Parquet) and returns a pyarrow Table.
 
-    ``select`` decides between each unit's best single concept and its best composition
+    ``settings.select`` decides between each unit's best single concept and its best composition
     (see ``SELECT``): ``simulate`` keeps the composition when its held-out simulation score
     beats the single concept's by ``margin`` (candidates and similarities come from the
     other images; ``holdout``, ``holdout_seed`` and ``calibration`` as for ``evaluate
@@ -183,154 +347,48 @@ def compose(
 
     Candidates are each neuron's top ``top_k`` single concepts, from ``labels`` (a
     labels.parquet made from the same inputs, whose ``candidates`` then decide the
-    pairs whatever ``sim``) or computed here with ``sim``. ``clip``: the CLIP model of
+    pairs whatever ``sim``) or computed here with ``sim``. ``compute.clip``: the CLIP model of
     images.h5, already loaded, to embed the compositions with (otherwise loaded when
-    they are not cached).
+    they are not cached). ``settings`` and ``compute`` may also be given as their fields.
     """
     import torch
 
     from .inputs import open_inputs
-    from .budget import memory_budget
-    from .similarity import resolve_params, score_layer
+    from .similarity import check_probe_size, resolve_params
 
-    check_template(template)
-    if select not in SELECT:
-        raise UsageError(f"unknown --select {select!r}", hint=f"use one of {', '.join(SELECT)}")
-    if procedure not in PROCEDURES:
-        raise UsageError(f"unknown --procedure {procedure!r}", hint=f"use one of {', '.join(PROCEDURES)}")
-    if procedure == "paper":
-        if select == "veto":
-            raise UsageError("--select veto needs --procedure pairs (it compares raw scores the paper's procedure "
-                             "does not compute)", hint="use --select argmax (the paper's) or simulate")
-        if depth != 2:
-            raise UsageError("--procedure paper composes pairs only", hint="leave out --depth")
-    if top_k is None:
-        top_k = PAPER_TOP_K if procedure == "paper" else DEFAULT_TOP_K
-    if top_k < 2:
-        raise UsageError(f"--top-k must be at least 2 to make pairs, got {top_k}")
-    if depth not in (2, 3):
-        raise UsageError(f"--depth must be 2 or 3, got {depth}")
-    if beam < 1 or top < 1:
-        raise UsageError("--beam and --top must be at least 1")
-    params = resolve_params(sim, params)
-    inputs = [images, activations, text, labels, concepts]
+    settings = ComposeSettings.of(settings, **ComposeSettings.take(fields))
+    compute = Compute.of(compute, **Compute.take(fields))
+    no_other_fields(fields, "compose")
+    params = resolve_params(settings.sim, settings.params)
     if out is not None and str(out) != A.STDOUT:
-        out = A.check_output_path(out, inputs)
-    img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, device, clip=clip)
-    budget = memory_budget(max_memory)
-    from .similarity import check_probe_size
-
-    check_probe_size(sim, params, len(img.keys))
-    given = None
-    if labels is not None:
-        lt = A.read_table(labels, A.LABELS_FORMAT, columns=["layer", "unit", "candidates"]).to_pydict()
-        given = {(lay, int(u)): [x for x in (c or []) if x is not None]
-                 for lay, u, c in zip(lt["layer"], lt["unit"], lt["candidates"])}
-    dev = resolve_device(device)
+        out = A.check_output_path(out, [images, activations, text, labels, concepts])
+    img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, compute.device, clip=compute.clip)
+    check_probe_size(settings.sim, params, len(img.keys))
+    given = _given_candidates(labels)
+    dev = resolve_device(compute.device)
     I_all = torch.from_numpy(img.embeddings).to(dev)
-    T = torch.from_numpy(txt.embeddings).to(dev)
-    judge = None
-    if select == "simulate":
-        from . import split
-        from .evaluate.presence import DEFAULT_CALIBRATION
-
-        held = split.held_out(img.keys, holdout, holdout_seed)
-        if min(int(held.sum()), int((~held).sum())) < MIN_SPLIT_IMAGES:
-            warn(f"--select simulate: --holdout {holdout} leaves {int(held.sum())} of {len(held)} images held out and "
-                 f"{int((~held).sum())} to compose on, fewer than {MIN_SPLIT_IMAGES} on a side; choosing by similarity "
-                 f"instead (--select veto)")
-            select = "veto"
-        else:
-            judge = _HeldOut(I_all, held, calibration or DEFAULT_CALIBRATION, margin)
-    if judge is not None:
-        I = I_all[judge.train]
-        note(f"compose --select simulate: candidates and similarities on {int((~held).sum())} images, the choice "
-             f"between one word and two on {int(held.sum())} held out (seed {holdout_seed})")
-    else:
-        I = I_all
-    concept_pos = {c: i for i, c in enumerate(txt.keys)}
+    judge = _judge(settings, img, I_all)
+    select = "veto" if settings.select == "simulate" and judge is None else settings.select
+    ctx = _Composing(settings, params, compute, activations, img, txt, order, I_all, torch.from_numpy(txt.embeddings).to(dev),
+                     judge, given, labels)
     rows: dict[str, list] = {c: [] for c in A.COMPOSED_COLUMNS}
     n_embedded = n_texts = 0
     for name in acts.layers:
         q_np = A.read_activation_layer(activations, name)
         q_full = torch.from_numpy(q_np if order is None else q_np[order]).to(dev)
         q = q_full if judge is None else q_full[judge.train]
-        C = q.shape[1]
-        k = min(top_k, len(txt.keys))
-        if given is not None:
-            cand = []
-            for u in range(C):
-                names = given.get((name, u))
-                if names is None:
-                    raise UsageError(f"{labels} has no candidates for {name} unit {u}", hint="label the same layers first")
-                missing = [c for c in names if c not in concept_pos]
-                if missing:
-                    raise UsageError(f"{labels} was made with other concepts ({missing[0]!r} is not in the concept set)",
-                                     hint="pass the --text/--concepts it was labelled with")
-                cand.append([concept_pos[c] for c in names[:k]])
-            if min(len(c) for c in cand) < 2:
-                raise UsageError(f"{labels} keeps fewer than 2 candidates per unit", hint="relabel with --top 10")
+        cand = _candidates(ctx, name, q)
+        if settings.procedure == "paper":
+            scored = _paper_level(ctx, cand, q)
+            embedded, unique = scored.embedded, scored.unique
         else:
-            with progress(f"{sim} {name} (single concepts)", len(txt.keys), "concepts") as advance:
-                single = score_layer(sim, q, I, T, params, top=k, progress=advance, max_memory=budget)
-            cand = [list(r) for r in single.indices.cpu().numpy()]
-        if procedure == "paper":
-            scored = _paper_level(cand, txt.keys, template, sim, q, I, params, budget, img, device, cache, clip)
-        else:
-            # Level 2: pairs of each neuron's candidates; level 3: the best pairs grown by one more candidate.
-            pairs = itertools.permutations if ordered else itertools.combinations
-            options = [[(c,) for c in cands] + list(pairs(cands, 2)) for cands in cand]
-            veto = select == "veto"
-            scored = _score_level(options, txt.keys, template, sim, q, I, T, params, budget, img, device, cache, clip,
-                                  veto=veto)
-            if depth == 3:
-                n_embedded += scored.embedded
-                n_texts += scored.unique
-                for u, cands in enumerate(cand):
-                    beams = [p for p in scored.ranked[u] if len(p) == 2][:beam]
-                    grown = {p + (c,) for p in beams for c in cands if c not in p}
-                    options[u] = options[u] + sorted(grown)
-                scored = _score_level(options, txt.keys, template, sim, q, I, T, params, budget, img, device, cache,
-                                      clip, veto=veto)
-        n_embedded += scored.embedded
-        n_texts += scored.unique
-        chosen = judge.choose(q_full, scored, T) if judge else None
-        for u in range(C):
-            ranked, values = scored.ranked[u], scored.values[u]
-            single = next(j for j, p in enumerate(ranked) if len(p) == 1)
-            first, r_label, r_single, gain = 0, float("nan"), float("nan"), float(values[0] - values[single])
-            if chosen is not None:
-                first, r_label, r_single, gain = chosen[u]
-            order_u = [first] + [j for j in range(len(ranked)) if j != first]
-            texts = [_render([txt.keys[i] for i in ranked[j]], template) for j in order_u[:top]]
-            rows["layer"].append(name)
-            rows["unit"].append(u)
-            rows["label"].append(texts[0])
-            rows["parts"].append([txt.keys[i] for i in ranked[first]])
-            rows["similarity"].append(float(values[first]))
-            rows["single_label"].append(txt.keys[ranked[single][0]])
-            rows["single_similarity"].append(float(values[single]))
-            rows["gain"].append(gain)
-            rows["candidates"].append(texts)
-            rows["candidate_similarities"].append([float(values[j]) for j in order_u[:top]])
-            rows["selected_by"].append(select)
-            rows["heldout_auprc"].append(r_label)
-            rows["single_heldout_auprc"].append(r_single)
+            scored, embedded, unique = _score_pairs(ctx, cand, q, veto=select == "veto")
+        n_embedded += embedded
+        n_texts += unique
+        _add_unit_rows(rows, ctx, name, scored, judge.choose(q_full, scored, ctx.T) if judge else None, select)
     note(f"composed {n_texts} unique texts; embedded {n_embedded} new ({n_texts - n_embedded} cached)")
-    meta = {
-        "similarity": sim, "params": params, "top_k": top_k, "template": template, "ordered": ordered, "depth": depth,
-        "beam": beam, "top": top, "candidates_from": str(Path(labels).resolve()) if labels else sim,
-        "select": select, "procedure": procedure,
-        **({"split": {"holdout": holdout, "seed": holdout_seed, "margin": margin,
-                      "calibration": judge.calibration.describe()}} if judge is not None else {}),
-        "concepts": {"name": txt.attrs.get("concept_set", str(text or concepts)), "fingerprint": txt.keys_fingerprint,
-                     "n": len(txt.keys)},
-        "clip": img.clip_spec, "clip_fingerprint": img.clip_fingerprint, "model": acts.model,
-        "weights": acts.attrs.get("weights", ""), "composed_texts": n_texts, "embedded_now": n_embedded,
-        "probe": {"n_images": len(img.keys), "ids_fingerprint": img.keys_fingerprint},
-        "provenance": A.provenance(stage="compose"),
-        **(extra_metadata or {}),
-    }
+    meta = _metadata(ctx, acts, select, n_texts, n_embedded, text or concepts)
+    meta.update(extra_metadata or {})
     table = A.table_of(A.COMPOSED_FORMAT, rows)
     if out is not None:
         A.write_parquet(out, table, A.COMPOSED_FORMAT, meta)
@@ -419,7 +477,7 @@ class _HeldOut:
         return out
 
 
-def _paper_level(cand, keys, template, sim, q, I, params, budget, img, device, cache, clip=None) -> _Scored:
+def _paper_level(ctx: _Composing, cand: list[list[int]], q) -> _Scored:
     """The official notebook's procedure (fig10): for each unit, its candidates and all their ordered pairs
     form a concept set of their own, in which every unit of the layer is scored (so the softmax runs over
     that unit's texts and log p(t) over the layer's units); the unit's own row ranks its texts."""
@@ -427,18 +485,20 @@ def _paper_level(cand, keys, template, sim, q, I, params, budget, img, device, c
 
     from .similarity import score_layer
 
+    keys, template = ctx.txt.keys, ctx.settings.template
     ranked, values, embedded, unique = [], [], 0, set()
     with progress("compose (paper's procedure)", len(cand), "units") as advance:
         for u, cands in enumerate(cand):
             opts = list(itertools.permutations(cands, 2)) + [(c,) for c in cands]
             texts = [_render([keys[i] for i in p], template) for p in opts]
             distinct = list(dict.fromkeys(texts))
-            E, n = embed_composed(distinct, img, device, cache, clip=clip)
+            E, n = embed_composed(distinct, ctx.img, ctx.compute)
             row = {t: i for i, t in enumerate(distinct)}
             embedded += n
             unique.update(texts)
-            E_t = torch.from_numpy(E).to(I.device)[[row[t] for t in texts]]
-            sims = score_layer(sim, q, I, E_t, params, full=True, max_memory=budget)[u : u + 1].cpu().numpy()
+            E_t = torch.from_numpy(E).to(ctx.I.device)[[row[t] for t in texts]]
+            sims = score_layer(ctx.settings.sim, q, ctx.I, E_t, ctx.params, full=True,
+                               max_memory=ctx.compute.budget)[u : u + 1].cpu().numpy()
             r, v = _rank([opts], sims)
             ranked.append(r[0])
             values.append(v[0])
@@ -446,8 +506,7 @@ def _paper_level(cand, keys, template, sim, q, I, params, budget, img, device, c
     return _Scored(ranked, values, embedded, len(unique))
 
 
-def _score_level(options, keys, template, sim, q, I, T, params, budget, img, device, cache, clip=None,
-                 veto: bool = False) -> _Scored:
+def _score_level(ctx: _Composing, options, q, veto: bool = False) -> _Scored:
     """Score each neuron's own options (single concepts and compositions) in the extended concept set.
 
     The compositions of the whole layer join the concept set: for SoftWPMI and WPMI the
@@ -457,10 +516,11 @@ def _score_level(options, keys, template, sim, q, I, T, params, budget, img, dev
     """
     import torch
 
+    keys, template, T = ctx.txt.keys, ctx.settings.template, ctx.T
     texts_of = [[_render([keys[i] for i in p], template) for p in opts] for opts in options]
     composed = list(dict.fromkeys(t for opts, ts in zip(options, texts_of) for p, t in zip(opts, ts) if len(p) > 1))
-    E, embedded = embed_composed(composed, img, device, cache, clip=clip)
-    E_t = torch.from_numpy(E).to(I.device)
+    E, embedded = embed_composed(composed, ctx.img, ctx.compute)
+    E_t = torch.from_numpy(E).to(ctx.I.device)
     extended = torch.cat([T.to(torch.float32), E_t.to(torch.float32)])    # the concept set the softmax runs over
     single_rows = sorted({p[0] for opts in options for p in opts if len(p) == 1})
     row_of = {("s", c): j for j, c in enumerate(single_rows)}
@@ -470,7 +530,7 @@ def _score_level(options, keys, template, sim, q, I, T, params, budget, img, dev
     owned = np.full((len(options), J), -1, dtype=np.int64)
     for u, (opts, ts) in enumerate(zip(options, texts_of)):
         owned[u, : len(opts)] = [row_of[("s", p[0])] if len(p) == 1 else row_of[("c", t)] for p, t in zip(opts, ts)]
-    sims, raw = _score_owned(sim, q, I, extended, scored_emb, owned, params, budget)
+    sims, raw = _score_owned(ctx.settings.sim, q, ctx.I, extended, scored_emb, owned, ctx.params, ctx.compute.budget)
     if raw is not None and veto:
         # PMI rewards texts that few neurons match, and a composition is always rarer than its
         # parts: by that bonus alone it would beat the single concept of almost every neuron.

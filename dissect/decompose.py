@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import artifacts as A
+from .directions import entry_name
 from .errors import UsageError
 from .runtime import note, progress
 
@@ -125,5 +126,5 @@ def decompose(activations: str | os.PathLike, layer: str, method: str, k: int, o
     A.write_directions(out, {"directions": d.directions, **d.extra}, meta)
     figures = ", ".join(f"{key} {v:.4g}" if isinstance(v, float) else f"{key} {v}" for key, v in d.info.items())
     note(f"wrote {out}: {k} {method} directions of {layer} ({c} channels, {n} images; {figures}); use them with "
-         f"`dissect record ... --directions {layer}@{method}={out}`")
+         f"`dissect record ... --directions {entry_name(layer, method)}={out}`")
     return Path(out)

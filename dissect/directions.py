@@ -40,12 +40,22 @@ KINDS = ("matrix", "sae", "module")
 #: Summary of the latents over positions: "auto" is max for SAEs, the layer's own summary otherwise.
 DIRECTION_SUMMARIES = ("auto", "mean", "max", "cls")
 DTYPES = ("float32", "float16")
-SAE_ARCHITECTURES = ("standard", "topk", "jumprelu")
-SAE_NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm")
 SAE_CONFIG, SAE_WEIGHTS = "cfg.json", "sae_weights.safetensors"
 MATRIX_SUFFIXES = (".npy", ".pt", ".pth", ".bin", ".safetensors")
 #: Elements of the [rows, positions, K] latent block encoded at once (bounds the hook's memory).
 ENCODE_BLOCK = 1 << 24
+#: ``LAYER@NAME``: the name of a direction entry, the units a set of directions defines on LAYER.
+ENTRY_SEPARATOR = "@"
+
+
+def entry_name(layer: str, name: str) -> str:
+    """The name a direction set ``name`` on ``layer`` is stored and labelled under."""
+    return f"{layer}{ENTRY_SEPARATOR}{name}"
+
+
+def is_entry(name: str) -> bool:
+    """Whether a stored layer name is a direction entry (``LAYER@NAME``), not a layer of the model."""
+    return ENTRY_SEPARATOR in name
 
 
 @dataclass
@@ -58,7 +68,7 @@ class DirectionRequest:
 
     @property
     def entry(self) -> str:
-        return f"{self.layer}@{self.name}"
+        return entry_name(self.layer, self.name)
 
 
 @dataclass(frozen=True)
@@ -133,7 +143,7 @@ def parse_requests(items: list[str] | None) -> list[DirectionRequest]:
         if not eq or not target or not spec:
             raise UsageError(f"--directions {item!r} is not LAYER=SPEC",
                              hint="e.g. --directions blocks.9=sae_folder/ or --directions layer4@probe=probe.npy")
-        layer, at, name = target.partition("@")
+        layer, at, name = target.partition(ENTRY_SEPARATOR)
         if not layer or (at and not name):
             raise UsageError(f"--directions {item!r} names no layer or no entry", hint="use LAYER=SPEC or LAYER@NAME=SPEC")
         if at and not all(ch.isalnum() or ch in "_-." for ch in name):
@@ -273,14 +283,14 @@ def load_sae(folder: Path) -> DirectionSet:
             raise ArtifactError(f"{cfg_path}: {name} is {cfg[name]!r}, not a whole number")
     if act == "topk" and arch == "standard":
         arch = "topk"  # older SAELens: a standard SAE with a topk activation
-    if arch not in SAE_ARCHITECTURES:
+    if arch not in SAE_ENCODES:
         raise UsageError(f"{folder}: SAE architecture {arch!r} is not supported",
-                         hint=f"supported: {', '.join(SAE_ARCHITECTURES)}; wrap others as --directions LAYER=file.py:function")
+                         hint=f"supported: {', '.join(SAE_ENCODES)}; wrap others as --directions LAYER=file.py:function")
     if arch != "topk" and act not in ("relu", "tanh-relu"):
         raise UsageError(f"{folder}: activation {act!r} is not supported", hint="supported: relu, tanh-relu, topk")
     k_top = cfg.get("k", kwargs.get("k")) if arch == "topk" else None
     norm = str(cfg.get("normalize_activations", "none") or "none").lower()
-    if norm not in SAE_NORMALIZATIONS:
+    if norm not in SAE_NORMALIZERS:
         raise UsageError(f"{folder}: normalize_activations {norm!r} is not supported",
                          hint="supported: none, constant_norm_rescale, layer_norm; fold a dataset-wide scaling factor "
                               "into W_enc and b_dec, or wrap the SAE as file.py:function")
@@ -407,12 +417,52 @@ class Projection(_module_base()):
         return x @ self.weight.to(x.dtype).T
 
 
+def _no_norm(x):
+    return x
+
+
+def _constant_norm_rescale(x):
+    return x * (math.sqrt(x.shape[-1]) / x.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+
+def _layer_norm(x):
+    mu = x.mean(dim=-1, keepdim=True)
+    return (x - mu) / ((x - mu).pow(2).mean(dim=-1, keepdim=True) + 1e-5).sqrt()
+
+
+#: SAELens's ``normalize_activations``: how an input is normalised per position before encoding.
+SAE_NORMALIZERS = {"none": _no_norm, "constant_norm_rescale": _constant_norm_rescale, "layer_norm": _layer_norm}
+
+
+def _act(enc, pre):
+    import torch
+
+    return torch.relu(torch.tanh(pre)) if enc.act == "tanh-relu" else torch.relu(pre)
+
+
+def _topk(enc, pre):
+    import torch
+
+    top = torch.topk(pre, enc.k, dim=-1)
+    return torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))
+
+
+def _jumprelu(enc, pre):
+    return _act(enc, pre) * (pre > enc.threshold.to(pre.dtype)).to(pre.dtype)
+
+
+#: Each SAE architecture's latents from its pre-activations (chosen once, when the SAE is loaded).
+SAE_ENCODES = {"standard": _act, "topk": _topk, "jumprelu": _jumprelu}
+
+
 class SAEEncoder(_module_base()):
     """The encoder of a SAELens-layout SAE (``encode``, not the reconstruction).
 
     standard: act((x − b_dec·apply) W_enc + b_enc); jumprelu: the same times
     [pre > threshold]; topk: the k largest pre-activations per position, through ReLU,
-    the rest 0. Inputs are first normalised per position when the SAE says so.
+    the rest 0. Inputs are first normalised per position when the SAE says so. The
+    architecture's encode and the normalisation are chosen once, here (``SAE_ENCODES``,
+    ``SAE_NORMALIZERS``).
     """
 
     def __init__(self, W_enc, b_enc, b_dec, apply_b_dec: bool, arch: str, act: str, k: int | None, threshold, norm: str):
@@ -424,25 +474,14 @@ class SAEEncoder(_module_base()):
         self.register_buffer("b_dec", b_dec.contiguous())
         self.register_buffer("threshold", threshold.contiguous() if threshold is not None else torch.zeros(0))
         self.apply_b_dec, self.arch, self.act, self.k, self.norm = apply_b_dec, arch, act, k, norm
+        self._normalise, self._encode = SAE_NORMALIZERS[norm], SAE_ENCODES[arch]
 
     def forward(self, x):
-        import torch
-
-        if self.norm == "constant_norm_rescale":
-            x = x * (math.sqrt(x.shape[-1]) / x.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-        elif self.norm == "layer_norm":
-            mu = x.mean(dim=-1, keepdim=True)
-            x = (x - mu) / ((x - mu).pow(2).mean(dim=-1, keepdim=True) + 1e-5).sqrt()
+        x = self._normalise(x)
         if self.apply_b_dec:
             x = x - self.b_dec.to(x.dtype)
         pre = x @ self.W_enc.to(x.dtype) + self.b_enc.to(x.dtype)
-        if self.arch == "topk":
-            top = torch.topk(pre, self.k, dim=-1)
-            return torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))
-        out = torch.relu(torch.tanh(pre)) if self.act == "tanh-relu" else torch.relu(pre)
-        if self.arch == "jumprelu":
-            out = out * (pre > self.threshold.to(x.dtype)).to(out.dtype)
-        return out
+        return self._encode(self, pre)
 
 
 # ---------------------------------------------------------------------------

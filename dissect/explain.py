@@ -43,6 +43,7 @@ import numpy as np
 from . import artifacts as A
 from .errors import UsageError
 from .runtime import note, progress, resolve_device
+from .settings import Compute, Settings, no_other_fields
 
 DEFAULT_MAX_CONCEPTS = 5
 DEFAULT_WIDTH = 20
@@ -316,116 +317,161 @@ COLUMNS = ("layer", "unit", "concepts", "weights", "bias", "explanation", "n_con
            "correlation_train", "single_concept", "single_correlation", "n_train", "n_val", "n_held_out")
 
 
+@dataclass(frozen=True)
+class ExplainSettings(Settings):
+    """What ``explain`` computes: at most ``max_concepts`` concepts per unit, chosen among its ``width`` best
+    candidates, each adding at least ``tolerance`` of validation correlation; the held-out share and the
+    validation share of the rest (split by image id with ``seed``); CLIP mode's ``calibration``; and the units
+    fitted at once (``unit_batch``; None: as many as the memory budget allows) and which ``units`` (None: all)."""
+
+    max_concepts: int = DEFAULT_MAX_CONCEPTS
+    width: int = DEFAULT_WIDTH
+    tolerance: float = DEFAULT_TOLERANCE
+    holdout: float = DEFAULT_HOLDOUT
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    seed: int = 0
+    calibration: Any = None
+    unit_batch: int | None = None
+    units: tuple[int, ...] | None = None
+
+    def check(self) -> None:
+        if self.max_concepts < 1:
+            raise UsageError(f"--max-concepts must be at least 1, got {self.max_concepts}")
+        if self.width < 1:
+            raise UsageError(f"--width must be at least 1, got {self.width}")
+        if not 0 <= self.tolerance < 1:
+            raise UsageError(f"--tolerance must be in [0, 1), got {self.tolerance}")
+        if not 0 < self.val_fraction < 1:
+            raise UsageError(f"the validation fraction must be in (0, 1), got {self.val_fraction}")
+
+
+def _vocabulary(activations, images, text, concepts, annotations, layers, settings: ExplainSettings, compute: Compute):
+    """(the activations without matrices, the image ids, their row order or None, the concepts with their presence
+    as ``ConceptColumns``, the mode): label mode from annotations, CLIP mode from images.h5 and a concept set."""
+    from .evaluate.presence import DEFAULT_CALIBRATION, AnnotatedPresence
+
+    acts = A.read_activations(activations, layers, data=False)
+    if annotations is not None:
+        if images is not None or text is not None or concepts is not None:
+            raise UsageError("give either --annotations (label mode) or --images with --text/--concepts (CLIP mode), not both")
+        source = AnnotatedPresence.open(annotations, list(acts.ids), activations)
+        return acts, list(acts.ids), None, ConceptColumns.from_annotations(source, list(acts.ids)), "label"
+    if images is None or (text is None) == (concepts is None):
+        raise UsageError("give --annotations FILE (label mode), or --images images.h5 with one of --text, --concepts (CLIP mode)")
+    from .inputs import open_inputs
+
+    img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, compute.device, compute.cache,
+                                        compute.batch_size)
+    vocab = ConceptColumns.from_clip(img, txt, settings.calibration or DEFAULT_CALIBRATION, resolve_device(compute.device))
+    return acts, list(img.keys), order, vocab, "clip"
+
+
+def _explain_layer(name: str, a, vocab: ConceptColumns, split: Split, settings: ExplainSettings, width: int, batch: int):
+    """Candidates and fitted explanations of the units of ``a`` [N, U] (``fit_units``' tuples), with progress."""
+    with progress(f"explain {name}: candidates", len(vocab.names), "concepts") as advance:
+        cand, _ = preselect(a, vocab, split, width, advance)
+    results = []
+    with progress(f"explain {name}: fit", a.shape[1], "units") as advance:
+        for s in range(0, a.shape[1], batch):
+            results += fit_units(a[:, s:s + batch], vocab, split, cand[s:s + batch], settings.max_concepts, settings.tolerance)
+            advance(min(batch, a.shape[1] - s))
+    return cand, results
+
+
+def _add_layer_rows(rows: dict[str, list], name: str, wanted: list[int], cand, results, vocab, split: Split) -> dict[str, Any]:
+    """Add one layer's rows; returns its summary."""
+    for u, (idx, w, bias, r_held, r_fit, r_single) in zip(wanted, results):
+        names = [vocab.names[i] for i in idx]
+        rows["layer"].append(name)
+        rows["unit"].append(u)
+        rows["concepts"].append(names)
+        rows["weights"].append(w)
+        rows["bias"].append(bias)
+        rows["explanation"].append(explanation_text(names, w))
+        rows["n_concepts"].append(len(names))
+        rows["correlation"].append(r_held)
+        rows["correlation_train"].append(r_fit)
+    rows["single_concept"] += [vocab.names[i] if i >= 0 else None for i in cand[:, 0].tolist()]
+    rows["single_correlation"] += [r[5] for r in results]
+    rows["n_train"] += [int(split.train.size)] * len(wanted)
+    rows["n_val"] += [int(split.val.size)] * len(wanted)
+    rows["n_held_out"] += [int(split.held.size)] * len(wanted)
+    held = np.array([r[3] for r in results], dtype=np.float64)
+    single = np.array([r[5] for r in results], dtype=np.float64)
+    ok = ~np.isnan(held)
+    return {"layer": name, "units": len(wanted), "explained_units": int(ok.sum()),
+            "mean_correlation": float(held[ok].mean()) if ok.any() else None,
+            "mean_single_correlation": float(np.nanmean(single)) if np.isfinite(single).any() else None,
+            "mean_concepts": float(np.mean([len(r[0]) for r in results])) if results else 0.0}
+
+
+def _metadata(settings: ExplainSettings, mode, vocab, split: Split, width: int, acts, paths: dict[str, Any],
+              summary) -> dict[str, Any]:
+    meta = {
+        "mode": mode, "presence": vocab.describe, "split": split.record,
+        "params": {"max_concepts": settings.max_concepts, "width": width, "tolerance": settings.tolerance,
+                   "seed": settings.seed,
+                   "selection": "greedy forward, closed-form least-squares refit, non-negative weights, "
+                                "validation correlation; candidates by train correlation"},
+        "activations": {"path": str(Path(paths["activations"]).resolve()),
+                        "fingerprint": acts.attrs.get("inputs_fingerprint", ""), "model": acts.model,
+                        "weights": acts.attrs.get("weights", "")},
+        "layers": {n: {k: acts.layer_attrs[n].get(k) for k in ("summary", "layout", "fingerprint")} for n in acts.layers},
+        "summary": summary,
+        "provenance": json.loads(A.provenance(stage="explain")),
+    }
+    if paths["images"] is not None:
+        meta["inputs"] = {"images": str(Path(paths["images"]).resolve()),
+                          "text": str(Path(paths["text"]).resolve()) if paths["text"] else None,
+                          "concepts": str(paths["concepts"]) if paths["concepts"] is not None else None}
+    annotations = paths["annotations"]
+    if annotations is not None:
+        meta["inputs"] = {"annotations": annotations if annotations == "classes" else str(Path(annotations).resolve())}
+    return meta
+
+
 def explain(activations, out=None, images=None, text=None, concepts=None, annotations: str | None = None,
-            layers: list[str] | None = None, max_concepts: int = DEFAULT_MAX_CONCEPTS, width: int = DEFAULT_WIDTH,
-            tolerance: float = DEFAULT_TOLERANCE, holdout: float = DEFAULT_HOLDOUT,
-            val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0, calibration=None, device: str = "auto",
-            max_memory: int | None = None, unit_batch: int | None = None, cache=None, batch_size: int = 256,
-            units: list[int] | None = None) -> Explanations:
-    """Linear explanations of every unit of ``layers`` (default: all); writes ``out`` when given."""
+            layers: list[str] | None = None, settings: ExplainSettings | None = None, compute: Compute | None = None,
+            **fields: Any) -> Explanations:
+    """Linear explanations of every unit of ``layers`` (default: all); writes ``out`` when given.
+
+    Label mode with ``annotations``; CLIP mode with ``images`` and one of ``text``, ``concepts``.
+    ``settings`` (:class:`ExplainSettings`) and ``compute`` may also be given as their fields."""
     import torch
 
-    from .evaluate.presence import DEFAULT_CALIBRATION, AnnotatedPresence
-    from .budget import memory_budget, units_per_fit_batch
+    from .budget import units_per_fit_batch
 
-    if max_concepts < 1:
-        raise UsageError(f"--max-concepts must be at least 1, got {max_concepts}")
-    if width < 1:
-        raise UsageError(f"--width must be at least 1, got {width}")
-    if not 0 <= tolerance < 1:
-        raise UsageError(f"--tolerance must be in [0, 1), got {tolerance}")
-    if not 0 < val_fraction < 1:
-        raise UsageError(f"the validation fraction must be in (0, 1), got {val_fraction}")
+    settings = ExplainSettings.of(settings, **ExplainSettings.take(fields))
+    compute = Compute.of(compute, **Compute.take(fields))
+    no_other_fields(fields, "explain")
     inputs = [activations, images, text, concepts if isinstance(concepts, (str, os.PathLike)) else None,
               annotations if annotations not in (None, "classes") else None]
     if out is not None and str(out) != A.STDOUT:
         out = A.check_output_path(out, inputs)
-    acts = A.read_activations(activations, layers, data=False)
-    ids = list(acts.ids)
-    dev = resolve_device(device)
-    if annotations is not None:
-        if images is not None or text is not None or concepts is not None:
-            raise UsageError("give either --annotations (label mode) or --images with --text/--concepts (CLIP mode), not both")
-        source = AnnotatedPresence.open(annotations, ids, activations)
-        vocab = ConceptColumns.from_annotations(source, ids)
-        mode = "label"
-        order = None
-    else:
-        if images is None or (text is None) == (concepts is None):
-            raise UsageError("give --annotations FILE (label mode), or --images images.h5 with one of --text, --concepts (CLIP mode)")
-        from .inputs import open_inputs
-
-        img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, device, cache, batch_size)
-        ids = list(img.keys)
-        vocab = ConceptColumns.from_clip(img, txt, calibration or DEFAULT_CALIBRATION, dev)
-        mode = "clip"
+    acts, ids, order, vocab, mode = _vocabulary(activations, images, text, concepts, annotations, layers, settings, compute)
     if len(vocab.names) == 0:
         raise UsageError("the explanation vocabulary is empty (no annotated concepts)")
-    split = make_split(ids, holdout, val_fraction, seed)
-    budget = memory_budget(max_memory)
-    W = min(width, len(vocab.names))
+    split = make_split(ids, settings.holdout, settings.val_fraction, settings.seed)
+    W = min(settings.width, len(vocab.names))
+    batch = settings.unit_batch or units_per_fit_batch(compute.budget, len(ids), W)
     rows: dict[str, list] = {c: [] for c in COLUMNS}
     summary = []
     for name in acts.layers:
         q = A.read_activation_layer(activations, name)
         if order is not None:
             q = q[order]
+        units = settings.units
         wanted = list(range(q.shape[1])) if units is None else [u for u in units if u < q.shape[1]]
         # float32 (each unit batch goes to float64); no copy of the layer when every unit is explained
         a = torch.from_numpy(q if units is None else np.ascontiguousarray(q[:, wanted]))
         del q
-        with progress(f"explain {name}: candidates", len(vocab.names), "concepts") as advance:
-            cand, _ = preselect(a, vocab, split, W, advance)
-        b = unit_batch or units_per_fit_batch(budget, len(ids), W)
-        results = []
-        with progress(f"explain {name}: fit", len(wanted), "units") as advance:
-            for s in range(0, len(wanted), b):
-                results += fit_units(a[:, s:s + b], vocab, split, cand[s:s + b], max_concepts, tolerance)
-                advance(min(b, len(wanted) - s))
-        for u, (idx, w, bias, r_held, r_fit, r_single) in zip(wanted, results):
-            names = [vocab.names[i] for i in idx]
-            rows["layer"].append(name)
-            rows["unit"].append(u)
-            rows["concepts"].append(names)
-            rows["weights"].append(w)
-            rows["bias"].append(bias)
-            rows["explanation"].append(explanation_text(names, w))
-            rows["n_concepts"].append(len(names))
-            rows["correlation"].append(r_held)
-            rows["correlation_train"].append(r_fit)
-        first = cand[:, 0].tolist()
-        rows["single_concept"] += [vocab.names[i] if i >= 0 else None for i in first]
-        rows["single_correlation"] += [r[5] for r in results]
-        rows["n_train"] += [int(split.train.size)] * len(wanted)
-        rows["n_val"] += [int(split.val.size)] * len(wanted)
-        rows["n_held_out"] += [int(split.held.size)] * len(wanted)
-        held = np.array([r[3] for r in results], dtype=np.float64)
-        single = np.array([r[5] for r in results], dtype=np.float64)
-        ok = ~np.isnan(held)
-        summary.append({"layer": name, "units": len(wanted), "explained_units": int(ok.sum()),
-                        "mean_correlation": float(held[ok].mean()) if ok.any() else None,
-                        "mean_single_correlation": float(np.nanmean(single)) if np.isfinite(single).any() else None,
-                        "mean_concepts": float(np.mean([len(r[0]) for r in results])) if results else 0.0})
+        cand, results = _explain_layer(name, a, vocab, split, settings, W, batch)
+        summary.append(_add_layer_rows(rows, name, wanted, cand, results, vocab, split))
         note(f"{name}: mean held-out correlation {summary[-1]['mean_correlation'] or float('nan'):.3f} "
              f"(best single concept {summary[-1]['mean_single_correlation'] or float('nan'):.3f}), "
              f"{summary[-1]['mean_concepts']:.1f} concepts per unit")
-    meta = {
-        "mode": mode, "presence": vocab.describe, "split": split.record,
-        "params": {"max_concepts": max_concepts, "width": W, "tolerance": tolerance, "seed": seed,
-                   "selection": "greedy forward, closed-form least-squares refit, non-negative weights, "
-                                "validation correlation; candidates by train correlation"},
-        "activations": {"path": str(Path(activations).resolve()), "fingerprint": acts.attrs.get("inputs_fingerprint", ""),
-                        "model": acts.model, "weights": acts.attrs.get("weights", "")},
-        "layers": {n: {k: acts.layer_attrs[n].get(k) for k in ("summary", "layout", "fingerprint")} for n in acts.layers},
-        "summary": summary,
-        "provenance": json.loads(A.provenance(stage="explain")),
-    }
-    if images is not None:
-        meta["inputs"] = {"images": str(Path(images).resolve()), "text": str(Path(text).resolve()) if text else None,
-                          "concepts": str(concepts) if concepts is not None else None}
-    if annotations is not None:
-        meta["inputs"] = {"annotations": annotations if annotations == "classes" else str(Path(annotations).resolve())}
-    result = Explanations(rows, meta, summary)
+    paths = {"activations": activations, "images": images, "text": text, "concepts": concepts, "annotations": annotations}
+    result = Explanations(rows, _metadata(settings, mode, vocab, split, W, acts, paths, summary), summary)
     if out is not None:
         write_explanations(result, out)
         if str(out) != A.STDOUT:

@@ -310,6 +310,21 @@ def downloads_weights(spec: str, weights: str | None) -> bool:
     return spec.startswith(("timm:", "torchvision:"))
 
 
+@dataclass(frozen=True)
+class TargetSpec:
+    """Which target network, as the command line names it: ``model`` (``timm:NAME``, ``torchvision:NAME``,
+    ``file.py:function``), its ``weights``, constructor ``model_args`` and preprocessing ``overrides``."""
+
+    model: str
+    weights: str | None = None
+    model_args: dict[str, Any] | None = None
+    overrides: PreprocessOverrides | None = None
+
+    def load(self, device=None, layers: list[str] | None = None) -> "Target":
+        """The network, built and loaded (``load_target``)."""
+        return load_target(self.model, self.weights, self.model_args, self.overrides, device, layers=layers)
+
+
 def load_target(
     spec: str,
     weights: str | None = None,

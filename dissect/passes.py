@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import shutil
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -26,6 +26,7 @@ from . import artifacts as A
 from .errors import InputError, ModelError, UsageError
 from .probe import Probe, Skipped
 from .runtime import DEFAULT_PRECISION
+from .settings import Settings
 
 #: Images per checkpointed chunk of a pass.
 DEFAULT_CHUNK_IMAGES = 2048
@@ -57,7 +58,7 @@ class PassConsumer(Protocol):
 
 
 @dataclass(frozen=True)
-class PassOptions:
+class PassOptions(Settings):
     """How an image pass runs, not what it computes: the settings embed-images, record and run share.
 
     Built once by the CLI (or by ``PassOptions.of`` from a library call's keyword
@@ -73,21 +74,13 @@ class PassOptions:
     channels_last: bool | None = None   # None: on for conv nets on CUDA
     shard: str | None = None            # "I/N": only that slice of the probe
 
-    @classmethod
-    def of(cls, options: "PassOptions | None" = None, **settings: Any) -> "PassOptions":
-        """``options`` (default: the defaults) with ``settings`` (field names) replaced."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(settings) - names)
-        if unknown:
-            raise TypeError(f"unknown pass setting {unknown[0]!r} (known: {', '.join(sorted(names))})")
-        opts = replace(options or cls(), **settings)
-        if opts.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {opts.batch_size}")
-        if opts.checkpoint_every is not None and opts.checkpoint_every < 0:
-            raise UsageError(f"--checkpoint-every must be positive (0: never), got {opts.checkpoint_every}")
-        if opts.workers is not None and opts.workers < 0:
-            raise UsageError(f"--workers must be at least 0, got {opts.workers}")
-        return opts
+    def check(self) -> None:
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 0:
+            raise UsageError(f"--checkpoint-every must be positive (0: never), got {self.checkpoint_every}")
+        if self.workers is not None and self.workers < 0:
+            raise UsageError(f"--workers must be at least 0, got {self.workers}")
 
     @property
     def chunk(self) -> int:

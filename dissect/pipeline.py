@@ -34,17 +34,36 @@ from .concepts import ConceptSet, load_concepts
 from .embed import ImageEmbedder, check_dtype, embed_text, image_embeddings_fingerprint, text_embeddings_fingerprint
 from .errors import MismatchError, UsageError
 from .fingerprint import fingerprint
-from .label import label
-from .models import PreprocessOverrides, Target, load_target
+from .label import LabelSettings, label
+from .models import Target, TargetSpec
 from .passes import PassOptions, execute
 from .probe import Probe, open_probe
-from .directions import DirectionsOptions
+from .directions import DirectionsOptions, is_entry
 from .record import ActivationRecorder, RecordPlan, activations_inputs_fingerprint, plan_record
 from .runtime import note, resolve_device, resolve_precision
+from .settings import Compute, Settings, no_other_fields
 from .shards import init_process_group, distributed_world, merge, parse_shard, plan_pass
-from .similarity import resolve_params
 
 SHARDS = "shards"
+
+
+@dataclass(frozen=True)
+class RunSettings(Settings):
+    """What a run records and makes beside the labels: the summary and channel layout of the recorded layers, the
+    embeddings' dtype, texts per CLIP batch, the working-memory budget of labelling (bytes; None: the default),
+    and the optional steps: compositional labels (``compose``, of each unit's ``compose_top_k`` best concepts
+    joined by ``compose_template``) and linear explanations (``explain``, at most ``explain_max_concepts``)."""
+
+    summary: str = "mean"
+    layout: str = "auto"
+    dtype: str = "float32"
+    text_batch_size: int = 256
+    max_memory: int | None = None
+    compose: bool = False
+    compose_top_k: int = 10
+    compose_template: str = "{a} {b}"
+    explain: bool = False
+    explain_max_concepts: int = 5
 
 
 @dataclass
@@ -57,6 +76,10 @@ class _Run:
     clip_spec: ClipSpec
     options: PassOptions
     device: Any
+    target: TargetSpec = None
+    layers: list[str] = field(default_factory=list)
+    settings: RunSettings = field(default_factory=RunSettings)
+    label: LabelSettings = field(default_factory=LabelSettings)
     steps: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     world: tuple[int, int, int] | None = field(default_factory=distributed_world)
@@ -97,6 +120,10 @@ class _Run:
     def drop_clip(self) -> None:
         self._clip = None
 
+    def compute(self, clip=None) -> Compute:
+        """How the artifact stages of this run compute: its device and memory budget (``clip``: its CLIP model)."""
+        return Compute(device=str(self.device), max_memory=self.settings.max_memory, clip=clip)
+
 
 def _reusable(path: Path, kind: str, expected: str) -> tuple[bool, str]:
     attrs = A.peek_attrs(path, kind)
@@ -107,83 +134,60 @@ def _reusable(path: Path, kind: str, expected: str) -> tuple[bool, str]:
     return True, "up to date"
 
 
-def run(
-    probe: list[str],
-    clip: str,
-    model: str,
-    layers: list[str],
-    concepts: str,
-    out: str | os.PathLike,
-    sim: str = "softwpmi",
-    params: dict[str, Any] | None = None,
-    weights: str | None = None,
-    model_args: dict[str, Any] | None = None,
-    summary: str = "mean",
-    layout: str = "auto",
-    overrides: PreprocessOverrides | None = None,
-    top: int = 5,
-    seed: int | None = None,
-    text_batch_size: int = 256,
-    chunk: int | None = None,
-    max_memory: int | None = None,
-    dtype: str = "float32",
-    compose: bool = False,
-    compose_top_k: int = 10,
-    compose_template: str = "{a} {b}",
-    explain: bool = False,
-    explain_max_concepts: int = 5,
-    options: PassOptions | None = None,
-    directions=None,
-    **settings: Any,
-) -> Path:
+def run(probe: list[str], clip: str, model: str | TargetSpec, layers: list[str], concepts: str, out: str | os.PathLike,
+        settings: RunSettings | None = None, label: LabelSettings | None = None, options: PassOptions | None = None,
+        directions=None, **fields: Any) -> Path:
     """Run embed-images, embed-text, record and label into the folder ``out``; returns labels.parquet.
 
     Missing image embeddings and activations are made in one pass over the probe
-    (each image decoded once for both models). ``options`` (``passes.PassOptions``, or its
-    fields as keyword arguments) say how the image pass runs; ``options.shard`` "I/N"
-    runs only that slice of it into RUN/shards/ (a later run without it merges them).
+    (each image decoded once for both models). ``model``: a spec, or a ``models.TargetSpec``
+    with its weights, model arguments and preprocessing overrides. ``settings`` (:class:`RunSettings`),
+    ``label`` (``label.LabelSettings``) and ``options`` (``passes.PassOptions``: how the image pass
+    runs; ``options.shard`` "I/N" runs only that slice of it into RUN/shards/, which a later run
+    without it merges) may also be given as their fields, as may the target's (``weights=``, ...).
     ``directions`` (``directions.DirectionsOptions`` or ``LAYER=SPEC`` items): direction
     sets recorded and labelled beside their layers, as ``LAYER@NAME``.
     """
-    opts = PassOptions.of(options, **settings)
-    directions = DirectionsOptions.of(directions)
+    target = model if isinstance(model, TargetSpec) else \
+        TargetSpec(model, **{k: fields.pop(k) for k in ("weights", "model_args", "overrides") if k in fields})
+    settings = RunSettings.of(settings, **RunSettings.take(fields))
+    label = LabelSettings.of(label, **LabelSettings.take(fields))
+    opts = PassOptions.of(options, **PassOptions.take(fields))
+    no_other_fields(fields, "run")
     ctx = _open_run(out, probe, concepts, clip, opts)
     # One run per folder (rank 0 holds it under torchrun, where the ranks keep in step by barriers; the tasks of a
     # job array, --shard, write files of their own and run side by side).
     lock = A.ProcessLock(ctx.dir / ".dissect-run.lock", f"run folder {ctx.dir}") if ctx.lead and not opts.shard else None
     try:
-        ctx.directions = directions
-        return _run_steps(ctx, model, layers, sim, params, weights, model_args, summary, layout, overrides, top, seed,
-                          text_batch_size, chunk, max_memory, dtype, compose, compose_top_k, compose_template,
-                          explain, explain_max_concepts)
+        ctx.directions, ctx.target, ctx.layers, ctx.settings, ctx.label = (DirectionsOptions.of(directions), target,
+                                                                           list(layers), settings, label)
+        return _run_steps(ctx)
     finally:
         if lock is not None:
             lock.release(remove=True)
 
 
-def _run_steps(ctx: _Run, model, layers, sim, params, weights, model_args, summary, layout, overrides, top, seed,
-               text_batch_size, chunk, max_memory, dtype, compose, compose_top_k, compose_template,
-               explain=False, explain_max_concepts=5) -> Path:
-    opts = ctx.options
-    resolved = resolve_params(sim, params)  # validate before any expensive work
-    check_dtype(dtype)
-    target = load_target(model, weights, model_args, overrides, ctx.device, layers=layers)
+def _run_steps(ctx: _Run) -> Path:
+    opts, settings = ctx.options, ctx.settings
+    resolved = ctx.label.resolved_params()  # validate before any expensive work
+    check_dtype(settings.dtype)
+    target = ctx.target.load(ctx.device, layers=ctx.layers)
     if opts.shard is not None:
-        return _shard_pass(ctx, target, layers, summary, layout, dtype)
+        return _shard_pass(ctx, target)
     if ctx.lead:
         _merge_shards(ctx.dir)
-    _embed_text(ctx, text_batch_size, dtype)
-    plan = _activations_plan(ctx, target, layers, summary, layout)
-    _image_pass(ctx, plan, summary, layout, dtype, keep_clip=compose)
-    layers = plan.layers  # with the direction entries (LAYER@NAME), and the layers they are on
+    _embed_text(ctx)
+    plan = _activations_plan(ctx, target)
+    _image_pass(ctx, plan, keep_clip=settings.compose)
+    ctx.layers = plan.layers  # with the direction entries (LAYER@NAME), and the layers they are on
     del target, plan  # free the network (and CLIP, unless compose embeds with it) before labelling
-    labels_fp = _label(ctx, layers, summary, layout, sim, params, resolved, top, seed, chunk, max_memory)
-    if compose and ctx.lead:  # compose is not split across ranks: rank 0 runs it
-        _compose(ctx, labels_fp, layers, sim, params, top, compose_top_k, compose_template, max_memory)
-    if explain and ctx.lead:
-        _explain(ctx, labels_fp, layers, explain_max_concepts, max_memory)
+    labels_fp = _label(ctx, resolved)
+    if settings.compose and ctx.lead:  # compose is not split across ranks: rank 0 runs it
+        _compose(ctx, labels_fp)
+    if settings.explain and ctx.lead:
+        _explain(ctx, labels_fp)
     if ctx.lead:
-        _write_manifest(ctx, model, weights, model_args, layers, summary, sim, resolved, dtype)
+        _write_manifest(ctx, resolved)
     return ctx.labels
 
 
@@ -223,20 +227,20 @@ def _merge_shards(run_dir: Path) -> None:
         folder.rmdir()
 
 
-def _embed_text(ctx: _Run, batch_size: int, dtype: str) -> None:
+def _embed_text(ctx: _Run) -> None:
     """text.h5, reused when it holds the concept set's embeddings by this CLIP model and precision."""
     if ctx.lead:
         expected = text_embeddings_fingerprint(ctx.clip_fp, ctx.concepts.fingerprint, ctx.clip_precision)
         ok, why = _reusable(ctx.text, A.TEXT_FORMAT, expected)
         note(f"{'reusing' if ok else 'computing'} {ctx.text} ({why})")
         if not ok:
-            embed_text(ctx.concepts, ctx.clip(), ctx.text, batch_size=batch_size, precision=ctx.clip_precision,
-                       dtype=dtype, strict=ctx.options.strict)
+            embed_text(ctx.concepts, ctx.clip(), ctx.text, batch_size=ctx.settings.text_batch_size,
+                       precision=ctx.clip_precision, dtype=ctx.settings.dtype, strict=ctx.options.strict)
         ctx.steps["text"] = {"path": ctx.text.name, "reused": ok}
     ctx.barrier()
 
 
-def _activations_plan(ctx: _Run, target: Target, layers: list[str], summary: str, layout: str) -> RecordPlan:
+def _activations_plan(ctx: _Run, target: Target) -> RecordPlan:
     """Which layers activations.h5 still needs; a file of other inputs, summary or layout is started over."""
     inputs_fp = activations_inputs_fingerprint(target, ctx.probe.fingerprint, ctx.target_precision)
     attrs = A.peek_attrs(ctx.activations, A.ACTIVATIONS_FORMAT)
@@ -245,9 +249,10 @@ def _activations_plan(ctx: _Run, target: Target, layers: list[str], summary: str
         if ctx.lead:
             ctx.activations.unlink()
     ctx.barrier()
+    summary, layout = ctx.settings.summary, ctx.settings.layout
     try:
-        plan = plan_record(ctx.probe, target, layers, ctx.activations, summary, layout, ctx.device, ctx.target_precision,
-                           directions=ctx.directions)
+        plan = plan_record(ctx.probe, target, ctx.layers, ctx.activations, summary, layout, ctx.device,
+                           ctx.target_precision, directions=ctx.directions)
     except MismatchError:
         # Same inputs but layers recorded with another summary or layout: start this file over.
         note(f"recomputing {ctx.activations} (recorded with another --summary or --layout)")
@@ -255,8 +260,8 @@ def _activations_plan(ctx: _Run, target: Target, layers: list[str], summary: str
         if ctx.lead:
             ctx.activations.unlink()
         ctx.barrier()
-        plan = plan_record(ctx.probe, target, layers, ctx.activations, summary, layout, ctx.device, ctx.target_precision,
-                           directions=ctx.directions)
+        plan = plan_record(ctx.probe, target, ctx.layers, ctx.activations, summary, layout, ctx.device,
+                           ctx.target_precision, directions=ctx.directions)
     ctx.steps["activations"] = {"path": ctx.activations.name, "reused_layers": plan.have}
     if plan.todo:
         note(f"recording {', '.join(plan.todo)} into {ctx.activations}"
@@ -266,8 +271,8 @@ def _activations_plan(ctx: _Run, target: Target, layers: list[str], summary: str
     return plan
 
 
-def _image_pass(ctx: _Run, plan: RecordPlan, summary: str, layout: str, dtype: str, outs: dict[str, Path] | None = None,
-                shard: str | None = None, keep_clip: bool = False) -> None:
+def _image_pass(ctx: _Run, plan: RecordPlan, outs: dict[str, Path] | None = None, shard: str | None = None,
+                keep_clip: bool = False) -> None:
     """One pass over the probe for whatever images.h5 and activations.h5 lack (``outs``: other files, a shard's).
 
     Each image is decoded once and fed to CLIP and to the target model, each with its own
@@ -283,6 +288,7 @@ def _image_pass(ctx: _Run, plan: RecordPlan, summary: str, layout: str, dtype: s
     if images_ok and not keep_clip:
         ctx.drop_clip()  # it made the text embeddings; the pass does not need it
     opts, n = ctx.options, len(ctx.probe)
+    summary, layout, dtype = ctx.settings.summary, ctx.settings.layout, ctx.settings.dtype
     consumers: dict[str, Any] = {}
     if not images_ok:
         consumers["images"] = ImageEmbedder(ctx.clip(), n, ctx.clip_precision, dtype, opts.batch_size)
@@ -307,39 +313,40 @@ def _image_pass(ctx: _Run, plan: RecordPlan, summary: str, layout: str, dtype: s
     ctx.barrier()
 
 
-def _shard_pass(ctx: _Run, target: Target, layers: list[str], summary: str, layout: str, dtype: str) -> Path:
+def _shard_pass(ctx: _Run, target: Target) -> Path:
     """``--shard I/N``: embed and record that slice into RUN/shards/; a later run without --shard merges them."""
     shard = parse_shard(ctx.options.shard)
     folder = ctx.dir / SHARDS
     folder.mkdir(exist_ok=True)
     tag = f"{shard.index}-of-{shard.count}"
     outs = {"images": folder / f"images.{tag}.h5", "activations": folder / f"activations.{tag}.h5"}
-    plan = plan_record(ctx.probe, target, layers, outs["activations"], summary, layout, ctx.device, ctx.target_precision,
-                       fresh=True, directions=ctx.directions)  # a shard is always written anew
-    _image_pass(ctx, plan, summary, layout, dtype, outs=outs, shard=str(shard))
+    plan = plan_record(ctx.probe, target, ctx.layers, outs["activations"], ctx.settings.summary, ctx.settings.layout,
+                       ctx.device, ctx.target_precision, fresh=True, directions=ctx.directions)  # always written anew
+    _image_pass(ctx, plan, outs=outs, shard=str(shard))
     note(f"shard {shard} done in {folder}; when all {shard.count} are, run the same command without --shard to merge "
          f"and label")
     return folder
 
 
-def _label(ctx: _Run, layers, summary, layout, sim, params, resolved, top, seed, chunk, max_memory) -> str:
+def _label(ctx: _Run, resolved: dict[str, Any]) -> str:
     """labels.parquet, reused when it was made from the same artifacts and settings; returns its run fingerprint."""
     images_fp = A.peek_attrs(ctx.images, A.IMAGE_FORMAT)["fingerprint"]
     text_fp = A.peek_attrs(ctx.text, A.TEXT_FORMAT)["fingerprint"]
     inputs_fp = A.peek_attrs(ctx.activations, A.ACTIVATIONS_FORMAT)["inputs_fingerprint"]
-    entries = sorted(n for n in layers if "@" in n)
+    layers, lab, settings = ctx.layers, ctx.label, ctx.settings
+    entries = sorted(n for n in layers if is_entry(n))
     # Direction entries: what made their units (another SAE under the same name must be labelled again).
     units_fp = ([A.read_activations(ctx.activations, entries, data=False).layer_attrs[n].get("fingerprint") for n in entries]
                 if entries else [])
-    labels_fp = fingerprint([A.LABELS_FORMAT, A.FORMAT_VERSION, images_fp, text_fp, inputs_fp, sorted(layers), summary,
-                             layout, sim, resolved, seed, top] + ([units_fp] if units_fp else []))
+    labels_fp = fingerprint([A.LABELS_FORMAT, A.FORMAT_VERSION, images_fp, text_fp, inputs_fp, sorted(layers),
+                             settings.summary, settings.layout, lab.sim, resolved, lab.seed, lab.top]
+                            + ([units_fp] if units_fp else []))
     reuse = _made_with(ctx.labels, labels_fp)
     if reuse:
         note(f"reusing {ctx.labels} (up to date)")
     else:
-        label(ctx.images, ctx.activations, ctx.labels, text=ctx.text, sim=sim, params=params, layers=layers, top=top,
-              seed=seed, device=str(ctx.device), chunk=chunk, max_memory=max_memory,
-              extra_metadata={"run_fingerprint": labels_fp})
+        label(ctx.images, ctx.activations, ctx.labels, text=ctx.text, layers=layers, settings=lab,
+              compute=ctx.compute(), extra_metadata={"run_fingerprint": labels_fp})
     ctx.steps["labels"] = {"path": ctx.labels.name, "reused": reuse}
     return labels_fp
 
@@ -354,38 +361,40 @@ def _made_with(path: Path, run_fingerprint: str) -> bool:
         return False
 
 
-def _compose(ctx: _Run, labels_fp, layers, sim, params, top, top_k, template, max_memory) -> None:
+def _compose(ctx: _Run, labels_fp: str) -> None:
     """composed.parquet: compositional labels from the labels' candidates (dissect compose)."""
+    from .compose import DEFAULT_SELECT, ComposeSettings
     from .compose import compose as compose_labels
 
     path = ctx.dir / "composed.parquet"
-    from .compose import DEFAULT_SELECT
-
+    top, top_k, template = ctx.label.top, ctx.settings.compose_top_k, ctx.settings.compose_template
     compose_fp = fingerprint([labels_fp, "compose", top_k, template, DEFAULT_SELECT])
     reuse = _made_with(path, compose_fp)
     if reuse:
         note(f"reusing {path} (up to date)")
     else:
         # The labels' candidates are reused when they hold enough (--top >= --compose-top-k).
+        settings = ComposeSettings(sim=ctx.label.sim, params=ctx.label.params, top_k=top_k, template=template, top=top)
+        # the run's CLIP model when in memory: not loaded again from a spec
         compose_labels(ctx.images, ctx.activations, path, text=ctx.text, labels=ctx.labels if top >= top_k else None,
-                       sim=sim, params=params, layers=layers, top_k=top_k, template=template, top=top,
-                       device=str(ctx.device), max_memory=max_memory, extra_metadata={"run_fingerprint": compose_fp},
-                       clip=ctx.loaded_clip)  # the run's model when in memory: not loaded again from a spec
+                       layers=ctx.layers, settings=settings, compute=ctx.compute(clip=ctx.loaded_clip),
+                       extra_metadata={"run_fingerprint": compose_fp})
     ctx.steps["composed"] = {"path": path.name, "reused": reuse}
 
 
-def _explain(ctx: _Run, labels_fp, layers, max_concepts, max_memory) -> None:
+def _explain(ctx: _Run, labels_fp: str) -> None:
     """explanations.parquet: linear explanations in CLIP mode over the run's concept set (dissect explain)."""
     from .explain import explain as explain_units
 
     path = ctx.dir / "explanations.parquet"
+    max_concepts = ctx.settings.explain_max_concepts
     explain_fp = fingerprint([labels_fp, "explain", max_concepts])
     reuse = _made_with(path, explain_fp)
     if reuse:
         note(f"reusing {path} (up to date)")
     else:
-        ex = explain_units(ctx.activations, None, images=ctx.images, text=ctx.text, layers=layers,
-                           max_concepts=max_concepts, device=str(ctx.device), max_memory=max_memory)
+        ex = explain_units(ctx.activations, None, images=ctx.images, text=ctx.text, layers=ctx.layers,
+                           max_concepts=max_concepts, compute=ctx.compute())
         ex.metadata["run_fingerprint"] = explain_fp
         from .explain import write_explanations
 
@@ -394,20 +403,20 @@ def _explain(ctx: _Run, labels_fp, layers, max_concepts, max_memory) -> None:
     ctx.steps["explanations"] = {"path": path.name, "reused": reuse}
 
 
-def _write_manifest(ctx: _Run, model, weights, model_args, layers, summary, sim, resolved, dtype) -> None:
+def _write_manifest(ctx: _Run, resolved: dict[str, Any]) -> None:
     manifest = {
         "probe": ctx.probe.describe(),
         "clip": str(ctx.clip_spec),
-        "model": model,
-        "weights": weights,
-        "model_args": model_args or {},
-        "layers": layers,
-        "summary": summary,
+        "model": ctx.target.model,
+        "weights": ctx.target.weights,
+        "model_args": ctx.target.model_args or {},
+        "layers": ctx.layers,
+        "summary": ctx.settings.summary,
         "concepts": {"name": ctx.concepts.name, "source": ctx.concepts.source, "n": len(ctx.concepts.concepts)},
-        "similarity": sim,
+        "similarity": ctx.label.sim,
         "params": resolved,
         "precision": {"clip": ctx.clip_precision, "target": ctx.target_precision},
-        "dtype": dtype,
+        "dtype": ctx.settings.dtype,
         "steps": ctx.steps,
         "seconds": round(time.perf_counter() - ctx.started, 2),
         "provenance": json.loads(A.provenance(stage="run")),

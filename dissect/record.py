@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import artifacts as A
-from .directions import DirectionsOptions, UnitEntry
+from .directions import DirectionsOptions, UnitEntry, is_entry
 from .errors import MismatchError, UsageError
 from .fingerprint import fingerprint
 from .hooks import LayerInfo, Recorder, check_recordable, list_modules, parse_layout, probe_layers, resolve_layers
@@ -106,17 +106,21 @@ class ActivationRecorder:
     """
 
     def __init__(self, target: Target, layers: list[str], n_images: int, summary: str = "mean", layout: str = "auto",
-                 device=None, precision: str = "fp32", channels_last: bool | None = None,
-                 infos: dict[str, LayerInfo] | None = None, inputs_fp: str = "", keep: bool = False,
-                 batch_size: int = 64, units: dict[str, UnitEntry] | None = None, spill_dir=None):
+                 device=None, precision: str = "fp32", channels_last: bool | None = None, batch_size: int = 64,
+                 plan: "RecordPlan | None" = None):
         import torch
 
-        # ``layers``: the layers and direction entries (``LAYER@NAME``, described in ``units``) to record.
-        self.units = {n: u for n, u in (units or {}).items() if n in layers}
+        # ``layers``: the layers and direction entries (``LAYER@NAME``, described in the plan's ``units``) to record;
+        # the plan (``plan_record``) also says their layouts, the inputs' fingerprint, the file to add to, and where
+        # layers too large for memory are spilled.
+        infos = plan.infos if plan is not None else None
+        self.units = {n: u for n, u in (plan.units if plan is not None else {}).items() if n in layers}
         self.target, self.layers, self.n_images = target, list(layers), n_images
-        self.spill_dir = Path(spill_dir) if spill_dir is not None else None
+        self.spill_dir = plan.spill_dir if plan is not None else None
         self._spills: list[A.RowSpill] = []
-        self.inputs_fp, self.keep, self.batch_size = inputs_fp, keep, batch_size  # what write() records and adds to
+        # what write() records and adds to
+        self.inputs_fp, self.keep = (plan.inputs_fp, plan.exists) if plan is not None else ("", False)
+        self.batch_size = batch_size
         self.summary, self.layout, self.precision = summary, str(parse_layout(layout)), precision
         self.device = device if device is not None else torch.device("cpu")
         self.transform = target.transform
@@ -197,9 +201,7 @@ class ActivationRecorder:
                  channels_last: bool | None, batch_size: int) -> "ActivationRecorder":
         """The recorder of ``layers`` of a ``plan_record`` plan (its layouts, fingerprint and file to add to)."""
         check_input_memory(plan.target, batch_size, device)
-        return cls(plan.target, layers, n_images, summary, layout, device, plan.precision, channels_last,
-                   infos=plan.infos, inputs_fp=plan.inputs_fp, keep=plan.exists, batch_size=batch_size,
-                   units=plan.units, spill_dir=plan.spill_dir)
+        return cls(plan.target, layers, n_images, summary, layout, device, plan.precision, channels_last, batch_size, plan)
 
     def write(self, out, probe: Probe, skipped: list[Skipped] = (), positions: range | None = None,
               extra_attrs: dict[str, Any] | None = None) -> Path:
@@ -456,7 +458,7 @@ def _grown_probe(out, probe: Probe, target: Target, layers, summary, layout, dev
     with direction entries are not grown (they are recorded anew into another file).
     """
     attrs = A.peek_attrs(out, A.ACTIVATIONS_FORMAT)
-    if attrs is None or attrs.get("shard") or directions or any("@" in n for n in attrs.get("_layers", [])):
+    if attrs is None or attrs.get("shard") or directions or any(is_entry(n) for n in attrs.get("_layers", [])):
         return None
     precision = resolve_precision(precision, dev, "target")
     if attrs.get("inputs_fingerprint") == activations_inputs_fingerprint(target, probe.fingerprint, precision):

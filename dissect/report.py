@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ import numpy as np
 
 from . import artifacts as A
 from .errors import InputError, MismatchError, UsageError
+from .models import TargetSpec
 from .runtime import note, progress
+from .settings import Settings, no_other_fields
 
 THUMB = 112
 
@@ -78,19 +81,18 @@ def _svg_histogram(values: np.ndarray, cutoff: float | None, bins: int = 30) -> 
             f'<text x="0" y="{h + 12}">{edges[0]:.2f}</text><text x="{w}" y="{h + 12}" text-anchor="end">{edges[-1]:.2f}</text></svg>')
 
 
-def _activation_maps(model, weights, model_args, device, probe_set, pos, neurons, acts, layers, size) -> dict:
+def _activation_maps(target_spec: "TargetSpec", device, probe_set, pos, neurons, acts, layers, size) -> dict:
     """{(layer, unit, image id): JPEG of the model's view of the image with the unit's activation map over it}."""
     import torch
     from PIL import Image
 
     from .hooks import LayoutRequest, Recorder
-    from .models import load_target
     from .runtime import resolve_device, warn
 
     dev = resolve_device(device)
-    target = load_target(model, weights, model_args, None, dev, layers=layers)
+    target = target_spec.load(dev, layers=layers)
     if target.fingerprint and acts.attrs.get("model_fingerprint") and target.fingerprint != acts.attrs["model_fingerprint"]:
-        raise UsageError(f"{model} with these weights is not the model that made the activations",
+        raise UsageError(f"{target_spec.model} with these weights is not the model that made the activations",
                          hint="pass the --model, --weights and --model-arg used for `dissect record`")
     if target.preprocess is None:
         warn("activation maps left out: the model brings its own transform, so its input view is unknown")
@@ -163,147 +165,134 @@ def _check_report_output(out: Path, page: Path, single_file: bool, inputs) -> No
     A.check_output_path(page, inputs)
 
 
-def build_report(
-    labels: str | os.PathLike,
-    activations: str | os.PathLike,
-    out: str | os.PathLike,
-    probe: list[str] | None = None,
-    composed: str | os.PathLike | None = None,
-    metrics: str | os.PathLike | None = None,
-    simulate: str | os.PathLike | None = None,
-    explanations: str | os.PathLike | None = None,
-    top_images: int = 10,
-    layers: list[str] | None = None,
-    percentiles: bool = False,
-    single_file: bool = False,
-    cutoff: float | None = None,
-    thumb_size: int = THUMB,
-    model: str | None = None,
-    weights: str | None = None,
-    model_args: dict[str, Any] | None = None,
-    device: str = "auto",
-) -> Path:
-    """Write the report into the folder ``out`` (or ``out`` as one HTML file with ``single_file``); returns the page.
+@dataclass(frozen=True)
+class ReportSettings(Settings):
+    """What the page shows: the ``top_images`` most activating images per unit (and, with ``percentiles``, five
+    sampled from each unit's top 0.1%, 1% and 5%), of ``layers`` (None: every labelled one), the interpretability
+    ``cutoff`` in the layer summaries, thumbnails of ``thumb_size`` pixels, inlined with ``single_file``."""
 
-    With ``model`` (the target the activations came from), conv layers' activation maps
-    are recomputed for the images shown and overlaid on them (a toggle on the page).
-    """
-    from .probe import open_probe
+    top_images: int = 10
+    layers: tuple[str, ...] | None = None
+    percentiles: bool = False
+    single_file: bool = False
+    cutoff: float | None = None
+    thumb_size: int = THUMB
 
-    if top_images < 1:
-        raise UsageError(f"--top-images must be at least 1, got {top_images}")
-    meta = A.read_labels_metadata(labels)
-    label_rows = A.read_table(labels, A.LABELS_FORMAT).to_pylist()
-    acts = A.read_activations(activations, data=False)
-    wanted = layers or list(dict.fromkeys(r["layer"] for r in label_rows))
-    missing = [n for n in wanted if n not in acts.layers]
-    if missing:
-        raise UsageError(f"{activations} has no layer {missing[0]!r} of the labels", hint="pass the activations the labels came from")
-    probe_set = open_probe(probe or _probe_from_activations(acts))
-    pos = {k: i for i, k in enumerate(probe_set.ids)}
-    absent = [k for k in acts.ids if k not in pos]
-    if absent:
-        raise InputError(f"image {absent[0]!r} of {activations} is not in the probe", hint="pass the PROBE the activations were recorded on")
-    extra_cols = {}
-    if composed is not None:
-        c = A.read_table(composed, A.COMPOSED_FORMAT, columns=["layer", "unit", "label", "gain"]).to_pylist()
-        extra_cols["composed"] = {(r["layer"], int(r["unit"])): (r["label"], r["gain"]) for r in c}
-    if metrics is not None:
-        m = A.read_table(metrics, A.EVALUATION_FORMAT, columns=["layer", "unit", "truth", "exact"]).to_pylist()
-        extra_cols["truth"] = {(r["layer"], int(r["unit"])): (r["truth"], bool(r["exact"])) for r in m}
-    if simulate is not None:
+    def check(self) -> None:
+        if self.top_images < 1:
+            raise UsageError(f"--top-images must be at least 1, got {self.top_images}")
+
+
+@dataclass(frozen=True)
+class ReportExtras:
+    """The optional tables shown on the cards: composed labels, `evaluate` metrics (truth and ✓/✗), simulation
+    scores, linear explanations."""
+
+    composed: Any = None
+    metrics: Any = None
+    simulate: Any = None
+    explanations: Any = None
+
+    def paths(self) -> list:
+        return [self.composed, self.metrics, self.simulate, self.explanations]
+
+
+def _extra_columns(extras: ReportExtras) -> dict[str, dict]:
+    """{card field: {(layer, unit): value}} of the extras given."""
+    out: dict[str, dict] = {}
+    if extras.composed is not None:
+        c = A.read_table(extras.composed, A.COMPOSED_FORMAT, columns=["layer", "unit", "label", "gain"]).to_pylist()
+        out["composed"] = {(r["layer"], int(r["unit"])): (r["label"], r["gain"]) for r in c}
+    if extras.metrics is not None:
+        m = A.read_table(extras.metrics, A.EVALUATION_FORMAT, columns=["layer", "unit", "truth", "exact"]).to_pylist()
+        out["truth"] = {(r["layer"], int(r["unit"])): (r["truth"], bool(r["exact"])) for r in m}
+    if extras.simulate is not None:
         from .evaluate.simulate import read_scores
 
-        extra_cols["simulation"] = read_scores(simulate)
-    if explanations is not None:
-        e = A.read_table(explanations, A.EXPLAIN_FORMAT, columns=["layer", "unit", "explanation", "correlation"]).to_pylist()
-        extra_cols["explanation"] = {(r["layer"], int(r["unit"])): (r["explanation"], r["correlation"]) for r in e}
+        out["simr"] = read_scores(extras.simulate)
+    if extras.explanations is not None:
+        e = A.read_table(extras.explanations, A.EXPLAIN_FORMAT,
+                         columns=["layer", "unit", "explanation", "correlation"]).to_pylist()
+        out["expl"] = {(r["layer"], int(r["unit"])): (r["explanation"], r["correlation"]) for r in e}
+    return out
 
-    out = Path(out)
-    page = out if single_file else out / "index.html"
-    _check_report_output(out, page, single_file, [labels, activations, composed, metrics, simulate, explanations])
-    (page.parent if single_file else out).mkdir(parents=True, exist_ok=True)
-    thumbs_dir = None if single_file else out / "thumbs"
-    if thumbs_dir is not None:
-        thumbs_dir.mkdir(exist_ok=True)
 
-    neurons, summaries, shown = [], [], {}
-    for name in wanted:
-        q = A.read_activation_layer(activations, name)
-        rows = sorted((r for r in label_rows if r["layer"] == name), key=lambda r: r["unit"])
-        if rows and rows[-1]["unit"] >= q.shape[1]:
-            raise MismatchError(f"{labels} labels unit {rows[-1]['unit']} of layer {name}, which has {q.shape[1]} units "
-                                f"in {activations}", hint="pass the activations the labels came from")
-        n = min(top_images, q.shape[0])
-        order = np.argsort(-q, axis=0, kind="stable")
-        frac_rows = {}
-        if percentiles:
-            rng = np.random.default_rng(0)
-            for label, frac in (("top 0.1%", 0.001), ("top 1%", 0.01), ("top 5%", 0.05)):
-                k = max(n, int(round(q.shape[0] * frac)))
-                frac_rows[label] = (k, rng)
-        for r in rows:
-            u = int(r["unit"])
-            top = order[:n, u]
-            card: dict[str, Any] = {"layer": name, "unit": u, "label": r["label"], "sim": r["similarity"],
-                                    "cands": [[c, v] for c, v in zip(r["candidates"] or [], r["candidate_similarities"] or [])][1:],
-                                    "imgs": [[acts.ids[i], float(q[i, u])] for i in top]}
-            for label, (k, rng) in frac_rows.items():
-                pick = np.sort(rng.choice(order[:k, u], size=min(5, k), replace=False))
-                card.setdefault("samples", {})[label] = [[acts.ids[i], float(q[i, u])] for i in pick]
-            if "composed" in extra_cols and (name, u) in extra_cols["composed"]:
-                card["composed"] = extra_cols["composed"][(name, u)]
-            if "truth" in extra_cols and (name, u) in extra_cols["truth"]:
-                card["truth"] = extra_cols["truth"][(name, u)]
-            if "simulation" in extra_cols and (name, u) in extra_cols["simulation"]:
-                card["simr"] = extra_cols["simulation"][(name, u)]
-            if "explanation" in extra_cols and (name, u) in extra_cols["explanation"]:
-                card["expl"] = extra_cols["explanation"][(name, u)]
-            for i, _ in card["imgs"] + [x for v in card.get("samples", {}).values() for x in v]:
-                shown.setdefault(i, None)
-            neurons.append(card)
-        sims = np.array([np.nan if r["similarity"] is None else r["similarity"] for r in rows], dtype=np.float64)
-        summaries.append({"layer": name, "units": int(len(rows)), "mean": float(np.nanmean(sims)) if np.isfinite(sims).any() else None,
-                          "interpretable": None if cutoff is None else float(np.mean(sims > cutoff)),
-                          "svg": _svg_histogram(sims, cutoff)})
+def _layer_cards(name: str, q: np.ndarray, rows: list[dict], ids: list[str], extra: dict[str, dict],
+                 settings: ReportSettings) -> list[dict[str, Any]]:
+    """The cards of one layer's labelled units: label, alternatives, top images (and samples), the extras."""
+    n = min(settings.top_images, q.shape[0])
+    order = np.argsort(-q, axis=0, kind="stable")
+    frac_rows = {}
+    if settings.percentiles:
+        rng = np.random.default_rng(0)
+        for label, frac in (("top 0.1%", 0.001), ("top 1%", 0.01), ("top 5%", 0.05)):
+            frac_rows[label] = (max(n, int(round(q.shape[0] * frac))), rng)
+    cards = []
+    for r in rows:
+        u = int(r["unit"])
+        card: dict[str, Any] = {"layer": name, "unit": u, "label": r["label"], "sim": r["similarity"],
+                                "cands": [[c, v] for c, v in zip(r["candidates"] or [], r["candidate_similarities"] or [])][1:],
+                                "imgs": [[ids[i], float(q[i, u])] for i in order[:n, u]]}
+        for label, (k, rng) in frac_rows.items():
+            pick = np.sort(rng.choice(order[:k, u], size=min(5, k), replace=False))
+            card.setdefault("samples", {})[label] = [[ids[i], float(q[i, u])] for i in pick]
+        for key, values in extra.items():
+            if (name, u) in values:
+                card[key] = values[(name, u)]
+        cards.append(card)
+    return cards
 
-    overlays: dict[tuple[str, int, str], bytes] = {}
-    if model is not None:
-        overlays = _activation_maps(model, weights, model_args, device, probe_set, pos, neurons, acts, wanted, thumb_size)
 
-    # Thumbnails: made once per image (cached by id, size and file size), reused by later reports.
+def _layer_summary(name: str, rows: list[dict], cutoff: float | None) -> dict[str, Any]:
+    sims = np.array([np.nan if r["similarity"] is None else r["similarity"] for r in rows], dtype=np.float64)
+    return {"layer": name, "units": int(len(rows)), "mean": float(np.nanmean(sims)) if np.isfinite(sims).any() else None,
+            "interpretable": None if cutoff is None else float(np.mean(sims > cutoff)),
+            "svg": _svg_histogram(sims, cutoff)}
+
+
+def _thumbnails(shown, probe_set, pos: dict[str, int], thumbs_dir: Path | None, size: int) -> dict[str, str]:
+    """Each shown image's thumbnail, as its path in ``thumbs_dir`` (made once per image, cached by id, size and file
+    size, reused by later reports) or inlined as a data URI."""
     src: dict[str, str] = {}
     with progress("thumbnails", len(shown), "images") as advance:
         for image_id in shown:
             i = pos[image_id]
-            key = hashlib.sha1(f"{image_id}|{thumb_size}|{probe_set.sizes[i] if probe_set.sizes else ''}".encode()).hexdigest()[:16]
+            key = hashlib.sha1(f"{image_id}|{size}|{probe_set.sizes[i] if probe_set.sizes else ''}".encode()).hexdigest()[:16]
             if thumbs_dir is not None:
                 path = thumbs_dir / f"{key}.jpg"
                 if not path.exists():
-                    data = _thumbnail(probe_set.load(i), thumb_size)
+                    data = _thumbnail(probe_set.load(i), size)
                     with A.atomic_path(path) as tmp:
                         tmp.write_bytes(data)
                 src[image_id] = f"thumbs/{key}.jpg"
             else:
-                data = _thumbnail(probe_set.load(i), thumb_size)
+                data = _thumbnail(probe_set.load(i), size)
                 src[image_id] = "data:image/jpeg;base64," + base64.b64encode(data).decode()
             advance(1)
+    return src
 
+
+def _attach_maps(neurons: list[dict], overlays: dict, src: dict[str, str], thumbs_dir: Path | None) -> None:
+    """Each card's activation-map images, beside its thumbnails (a thumbnail where an image has no map)."""
     for n in neurons:
         maps = [overlays.get((n["layer"], n["unit"], i)) for i, _ in n["imgs"]]
-        if any(m is not None for m in maps):
-            n["maps"] = []
-            for (image_id, _), data in zip(n["imgs"], maps):
-                if data is None:
-                    n["maps"].append(src[image_id])
-                elif thumbs_dir is not None:
-                    key = hashlib.sha1(f"map|{n['layer']}|{n['unit']}|{image_id}".encode()).hexdigest()[:16]
-                    with A.atomic_path(thumbs_dir / f"{key}.jpg") as tmp:
-                        tmp.write_bytes(data)
-                    n["maps"].append(f"thumbs/{key}.jpg")
-                else:
-                    n["maps"].append("data:image/jpeg;base64," + base64.b64encode(data).decode())
+        if not any(m is not None for m in maps):
+            continue
+        n["maps"] = []
+        for (image_id, _), data in zip(n["imgs"], maps):
+            if data is None:
+                n["maps"].append(src[image_id])
+            elif thumbs_dir is not None:
+                key = hashlib.sha1(f"map|{n['layer']}|{n['unit']}|{image_id}".encode()).hexdigest()[:16]
+                with A.atomic_path(thumbs_dir / f"{key}.jpg") as tmp:
+                    tmp.write_bytes(data)
+                n["maps"].append(f"thumbs/{key}.jpg")
+            else:
+                n["maps"].append("data:image/jpeg;base64," + base64.b64encode(data).decode())
 
+
+def _page(labels, meta: dict, neurons, src, summaries, cutoff) -> str:
+    """The HTML page, its data inline."""
     title = f"dissect: {Path(labels).name}"
     data = {"neurons": neurons, "src": src, "cutoff": cutoff,
             "meta": {k: meta.get(k) for k in ("similarity", "model", "clip")} | {"concepts": (meta.get("concepts") or {}).get("name")}}
@@ -314,10 +303,66 @@ def build_report(
     options = "".join(f'<option value="{html.escape(s["layer"])}">{html.escape(s["layer"])} ({s["units"]})</option>' for s in summaries)
     header = (f"{meta.get('model', '')} · {meta.get('similarity', '')} · {(meta.get('concepts') or {}).get('name', '')}"
               f" · CLIP {meta.get('clip', '')}")
-    doc = fill_template(_PAGE, {"TITLE": html.escape(title), "OPTIONS": options, "SUMMARY": summary_html,
-                                "HEADER": html.escape(header), "DATA": script_json(data)})
+    return fill_template(_PAGE, {"TITLE": html.escape(title), "OPTIONS": options, "SUMMARY": summary_html,
+                                 "HEADER": html.escape(header), "DATA": script_json(data)})
+
+
+def build_report(labels: str | os.PathLike, activations: str | os.PathLike, out: str | os.PathLike,
+                 probe: list[str] | None = None, extras: ReportExtras | None = None, settings: ReportSettings | None = None,
+                 maps: TargetSpec | None = None, device: str = "auto", **fields: Any) -> Path:
+    """Write the report into the folder ``out`` (or ``out`` as one HTML file with ``settings.single_file``); returns
+    the page. ``extras`` and ``settings`` may also be given as their fields.
+
+    With ``maps`` (the target the activations came from), conv layers' activation maps
+    are recomputed for the images shown and overlaid on them (a toggle on the page).
+    """
+    from .probe import open_probe
+
+    extras = replace(extras or ReportExtras(), **{k: fields.pop(k) for k in list(fields) if k in ReportExtras.__dataclass_fields__})
+    settings = ReportSettings.of(settings, **ReportSettings.take(fields))
+    no_other_fields(fields, "build_report")
+    meta = A.read_labels_metadata(labels)
+    label_rows = A.read_table(labels, A.LABELS_FORMAT).to_pylist()
+    acts = A.read_activations(activations, data=False)
+    wanted = list(settings.layers or dict.fromkeys(r["layer"] for r in label_rows))
+    missing = [n for n in wanted if n not in acts.layers]
+    if missing:
+        raise UsageError(f"{activations} has no layer {missing[0]!r} of the labels", hint="pass the activations the labels came from")
+    probe_set = open_probe(probe or _probe_from_activations(acts))
+    pos = {k: i for i, k in enumerate(probe_set.ids)}
+    absent = [k for k in acts.ids if k not in pos]
+    if absent:
+        raise InputError(f"image {absent[0]!r} of {activations} is not in the probe", hint="pass the PROBE the activations were recorded on")
+    extra = _extra_columns(extras)
+
+    out = Path(out)
+    page = out if settings.single_file else out / "index.html"
+    _check_report_output(out, page, settings.single_file, [labels, activations, *extras.paths()])
+    (page.parent if settings.single_file else out).mkdir(parents=True, exist_ok=True)
+    thumbs_dir = None if settings.single_file else out / "thumbs"
+    if thumbs_dir is not None:
+        thumbs_dir.mkdir(exist_ok=True)
+
+    neurons, summaries, shown = [], [], {}
+    for name in wanted:
+        q = A.read_activation_layer(activations, name)
+        rows = sorted((r for r in label_rows if r["layer"] == name), key=lambda r: r["unit"])
+        if rows and rows[-1]["unit"] >= q.shape[1]:
+            raise MismatchError(f"{labels} labels unit {rows[-1]['unit']} of layer {name}, which has {q.shape[1]} units "
+                                f"in {activations}", hint="pass the activations the labels came from")
+        for card in _layer_cards(name, q, rows, acts.ids, extra, settings):
+            for i, _ in card["imgs"] + [x for v in card.get("samples", {}).values() for x in v]:
+                shown.setdefault(i, None)
+            neurons.append(card)
+        summaries.append(_layer_summary(name, rows, settings.cutoff))
+
+    overlays: dict[tuple[str, int, str], bytes] = {}
+    if maps is not None:
+        overlays = _activation_maps(maps, device, probe_set, pos, neurons, acts, wanted, settings.thumb_size)
+    src = _thumbnails(shown, probe_set, pos, thumbs_dir, settings.thumb_size)
+    _attach_maps(neurons, overlays, src, thumbs_dir)
     with A.atomic_path(page) as tmp:
-        tmp.write_text(doc, encoding="utf-8")
+        tmp.write_text(_page(labels, meta, neurons, src, summaries, settings.cutoff), encoding="utf-8")
     note(f"wrote {page}: {len(neurons)} neurons, {len(shown)} thumbnails")
     return page
 

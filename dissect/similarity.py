@@ -18,7 +18,7 @@ what the float64 reference tests compare against.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -418,7 +418,20 @@ def distributed_population(total_neurons: int):
 # Kernels over one block of concepts. Each returns sim [C, Mc] in float64.
 # ---------------------------------------------------------------------------
 
-def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, log_z=None, idx=None, chunk=4096, return_score=False, rows=None, prepared=False, population=None):
+@dataclass
+class PmiContext:
+    """What SoftWPMI/WPMI's blocks of one layer share (``score_layer`` prepares it once per layer): the images some
+    neuron uses (``rows``; None: all), each neuron's top images numbered into them (``idx``), the softmax denominator
+    of each of those rows over *every* concept (``log_z``), and how log p(t) is estimated from a block's scores
+    (``population``; None: over the neurons of ``q``)."""
+
+    idx: torch.Tensor
+    log_z: torch.Tensor
+    rows: torch.Tensor | None = None
+    population: Callable | None = None
+
+
+def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, context: PmiContext | None = None, return_score=False):
     """SoftWPMI (paper §3.2, default similarity).
 
         p(t_m | x_i) = softmax_m(a · P[i, :])
@@ -427,41 +440,31 @@ def softwpmi(q, I, T, *, a, lam, top_k, p_start, p_end, min_prob, log_z=None, id
         score_k(m)   = Σ_r log(1 + w_r (p(t_m | x_r) - 1) + min_prob)
         sim_k(m)     = score_k(m) - λ (logsumexp_j score_j(m) - log C)
 
-    ``q`` [N, C], ``I`` [N, d], ``T`` [Mc, d] a block of concepts. ``log_z`` (the softmax
-    denominator of every probe image over *all* concepts) must be given when ``T`` is
-    only a block of the concept set; ``idx`` are the precomputed top images. With
-    ``return_score`` the raw score_k(m) comes back too (the tie-breaker of ``score_layer``).
+    ``q`` [N, C], ``I`` [N, d], ``T`` [Mc, d]: the whole concept set, or a block of it when
+    ``context`` (the layer's top images and softmax denominator over every concept) is given.
+    With ``return_score`` the raw score_k(m) comes back too (the tie-breaker of ``score_layer``).
     """
     w = softwpmi_weights(top_k, p_start, p_end, device=I.device)
-    return _pmi(q, I, T, a, lam, top_k, w, min_prob, log_z, idx, chunk, return_score, rows, prepared, population)
+    return _pmi(q, I, T, a, lam, top_k, w, min_prob, context, return_score)
 
 
-def wpmi(q, I, T, *, a, lam, top_k, min_prob, log_z=None, idx=None, chunk=4096, return_score=False, rows=None, prepared=False, population=None):
+def wpmi(q, I, T, *, a, lam, top_k, min_prob, context: PmiContext | None = None, return_score=False):
     """WPMI (paper App. A.1): hard membership of the top_k images.
 
         score_k(m) = Σ_{i ∈ top_k(k)} log(p(t_m | x_i) + min_prob),  p = softmax_m(a · P[i, :])
         sim_k(m)   = score_k(m) - λ (logsumexp_j score_j(m) - log C)
     """
-    return _pmi(q, I, T, a, lam, top_k, None, min_prob, log_z, idx, chunk, return_score, rows, prepared, population)
+    return _pmi(q, I, T, a, lam, top_k, None, min_prob, context, return_score)
 
 
-def _pmi(q, I, T, a, lam, top_k, weights, min_prob, log_z, idx, chunk, return_score, rows, prepared, population=None):
-    """The body SoftWPMI (soft ``weights``) and WPMI (``weights`` None) share.
-
-    ``prepared`` (``score_layer`` does this once per layer): ``rows`` are the images
-    used (None: all), ``idx`` numbers into them and ``log_z`` has one value per row.
-    Otherwise all three are derived here from ``q``.
-    """
-    if not prepared:
-        if idx is None:
-            idx = top_images(q, top_k)
-        rows, idx = example_rows(idx, I.shape[0])
-        if log_z is not None and rows is not None:
-            log_z = log_z[rows]
-    if log_z is None:
-        log_z = log_softmax_denominator(I, T, a, chunk, rows)
-    score = pmi_scores(probabilities(I, T, a, log_z, rows), idx, weights, min_prob)
-    sim = population_correction(score, lam, population)
+def _pmi(q, I, T, a, lam, top_k, weights, min_prob, context: PmiContext | None, return_score):
+    """The body SoftWPMI (soft ``weights``) and WPMI (``weights`` None) share; without ``context`` it is derived
+    here from ``q``, with ``T`` as the whole concept set."""
+    if context is None:
+        rows, idx = example_rows(top_images(q, top_k), I.shape[0])
+        context = PmiContext(idx, log_softmax_denominator(I, T, a, 4096, rows), rows)
+    score = pmi_scores(probabilities(I, T, a, context.log_z, context.rows), context.idx, weights, min_prob)
+    sim = population_correction(score, lam, context.population)
     return (sim, score) if return_score else sim
 
 
@@ -564,24 +567,24 @@ def from_presence(name: str, q: torch.Tensor, presence: torch.Tensor, params: di
 
     ``presence`` [N, M] in [0, 1] holds each concept's presence on each image (ground-truth
     annotations, or the sanity tests' perturbed ones). Each function runs its own kernel on
-    it: SoftWPMI and WPMI take it as p(t_m | x_i) (what the softmax over CLIP cosines
-    estimates), cos, cos-cubed and rank reorder as the image-concept matrix P.
+    it (``Method.on_presence``): SoftWPMI and WPMI take it as p(t_m | x_i) (what the softmax
+    over CLIP cosines estimates), cos, cos-cubed and rank reorder as the image-concept matrix P.
     """
-    params = resolve_params(name, {k: v for k, v in params.items()} if params else None)
+    params = resolve_params(name, {k: v for k, v in params.items()} if params else None)  # refuses unknown names
     q = q.to(torch.float32) if q.dtype not in (torch.float32, torch.float64) else q
-    if name in ("softwpmi", "wpmi"):
-        k = min(int(params["top_k"]), q.shape[0])
-        w = softwpmi_weights(k, params["p_start"], params["p_end"], device=q.device) if name == "softwpmi" else None
-        score = pmi_scores(presence.to(torch.float32).contiguous(), top_images(q, k), w, params["min_prob"])
-        return population_correction(score, params["lam"])
-    if name == "cos":
-        return _cos_of(q, presence)
-    if name == "cos-cubed":
-        return _cos_cubed_of(q, presence, params["min_norm"])
-    if name == "rank-reorder":
-        rr = {k: params[k] for k in ("p", "top_fraction", "scale_p", "n_perm", "seed")}
-        return rank_reorder(q, None, None, presence=presence, **rr)
-    raise UsageError(f"unknown similarity function {name!r}", hint=f"choose one of: {', '.join(SIMILARITIES)}")
+    return METHODS[name].on_presence(q, presence, params)
+
+
+def _pmi_of(q, presence, params, soft: bool):
+    k = min(int(params["top_k"]), q.shape[0])
+    w = softwpmi_weights(k, params["p_start"], params["p_end"], device=q.device) if soft else None
+    score = pmi_scores(presence.to(torch.float32).contiguous(), top_images(q, k), w, params["min_prob"])
+    return population_correction(score, params["lam"])
+
+
+def _rank_reorder_of(q, presence, params):
+    rr = {k: params[k] for k in ("p", "top_fraction", "scale_p", "n_perm", "seed")}
+    return rank_reorder(q, None, None, presence=presence, **rr)
 
 
 @dataclass(frozen=True)
@@ -593,9 +596,11 @@ class Method:
     concept set with the λ·log p(t) population correction, whose raw score breaks ties
     (SoftWPMI, WPMI). ``soft``: soft membership weights of the top images (SoftWPMI).
     ``bytes_per_row``: working memory per image row and concept of a block (``plan_chunk``).
+    ``on_presence``: the function run on a presence matrix in place of CLIP's (``from_presence``).
     """
 
     kernel: Callable[..., torch.Tensor]
+    on_presence: Callable[..., torch.Tensor]
     examples: str = "all"
     pmi: bool = False
     soft: bool = False
@@ -603,11 +608,12 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
-    "softwpmi": Method(softwpmi, examples="top_k", pmi=True, soft=True, bytes_per_row=4),
-    "wpmi": Method(wpmi, examples="top_k", pmi=True, bytes_per_row=4),
-    "rank-reorder": Method(rank_reorder, examples="top_fraction"),
-    "cos": Method(cos),
-    "cos-cubed": Method(cos_cubed),
+    "softwpmi": Method(softwpmi, lambda q, p, prm: _pmi_of(q, p, prm, soft=True), examples="top_k", pmi=True, soft=True,
+                       bytes_per_row=4),
+    "wpmi": Method(wpmi, lambda q, p, prm: _pmi_of(q, p, prm, soft=False), examples="top_k", pmi=True, bytes_per_row=4),
+    "rank-reorder": Method(rank_reorder, _rank_reorder_of, examples="top_fraction"),
+    "cos": Method(cos, lambda q, p, prm: _cos_of(q, p)),
+    "cos-cubed": Method(cos_cubed, lambda q, p, prm: _cos_cubed_of(q, p, prm["min_norm"])),
 }
 KERNELS: dict[str, Callable[..., torch.Tensor]] = {name: m.kernel for name, m in METHODS.items()}
 
@@ -676,27 +682,31 @@ def plan_chunk(name: str, rows: int, neurons: int, max_memory: int = DEFAULT_MAX
     return concepts_per_block(max_memory, rows, neurons, method.bytes_per_row, method.pmi, TILE)
 
 
-def score_layer(
-    name: str,
-    q: torch.Tensor,
-    image_emb: torch.Tensor,
-    text_emb: torch.Tensor,
-    params: dict[str, Any],
-    top: int = 5,
-    chunk: int | None = None,
-    progress: Callable[[int], None] | None = None,
-    full: bool = False,
-    max_memory: int = DEFAULT_MAX_MEMORY,
-    passes: str = "auto",
-    population: Callable | None = None,
-    unit_offset: int = 0,
-    prep: "LayerPrep | None" = None,
-) -> LayerScores | torch.Tensor:
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How ``score_layer`` streams, not what it computes: concepts per block (``chunk``; None: as many as fit
+    ``max_memory`` bytes of working set), SoftWPMI/WPMI's ``passes`` ("auto", "one", "two") and ``population``
+    (how log p(t) is estimated: None over the neurons of ``q``, ``distributed_population`` when the layer's neurons
+    are split across processes), ``unit_offset`` (``q`` holds units offset.. of the layer: rank reorder draws its
+    seeded baseline accordingly) and ``prep`` (the layer's example images, already selected)."""
+
+    chunk: int | None = None
+    max_memory: int = DEFAULT_MAX_MEMORY
+    passes: str = "auto"
+    population: Callable | None = None
+    unit_offset: int = 0
+    prep: "LayerPrep | None" = None
+
+
+def score_layer(name: str, q: torch.Tensor | None, image_emb: torch.Tensor, text_emb: torch.Tensor, params: dict[str, Any],
+                top: int = 5, full: bool = False, progress: Callable[[int], None] | None = None,
+                options: ScoreOptions | None = None, **fields: Any) -> LayerScores | torch.Tensor:
     """Score every neuron of one layer against every concept, block by block.
 
     ``q`` [N, C] activations, ``image_emb`` [N, d], ``text_emb`` [M, d]. Returns the top
     ``top`` concepts per neuron (or, with ``full=True``, the whole [C, M] float64 matrix,
     for tests and small problems). ``progress`` is called with the number of concepts done.
+    ``options`` (:class:`ScoreOptions`, or its fields as keyword arguments) say how it streams.
 
     Memory: the N×M matrix is never formed. SoftWPMI and WPMI read only the images in
     some neuron's top_k; every method streams over blocks of ``chunk`` concepts, by
@@ -706,15 +716,12 @@ def score_layer(
     which holds a [C, M] float64 accumulator), "two" streams over concept blocks and
     takes them twice (the softmax denominator first), "auto" takes one pass when its
     accumulator and a row block fit ``max_memory`` (``budget.rows_per_single_pass``). Both give the
-    same float32 terms summed in float64, so the same scores to rounding.
-
-    ``population`` (SoftWPMI, WPMI): how log p(t) is estimated from a block's scores
-    (default: over the neurons of ``q``; ``distributed_population`` when the layer's
-    neurons are split across processes); ``unit_offset``: ``q`` holds units offset.. of
-    the layer (rank reorder draws its seeded baseline accordingly). ``prep``: the layer's
-    example images, already selected (``prepare_examples`` over blocks of units); then
-    ``q`` may be None for SoftWPMI and WPMI, which read nothing else of it.
+    same float32 terms summed in float64, so the same scores to rounding. With ``prep``
+    (``prepare_examples`` over blocks of units), ``q`` may be None for SoftWPMI and WPMI,
+    which read nothing else of it.
     """
+    opts = replace(options or ScoreOptions(), **fields)
+    chunk, max_memory, passes, population, prep = opts.chunk, opts.max_memory, opts.passes, opts.population, opts.prep
     if passes not in ("auto", "one", "two"):
         raise ValueError(f"passes must be 'auto', 'one' or 'two', got {passes!r}")
     if name not in METHODS:
@@ -730,7 +737,7 @@ def score_layer(
     else:
         C = int(prep.idx.shape[1])
     if prep is None:
-        prep = prepare_layer(name, q, params, unit_offset)  # work shared by all concept blocks
+        prep = prepare_layer(name, q, params, opts.unit_offset)  # work shared by all concept blocks
     row_block = 0
     if method.pmi and passes != "two" and float(params["a"]) <= _F32_SOFTMAX_MAX_A:
         row_block = rows_per_single_pass(max_memory, prep.rows_read, C, M, ROW_TILE)
@@ -793,8 +800,7 @@ def _kernel_blocks(name, params, q, image_emb, text_emb, prep: LayerPrep, chunk:
     kw = dict(params, **prep.kw)
     if method.pmi:
         log_z = log_softmax_denominator(image_emb, text_emb, float(params["a"]), chunk, prep.rows)
-        kw.update(idx=prep.idx, log_z=log_z, rows=prep.rows, prepared=True, population=population,
-                  return_score=with_score)
+        kw.update(context=PmiContext(prep.idx, log_z, prep.rows, population), return_score=with_score)
     for s in range(0, text_emb.shape[0], chunk):
         out = method.kernel(q, image_emb, text_emb[s : s + chunk], **kw)
         sim, tie = out if (method.pmi and with_score) else (out, None)

@@ -81,6 +81,7 @@ def test_the_papers_procedure_scores_each_unit_in_a_concept_set_of_its_own(world
     the similarity, all ordered pairs plus the singles as a new concept set, every unit scored in it, the unit's
     own argmax."""
     from dissect.compose import embed_composed
+    from dissect.settings import Compute
     from dissect.inputs import open_inputs
     from dissect.similarity import resolve_params, score_layer
 
@@ -100,7 +101,7 @@ def test_the_papers_procedure_scores_each_unit_in_a_concept_set_of_its_own(world
     for u, row in enumerate(rows):
         words = [txt.keys[i] for i in top[u]]
         new = [f"{w1} {w2}" for w1, w2 in itertools.permutations(words, 2)] + words
-        E, _ = embed_composed(new, img, "cpu")
+        E, _ = embed_composed(new, img, Compute(device="cpu"))
         sims = score_layer("wpmi", q, I, torch.from_numpy(E), params, full=True)[u].numpy()
         assert row["label"] == new[int(np.argmax(sims))]
         assert row["similarity"] == pytest.approx(float(sims.max()), rel=1e-9, abs=1e-9)

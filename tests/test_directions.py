@@ -386,8 +386,7 @@ def test_labelling_in_unit_blocks_equals_labelling_whole(fc_world, demo, sim, mo
     kw = dict(text=demo / "text-mixed.h5", sim=sim, device="cpu", layers=["layer4@dirs", "global_pool@sae"])
     whole = L.label(demo / "images.h5", acts, None, **kw).to_pylist()
     monkeypatch.setattr(L, "units_per_read", lambda budget, rows, units: 7)
-    monkeypatch.setattr(L, "memory_budget", lambda m: 1)  # every method takes the block path
-    blocked = L.label(demo / "images.h5", acts, None, **kw).to_pylist()
+    blocked = L.label(demo / "images.h5", acts, None, max_memory=1, **kw).to_pylist()  # every method takes the block path
     assert [r["candidates"] for r in blocked] == [r["candidates"] for r in whole]
     np.testing.assert_allclose([r["candidate_similarities"] for r in blocked], [r["candidate_similarities"] for r in whole],
                                rtol=1e-9, atol=1e-12)

@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "dissect"
 
 LAYERS = [
-    {"errors", "fingerprint", "budget"},
+    {"errors", "fingerprint", "budget", "settings"},
     {"runtime"},
     {"artifacts", "artifacts.formats", "artifacts.files", "artifacts.hdf5", "artifacts.tables", "artifacts.tensors",
      "artifacts.external", "artifacts.sniff",

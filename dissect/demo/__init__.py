@@ -163,24 +163,9 @@ def _layer_rows(labels, layer: str) -> list[dict[str, Any]]:
                   key=lambda r: r["unit"])
 
 
-def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 1234, device: str = "auto",
-             batch_size: int = 128, workers: int | None = 0) -> DemoResult:
-    """Generate the probe, run the pipeline through the library stages, score the labels."""
-    from .. import artifacts as A
-    from ..clip import load_clip
-    from ..concepts import ConceptSet
-    from ..embed import embed_images, embed_text
-    from ..label import label
-    from ..models import PreprocessOverrides
-    from ..record import record
-    from ..runtime import note, resolve_device
-
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    specs = demo_specs()
-    dev = resolve_device(device)
+def _probe(out: Path, n_images: int, seed: int) -> Path:
+    """The generated probe images (made again only when their number, seed or world changed)."""
+    from ..runtime import note
 
     probe = out / "probe"
     stamp = out / "probe.json"
@@ -193,9 +178,15 @@ def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 12
             shutil.rmtree(probe)
         world.write_probe(probe, n_images, seed)
         stamp.write_text(json.dumps(want))
-    timings["probe"] = time.perf_counter() - t0
+    return probe
 
-    t = time.perf_counter()
+
+def _embed(out: Path, probe: Path, specs: DemoSpecs, dev, batch_size: int, workers) -> dict[str, list[str]]:
+    """images.h5 and a text.h5 per concept set with the tiny CLIP; returns the concept sets."""
+    from ..clip import load_clip
+    from ..concepts import ConceptSet
+    from ..embed import embed_images, embed_text
+
     clip = load_clip(specs.clip, dev)
     embed_images([str(probe)], clip, out / "images.h5", batch_size=batch_size, workers=workers)
     sets = concept_sets(specs.class_names)
@@ -203,20 +194,30 @@ def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 12
         (out / f"concepts-{name}.txt").write_text("\n".join(words) + "\n")
         source = f"demo:{name}" + (f" (class names, world words, {N_COMMON_WORDS} words of {COMMON_WORDS})" if name == "mixed" else "")
         embed_text(ConceptSet(f"demo:{name}", words, source), clip, out / f"text-{name}.h5", batch_size=256)
-    del clip
-    timings["clip"] = time.perf_counter() - t
+    return sets
 
-    t = time.perf_counter()
-    layers = specs.hidden_layers + [specs.final_layer]
+
+def _record(out: Path, probe: Path, specs: DemoSpecs, dev, batch_size: int, workers) -> Path:
+    """activations.h5 of the classifier's hidden and final layers, always recorded afresh (the weights ship with
+    the package)."""
+    from ..models import PreprocessOverrides
+    from ..record import record
+
     acts_path = out / "activations.h5"
     if acts_path.exists():
-        acts_path.unlink()  # the demo always records afresh (the weights ship with the package)
-    record([str(probe)], specs.model, layers, acts_path, weights=specs.weights, model_args=specs.model_args,
+        acts_path.unlink()
+    record([str(probe)], specs.model, specs.hidden_layers + [specs.final_layer], acts_path, weights=specs.weights,
+           model_args=specs.model_args,
            overrides=PreprocessOverrides(specs.input_size, specs.crop_pct, specs.mean, specs.std, specs.interpolation),
            device=str(dev), batch_size=batch_size, workers=workers)
-    timings["record"] = time.perf_counter() - t
+    return acts_path
 
-    t = time.perf_counter()
+
+def _label_sets(out: Path, acts_path: Path, specs: DemoSpecs, sets, dev):
+    """Every similarity function on the final layer for every concept set (and SoftWPMI on the hidden layers of the
+    mixed set): their top-1 accuracy against the classes, and SoftWPMI's final-layer rows."""
+    from ..label import label
+
     accuracy: dict[str, dict[str, float]] = {}
     final_rows: dict[str, list[dict[str, Any]]] = {}
     for set_name in sets:
@@ -235,10 +236,11 @@ def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 12
                      "candidates": list(r["candidates"]), "truth": tr}
                     for r, tr in zip(fin, truth)
                 ]
-    timings["label"] = time.perf_counter() - t
+    return accuracy, final_rows
 
-    # Hidden layers: compare each label with the unit's most preferred world word.
-    acts = A.read_activations(acts_path, specs.hidden_layers)
+
+def _hidden_agreement(out: Path, probe: Path, acts, specs: DemoSpecs):
+    """Each hidden unit's label against the world word it prefers most, and the agreement per layer."""
     attr_ids, attrs = _attributes(probe)
     hidden, agreement = [], {}
     for layer in specs.hidden_layers:
@@ -258,13 +260,36 @@ def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 12
             "n_selective": int(selective.sum()),
             "n_units": int(len(hits)),
         }
+    return hidden, agreement
 
-    t = time.perf_counter()
-    planted_rows = planted_recovery(out, probe, acts.ids, str(dev))
-    timings["planted"] = time.perf_counter() - t
-    t = time.perf_counter()
-    composition_rows = composition_recovery(out, probe, acts.ids, str(dev))
-    timings["composition"] = time.perf_counter() - t
+
+def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 1234, device: str = "auto",
+             batch_size: int = 128, workers: int | None = 0) -> DemoResult:
+    """Generate the probe, run the pipeline through the library stages, score the labels."""
+    from .. import artifacts as A
+    from ..runtime import resolve_device
+
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    specs = demo_specs()
+    dev = resolve_device(device)
+
+    def timed(key, fn, *args):
+        t = time.perf_counter()
+        result = fn(*args)
+        timings[key] = time.perf_counter() - t
+        return result
+
+    probe = timed("probe", _probe, out, n_images, seed)
+    sets = timed("clip", _embed, out, probe, specs, dev, batch_size, workers)
+    acts_path = timed("record", _record, out, probe, specs, dev, batch_size, workers)
+    accuracy, final_rows = timed("label", _label_sets, out, acts_path, specs, sets, dev)
+    acts = A.read_activations(acts_path, specs.hidden_layers)
+    hidden, agreement = _hidden_agreement(out, probe, acts, specs)
+    planted_rows = timed("planted", planted_recovery, out, probe, acts.ids, str(dev))
+    composition_rows = timed("composition", composition_recovery, out, probe, acts.ids, str(dev))
 
     counts = {k: len(v) for k, v in sets.items()}
     result = DemoResult(out, specs, n_images, accuracy, final_rows, hidden, agreement, time.perf_counter() - t0, counts, timings,
@@ -275,7 +300,7 @@ def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 12
         "clip": specs.clip, "model": specs.model, "weights": specs.weights, "planted": planted_rows,
         "composition": composition_rows,
     }
-    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    A.write_json(out / "demo.json", summary)
     return result
 
 

@@ -32,8 +32,9 @@ import numpy as np
 from .. import artifacts as A
 from . import metrics as M
 from ..errors import MismatchError, UsageError
-from .presence import DEFAULT_CALIBRATION, AnnotatedPresence, Calibration, ClipPresence, clip_texts, parse_calibration
 from ..runtime import progress, resolve_device, warn
+from ..settings import Compute, Settings, no_other_fields
+from .presence import DEFAULT_CALIBRATION, AnnotatedPresence, Calibration, ClipPresence, clip_texts, parse_calibration
 
 #: Metrics written per unit, in column order.
 COLUMNS = ("correlation", "cosine", "auprc", "f1", "iou", "auc")
@@ -109,133 +110,98 @@ def _weighted_presence(source, lf: A.LabelFile, rows_of_units: list[int], distin
 COMPOSED_READINGS = ("phrase", "and")
 
 
-def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLike, images=None, text=None,
-             annotations: str | None = None, layer: str | None = None, alpha: float = M.DEFAULT_ALPHA,
-             calibration: Calibration = DEFAULT_CALIBRATION, device: str = "auto", max_memory: int | None = None,
-             cache=None, batch_size: int = 256, composed: str = "phrase") -> Simulation:
-    """Score every unit of every labels file (see the module docstring); one row per (file, layer, unit).
+@dataclass(frozen=True)
+class SimulateSettings(Settings):
+    """How ``simulate`` scores: a unit counts as active on its top ``alpha`` of the scored images (the binarised
+    metrics), CLIP presence is calibrated with ``calibration``, and a composed label predicts as its phrase or
+    as the AND of its parts (``composed``: ``COMPOSED_READINGS``)."""
 
-    ``composed``: how a composed label predicts (``phrase``: CLIP's presence of the composed
-    text; ``and``: the product of its parts' presences, what ``compose --select simulate`` uses)."""
+    alpha: float = M.DEFAULT_ALPHA
+    calibration: Calibration = DEFAULT_CALIBRATION
+    composed: str = "phrase"
+
+    def check(self) -> None:
+        if not 0 < self.alpha <= 1:
+            raise UsageError(f"--alpha must be in (0, 1], got {self.alpha}")
+        if self.composed not in COMPOSED_READINGS:
+            raise UsageError(f"unknown --composed {self.composed!r}", hint=f"use one of {', '.join(COMPOSED_READINGS)}")
+
+
+def _presence_source(files, acts, activations, images, text, annotations, settings: SimulateSettings, compute: Compute):
+    """(where presence comes from, the ids of the images that can be scored)."""
+    ids = list(acts.ids)
+    if annotations is not None:
+        return AnnotatedPresence.open(annotations, ids, activations), ids
+    if images is None:
+        raise UsageError("give --annotations FILE (or 'classes'), or --images images.h5 to estimate presence with CLIP")
+    from ..inputs import aligned_images
+
+    img, _ = aligned_images(images, acts)
+    keep = set(img.keys)
+    ids = [i for i in ids if i in keep]  # images one of the passes skipped are left out (with a warning)
+    labels = sorted({lab for lf in files for lab in lf.labels if lf.parts is None}
+                    | {c for lf in files if lf.parts is not None for cs in lf.parts for c in cs})
+    texts = clip_texts(img, labels, text, compute.device, compute.cache, compute.batch_size)
+    return ClipPresence(img, texts, settings.calibration, resolve_device(compute.device)), ids
+
+
+def _score_block(source, lf: A.LabelFile, entries: list[int], blk: list[int], a, scored: dict[str, int], alpha: float):
+    """The metrics of a block of units (``blk``: positions into ``entries``) with activations ``a`` [n, len(blk)] on
+    the scored images; returns ({metric: values}, reasons) with NaN and the reason where a unit cannot be scored."""
     import torch
 
-    from ..budget import memory_budget, units_per_simulation_block
-
-    if not label_paths:
-        raise UsageError("give at least one labels file")
-    if not 0 < alpha <= 1:
-        raise UsageError(f"--alpha must be in (0, 1], got {alpha}")
-    if composed not in COMPOSED_READINGS:
-        raise UsageError(f"unknown --composed {composed!r}", hint=f"use one of {', '.join(COMPOSED_READINGS)}")
-    files = [A.read_label_file(p, layer, composed=composed) for p in label_paths]
-    if layer is not None:
-        for lf in files:
-            lf.select_layer(layer)
-    needed = sorted({name for lf in files for name in lf.layers})
-    acts = A.read_activations(activations, needed, data=False)
-    ids = list(acts.ids)
-
-    dev = resolve_device(device)
-    if annotations is not None:
-        source = AnnotatedPresence.open(annotations, ids, activations)
+    n, dev = len(scored), a.device
+    labs = [lf.labels[entries[j]] for j in blk]
+    distinct = list(dict.fromkeys(labs))
+    col = {lab: j for j, lab in enumerate(distinct)}
+    index = torch.tensor([col[lab] for lab in labs], dtype=torch.long, device=dev)
+    if lf.parts is None:
+        pres_u = source.matrix(distinct, scored, n).to(dev)
+        unknown = {lab: None if source.known(lab) else repr(lab) for lab in distinct}
     else:
-        if images is None:
-            raise UsageError("give --annotations FILE (or 'classes'), or --images images.h5 to estimate presence with CLIP")
-        from ..inputs import aligned_images
+        pres_u, unknown = _weighted_presence(source, lf, [entries[j] for j in blk], distinct, scored, n)
+        pres_u = pres_u.to(dev)
+    scores = M.score_all(a, pres_u, alpha, COLUMNS, index=index)
+    pres = pres_u.index_select(1, index)
+    constant = (a.max(dim=0).values == a.min(dim=0).values).cpu().numpy()
+    absent = (pres.max(dim=0).values < 0.5).cpu().numpy() if source.name != "clip" else np.zeros(len(blk), bool)
+    vals = {c: [] for c in COLUMNS}
+    reasons: list[str | None] = []
+    for t in range(len(blk)):
+        reason = None
+        if source.name != "clip" and unknown[labs[t]]:
+            reason = f"no image is annotated with {unknown[labs[t]]}"
+        elif absent[t]:
+            reason = f"{labs[t]!r} is never present on the {n} scored images"
+        elif constant[t]:
+            reason = f"the unit's activation is constant on the {n} scored images"
+        reasons.append(reason)
+        for c in COLUMNS:
+            vals[c].append(math.nan if reason else float(scores[c][t]))
+    return vals, reasons
 
-        img, _ = aligned_images(images, acts)
-        keep = set(img.keys)
-        ids = [i for i in ids if i in keep]  # images one of the passes skipped are left out (with a warning)
-        labels = sorted({lab for lf in files for lab in lf.labels if lf.parts is None}
-                        | {c for lf in files if lf.parts is not None for cs in lf.parts for c in cs})
-        source = ClipPresence(img, clip_texts(img, labels, text, device, cache, batch_size), calibration, dev)
-    act_row = {k: i for i, k in enumerate(acts.ids)}
 
-    budget = memory_budget(max_memory)
-    units_out: dict[str, list] = {c: [] for c in ("labels", "method", "layer", "unit", "label", *COLUMNS,
-                                                  "similarity", "n_images", "held_out", "presence", "reason")}
-    summary = []
-    layer_cache: dict[str, np.ndarray] = {}
-    for lf in files:
-        rows_idx, is_held_out = _scored_ids(lf, ids)
-        if rows_idx.size < 2:
-            raise UsageError(f"{lf.path}: only {rows_idx.size} image(s) to score on", hint="use a larger probe or --holdout")
-        scored = [ids[i] for i in rows_idx]
-        row_of = {k: r for r, k in enumerate(scored)}
-        act_rows = np.array([act_row[k] for k in scored])
-        by_layer: dict[str, list[int]] = {}
-        for i, name in enumerate(lf.layers):
-            by_layer.setdefault(name, []).append(i)
-        for name, entries in by_layer.items():
-            if name not in layer_cache:
-                layer_cache = {name: A.read_activation_layer(activations, name)}  # one layer in memory at a time
-            q_all = layer_cache[name]
-            units = [lf.units[i] for i in entries]
-            _check_units(lf, name, units, q_all.shape[1], activations)
-            all_rows = act_rows.size == q_all.shape[0] and bool((act_rows == np.arange(q_all.shape[0])).all())
-            q_scored = q_all if all_rows else q_all[act_rows]   # the scored images' rows, selected once
-            n = len(scored)
-            block = units_per_simulation_block(budget, n, len(entries))
-            vals = {c: np.full(len(entries), np.nan) for c in COLUMNS}
-            reasons: list[str | None] = [None] * len(entries)
-            with progress(f"simulate {Path(lf.path).name} {name}", len(entries), "units") as advance:
-                for s in range(0, len(entries), block):
-                    blk = list(range(s, min(len(entries), s + block)))
-                    labs = [lf.labels[entries[j]] for j in blk]
-                    a = torch.from_numpy(q_scored[:, [units[j] for j in blk]]).to(dev)
-                    distinct = list(dict.fromkeys(labs))
-                    col = {lab: j for j, lab in enumerate(distinct)}
-                    index = torch.tensor([col[lab] for lab in labs], dtype=torch.long, device=dev)
-                    if lf.parts is None:
-                        pres_u = source.matrix(distinct, row_of, n).to(dev)
-                        unknown = {lab: None if source.known(lab) else repr(lab) for lab in distinct}
-                    else:
-                        pres_u, unknown = _weighted_presence(source, lf, [entries[j] for j in blk], distinct, row_of, n)
-                        pres_u = pres_u.to(dev)
-                    scores = M.score_all(a, pres_u, alpha, COLUMNS, index=index)
-                    pres = pres_u.index_select(1, index)
-                    constant = (a.max(dim=0).values == a.min(dim=0).values).cpu().numpy()
-                    absent = (pres.max(dim=0).values < 0.5).cpu().numpy() if source.name != "clip" else np.zeros(len(blk), bool)
-                    for t, j in enumerate(blk):
-                        if source.name != "clip" and unknown[labs[t]]:
-                            reasons[j] = f"no image is annotated with {unknown[labs[t]]}"
-                        elif absent[t]:
-                            reasons[j] = f"{labs[t]!r} is never present on the {n} scored images"
-                        elif constant[t]:
-                            reasons[j] = f"the unit's activation is constant on the {n} scored images"
-                        for c in COLUMNS:
-                            vals[c][j] = math.nan if reasons[j] else float(scores[c][t])
-                    advance(len(blk))
-            units_out["labels"] += [str(lf.path)] * len(entries)
-            units_out["method"] += [lf.method] * len(entries)
-            units_out["layer"] += [name] * len(entries)
-            units_out["unit"] += units
-            units_out["label"] += [lf.labels[i] for i in entries]
-            for c in COLUMNS:
-                units_out[c] += vals[c].tolist()
-            units_out["similarity"] += [lf.similarity[i] for i in entries]
-            units_out["n_images"] += [n] * len(entries)
-            units_out["held_out"] += [is_held_out] * len(entries)
-            units_out["presence"] += [source.name] * len(entries)
-            units_out["reason"] += reasons
-            corr = vals["correlation"]
-            ok = ~np.isnan(corr)
-            row = {"labels": str(lf.path), "method": lf.method, "layer": name, "units": len(entries),
-                   "scored_units": int(ok.sum()), "n_images": n, "held_out": is_held_out, "presence": source.name,
-                   "mean_correlation": float(corr[ok].mean()) if ok.any() else None,
-                   "share_correlation_above_0.1": float((corr[ok] > EXPLAINED).mean()) if ok.any() else None}
-            for c in COLUMNS[1:]:
-                v = vals[c][~np.isnan(vals[c])]
-                row[f"mean_{c}"] = float(v.mean()) if v.size else None
-            summary.append(row)
-            if not ok.any():
-                warn(f"{lf.path} layer {name}: no unit could be scored ({reasons[0]})")
-    metadata = {
+def _summary_row(lf: A.LabelFile, name: str, n_units: int, n: int, is_held_out: bool, source, vals) -> dict[str, Any]:
+    corr = vals["correlation"]
+    ok = ~np.isnan(corr)
+    row = {"labels": str(lf.path), "method": lf.method, "layer": name, "units": n_units,
+           "scored_units": int(ok.sum()), "n_images": n, "held_out": is_held_out, "presence": source.name,
+           "mean_correlation": float(corr[ok].mean()) if ok.any() else None,
+           "share_correlation_above_0.1": float((corr[ok] > EXPLAINED).mean()) if ok.any() else None}
+    for c in COLUMNS[1:]:
+        v = vals[c][~np.isnan(vals[c])]
+        row[f"mean_{c}"] = float(v.mean()) if v.size else None
+    return row
+
+
+def _metadata(activations, acts, source, settings: SimulateSettings, files, summary) -> dict[str, Any]:
+    alpha = settings.alpha
+    return {
         "activations": {"path": str(Path(activations).resolve()), "fingerprint": acts.attrs.get("inputs_fingerprint", ""),
                         "model": acts.model},
         "presence": source.describe,
         "alpha": alpha,
-        "composed": composed,
+        "composed": settings.composed,
         "metrics": {"correlation": "Pearson r (the simulation score)", "cosine": "cosine of the raw vectors",
                     "auprc": f"average precision of presence for the top-{alpha:g} active images",
                     "f1": f"F1, unit active on its top {alpha:g}, concept present where presence >= 0.5",
@@ -247,7 +213,101 @@ def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLik
         "summary": summary,
         "provenance": json.loads(A.provenance(stage="evaluate simulate")),
     }
-    return Simulation(units_out, summary, metadata)
+
+
+class _Layers:
+    """One activation layer in memory at a time, its scored rows selected once per labels file."""
+
+    def __init__(self, activations):
+        self.activations, self.name, self.q = activations, None, None
+
+    def rows(self, name: str, act_rows: np.ndarray) -> np.ndarray:
+        if name != self.name:
+            self.name, self.q = name, A.read_activation_layer(self.activations, name)
+        all_rows = act_rows.size == self.q.shape[0] and bool((act_rows == np.arange(self.q.shape[0])).all())
+        return self.q if all_rows else self.q[act_rows]
+
+    @property
+    def width(self) -> int:
+        return int(self.q.shape[1])
+
+
+def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLike, images=None, text=None,
+             annotations: str | None = None, layer: str | None = None, settings: SimulateSettings | None = None,
+             compute: Compute | None = None, **fields: Any) -> Simulation:
+    """Score every unit of every labels file (see the module docstring); one row per (file, layer, unit).
+
+    ``settings.composed``: how a composed label predicts (``phrase``: CLIP's presence of the composed
+    text; ``and``: the product of its parts' presences, what ``compose --select simulate`` uses).
+    ``settings`` (:class:`SimulateSettings`) and ``compute`` may also be given as their fields."""
+    import torch
+
+    from ..budget import units_per_simulation_block
+
+    settings = SimulateSettings.of(settings, **SimulateSettings.take(fields))
+    compute = Compute.of(compute, **Compute.take(fields))
+    no_other_fields(fields, "simulate")
+    if not label_paths:
+        raise UsageError("give at least one labels file")
+    files = [A.read_label_file(p, layer, composed=settings.composed) for p in label_paths]
+    if layer is not None:
+        for lf in files:
+            lf.select_layer(layer)
+    acts = A.read_activations(activations, sorted({name for lf in files for name in lf.layers}), data=False)
+    source, ids = _presence_source(files, acts, activations, images, text, annotations, settings, compute)
+    dev = resolve_device(compute.device)
+    act_row = {k: i for i, k in enumerate(acts.ids)}
+    units_out: dict[str, list] = {c: [] for c in A.KINDS[A.SIMULATE_FORMAT].names(COLUMNS)}
+    summary = []
+    layers = _Layers(activations)
+    for lf in files:
+        rows_idx, is_held_out = _scored_ids(lf, ids)
+        if rows_idx.size < 2:
+            raise UsageError(f"{lf.path}: only {rows_idx.size} image(s) to score on", hint="use a larger probe or --holdout")
+        scored_ids = [ids[i] for i in rows_idx]
+        scored = {k: r for r, k in enumerate(scored_ids)}
+        act_rows = np.array([act_row[k] for k in scored_ids])
+        by_layer: dict[str, list[int]] = {}
+        for i, name in enumerate(lf.layers):
+            by_layer.setdefault(name, []).append(i)
+        for name, entries in by_layer.items():
+            q_scored = layers.rows(name, act_rows)   # the scored images' rows, selected once
+            units = [lf.units[i] for i in entries]
+            _check_units(lf, name, units, layers.width, activations)
+            n = len(scored_ids)
+            block = units_per_simulation_block(compute.budget, n, len(entries))
+            vals: dict[str, list] = {c: [] for c in COLUMNS}
+            reasons: list[str | None] = []
+            with progress(f"simulate {Path(lf.path).name} {name}", len(entries), "units") as advance:
+                for s in range(0, len(entries), block):
+                    blk = list(range(s, min(len(entries), s + block)))
+                    a = torch.from_numpy(q_scored[:, [units[j] for j in blk]]).to(dev)
+                    v, r = _score_block(source, lf, entries, blk, a, scored, settings.alpha)
+                    for c in COLUMNS:
+                        vals[c] += v[c]
+                    reasons += r
+                    advance(len(blk))
+            vals_np = {c: np.array(v, dtype=np.float64) for c, v in vals.items()}
+            _add_rows(units_out, lf, name, entries, units, vals_np, reasons, n, is_held_out, source.name)
+            summary.append(_summary_row(lf, name, len(entries), n, is_held_out, source, vals_np))
+            if not (~np.isnan(vals_np["correlation"])).any():
+                warn(f"{lf.path} layer {name}: no unit could be scored ({reasons[0]})")
+    return Simulation(units_out, summary, _metadata(activations, acts, source, settings, files, summary))
+
+
+def _add_rows(units_out, lf: A.LabelFile, name, entries, units, vals, reasons, n, is_held_out, presence) -> None:
+    units_out["labels"] += [str(lf.path)] * len(entries)
+    units_out["method"] += [lf.method] * len(entries)
+    units_out["layer"] += [name] * len(entries)
+    units_out["unit"] += units
+    units_out["label"] += [lf.labels[i] for i in entries]
+    for c in COLUMNS:
+        units_out[c] += vals[c].tolist()
+    units_out["similarity"] += [lf.similarity[i] for i in entries]
+    units_out["n_images"] += [n] * len(entries)
+    units_out["held_out"] += [is_held_out] * len(entries)
+    units_out["presence"] += [presence] * len(entries)
+    units_out["reason"] += reasons
 
 
 def write_simulation(sim: Simulation, out: str | os.PathLike) -> tuple[Path, Path]:
