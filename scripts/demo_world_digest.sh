@@ -12,7 +12,8 @@
 set -euo pipefail
 OUT=${1:?usage: demo_world_digest.sh FOLDER}
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
-PY=${PYTHON:-python}
+# the checkout's .venv when there is one (make install), else the python on PATH; PYTHON=... chooses another
+if [ -x "$HERE/.venv/bin/python" ]; then PY=${PYTHON:-$HERE/.venv/bin/python}; else PY=${PYTHON:-python}; fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
