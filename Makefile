@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean
+.PHONY: demo test docs install clean
 
 $(BIN)/dissect: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+docs: install
+	$(BIN)/pip install -e ".[docs]"
+	$(BIN)/python -m mkdocs serve
 
 clean:
 	rm -rf $(VENV) runs

@@ -20,7 +20,7 @@ from .budget import layer_exceeds, units_per_read
 from .concepts import ConceptSet
 from .errors import UsageError
 from .inputs import open_inputs, skipped_ids
-from .runtime import note, progress, resolve_device
+from .runtime import callable_module, note, progress, resolve_device
 from .settings import Compute, Settings, no_other_fields
 from .similarity import METHODS, check_probe_size, resolve_params, score_layer
 
@@ -298,3 +298,7 @@ def label(images: str | os.PathLike, activations: str | os.PathLike, out: str | 
         if str(out) != A.STDOUT:
             note(f"wrote {out}: {table.num_rows} neurons labelled with {settings.sim} over {len(txt.keys)} concepts")
     return table
+
+
+# `dissect.label(...)` runs the stage even once this module is bound to that name (runtime.callable_module).
+callable_module(__name__, "label")

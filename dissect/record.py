@@ -17,7 +17,7 @@ from .hooks import LayerInfo, Recorder, check_recordable, list_modules, parse_la
 from .models import PreprocessOverrides, Target, load_target
 from .passes import PassOptions, execute, forward_errors
 from .probe import Probe, Skipped, image_sizes, kept_rows, open_probe, probe_files, report_skipped, skipped_attr, unchanged_rows
-from .runtime import note, resolve_device, resolve_precision
+from .runtime import callable_module, note, resolve_device, resolve_precision
 
 
 def activations_inputs_fingerprint(target: Target, probe_fp: str, precision: str = "fp32") -> str:
@@ -548,3 +548,7 @@ def _check_latents(name: str, arr: np.ndarray, dtype: str) -> None:
                          hint="record it with --directions-dtype float32")
 
 
+
+
+# `dissect.record(...)` runs the stage even once this module is bound to that name (runtime.callable_module).
+callable_module(__name__, "record")

@@ -288,3 +288,20 @@ def stdout_stream():
         raise UsageError("standard output is closed: there is nowhere to write the output",
                          hint="give a file path with -o, or pipe the output into a program")
     return sys.stdout
+
+
+def callable_module(module_name: str, function: str) -> None:
+    """Let the module ``module_name`` be called as its ``function``.
+
+    ``dissect.label`` and ``dissect.record`` name both a stage function (the package's face
+    hands it out lazily) and the module that holds it; once that module is imported, Python
+    binds the package attribute to the module. Calling the module runs the function, so that
+    ``dissect.label(...)`` works whichever of the two the name is bound to.
+    """
+    import types
+
+    class _Stage(types.ModuleType):
+        def __call__(self, *args, **kwargs):
+            return getattr(self, function)(*args, **kwargs)
+
+    sys.modules[module_name].__class__ = _Stage

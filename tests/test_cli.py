@@ -636,3 +636,16 @@ def test_offline_pretrained_weights_say_what_to_fetch(tmp_path, probe_dir, monke
     assert_one_line_error(r, "cannot download", "--weights")
     r = invoke("embed-images", probe_dir, "--clip", "RN50:openai", "-o", tmp_path / "i.h5", ok=False)
     assert_one_line_error(r, "RN50", "huggingface.co/timm/resnet50_clip.openai", "--clip RN50:openai@/path/to/")
+
+
+def test_package_stage_functions_stay_callable_once_their_module_is_imported(artifacts, tmp_path):
+    """`dissect.label` names both the stage function and its module: the second call (after Python bound the name
+    to the imported module) and a call after `from dissect.label import ...` run the stage too."""
+    import dissect
+    from dissect.label import LabelSettings
+
+    first = dissect.label(artifacts / "images.h5", artifacts / "activations.h5", None, text=artifacts / "text.h5", sim="cos")
+    again = dissect.label(artifacts / "images.h5", artifacts / "activations.h5", None, text=artifacts / "text.h5",
+                          settings=LabelSettings(sim="cos"))
+    assert first.to_pylist() == again.to_pylist() and first.num_rows > 0
+    assert callable(dissect.record) and callable(dissect.run)

@@ -275,7 +275,7 @@ def test_the_readme_recipe_for_other_sae_checkpoints_works_and_tracks_the_checkp
     g = torch.Generator().manual_seed(8)
     sd = {"W_enc": torch.randn(C, K, generator=g), "b_enc": torch.randn(K, generator=g), "b_dec": torch.randn(C, generator=g)}
     torch.save(sd, tmp_path / "checkpoint.pt")
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "guide" / "directions.md").read_text()
     code = readme.split("# sae_module.py")[1].split("```")[0].split("\n", 1)[1]
     f = tmp_path / "sae_module.py"
     import textwrap
