@@ -106,12 +106,13 @@ def stability(
     device: O.Device = "auto",
 ):
     """How often each unit keeps its label when the probe set is resampled (bootstrap; nothing is re-encoded)."""
-    from dissect.evaluate import label_stability
+    from dissect.evaluate.resampling import label_stability
+    from dissect.label import LabelSettings
 
     _check_outputs(out, [images, activations, text, concepts])
-    ev = label_stability(images, activations, text=text, concepts=concepts, sim=sim, params=O.parse_params(param),
-                         layers=O.split_list(layers) or None, resamples=resamples, seed=seed, device=device,
-                         max_memory=O.parse_size(max_memory))
+    ev = label_stability(images, activations, text=text, concepts=concepts, layers=O.split_list(layers) or None,
+                         resamples=resamples, seed=seed, settings=LabelSettings(sim=sim, params=O.parse_params(param)),
+                         compute=O.compute(device, max_memory))
     _print_layers(ev, f"Label stability over {resamples} bootstrap resamples",
                   [("layer", "layer", ""), ("units", "units", ""), ("mean stability", "mean_stability", ".3f"),
                    ("stable (>= 0.9)", "stable_share", ".1%")])
@@ -134,12 +135,14 @@ def pvalues(
     device: O.Device = "auto",
 ):
     """An empirical p-value per unit: how often shuffled activations reach the unit's best similarity."""
-    from dissect.evaluate import permutation_pvalues
+    from dissect.evaluate.resampling import permutation_pvalues
+    from dissect.label import LabelSettings
 
     _check_outputs(out, [images, activations, text, concepts])
-    ev = permutation_pvalues(images, activations, text=text, concepts=concepts, sim=sim, params=O.parse_params(param),
-                             layers=O.split_list(layers) or None, permutations=permutations, seed=seed, device=device,
-                             max_memory=O.parse_size(max_memory))
+    ev = permutation_pvalues(images, activations, text=text, concepts=concepts, layers=O.split_list(layers) or None,
+                             permutations=permutations, seed=seed,
+                             settings=LabelSettings(sim=sim, params=O.parse_params(param)),
+                             compute=O.compute(device, max_memory))
     _print_layers(ev, f"Permutation p-values ({permutations} draws)",
                   [("layer", "layer", ""), ("units", "units", ""), ("p < 0.01", "share_p_below_0.01", ".1%"),
                    ("p < 0.05", "share_p_below_0.05", ".1%")])

@@ -81,10 +81,8 @@ def _describe_h5(path: Path, kind: str, attrs: dict[str, Any]) -> dict[str, Any]
 
 
 def _describe_parquet(path: Path) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-
     meta = A.read_parquet_metadata(path)  # info describes what is there: only the layer column is needed
-    table = A.read_table(path, columns=["layer"]) if "layer" in pq.read_schema(path).names else None
+    table = A.read_table(path, columns=["layer"]) if "layer" in A.column_names(path) else None
     d: dict[str, Any] = {"format": meta["format"], "version": meta["version"]}
     if table is not None:
         layers = table.column("layer").to_pylist()

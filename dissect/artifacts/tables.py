@@ -327,6 +327,13 @@ def read_table(path: str | os.PathLike, kinds: str | tuple[str, ...] | None = No
     return _check_columns(Path(path), table, meta["format"], columns)
 
 
+def column_names(path: str | os.PathLike) -> list[str]:
+    """The columns of a Parquet artifact (after ``read_parquet_metadata`` has checked it)."""
+    import pyarrow.parquet as pq
+
+    return list(pq.read_schema(path).names)
+
+
 def read_labels_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The metadata of a labels.parquet (``read_parquet_metadata`` for ``LABELS_FORMAT``)."""
     return read_parquet_metadata(path, LABELS_FORMAT)
