@@ -157,7 +157,7 @@ def main() -> None:
         def one_pass():
             emb = ImageEmbedder(clip, len(probe), precision, batch_size=args.batch_size)
             with ActivationRecorder(target, layers, len(probe), device=dev, precision=target_precision,
-                                    inputs_fp="bench", batch_size=args.batch_size) as rec:
+                                    batch_size=args.batch_size) as rec:
                 skipped = image_pass(probe, [emb, rec], args.batch_size, workers, "pass", dev)
                 emb.write(tmp / "images.h5", probe, skipped)
                 rec.write(tmp / "acts.h5", probe, skipped)

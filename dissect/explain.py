@@ -351,6 +351,7 @@ def _vocabulary(activations, images, text, concepts, annotations, layers, settin
     from .evaluate.presence import DEFAULT_CALIBRATION, AnnotatedPresence
 
     acts = A.read_activations(activations, layers, data=False)
+    dev = resolve_device(compute.device)  # checked in both modes (a --device the machine lacks is refused)
     if annotations is not None:
         if images is not None or text is not None or concepts is not None:
             raise UsageError("give either --annotations (label mode) or --images with --text/--concepts (CLIP mode), not both")
@@ -362,7 +363,7 @@ def _vocabulary(activations, images, text, concepts, annotations, layers, settin
 
     img, acts, order, txt = open_inputs(images, activations, text, concepts, layers, compute.device, compute.cache,
                                         compute.batch_size)
-    vocab = ConceptColumns.from_clip(img, txt, settings.calibration or DEFAULT_CALIBRATION, resolve_device(compute.device))
+    vocab = ConceptColumns.from_clip(img, txt, settings.calibration or DEFAULT_CALIBRATION, dev)
     return acts, list(img.keys), order, vocab, "clip"
 
 

@@ -62,10 +62,9 @@ def align_ids(images: A.Embeddings, acts: A.Activations) -> tuple[np.ndarray | N
     return img_rows, act_rows
 
 
-def aligned_images(images, acts: A.Activations) -> tuple[A.Embeddings, np.ndarray | None]:
-    """The image embeddings of images.h5 that the activations also hold, in images.h5's order, and the row order
-    of the activations that pairs with them (None: the same ids in the same order)."""
-    img = A.read_image_embeddings(images)
+def aligned_images(img: A.Embeddings, acts: A.Activations) -> tuple[A.Embeddings, np.ndarray | None]:
+    """The image embeddings that the activations also hold, in their own order, and the row order of the
+    activations that pairs with them (None: the same ids in the same order)."""
     img_rows, order = align_ids(img, acts)
     if img_rows is not None:
         img = A.Embeddings(img.embeddings[img_rows], [img.keys[i] for i in img_rows], img.clip_model, img.clip_pretrained,
@@ -82,8 +81,9 @@ def open_inputs(images, activations, text=None, concepts=None, layers=None, devi
     the activations or None, text)."""
     if (text is None) == (concepts is None):
         raise UsageError("give exactly one of --text and --concepts")
+    img = A.read_image_embeddings(images)
     acts = A.read_activations(activations, layers, data=False)
-    img, order = aligned_images(images, acts)
+    img, order = aligned_images(img, acts)
     if text is not None:
         txt = A.read_text_embeddings(text)
     else:

@@ -65,6 +65,19 @@ class RunSettings(Settings):
     explain: bool = False
     explain_max_concepts: int = 5
 
+    def check(self) -> None:
+        from .hooks import SUMMARIES
+
+        if self.summary not in SUMMARIES:
+            raise UsageError(f"unknown summary {self.summary!r}", hint=f"use one of {', '.join(SUMMARIES)}")
+        check_dtype(self.dtype)
+        if self.text_batch_size < 1:
+            raise UsageError(f"the text batch size must be at least 1, got {self.text_batch_size}")
+        if self.compose_top_k < 2:
+            raise UsageError(f"--compose-top-k must be at least 2 to make pairs, got {self.compose_top_k}")
+        if self.explain_max_concepts < 1:
+            raise UsageError(f"--explain-max-concepts must be at least 1, got {self.explain_max_concepts}")
+
 
 @dataclass
 class _Run:
@@ -340,7 +353,8 @@ def _label(ctx: _Run, resolved: dict[str, Any]) -> str:
                 if entries else [])
     labels_fp = fingerprint([A.LABELS_FORMAT, A.FORMAT_VERSION, images_fp, text_fp, inputs_fp, sorted(layers),
                              settings.summary, settings.layout, lab.sim, resolved, lab.seed, lab.top]
-                            + ([units_fp] if units_fp else []))
+                            + ([units_fp] if units_fp else [])
+                            + ([["holdout", lab.holdout, lab.holdout_seed]] if lab.holdout is not None else []))
     reuse = _made_with(ctx.labels, labels_fp)
     if reuse:
         note(f"reusing {ctx.labels} (up to date)")

@@ -181,6 +181,10 @@ class ReportSettings(Settings):
     def check(self) -> None:
         if self.top_images < 1:
             raise UsageError(f"--top-images must be at least 1, got {self.top_images}")
+        if self.thumb_size < 16:
+            raise UsageError(f"thumbnails must be at least 16 pixels, got {self.thumb_size}")
+        if self.cutoff is not None and not math.isfinite(self.cutoff):
+            raise UsageError(f"--cutoff must be a number, got {self.cutoff}")
 
 
 @dataclass(frozen=True)

@@ -649,3 +649,20 @@ def test_package_stage_functions_stay_callable_once_their_module_is_imported(art
                           settings=LabelSettings(sim="cos"))
     assert first.to_pylist() == again.to_pylist() and first.num_rows > 0
     assert callable(dissect.record) and callable(dissect.run)
+
+
+def test_run_labels_again_when_the_library_asks_for_another_holdout(tmp_path, tiny_clip, probe_dir):
+    """pipeline.run takes the label settings' fields; a holdout is part of what makes labels.parquet, so another
+    holdout is labelled again, never reused."""
+    from dissect import artifacts as A
+    from dissect.pipeline import run
+
+    kw = dict(weights="none", device="cpu", workers=0, params={"top_k": 5}, top=3)
+    concepts = tmp_path / "c.txt"
+    concepts.write_text("red\nblue\ngreen\nsquare\ncircle\n")
+    out = tmp_path / "run"
+    run([str(probe_dir)], tiny_clip, "timm:test_resnet", ["fc"], str(concepts), out, holdout=0.25, **kw)
+    first = A.read_labels_metadata(out / "labels.parquet")["split"]
+    run([str(probe_dir)], tiny_clip, "timm:test_resnet", ["fc"], str(concepts), out, holdout=0.5, **kw)
+    second = A.read_labels_metadata(out / "labels.parquet")["split"]
+    assert first["holdout"] == 0.25 and second["holdout"] == 0.5

@@ -136,7 +136,7 @@ def _presence_source(files, acts, activations, images, text, annotations, settin
         raise UsageError("give --annotations FILE (or 'classes'), or --images images.h5 to estimate presence with CLIP")
     from ..inputs import aligned_images
 
-    img, _ = aligned_images(images, acts)
+    img, _ = aligned_images(A.read_image_embeddings(images), acts)
     keep = set(img.keys)
     ids = [i for i in ids if i in keep]  # images one of the passes skipped are left out (with a warning)
     labels = sorted({lab for lf in files for lab in lf.labels if lf.parts is None}
