@@ -229,7 +229,9 @@ def simulate_cmd(
     images: Annotated[Optional[Path], typer.Option("--images", help="images.h5: estimate each label's presence with its CLIP model (when no --annotations).")] = None,
     text: O.Text = None,
     annotations: O.Annotations = None,
-    layer: Annotated[Optional[str], typer.Option("--layer", help="Score only this layer (needed for a NetDissect tally, which holds one unnamed layer).")] = None,
+    class_names: O.ClassNames = None,
+    superclasses: O.Superclasses = None,
+    layer: Annotated[Optional[str], typer.Option("--layer", help="Score only this layer (names the layer of a file that holds one and does not say which, as NetDissect tallies; otherwise taken from the file name).")] = None,
     alpha: Annotated[float, typer.Option("--alpha", help="Top fraction of images on which a unit counts as active (AUPRC, F1, IoU, AUC); the framework's default.")] = 0.005,
     calibration: O.Calibration = "zscore",
     max_memory: O.MaxMemory = O.DEFAULT_MAX_MEMORY,
@@ -242,7 +244,8 @@ def simulate_cmd(
     if out is not None:
         _check_outputs(out, [*labels, activations, images, text,
                              annotations if annotations not in (None, "classes") else None])
-    settings = stage.SimulateSettings(alpha=alpha, calibration=stage.parse_calibration(calibration), composed=composed)
+    settings = stage.SimulateSettings(alpha=alpha, calibration=stage.parse_calibration(calibration), composed=composed,
+                                      class_names=class_names, superclasses=superclasses)
     sim = stage.simulate([str(p) for p in labels], activations, images=images, text=text, annotations=annotations,
                          layer=layer, settings=settings, compute=O.compute(device, max_memory))
     _print_simulation(sim)

@@ -217,5 +217,7 @@ def compute(device="auto", max_memory=DEFAULT_MAX_MEMORY, batch_size=256):
     return Compute(device=device, max_memory=parse_size(max_memory), batch_size=batch_size)
 
 
+ClassNames = Annotated[Optional[str], typer.Option("--class-names", help="With --annotations classes: the names of the probe's class folders (in sorted order): imagenet, imagenet-wordnet, cifar100 or a .txt file (line k = class k) [default: the folder names].")]
+Superclasses = Annotated[Optional[str], typer.Option("--superclasses", help="With --annotations classes: each class's superclasses are present too, Linear Explanations' label mode: imagenet or cifar100 (their files, downloaded on first use and cached) or a JSON file {superclass: [class index, ...]}.")]
 Annotations = Annotated[Optional[str], typer.Option("--annotations", help="Per-image concepts: a CSV or Parquet with columns id, concept[, value in 0..1], or 'classes' (an ImageFolder probe's class folders).")]
 Calibration = Annotated[str, typer.Option("--calibration", help="CLIP cosine to presence: zscore (default, fitted on the demo world), zscore:K,Z0, sigmoid:A,B (Linear Explanations' form) or raw.")]

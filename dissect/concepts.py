@@ -13,6 +13,7 @@ positions in the file, so dropped lines can never shift a label.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ class RemoteSet:
     url: str
     sha256: str | None      # None: no checksum could be pinned (see README); the download's is recorded
     about: str
+    flag: str = "--concepts"  # the option that takes a local copy instead
 
 
 #: The official CLIP-Dissect repository at the commit whose notebooks use data/20k.txt, 10k.txt and 3k.txt.
@@ -64,6 +66,60 @@ REMOTE_SETS: dict[str, RemoteSet] = {
 }
 
 
+#: Linear Explanations' repository at its current main: the superclass hierarchies of their label mode.
+LE_REPO_COMMIT = "73bf429816faaedd860e793d113877f981198982"
+_LE_DATA = f"https://raw.githubusercontent.com/Trustworthy-ML-Lab/Linear-Explanations/{LE_REPO_COMMIT}/data/concept_sets"
+SUPERCLASS_SETS: dict[str, RemoteSet] = {
+    "imagenet": RemoteSet("superclasses-imagenet", f"{_LE_DATA}/imagenet_superclass_to_ids.json", None,
+                          "Linear Explanations' 400 WordNet superclasses of the ImageNet classes", "--superclasses"),
+    "cifar100": RemoteSet("superclasses-cifar100", f"{_LE_DATA}/cifar100_superclass_to_ids.json", None,
+                          "Linear Explanations' 19 superclasses of the CIFAR-100 classes", "--superclasses"),
+}
+
+
+@dataclass(frozen=True)
+class Superclasses:
+    """A class hierarchy: each superclass name with the (0-based) indices of the classes it holds."""
+
+    name: str
+    members: dict[str, tuple[int, ...]]
+    source: str
+    sha256: str
+
+    def describe(self) -> dict:
+        return {"superclasses": self.name, "n": len(self.members), "source": self.source, "sha256": self.sha256}
+
+
+def load_superclasses(spec: str) -> Superclasses:
+    """``imagenet`` | ``cifar100`` (Linear Explanations' files, downloaded on first use at a pinned commit and
+    cached) | a JSON file of your own: ``{"superclass": [class index, ...], ...}``."""
+    import json
+
+    if spec in SUPERCLASS_SETS:
+        text, digest = fetch_remote_set(SUPERCLASS_SETS[spec])
+        source = SUPERCLASS_SETS[spec].url
+    else:
+        p = Path(spec)
+        if not p.is_file():
+            raise InputError(f"superclass file {spec} does not exist",
+                             hint="give imagenet, cifar100 or a JSON file {superclass: [class index, ...]}")
+        data = p.read_bytes()
+        text, digest, source = data.decode("utf-8-sig", "replace"), hashlib.sha256(data).hexdigest(), str(p.resolve())
+    try:
+        raw = json.loads(text)
+    except ValueError as e:
+        raise InputError(f"{spec}: not JSON ({e})") from None
+    ok = isinstance(raw, dict) and raw and all(
+        isinstance(k, str) and k.strip() and isinstance(v, list) and v and all(isinstance(i, int) and not isinstance(i, bool)
+                                                                                and i >= 0 for i in v)
+        for k, v in raw.items())
+    if not ok:
+        raise InputError(f"{spec} is not a superclass file",
+                         hint='it must map each superclass name to a list of class indices: {"fish": [0, 1, 389]}')
+    members = {k.replace("_", " ").strip(): tuple(v) for k, v in raw.items()}
+    return Superclasses(spec, members, source, digest)
+
+
 def fetch_remote_set(rs: RemoteSet, timeout: float = 30.0) -> tuple[str, str]:
     """The text of ``rs`` and its sha256: from the cache, else downloaded, checked and cached atomically."""
     folder = cache_dir() / "concept_sets"
@@ -75,7 +131,7 @@ def fetch_remote_set(rs: RemoteSet, timeout: float = 30.0) -> tuple[str, str]:
             return data.decode("utf-8-sig"), digest
         path.unlink()  # a damaged or foreign cache entry: fetch again
     hint = (f"download {rs.url} where there is internet and give the file in place of {rs.name} "
-            f"(e.g. --concepts /path/to/{Path(rs.url).name})")
+            f"(e.g. {rs.flag} /path/to/{Path(rs.url).name})")
     if os.environ.get("DISSECT_OFFLINE") or os.environ.get("HF_HUB_OFFLINE") == "1":
         raise InputError(f"{rs.name} is not cached and this machine is set offline (DISSECT_OFFLINE/HF_HUB_OFFLINE)",
                          hint=hint)
@@ -185,3 +241,58 @@ def load_concepts(name_or_path: str | os.PathLike) -> ConceptSet:
     if not concepts:
         raise InputError(f"concept set {spec} is empty", hint="put one concept per line")
     return ConceptSet(spec, concepts, source, blank, dups)
+
+
+# ---------------------------------------------------------------------------
+# Class lists: the true concept of each unit of a classifier, the names of an ImageFolder's classes
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Truth:
+    """The true concept of each unit: ``names[unit]``."""
+
+    names: dict[int, str]
+    source: str
+
+
+#: Shipped class lists that --truth and --classes take by name (line k = class k).
+CLASS_LISTS = ("imagenet", "imagenet-wordnet", "cifar100")
+
+
+def load_truth(spec: str | os.PathLike) -> Truth:
+    """A shipped class list (``imagenet``: open_clip's cleaned names; ``imagenet-wordnet``: the WordNet
+    synonym strings the official evaluation uses, "tench, Tinca tinca"; ``cifar100``), a .txt file
+    (line k for unit k, repeats allowed) or a .csv/.tsv table with columns ``unit`` and ``name``."""
+    spec = str(spec)
+    path = Path(spec)
+    if path.is_file():
+        try:
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise InputError(f"truth file {path} is not UTF-8 text", hint="save it as UTF-8") from None
+        if path.suffix.lower() in (".csv", ".tsv"):
+            rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+            if not rows or not {"unit", "name"} <= set(rows[0]):
+                raise InputError(f"truth table {path} needs columns 'unit' and 'name'", hint="e.g. unit,name / 0,tench")
+            try:
+                names = {int(r["unit"]): r["name"].strip() for r in rows}
+            except (TypeError, ValueError):
+                raise InputError(f"truth table {path}: every 'unit' must be an integer") from None
+        else:
+            lines = text.splitlines()
+            while lines and not lines[-1].strip():
+                lines.pop()
+            names = {k: ln.strip() for k, ln in enumerate(lines) if ln.strip()}
+        source = str(path.resolve())
+    else:
+        if spec not in CLASS_LISTS or spec not in shipped_sets():
+            raise InputError(
+                f"truth {spec!r} is neither a file nor a known class list",
+                hint=f"use {', '.join(CLASS_LISTS)}, a .txt file (line k = unit k) or a unit,name .csv",
+            )
+        lines = resources.files("dissect.concept_sets").joinpath(f"{spec}.txt").read_text("utf-8").splitlines()
+        names = {k: ln.strip() for k, ln in enumerate(lines) if ln.strip()}
+        source = f"shipped:{spec}"
+    if not names:
+        raise InputError(f"truth {spec} names no classes", hint="put one class name per line")
+    return Truth(names, source)

@@ -314,7 +314,8 @@ class Explanations:
 
 
 COLUMNS = ("layer", "unit", "concepts", "weights", "bias", "explanation", "n_concepts", "correlation",
-           "correlation_train", "single_concept", "single_correlation", "n_train", "n_val", "n_held_out")
+           "correlation_train", "correlation_fit_presence", "single_concept", "single_correlation", "n_train", "n_val",
+           "n_held_out")
 
 
 @dataclass(frozen=True)
@@ -322,7 +323,9 @@ class ExplainSettings(Settings):
     """What ``explain`` computes: at most ``max_concepts`` concepts per unit, chosen among its ``width`` best
     candidates, each adding at least ``tolerance`` of validation correlation; the held-out share and the
     validation share of the rest (split by image id with ``seed``); CLIP mode's ``calibration``; and the units
-    fitted at once (``unit_batch``; None: as many as the memory budget allows) and which ``units`` (None: all)."""
+    fitted at once (``unit_batch``; None: as many as the memory budget allows) and which ``units`` (None: all).
+    Label mode on an ImageFolder probe (``annotations="classes"``): ``class_names`` names its classes and
+    ``superclasses`` adds each class's superclasses to the vocabulary (Linear Explanations' label mode)."""
 
     max_concepts: int = DEFAULT_MAX_CONCEPTS
     width: int = DEFAULT_WIDTH
@@ -333,6 +336,8 @@ class ExplainSettings(Settings):
     calibration: Any = None
     unit_batch: int | None = None
     units: tuple[int, ...] | None = None
+    class_names: str | None = None
+    superclasses: str | None = None
 
     def check(self) -> None:
         if self.max_concepts < 1:
@@ -355,7 +360,10 @@ def _vocabulary(activations, images, text, concepts, annotations, layers, settin
     if annotations is not None:
         if images is not None or text is not None or concepts is not None:
             raise UsageError("give either --annotations (label mode) or --images with --text/--concepts (CLIP mode), not both")
-        source = AnnotatedPresence.open(annotations, list(acts.ids), activations)
+        from .evaluate.presence import ClassNames
+
+        classes = ClassNames.open(settings.class_names, settings.superclasses) if annotations == "classes" else None
+        source = AnnotatedPresence.open(annotations, list(acts.ids), activations, classes)
         return acts, list(acts.ids), None, ConceptColumns.from_annotations(source, list(acts.ids)), "label"
     if images is None or (text is None) == (concepts is None):
         raise UsageError("give --annotations FILE (label mode), or --images images.h5 with one of --text, --concepts (CLIP mode)")
@@ -392,6 +400,7 @@ def _add_layer_rows(rows: dict[str, list], name: str, wanted: list[int], cand, r
         rows["n_concepts"].append(len(names))
         rows["correlation"].append(r_held)
         rows["correlation_train"].append(r_fit)
+        rows["correlation_fit_presence"].append(r_held)
     rows["single_concept"] += [vocab.names[i] if i >= 0 else None for i in cand[:, 0].tolist()]
     rows["single_correlation"] += [r[5] for r in results]
     rows["n_train"] += [int(split.train.size)] * len(wanted)
@@ -419,6 +428,7 @@ def _metadata(settings: ExplainSettings, mode, vocab, split: Split, width: int, 
                         "weights": acts.attrs.get("weights", "")},
         "layers": {n: {k: acts.layer_attrs[n].get(k) for k in ("summary", "layout", "fingerprint")} for n in acts.layers},
         "summary": summary,
+        "scored_with": vocab.describe,   # the presence the held-out correlation is computed with (explain --score-images)
         "provenance": json.loads(A.provenance(stage="explain")),
     }
     if paths["images"] is not None:
@@ -431,13 +441,45 @@ def _metadata(settings: ExplainSettings, mode, vocab, split: Split, width: int, 
     return meta
 
 
+def _score_independently(result: Explanations, activations, score_images, settings: ExplainSettings,
+                         compute: Compute) -> None:
+    """Replace each held-out correlation by the explanation's simulation score under ``score_images``' CLIP presence
+    (``evaluate simulate`` on the same held-out images), and say so in the metadata and summary."""
+    from .evaluate.simulate import SimulateSettings, simulate
+
+    rows = result.rows
+    lf = A.LabelFile("explain (in memory)", A.EXPLAIN_FORMAT, list(rows["layer"]), list(rows["unit"]),
+                     list(rows["explanation"]), list(rows["correlation"]), result.metadata,
+                     [list(c) for c in rows["concepts"]], [list(w) for w in rows["weights"]])
+    keep = [i for i, c in enumerate(rows["concepts"]) if c]
+    for attr in ("layers", "units", "labels", "similarity", "parts", "part_weights"):
+        setattr(lf, attr, [getattr(lf, attr)[i] for i in keep])
+    sim = simulate([lf], activations, images=score_images,
+                   settings=SimulateSettings(calibration=settings.calibration or SimulateSettings().calibration),
+                   compute=compute)
+    scored = {(lay, u): r for lay, u, r in zip(sim.units["layer"], sim.units["unit"], sim.units["correlation"])}
+    rows["correlation"] = [scored.get((lay, u), math.nan) for lay, u in zip(rows["layer"], rows["unit"])]
+    for row in result.summary:
+        held = np.array([r for lay, r in zip(rows["layer"], rows["correlation"]) if lay == row["layer"]], dtype=float)
+        row["mean_fit_presence_correlation"] = row["mean_correlation"]
+        row["mean_correlation"] = float(np.nanmean(held)) if np.isfinite(held).any() else None
+    result.metadata["scored_with"] = sim.metadata["presence"]
+    result.metadata["summary"] = result.summary
+    note(f"scored with the presence of {Path(score_images).name} ({sim.metadata['presence'].get('clip')}): "
+         + ", ".join(f"{r['layer']} {r['mean_correlation'] or float('nan'):.3f}" for r in result.summary))
+
+
 def explain(activations, out=None, images=None, text=None, concepts=None, annotations: str | None = None,
             layers: list[str] | None = None, settings: ExplainSettings | None = None, compute: Compute | None = None,
-            **fields: Any) -> Explanations:
+            score_images=None, **fields: Any) -> Explanations:
     """Linear explanations of every unit of ``layers`` (default: all); writes ``out`` when given.
 
     Label mode with ``annotations``; CLIP mode with ``images`` and one of ``text``, ``concepts``.
-    ``settings`` (:class:`ExplainSettings`) and ``compute`` may also be given as their fields."""
+    ``score_images``: images.h5 of another CLIP model, an independent simulator: the held-out ``correlation`` is
+    then the explanation's simulation score under that model's presence (``evaluate simulate``), and
+    ``correlation_fit_presence`` the one under the presence it was fitted with, as Linear Explanations fit with
+    one SigLIP and score with a larger one. ``settings`` (:class:`ExplainSettings`) and ``compute`` may also be
+    given as their fields."""
     import torch
 
     from .budget import units_per_fit_batch
@@ -473,6 +515,8 @@ def explain(activations, out=None, images=None, text=None, concepts=None, annota
              f"{summary[-1]['mean_concepts']:.1f} concepts per unit")
     paths = {"activations": activations, "images": images, "text": text, "concepts": concepts, "annotations": annotations}
     result = Explanations(rows, _metadata(settings, mode, vocab, split, W, acts, paths, summary), summary)
+    if score_images is not None:
+        _score_independently(result, activations, score_images, settings, compute)
     if out is not None:
         write_explanations(result, out)
         if str(out) != A.STDOUT:

@@ -16,14 +16,6 @@ from .formats import COMPOSED_FORMAT, EXPLAIN_FORMAT, LABELS_FORMAT, MAKER
 from .tables import read_parquet_metadata, read_table
 
 
-#: Label files other methods publish (the official CLIP-Dissect repository's data/ folder).
-EXTERNAL_LABEL_KINDS = {
-    "clip-dissect-csv": "CLIP-Dissect CSV (layer,unit,description,similarity)",
-    "milan-csv": "MILAN CSV (layer,unit,description)",
-    "netdissect-tally": "NetDissect-Lite tally CSV (unit,category,label,score,...; one layer, units 1-based)",
-}
-
-
 @dataclass
 class LabelFile:
     """Labels of one file, whatever wrote it: one entry per labelled unit."""
@@ -57,7 +49,7 @@ class LabelFile:
         if self.kind in (LABELS_FORMAT, COMPOSED_FORMAT):
             sim = self.metadata.get("similarity") or "?"
             return f"dissect {sim}" if self.kind == LABELS_FORMAT else f"dissect compose ({sim})"
-        return {"clip-dissect-csv": "CLIP-Dissect (CSV)", "milan-csv": "MILAN", "netdissect-tally": "NetDissect"}[self.kind]
+        return CSV_LAYOUTS[self.kind].method
 
 
 def _netdissect_label(raw: str) -> str:
@@ -69,46 +61,135 @@ def _netdissect_label(raw: str) -> str:
     return " ".join(text.replace("_", " ").replace("-", " ").split())
 
 
-def read_label_file(path: str | os.PathLike, layer: str | None = None, composed: str = "phrase") -> LabelFile:
-    """Labels from a dissect labels.parquet, composed.parquet or explanations.parquet, or from a
-    CLIP-Dissect, MILAN or NetDissect-Lite CSV (told apart by their header). ``layer`` names the
-    layer of a NetDissect tally (its file holds one layer and no layer column); its 1-based units
-    become 0-based. Every layer is returned: ``LabelFile.select_layer`` keeps one. ``composed``
-    ``and``: a composed label is read as its parts (present where all of them are), not as one phrase."""
+# ---------------------------------------------------------------------------
+# Label files other methods publish, told apart by their header
+# ---------------------------------------------------------------------------
+
+@dataclass
+class _Parsed:
+    """What a CSV layout's parser reads: per row its layer, raw unit, label text and score; for explanations,
+    each row's concepts and weights."""
+
+    layers: list[str]
+    units: list[str]
+    texts: list[str]
+    scores: list
+    parts: list[list[str]] | None = None
+    weights: list[list[float]] | None = None
+
+
+def _described(rows, layer, path) -> _Parsed:
+    """CLIP-Dissect's and MILAN's CSVs (layer,unit,description[,similarity]), and the baselines Linear Explanations
+    publish (unit,description,...; the layer in the file name)."""
+    return _Parsed([r.get("layer") or layer for r in rows], [r["unit"] for r in rows], [r["description"] for r in rows],
+                   [r.get("similarity") for r in rows])
+
+
+def _tally(rows, layer, path) -> _Parsed:
+    """NetDissect-Lite's tally (unit,category,label,score,...): labels lose their category suffix."""
+    return _Parsed([layer] * len(rows), [r["unit"] for r in rows], [_netdissect_label(r["label"]) for r in rows],
+                   [r.get("score") for r in rows])
+
+
+def _explanations(rows, layer, path) -> _Parsed:
+    """Linear Explanations' results (layer,unit,val correlation,weight0,concept0,...,bias; LE(SigLIP)'s files have no
+    layer column): each unit's concepts with their weights, largest first; an empty slot is weight 0, concept 0."""
+    parts, weights = [], []
+    for n, r in enumerate(rows):
+        cs, ws = [], []
+        for k in range(len([c for c in r if c.startswith("concept")])):
+            c, w = (r.get(f"concept{k}") or "").strip(), (r.get(f"weight{k}") or "").strip()
+            if c in ("", "0"):
+                break
+            try:
+                ws.append(float(w))
+            except ValueError:
+                raise InputError(f"{path} row {n + 2}: weight{k} {w!r} is not a number") from None
+            cs.append(c)
+        parts.append(cs)
+        weights.append(ws)
+    texts = [" + ".join(f"{w:.2f} {c}" for c, w in zip(cs, ws)) or "(no concept)" for cs, ws in zip(parts, weights)]
+    return _Parsed([r.get("layer") or layer for r in rows], [r["unit"] for r in rows], texts,
+                   [r.get("val correlation") for r in rows], parts, weights)
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """One published label-file layout: what it is, the columns that tell it apart (``detect``), whether its file
+    names no layer (then the layer comes from --layer or the file name), whether its units start at 1."""
+
+    description: str
+    method: str
+    detect: Any
+    parse: Any
+    layer_in_name: bool = False
+    one_based: bool = False
+
+
+#: Label files other methods publish, in the order their headers are tried.
+CSV_LAYOUTS: dict[str, CsvLayout] = {
+    "linear-explanations-csv": CsvLayout(
+        "Linear Explanations result CSV ([layer,]unit,val correlation,weight0,concept0,...,bias)",
+        "Linear Explanations (CSV)", lambda cols: {"unit", "weight0", "concept0"} <= cols, _explanations,
+        layer_in_name=True),
+    "clip-dissect-csv": CsvLayout("CLIP-Dissect CSV (layer,unit,description,similarity)", "CLIP-Dissect (CSV)",
+                                  lambda cols: {"layer", "unit", "description", "similarity"} <= cols, _described),
+    "milan-csv": CsvLayout("MILAN CSV (layer,unit,description)", "MILAN",
+                           lambda cols: {"layer", "unit", "description"} <= cols, _described),
+    "baseline-csv": CsvLayout("a baseline CSV of Linear Explanations (unit,description,...; the layer in the file name)",
+                              "baseline (CSV)", lambda cols: {"unit", "description"} <= cols, _described,
+                              layer_in_name=True),
+    "netdissect-tally": CsvLayout("NetDissect-Lite tally CSV (unit,category,label,score,...; one layer, units 1-based)",
+                                  "NetDissect", lambda cols: {"unit", "category", "label", "score"} <= cols, _tally,
+                                  layer_in_name=True, one_based=True),
+}
+#: Label files other methods publish (kind -> what it is).
+EXTERNAL_LABEL_KINDS = {kind: layout.description for kind, layout in CSV_LAYOUTS.items()}
+
+
+def _layer_of(p: Path, layer: str | None, known: list[str] | None, layout: CsvLayout) -> str:
+    """The layer a one-layer file describes: ``layer``, or the known layer its file name ends with."""
+    if layer is not None:
+        return layer
+    fits = sorted((n for n in known or [] if p.stem == n or p.stem.endswith(("_" + n, "-" + n))), key=len)
+    if fits:
+        return fits[-1]
+    raise UsageError(f"{p} is a {layout.description.split(' (')[0]}: it does not name its layer",
+                     hint="pass --layer NAME (the layer it describes, as named in activations.h5)")
+
+
+def _read_parquet_labels(p: Path, composed: str) -> LabelFile:
+    meta = read_parquet_metadata(p, (LABELS_FORMAT, COMPOSED_FORMAT, EXPLAIN_FORMAT))
+    if meta["format"] == EXPLAIN_FORMAT:
+        table = read_table(p, EXPLAIN_FORMAT, columns=["layer", "unit", "concepts", "weights", "correlation"])
+        parts = [list(c or []) for c in table.column("concepts").to_pylist()]
+        weights = [list(w or []) for w in table.column("weights").to_pylist()]
+        bad = next((i for i, (c, w) in enumerate(zip(parts, weights)) if len(c) != len(w) or None in c or None in w), None)
+        if bad is not None:
+            raise ArtifactError(f"{p} row {bad}: its concepts and weights do not pair up",
+                                hint="give a file written by `dissect explain`")
+        texts = [" + ".join(f"{w:.2f} {c}" for c, w in zip(cs, ws)) for cs, ws in zip(parts, weights)]
+        return LabelFile(str(p), EXPLAIN_FORMAT, table.column("layer").to_pylist(), table.column("unit").to_pylist(),
+                         texts, table.column("correlation").to_pylist(), meta, parts, weights)
+    and_parts = composed == "and" and meta["format"] == COMPOSED_FORMAT
+    table = read_table(p, (LABELS_FORMAT, COMPOSED_FORMAT),
+                       columns=["layer", "unit", "label", "similarity"] + (["parts"] if and_parts else []))
+    labels = table.column("label").to_pylist()
+    if any(v is None for v in labels):
+        raise ArtifactError(f"{p}: column 'label' has empty (null) values", hint=f"give a file written by `{MAKER[meta['format']]}`")
+    parts = None
+    if and_parts:
+        parts = [list(c or []) for c in table.column("parts").to_pylist()]
+        bad = next((i for i, c in enumerate(parts) if not c or None in c), None)
+        if bad is not None:
+            raise ArtifactError(f"{p} row {bad}: its parts are empty", hint="give a file written by `dissect compose`")
+    return LabelFile(str(p), meta["format"], table.column("layer").to_pylist(), table.column("unit").to_pylist(), labels,
+                     table.column("similarity").to_pylist(), meta, parts)
+
+
+def _read_csv_rows(p: Path) -> tuple[list[dict], set[str]]:
     import csv
 
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p} does not exist", hint="give a labels.parquet, composed.parquet or a label CSV")
-    if p.is_dir():
-        raise InputError(f"{p} is a folder, not a labels file")
-    if p.suffix.lower() != ".csv":
-        meta = read_parquet_metadata(p, (LABELS_FORMAT, COMPOSED_FORMAT, EXPLAIN_FORMAT))
-        if meta["format"] == EXPLAIN_FORMAT:
-            table = read_table(p, EXPLAIN_FORMAT, columns=["layer", "unit", "concepts", "weights", "correlation"])
-            parts = [list(c or []) for c in table.column("concepts").to_pylist()]
-            weights = [list(w or []) for w in table.column("weights").to_pylist()]
-            bad = next((i for i, (c, w) in enumerate(zip(parts, weights)) if len(c) != len(w) or None in c or None in w), None)
-            if bad is not None:
-                raise ArtifactError(f"{p} row {bad}: its concepts and weights do not pair up",
-                                    hint="give a file written by `dissect explain`")
-            texts = [" + ".join(f"{w:.2f} {c}" for c, w in zip(cs, ws)) for cs, ws in zip(parts, weights)]
-            return LabelFile(str(p), EXPLAIN_FORMAT, table.column("layer").to_pylist(), table.column("unit").to_pylist(),
-                             texts, table.column("correlation").to_pylist(), meta, parts, weights)
-        and_parts = composed == "and" and meta["format"] == COMPOSED_FORMAT
-        table = read_table(p, (LABELS_FORMAT, COMPOSED_FORMAT),
-                           columns=["layer", "unit", "label", "similarity"] + (["parts"] if and_parts else []))
-        labels = table.column("label").to_pylist()
-        if any(v is None for v in labels):
-            raise ArtifactError(f"{p}: column 'label' has empty (null) values", hint=f"give a file written by `{MAKER[meta['format']]}`")
-        parts = None
-        if and_parts:
-            parts = [list(c or []) for c in table.column("parts").to_pylist()]
-            bad = next((i for i, c in enumerate(parts) if not c or None in c), None)
-            if bad is not None:
-                raise ArtifactError(f"{p} row {bad}: its parts are empty", hint="give a file written by `dissect compose`")
-        return LabelFile(str(p), meta["format"], table.column("layer").to_pylist(), table.column("unit").to_pylist(), labels,
-                         table.column("similarity").to_pylist(), meta, parts)
     try:
         with open(p, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
@@ -118,27 +199,10 @@ def read_label_file(path: str | os.PathLike, layer: str | None = None, composed:
     if not rows:
         raise InputError(f"{p} holds no labels", hint="give a CSV with a header row and one row per unit")
     rows = [{(k or "").strip(): (v or "").strip() if isinstance(v, str) else v for k, v in r.items()} for r in rows]
-    cols = set(header)
-    if {"layer", "unit", "description"} <= cols:
-        kind = "clip-dissect-csv" if "similarity" in cols else "milan-csv"
-        layers = [r["layer"] for r in rows]
-        texts = [r["description"] for r in rows]
-        raw_units = [r["unit"] for r in rows]
-        sims = [r.get("similarity") for r in rows] if kind == "clip-dissect-csv" else [None] * len(rows)
-        offset = 0
-    elif {"unit", "category", "label", "score"} <= cols:
-        kind = "netdissect-tally"
-        if layer is None:
-            raise UsageError(f"{p} is a NetDissect tally: it holds one layer and does not name it",
-                             hint="pass --layer NAME (the layer it describes, as named in activations.h5)")
-        layers = [layer] * len(rows)
-        texts = [_netdissect_label(r["label"]) for r in rows]
-        raw_units = [r["unit"] for r in rows]
-        sims = [r.get("score") for r in rows]
-        offset = 1
-    else:
-        raise InputError(f"{p} is not a label CSV dissect knows (header: {', '.join(header)[:120]})",
-                         hint="known: " + "; ".join(EXTERNAL_LABEL_KINDS.values()))
+    return rows, set(header)
+
+
+def _units(p: Path, raw_units: list[str], offset: int) -> list[int]:
     units = []
     for i, raw in enumerate(raw_units):
         try:
@@ -148,21 +212,50 @@ def read_label_file(path: str | os.PathLike, layer: str | None = None, composed:
         if u - offset < 0:
             raise InputError(f"{p} row {i + 2}: unit {u} is out of range" + (" (NetDissect units start at 1)" if offset else ""))
         units.append(u - offset)
+    return units
+
+
+def read_label_file(path: str | os.PathLike, layer: str | None = None, composed: str = "phrase",
+                    known_layers: list[str] | None = None) -> LabelFile:
+    """Labels from a dissect labels.parquet, composed.parquet or explanations.parquet, or from a label file another
+    method publishes (``CSV_LAYOUTS``: CLIP-Dissect, MILAN, NetDissect-Lite, Linear Explanations' results and
+    baselines; told apart by their header). A file that holds one layer and does not name it takes ``layer``, or the
+    one of ``known_layers`` its file name ends with (``..._layer4.csv``); 1-based units become 0-based. Every layer
+    is returned: ``LabelFile.select_layer`` keeps one. ``composed`` ``and``: a composed label is read as its parts
+    (present where all of them are), not as one phrase."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p} does not exist", hint="give a labels.parquet, composed.parquet or a label CSV")
+    if p.is_dir():
+        raise InputError(f"{p} is a folder, not a labels file")
+    if p.suffix.lower() != ".csv":
+        return _read_parquet_labels(p, composed)
+    rows, cols = _read_csv_rows(p)
+    kind = next((k for k, lay in CSV_LAYOUTS.items() if lay.detect(cols)), None)
+    if kind is None:
+        raise InputError(f"{p} is not a label CSV dissect knows (header: {', '.join(sorted(cols))[:120]})",
+                         hint="known: " + "; ".join(EXTERNAL_LABEL_KINDS.values()))
+    layout = CSV_LAYOUTS[kind]
+    needs = layout.layer_in_name and ("layer" not in cols or not all(r.get("layer") for r in rows))
+    parsed = layout.parse(rows, _layer_of(p, layer, known_layers, layout) if needs else None, p)
+    offset = 1 if layout.one_based else 0
+    units = _units(p, parsed.units, offset)
     similarity = []
-    for s_ in sims:
+    for s_ in parsed.scores:
         try:
             similarity.append(None if s_ in (None, "") else float(s_))
         except ValueError:
             similarity.append(None)
     seen: set = set()
-    for key in zip(layers, units):
+    for key in zip(parsed.layers, units):
         if key in seen:
             raise InputError(f"{p} labels unit {key[1] + offset} of layer {key[0]} more than once")
         seen.add(key)
-    empty = [i for i, t in enumerate(texts) if not t]
+    empty = [i for i, t in enumerate(parsed.texts) if not t]
     if empty:
         raise InputError(f"{p} row {empty[0] + 2} has an empty label")
-    return LabelFile(str(p), kind, layers, units, texts, similarity, {"format": kind, "source": str(p.resolve())})
+    return LabelFile(str(p), kind, parsed.layers, units, parsed.texts, similarity,
+                     {"format": kind, "source": str(p.resolve())}, parsed.parts, parsed.weights)
 
 
 @dataclass

@@ -77,7 +77,8 @@ _COMPOSED = [("layer", "string"), ("unit", "int32"), ("label", "string"), ("part
              ("heldout_auprc", "float64"), ("single_heldout_auprc", "float64")]
 _EXPLAIN = [("layer", "string"), ("unit", "int32"), ("concepts", "list<string>"), ("weights", "list<float64>"),
             ("bias", "float64"), ("explanation", "string"), ("n_concepts", "int32"), ("correlation", "float64"),
-            ("correlation_train", "float64"), ("single_concept", "string"), ("single_correlation", "float64"),
+            ("correlation_train", "float64"), ("correlation_fit_presence", "float64"), ("single_concept", "string"),
+            ("single_correlation", "float64"),
             ("n_train", "int64"), ("n_val", "int64"), ("n_held_out", "int64")]
 _SIMULATE = [("labels", "string"), ("method", "string"), ("layer", "string"), ("unit", "int32"), ("label", "string"),
              (METRICS, "float64"), ("similarity", "float64"), ("n_images", "int64"), ("held_out", "bool"),

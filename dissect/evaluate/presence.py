@@ -188,9 +188,10 @@ class AnnotatedPresence:
             entry[1].append(v)
 
     @classmethod
-    def open(cls, annotations: str, ids: list[str], activations) -> "AnnotatedPresence":
-        """``--annotations``: a file, or ``classes`` (the class folder of each of ``ids``, from ``activations``)."""
-        return cls.from_classes(ids, activations) if annotations == "classes" else cls.from_file(annotations)
+    def open(cls, annotations: str, ids: list[str], activations, classes: "ClassNames | None" = None) -> "AnnotatedPresence":
+        """``--annotations``: a file, or ``classes`` (the class folder of each of ``ids``, from ``activations``;
+        ``classes``: their names and superclasses)."""
+        return cls.from_classes(ids, activations, classes) if annotations == "classes" else cls.from_file(annotations)
 
     @classmethod
     def from_file(cls, path) -> "AnnotatedPresence":
@@ -200,17 +201,28 @@ class AnnotatedPresence:
                     "concepts": len({normalise(c) for c in ann.concepts}), "rows": len(ann.ids)})
 
     @classmethod
-    def from_classes(cls, ids: list[str], activations) -> "AnnotatedPresence":
-        classes = []
+    def from_classes(cls, ids: list[str], activations, names: "ClassNames | None" = None) -> "AnnotatedPresence":
+        """Each image's class: its folder (an ImageFolder probe; class k is the k-th folder in sorted order, as
+        torchvision numbers them), named by ``names`` when given, and every superclass holding it."""
+        folders = []
         for i in ids:
             parent = Path(i).parent
             if str(parent) in ("", "."):
                 raise UsageError(f"image {i!r} of {activations} is not in a class folder",
                                  hint="--annotations classes needs an ImageFolder probe (PROBE/CLASS/IMAGE); "
                                       "give an annotations CSV instead")
-            classes.append(parent.name)
-        return cls("classes", list(ids), classes, np.ones(len(ids)),
-                   {"source": "classes", "concepts": len(set(classes)), "rule": "the image's folder name"})
+            folders.append(parent.name)
+        index = {f: k for k, f in enumerate(sorted(set(folders)))}
+        rows_ids, rows_concepts = list(ids), [names.name_of(index[f], f) if names else f for f in folders]
+        describe = {"source": "classes", "concepts": len(set(rows_concepts)), "rule": "the image's folder name"}
+        if names is not None:
+            describe.update(names.describe())
+            for i, f in zip(ids, folders):
+                for sup in names.superclasses_of(index[f]):
+                    rows_ids.append(i)
+                    rows_concepts.append(sup)
+            describe["concepts"] = len(set(rows_concepts))
+        return cls("classes", rows_ids, rows_concepts, np.ones(len(rows_ids)), describe)
 
     @property
     def concepts(self) -> list[str]:
@@ -232,6 +244,48 @@ class AnnotatedPresence:
                 if r is not None:
                     out[r, j] = max(float(out[r, j]), v)
         return out
+
+
+@dataclass(frozen=True)
+class ClassNames:
+    """The names of an ImageFolder probe's classes (``names[k]`` for its k-th folder; None: the folder names) and
+    the superclasses each belongs to (Linear Explanations' label mode: class names plus their superclasses)."""
+
+    names: tuple[str, ...] | None = None
+    source: str = ""
+    superclasses: Any = None           # concepts.Superclasses
+
+    def name_of(self, k: int, folder: str) -> str:
+        if self.names is None:
+            return folder
+        if k >= len(self.names):
+            raise UsageError(f"the probe has more class folders than {self.source} names ({len(self.names)})",
+                             hint="give class names in the folders' sorted order, one per class")
+        return self.names[k]
+
+    def superclasses_of(self, k: int) -> list[str]:
+        if self.superclasses is None:
+            return []
+        return [s for s, members in self.superclasses.members.items() if k in members]
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"class_names": self.source or "folder names"}
+        if self.superclasses is not None:
+            out.update(self.superclasses.describe())
+        return out
+
+    @classmethod
+    def open(cls, class_names: str | None, superclasses: str | None) -> "ClassNames | None":
+        """``--class-names`` (a shipped list or a file, line k naming class k) and ``--superclasses``."""
+        if class_names is None and superclasses is None:
+            return None
+        from ..concepts import load_superclasses, load_truth
+
+        names = None
+        if class_names is not None:
+            truth = load_truth(class_names)
+            names = tuple(truth.names.get(k, str(k)) for k in range(max(truth.names) + 1))
+        return cls(names, str(class_names or ""), load_superclasses(superclasses) if superclasses else None)
 
 
 class ClipPresence:

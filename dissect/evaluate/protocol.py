@@ -16,18 +16,15 @@ file, one column per metric.
 
 from __future__ import annotations
 
-import csv
 import os
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import artifacts as A
-from ..concepts import normalise
-from ..errors import ArtifactError, InputError, UsageError
+from ..concepts import CLASS_LISTS, Truth, load_truth, normalise  # noqa: F401  (re-exported)
+from ..errors import ArtifactError, UsageError
 from ..runtime import note, resolve_device, warn
 from .results import Evaluation, write_units
 
@@ -40,57 +37,7 @@ EVAL_EXTRA = "pip install 'clip-dissect[eval]'"
 # Ground truth
 # ---------------------------------------------------------------------------
 
-@dataclass
-class Truth:
-    """The true concept of each unit: ``names[unit]``."""
-
-    names: dict[int, str]
-    source: str
-
-
-#: Shipped class lists that --truth and --classes take by name (line k = class k).
-CLASS_LISTS = ("imagenet", "imagenet-wordnet", "cifar100")
-
-
-def load_truth(spec: str | os.PathLike) -> Truth:
-    """A shipped class list (``imagenet``: open_clip's cleaned names; ``imagenet-wordnet``: the WordNet
-    synonym strings the official evaluation uses, "tench, Tinca tinca"; ``cifar100``), a .txt file
-    (line k for unit k, repeats allowed) or a .csv/.tsv table with columns ``unit`` and ``name``."""
-    spec = str(spec)
-    path = Path(spec)
-    if path.is_file():
-        try:
-            text = path.read_bytes().decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise InputError(f"truth file {path} is not UTF-8 text", hint="save it as UTF-8") from None
-        if path.suffix.lower() in (".csv", ".tsv"):
-            rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
-            if not rows or not {"unit", "name"} <= set(rows[0]):
-                raise InputError(f"truth table {path} needs columns 'unit' and 'name'", hint="e.g. unit,name / 0,tench")
-            try:
-                names = {int(r["unit"]): r["name"].strip() for r in rows}
-            except (TypeError, ValueError):
-                raise InputError(f"truth table {path}: every 'unit' must be an integer") from None
-        else:
-            lines = text.splitlines()
-            while lines and not lines[-1].strip():
-                lines.pop()
-            names = {k: ln.strip() for k, ln in enumerate(lines) if ln.strip()}
-        source = str(path.resolve())
-    else:
-        from ..concepts import shipped_sets
-
-        if spec not in CLASS_LISTS or spec not in shipped_sets():
-            raise InputError(
-                f"truth {spec!r} is neither a file nor a known class list",
-                hint=f"use {', '.join(CLASS_LISTS)}, a .txt file (line k = unit k) or a unit,name .csv",
-            )
-        lines = resources.files("dissect.concept_sets").joinpath(f"{spec}.txt").read_text("utf-8").splitlines()
-        names = {k: ln.strip() for k, ln in enumerate(lines) if ln.strip()}
-        source = f"shipped:{spec}"
-    if not names:
-        raise InputError(f"truth {spec} names no classes", hint="put one class name per line")
-    return Truth(names, source)
+# Truth, CLASS_LISTS and load_truth live with the concept sets (concepts.py): the class lists are shipped there.
 
 
 # ---------------------------------------------------------------------------

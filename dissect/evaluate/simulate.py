@@ -114,11 +114,14 @@ COMPOSED_READINGS = ("phrase", "and")
 class SimulateSettings(Settings):
     """How ``simulate`` scores: a unit counts as active on its top ``alpha`` of the scored images (the binarised
     metrics), CLIP presence is calibrated with ``calibration``, and a composed label predicts as its phrase or
-    as the AND of its parts (``composed``: ``COMPOSED_READINGS``)."""
+    as the AND of its parts (``composed``: ``COMPOSED_READINGS``). With ``annotations="classes"``, ``class_names``
+    names the probe's class folders and ``superclasses`` makes each class's superclasses present too."""
 
     alpha: float = M.DEFAULT_ALPHA
     calibration: Calibration = DEFAULT_CALIBRATION
     composed: str = "phrase"
+    class_names: str | None = None
+    superclasses: str | None = None
 
     def check(self) -> None:
         if not 0 < self.alpha <= 1:
@@ -131,7 +134,10 @@ def _presence_source(files, acts, activations, images, text, annotations, settin
     """(where presence comes from, the ids of the images that can be scored)."""
     ids = list(acts.ids)
     if annotations is not None:
-        return AnnotatedPresence.open(annotations, ids, activations), ids
+        from .presence import ClassNames
+
+        classes = ClassNames.open(settings.class_names, settings.superclasses) if annotations == "classes" else None
+        return AnnotatedPresence.open(annotations, ids, activations, classes), ids
     if images is None:
         raise UsageError("give --annotations FILE (or 'classes'), or --images images.h5 to estimate presence with CLIP")
     from ..inputs import aligned_images
@@ -232,10 +238,11 @@ class _Layers:
         return int(self.q.shape[1])
 
 
-def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLike, images=None, text=None,
+def simulate(label_paths: list[str | os.PathLike | A.LabelFile], activations: str | os.PathLike, images=None, text=None,
              annotations: str | None = None, layer: str | None = None, settings: SimulateSettings | None = None,
              compute: Compute | None = None, **fields: Any) -> Simulation:
-    """Score every unit of every labels file (see the module docstring); one row per (file, layer, unit).
+    """Score every unit of every labels file (see the module docstring); one row per (file, layer, unit). A file
+    may also be given as a ``LabelFile`` already read (``explain`` scores its explanations so).
 
     ``settings.composed``: how a composed label predicts (``phrase``: CLIP's presence of the composed
     text; ``and``: the product of its parts' presences, what ``compose --select simulate`` uses).
@@ -249,7 +256,9 @@ def simulate(label_paths: list[str | os.PathLike], activations: str | os.PathLik
     no_other_fields(fields, "simulate")
     if not label_paths:
         raise UsageError("give at least one labels file")
-    files = [A.read_label_file(p, layer, composed=settings.composed) for p in label_paths]
+    known = list(A.read_activations(activations, data=False).layers)  # for files that name their layer in the file name
+    files = [p if isinstance(p, A.LabelFile) else A.read_label_file(p, layer, composed=settings.composed, known_layers=known)
+             for p in label_paths]
     if layer is not None:
         for lf in files:
             lf.select_layer(layer)
