@@ -35,7 +35,7 @@ def compose(
     holdout: Annotated[float, typer.Option("--holdout", help="--select simulate: share of the probe held out (by image id) for the choice.")] = 0.2,
     seed: Annotated[int, typer.Option("--seed", help="--select simulate: seed of the held-out split.")] = 0,
     margin: Annotated[float, typer.Option("--margin", help="--select simulate: how much a composition's AUPRC must beat the single concept's.")] = 0.1,
-    calibration: O.Calibration = "zscore",
+    calibration: O.Calibration = "mixture",
 ):
     """Compositional labels ("striped animal"): pairs of each neuron's best concepts, scored like single ones (paper App. A.4),
     kept where they predict the unit better than one word (--select)."""

@@ -233,7 +233,7 @@ def simulate_cmd(
     superclasses: O.Superclasses = None,
     layer: Annotated[Optional[str], typer.Option("--layer", help="Score only this layer (names the layer of a file that holds one and does not say which, as NetDissect tallies; otherwise taken from the file name).")] = None,
     alpha: Annotated[float, typer.Option("--alpha", help="Top fraction of images on which a unit counts as active (AUPRC, F1, IoU, AUC); the framework's default.")] = 0.005,
-    calibration: O.Calibration = "zscore",
+    calibration: O.Calibration = "mixture",
     max_memory: O.MaxMemory = O.DEFAULT_MAX_MEMORY,
     device: O.Device = "auto",
     composed: Annotated[str, typer.Option("--composed", help="How a composed label predicts: phrase (CLIP's presence of the composed text) or and (present where all its parts are: the product of their presences, as compose --select simulate reads it).")] = "phrase",

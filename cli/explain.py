@@ -28,7 +28,7 @@ def explain(
     tolerance: Annotated[float, typer.Option("--tolerance", help="Smallest gain in validation correlation for another concept (Linear Explanations: 0.02).")] = 0.02,
     holdout: Annotated[float, typer.Option("--holdout", help="Share of the images held out (by image id) to score the explanations on.")] = 0.2,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the id-hashed splits.")] = 0,
-    calibration: O.Calibration = "zscore",
+    calibration: O.Calibration = "mixture",
     unit_batch: Annotated[Optional[int], typer.Option("--unit-batch", min=1, help="Units fitted at once [default: from --max-memory]; never changes the result.")] = None,
     max_memory: O.MaxMemory = O.DEFAULT_MAX_MEMORY,
     device: O.Device = "auto",

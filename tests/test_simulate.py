@@ -171,8 +171,9 @@ def test_calibrations_are_the_documented_formulas():
 
     cos = torch.tensor([[0.1, 0.3], [0.2, 0.1], [0.4, 0.2], [0.3, 0.3]], dtype=torch.float64)
     z = (cos - cos.mean(0)) / cos.std(0)
-    k, z0 = DEFAULT_CALIBRATION.a, DEFAULT_CALIBRATION.b
-    assert torch.allclose(DEFAULT_CALIBRATION.apply(cos), 1 / (1 + torch.exp(-k * (z - z0))))
+    zscore = parse_calibration("zscore")
+    k, z0 = zscore.a, zscore.b
+    assert torch.allclose(zscore.apply(cos), 1 / (1 + torch.exp(-k * (z - z0))))
     le = parse_calibration("sigmoid:58,-0.25")
     assert le == Calibration("sigmoid", 58.0, -0.25)
     assert torch.allclose(le.apply(cos), 1 / (1 + torch.exp(-58 * (cos - 0.25))))

@@ -2,6 +2,7 @@
 
 * :mod:`.metrics`        the framework's metrics of an activation against a concept's presence (pure kernels)
 * :mod:`.presence`       where a concept's presence on each image comes from: annotations, classes, or CLIP
+* :mod:`.mixture`        CLIP presence without labels: a concept's cosines over the probe alone (pure kernels)
 * :mod:`.simulate`       simulation scores: how well each label predicts its unit on held-out images
 * :mod:`.sanity`         the framework's missing-labels and extra-labels tests (pure kernels)
 * :mod:`.sanity_report`  those tests on the synthetic setting and on one's own units

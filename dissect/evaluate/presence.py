@@ -28,32 +28,75 @@ from ..errors import UsageError
 
 @dataclass(frozen=True)
 class CalibrationKind:
-    """One way of turning cosines into presence: its formula (as recorded), the names of its two constants, whether
-    it needs each concept's cosine statistics over the probe, and the function itself (cos, a, b, mean, std)."""
+    """One way of turning cosines into presence: its formula (as recorded), the names of its constants, what it
+    measures on each concept's cosines over the probe (``fit``: cos [N, k] float64 -> {name: [k] tensor}; None:
+    nothing) and the function itself (cos [N, k], a, b, fitted) -> presence [N, k]."""
 
     formula: str
     constants: tuple[str, ...]
-    needs_stats: bool
+    fit: Callable | None
     fn: Callable
+    rule: dict[str, Any] | None = None
 
 
-def _zscore(cos, a, b, mean, std):
+def _moments(cos):
+    return {"mean": cos.mean(dim=0), "std": cos.std(dim=0).clamp_min(1e-12)}
+
+
+def _zscore(cos, a, b, fitted):
     import torch
 
-    return torch.sigmoid(a * ((cos - mean) / std - b))
+    return torch.sigmoid(a * ((cos - fitted["mean"]) / fitted["std"] - b))
 
 
-def _sigmoid(cos, a, b, mean, std):
+def _sigmoid(cos, a, b, fitted):
     import torch
 
     return torch.sigmoid(a * (cos + b))
 
 
+def _robust(cos):
+    from . import mixture
+
+    centre, scale = mixture.robust_centre_scale(cos)
+    return {"centre": centre, "scale": scale}
+
+
+def _tail(cos, a, b, fitted):
+    from . import mixture
+
+    return mixture.tail_presence(cos, fitted["centre"], fitted["scale"])
+
+
+def _fit_mixture(cos):
+    from . import mixture
+
+    return mixture.fit_mixture(cos)
+
+
+def _mixture(cos, a, b, fitted):
+    from . import mixture
+
+    return mixture.mixture_presence(cos, fitted)
+
+
+def _mixture_rule() -> dict[str, Any]:
+    from . import mixture
+
+    return mixture.DEFAULT_RULE.describe()
+
+
 #: Every calibration, by the name ``--calibration`` takes.
 CALIBRATIONS: dict[str, CalibrationKind] = {
-    "zscore": CalibrationKind("sigmoid(k * ((cos - mean) / std - z0))", ("k", "z0"), True, _zscore),
-    "sigmoid": CalibrationKind("sigmoid(a * (cos + b))", ("a", "b"), False, _sigmoid),
-    "raw": CalibrationKind("cos", (), False, lambda cos, a, b, mean, std: cos),
+    "mixture": CalibrationKind(
+        "per concept, z = (cos - median) / (1.4826 MAD); where a Student-t null plus a normal upper group fits z "
+        "with the groups distinct, the upper group's posterior; elsewhere 1 - the Benjamini-Hochberg q-value of z "
+        "under Student-t(4)", (), _fit_mixture, _mixture),
+    "fdr": CalibrationKind("1 - the Benjamini-Hochberg q-value of (cos - median) / (1.4826 MAD) under Student-t(4), "
+                           "per concept", (), _robust, _tail),
+    "zscore": CalibrationKind("sigmoid(k * ((cos - mean) / std - z0))", ("k", "z0"), _moments, _zscore),
+    "sigmoid": CalibrationKind("sigmoid(a * (cos + b))", ("a", "b"), None, _sigmoid),
+    "raw": CalibrationKind("cos", (), None, lambda cos, a, b, fitted: cos),
 }
 
 
@@ -61,51 +104,70 @@ CALIBRATIONS: dict[str, CalibrationKind] = {
 class Calibration:
     """How an image-text cosine becomes a presence probability (``CALIBRATIONS``).
 
-    * ``zscore`` (default): z = (cos − mean) / std over the probe's images, per concept;
-      p = sigmoid(k (z − z0)). Standardising per label makes one calibration serve every
-      CLIP model, whose cosine scales differ; k and z0 were fitted by maximum likelihood
-      on the demo world's ground truth (``scripts/calibrate_presence.py``, README).
+    * ``mixture`` (default): each concept on its own, from its cosines over the probe's images
+      (no labels, no constant fitted to a world): a two-group model of its robust z, the images
+      without the concept a heavy-tailed Student-t and those with it a normal above them; where
+      the two groups are distinct, an image's presence is its posterior of the upper group, and
+      elsewhere how surely it lies above the null (1 − its Benjamini–Hochberg q-value).
+      :mod:`.mixture` has the rule; ``docs/guide/simulate.md`` how it was measured on two worlds.
+    * ``fdr``: that tail presence alone, for every concept.
+    * ``zscore``: z = (cos − mean) / std over the probe's images, per concept; p = sigmoid(k (z − z0)),
+      dissect 0.2's default (k = 10.3, z0 = 0.93, fitted on the demo world); a fixed threshold in
+      standard deviations ignores how rare a concept is.
     * ``sigmoid``: p = sigmoid(a (cos + b)), Linear Explanations' form (their constants
       for ViT-L-14-336 openai: a = 58, b = −0.25).
     * ``raw``: the cosine itself.
     """
 
-    kind: str = "zscore"
+    kind: str = "mixture"
     a: float = 0.0
     b: float = 0.0
 
     @property
     def needs_stats(self) -> bool:
-        """Whether ``apply`` needs each concept's cosine mean and standard deviation over the probe."""
-        return CALIBRATIONS[self.kind].needs_stats
+        """Whether ``apply`` measures each concept's cosines over the probe (so a concept's presence on an image
+        depends on the other images)."""
+        return CALIBRATIONS[self.kind].fit is not None
 
-    def apply(self, cos, mean=None, std=None):
-        """Presence (float64) from cosines [N, k]; ``mean``, ``std`` [k]: each concept's statistics (``needs_stats``;
-        by default over the N images of ``cos``)."""
+    def measure(self, cos) -> dict[str, Any]:
+        """What the calibration measures on each concept's cosines ``cos`` [N, k] (float64), {name: [k]}."""
+        fit = CALIBRATIONS[self.kind].fit
+        return fit(cos) if fit is not None else {}
+
+    def apply(self, cos, fitted: dict[str, Any] | None = None):
+        """Presence (float64) from cosines [N, k]; ``fitted``: ``measure`` of these concepts (by default over the N
+        images of ``cos``)."""
         import torch
 
         cos = cos.to(torch.float64)
-        if self.needs_stats and mean is None:
-            mean, std = cos.mean(dim=0, keepdim=True), cos.std(dim=0, keepdim=True).clamp_min(1e-12)
-        return CALIBRATIONS[self.kind].fn(cos, self.a, self.b, mean, std)
+        if fitted is None:
+            fitted = self.measure(cos)
+        return CALIBRATIONS[self.kind].fn(cos, self.a, self.b, fitted)
 
     def describe(self) -> dict[str, Any]:
         kind = CALIBRATIONS[self.kind]
-        return {"kind": self.kind, "formula": kind.formula, **dict(zip(kind.constants, (self.a, self.b)))}
+        out = {"kind": self.kind, "formula": kind.formula, **dict(zip(kind.constants, (self.a, self.b)))}
+        if self.kind == "mixture":
+            out["rule"] = _mixture_rule()
+        return out
 
 
-#: Fitted on the demo world (2,000 probe images, every world word and class name as
-#: annotations, tiny CLIP): see README "Simulation scores". Maximum likelihood k, z0.
+#: dissect 0.2's default, fitted on the demo world (2,000 probe images, every world word and class name as
+#: annotations, tiny CLIP): maximum likelihood k, z0. Kept as ``--calibration zscore``.
 ZSCORE_K, ZSCORE_Z0 = 10.3, 0.93
-DEFAULT_CALIBRATION = Calibration("zscore", ZSCORE_K, ZSCORE_Z0)
+DEFAULT_CALIBRATION = Calibration("mixture")
+CALIBRATION_HINT = "use mixture (default), fdr, zscore (dissect 0.2: zscore:10.3,0.93), zscore:K,Z0, sigmoid:A,B " \
+                   "(e.g. sigmoid:58,-0.25) or raw"
 
 
 def parse_calibration(spec: str | None) -> Calibration:
-    """``zscore`` | ``zscore:K,Z0`` | ``sigmoid:A,B`` | ``raw``."""
-    if spec is None or spec == "zscore":
+    """``mixture`` | ``fdr`` | ``zscore`` | ``zscore:K,Z0`` | ``sigmoid:A,B`` | ``raw``."""
+    if spec is None:
         return DEFAULT_CALIBRATION
-    if spec == "raw":
-        return Calibration("raw")
+    if spec == "zscore":
+        return Calibration("zscore", ZSCORE_K, ZSCORE_Z0)
+    if spec in CALIBRATIONS and not CALIBRATIONS[spec].constants:
+        return Calibration(spec)
     kind, _, rest = spec.partition(":")
     if kind in CALIBRATIONS and len(CALIBRATIONS[kind].constants) == 2 and rest:
         try:
@@ -114,8 +176,7 @@ def parse_calibration(spec: str | None) -> Calibration:
             a = b = math.nan
         if math.isfinite(a) and math.isfinite(b):
             return Calibration(kind, a, b)
-    raise UsageError(f"unknown --calibration {spec!r}",
-                     hint="use zscore (default), zscore:K,Z0, sigmoid:A,B (e.g. sigmoid:58,-0.25) or raw")
+    raise UsageError(f"unknown --calibration {spec!r}", hint=CALIBRATION_HINT)
 
 
 # ---------------------------------------------------------------------------
@@ -137,24 +198,29 @@ class CalibratedCosines:
         self.I = images.float()
         self.T = texts.float()
         self.calibration = calibration
-        self._stats: tuple[Any, Any] | None = None
+        self._stats: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return int(self.T.shape[0])
 
-    def stats(self):
-        """Each text's cosine mean and standard deviation over all N images ([M] float64 each)."""
+    def stats(self) -> dict[str, Any]:
+        """What the calibration measures on each text's cosines over all N images ({name: [M] float64}), in fixed
+        blocks of ``TEXT_BLOCK`` texts (a progress bar when that takes a while)."""
         import torch
 
+        from ..runtime import progress
         from ..similarity import cosines
 
         if self._stats is None:
-            means, stds = [], []
-            for s in range(0, self.T.shape[0], TEXT_BLOCK):
-                cos = cosines(self.I, self.T[s:s + TEXT_BLOCK]).to(torch.float64)
-                means.append(cos.mean(dim=0))
-                stds.append(cos.std(dim=0))
-            self._stats = torch.cat(means), torch.cat(stds).clamp_min(1e-12)
+            M = self.T.shape[0]
+            parts: list[dict[str, Any]] = []
+            slow = self.calibration.kind == "mixture" and M * self.I.shape[0] > 4_000_000
+            with progress("calibrate presence", M if slow else 0, "concepts") as advance:
+                for s in range(0, M, TEXT_BLOCK):
+                    cos = cosines(self.I, self.T[s:s + TEXT_BLOCK]).to(torch.float64)
+                    parts.append(self.calibration.measure(cos))
+                    advance(cos.shape[1])
+            self._stats = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
         return self._stats
 
     def columns(self, idx):
@@ -166,9 +232,9 @@ class CalibratedCosines:
         idx = torch.as_tensor(idx, dtype=torch.long, device=self.T.device)
         cos = cosines(self.I, self.T.index_select(0, idx)).to(torch.float64)
         if not self.calibration.needs_stats:
-            return self.calibration.apply(cos).cpu()
-        mean, std = self.stats()
-        return self.calibration.apply(cos, mean[idx], std[idx]).cpu()
+            return self.calibration.apply(cos, {}).cpu()
+        fitted = {k: v[idx] for k, v in self.stats().items()}
+        return self.calibration.apply(cos, fitted).cpu()
 
 
 # ---------------------------------------------------------------------------
