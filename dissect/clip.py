@@ -337,8 +337,11 @@ CLIP_KINDS: dict[str, ClipKind] = {
 
 
 def load_clip(spec: str | ClipSpec, device) -> Clip:
-    """Load a CLIP model for inference on ``device``."""
+    """Load a CLIP model for inference on ``device`` (a torch.device or its name)."""
     import open_clip
+    import torch
+
+    device = torch.device(device)
 
     if isinstance(spec, str):
         spec = parse_clip_spec(spec)
