@@ -90,6 +90,44 @@ def demo(
             ct.add_row(r["method"], pct(r["single_two"]), pct(r["single_one"]), pct(r["both_in_candidates"]),
                        pct(r["compose_two"]), pct(r["compose_one"]))
         con.print(ct)
+    if res.worlds:
+        _print_worlds(con, res.worlds)
     con.print(f"{res.n_images} probe images; {res.seconds:.0f} s in all; artifacts in {res.out}/ (demo.json, labels-*.parquet)")
     con.print(f"The demo models are ordinary specs: --clip {specs.clip}  {specs.command_line()}")
 
+
+
+def _print_worlds(con, worlds) -> None:
+    """The same measurements on the demo world and on the scenes world, side by side."""
+    from rich.table import Table
+
+    from dissect.demo.two_worlds import FOLLOWS, RARE, SEPARATED_AUC
+
+    names = {"A": "A: demo (one object, words on 10-50%)", "B": "B: scenes (several objects, 0.05-33%)"}
+    t = Table(title=f"Two worlds, {next(iter(worlds.values()))['calibration']} presence (the default): "
+                    "does CLIP presence hold on a world it was not built on?", title_justify="left")
+    t.add_column("measurement")
+    for key in worlds:
+        t.add_column(names.get(key, key), justify="right")
+
+    def presence(w):
+        p = w["presence"]
+        rare = p["rare"]
+        tail = (f"; rare (< {RARE:.0%}) {rare['share_following']:.0%} of {rare['concepts']}"
+                if rare["concepts"] else "; none rare")
+        return f"{p['all']['share_following']:.0%} of {p['all']['concepts']}, median r {p['all']['median_r']:.3f}{tail}"
+
+    def simulation(w):
+        s = w["simulation"]
+        return f"{s['clip']:.3f} vs {s['annotations']:.3f} (gap {s['gap']:.3f})"
+
+    def explained(w):
+        e = w["explain"]
+        return " / ".join(f"{e[m]['recovered']}/{e[m]['units']}" for m in ("clip", "label") if m in e)
+
+    rows = [(f"presence follows the truth (r ≥ {FOLLOWS}), concepts CLIP separates (AUC ≥ {SEPARATED_AUC})", presence),
+            ("final-layer simulation r, CLIP presence vs annotations", simulation),
+            ("planted units recovered by explain, CLIP / label mode", explained)]
+    for title, fn in rows:
+        t.add_row(title, *(fn(w) for w in worlds.values()))
+    con.print(t)

@@ -18,13 +18,13 @@ LAYERS = [
     {"artifacts", "artifacts.formats", "artifacts.files", "artifacts.hdf5", "artifacts.tables", "artifacts.tensors",
      "artifacts.external", "artifacts.sniff",
      "concepts", "probe", "hooks", "models", "clip", "similarity", "split",
-     "evaluate", "evaluate.metrics", "evaluate.sanity",  # the package's face imports its modules lazily
+     "evaluate", "evaluate.metrics", "evaluate.sanity", "evaluate.mixture",  # the face imports its modules lazily
      "directions"},
     {"passes", "shards"},
     {"embed", "record", "inputs", "label", "evaluate.presence", "decompose"},
     {"compose", "evaluate.protocol", "evaluate.results", "evaluate.resampling", "evaluate.simulate",
      "evaluate.sanity_report", "report", "describe", "explain"},
-    {"pipeline", "demo", "demo.world", "demo.planted"},
+    {"pipeline", "demo", "demo.world", "demo.planted", "demo.scenes", "demo.specs", "demo.two_worlds"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -9,7 +9,10 @@ scores the labels against ground truth:
 * final layer: neuron k is class k's logit, so its true concept is class k's name;
 * hidden layers: a unit's "truth" is the world word (colour, shape, texture or
   size) whose images activate it most, relative to the rest; the demo reports
-  how often the label names that word.
+  how often the label names that word;
+* two worlds (:mod:`dissect.demo.two_worlds`): CLIP presence, simulation scores and
+  linear explanations measured on this world and on a second one built unlike it
+  (:mod:`dissect.demo.scenes`, its own CLIP and classifier in ``assets/scenes``).
 
 The models load through the same public specs as real models (``--clip
 config.json:checkpoint``, ``--model timm:NAME --weights FILE``); see
@@ -22,97 +25,19 @@ import csv
 import json
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import world
-from ..concepts import load_concepts
+from . import two_worlds, world
+from .specs import (COMMON_WORDS, N_COMMON_WORDS, N_SCENES_COMMON_WORDS, DemoSpecs, assets_dir, concept_sets,  # noqa: F401
+                    demo_specs, scenes_concepts, scenes_specs, world_words)
 
 SIMILARITIES = ("softwpmi", "wpmi", "rank-reorder", "cos", "cos-cubed")
 #: A hidden unit "clearly prefers" a world word when that word's images raise its
 #: standardised activation by at least this much on average.
 SELECTIVE_EFFECT = 2.0
-N_COMMON_WORDS = 600
-#: The shipped list the distractor words come from (recorded in demo.json).
-COMMON_WORDS = "3k-clean"
-
-
-def assets_dir() -> Path:
-    """The shipped demo models ($DISSECT_DEMO_ASSETS points elsewhere, e.g. to a fresh training run)."""
-    import os
-
-    env = os.environ.get("DISSECT_DEMO_ASSETS")
-    return Path(env) if env else Path(str(resources.files("dissect.demo") / "assets"))
-
-
-@dataclass
-class DemoSpecs:
-    """The public specs that load the demo models (usable with every command)."""
-
-    clip: str
-    model: str
-    weights: str
-    model_args: dict[str, Any]
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    crop_pct: float
-    interpolation: str
-    class_names: list[str]
-    final_layer: str
-    hidden_layers: list[str]
-
-    def command_line(self) -> str:
-        """The equivalent `dissect record` options."""
-        args = " ".join(f"--model-arg {k}={v}" for k, v in self.model_args.items())
-        return (
-            f"--model {self.model} --weights {self.weights} {args} --input-size {self.input_size} "
-            f"--crop-pct {self.crop_pct} --mean {','.join(map(str, self.mean))} --std {','.join(map(str, self.std))} "
-            f"--interpolation {self.interpolation}"
-        )
-
-
-def demo_specs() -> DemoSpecs:
-    root = assets_dir()
-    clip_dir, clf_dir = root / "tiny_clip", root / "classifier"
-    cfg = json.loads((clf_dir / "config.json").read_text())
-    return DemoSpecs(
-        clip=f"{clip_dir / 'open_clip_config.json'}:{clip_dir / 'open_clip_model.safetensors'}",
-        model=f"timm:{cfg['architecture']}",
-        weights=str(clf_dir / "model.safetensors"),
-        model_args={"num_classes": int(cfg["num_classes"]), **cfg.get("model_args", {})},
-        input_size=int(cfg["input_size"][-1]),
-        mean=tuple(cfg["mean"]),
-        std=tuple(cfg["std"]),
-        crop_pct=float(cfg.get("crop_pct", 1.0)),
-        interpolation=cfg.get("interpolation", "bilinear"),
-        class_names=list(cfg["class_names"]),
-        final_layer=cfg.get("final_layer", "fc"),
-        hidden_layers=list(cfg.get("hidden_layers", ["layer3", "layer4"])),
-    )
-
-
-def world_words() -> list[str]:
-    """Every attribute word of the world, in vocabulary order."""
-    return [w for vocab in world.ATTRIBUTES.values() for w in vocab]
-
-
-def concept_sets(class_names: list[str]) -> dict[str, list[str]]:
-    """The demo's two concept sets: the class names, and a larger mixed set.
-
-    The mixed set holds the class names, the world's other attribute words and the
-    first 600 words of the shipped ``3k-clean`` set (``3k`` without profanity) that are
-    not world words, so the right answer has to win against hundreds of distractors.
-    """
-    words = world_words()
-    common = [w for w in load_concepts(COMMON_WORDS).concepts if w not in set(words)][:N_COMMON_WORDS]
-    mixed = list(dict.fromkeys(class_names + words + common))
-    return {"classes": list(class_names), "mixed": mixed}
-
-
 @dataclass
 class DemoResult:
     out: Path
@@ -127,6 +52,7 @@ class DemoResult:
     timings: dict[str, float] = field(default_factory=dict)
     planted: list[dict[str, Any]] = field(default_factory=list)   # method x mode -> recovered, mean held-out r
     composition: list[dict[str, Any]] = field(default_factory=list)  # similarity -> recovery on the composition world
+    worlds: dict[str, dict[str, Any]] = field(default_factory=dict)  # "A", "B" -> two_worlds measurements
 
 
 def _attributes(probe: Path) -> tuple[list[str], dict[str, list[str]]]:
@@ -290,15 +216,17 @@ def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 12
     hidden, agreement = _hidden_agreement(out, probe, acts, specs)
     planted_rows = timed("planted", planted_recovery, out, probe, acts.ids, str(dev))
     composition_rows = timed("composition", composition_recovery, out, probe, acts.ids, str(dev))
+    worlds = timed("worlds", two_worlds.compare, out, probe, specs.final_layer, planted_rows, str(dev), batch_size,
+                   workers)
 
     counts = {k: len(v) for k, v in sets.items()}
     result = DemoResult(out, specs, n_images, accuracy, final_rows, hidden, agreement, time.perf_counter() - t0, counts, timings,
-                        planted_rows, composition_rows)
+                        planted_rows, composition_rows, worlds)
     summary = {
         "n_images": n_images, "concept_counts": counts, "common_words": COMMON_WORDS, "seed": seed, "accuracy": accuracy, "hidden_agreement": agreement,
         "seconds": round(result.seconds, 1), "timings": {k: round(v, 1) for k, v in timings.items()},
         "clip": specs.clip, "model": specs.model, "weights": specs.weights, "planted": planted_rows,
-        "composition": composition_rows,
+        "composition": composition_rows, "worlds": worlds,
     }
     A.write_json(out / "demo.json", summary)
     return result
@@ -310,7 +238,9 @@ def planted_recovery(out: Path, probe: Path, ids: list[str], device: str) -> lis
     CLIP mode uses the mixed concept set and the tiny CLIP; label mode the world's ground truth
     as annotations. Single labels: `dissect label` (CLIP; held out 20%) or the best single
     annotated concept (label mode); compose: pairs of the labels' candidates; linear: `dissect
-    explain`. A unit counts as recovered when all of its words are named, with at most two others.
+    explain`. A unit counts as recovered when all of its words are named, with at most two others (and, for a
+    linear explanation of a unit of several words, its held-out correlation beats the best single concept's by
+    ``planted.MARGIN``).
     """
     from .. import artifacts as A
     from ..compose import compose
@@ -325,8 +255,10 @@ def planted_recovery(out: Path, probe: Path, ids: list[str], device: str) -> lis
     rows: list[dict[str, Any]] = []
     n = len(planted.PLANTED)
 
-    def add(method, mode, concept_lists, corrs, held_out=True):
-        hits = sum(planted.recovered(r, c) for r, c in zip(planted.PLANTED, concept_lists))
+    def add(method, mode, concept_lists, corrs, held_out=True, singles=None):
+        singles = singles or [None] * n
+        hits = sum(planted.recovered(r, c, correlation=x, single=s)
+                   for r, c, x, s in zip(planted.PLANTED, concept_lists, corrs, singles))
         corr = np.array([np.nan if c is None else c for c in corrs], dtype=np.float64)
         rows.append({"method": method, "mode": mode, "recovered": int(hits), "units": n,
                      "mean_correlation": float(np.nanmean(corr)) if np.isfinite(corr).any() else None,
@@ -343,11 +275,13 @@ def planted_recovery(out: Path, probe: Path, ids: list[str], device: str) -> lis
     csim = simulate([str(composed)], acts, images=out / "images.h5", text=text, device=device)
     add("compose (pairs)", "clip", [list(r["parts"]) for r in comp], csim.units["correlation"], held_out=False)
     ex_clip = explain(acts, out / "explanations-planted-clip.parquet", images=out / "images.h5", text=text, device=device)
-    add("linear explanation", "clip", ex_clip.rows["concepts"], ex_clip.rows["correlation"])
+    add("linear explanation", "clip", ex_clip.rows["concepts"], ex_clip.rows["correlation"],
+        singles=ex_clip.rows["single_correlation"])
     ex_label = explain(acts, out / "explanations-planted-label.parquet", annotations=str(ann), device=device)
     add("single label (best concept)", "label", [[c] for c in ex_label.rows["single_concept"]],
         ex_label.rows["single_correlation"])
-    add("linear explanation", "label", ex_label.rows["concepts"], ex_label.rows["correlation"])
+    add("linear explanation", "label", ex_label.rows["concepts"], ex_label.rows["correlation"],
+        singles=ex_label.rows["single_correlation"])
     return rows
 
 

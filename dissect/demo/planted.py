@@ -88,11 +88,21 @@ def canonical(word: str) -> str:
     return SAME.get(w, w)
 
 
-def recovered(recipe: dict[str, float], concepts: list[str], max_extra: int = 2) -> bool:
-    """All of the unit's words are among ``concepts``, with at most ``max_extra`` others."""
+#: A multi-word explanation counts only where its held-out correlation beats the best single concept's by this much.
+MARGIN = 0.1
+
+
+def recovered(recipe: dict[str, float], concepts: list[str], max_extra: int = 2, correlation: float | None = None,
+              single: float | None = None) -> bool:
+    """All of the unit's words are among ``concepts``, with at most ``max_extra`` others; for a unit of several
+    words with its held-out ``correlation`` and the best ``single`` concept's given, the first beats the second by
+    at least ``MARGIN``."""
     got = [canonical(c) for c in concepts]
     want = {canonical(w) for w in recipe}
-    return want <= set(got) and len(set(got) - want) <= max_extra
+    named = want <= set(got) and len(set(got) - want) <= max_extra
+    if not named or len(recipe) < 2 or correlation is None or single is None:
+        return named
+    return correlation - single >= MARGIN
 
 
 # ---------------------------------------------------------------------------
@@ -153,3 +163,49 @@ def composition_recovery(units: list[tuple[str, ...]], parts: list[list[str]]) -
     one = [[canonical(x) for x in p] == [canonical(u[0])] for u, p in zip(units, parts) if len(u) == 1]
     return {"two_words": float(np.mean(two)) if two else float("nan"),
             "one_word": float(np.mean(one)) if one else float("nan"), "n_two": len(two), "n_one": len(one)}
+
+
+# ---------------------------------------------------------------------------
+# Planted units on the scenes world (several objects per image, common to very rare words)
+# ---------------------------------------------------------------------------
+
+#: unit -> {scenes-world word: weight}: single words, pairs and triples, common (house 30%) to rare (kite 0.7%).
+SCENES_PLANTED: tuple[dict[str, float], ...] = (
+    {"car": 1.0},
+    {"night": 1.0},
+    {"house": 0.8, "grass": 0.6},
+    {"fish": 0.9, "blue": 0.6},
+    {"tree": 0.7, "snow": 0.7},
+    {"boat": 0.7, "rain": 1.0},
+    {"flower": 0.8, "pink": 0.5, "sand": 0.4},
+    {"sun": 0.9, "sky": 0.5},
+    {"key": 1.0},
+    {"kite": 0.8, "cloud": 0.6},
+)
+
+
+def scenes_truth(probe: Path) -> dict[str, set[str]]:
+    """Each image of a scenes-world probe (``scenes.write_probe``) -> the words true of it."""
+    from .. import artifacts as A
+
+    ann = A.read_annotations(Path(probe) / "annotations.csv")
+    out: dict[str, set[str]] = {}
+    for i, c in zip(ann.ids, ann.concepts):
+        out.setdefault(i, set()).add(c)
+    return out
+
+
+def write_scenes(out: Path, ids: list[str], probe: Path, seed: int = 0) -> Path:
+    """activations.h5 of the scenes world's planted layer: Σ w_i [word i on the image] + noise (σ = NOISE)."""
+    from .. import artifacts as A
+
+    truth = scenes_truth(probe)
+    rng = np.random.default_rng(seed)
+    q = rng.normal(0.0, NOISE, size=(len(ids), len(SCENES_PLANTED)))
+    for u, recipe in enumerate(SCENES_PLANTED):
+        for word, w in recipe.items():
+            q[:, u] += w * np.array([word in truth.get(i, ()) for i in ids], dtype=np.float64)
+    probe_attr = json.dumps({"sources": [{"type": "folder", "path": str(Path(probe).resolve()), "n_images": len(ids)}],
+                             "n_images": len(ids)})
+    return A.write_activations(out, ids, {LAYER: q.astype(np.float32)}, {LAYER: {"summary": "planted", "layout": "nc"}},
+                               {"model": "planted-scenes", "probe": probe_attr, "planted": json.dumps(list(SCENES_PLANTED))})
