@@ -10,6 +10,10 @@ separately with another image tower and SigLIP's loss, a multi-label classifier)
 * the mean simulation score of the final layer's labels under CLIP presence and under the
   truth as annotations (a calibration that holds keeps them close);
 * how many planted units (known weighted sums of world words) linear explanations recover.
+
+:func:`topics_world` makes a third world, C, of embeddings alone (no images, no CLIP): very rare
+concepts over a large probe, each concept's cosines near-Gaussian (``scripts/presence_study.py``
+and the tests score presence on it).
 """
 
 from __future__ import annotations
@@ -27,6 +31,23 @@ SEPARATED_AUC = 0.99
 RARE = 0.03
 #: A concept's presence "follows the truth" when it correlates with it at least this much.
 FOLLOWS = 0.9
+
+
+def topics_world(n: int = 20_000, m: int = 2_000, dim: int = 256, seed: int = 0, absent: int = 0):
+    """World C, embeddings without images (the construction of ``benchmarks/bench_explain.py``): m random unit text
+    embeddings; each of n images is Gaussian noise plus 0.4 x the embeddings of 3 random topics among the first
+    m - ``absent`` texts, L2-normalised. Every topic is on about 3 / (m - absent) of the images (0.15% by default)
+    and the bulk of each concept's cosines is near-Gaussian. Returns (images [n, dim], texts [m, dim], float32;
+    topics [n, 3])."""
+    rng = np.random.default_rng(seed)
+    texts = rng.standard_normal((m, dim)).astype(np.float32)
+    texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+    topics = rng.integers(0, m - absent, size=(n, 3))
+    images = (rng.standard_normal((n, dim)) / np.sqrt(dim)).astype(np.float32)
+    for j in range(3):
+        images += 0.4 * texts[topics[:, j]]
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    return images, texts, topics
 
 
 def auc(scores: np.ndarray, truth: np.ndarray) -> float:

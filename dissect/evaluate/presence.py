@@ -89,9 +89,9 @@ def _mixture_rule() -> dict[str, Any]:
 #: Every calibration, by the name ``--calibration`` takes.
 CALIBRATIONS: dict[str, CalibrationKind] = {
     "mixture": CalibrationKind(
-        "per concept, z = (cos - median) / (1.4826 MAD); where a Student-t null plus a normal upper group fits z "
-        "with the groups distinct, the upper group's posterior; elsewhere 1 - the Benjamini-Hochberg q-value of z "
-        "under Student-t(4)", (), _fit_mixture, _mixture),
+        "per concept, z = (cos - median) / (1.4826 MAD); where a null (Student-t(4) or normal, the crispest kept "
+        "fit) plus a normal upper group fits z with the groups distinct, the upper group's posterior; elsewhere "
+        "1 - the Benjamini-Hochberg q-value of z under the null that fits best alone", (), _fit_mixture, _mixture),
     "fdr": CalibrationKind("1 - the Benjamini-Hochberg q-value of (cos - median) / (1.4826 MAD) under Student-t(4), "
                            "per concept", (), _robust, _tail),
     "zscore": CalibrationKind("sigmoid(k * ((cos - mean) / std - z0))", ("k", "z0"), _moments, _zscore),
@@ -106,7 +106,8 @@ class Calibration:
 
     * ``mixture`` (default): each concept on its own, from its cosines over the probe's images
       (no labels, no constant fitted to a world): a two-group model of its robust z, the images
-      without the concept a heavy-tailed Student-t and those with it a normal above them; where
+      without the concept a Student-t(4) or a normal (both fitted, the crispest kept fit wins) and
+      those with it a normal above them; where
       the two groups are distinct, an image's presence is its posterior of the upper group, and
       elsewhere how surely it lies above the null (1 − its Benjamini–Hochberg q-value).
       :mod:`.mixture` has the rule; ``docs/guide/simulate.md`` how it was measured on two worlds.
@@ -183,8 +184,12 @@ def parse_calibration(spec: str | None) -> Calibration:
 # CLIP presence: the one place where cosines become presence
 # ---------------------------------------------------------------------------
 
-#: Texts per block of the statistics pass (a fixed tiling keeps every text's statistics independent of batching).
+#: Texts per block of the statistics pass, at most (each text's statistics are computed on its own column, so the
+#: blocking never changes a value); fewer on large probes, so that a block's float64 cosines stay near 64 MB.
 TEXT_BLOCK = 512
+#: Cosines per block of the statistics pass (N images x texts), at most: the pass holds a few float64 and int64
+#: copies of a block (sorting, histograms), about 0.5 GB at this size.
+BLOCK_CELLS = 8_000_000
 
 
 class CalibratedCosines:
@@ -205,7 +210,7 @@ class CalibratedCosines:
 
     def stats(self) -> dict[str, Any]:
         """What the calibration measures on each text's cosines over all N images ({name: [M] float64}), in fixed
-        blocks of ``TEXT_BLOCK`` texts (a progress bar when that takes a while)."""
+        blocks of up to ``TEXT_BLOCK`` texts and ``BLOCK_CELLS`` cosines (a progress bar when that takes a while)."""
         import torch
 
         from ..runtime import progress
@@ -216,8 +221,9 @@ class CalibratedCosines:
             parts: list[dict[str, Any]] = []
             slow = self.calibration.kind == "mixture" and M * self.I.shape[0] > 4_000_000
             with progress("calibrate presence", M if slow else 0, "concepts") as advance:
-                for s in range(0, M, TEXT_BLOCK):
-                    cos = cosines(self.I, self.T[s:s + TEXT_BLOCK]).to(torch.float64)
+                block = max(1, min(TEXT_BLOCK, BLOCK_CELLS // max(1, self.I.shape[0])))
+                for s in range(0, M, block):
+                    cos = cosines(self.I, self.T[s:s + block]).to(torch.float64)
                     parts.append(self.calibration.measure(cos))
                     advance(cos.shape[1])
             self._stats = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
@@ -257,7 +263,32 @@ class AnnotatedPresence:
     def open(cls, annotations: str, ids: list[str], activations, classes: "ClassNames | None" = None) -> "AnnotatedPresence":
         """``--annotations``: a file, or ``classes`` (the class folder of each of ``ids``, from ``activations``;
         ``classes``: their names and superclasses)."""
-        return cls.from_classes(ids, activations, classes) if annotations == "classes" else cls.from_file(annotations)
+        if annotations == "classes":
+            return cls.from_classes(ids, activations, classes)
+        source = cls.from_file(annotations)
+        source.check_ids(ids, annotations, activations)
+        return source
+
+    def check_ids(self, ids: list[str], annotations, activations) -> None:
+        """Refuse annotations whose image ids match none of ``ids`` (the images of ``activations``), naming how many
+        matched and an example of each side; warn when only some do."""
+        from ..runtime import warn
+
+        annotated = list(dict.fromkeys(i for rows, _ in self._by_concept.values() for i in rows))
+        known = set(ids)
+        missing = [i for i in annotated if i not in known]
+        if len(missing) < len(annotated):
+            if missing:
+                warn(f"{len(missing)} of the {len(annotated)} images annotated in {annotations} are not images of "
+                     f"{activations} (e.g. {missing[0]!r}); their annotations are left out")
+            return
+        example = ids[0] if ids else "(none)"
+        names = {Path(i).name for i in ids}
+        hint = ("the annotation ids look like paths: write them as stored in the artifacts, relative to the probe "
+                f"(e.g. {example!r})" if any(Path(m).name in names for m in missing[:1000])
+                else "annotation ids must be the image ids stored in the artifacts (see `dissect info`)")
+        raise UsageError(f"none of the {len(annotated)} image ids in {annotations} is an image of {activations} "
+                         f"(0 of {len(ids)} matched; e.g. {missing[0]!r} there, {example!r} here)", hint=hint)
 
     @classmethod
     def from_file(cls, path) -> "AnnotatedPresence":
