@@ -22,6 +22,9 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
     like every other user error, instead of click's usage box."""
 
     def invoke(self, ctx):
+        from dissect.artifacts import forget_inputs
+
+        forget_inputs()  # each command guards its own inputs (tests run many commands in one process)
         try:
             return super().invoke(ctx)
         except _NO_ARGS_IS_HELP:
@@ -30,7 +33,8 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
             if _state["debug"]:
                 raise
             cmd = e.ctx.command_path if e.ctx is not None else "dissect"
-            _err(f"{e.format_message().rstrip('.')}. See '{cmd} --help'")
+            message = e.format_message().rstrip().rstrip(".")
+            _err(f"{message}{'' if message.endswith(('?', '!')) else '.'} See '{cmd} --help'")
             raise typer.Exit(2) from None
 
 

@@ -94,6 +94,7 @@ class ComposedTextCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         attrs = {"clip_fingerprint": self.clip_fingerprint, "clip_spec": images.clip_spec,
                  "provenance": A.provenance(stage="compose cache")}
+        A.grows(self.path)  # the cache grows: its previous version was read, now replaced
         A.write_embeddings(self.path, A.TEXT_FORMAT, self.embeddings, self.texts, images.clip_model, images.clip_pretrained, attrs)
 
 

@@ -67,6 +67,7 @@ class ImageEmbedder:
                                     dtype=self.dtype, n_skipped=len(skipped)),
             **(extra_attrs or {}),
         )
+        A.grows(out)  # the sink replaces the version it reused (a fused pass opens no command of its own)
         A.write_embeddings(out, A.IMAGE_FORMAT, self.embeddings[keep], [probe.ids[i] for i in keep], self.clip.name,
                            self.clip.pretrained, attrs, dtype=self.dtype, sizes=image_sizes(probe, keep))
         report_skipped(list(skipped), len(positions) if positions is not None else len(probe), out)
@@ -98,9 +99,11 @@ def embed_images(
 
     opts = PassOptions.of(options, **settings)
     check_dtype(dtype)
+    A.grows(out)  # an embeddings file grows: its previous version is read for reuse, then replaced
     out = A.check_output_path(out, probe_files(probe))
     if not isinstance(probe, Probe):
         probe = open_probe(probe)
+    A.refuse_clobber(out)  # now that the probe's folders and lists are known
     if not isinstance(clip, Clip):
         clip = load_clip(clip, resolve_device(opts.device))
     precision = resolve_precision(opts.precision, clip.device, "clip")
@@ -225,6 +228,7 @@ def embed_text(
     warning (``strict``: refused).
     """
     check_dtype(dtype)
+    A.grows(out)  # its previous version is read for reuse, then replaced
     out = A.check_output_path(out, [concepts if isinstance(concepts, str) else None])
     if not isinstance(concepts, ConceptSet):
         concepts = load_concepts(concepts)
@@ -294,5 +298,6 @@ def text_for_images(
     emb = compute_text_embeddings(clip, concepts, batch_size)
     folder.mkdir(parents=True, exist_ok=True)
     attrs = _text_attrs(clip, concepts, batch_size)
+    A.grows(path)  # its previous version may have been read for reuse
     A.write_embeddings(path, A.TEXT_FORMAT, emb, concepts.concepts, clip.name, clip.pretrained, attrs)
     return A.read_text_embeddings(path)

@@ -366,7 +366,9 @@ def _label(ctx: _Run, resolved: dict[str, Any]) -> str:
 
 
 def _made_with(path: Path, run_fingerprint: str) -> bool:
-    """Whether the Parquet output ``path`` records ``run_fingerprint`` (made by this run's inputs and settings)."""
+    """Whether the Parquet output ``path`` records ``run_fingerprint`` (made by this run's inputs and settings). The
+    run grows its folder: reading an output of its own to see whether it is up to date makes it no input."""
+    A.grows(path)
     if not path.exists():
         return False
     try:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .artifacts import files as A
 from .errors import InputError, UsageError
 from .fingerprint import fingerprint
 
@@ -141,6 +142,7 @@ def _folder(spec: str, prefix: str) -> tuple[list, list, list, list, dict]:
             hint=f"expected files ending in {', '.join(sorted(IMAGE_EXTENSIONS))}",
         )
     paths = [str(root / r) for r in rels]
+    A.note_probe_folder(root)
     stats = [_size(p) for p in paths]
     return [prefix + r for r in rels], [_open_image(p) for p in paths], paths, stats, {
         "type": "folder",
@@ -179,6 +181,7 @@ def _list_file(spec: str, prefix: str) -> tuple[list, list, list, list, dict]:
             f"probe list {lst} names {len(missing)} missing file(s), e.g. {missing[0]}",
             hint="paths are relative to the list's folder",
         )
+    A.note_inputs(lst, *paths)
     stats = [_size(p) for p in paths]
     return [prefix + e for e in entries], [_open_image(p) for p in paths], paths, stats, {
         "type": "list",

@@ -265,6 +265,7 @@ class ActivationRecorder:
                                     channels_last=self.channels_last, n_skipped=len(skipped)),
             **(extra_attrs or {}),
         )
+        A.grows(out)  # the sink replaces the version it reused (a fused pass opens no command of its own)
         A.write_activations(out, ids, data, layer_attrs, attrs, keep_from=out if keep else None, sizes=image_sizes(probe, rows),
                             dtypes=dtypes)
         report_skipped(list(skipped), len(positions) if positions is not None else len(probe), out)
@@ -399,9 +400,11 @@ def record(
     from .shards import distributed_world, plan_pass
 
     opts = PassOptions.of(options, **settings)
+    A.grows(out)  # an activations file grows: its previous version is read for reuse, then replaced
     out = A.check_output_path(out, probe_files(probe))
     if not isinstance(probe, Probe):
         probe = open_probe(probe)
+    A.refuse_clobber(out)  # now that the probe's folders and lists are known
     dev = resolve_device(opts.device)
     target = model if isinstance(model, Target) else load_target(model, weights, model_args, overrides, dev, layers=layers)
     sharded = opts.shard is not None or distributed_world() is not None

@@ -152,7 +152,8 @@ def _activation_maps(target_spec: "TargetSpec", device, probe_set, pos, neurons,
 
 
 def _check_report_output(out: Path, page: Path, single_file: bool, inputs) -> None:
-    """The page (and, without --single-file, the folder) must overwrite none of the inputs."""
+    """The page (and, without --single-file, the folder) must overwrite none of the inputs, nor lie in the probe."""
+    A.refuse_clobber(out)
     if not single_file:
         if out.exists() and not out.is_dir():
             raise UsageError(f"report folder {out} exists and is not a folder",

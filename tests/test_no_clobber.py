@@ -94,3 +94,32 @@ def test_every_writing_command_refuses_an_output_that_is_one_of_its_inputs(input
                 checked += 1
         assert not list(d.glob(".*.tmp")), name
     assert checked >= 60
+
+
+def test_no_output_replaces_a_probe_image_or_lands_in_the_probe_folder(inputs, tmp_path):
+    """Issue #24: `report --single-file -o PROBE/000010.png` replaced a probe image with HTML (exit 0), and a report
+    folder inside the probe added index.html and thumbs/*.jpg that the next pass read as images. Every command that
+    reads a probe refuses outputs in it, in one line, before it writes."""
+    d, clip = inputs
+    probe = d / "probe"
+    image = sorted(probe.rglob("*.png"))[3]
+    labels, acts = d / "labels.parquet", tmp_path / "acts-folder.h5"
+    invoke("record", probe, *TIMM, "--layers", "global_pool,fc", "-o", acts)  # recorded on the folder itself
+    before = {p: _digest(p) for p in probe.rglob("*") if p.is_file()}
+    cases = [
+        ["report", "--labels", labels, "--activations", acts, "--single-file", "-o", image],
+        ["report", "--labels", labels, "--activations", acts, "--single-file", "-o", probe / "page.html"],
+        ["report", "--labels", labels, "--activations", acts, "-o", probe / "report"],
+        ["report", "--labels", labels, "--activations", acts, "-o", probe],
+        ["embed-images", probe, "--clip", clip, "-o", probe / "images.h5"],
+        ["record", probe, *TIMM, "--layers", "fc", "-o", probe / "acts.h5"],
+        ["record", d / "probe.txt", *TIMM, "--layers", "fc", "-o", image],       # a listed image
+        ["report", "--labels", labels, "--activations", d / "acts.h5", "--single-file", "-o", image],
+    ]
+    for cmd in cases:
+        r = invoke(*cmd, ok=False)
+        assert r.exit_code != 0, cmd
+        assert_one_line_error(r)
+    after = {p: _digest(p) for p in probe.rglob("*") if p.is_file()}
+    assert after == before
+    assert not [p for p in probe.rglob("*") if p.is_dir() and p.name in ("report", "thumbs")]

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import ArtifactError, InputError, UsageError
 from ..fingerprint import fingerprint_strings
+from .files import note_inputs
 from .formats import COMPOSED_FORMAT, EXPLAIN_FORMAT, LABELS_FORMAT, MAKER
 from .tables import read_parquet_metadata, read_table
 
@@ -224,6 +225,7 @@ def read_label_file(path: str | os.PathLike, layer: str | None = None, composed:
     is returned: ``LabelFile.select_layer`` keeps one. ``composed`` ``and``: a composed label is read as its parts
     (present where all of them are), not as one phrase."""
     p = Path(path)
+    note_inputs(p)
     if not p.exists():
         raise InputError(f"{p} does not exist", hint="give a labels.parquet, composed.parquet or a label CSV")
     if p.is_dir():
@@ -275,6 +277,7 @@ def read_annotations(path: str | os.PathLike) -> Annotations:
     import csv
 
     p = Path(path)
+    note_inputs(p)
     if not p.exists():
         raise InputError(f"{p} does not exist", hint="give a CSV or Parquet with columns id, concept[, value]")
     if p.is_dir():

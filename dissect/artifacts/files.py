@@ -17,8 +17,61 @@ from ..errors import UsageError
 from .formats import STDOUT
 
 
+# ---------------------------------------------------------------------------
+# The inputs a command reads: no output may replace one or land inside a probe folder
+# ---------------------------------------------------------------------------
+
+_READ: set[str] = set()
+_PROBE_FOLDERS: set[str] = set()
+_GROWN: set[str] = set()
+
+
+def _resolved(path: str | os.PathLike) -> str:
+    return os.path.realpath(os.fspath(path))
+
+
+def note_inputs(*paths: str | os.PathLike) -> None:
+    """Record files this command reads (every reader of dissect's inputs calls it): no output may replace them."""
+    for p in paths:
+        if p is not None and str(p) != STDOUT:
+            _READ.add(_resolved(p))
+
+
+def note_probe_folder(folder: str | os.PathLike) -> None:
+    """Record a probe folder this command reads: no output may be written inside it (the next pass would read an
+    output there as a probe image, or replace one)."""
+    _PROBE_FOLDERS.add(_resolved(folder))
+
+
+def grows(out: str | os.PathLike) -> None:
+    """``out`` is an artifact this command grows: it reads the file's previous version (to reuse what it holds) and
+    replaces it, which is not overwriting an input."""
+    _GROWN.add(_resolved(out))
+
+
+def forget_inputs() -> None:
+    """Start a new command: forget the inputs of the last one (the CLI calls it before each command)."""
+    _READ.clear()
+    _PROBE_FOLDERS.clear()
+    _GROWN.clear()
+
+
+def refuse_clobber(out: str | os.PathLike) -> None:
+    """Refuse an output that is a file this command reads, or lies inside a probe folder it reads (one line)."""
+    p = _resolved(out)
+    if p in _READ and p not in _GROWN:
+        raise UsageError(f"output {out} would overwrite an input of this command", hint="choose another -o path")
+    for folder in _PROBE_FOLDERS:
+        if p == folder or p.startswith(folder.rstrip(os.sep) + os.sep):
+            raise UsageError(f"output {out} is inside the probe folder {folder}, which this command reads",
+                             hint="write outside the probe folder (its images are inputs; outputs there would be "
+                                  "read as images by the next pass)")
+
+
 def check_output_path(out: str | os.PathLike, inputs: list[str | os.PathLike] = ()) -> Path:
-    """Validate an output path before any work is done."""
+    """Validate an output path before any work is done: its folder exists and is writable, it is no folder, and it
+    replaces none of ``inputs`` nor any input this command has read so far (``note_inputs``, ``note_probe_folder``;
+    ``atomic_path`` checks the latter again when it writes)."""
     if str(out) == STDOUT:
         raise UsageError("this artifact is HDF5 and cannot be written to standard output", hint="give a file path with -o")
     p = Path(out)
@@ -32,6 +85,7 @@ def check_output_path(out: str | os.PathLike, inputs: list[str | os.PathLike] = 
     for i in inputs:
         if i is not None and str(i) != STDOUT and Path(i).exists() and p.exists() and p.resolve() == Path(i).resolve():
             raise UsageError(f"output {p} would overwrite the input {i}", hint="choose another -o path")
+    refuse_clobber(p)
     return p
 
 
@@ -114,6 +168,7 @@ def atomic_path(final: str | os.PathLike, nbytes: int | None = None) -> Iterator
     ``nbytes``: the size about to be written, checked against free space and ``ulimit -f`` first.
     """
     final = Path(final)
+    refuse_clobber(final)
     if nbytes is not None:
         check_room(final, nbytes)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent or ".")

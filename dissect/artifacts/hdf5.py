@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ArtifactError, InputError, MismatchError, UsageError
 from ..fingerprint import fingerprint, fingerprint_strings
-from .files import atomic_path
+from .files import atomic_path, note_inputs
 from .formats import ACTIVATIONS_FORMAT, FORMAT_VERSION, HDF5_FORMATS, IMAGE_FORMAT, MAKER, TEXT_FORMAT
 
 
@@ -69,6 +69,7 @@ def open_h5(path: str | os.PathLike, expected: str):
         f = h5py.File(p, "r")
     except OSError as e:
         raise ArtifactError(f"cannot open {p}: {e}") from e
+    note_inputs(p)
     attrs = read_attrs(f)
     fmt = attrs.get("format")
     if not isinstance(fmt, str) or fmt != expected:

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArtifactError, InputError
-from .files import atomic_path, write_json
+from ..errors import ArtifactError, InputError, UsageError
+from .files import atomic_path, note_inputs, write_json
 from .formats import (COMPOSED_FORMAT, EVALUATION_FORMAT, EXPLAIN_FORMAT, FORMAT_VERSION, LABELS_FORMAT, MAKER,
                       PARQUET_FORMATS, PREDICT_FORMAT, PVALUES_FORMAT, SANITY_FORMAT, SIMULATE_FORMAT, STABILITY_FORMAT,
                       STDOUT)
@@ -171,8 +171,13 @@ def write_table(out: str | os.PathLike, kind: str, rows: dict[str, list], metada
 
 
 def summary_path_of(out: str | os.PathLike) -> Path:
-    """Where the JSON summary of the table ``out`` goes."""
-    return Path(out).with_suffix(".json")
+    """Where the JSON summary of the table ``out`` goes: OUT with the suffix .json (refused when that is OUT)."""
+    path = Path(out).with_suffix(".json")
+    if str(out) != STDOUT and path == Path(out):
+        raise UsageError(f"-o {out}: the table and its JSON summary would both be written to {out}",
+                         hint=f"give the table a .parquet name (e.g. -o {path.with_suffix('.parquet')}); "
+                              "the summary goes beside it as .json")
+    return path
 
 
 def write_labels(out: str | os.PathLike, rows: dict[str, list], metadata: dict[str, Any]) -> str:
@@ -198,6 +203,7 @@ def read_parquet_metadata(path: str | os.PathLike, kinds: str | tuple[str, ...] 
         raise InputError(f"{p} does not exist", hint=f"create it with `{maker}`")
     if p.is_dir():
         raise InputError(f"{p} is a folder, not a {expected[0]} file")
+    note_inputs(p)
     try:
         schema = pq.read_schema(p)
     except Exception as e:  # pyarrow raises several types for non-parquet input
