@@ -14,9 +14,14 @@ from .app import DefaultCommandGroup, app, subcommand
 evaluate_app = typer.Typer(
     cls=DefaultCommandGroup,
     no_args_is_help=True,
-    help="Score labels against known concepts (paper §4.2), or check how stable and significant they are.\n\n"
+    help="Score labels against known concepts (paper §4.2), by how well they predict each unit, or check how stable "
+    "and significant they are.\n\n"
     "dissect evaluate LABELS... --truth imagenet|cifar100|FILE: accuracy, top-K, CLIP and sentence cosine.\n\n"
-    "dissect evaluate stability / pvalues: bootstrap label stability and permutation p-values per unit.",
+    "dissect evaluate simulate LABELS... -a activations.h5: simulation scores (how well each label predicts its "
+    "unit, from annotations or CLIP presence).\n\n"
+    "dissect evaluate sanity: the unified framework's sanity tests of every metric and similarity function.\n\n"
+    "dissect evaluate stability / pvalues: bootstrap label stability and permutation p-values per unit.\n\n"
+    "dissect evaluate predict-class / weights: the paper's class-prediction and weight analyses.",
 )
 app.add_typer(evaluate_app, name="evaluate")
 

@@ -45,7 +45,14 @@ def show(
         rows = [r for r in rows if r["layer"] == layer]
     if grep:
         g = grep.lower()
+        before = len(rows)
         rows = [r for r in rows if g in str(r["label"]).lower() or any(g in str(c).lower() for c in r["candidates"] or [])]
+        if not rows:
+            from dissect.runtime import note
+
+            note(f"no label or candidate of the {before} units in {labels} contains {grep!r}")
+            if not (json_out or csv_out):
+                return
     if sort == "similarity":
         rows.sort(key=lambda r: -_number(r["similarity"]))
     if limit is not None:

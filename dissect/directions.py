@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, UsageError
+from .errors import ArtifactError, DissectError, UsageError
 
 KINDS = ("matrix", "sae", "module")
 #: Summary of the latents over positions: "auto" is max for SAEs, the layer's own summary otherwise.
@@ -350,6 +350,8 @@ def load_module(spec: str, channels: int | None) -> DirectionSet:
     fn = user_function(path, func, "directions module", UsageError, hint=_missing(p, "").hint)
     try:
         result = fn()
+    except DissectError:
+        raise
     except Exception as e:
         raise UsageError(f"{spec}: {type(e).__name__}: {str(e)[:200]}", hint="run the function by hand to see the traceback") from None
     if not isinstance(result, torch.nn.Module):

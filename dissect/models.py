@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError, UsageError
+from .errors import DissectError, ModelError, UsageError
 from .fingerprint import fingerprint, fingerprint_file
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
@@ -288,6 +288,8 @@ def _python_file(spec: str, weights: str | None, args: dict[str, Any]):
     fn = user_function(path, func, "model", ModelError)
     try:
         result = fn(**args)
+    except DissectError:
+        raise
     except Exception as e:
         raise ModelError(f"{path}:{func}() failed: {type(e).__name__}: {e}") from None
     transform = None

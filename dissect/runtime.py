@@ -7,6 +7,7 @@ for data (``-o -``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import os
 from pathlib import Path
@@ -29,14 +30,36 @@ def user_function(path: str, func: str, kind: str, error: type = UsageError, hin
     tag = hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:8]
     mod_spec = importlib.util.spec_from_file_location(f"dissect_user_{kind.split()[0]}_{tag}", p)
     module_obj = importlib.util.module_from_spec(mod_spec)
+    import io
+
+    argv, said = sys.argv, io.StringIO()
+    sys.argv = [str(p)]  # a module that parses arguments at import sees none of dissect's
     try:
-        mod_spec.loader.exec_module(module_obj)
+        with contextlib.redirect_stderr(said):
+            mod_spec.loader.exec_module(module_obj)
+        sys.stderr.write(said.getvalue())  # what an import that worked printed, as it would have
+    except SystemExit as e:
+        last = (said.getvalue().strip().splitlines() or [""])[-1][:200]
+        raise error(f"importing {path} exited (sys.exit({e.code!r})) instead of defining {func!r}"
+                    + (f": {last}" if last else ""),
+                    hint="keep argument parsing and exits under `if __name__ == '__main__':`") from None
     except Exception as e:
         raise error(f"importing {path} failed: {type(e).__name__}: {str(e)[:200]}") from None
+    finally:
+        sys.argv = argv
     fn = getattr(module_obj, func, None)
     if not callable(fn):
         raise error(f"{path} has no function {func!r}")
-    return fn
+
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SystemExit as e:
+            raise error(f"{path}:{func} exited (sys.exit({e.code!r})) instead of returning its {kind}",
+                        hint=f"make {func} return the {kind}; raise an exception to report a problem") from None
+
+    return guarded
 
 
 def user_cache() -> Path:

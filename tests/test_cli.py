@@ -23,6 +23,8 @@ TIMM = ["--model", "timm:test_resnet", "--weights", "none"]
 
 def invoke(*args, ok=True):
     result = runner.invoke(app, [str(a) for a in args])
+    if result.exit_code == 130:  # Ctrl-C while a command ran in-process: the CLI made it exit 130; stop the tests
+        raise KeyboardInterrupt(f"interrupted while running dissect {' '.join(map(str, args))[:200]}")
     if ok:
         assert result.exit_code == 0, result.output
     return result
@@ -666,3 +668,42 @@ def test_run_labels_again_when_the_library_asks_for_another_holdout(tmp_path, ti
     run([str(probe_dir)], tiny_clip, "timm:test_resnet", ["fc"], str(concepts), out, holdout=0.5, **kw)
     second = A.read_labels_metadata(out / "labels.parquet")["split"]
     assert first["holdout"] == 0.25 and second["holdout"] == 0.5
+
+
+@pytest.mark.parametrize("body", [
+    "import sys\nsys.exit(0)\n",                                                     # at import, "success"
+    "import argparse\np = argparse.ArgumentParser()\np.add_argument('--data', required=True)\np.parse_args()\n",
+    "import sys, torch\ndef build():\n    sys.exit(3)\n",                            # in the function
+])
+def test_a_users_module_that_exits_is_one_line_never_exit_zero(tmp_path, probe_dir, body):
+    """Issue #24: a --model or --directions module that calls sys.exit exited 0 with nothing written, and one that
+    ran argparse at import printed `usage: dissect ... unrecognized arguments` as if dissect's command line were
+    wrong."""
+    src = tmp_path / "m.py"
+    src.write_text(body + ("def build():\n    return None\n" if "def build" not in body else ""))
+    for cmd in (["record", probe_dir, "--model", f"{src}:build", "--layers", "0", "-o", tmp_path / "a.h5"],
+                ["record", probe_dir, "--model", "timm:test_resnet", "--weights", "none", "--model-arg",
+                 "num_classes=3", "--layers", "fc", "--directions", f"fc={src}:build", "-o", tmp_path / "b.h5"]):
+        r = invoke(*cmd, ok=False)
+        assert r.exit_code not in (0, None), cmd
+        assert_one_line_error(r)
+        assert "exited" in r.output and "usage: dissect" not in r.output
+    assert not list(tmp_path.glob("*.h5"))
+
+
+def test_evaluate_help_names_every_subcommand_and_a_suggestion_reads_well():
+    """Issue #24: `dissect evaluate --help` did not mention simulate or sanity; "Did you mean 'label'?. See"."""
+    r = invoke("evaluate", "--help")
+    for sub in ("simulate", "sanity", "stability", "pvalues", "predict-class"):
+        assert sub in r.output, sub
+    r = invoke("lable", ok=False)
+    assert r.exit_code == 2 and "Did you mean 'label'? See" in r.output and "?." not in r.output
+
+
+def test_an_interrupt_inside_an_in_process_command_stops_the_test_run(tmp_path, probe_dir):
+    """Issue #24: Ctrl-C did not stop `make test`: the in-process CLI turned the interrupt into exit 130 and pytest
+    carried on with errors. The helper every test calls raises it again."""
+    src = tmp_path / "m.py"
+    src.write_text("def build():\n    raise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt):
+        invoke("record", probe_dir, "--model", f"{src}:build", "--layers", "0", "-o", tmp_path / "a.h5", ok=False)

@@ -47,3 +47,13 @@ def test_demo_reports_the_planted_composition_world_for_every_similarity(demo_ru
     assert wpmi["compose_two"] >= 0.9 and wpmi["compose_one"] >= 0.9 and wpmi["select"] == "simulate"
     assert rows[-1]["compose_two"] >= 0.9  # linear explanations name both words
     assert "Planted compositions" in result.output
+
+
+def test_the_demo_flags_are_never_wrapped_inside_a_path(demo_run):
+    """Issue #24: with stdout not a terminal the copy-paste flags were hard-wrapped inside file paths."""
+    from dissect.demo import demo_specs
+
+    _, result = demo_run
+    specs = demo_specs()
+    line = next(ln for ln in result.output.splitlines() if ln.startswith("The demo models are ordinary specs"))
+    assert f"--clip {specs.clip}" in line and specs.command_line() in line

@@ -69,3 +69,10 @@ def test_show_reads_composed_labels(demo_run, tmp_path):
            "--labels", out / "labels-mixed-softwpmi.parquet", "-o", tmp_path / "c.parquet")
     r = invoke("show", tmp_path / "c.parquet", "--layer", "fc")
     assert "gain" in r.stdout and "fc" in r.stdout
+
+
+def test_grep_without_a_match_says_so_in_one_line(demo_run):
+    """Issue #24: `show --grep dog` with no match printed an empty table and no line."""
+    out, _ = demo_run
+    r = invoke("show", out / "labels-mixed-softwpmi.parquet", "--grep", "no-such-word-anywhere")
+    assert "contains 'no-such-word-anywhere'" in r.output and "neurons" not in r.output

@@ -209,3 +209,61 @@ def test_the_report_shows_each_cards_simulation_score(world_run, tmp_path):
     data = json.loads(text.split('<script id="data" type="application/json">')[1].split("</script>")[0])
     shown = {n["unit"]: n["simr"] for n in data["neurons"]}
     assert shown == pytest.approx(corr) and "simulation r" in text
+
+
+@pytest.mark.parametrize("ids", ["paths", "integers"])
+def test_annotation_ids_that_match_no_image_are_refused_by_every_command(world_run, tmp_path, ids):
+    """Issue #24: ids written as probe paths ('probe/000000.png' where the artifacts store '000000.png') or as
+    integers made explain write empty explanations ("10 units explained") and simulate blame the label. Every
+    command that reads annotations refuses them in one line naming the counts and an example of each side."""
+    out, _, ann, _ = world_run
+    with open(ann, newline="") as f:
+        rows = list(csv.DictReader(f))
+    order = {name: k for k, name in enumerate(sorted({r["id"] for r in rows}))}
+    wrong = [[f"probe/{r['id']}" if ids == "paths" else order[r["id"]], r["concept"]] for r in rows]
+    bad = _csv(tmp_path / "bad.csv", ["id", "concept"], wrong)
+    acts = out / "activations.h5"
+    commands = [
+        ["evaluate", "simulate", out / "labels-final-heldout.parquet", "-a", acts, "--annotations", bad,
+         "-o", tmp_path / "sim.parquet"],
+        ["explain", "-a", acts, "--annotations", bad, "--layers", "fc", "-o", tmp_path / "expl.parquet"],
+        ["evaluate", "sanity", "--activations", acts, "--annotations", bad, "--layers", "fc", "--no-synthetic",
+         "-o", tmp_path / "sanity.parquet"],
+    ]
+    for cmd in commands:
+        r = invoke(*cmd, ok=False)
+        assert r.exit_code != 0, cmd[:2]
+        assert_one_line_error(r)
+        assert "0 of 2000 matched" in r.output and repr(wrong[0][0] if ids == "paths" else str(wrong[0][0])) in r.output
+        if ids == "paths":
+            assert "look like paths" in r.output
+    assert not list(tmp_path.glob("*.parquet"))
+
+
+def test_annotations_of_some_other_images_are_used_with_a_warning(world_run, tmp_path):
+    out, _, ann, _ = world_run
+    with open(ann, newline="") as f:
+        rows = [[r["id"], r["concept"]] for r in csv.DictReader(f)]
+    extra = _csv(tmp_path / "extra.csv", ["id", "concept"], rows + [["elsewhere.png", "red"]])
+    r = invoke("evaluate", "simulate", out / "labels-final-heldout.parquet", "-a", out / "activations.h5",
+               "--annotations", extra, "-o", tmp_path / "sim.parquet")
+    assert "1 of the 2001 images annotated" in r.output and "'elsewhere.png'" in r.output
+
+
+def test_an_output_named_json_is_refused_before_its_summary_overwrites_it(world_run, tmp_path):
+    """Issue #24: `-o NAME.json` wrote the table and then its JSON summary to the same file ("wrote sim.json and
+    sim.json")."""
+    out, _, ann, _ = world_run
+    acts = out / "activations.h5"
+    commands = [
+        ["evaluate", "simulate", out / "labels-final-heldout.parquet", "-a", acts, "--annotations", ann],
+        ["evaluate", "sanity", "-R", 2, "--n-inputs", 2000],
+        ["evaluate", out / "labels-mixed-softwpmi.parquet", "--truth", out / "concepts-classes.txt",
+         "--sentence-model", "none"],
+    ]
+    for cmd in commands:
+        r = invoke(*cmd, "-o", tmp_path / "result.json", ok=False)
+        assert r.exit_code != 0, cmd[:2]
+        assert_one_line_error(r)
+        assert ".parquet" in r.output
+        assert not (tmp_path / "result.json").exists()
