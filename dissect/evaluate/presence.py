@@ -236,11 +236,14 @@ class CalibratedCosines:
         from ..similarity import cosines
 
         idx = torch.as_tensor(idx, dtype=torch.long, device=self.T.device)
-        cos = cosines(self.I, self.T.index_select(0, idx)).to(torch.float64)
-        if not self.calibration.needs_stats:
-            return self.calibration.apply(cos, {}).cpu()
-        fitted = {k: v[idx] for k, v in self.stats().items()}
-        return self.calibration.apply(cos, fitted).cpu()
+        stats = self.stats() if self.calibration.needs_stats else {}
+        block = max(1, BLOCK_CELLS // max(1, self.I.shape[0]))  # the calibration's temporaries stay bounded
+        parts = []
+        for s in range(0, len(idx), block):
+            part = idx[s:s + block]
+            cos = cosines(self.I, self.T.index_select(0, part)).to(torch.float64)
+            parts.append(self.calibration.apply(cos, {k: v[part] for k, v in stats.items()}).cpu())
+        return torch.cat(parts, dim=1) if parts else torch.zeros((self.I.shape[0], 0), dtype=torch.float64)
 
 
 # ---------------------------------------------------------------------------
