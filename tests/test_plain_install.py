@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 #: Imported in a test venv but not a dependency of clip-dissect: a plain install lacks them.
 EXTRAS = ("pandas", "duckdb", "hypothesis", "scipy", "sentence_transformers", "websocket", "sklearn")
 
@@ -29,6 +31,7 @@ def dissect_plain(stubs, *args):
                           env=env, timeout=600)
 
 
+@pytest.mark.slow  # 42 s; CI runs the same commands from a real plain install (scripts/check_plain_install.sh)
 def test_demo_show_info_and_report_run_without_the_test_extras(tmp_path):
     stubs = _blocked(tmp_path)
     probe = subprocess.run([sys.executable, "-c", "import pandas"], capture_output=True, text=True,
