@@ -188,6 +188,11 @@ class ComposeSettings(Settings):
             raise UsageError(f"--depth must be 2 or 3, got {self.depth}")
         if self.beam < 1 or self.top < 1:
             raise UsageError("--beam and --top must be at least 1")
+        import math
+
+        if not (math.isfinite(self.margin) and self.margin >= 0):
+            raise UsageError(f"--margin must be a number of at least 0, got {self.margin}",
+                             hint="the held-out AUPRC a composition must gain over its single concept (default 0.1)")
 
     @property
     def k(self) -> int:

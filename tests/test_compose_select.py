@@ -157,3 +157,14 @@ def test_evaluate_simulate_can_read_a_composition_as_the_and_of_its_parts(world,
     a = torch.from_numpy(A.read_activations(acts).layers["composed"][:, u]).double()
     r = float(torch.corrcoef(torch.stack([a[held], P.prod(dim=1)[held]]))[0, 1])
     assert both.units["correlation"][u] == pytest.approx(r, abs=1e-6)  # ClipPresence takes float32 cosines
+
+
+def test_a_margin_that_is_not_a_number_is_refused(tmp_path):
+    """Issue #24: `compose --margin nan` silently turned compositions off (every comparison with NaN is false)."""
+    from dissect.compose import ComposeSettings
+    from dissect.errors import UsageError
+
+    for bad in (float("nan"), -0.1, float("inf")):
+        with pytest.raises(UsageError, match="--margin"):
+            ComposeSettings(margin=bad).check()
+    ComposeSettings(margin=0.0).check()

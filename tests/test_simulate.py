@@ -267,3 +267,12 @@ def test_an_output_named_json_is_refused_before_its_summary_overwrites_it(world_
         assert_one_line_error(r)
         assert ".parquet" in r.output
         assert not (tmp_path / "result.json").exists()
+
+
+@pytest.mark.parametrize("alpha", ["0", "nan", "1.5"])
+def test_sanity_refuses_an_alpha_outside_zero_one(tmp_path, alpha):
+    """Issue #24: `evaluate sanity --alpha 0` ended in an internal error."""
+    r = invoke("evaluate", "sanity", "--alpha", alpha, "-R", 2, "--n-inputs", 2000, "-o", tmp_path / "s.parquet",
+               ok=False)
+    assert_one_line_error(r, "--alpha")
+    assert not (tmp_path / "s.parquet").exists()

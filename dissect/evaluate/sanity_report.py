@@ -60,6 +60,9 @@ def run_report(activations=None, annotations: str | None = None, labels=None, la
     from ..concepts import normalise
     from .presence import AnnotatedPresence
 
+    if not 0 < alpha <= 1:  # also refuses NaN
+        raise UsageError(f"--alpha must be in (0, 1], got {alpha}", hint="the top fraction of images on which a "
+                         "unit counts as active; the framework's default is 0.005")
     if (activations is None) != (annotations is None):
         raise UsageError("give --activations and --annotations together (or neither, for the synthetic setting only)")
     if not synthetic and activations is None:
