@@ -22,7 +22,7 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
     like every other user error, instead of click's usage box."""
 
     def invoke(self, ctx):
-        from dissect.artifacts import forget_inputs
+        from dissect.artifacts import end_command, forget_inputs
 
         forget_inputs()  # each command guards its own inputs (tests run many commands in one process)
         try:
@@ -36,6 +36,8 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
             message = e.format_message().rstrip().rstrip(".")
             _err(f"{message}{'' if message.endswith(('?', '!')) else '.'} See '{cmd} --help'")
             raise typer.Exit(2) from None
+        finally:
+            end_command()
 
 
 app = typer.Typer(

@@ -123,3 +123,18 @@ def test_no_output_replaces_a_probe_image_or_lands_in_the_probe_folder(inputs, t
     after = {p: _digest(p) for p in probe.rglob("*") if p.is_file()}
     assert after == before
     assert not [p for p in probe.rglob("*") if p.is_dir() and p.name in ("report", "thumbs")]
+
+
+def test_library_calls_between_commands_are_not_checked_against_an_old_commands_inputs(inputs, tmp_path):
+    """The registry of inputs is a command's: a notebook that reads a labels file and later writes it again through
+    the library is not refused because of what an earlier command (or call) read."""
+    from dissect import artifacts as A
+
+    d, _ = inputs
+    copy = tmp_path / "labels.parquet"
+    copy.write_bytes((d / "labels.parquet").read_bytes())
+    invoke("show", copy, "--limit", 1)                     # a command read it
+    rows = A.read_table(copy, A.LABELS_FORMAT)             # and so does the library, outside any command
+    with A.atomic_path(copy) as tmp:                       # writing it again from the library is the caller's choice
+        tmp.write_bytes(b"x")
+    assert copy.read_bytes() == b"x" and rows.num_rows > 0

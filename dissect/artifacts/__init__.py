@@ -14,8 +14,8 @@ may write these files and have dissect read them.
 """
 
 from .external import EXTERNAL_LABEL_KINDS, Annotations, LabelFile, read_annotations, read_label_file
-from .files import (ProcessLock, atomic_path, check_output_path, check_room, forget_inputs, grows, note_inputs,
-                    note_probe_folder, provenance, refuse_clobber, write_json)
+from .files import (ProcessLock, atomic_path, check_output_path, check_room, end_command, forget_inputs, grows,
+                    note_inputs, note_probe_folder, provenance, refuse_clobber, write_json)
 from .formats import (ACTIVATIONS_FORMAT, COMPOSED_FORMAT, DIRECTIONS_FORMAT, EVALUATION_FORMAT, EXPLAIN_FORMAT,
                       FORMAT_VERSION, HDF5_FORMATS, IMAGE_FORMAT, LABELS_FORMAT, MAKER, PARQUET_FORMATS, PREDICT_FORMAT,
                       PVALUES_FORMAT, SANITY_FORMAT, SIMULATE_FORMAT, STABILITY_FORMAT, STDOUT, TEXT_FORMAT)

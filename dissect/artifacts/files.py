@@ -24,6 +24,9 @@ from .formats import STDOUT
 _READ: set[str] = set()
 _PROBE_FOLDERS: set[str] = set()
 _GROWN: set[str] = set()
+#: Whether a command is running (the CLI starts one with ``forget_inputs``): only then are the inputs noted so far
+#: this command's own. A library caller (a notebook) reads and writes freely across calls.
+_COMMAND = [False]
 
 
 def _resolved(path: str | os.PathLike) -> str:
@@ -50,14 +53,26 @@ def grows(out: str | os.PathLike) -> None:
 
 
 def forget_inputs() -> None:
-    """Start a new command: forget the inputs of the last one (the CLI calls it before each command)."""
+    """Start a new command: forget the inputs of the last one (the CLI calls it before each command); from then on
+    outputs are checked against the inputs noted."""
     _READ.clear()
     _PROBE_FOLDERS.clear()
     _GROWN.clear()
+    _COMMAND[0] = True
+
+
+def end_command() -> None:
+    """The command is over (the CLI calls it after each one): library calls that follow are not checked against its
+    inputs."""
+    forget_inputs()
+    _COMMAND[0] = False
 
 
 def refuse_clobber(out: str | os.PathLike) -> None:
-    """Refuse an output that is a file this command reads, or lies inside a probe folder it reads (one line)."""
+    """Refuse an output that is a file this command reads, or lies inside a probe folder it reads (one line). Outside
+    a command (library calls), nothing is refused here: the explicit inputs of ``check_output_path`` still are."""
+    if not _COMMAND[0]:
+        return
     p = _resolved(out)
     if p in _READ and p not in _GROWN:
         raise UsageError(f"output {out} would overwrite an input of this command", hint="choose another -o path")
