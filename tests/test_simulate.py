@@ -276,3 +276,17 @@ def test_sanity_refuses_an_alpha_outside_zero_one(tmp_path, alpha):
                ok=False)
     assert_one_line_error(r, "--alpha")
     assert not (tmp_path / "s.parquet").exists()
+
+
+@pytest.mark.parametrize("row", [0, 2])
+def test_an_unquoted_comma_in_a_label_csv_is_named_by_its_line(tmp_path, row):
+    """Issue #24: an unquoted comma after the first row cut the label short and dropped the similarity; in the first
+    row it ended in an internal error."""
+    lines = ["layer,unit,description,similarity", "fc,0,circle,0.3", "fc,1,square,0.2", "fc,2,star,0.1"]
+    lines[row + 1] = lines[row + 1].replace(",0.", ", red,0.").replace("circle, red", "red, circle")
+    path = tmp_path / "labels.csv"
+    path.write_text("\n".join(lines) + "\n")
+    from dissect.errors import InputError
+
+    with pytest.raises(InputError, match=f"line {row + 2}: 5 fields where the header has 4"):
+        A.read_label_file(path)

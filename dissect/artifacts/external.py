@@ -193,8 +193,15 @@ def _read_csv_rows(p: Path) -> tuple[list[dict], set[str]]:
 
     try:
         with open(p, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-            header = [h.strip() for h in (rows[0].keys() if rows else [])]
+            reader = csv.DictReader(f)
+            rows = []
+            for row in reader:
+                if None in row:  # more fields than the header names: an unquoted comma, most likely
+                    raise InputError(f"{p} line {reader.line_num}: {len(reader.fieldnames) + len(row[None])} fields "
+                                     f"where the header has {len(reader.fieldnames)}",
+                                     hint='quote a field that holds a comma ("red, round"), as CSV writers do')
+                rows.append(row)
+            header = [(h or "").strip() for h in (reader.fieldnames or [])]
     except (UnicodeDecodeError, csv.Error) as e:
         raise InputError(f"cannot read {p} as CSV: {e}") from None
     if not rows:
