@@ -103,6 +103,7 @@ def torchrun_dissect(*args) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow  # 16 s: two real processes; the default suite keeps the in-process shard and merge tests
 def test_torchrun_two_processes_write_the_single_process_artifact(tmp_path, tiny_clip, probe, single):
     torchrun_dissect("embed-images", probe, "--clip", tiny_clip, "-o", tmp_path / "images.h5", "--batch-size", 4)
     torchrun_dissect("record", probe, *TIMM, "--layers", "layer1,fc", "-o", tmp_path / "acts.h5", "--batch-size", 4)
@@ -146,6 +147,7 @@ def test_sigkill_then_rerun_continues_from_the_last_chunk(tmp_path, tiny_clip, c
     (assert_same_images if command == "embed-images" else assert_same_activations)(out, ref)
 
 
+@pytest.mark.slow  # 15 s; test_crafted and test_reliability keep checkpoint/resume in the default suite
 def test_run_shard_task_checkpoints_and_resumes_like_every_pass(tmp_path, tiny_clip):
     """A job-array task (run --shard) killed mid-pass continues from its last chunk, as embed-images and record do."""
     probe = make_images(tmp_path / "probe", 120, seed=2, size=48)
