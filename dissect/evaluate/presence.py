@@ -36,7 +36,7 @@ class CalibrationKind:
     constants: tuple[str, ...]
     fit: Callable | None
     fn: Callable
-    rule: dict[str, Any] | None = None
+    rule: Callable | None = None       # () -> the rule it applies, recorded with it (None: no rule)
 
 
 def _moments(cos):
@@ -91,7 +91,8 @@ CALIBRATIONS: dict[str, CalibrationKind] = {
     "mixture": CalibrationKind(
         "per concept, z = (cos - median) / (1.4826 MAD); where a null (Student-t(4) or normal, the crispest kept "
         "fit) plus a normal upper group fits z with the groups distinct, the upper group's posterior; elsewhere "
-        "1 - the Benjamini-Hochberg q-value of z under the null that fits best alone", (), _fit_mixture, _mixture),
+        "1 - the Benjamini-Hochberg q-value of z under the null that fits best alone", (), _fit_mixture, _mixture,
+        _mixture_rule),
     "fdr": CalibrationKind("1 - the Benjamini-Hochberg q-value of (cos - median) / (1.4826 MAD) under Student-t(4), "
                            "per concept", (), _robust, _tail),
     "zscore": CalibrationKind("sigmoid(k * ((cos - mean) / std - z0))", ("k", "z0"), _moments, _zscore),
@@ -110,7 +111,7 @@ class Calibration:
       those with it a normal above them; where
       the two groups are distinct, an image's presence is its posterior of the upper group, and
       elsewhere how surely it lies above the null (1 − its Benjamini–Hochberg q-value).
-      :mod:`.mixture` has the rule; ``docs/guide/simulate.md`` how it was measured on two worlds.
+      :mod:`.mixture` has the rule; ``docs/guide/simulate.md`` how it was measured on four worlds.
     * ``fdr``: that tail presence alone, for every concept.
     * ``zscore``: z = (cos − mean) / std over the probe's images, per concept; p = sigmoid(k (z − z0)),
       dissect 0.2's default (k = 10.3, z0 = 0.93, fitted on the demo world); a fixed threshold in
@@ -148,8 +149,8 @@ class Calibration:
     def describe(self) -> dict[str, Any]:
         kind = CALIBRATIONS[self.kind]
         out = {"kind": self.kind, "formula": kind.formula, **dict(zip(kind.constants, (self.a, self.b)))}
-        if self.kind == "mixture":
-            out["rule"] = _mixture_rule()
+        if kind.rule is not None:
+            out["rule"] = kind.rule()
         return out
 
 
