@@ -41,14 +41,31 @@ class Decomposition:
     info: dict                      # figures for the file's metadata
 
 
+#: An axis varies when its variance exceeds this fraction of the largest (float64 round-off sits far below).
+VARYING = 1e-9
+
+
+def _enough_images(x: np.ndarray, method: str) -> None:
+    if x.shape[0] < 2:
+        raise UsageError(f"{method} needs at least 2 images, and the layer was recorded over {x.shape[0]}",
+                         hint="record the layer over a probe of many images (hundreds)")
+
+
 def pca(x: np.ndarray, k: int) -> Decomposition:
     """The k leading principal axes of ``x`` [N, C] (rows: images), signed so their longer tail is positive."""
     x = np.asarray(x, dtype=np.float64)
+    _enough_images(x, "pca")
     mean = x.mean(axis=0)
     xc = x - mean
     cov = xc.T @ xc / max(1, x.shape[0] - 1)
     vals, vecs = np.linalg.eigh(cov)
     order = np.argsort(vals)[::-1][:k]
+    varying = int((vals > VARYING * max(float(vals.max()), 0.0)).sum()) if vals.max() > 0 else 0
+    if k > varying:
+        raise UsageError(f"--k {k}: the activations vary along only {varying} axis{'' if varying == 1 else 'es'} "
+                         f"over {x.shape[0]} images, so further principal axes are arbitrary",
+                         hint=f"give --k <= {varying}, or record more (and more varied) images" if varying
+                         else "record more (and more varied) images")
     axes = vecs[:, order].T                       # [k, C]
     proj = xc @ axes.T
     flip = proj.max(axis=0) < -proj.min(axis=0)   # the longer tail goes positive
@@ -62,10 +79,13 @@ def pca(x: np.ndarray, k: int) -> Decomposition:
 def nmf(x: np.ndarray, k: int, seed: int = 0, max_iter: int = 300, tol: float = 1e-5, advance=None) -> Decomposition:
     """X ≈ W H (non-negative, Frobenius loss, Lee-Seung multiplicative updates in float64, seeded)."""
     x = np.asarray(x, dtype=np.float64)
+    _enough_images(x, "nmf")
     if x.size and x.min() < -1e-6 * max(1.0, float(np.abs(x).max())):
         raise UsageError(f"nmf needs non-negative activations, but the layer reaches {x.min():.4g}",
                          hint="use --method pca, or decompose a layer after a ReLU")
     x = x.clip(min=0)
+    if not x.any():
+        raise UsageError("nmf: the layer is zero on every image, so it has no parts", hint="decompose a layer that fires")
     n, c = x.shape
     rng = np.random.default_rng(seed)
     scale = np.sqrt(max(x.mean(), 1e-12) / k)
@@ -99,7 +119,7 @@ def decompose(activations: str | os.PathLike, layer: str, method: str, k: int, o
     """K directions of ``layer`` from the summaries ``activations`` holds, written to ``out`` (safetensors)."""
     if method not in METHODS:
         raise UsageError(f"unknown --method {method!r}", hint=f"use one of {', '.join(METHODS)}")
-    out = A.check_output_path(out, [activations])
+    out = A.check_output_path(out, [activations], "a safetensors file")
     if Path(out).suffix != ".safetensors":
         raise UsageError(f"-o {out}: directions are written as safetensors", hint="name the file DIRECTIONS.safetensors")
     acts = A.read_activations(activations, [layer], data=False)

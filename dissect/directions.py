@@ -180,6 +180,8 @@ def load(spec: str, channels: int | None = None, device=None) -> DirectionSet:
         ds = load_module(spec, channels)
     else:
         ds = load_matrix(p, key or None)
+    if ds.k < 1:
+        raise UsageError(f"--directions {spec}: its {ds.kind} has 0 units", hint="give a set with at least one direction or latent")
     if channels is not None and ds.c != channels:
         raise UsageError(f"--directions {spec}: its {ds.kind} works on {ds.c} channels, but the layer has {channels}",
                          hint="give directions of the layer's width (`dissect layers MODEL` lists each layer's channels)")
@@ -240,8 +242,12 @@ def load_matrix(p: Path, key: str | None = None) -> DirectionSet:
         key, w = next(iter(two_d.items()))
     elif "directions" in two_d:
         key, w = "directions", two_d["directions"]
+    elif not two_d:
+        held = ", ".join(f"{k} {tuple(v.shape)}" for k, v in sorted(tensors.items())) or "nothing"
+        raise ArtifactError(f"{p} holds no 2-D tensor ({held}), so no [K, C] matrix of directions",
+                            hint="save the directions as rows: a [K, C] matrix (a single direction is [1, C])")
     else:
-        raise UsageError(f"{p} holds {len(two_d)} 2-D tensors ({', '.join(sorted(two_d)) or 'none'}); which are the directions?",
+        raise UsageError(f"{p} holds {len(two_d)} 2-D tensors ({', '.join(sorted(two_d))}); which are the directions?",
                          hint=f"name one: --directions LAYER={p}#KEY")
     if w.ndim != 2 or min(w.shape) < 1 or not w.dtype.is_floating_point:
         raise ArtifactError(f"{p}#{key} is {str(w.dtype).replace('torch.', '')} {tuple(w.shape)}, not a [K, C] float matrix",
@@ -370,6 +376,9 @@ def load_module(spec: str, channels: int | None) -> DirectionSet:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UsageError(f"{spec} maps [2, 3, {c}] to {got}, not [2, 3, K]",
                          hint="act on the last axis only (e.g. return an nn.Linear, or encode with x @ W)")
+    if not out.dtype.is_floating_point:
+        raise UsageError(f"{spec} returns {str(out.dtype).replace('torch.', '')} units, not floating-point activations",
+                         hint="return the latents as floats (e.g. .float() at the end of forward)")
     source = p.read_bytes()
     # Its weights: the state_dict, and tensors kept as plain attributes (a checkpoint read inside the function).
     tensors = list(result.state_dict().values())
@@ -522,6 +531,29 @@ def encode_summary(ds: DirectionSet, x, layout: str, summary: str):
     step = max(1, ENCODE_BLOCK // max(1, p * ds.k))
     parts = []
     for s in range(0, n, step):
-        z = ds.module(t[s : s + step].float())
+        z = _encode_block(ds, t[s : s + step].float())
         parts.append(z[:, 0] if p == 1 else (z.mean(dim=1) if summary == "mean" else z.amax(dim=1)))
     return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def _encode_block(ds: DirectionSet, block):
+    """The set's units of one [rows, P, C] block, checked against what it promised when it was loaded."""
+    if ds.kind != "module":
+        return ds.module(block)
+    import torch
+
+    try:
+        z = ds.module(block)
+    except DissectError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UsageError(f"--directions {ds.spec}: fails on the layer's outputs {list(block.shape)}: "
+                         f"{type(e).__name__}{': ' + first if first else ''}",
+                         hint="its module must map any [N, P, C] batch to [N, P, K]; run it by hand on such a batch") from None
+    if not isinstance(z, torch.Tensor) or tuple(z.shape) != (*block.shape[:2], ds.k) or not z.dtype.is_floating_point:
+        got = f"{str(z.dtype).replace('torch.', '')} {list(z.shape)} ({z.shape[-1] if z.ndim else 0} units)" if isinstance(z, torch.Tensor) else type(z).__name__
+        raise UsageError(f"--directions {ds.spec}: maps the layer's outputs {list(block.shape)} to {got}, "
+                         f"but it gave {ds.k} units when it was loaded",
+                         hint="its module must give the same K float units on every batch")
+    return z

@@ -421,6 +421,14 @@ def _bad_specs(tmp_path):
         (tmp_path / "gated" / "sae_weights.safetensors").read_bytes()[:40])
     (tmp_path / "wrong.py").write_text("import torch\ndef f():\n    return torch.nn.Flatten(0)\n")
     (tmp_path / "boom.py").write_text("def f():\n    raise RuntimeError('no')\n")
+    write_sae(tmp_path / "sae0", torch.zeros(96, 0), torch.zeros(0), torch.zeros(96), {})
+    (tmp_path / "zero.py").write_text("import torch\ndef f():\n    return torch.nn.Linear(96, 0)\n")
+    module = "import torch\nclass M(torch.nn.Module):\n    def forward(self, x):\n        {}\ndef f():\n    return M()\n"
+    # The probe call is [2, 3, C]; the model's real batches are [N, P, C] with N != 2 here.
+    (tmp_path / "shifty.py").write_text(module.format("return x[..., :8] if x.shape[0] == 2 else x[..., :4]"))
+    (tmp_path / "late.py").write_text(module.format("assert x.shape[0] == 2, 'bad batch'; return x[..., :8]"))
+    (tmp_path / "ints.py").write_text(module.format("return (x[..., :8] > 0).long()"))
+    np.save(tmp_path / "vector.npy", np.zeros(96, np.float32))
     return {
         "a width that is not the layer's": (f"layer4={tmp_path / 'narrow.npy'}", "5 channels"),
         "NaN": (f"layer4={tmp_path / 'nan.npy'}", "NaN"),
@@ -443,6 +451,12 @@ def _bad_specs(tmp_path):
         "a module of the wrong shape": (f"layer4={tmp_path / 'wrong.py'}:f", "not [2, 3, K]"),
         "a module that fails": (f"layer4={tmp_path / 'boom.py'}:f", "RuntimeError"),
         "no layer": ("=x.npy", "LAYER=SPEC"),
+        "an SAE with no latents": (f"layer4={tmp_path / 'sae0'}", "0 units"),
+        "a module with no outputs": (f"layer4={tmp_path / 'zero.py'}:f", "0 units"),
+        "a module whose width changes on real batches": (f"layer4={tmp_path / 'shifty.py'}:f", "4 units"),
+        "a module that fails on real batches": (f"layer4={tmp_path / 'late.py'}:f", "bad batch"),
+        "a module with integer latents": (f"layer4={tmp_path / 'ints.py'}:f", "int64"),
+        "a 1-D matrix": (f"layer4={tmp_path / 'vector.npy'}", "no 2-D tensor"),
         "an unknown layer": (f"nolayer={tmp_path / 'narrow.npy'}", "no layer 'nolayer'"),
     }
 
@@ -491,6 +505,22 @@ def test_nmf_recovers_a_planted_non_negative_factorisation():
     # the encoder gives each part's least-squares coefficients
     coef = (W @ H) @ d.directions.T
     np.testing.assert_allclose(coef @ d.extra["components"], W @ H, atol=0.05 * np.abs(W @ H).max())
+
+
+def test_decompositions_refuse_directions_the_data_do_not_determine():
+    """One image, or fewer varying axes than --k, would give arbitrary (all-zero or basis) directions."""
+    from dissect.decompose import nmf, pca
+    from dissect.errors import UsageError
+
+    rng = np.random.default_rng(0)
+    line = np.outer(rng.normal(size=10), rng.normal(size=5)) + 3.0   # 10 images on one line in 5-D
+    for call, fragment in [(lambda: pca(line[:1], 1), "2 images"), (lambda: pca(line, 2), "1 axis"),
+                           (lambda: pca(line[:3], 3), "1 axis"),
+                           (lambda: nmf(np.abs(line[:1]), 1), "2 images"), (lambda: nmf(np.zeros((6, 5)), 1), "zero")]:
+        with pytest.raises(UsageError, match=fragment):
+            call()
+    d = pca(line, 1)   # the one axis the data have is found
+    np.testing.assert_allclose(np.abs(d.directions[0] @ (line[1] - line[0])) / np.linalg.norm(line[1] - line[0]), 1, atol=1e-9)
 
 
 def test_decompose_refuses_what_it_cannot_do(fc_world, tmp_path):
