@@ -74,7 +74,7 @@ def make_split(ids: list[str], holdout: float, val_fraction: float, seed: int) -
     if train.sum() < 4 or val.sum() < 2 or held.sum() < 2:
         raise UsageError(f"{len(ids)} images are too few to split into train ({int(train.sum())}), validation "
                          f"({int(val.sum())}) and held-out ({int(held.sum())}) parts",
-                         hint="use a larger probe, or larger --holdout")
+                         hint="use a larger probe, or a " + ("larger --holdout" if held.sum() < 2 else "smaller --holdout"))
     rec = S.record(holdout, seed, int((~held).sum()), int(held.sum()))
     rec.update({"val_fraction": float(val_fraction), "val_seed": int(seed) + 1, "n_train": int(train.sum()),
                 "n_val": int(val.sum())})

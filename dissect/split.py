@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import ArtifactError, UsageError
 
 SCHEME = "sha256(seed:id) < fraction"
 
@@ -40,3 +40,15 @@ def record(fraction: float, seed: int, n_labelled: int, n_held_out: int) -> dict
     """The split as the labels' metadata records it."""
     return {"holdout": float(fraction), "seed": int(seed), "scheme": SCHEME, "n_labelled": int(n_labelled),
             "n_held_out": int(n_held_out)}
+
+
+def stored(rec: dict[str, Any], where: str) -> tuple[float, int]:
+    """(fraction, seed) of a split recorded in ``where``'s metadata, checked: the file is blamed, not an option."""
+    fraction, seed = rec.get("holdout"), rec.get("seed", 0)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ArtifactError(f"{where} records a held-out split of {fraction!r}, not a share between 0 and 1",
+                            hint="relabel with `dissect label --holdout FRACTION`, or restore the file's metadata")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ArtifactError(f"{where} records a split seed {seed!r}, not a whole number",
+                            hint="relabel with `dissect label --holdout FRACTION --seed N`, or restore the file's metadata")
+    return float(fraction), seed

@@ -82,11 +82,16 @@ def run_report(activations=None, annotations: str | None = None, labels=None, la
         acts = A.read_activations(activations, layers, data=False)
         ids = list(acts.ids)
         source = AnnotatedPresence.open(annotations, ids, activations)
+        if len(ids) < 2:
+            raise UsageError(f"{activations} holds {len(ids)} image; the sanity tests move labels between images",
+                             hint="record the units over a probe of many images (hundreds)")
         pres, concepts = _presence_matrix(source, ids)
-        present = pres.max(dim=0).values >= 0.5
-        if not bool(present.any()):
+        on = pres >= 0.5
+        if not bool(on.any()):
             raise UsageError(f"no annotated concept is present on the images of {activations}",
                              hint="annotation ids must be the image ids stored in activations.h5 (see `dissect info`)")
+        # Testable: a concept present on some images and absent on others (missing labels need the one, extra the other).
+        present = on.any(dim=0) & ~on.all(dim=0)
         col_of = {c: j for j, c in enumerate(concepts)}
         lf = A.read_label_file(labels) if labels is not None else None
         meta["real"] = {"activations": str(Path(activations).resolve()), "annotations": source.describe,
@@ -116,6 +121,10 @@ def run_report(activations=None, annotations: str | None = None, labels=None, la
                     res = S.run(sc, qa, pres, right, repetitions, seed, [str(u) for u, _ in pairs], advance)
                     rows.append(_row(setting, res, "mean"))
             meta["real"]["layers"][name] = {"units": len(pairs), "concepts": len(concepts)}
+        if not meta["real"]["layers"]:
+            raise UsageError(f"no unit of {activations} is paired with a concept present on some of its {len(ids)} "
+                             "images and absent on others, so none can be tested",
+                             hint="record over more (and more varied) images, or check --labels and --annotations")
     meta["provenance"] = json.loads(A.provenance(stage="evaluate sanity"))
     return SanityReport(rows, meta)
 

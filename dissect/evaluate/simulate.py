@@ -60,7 +60,7 @@ def _scored_ids(lf: A.LabelFile, ids: list[str]) -> tuple[np.ndarray, bool]:
     if isinstance(split, dict) and "holdout" in split:
         from .. import split as S
 
-        mask = S.held_out(ids, split["holdout"], split.get("seed", 0))
+        mask = S.held_out(ids, *S.stored(split, str(lf.path)))
         return np.flatnonzero(mask), True
     if lf.kind in ours:
         warn(f"{lf.path} was labelled on all images: scoring it on the same images is optimistic "
@@ -171,6 +171,7 @@ def _score_block(source, lf: A.LabelFile, entries: list[int], blk: list[int], a,
     pres = pres_u.index_select(1, index)
     constant = (a.max(dim=0).values == a.min(dim=0).values).cpu().numpy()
     absent = (pres.max(dim=0).values < 0.5).cpu().numpy() if source.name != "clip" else np.zeros(len(blk), bool)
+    flat = (pres.max(dim=0).values == pres.min(dim=0).values).cpu().numpy()   # no correlation with a constant
     vals = {c: [] for c in COLUMNS}
     reasons: list[str | None] = []
     for t in range(len(blk)):
@@ -179,6 +180,9 @@ def _score_block(source, lf: A.LabelFile, entries: list[int], blk: list[int], a,
             reason = f"no image is annotated with {unknown[labs[t]]}"
         elif absent[t]:
             reason = f"{labs[t]!r} is never present on the {n} scored images"
+        elif flat[t]:
+            reason = (f"{labs[t]!r} is present on all {n} scored images" if source.name != "clip"
+                      else f"the presence of {labs[t]!r} is the same on all {n} scored images")
         elif constant[t]:
             reason = f"the unit's activation is constant on the {n} scored images"
         reasons.append(reason)
@@ -300,7 +304,8 @@ def simulate(label_paths: list[str | os.PathLike | A.LabelFile], activations: st
             _add_rows(units_out, lf, name, entries, units, vals_np, reasons, n, is_held_out, source.name)
             summary.append(_summary_row(lf, name, len(entries), n, is_held_out, source, vals_np))
             if not (~np.isnan(vals_np["correlation"])).any():
-                warn(f"{lf.path} layer {name}: no unit could be scored ({reasons[0]})")
+                why = next((r for r in reasons if r), "their correlations are undefined")
+                warn(f"{lf.path} layer {name}: no unit could be scored ({why})")
     return Simulation(units_out, summary, _metadata(activations, acts, source, settings, files, summary))
 
 
