@@ -28,6 +28,10 @@ def text_embeddings_fingerprint(clip_fp: str, concepts_fp: str, precision: str =
     return fingerprint([A.TEXT_FORMAT, A.FORMAT_VERSION, clip_fp, concepts_fp] + extra)
 
 
+#: How far a restored embedding's norm may be from 1 (float32 normalisation is off by ~1e-7).
+UNIT_NORM_TOLERANCE = 1e-3
+
+
 class ImageEmbedder:
     """A consumer of ``passes.image_pass``: CLIP image embeddings of each batch into an [N, d] array."""
 
@@ -45,7 +49,14 @@ class ImageEmbedder:
         return {"embeddings": self.embeddings[rows]}
 
     def restore(self, rows, state: dict[str, np.ndarray], info: dict[str, Any] | None = None) -> None:
-        self.embeddings[rows] = state["embeddings"]
+        emb = state["embeddings"]
+        norms = np.linalg.norm(emb.astype(np.float64), axis=-1) if emb.ndim == 2 else np.zeros(0)
+        off = np.abs(norms - 1) > UNIT_NORM_TOLERANCE
+        off &= norms != 0  # the rows of images the pass skipped stay zero
+        if off.any():
+            raise ValueError(f"embeddings of norm {norms[off].min():.4g} to {norms[off].max():.4g}, not the unit "
+                             "vectors CLIP gives")
+        self.embeddings[rows] = emb
 
     def info_state(self) -> dict[str, Any]:
         return {}  # every row has the same width, known from the model

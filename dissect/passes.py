@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,6 +303,9 @@ class _DamagedChunk(Exception):
     """A checkpoint chunk that cannot be trusted (unreadable, foreign, or not what the pass computes)."""
 
 
+_CHUNK_NAME = re.compile(r"chunk-[0-9]{6}\.npz")
+
+
 def _restore_chunk(checkpoint, c: int, positions: list[int], consumers, probe: Probe) -> list[Skipped]:
     """Check chunk ``c`` like fresh results (its ids, every array's rows, dtype and finiteness) and give each
     consumer its rows back; the images the chunk skipped. _DamagedChunk when anything is off."""
@@ -383,7 +387,8 @@ class Checkpoint:
         _LIVE.append(self)
 
     def done(self) -> list[int]:
-        return sorted(int(p.stem.split("-")[1]) for p in self.dir.glob("chunk-*.npz"))
+        # Only names this class writes (chunk-NNNNNN.npz): anything else in the folder is not a chunk of ours.
+        return sorted(int(p.name[6:12]) for p in self.dir.glob("chunk-*.npz") if _CHUNK_NAME.fullmatch(p.name))
 
     def save(self, c: int, arrays: dict[str, np.ndarray], skipped: list[list], info: dict[str, Any] | None,
              ids: list[str]) -> None:

@@ -635,6 +635,8 @@ def _damage_chunk(path: Path, damage: str) -> None:
         del members[key]
     elif damage == "bad-json":
         members["_skipped"] = np.frombuffer(b"{not json", dtype=np.uint8)
+    elif damage == "unnormalised":  # finite, but not the unit vectors CLIP's encoder gives
+        members[key] = members[key] * 3.0
     elif damage == "pickled":
         members[key] = np.array([object()] * len(members[key]), dtype=object)
     else:
@@ -647,8 +649,8 @@ DAMAGES = ["truncated", "not-a-chunk", "nan", "inf", "foreign-ids", "short", "in
            "pickled"]
 
 
-@pytest.mark.parametrize("command", ["embed-images", "record"])
-@pytest.mark.parametrize("damage", DAMAGES)
+@pytest.mark.parametrize("command,damage", [(c, d) for c in ("embed-images", "record") for d in DAMAGES]
+                         + [("embed-images", "unnormalised")])
 def test_a_damaged_checkpoint_chunk_is_encoded_again_with_a_warning(tmp_path, tiny_clip, monkeypatch, command, damage):
     """A chunk left by a crash, a full disk or a hand edit is checked like fresh results; a bad one is recomputed."""
     from dissect import passes
@@ -673,3 +675,25 @@ def test_a_damaged_checkpoint_chunk_is_encoded_again_with_a_warning(tmp_path, ti
     assert "resuming: 8 of 12 images restored" in r.stderr.replace("\n", " ")
     assert not partial.exists()
     (test_shards.assert_same_images if command == "embed-images" else test_shards.assert_same_activations)(out, ref)
+
+
+def test_a_foreign_file_in_the_checkpoint_folder_is_left_out(tmp_path, tiny_clip, monkeypatch):
+    """Issue #24: a file chunk-abc.npz in OUT.partial/ ended every rerun in an internal error."""
+    from dissect import passes
+
+    probe = make_images(tmp_path / "probe", 6, seed=5)
+    out = tmp_path / "out.h5"
+    common = ["embed-images", probe, "--clip", tiny_clip, "--batch-size", 2, "--workers", 0, "--device", "cpu",
+              "-o", out, "--checkpoint-every", 2]
+    partial = Path(str(out) + ".partial")
+    for name in ("chunk-abc.npz", "chunk-1.npz", "chunk-000001.npz.tmp"):
+        out.unlink(missing_ok=True)
+        with monkeypatch.context() as m:  # a checkpoint that survives, with this run's key
+            m.setattr(passes.Checkpoint, "remove", lambda self: None)
+            invoke(*common)
+        (partial / name).write_bytes(b"left by something else")
+        out.unlink()
+        r = invoke(*common)
+        assert "Traceback" not in r.output and out.exists(), (name, r.output)
+        assert "resuming: 6 of 6 images restored" in r.stderr.replace("\n", " "), (name, r.stderr)
+        assert not partial.exists()
