@@ -78,8 +78,9 @@ def _check_outputs(out, inputs) -> None:
     """OUT and the summary JSON beside it must overwrite none of the inputs."""
     from dissect import artifacts as A
 
-    A.check_output_path(out, inputs)
-    A.check_output_path(A.summary_path_of(out), inputs)
+    kind = "a Parquet table and a JSON summary beside it"
+    A.check_output_path(out, inputs, kind)
+    A.check_output_path(A.summary_path_of(out), inputs, kind)
 
 
 def _write_units(ev, out, stage: str) -> None:
@@ -213,7 +214,7 @@ def weights_cmd(
     from dissect.evaluate import protocol as stage
 
     if out is not None:
-        A.check_output_path(out, [labels, classes])
+        A.check_output_path(out, [labels, classes], "a Parquet table and a JSON summary beside it")
     res = stage.weight_analysis(labels, layer, model, classes, weights=weights, model_args=O.model_args(model_arg),
                                 clip=clip, sentence_model=sentence_model, top_weights=top_weights, device=device, mix=mix)
     rows = [[what, res[key]["n"], f"{res[key]['r']:.4f}", f"{res[key]['p']:.3g}"]

@@ -361,16 +361,22 @@ def load_clip(spec: str | ClipSpec, device) -> Clip:
         if preprocess_cfg and preprocess_cfg.get(key) is not None:
             kwargs[arg] = tuple(preprocess_cfg[key]) if isinstance(preprocess_cfg[key], list) else preprocess_cfg[key]
     import logging
+    import warnings
 
     logging.disable(logging.ERROR)  # open_clip logs its failures to the root logger: ours is the one line
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            build.name, pretrained=None if build.torchscript else build.pretrained, device=device, **kwargs)
+        with warnings.catch_warnings():  # torch's note on a pickle protocol, before the refusal we report
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                build.name, pretrained=None if build.torchscript else build.pretrained, device=device, **kwargs)
         if build.torchscript:
             _load_torchscript_weights(model, spec.pretrained)
         tokenizer = open_clip.get_tokenizer(build.tokenizer)
     except RuntimeError as e:
         msg = str(e)
+        if spec.is_file and not ("size mismatch" in msg or "Missing key" in msg or "Unexpected key" in msg):
+            raise ModelError(f"cannot read CLIP checkpoint {spec.pretrained}: {_reason(e)}",
+                             hint=CHECKPOINT_HINT) from None
         if "size mismatch" in msg or "Missing key" in msg or "Unexpected key" in msg:
             raise ModelError(f"checkpoint does not fit {spec.model}: {_first_lines(msg)}") from None
         if "download" in msg.lower() or "connect" in msg.lower() or "hub" in msg.lower():
@@ -378,8 +384,13 @@ def load_clip(spec: str | ClipSpec, device) -> Clip:
         raise ModelError(f"cannot load CLIP {spec}: {_first_lines(msg)}") from None
     except OSError as e:
         raise ModelError(f"cannot load CLIP {spec}: {_first_lines(str(e))}", hint=_download_hint(spec)) from None
-    except (ValueError, TypeError, KeyError, AssertionError) as e:
-        raise ModelError(f"cannot build CLIP {spec}: {_first_lines(str(e))}", hint="check the model config") from None
+    except Exception as e:
+        if spec.is_file:  # a local checkpoint: whatever the loaders made of it, the file is the thing to check
+            raise ModelError(f"cannot read CLIP checkpoint {spec.pretrained}: {_reason(e)}",
+                             hint=CHECKPOINT_HINT) from None
+        if isinstance(e, (ValueError, TypeError, KeyError, AssertionError)):
+            raise ModelError(f"cannot build CLIP {spec}: {_first_lines(str(e))}", hint="check the model config") from None
+        raise
     finally:
         logging.disable(logging.NOTSET)
     model.eval()
@@ -451,6 +462,21 @@ def _register_config(name: str, model_cfg: dict[str, Any]) -> None:
         path = Path(d) / f"{name}.json"
         path.write_text(json.dumps(model_cfg))
         open_clip.add_model_config(path)
+
+
+#: What a local CLIP checkpoint may be (dissect loads tensors only, never pickled objects).
+CHECKPOINT_HINT = ("give a state dict saved with torch.save (.pt, .bin), a .safetensors file, a big_vision .npz, or an "
+                   "OpenAI TorchScript archive; pickled objects are not loaded")
+
+
+def _reason(e: BaseException) -> str:
+    """The first line of a loader's complaint, prefixed with its kind (torch's pickle refusal runs to a page)."""
+    first = (str(e).strip().splitlines() or [""])[0].strip().rstrip(".")
+    if "weights only load failed" in first.lower():
+        first = "it holds pickled objects, not only tensors"
+    elif "allow_pickle" in first:  # numpy's word for any file that is not an array archive
+        first = "it is not an archive of arrays (or holds pickled objects)"
+    return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
 
 
 def _first_lines(msg: str, n: int = 3) -> str:

@@ -20,7 +20,8 @@ class DissectError(Exception):
     def __str__(self) -> str:
         if not self.hint:
             return self.message
-        return f"{self.message}. {self.hint[:1].upper()}{self.hint[1:]}"
+        ends = self.message.endswith((".", "?", "!")) and not self.message.endswith("...")
+        return f"{self.message}{' ' if ends else '. '}{self.hint[:1].upper()}{self.hint[1:]}"
 
 
 class UsageError(DissectError):

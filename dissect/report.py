@@ -153,6 +153,9 @@ def _activation_maps(target_spec: "TargetSpec", device, probe_set, pos, neurons,
 
 def _check_report_output(out: Path, page: Path, single_file: bool, inputs) -> None:
     """The page (and, without --single-file, the folder) must overwrite none of the inputs, nor lie in the probe."""
+    if str(out) == A.STDOUT:
+        raise UsageError("-o -: the report is a folder (index.html and thumbs/) or, with --single-file, an HTML file, "
+                         "and cannot go to standard output", hint="give a folder path with -o, or --single-file -o FILE.html")
     A.refuse_clobber(out)
     if not single_file:
         if out.exists() and not out.is_dir():

@@ -207,3 +207,40 @@ def test_embed_text_warns_only_for_texts_longer_than_the_context(tiny_clip, caps
     longer = ConceptSet("t", [" ".join(["x"] * (ctx - 1)), "red"], "t")
     compute_text_embeddings(clip, longer)
     assert "1 concept(s) exceed" in capsys.readouterr().err
+
+
+def _pickle_bomb(path, marker):
+    import os
+    import pickle
+
+    class Bomb:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path.write_bytes(pickle.dumps({"state_dict": Bomb()}))
+    return path
+
+
+@pytest.mark.parametrize("model", ["tiny", "RN50"])
+@pytest.mark.parametrize("checkpoint", ["npz-text", "pickle-bomb", "garbage-bin", "empty-safetensors"])
+def test_a_checkpoint_that_is_not_weights_ends_in_one_line_naming_it(tiny_clip, tmp_path, model, checkpoint):
+    """Issue #24: `--clip ViT-B-32:x.npz` and `--clip RN50:evil.pt` ended in internal errors (a pickle refused by
+    torch.load's weights_only, numpy's object-array refusal). No code of the file runs."""
+    from test_cli import assert_one_line_error, invoke
+
+    marker = tmp_path / "ran"
+    ckpt = {"npz-text": tmp_path / "x.npz", "pickle-bomb": tmp_path / "evil.pt", "garbage-bin": tmp_path / "w.bin",
+            "empty-safetensors": tmp_path / "w.safetensors"}[checkpoint]
+    if checkpoint == "pickle-bomb":
+        _pickle_bomb(ckpt, marker)
+    else:
+        ckpt.write_bytes(b"hi\n" if checkpoint != "garbage-bin" else bytes(range(256)) * 4)
+    name = tiny_clip.rpartition(":")[0] if model == "tiny" else model
+    probe = tmp_path / "probe"
+    from conftest import make_images
+
+    make_images(probe, 2)
+    r = invoke("embed-images", probe, "--clip", f"{name}:{ckpt}", "--device", "cpu", "-o", tmp_path / "e.h5", ok=False)
+    assert_one_line_error(r, str(ckpt))
+    assert "internal error" not in r.output and ".." not in r.stderr.replace("...", "")
+    assert not marker.exists() and not (tmp_path / "e.h5").exists()

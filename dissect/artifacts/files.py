@@ -83,12 +83,13 @@ def refuse_clobber(out: str | os.PathLike) -> None:
                                   "read as images by the next pass)")
 
 
-def check_output_path(out: str | os.PathLike, inputs: list[str | os.PathLike] = ()) -> Path:
+def check_output_path(out: str | os.PathLike, inputs: list[str | os.PathLike] = (), kind: str = "an HDF5 file") -> Path:
     """Validate an output path before any work is done: its folder exists and is writable, it is no folder, and it
     replaces none of ``inputs`` nor any input this command has read so far (``note_inputs``, ``note_probe_folder``;
-    ``atomic_path`` checks the latter again when it writes)."""
+    ``atomic_path`` checks the latter again when it writes). ``kind`` names what is written, for ``-o -``."""
     if str(out) == STDOUT:
-        raise UsageError("this artifact is HDF5 and cannot be written to standard output", hint="give a file path with -o")
+        raise UsageError(f"-o -: this command writes {kind}, which cannot go to standard output",
+                         hint="give a file path with -o")
     p = Path(out)
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
