@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from typing import Annotated, Callable
 
@@ -17,7 +18,31 @@ _USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Usag
 _NO_ARGS_IS_HELP = getattr(sys.modules[_USAGE_ERROR.__module__], "NoArgsIsHelpError", ())
 
 
-class _OneLineUsageErrors(typer.core.TyperGroup):
+_MARKUP_TAG = re.compile(r"(?<!\\)\[(?=[a-z#/@])")
+
+
+class _PlainHelp(typer.core.TyperGroup):
+    """Help texts are plain text: their brackets ("[default: 2048]", "W[c, j]") are escaped before Typer's rich
+    formatting would read "[default: ...]" as a markup tag and drop it, leaving a stray space before the period."""
+
+    def get_command(self, ctx, cmd_name):
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None and typer.core.HAS_RICH and getattr(cmd, "rich_markup_mode", "rich") == "rich" \
+                and not getattr(cmd, "_dissect_escaped", False):
+            cmd.help = _escape_markup(cmd.help)
+            cmd.short_help = _escape_markup(cmd.short_help)
+            for p in cmd.params:
+                if getattr(p, "help", None):
+                    p.help = _escape_markup(p.help)
+            cmd._dissect_escaped = True
+        return cmd
+
+
+def _escape_markup(text: str | None) -> str | None:
+    return _MARKUP_TAG.sub(r"\\[", text) if text else text
+
+
+class _OneLineUsageErrors(_PlainHelp):
     """Bad arguments to a command (a missing option, a value out of range) end in one line and exit code 2,
     like every other user error, instead of click's usage box."""
 
@@ -205,7 +230,7 @@ def subcommand(typer_app: typer.Typer, *args, **kwargs):
     return deco
 
 
-class DefaultCommandGroup(typer.core.TyperGroup):
+class DefaultCommandGroup(_PlainHelp):
     """A group whose first argument, when it names no subcommand, goes to the default one.
 
     `dissect evaluate labels.parquet --truth imagenet` runs the (hidden) default

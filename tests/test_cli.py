@@ -707,3 +707,39 @@ def test_an_interrupt_inside_an_in_process_command_stops_the_test_run(tmp_path, 
     src.write_text("def build():\n    raise KeyboardInterrupt\n")
     with pytest.raises(KeyboardInterrupt):
         invoke("record", probe_dir, "--model", f"{src}:build", "--layers", "0", "-o", tmp_path / "a.h5", ok=False)
+
+
+def _commands(cmd, path=()):
+    yield path, cmd
+    for name, sub in getattr(cmd, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_help_texts_keep_their_brackets():
+    """Issue #24: Typer's rich help read "[default: 2048]" in our help texts as a markup tag and dropped it, leaving
+    "Image-loading processes ." Every bracketed phrase of every help text is shown as written."""
+    import re
+
+    from typer.main import get_command
+
+    shown = 0
+    for path, cmd in _commands(get_command(app)):
+        if getattr(cmd, "hidden", False):
+            continue
+        r = invoke(*path, "--help")
+        page = re.sub(r"[\s│╭╮╰╯─]+", " ", r.output)
+        for text in [cmd.help or ""] + [getattr(p, "help", None) or "" for p in cmd.params]:
+            for phrase in re.findall(r"\[[a-z][^\[\]]*\]", " ".join(text.replace("\\[", "[").split())):
+                assert phrase in page, (path, phrase)
+                shown += 1
+        assert not re.search(r"\w \.(\s|$)", page), (path, re.search(r".{30}\w \.(\s|$)", page))
+    assert shown >= 20
+
+
+@pytest.mark.parametrize("message,joined", [("cannot read x", "cannot read x. Do y"), ("cannot read x.", "cannot read x. Do y"),
+                                            ("is it x?", "is it x? Do y"), ("cut short...", "cut short.... Do y")])
+def test_an_error_and_its_hint_are_joined_by_one_stop(message, joined):
+    """Issue #24: a message ending in its own stop got a second ("...trusted source.. Check")."""
+    from dissect.errors import UsageError
+
+    assert str(UsageError(message, hint="do y")) == joined

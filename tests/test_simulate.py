@@ -290,3 +290,108 @@ def test_an_unquoted_comma_in_a_label_csv_is_named_by_its_line(tmp_path, row):
 
     with pytest.raises(InputError, match=f"line {row + 2}: 5 fields where the header has 4"):
         A.read_label_file(path)
+
+
+def test_sanity_on_one_image_is_refused_instead_of_a_verdict_table(world_run, tmp_path):
+    """Issue #24: `evaluate sanity` on a one-image activations file printed a full verdict table. A unit can be
+    tested only against a concept that is present on some images and absent on others."""
+    from test_directions import model_args
+
+    out, _, ann, _ = world_run
+    probe = tmp_path / "one"
+    probe.mkdir()
+    (probe / "000000.png").write_bytes((out / "probe" / "000000.png").read_bytes())
+    acts = tmp_path / "one.h5"
+    invoke("record", probe, *model_args(), "--layers", "fc", "-o", acts)
+    r = invoke("evaluate", "sanity", "--activations", acts, "--annotations", ann, "--no-synthetic", "-R", 2,
+               "-o", tmp_path / "s.parquet", ok=False)
+    assert_one_line_error(r, "1 image")
+    assert not (tmp_path / "s.parquet").exists()
+
+
+def test_a_crafted_clip_spec_in_images_h5_ends_in_one_line_and_runs_nothing(world_run, tmp_path):
+    """Issue #24: an images.h5 whose clip_spec names a pickle (`RN50:evil.pt`) ended `evaluate simulate` in an
+    internal error. The checkpoint is refused by name and none of its code runs."""
+    from test_clip import _pickle_bomb
+
+    out, _, ann, _ = world_run
+    marker = tmp_path / "ran"
+    evil = _pickle_bomb(tmp_path / "evil.pt", marker)
+    crafted = tmp_path / "images.h5"
+    crafted.write_bytes((out / "images.h5").read_bytes())
+    with h5py.File(crafted, "a") as f:
+        f.attrs["clip_spec"] = f"RN50:{evil}"
+    r = invoke("evaluate", "simulate", out / "labels-final-heldout.parquet", "-a", out / "activations.h5",
+               "--images", crafted, "-o", tmp_path / "sim.parquet", ok=False)
+    assert_one_line_error(r, str(evil))
+    assert not marker.exists() and not (tmp_path / "sim.parquet").exists()
+
+
+@pytest.mark.parametrize("split,fragment", [({"holdout": 0.2, "seed": "x"}, "seed 'x'"),
+                                            ({"holdout": 1.5, "seed": 0}, "1.5"),
+                                            ({"holdout": "most", "seed": 0}, "'most'")])
+def test_a_stored_split_that_is_not_a_split_is_blamed_on_the_file(world_run, tmp_path, split, fragment):
+    """Issue #24: a labels file whose metadata split.seed is a string ended in an internal error, and a bad stored
+    split.holdout was reported as a --holdout option the user never gave."""
+    out, _, ann, _ = world_run
+    src = out / "labels-final-heldout.parquet"
+    table = pq.read_table(src)
+    meta = json.loads(table.schema.metadata[b"dissect"])
+    meta["split"] = {**meta["split"], **split}
+    crafted = tmp_path / "labels.parquet"
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"dissect": json.dumps(meta).encode()}),
+                   crafted)
+    r = invoke("evaluate", "simulate", crafted, "-a", out / "activations.h5", "--annotations", ann,
+               "-o", tmp_path / "sim.parquet", ok=False)
+    assert_one_line_error(r, str(crafted), fragment)
+    assert "--holdout must" not in r.output and not (tmp_path / "sim.parquet").exists()
+
+
+def test_explain_says_which_part_of_the_split_is_too_small(world_run, tmp_path):
+    """Issue #24: explain hinted "or larger --holdout" when the held-out part was the one too large."""
+    out, _, ann, _ = world_run
+    acts = out / "activations.h5"
+    r = invoke("explain", "-a", acts, "--annotations", ann, "--layers", "fc", "--holdout", "0.999",
+               "-o", tmp_path / "e.parquet", ok=False)
+    assert_one_line_error(r, "smaller --holdout")
+    r = invoke("explain", "-a", acts, "--annotations", ann, "--layers", "fc", "--holdout", "0.0001",
+               "-o", tmp_path / "e.parquet", ok=False)
+    assert_one_line_error(r, "larger --holdout")
+
+
+def test_a_label_present_on_every_image_is_named_as_the_reason_no_unit_is_scored(world_run, tmp_path):
+    """Issue #24: a layer with no scorable unit warned "no unit could be scored (None)" when the label was present
+    on every scored image (a constant presence column, an undefined correlation)."""
+    out, _, ann, _ = world_run
+    with open(ann, newline="") as f:
+        rows = [[r["id"], r["concept"]] for r in csv.DictReader(f)]
+    ids = sorted({i for i, _ in rows})
+    everywhere = _csv(tmp_path / "ann.csv", ["id", "concept"], rows + [[i, "thing"] for i in ids])
+    labels = _csv(tmp_path / "labels.csv", ["layer", "unit", "description", "similarity"],
+                  [["fc", k, "thing", 1.0] for k in range(3)])
+    r = invoke("evaluate", "simulate", labels, "-a", out / "activations.h5", "--annotations", everywhere,
+               "-o", tmp_path / "sim.parquet")
+    assert "(None)" not in r.output
+    assert "no unit could be scored ('thing' is present on all" in " ".join(r.stderr.split()), r.stderr
+    assert {row["reason"] for row in _table(tmp_path / "sim.parquet")} == {"'thing' is present on all 2000 scored images"}
+
+
+def test_outputs_that_cannot_go_to_standard_output_say_what_they_are(world_run, tmp_path, monkeypatch):
+    """Issue #24: Parquet and safetensors outputs sent to `-o -` were refused as "this artifact is HDF5", and
+    `report -o -` wrote a folder named '-'."""
+    out, _, ann, _ = world_run
+    monkeypatch.chdir(tmp_path)
+    acts = out / "activations.h5"
+    cases = [
+        (["evaluate", "simulate", out / "labels-final-heldout.parquet", "-a", acts, "--annotations", ann], "Parquet"),
+        (["evaluate", "sanity", "-R", 2, "--n-inputs", 1000], "Parquet"),
+        (["decompose", acts, "--layer", "layer4", "--k", 2], "safetensors"),
+        (["report", "--labels", out / "labels-mixed-softwpmi.parquet", "-a", acts], "folder"),
+        (["report", "--labels", out / "labels-mixed-softwpmi.parquet", "-a", acts, "--single-file"], "HTML"),
+        (["embed-text", out / "concepts-mixed.txt", "--clip", "ViT-B-32"], "HDF5"),
+    ]
+    for cmd, kind in cases:
+        r = invoke(*cmd, "-o", "-", ok=False)
+        assert_one_line_error(r, kind, "standard output")
+        assert "HDF5" not in r.stderr or kind == "HDF5", r.stderr
+    assert not list(tmp_path.iterdir())
