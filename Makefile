@@ -1,27 +1,37 @@
 # Two commands for a fresh machine:
-#   make demo   set up .venv and run the main job
-#   make test   set up .venv and run the tests
+#   make demo   set up .venv with the runtime only and run the main job
+#   make test   set up .venv with the test extras too and run the tests
+# Without a GPU, the CPU build of torch is a fraction of the default CUDA one:
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+TORCH_INDEX ?=
 
 .PHONY: demo test docs install clean
 
-$(BIN)/dissect: pyproject.toml
+# The runtime: dissect and what `pip install dissect` brings (the demo needs nothing more).
+$(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/pip install torch torchvision --index-url $(TORCH_INDEX))
+	$(BIN)/pip install -e .
+	touch $@
+
+# The test suite's extras on top.
+$(VENV)/.test: $(VENV)/.runtime
 	$(BIN)/pip install -e ".[test]"
 	touch $@
 
-install: $(BIN)/dissect
+install: $(VENV)/.runtime
 
-demo: install
+demo: $(VENV)/.runtime
 	$(BIN)/dissect demo
 
-test: install
+test: $(VENV)/.test
 	$(BIN)/python -m pytest
 
-docs: install
+docs: $(VENV)/.runtime
 	$(BIN)/pip install -e ".[docs]"
 	$(BIN)/python -m mkdocs serve
 

@@ -47,16 +47,19 @@ def main() -> None:
     torch.save(open_clip.create_model("tiny-clip").state_dict(), out / "tiny-clip.pt")
 
     print("quickstart: tiny random-weight CLIP and timm:test_resnet on 150 generated images; labels are meaningless", file=sys.stderr)
+    # This interpreter's dissect, whether or not its venv is on PATH (`.venv/bin/python scripts/quickstart.py`).
     cmd = [
-        "dissect", "run", str(probe),
+        sys.executable, "-m", "dissect.cli.main", "run", str(probe),
         "--clip", f"{cfg}:{out / 'tiny-clip.pt'}",
         "--model", "timm:test_resnet", "--weights", "none",
         "--layers", "layer1,layer4,fc",
         "--concepts", "3k",
         "-o", str(out / "run"),
     ]
-    print("$ " + " ".join(cmd), file=sys.stderr)
-    subprocess.run(cmd, check=True)
+    print("$ dissect " + " ".join(cmd[3:]), file=sys.stderr)
+    done = subprocess.run(cmd)
+    if done.returncode:
+        sys.exit(done.returncode)  # dissect printed its one-line error
     import pyarrow.parquet as pq
 
     df = pq.read_table(out / "run" / "labels.parquet").to_pandas()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 
 def test_demo_labels_final_layer_neurons_with_their_class(demo_run):
@@ -57,3 +59,22 @@ def test_the_demo_flags_are_never_wrapped_inside_a_path(demo_run):
     specs = demo_specs()
     line = next(ln for ln in result.output.splitlines() if ln.startswith("The demo models are ordinary specs"))
     assert f"--clip {specs.clip}" in line and specs.command_line() in line
+
+
+@pytest.mark.slow
+def test_the_quickstart_script_runs_without_the_venv_on_path(tmp_path):
+    """Issue #24: scripts/quickstart.py called `dissect` through PATH and ended in a traceback unless the venv was
+    activated (`.venv/bin/python scripts/quickstart.py`)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "quickstart.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV",)}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if not (Path(p) / "dissect").exists())
+    r = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "qs")], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and (tmp_path / "qs" / "run" / "labels.parquet").exists()

@@ -48,3 +48,26 @@ def test_demo_show_info_and_report_run_without_the_test_extras(tmp_path):
         assert r.returncode == 0, (args, r.stderr[-3000:])
         assert "internal error" not in r.stderr
     assert (tmp_path / "report" / "index.html").exists()
+
+
+@pytest.mark.skipif(not __import__("shutil").which("make"), reason="make is not installed")
+def test_make_demo_installs_the_runtime_only_and_can_take_the_cpu_wheel(tmp_path):
+    """Issue #24: `make demo` built a 6.4 GB environment with the test extras to run a CPU demo in 20 seconds."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    venv = tmp_path / "venv"
+
+    def plan(target, *extra):
+        r = subprocess.run(["make", "-n", "-C", str(root), target, f"VENV={venv}", *extra], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return [ln for ln in r.stdout.splitlines() if "pip install" in ln]
+
+    demo = plan("demo")
+    assert demo and not any("[test]" in ln or "[docs]" in ln for ln in demo), demo
+    assert any(ln.rstrip().endswith("install -e .") for ln in demo), demo
+    cpu = plan("demo", "TORCH_INDEX=https://download.pytorch.org/whl/cpu")
+    torch_first = [k for k, ln in enumerate(cpu) if "torch" in ln and "whl/cpu" in ln]
+    assert torch_first and torch_first[0] < next(k for k, ln in enumerate(cpu) if "install -e ." in ln), cpu
+    assert any('".[test]"' in ln for ln in plan("test")), plan("test")
