@@ -92,9 +92,11 @@ def demo(
         con.print(ct)
     if res.worlds:
         _print_worlds(con, res.worlds)
-    con.print(f"{res.n_images} probe images; {res.seconds:.0f} s in all; artifacts in {res.out}/ (demo.json, labels-*.parquet)")
+    con.print(f"{res.n_images} probe images; {res.seconds:.0f} s in all; artifacts in {res.out}/ (demo.json, labels-*.parquet); "
+              f"browse them with `dissect report {res.out}` or `dissect show {res.out}`", soft_wrap=True, markup=False,
+              highlight=False)
     # copy-paste flags: never wrapped inside a path, whatever the terminal's width (or none)
-    con.print(f"The demo models are ordinary specs: --clip {specs.clip}  {specs.command_line()}", soft_wrap=True,
+    con.print(f"The demo models are ordinary specs: --clip {specs.clip} {specs.command_line()}", soft_wrap=True,
               markup=False, highlight=False)
 
 

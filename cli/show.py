@@ -15,7 +15,7 @@ from .app import command
 
 @command("show")
 def show(
-    labels: Annotated[Path, typer.Argument(help="labels.parquet (or composed.parquet, explanations.parquet).", show_default=False)],
+    labels: Annotated[Path, typer.Argument(help="labels.parquet (or composed.parquet, explanations.parquet), or a run folder (its labels).", show_default=False)],
     layer: Annotated[Optional[str], typer.Option("--layer", "-l", help="Only this layer.")] = None,
     grep: Annotated[Optional[str], typer.Option("--grep", "-g", help="Only labels (or candidates) containing this text (case-insensitive).")] = None,
     sort: Annotated[str, typer.Option("--sort", help="Order: similarity (highest first) or unit.")] = "unit",
@@ -32,6 +32,8 @@ def show(
         raise UsageError(f"--sort {sort!r}: use similarity or unit")
     if json_out and csv_out:
         raise UsageError("give at most one of --json and --csv")
+    if labels.is_dir():  # a run folder (`dissect run`, `dissect demo`): its labels
+        labels = A.find_run(labels)["labels"]
     table = A.read_table(labels, (A.LABELS_FORMAT, A.COMPOSED_FORMAT, A.EXPLAIN_FORMAT))  # one line for anything else
     rows = table.to_pylist()
     explained = "explanation" in table.column_names

@@ -437,5 +437,5 @@ def _write_manifest(ctx: _Run, resolved: dict[str, Any]) -> None:
         "seconds": round(time.perf_counter() - ctx.started, 2),
         "provenance": json.loads(A.provenance(stage="run")),
     }
-    A.write_json(ctx.dir / "run.json", manifest)
+    A.write_run_manifest(ctx.dir, manifest)
     note(f"done in {manifest['seconds']:.1f}s: {ctx.labels}")

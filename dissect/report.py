@@ -24,23 +24,13 @@ from typing import Any
 import numpy as np
 
 from . import artifacts as A
+from .artifacts import find_run  # noqa: F401  (the report's entry for run folders)
 from .errors import InputError, MismatchError, UsageError
 from .models import TargetSpec
 from .runtime import note, progress
 from .settings import Settings, no_other_fields
 
 THUMB = 112
-
-
-def find_run(folder: Path) -> dict[str, Path | None]:
-    """The artifacts of a run folder (``dissect run``): labels, activations, and the optional extras."""
-    found = {"labels": folder / "labels.parquet", "activations": folder / "activations.h5",
-             "composed": folder / "composed.parquet", "metrics": folder / "metrics.parquet",
-             "simulate": folder / "simulate.parquet", "explanations": folder / "explanations.parquet"}
-    if not found["labels"].exists() or not found["activations"].exists():
-        raise InputError(f"{folder} holds no labels.parquet and activations.h5",
-                         hint="give a `dissect run` folder, or --labels and --activations")
-    return {k: (v if v.exists() else None) for k, v in found.items()}
 
 
 def _probe_from_activations(acts: A.Activations) -> list[str]:

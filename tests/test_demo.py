@@ -61,6 +61,38 @@ def test_the_demo_flags_are_never_wrapped_inside_a_path(demo_run):
     assert f"--clip {specs.clip}" in line and specs.command_line() in line
 
 
+def test_the_demo_folder_opens_as_a_run_folder(demo_run, tmp_path):
+    """Issue #24: `dissect report runs/demo`, the natural first try after the demo, failed because the demo names its
+    files labels-*.parquet. Its run.json names the headline labels, and report and show open the folder."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from dissect.cli.main import app
+
+    out, result = demo_run
+    assert f"dissect report {out}" in " ".join(result.output.split())
+    runner = CliRunner()
+    page = tmp_path / "page.html"
+    r = runner.invoke(app, ["report", str(out), "--single-file", "-o", str(page), "-n", "2"])
+    assert r.exit_code == 0, r.output
+    assert page.exists() and "circle" in page.read_text()
+    r = runner.invoke(app, ["show", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    shown = [json.loads(ln) for ln in r.stdout.splitlines() if ln.strip()]
+    ref = runner.invoke(app, ["show", str(out / "labels-mixed-softwpmi.parquet"), "--json"])
+    assert shown == [json.loads(ln) for ln in ref.stdout.splitlines() if ln.strip()] and shown
+    # a folder that is no run says what it lacks and how to name its files
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(out / "activations.h5", bare / "activations.h5")
+    r = runner.invoke(app, ["report", str(bare)])
+    assert r.exit_code != 0 and "holds no labels.parquet" in r.stderr and "run.json" in r.stderr
+    (bare / "run.json").write_text(json.dumps({"artifacts": {"labels": "../labels.parquet"}}))
+    r = runner.invoke(app, ["show", str(bare)])
+    assert r.exit_code != 0 and "not a file name inside the folder" in r.stderr and "Traceback" not in r.output
+
+
 @pytest.mark.slow
 def test_the_quickstart_script_runs_without_the_venv_on_path(tmp_path):
     """Issue #24: scripts/quickstart.py called `dissect` through PATH and ended in a traceback unless the venv was

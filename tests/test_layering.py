@@ -16,7 +16,7 @@ LAYERS = [
     {"errors", "fingerprint", "budget", "settings"},
     {"runtime"},
     {"artifacts", "artifacts.formats", "artifacts.files", "artifacts.hdf5", "artifacts.tables", "artifacts.tensors",
-     "artifacts.external", "artifacts.sniff",
+     "artifacts.external", "artifacts.sniff", "artifacts.runs",
      "concepts", "probe", "hooks", "models", "clip", "similarity", "split",
      "evaluate", "evaluate.metrics", "evaluate.sanity", "evaluate.mixture",  # the face imports its modules lazily
      "directions"},

@@ -8,6 +8,7 @@ Split by what varies (docs/artifacts.md documents every file):
 * :mod:`.tables`   the Parquet kinds with every schema (labels, composed, explanations, simulate, sanity, ...)
 * :mod:`.tensors`  directions.safetensors
 * :mod:`.external` files other tools write: other methods' label CSVs, per-image annotations
+* :mod:`.runs`     run folders: which file plays which part (run.json)
 
 Readers check everything they rely on and name what is wrong in one line: other programs
 may write these files and have dissect read them.
@@ -23,6 +24,7 @@ from .hdf5 import (COPY_BLOCK_BYTES, EMBEDDING_DTYPES, LAYER_CHUNK, WIDE_LAYER_B
                    Embeddings, Header, RowSpill, RowSpillView, activation_layer_shape, check_same_clip, h5_dataset,
                    h5_layers, peek_attrs, read_activation_layer, read_activations, read_embeddings, read_header,
                    read_image_embeddings, read_sizes, read_text_embeddings, write_activations, write_embeddings)
+from .runs import RUN_FILES, RUN_MANIFEST, find_run, write_run_manifest
 from .sniff import sniff
 from .tables import (COMPOSED_COLUMNS, KINDS, column_names, LABEL_COLUMNS, composed_schema, labels_schema, read_labels_metadata,
                      read_parquet_metadata, read_table, summary_path_of, table_of, write_labels, write_parquet,

@@ -229,6 +229,10 @@ def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 12
         "composition": composition_rows, "worlds": worlds,
     }
     A.write_json(out / "demo.json", summary)
+    # The folder is a run folder too: `dissect report OUT` and `dissect show OUT` open its headline labels.
+    A.write_run_manifest(out, {"made_by": "dissect demo", "clip": specs.clip, "model": specs.model,
+                               "weights": specs.weights, "n_images": n_images},
+                         {"labels": "labels-mixed-softwpmi.parquet", "activations": "activations.h5"})
     return result
 
 
