@@ -15,84 +15,101 @@ from .app import command
 
 @command("show")
 def show(
-    labels: Annotated[Path, typer.Argument(help="labels.parquet (or composed.parquet, explanations.parquet), or a run folder (its labels).", show_default=False)],
+    labels: Annotated[Path, typer.Argument(help="labels.parquet (or composed.parquet, explanations.parquet, another method's label CSV), a run folder (its labels), or any file dissect reads or writes (its rows or description).", show_default=False)],
     layer: Annotated[Optional[str], typer.Option("--layer", "-l", help="Only this layer.")] = None,
     grep: Annotated[Optional[str], typer.Option("--grep", "-g", help="Only labels (or candidates) containing this text (case-insensitive).")] = None,
-    sort: Annotated[str, typer.Option("--sort", help="Order: similarity (highest first) or unit.")] = "unit",
+    sort: Annotated[str, typer.Option("--sort", help="Order: similarity (highest score first) or unit (as stored).")] = "unit",
     limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="At most this many rows.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="JSON lines on standard output, for pipes.")] = False,
     csv_out: Annotated[bool, typer.Option("--csv", help="CSV on standard output, for pipes.")] = False,
 ):
-    """Print labels as a table (or --json / --csv for pipes)."""
+    """Print labels as a table (or --json / --csv for pipes); any other file dissect knows as its rows or description."""
     from dissect import artifacts as A
+    from dissect.describe import rows_of
     from dissect.errors import UsageError
-    from dissect.runtime import printable
 
     if sort not in ("similarity", "unit"):
         raise UsageError(f"--sort {sort!r}: use similarity or unit")
     if json_out and csv_out:
         raise UsageError("give at most one of --json and --csv")
-    if labels.is_dir():  # a run folder (`dissect run`, `dissect demo`): its labels
-        labels = A.find_run(labels)["labels"]
-    table = A.read_table(labels, (A.LABELS_FORMAT, A.COMPOSED_FORMAT, A.EXPLAIN_FORMAT))  # one line for anything else
-    rows = table.to_pylist()
-    explained = "explanation" in table.column_names
-    if explained:  # a linear explanation: its text is the label, its held-out correlation the score
-        rows = [dict(r, label=r["explanation"], similarity=r["correlation"], candidates=[""] + list(r["concepts"] or []))
-                for r in rows]
+    path = A.find_run(labels)["labels"] if labels.is_dir() else labels  # a run folder: its labels
+    view = rows_of(path)
+    if view is None:  # an artifact that is described, not listed
+        _print_description(path, json_out)
+        return
+    rows = _filtered(view, path, layer, grep, sort)
+    if rows is None:
+        if not (json_out or csv_out):
+            return
+        rows = []
+    if limit is not None:
+        rows = rows[:limit]
+    if json_out:
+        for r in rows:  # valid JSON: NaN and infinities are null
+            sys.stdout.write(json.dumps({c: _finite(r[c]) for c in view.columns}, allow_nan=False) + "\n")
+    elif csv_out:
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(view.columns)
+        for r in rows:
+            w.writerow(["|".join(map(str, r[c])) if isinstance(r[c], list) else "" if _finite(r[c]) is None else r[c]
+                        for c in view.columns])
+    else:
+        _print_rows(view, rows, Path(path).name)
+
+
+def _filtered(view, path, layer, grep, sort):
+    """The rows to show (None: --grep matched nothing, which a note says)."""
+    from dissect.errors import UsageError
+
+    rows = view.rows
     if layer is not None:
+        if "layer" not in view.columns:
+            raise UsageError(f"{path} has no layers", hint="leave out --layer")
         present = list(dict.fromkeys(r["layer"] for r in rows))
         if layer not in present:
-            raise UsageError(f"{labels} has no layer {layer!r}", hint=f"it holds: {', '.join(map(str, present))}")
+            raise UsageError(f"{path} has no layer {layer!r}", hint=f"it holds: {', '.join(map(str, present))}")
         rows = [r for r in rows if r["layer"] == layer]
     if grep:
         g = grep.lower()
         before = len(rows)
-        rows = [r for r in rows if g in str(r["label"]).lower() or any(g in str(c).lower() for c in r["candidates"] or [])]
+        rows = [r for r in rows if any(g in str(v).lower() for c in view.searched
+                                       for v in (r.get(c) if isinstance(r.get(c), list) else [r.get(c)]))]
         if not rows:
             from dissect.runtime import note
 
-            note(f"no label or candidate of the {before} units in {labels} contains {grep!r}")
-            if not (json_out or csv_out):
-                return
+            noun = "units" if view.noun == "neurons" else view.noun
+            note(f"no {' or '.join(view.searched)} of the {before} {noun} in {path} contains {grep!r}")
+            return None
     if sort == "similarity":
-        rows.sort(key=lambda r: -_number(r["similarity"]))
-    if limit is not None:
-        rows = rows[:limit]
-    cols = [c for c in ("layer", "unit", "label", "similarity", "candidates", "gain") if c in table.column_names]
-    if explained:
-        cols = ["layer", "unit", "explanation", "correlation", "single_concept", "single_correlation"]
-    if json_out:
-        for r in rows:  # valid JSON: NaN and infinities are null
-            rec = {c: _finite(r[c]) for c in cols}
-            sys.stdout.write(json.dumps(rec, allow_nan=False) + "\n")
-        return
-    if csv_out:
-        import csv
+        if view.score is None:
+            raise UsageError(f"--sort similarity: {path} has no score to sort by", hint="leave out --sort")
+        rows = sorted(rows, key=lambda r: -_number(r[view.score]))
+    return rows
 
-        w = csv.writer(sys.stdout)
-        w.writerow(cols)
-        for r in rows:
-            w.writerow(["|".join(map(str, r[c] or [])) if c == "candidates" else "" if _finite(r[c]) is None else r[c]
-                        for c in cols])
-        return
+
+def _print_rows(view, rows, name: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    view = Table(title=escape(printable(f"{Path(labels).name}: {len(rows)} neurons")), title_justify="left")
-    for c in cols:
-        view.add_column(c, justify="right" if c in ("unit", "similarity", "gain", "correlation", "single_correlation") else "left")
+    from dissect.runtime import printable
+
+    table = Table(title=escape(printable(f"{name}: {len(rows)} {view.noun}")), title_justify="left")
+    for c in view.columns:
+        numeric = any(isinstance(r[c], (int, float)) and not isinstance(r[c], bool) for r in rows[:50])
+        table.add_column(c, justify="right" if numeric else "left")
     for r in rows:  # labels may hold anything: escapes and markup are shown, not executed
-        if explained:
-            cells = [r["layer"], r["unit"], r["explanation"], _fmt(r["correlation"], ".3f"), r["single_concept"] or "",
-                     _fmt(r["single_correlation"], ".3f")]
-            view.add_row(*(escape(printable(str(x))) for x in cells))
-            continue
-        cells = [r["layer"], r["unit"], r["label"], _fmt(r["similarity"], ".4f"), ", ".join(map(str, (r["candidates"] or [])[1:]))]
-        if "gain" in r:
-            cells.append(_fmt(r["gain"], "+.3f"))
-        view.add_row(*(escape(printable(str(x))) for x in cells))
-    output.show(view)
+        table.add_row(*(escape(printable(_cell(c, r[c]))) for c in view.columns))
+    output.show(table)
+
+
+def _cell(column: str, x) -> str:
+    if isinstance(x, list):  # candidates: the label is the first, the alternatives follow
+        return ", ".join(map(str, x[1:] if column == "candidates" else x))
+    if isinstance(x, float):
+        return _fmt(_finite(x), "+.3f" if column == "gain" else ".4f" if column == "similarity" else ".3f")
+    return "null" if x is None else str(x)
 
 
 def _number(x) -> float:
@@ -118,20 +135,25 @@ def _fmt(x, spec: str) -> str:
 
 
 @command("info")
-def info(artifact: Annotated[Path, typer.Argument(help="images.h5, text.h5, activations.h5, labels.parquet, ...", show_default=False)],
+def info(artifact: Annotated[Path, typer.Argument(help="Any file dissect reads or writes (images.h5, activations.h5, labels.parquet, directions.safetensors, a label or annotations CSV, ...) or a run folder.", show_default=False)],
          json_out: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False):
     """What an artifact holds and how it was made (format, model, probe, counts, fingerprints)."""
+    _print_description(artifact, json_out)
+
+
+def _print_description(path: Path, json_out: bool) -> None:
     from dissect.describe import describe
 
-    d = describe(artifact)
+    d = describe(path)
     if json_out:
         output.echo_json(d, indent=2)
         return
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"{artifact}", title_justify="left", show_header=False)
+    table = Table(title=escape(f"{path}"), title_justify="left", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     for k, v in d.items():
-        table.add_row(k, v if isinstance(v, str) else json.dumps(v, default=str))
+        table.add_row(escape(k), escape(v if isinstance(v, str) else json.dumps(v, default=str)))
     output.show(table)

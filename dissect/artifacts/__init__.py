@@ -26,7 +26,7 @@ from .hdf5 import (COPY_BLOCK_BYTES, EMBEDDING_DTYPES, LAYER_CHUNK, WIDE_LAYER_B
                    read_image_embeddings, read_sizes, read_text_embeddings, write_activations, write_embeddings)
 from .runs import RUN_FILES, RUN_MANIFEST, find_run, write_run_manifest
 from .sniff import sniff
-from .tables import (COMPOSED_COLUMNS, KINDS, column_names, LABEL_COLUMNS, composed_schema, labels_schema, read_labels_metadata,
+from .tables import (COMPOSED_COLUMNS, KINDS, column_names, LABEL_COLUMNS, composed_schema, labels_schema, parquet_rows, read_labels_metadata,
                      read_parquet_metadata, read_table, summary_path_of, table_of, write_labels, write_parquet,
                      write_table)
 from .tensors import read_directions_metadata, write_directions

@@ -188,6 +188,29 @@ def _read_parquet_labels(p: Path, composed: str) -> LabelFile:
                      table.column("similarity").to_pylist(), meta, parts)
 
 
+#: The kind ``csv_kind`` gives per-image annotations (id, concept[, value]).
+ANNOTATIONS_KIND = "annotations"
+
+
+def csv_kind(path: str | os.PathLike) -> str:
+    """What a CSV dissect reads holds, from its header: a label kind of ``CSV_LAYOUTS`` or ``ANNOTATIONS_KIND``."""
+    import csv
+
+    p = Path(path)
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as f:
+            header = {(h or "").strip() for h in next(csv.reader(f), [])}
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"cannot read {p} as CSV: {e}") from None
+    if {"id", "concept"} <= header:
+        return ANNOTATIONS_KIND
+    kind = next((k for k, lay in CSV_LAYOUTS.items() if lay.detect(header)), None)
+    if kind is None:
+        raise InputError(f"{p} is not a CSV dissect knows (header: {', '.join(sorted(header))[:120]})",
+                         hint="known: per-image annotations (id, concept[, value]); " + "; ".join(EXTERNAL_LABEL_KINDS.values()))
+    return kind
+
+
 def _read_csv_rows(p: Path) -> tuple[list[dict], set[str]]:
     import csv
 

@@ -190,6 +190,13 @@ def write_labels(out: str | os.PathLike, rows: dict[str, list], metadata: dict[s
 # ---------------------------------------------------------------------------
 
 
+def parquet_rows(path: str | os.PathLike) -> int:
+    """The number of rows of a Parquet file (its footer; no column is read)."""
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(path).metadata.num_rows)
+
+
 def read_parquet_metadata(path: str | os.PathLike, kinds: str | tuple[str, ...] | None = None) -> dict[str, Any]:
     """The ``dissect`` metadata of a Parquet artifact, checked: it exists, is Parquet, is one of ``kinds`` (default:
     any dissect Parquet artifact) and of a version this dissect reads."""
