@@ -33,10 +33,11 @@ def layer_fingerprint(inputs_fp: str, layer: str, summary: str, layout: str) -> 
 
 def existing_layers(path: str | os.PathLike, inputs_fp: str, summary: str, layout: str,
                     infos: dict[str, LayerInfo] | None = None,
-                    units: "dict[str, UnitEntry] | None" = None) -> tuple[list[str], bool]:
+                    units: "dict[str, UnitEntry] | None" = None, differs=None) -> tuple[list[str], bool]:
     """Layers of an existing activations file that can be reused, and whether the file exists.
 
-    Raises MismatchError when the file holds activations of other inputs, or a layer whose
+    Raises MismatchError when the file holds activations of other inputs (naming what differs when ``differs``,
+    a function of the file's attributes, says), or a layer whose
     recorded layout is not the one ``infos`` (this version's decision) gives it: files of
     dissect 0.1 took channels-last outputs (Swin, ConvNeXt blocks) as channels first.
     """
@@ -46,8 +47,10 @@ def existing_layers(path: str | os.PathLike, inputs_fp: str, summary: str, layou
             A.read_activations(path)  # raises the precise reason
         return [], False
     if attrs.get("inputs_fingerprint") != inputs_fp:
+        what = "; ".join(differs(attrs)) if differs is not None else ""
         raise MismatchError(
-            f"{path} holds activations of another model, weights, preprocessing or probe ({attrs.get('model')})",
+            f"{path} holds activations made with other inputs: "
+            + (what or f"another model, weights, preprocessing or probe ({attrs.get('model')})"),
             hint="write to another -o file, or delete it to start over",
         )
     reusable = []
@@ -364,8 +367,9 @@ def plan_record(probe: Probe, target: Target, layers: list[str], out, summary: s
     layers, infos, units = plan_units(target, layers, directions, summary, layout, device)
     precision = resolve_precision(precision, device, "target")
     inputs_fp = activations_inputs_fingerprint(target, probe.fingerprint, precision)
-    have, exists = ([], False) if fresh else existing_layers(out, inputs_fp, summary, str(parse_layout(layout)), infos,
-                                                             units)
+    have, exists = ([], False) if fresh else existing_layers(
+        out, inputs_fp, summary, str(parse_layout(layout)), infos, units,
+        differs=lambda attrs: what_differs(attrs, target, precision, probe))
     names = layers + list(units)
     todo = [n for n in names if n not in have]
     return RecordPlan(target, names, todo, have, exists, inputs_fp, precision, infos, units, Path(out).parent)
@@ -491,6 +495,42 @@ def _grown_probe(out, probe: Probe, target: Target, layers, summary, layout, dev
     inputs_fp = activations_inputs_fingerprint(target, probe.fingerprint, precision)
     plan = RecordPlan(target, old_layers, old_layers, [], False, inputs_fp, precision, infos)
     return _Grown(plan, reused, old)
+
+
+def what_differs(attrs: dict[str, Any], target: Target, precision: str, probe: Probe) -> list[str]:
+    """What an activations file's attributes record that this model, preprocessing, precision and probe do not:
+    one phrase per difference (stored -> asked)."""
+    import json
+
+    out = []
+    for key, label, want in (("model", "model", target.spec), ("weights", "weights", target.weights)):
+        if str(attrs.get(key, "")) != str(want):
+            out.append(f"{label} {attrs.get(key, '')!s} -> {want}")
+    if _json(attrs.get("model_args", "{}")) != _json(target.model_args or {}):
+        out.append(f"--model-arg {_json(attrs.get('model_args', '{}'))} -> {_json(target.model_args or {})}")
+    if not out and attrs.get("model_fingerprint") != target.fingerprint:
+        out.append(f"the contents of the weights {target.weights} (changed since the file was recorded)")
+    stored, asked = _loads_dict(attrs.get("preprocess")), target.preprocess_record()
+    changed = [k for k in sorted(set(stored) | set(asked)) if stored.get(k) != asked.get(k)]
+    if changed:
+        out.append("preprocessing " + ", ".join(f"{k} {json.dumps(stored.get(k))} -> {json.dumps(asked.get(k))}"
+                                                for k in changed))
+    if attrs.get("precision", "fp32") != precision:
+        out.append(f"--precision {attrs.get('precision', 'fp32')} -> {precision}")
+    if attrs.get("probe_fingerprint") not in (None, probe.fingerprint):
+        n_old = _loads_dict(attrs.get("probe")).get("n_images", "?")
+        out.append(f"the probe ({n_old} images recorded, {len(probe)} now)")
+    return out
+
+
+def _loads_dict(value) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _json(value) -> str:

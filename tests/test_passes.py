@@ -84,7 +84,20 @@ def test_bf16_forward_passes_are_close_to_fp32_and_recorded(tmp_path, tiny_clip,
         assert f.attrs["precision"] == "bf16"
     # Another precision is another input: record refuses to mix them in one file.
     r = invoke("record", probe_dir, *TIMM, "--layers", "layer3", "-o", tmp_path / "acts-bf16.h5", "--precision", "fp32", ok=False)
-    assert_one_line_error(r, "another model, weights, preprocessing or probe")
+    assert_one_line_error(r, "--precision bf16 -> fp32")
+
+
+def test_recording_into_a_file_of_other_inputs_names_what_differs(tmp_path, probe_dir):
+    """Issue #24: `record` into a file made with other flags said "another model, weights, preprocessing or probe"
+    without saying which."""
+    out = tmp_path / "acts.h5"
+    invoke("record", probe_dir, *TIMM, "--layers", "layer2", "-o", out)
+    cases = [(["--input-size", "48"], "preprocessing input_size"), (["--interpolation", "bicubic"], "interpolation"),
+             (["--model-arg", "drop_rate=0.1"], "--model-arg"), (["--mean", "0.4,0.4,0.4"], "preprocessing mean")]
+    for extra, fragment in cases:
+        r = invoke("record", probe_dir, *TIMM, *extra, "--layers", "layer3", "-o", out, ok=False)
+        assert_one_line_error(r, "other inputs", fragment)
+        assert r.stderr.count(" -> ") == 1 + (extra[0] == "--input-size"), r.stderr  # only what differs
 
 
 def test_unknown_precision_and_dtype_are_usage_errors(tmp_path, tiny_clip, probe_dir):
