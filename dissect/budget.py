@@ -70,6 +70,14 @@ def units_per_read(budget: int, rows: int, units: int) -> int:
     return int(max(1, min(units, _fit(budget // 4, 4 * rows))))
 
 
+def units_per_concept_tile(budget: int, rows: int, units: int, bytes_per_row: int, pmi: bool, tile: int) -> int:
+    """Units scored at once so that one block of ``tile`` concepts (the smallest block, ``concepts_per_block``'s
+    floor) fits ``budget``: about 100 bytes per unit and concept beside the block's ``rows`` x ``tile`` products
+    (and SoftWPMI/WPMI's gather buffer). All ``units`` when they fit; at least one."""
+    per_unit = 100 * tile
+    return int(max(1, min(units, _fit(budget, per_unit, bytes_per_row * rows * tile + (GATHER_BUFFER if pmi else 0)))))
+
+
 def layer_exceeds(budget: int, rows: int, units: int, times: int = 4) -> bool:
     """Whether a layer's [rows, units] float32 matrix is over ``times`` the budget (then even methods that must
     recompute the image-concept products per block of units read it in blocks)."""

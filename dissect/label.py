@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import artifacts as A
-from .budget import layer_exceeds, units_per_read
+from .budget import layer_exceeds, units_per_concept_tile, units_per_read
 from .concepts import ConceptSet
 from .errors import UsageError
 from .inputs import open_inputs, skipped_ids
@@ -119,10 +119,7 @@ def _score_in_blocks(sc: _Scoring, name: str, C: int, block: int):
                     advance(q.shape[1])
 
             prep = prepare_examples(sim, blocks(), sc.I.shape[0], sc.params)
-        with progress(f"{sim} {name}", sc.T.shape[0], "concepts") as advance:
-            res = score_layer(sim, None, sc.I, sc.T, sc.params, top=sc.k, chunk=chunk, progress=advance,
-                              max_memory=sc.budget, prep=prep)
-        return res.indices.cpu().numpy(), res.values.cpu().numpy()
+        return _score_pmi_prepared(sc, name, C, prep)
     idx, val = [], []
     with progress(f"{sim} {name}", C, "units") as advance:
         for lo in starts:
@@ -131,6 +128,40 @@ def _score_in_blocks(sc: _Scoring, name: str, C: int, block: int):
             idx.append(res.indices.cpu().numpy())
             val.append(res.values.cpu().numpy())
             advance(q.shape[1])
+    return np.concatenate(idx), np.concatenate(val)
+
+
+def _score_pmi_prepared(sc: _Scoring, name: str, C: int, prep):
+    """SoftWPMI/WPMI of a wide layer from its example images: at once when one block of concepts over all its
+    units fits the budget, else in blocks of units (``budget.units_per_concept_tile``) in two passes, the first
+    estimating log p(t) over every unit (``similarity.BlockPopulation``)."""
+    from .similarity import TILE, BlockPopulation, LayerPrep, plan_chunk
+
+    sim, chunk = sc.settings.sim, sc.settings.chunk
+    held = prep.idx.element_size() * prep.idx.numel()
+    if held > sc.budget // 2:  # the method's own input, held whatever the budget: say so rather than exceed it quietly
+        note(f"{name}: the top {prep.idx.shape[0]} images of its {C} units take {held / 2**20:.0f} MB beside --max-memory")
+    width = units_per_concept_tile(sc.budget, prep.rows_read, C, METHODS[sim].bytes_per_row, True, TILE)
+    if width >= C:
+        with progress(f"{sim} {name}", sc.T.shape[0], "concepts") as advance:
+            res = score_layer(sim, None, sc.I, sc.T, sc.params, top=sc.k, chunk=chunk, progress=advance,
+                              max_memory=sc.budget, prep=prep)
+        return res.indices.cpu().numpy(), res.values.cpu().numpy()
+    starts = list(range(0, C, width))
+    chunk = chunk or plan_chunk(sim, prep.rows_read, width, sc.budget)  # one chunking for every block and pass
+    note(f"{name}: {C} units scored in {len(starts)} blocks of {width}, in two passes (--max-memory)")
+    population = BlockPopulation(C)
+    idx, val = [], []
+    for stage, pop, keep in (("log p(t)", population.collect, False), ("scores", population.apply, True)):
+        with progress(f"{sim} {name}: {stage}", C, "units") as advance:
+            for lo in starts:
+                part = LayerPrep(prep.rows_read, prep.idx[:, lo : lo + width], prep.rows)
+                res = score_layer(sim, None, sc.I, sc.T, sc.params, top=sc.k, chunk=chunk, max_memory=sc.budget,
+                                  prep=part, passes="two", population=pop())
+                if keep:
+                    idx.append(res.indices.cpu().numpy())
+                    val.append(res.values.cpu().numpy())
+                advance(part.idx.shape[1])
     return np.concatenate(idx), np.concatenate(val)
 
 

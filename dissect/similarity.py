@@ -374,10 +374,14 @@ def example_rows(idx: torch.Tensor, n_images: int) -> tuple[torch.Tensor | None,
     Returns (None, idx) when more than 3/4 of the images are used: reading all rows then
     costs little more than selecting them.
     """
-    rows, inverse = torch.unique(idx, return_inverse=True)
+    # torch.unique(idx, return_inverse=True), without its sort's copies of idx (an SAE's [K, 250,000] indices).
+    used = torch.zeros(n_images, dtype=torch.bool, device=idx.device)
+    used[idx.reshape(-1)] = True
+    rows = used.nonzero().flatten()
     if rows.numel() > 0.75 * n_images:
         return None, idx
-    return rows, inverse
+    renumber = torch.cumsum(used, 0) - 1
+    return rows, renumber[idx]
 
 
 def population_correction(scores: torch.Tensor, lam: float, population: Callable | None = None) -> torch.Tensor:
@@ -412,6 +416,44 @@ def distributed_population(total_neurons: int):
         return torch.logsumexp(torch.cat(parts), dim=0, keepdim=True) - math.log(total_neurons)
 
     return log_pt
+
+
+class BlockPopulation:
+    """log p(t_m) of a layer whose neurons are scored in blocks (a layer too wide for the memory budget).
+
+    A first pass over every block of neurons ``collect``s, for each block of concepts, the
+    logsumexp of the raw scores over the block's neurons; later passes ``apply`` the
+    combined value: the same estimate as over the whole layer at once, to float64 rounding
+    of the order (as ``distributed_population`` combines ranks). Every pass must visit the
+    same blocks of concepts in the same order (the same ``chunk``, two passes).
+    """
+
+    def __init__(self, total_neurons: int):
+        self.total = total_neurons
+        self.parts: list[torch.Tensor] = []
+
+    def collect(self):
+        step = [0]
+
+        def log_pt(scores: torch.Tensor) -> torch.Tensor:
+            local = torch.logsumexp(scores, dim=0, keepdim=True)
+            i, step[0] = step[0], step[0] + 1
+            if i < len(self.parts):
+                self.parts[i] = torch.logaddexp(self.parts[i], local)
+            else:
+                self.parts.append(local)
+            return torch.zeros_like(local)  # this pass's similarities are not used
+
+        return log_pt
+
+    def apply(self):
+        step = [0]
+
+        def log_pt(scores: torch.Tensor) -> torch.Tensor:
+            i, step[0] = step[0], step[0] + 1
+            return self.parts[i].to(scores.device) - math.log(self.total)
+
+        return log_pt
 
 
 # ---------------------------------------------------------------------------

@@ -386,6 +386,9 @@ def test_labelling_in_unit_blocks_equals_labelling_whole(fc_world, demo, sim, mo
     kw = dict(text=demo / "text-mixed.h5", sim=sim, device="cpu", layers=["layer4@dirs", "global_pool@sae"])
     whole = L.label(demo / "images.h5", acts, None, **kw).to_pylist()
     monkeypatch.setattr(L, "units_per_read", lambda budget, rows, units: 7)
+    # SoftWPMI/WPMI: also scored in blocks of 5 units, in two passes (issue #24: a 250,000-latent SAE peaked at
+    # 4.9 GB whatever --max-memory said, its [units, 256 concepts] blocks being over the budget)
+    monkeypatch.setattr(L, "units_per_concept_tile", lambda budget, rows, units, *a: min(units, 5))
     blocked = L.label(demo / "images.h5", acts, None, max_memory=1, **kw).to_pylist()  # every method takes the block path
     assert [r["candidates"] for r in blocked] == [r["candidates"] for r in whole]
     np.testing.assert_allclose([r["candidate_similarities"] for r in blocked], [r["candidate_similarities"] for r in whole],

@@ -449,3 +449,18 @@ def test_top_k_merge_preselection_ranks_like_a_full_sort(quantize):
         key = (lambda j: (-bucket[j], -tiebreak[row, j].item(), indices[row, j].item())) if quantize \
             else (lambda j: (-v[j], -tiebreak[row, j].item(), indices[row, j].item()))
         assert got[row].tolist() == sorted(range(W), key=key)[:k], f"row {row}"
+
+
+@pytest.mark.parametrize("n_images,k,c,spread", [(10, 3, 7, 1), (300, 5, 1000, 30), (5000, 20, 3000, 500), (50, 4, 9, 50)])
+def test_example_rows_equal_torch_unique(n_images, k, c, spread):
+    """example_rows renumbers without torch.unique's sort copies (a 250,000-latent SAE's indices); same result."""
+    from dissect.similarity import example_rows
+
+    g = torch.Generator().manual_seed(n_images + k)
+    idx = torch.randint(0, spread, (k, c), generator=g)
+    rows, renumbered = example_rows(idx, n_images)
+    want_rows, want_inverse = torch.unique(idx, return_inverse=True)
+    if want_rows.numel() > 0.75 * n_images:
+        assert rows is None and torch.equal(renumbered, idx)
+    else:
+        assert torch.equal(rows, want_rows) and torch.equal(renumbered, want_inverse)
