@@ -329,3 +329,234 @@ test_fuzz_crafted_report = _crafted_test("report")
 test_fuzz_crafted_show = _crafted_test("show")
 test_fuzz_crafted_info = _crafted_test("info")
 test_fuzz_crafted_merge = _crafted_test("merge")
+
+
+# ---------------------------------------------------------------------------
+# Commands and inputs added since the harness was written (issue #24): explain, evaluate simulate and sanity,
+# decompose, compose's selection options, other methods' label CSVs, annotations, directions specs
+# ---------------------------------------------------------------------------
+
+#: Fewer cases by default: each runs a whole command on the crafted world (DISSECT_FUZZ_EXAMPLES scales them too).
+NEW = settings(FUZZ, max_examples=max(6, EXAMPLES // 3))
+_WORDS = ["red", "blue", "green", "square", "circle"]
+
+
+@pytest.fixture(scope="module")
+def annotated(crafted_base):
+    """The crafted world's ids and an annotations file of them (each image: a colour and a shape)."""
+    with h5py.File(crafted_base / "acts.h5") as f:
+        ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
+    rows = [(i, _WORDS[k % 3]) for k, i in enumerate(ids)] + [(i, _WORDS[3 + k % 2]) for k, i in enumerate(ids)]
+    (crafted_base / "ann.csv").write_text("id,concept\n" + "".join(f"{i},{c}\n" for i, c in rows))
+    return crafted_base, ids
+
+
+def _annotation_text(ids: list[str]):
+    """Annotation CSVs as users write them: right, with path or integer ids, bad values, missing columns, junk."""
+    row = st.tuples(st.one_of(st.sampled_from(ids), st.sampled_from([f"probe/{ids[0]}", "0", "7", "", "x.png"])),
+                    st.one_of(st.sampled_from(_WORDS), st.just(""), st.text(max_size=6)),
+                    st.one_of(st.none(), st.sampled_from(["1", "0", "0.5", "2", "-1", "nan", "inf", "x", ""])))
+    header = st.sampled_from(["id,concept", "id,concept,value", "image,concept", "id", "concept,id,value", ""])
+
+    def render(h, rows):
+        cols = h.split(",") if h else []
+        out = [h]
+        for i, c, v in rows:
+            cells = {"id": i, "image": i, "concept": c, "value": v if v is not None else ""}
+            out.append(",".join(f'"{cells.get(k, "")}"' for k in cols))
+        return "\n".join(out) + "\n"
+
+    right = st.just(None)  # the world's own annotations
+    return st.one_of(right, right, st.builds(render, header, st.lists(row, max_size=40)), st.binary(max_size=30))
+
+
+def _write_annotations(d: Path, base: Path, text) -> Path:
+    p = d / "ann.csv"
+    if text is None:
+        shutil.copy(base / "ann.csv", p)
+    elif isinstance(text, bytes):
+        p.write_bytes(text)
+    else:
+        p.write_text(text, encoding="utf-8", errors="surrogatepass")
+    return p
+
+
+def _run_in_copy(base: Path, build) -> None:
+    """Run the command ``build(d)`` gives ([args], output, reader) in a copy of the crafted world; inputs untouched."""
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        for p in base.iterdir():
+            if p.is_file():
+                shutil.copy(p, d / p.name)
+        (d / "probe").symlink_to(base / "probe")
+        args, out, reader = build(d)
+        inputs = {p: p.read_bytes() for p in d.iterdir() if p.is_file() and p != out}
+        r = invoke(*args, ok=False)
+        check_outcome(r, out, reader)
+        for p, content in inputs.items():
+            assert p.read_bytes() == content, f"{p.name} was modified"
+
+
+@NEW
+@given(data=st.data(), command=st.sampled_from(["explain", "simulate", "sanity"]),
+       holdout=st.sampled_from([0.2, 0.2, 0.5, 0.0001, 0.999, 0, 1, float("nan")]),
+       alpha=st.sampled_from([0.005, 0.005, 0.1, 1, 0, -1, float("nan")]),
+       calibration=st.sampled_from(["mixture", "mixture", "zscore", "raw", "fdr", "sigmoid:x", "nope"]),
+       max_concepts=st.sampled_from([3, 1, 0, 50]), layer=st.sampled_from(["fc", "layer1", "nope", None]))
+def test_fuzz_annotation_commands(annotated, data, command, holdout, alpha, calibration, max_concepts, layer):
+    """explain, evaluate simulate and evaluate sanity on the annotations users write and the options they mistype."""
+    base, ids = annotated
+    text = data.draw(_annotation_text(ids))
+
+    def build(d):
+        ann = _write_annotations(d, base, text)
+        acts = d / "acts.h5"
+        if command == "explain":
+            out = d / "expl.parquet"
+            args = ["explain", "-a", acts, "--annotations", ann, "-o", out, "--holdout", holdout, "-K", max_concepts,
+                    "--width", 4] + (["--layers", layer] if layer else [])
+        elif command == "simulate":
+            out = d / "sim.parquet"
+            args = ["evaluate", "simulate", d / "labels.parquet", "-a", acts, "--annotations", ann, "-o", out,
+                    "--alpha", alpha] + (["--layer", layer] if layer else [])
+        else:
+            out = d / "sanity.parquet"
+            args = ["evaluate", "sanity", "--activations", acts, "--annotations", ann, "--no-synthetic", "-R", 2,
+                    "--alpha", alpha, "-o", out] + (["--layers", layer] if layer else [])
+        return args, out, A.read_parquet_metadata
+
+    _run_in_copy(base, build)
+
+
+@NEW
+@given(data=st.data(), calibration=st.sampled_from(["mixture"] * 3 + ["zscore", "raw", "fdr", "sigmoid:2", "x"]),
+       select=st.sampled_from(["simulate"] * 4 + ["similarity", "none", "x"]),
+       margin=st.sampled_from([0.0, 0.05, 0.05, 0.05, -1.0, float("nan"), float("inf")]),
+       holdout=st.sampled_from([0.2, 0.2, 0.2, 0.5, 0.0, 1.0, 0.99]), depth=st.sampled_from([2, 2, 2, 3, 1, 0]))
+def test_fuzz_compose_selection(annotated, data, calibration, select, margin, holdout, depth):
+    """compose's options added with --select simulate: the choice between one word and two."""
+    base, _ = annotated
+
+    def build(d):
+        out = d / "out.parquet"
+        args = ["compose", "-i", d / "images.h5", "-a", d / "acts.h5", "-t", d / "text.h5", "-p", "top_k=5",
+                "--layers", "layer1", "--select", select, "--margin", margin, "--holdout", holdout,
+                "--calibration", calibration, "--depth", depth, "-o", out]
+        return args, out, A.read_parquet_metadata
+
+    _run_in_copy(base, build)
+
+
+@NEW
+@given(k=st.sampled_from([1, 2, 3, 3, 0, 500]), method=st.sampled_from(["pca", "pca", "nmf", "nmf", "svd"]),
+       layer=st.sampled_from(["layer1", "layer1", "fc", "nope", "layer1@x"]), max_iter=st.sampled_from([1, 5, 300]),
+       out=st.sampled_from(["d.safetensors"] * 4 + ["d.npy", "acts.h5", "no/such/d.safetensors", "-"]))
+def test_fuzz_decompose(annotated, k, method, layer, max_iter, out):
+    base, _ = annotated
+
+    def build(d):
+        o = Path("-") if out == "-" else d / out
+        args = ["decompose", d / "acts.h5", "--layer", layer, "--k", k, "--method", method, "--max-iter", max_iter,
+                "-o", o]
+        return args, (None if out == "-" else o), A.read_directions_metadata
+
+    _run_in_copy(base, build)
+
+
+_LABEL_HEADERS = ["layer,unit,description,similarity", "layer,unit,description", "unit,description",
+                  "unit,category,label,score", "layer,unit,val correlation,weight0,concept0,bias", "layer,unit",
+                  "id,concept", "a,b,c"]
+
+
+@NEW
+@given(header=st.sampled_from(_LABEL_HEADERS),
+       rows=st.lists(st.tuples(st.sampled_from(["fc", "layer1", "nope", ""]),
+                               st.sampled_from(["0", "1", "9", "10", "-1", "x", "1.5", ""]),
+                               st.one_of(st.sampled_from(_WORDS + ["", "red, round", '"quoted"']), st.text(max_size=5)),
+                               st.sampled_from(["0.3", "", "nan", "x", "1e309"])), max_size=12),
+       command=st.sampled_from(["show", "info", "simulate"]))
+def test_fuzz_label_csvs(annotated, header, rows, command):
+    """Other methods' label CSVs (CLIP-Dissect, MILAN, NetDissect tallies, Linear Explanations) as users edit them."""
+    import csv
+    import io
+
+    base, _ = annotated
+
+    def build(d):
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        cols = header.split(",")
+        w.writerow(cols)
+        for r in rows:
+            w.writerow((list(r) + ["0.5", "red", "0.1"])[: len(cols)])
+        path = d / "labels_fc.csv"
+        path.write_text(buf.getvalue())
+        if command == "simulate":
+            out = d / "sim.parquet"
+            return (["evaluate", "simulate", path, "-a", d / "acts.h5", "--annotations", d / "ann.csv", "-o", out],
+                    out, A.read_parquet_metadata)
+        return [command, path], None, None
+
+    _run_in_copy(base, build)
+
+
+def _directions_file(d: Path, kind: str) -> str:
+    """A directions SPEC of ``kind`` for layer1 of timm:test_resnet (32 channels)."""
+    import json as _json
+
+    import torch
+    from safetensors.torch import save_file
+
+    c = 32  # timm:test_resnet's layer1 has 32 channels
+    if kind.startswith("npy:"):
+        shape, dtype = kind[4:].split("/")
+        dtype, _, nan = dtype.partition("-")
+        arr = np.ones(tuple(int(s) for s in shape.split("x")), dtype=dtype) if shape else np.float32(1)
+        if nan:
+            arr = arr * np.nan
+        np.save(d / "dirs.npy", arr)
+        return str(d / "dirs.npy")
+    if kind.startswith("sae:"):
+        cfg = _json.loads(kind[4:])
+        folder = d / "sae"
+        folder.mkdir()
+        k = int(cfg.pop("_k", 8))
+        save_file({"W_enc": torch.randn(c, k), "b_enc": torch.zeros(k), "b_dec": torch.zeros(c),
+                   "threshold": torch.zeros(k), "W_dec": torch.randn(k, c)}, str(folder / "sae_weights.safetensors"))
+        (folder / "cfg.json").write_text(_json.dumps(cfg))
+        return str(folder)
+    if kind.startswith("py:"):
+        (d / "m.py").write_text("import torch\nimport sys\n" + kind[3:].replace(";", "\n") + "\n")
+        return f"{d / 'm.py'}:f"
+    return kind  # a spec string as typed
+
+
+_DIRECTION_KINDS = [
+    "npy:8x32/float32", "npy:8x32/float32", "npy:8x31/float32", "npy:32/float32", "npy:0x32/float32",
+    "npy:8x32/int64", "npy:8x32/float32-nan", "npy:/float32",
+    'sae:{"architecture": "standard"}', 'sae:{"architecture": "topk", "k": 3}', 'sae:{"architecture": "topk"}',
+    'sae:{"architecture": "jumprelu"}', 'sae:{"architecture": "gated"}', 'sae:{"d_in": 5}', 'sae:{"_k": 0}',
+    'sae:{"normalize_activations": "layer_norm"}', 'sae:{"activation_fn_kwargs": {"k": "x"}, "architecture": "topk"}',
+    "py:def f():;    return torch.nn.Linear(32, 4)", "py:def f():;    return 3", "py:def f():;    sys.exit(0)",
+    "py:sys.exit(3);def f():;    return None", "py:def f():;    raise KeyError('x')",
+    "py:class M(torch.nn.Module):;    def forward(self, x):;        return x[..., :2].long();def f():;    return M()",
+    "nope.npy", "x.py:f", "", ":", "#", "dirs.npy#nope",
+]
+
+
+@NEW
+@given(kind=st.sampled_from(_DIRECTION_KINDS), name=st.sampled_from(["layer1"] * 3 + ["layer1@d"] * 3 + ["layer1@", "nope", "@x", ""]),
+       summary=st.sampled_from([None, None, "max", "mean", "cls", "median"]), dtype=st.sampled_from([None, "float16", "int8"]))
+def test_fuzz_directions_specs(annotated, kind, name, summary, dtype):
+    """record --directions with every SPEC form, right and wrong, and the options that go with it."""
+    base, _ = annotated
+
+    def build(d):
+        spec = _directions_file(d, kind)
+        out = d / "dirs-acts.h5"
+        args = ["record", d / "probe", *TIMM, "--layers", "fc", "--directions", f"{name}={spec}", "-o", out,
+                "--workers", 0]
+        args += (["--directions-summary", summary] if summary else []) + (["--directions-dtype", dtype] if dtype else [])
+        return args, out, A.read_activations
+
+    _run_in_copy(base, build)
