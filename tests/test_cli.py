@@ -314,7 +314,7 @@ def test_record_refuses_to_mix_models_in_one_file(artifacts, tmp_path, probe_dir
     out = tmp_path / "acts.h5"
     shutil.copy(artifacts / "activations.h5", out)
     r = invoke("record", probe_dir, "--model", "timm:test_vit", "--weights", "none", "--layers", "blocks.0", "-o", out, ok=False)
-    assert_one_line_error(r, "another model")
+    assert_one_line_error(r, "other inputs: model timm:test_resnet -> timm:test_vit")
 
 
 def test_run_reuses_everything_on_second_call(tmp_path, tiny_clip, probe_dir, monkeypatch):
