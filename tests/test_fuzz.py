@@ -280,15 +280,20 @@ _OUTPUTS = {"label": ("out.parquet", A.read_labels_metadata), "compose": ("out.p
             "compose-labels": ("out.parquet", A.read_parquet_metadata), "merge": ("merged.h5", A.sniff)}
 
 
+def _copy_world(base: Path, d: Path) -> Path:
+    """The crafted world's files copied into ``d`` (its probe linked): commands may damage the copies only."""
+    for p in base.iterdir():
+        if p.is_file():
+            shutil.copy(p, d / p.name)
+    (d / "probe").symlink_to(base / "probe")
+    return d
+
+
 def _run_crafted(base: Path, command: str, target: str, mutations: list[tuple]) -> None:
     from hypothesis import reject
 
     with tempfile.TemporaryDirectory() as d:
-        d = Path(d)
-        for p in base.iterdir():
-            if p.is_file():
-                shutil.copy(p, d / p.name)
-        (d / "probe").symlink_to(base / "probe")
+        d = _copy_world(base, Path(d))
         try:
             for m in mutations:
                 crafted.apply(d / target, m)
@@ -384,11 +389,7 @@ def _write_annotations(d: Path, base: Path, text) -> Path:
 def _run_in_copy(base: Path, build) -> None:
     """Run the command ``build(d)`` gives ([args], output, reader) in a copy of the crafted world; inputs untouched."""
     with tempfile.TemporaryDirectory() as d:
-        d = Path(d)
-        for p in base.iterdir():
-            if p.is_file():
-                shutil.copy(p, d / p.name)
-        (d / "probe").symlink_to(base / "probe")
+        d = _copy_world(base, Path(d))
         args, out, reader = build(d)
         inputs = {p: p.read_bytes() for p in d.iterdir() if p.is_file() and p != out}
         r = invoke(*args, ok=False)
