@@ -295,6 +295,12 @@ def load_sae(folder: Path) -> DirectionSet:
     if arch != "topk" and act not in ("relu", "tanh-relu"):
         raise UsageError(f"{folder}: activation {act!r} is not supported", hint="supported: relu, tanh-relu, topk")
     k_top = cfg.get("k", kwargs.get("k")) if arch == "topk" else None
+    rescale = cfg.get("rescale_acts_by_decoder_norm", False)
+    if not isinstance(rescale, bool):
+        raise ArtifactError(f"{cfg_path}: rescale_acts_by_decoder_norm is {rescale!r}, not true or false")
+    if rescale and arch != "topk":
+        raise UsageError(f"{folder}: rescale_acts_by_decoder_norm is defined for topk SAEs only, not {arch}",
+                         hint="fold the decoder norms into W_enc and b_enc, or wrap it as --directions LAYER=file.py:function")
     norm = str(cfg.get("normalize_activations", "none") or "none").lower()
     if norm not in SAE_NORMALIZERS:
         raise UsageError(f"{folder}: normalize_activations {norm!r} is not supported",
@@ -306,7 +312,8 @@ def load_sae(folder: Path) -> DirectionSet:
         sd = load_file(str(w_path))
     except Exception as e:
         raise ArtifactError(f"cannot read {w_path}: {(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
-    need = ["W_enc", "b_enc", "b_dec"] + (["threshold"] if arch == "jumprelu" and "log_threshold" not in sd else [])
+    need = ["W_enc", "b_enc", "b_dec"] + (["threshold"] if arch == "jumprelu" and "log_threshold" not in sd else []) \
+        + (["W_dec"] if rescale else [])
     missing = [n for n in need if n not in sd]
     if missing:
         raise ArtifactError(f"{w_path} has no {', '.join(missing)}", hint=f"it holds: {', '.join(sorted(sd))}")
@@ -332,14 +339,24 @@ def load_sae(folder: Path) -> DirectionSet:
                 or int(k_top) < 1 or int(k_top) != k_top:
             raise ArtifactError(f"{folder}: a topk SAE needs a whole k >= 1 in {SAE_CONFIG} ('k' or activation_fn_kwargs.k)")
         k_top = min(int(k_top), d_sae)
+    dec_norm = None
+    if rescale:  # SAELens 6.14+: a TopK SAE's pre-activations times each decoder row's norm (topk_sae.TopKSAE.encode)
+        W_dec = sd["W_dec"].to(torch.float32)
+        if tuple(W_dec.shape) != (d_sae, d_in):
+            raise ArtifactError(f"{w_path}: W_dec is {tuple(W_dec.shape)}, but W_enc {tuple(W_enc.shape)} needs {(d_sae, d_in)}")
+        dec_norm = W_dec.norm(dim=-1)
     enc = SAEEncoder(W_enc, sd["b_enc"].to(torch.float32), sd["b_dec"].to(torch.float32),
-                     apply_b_dec, arch, act, k_top, threshold, norm)
+                     apply_b_dec, arch, act, k_top, threshold, norm, dec_norm)
     for name, t in enc.state_dict().items():
         if not torch.isfinite(t).all():
             raise ArtifactError(f"{w_path}: {name} holds NaN or Inf")
     describe = {"folder": str(folder.resolve()), "architecture": arch, "activation": act, "k": k_top,
                 "apply_b_dec_to_input": enc.apply_b_dec, "normalize_activations": norm, "d_in": d_in, "d_sae": d_sae,
                 "hook_name": cfg.get("hook_name", cfg.get("hook_point", "")), "model_name": cfg.get("model_name", "")}
+    if rescale:  # only when set: the fingerprints of every other SAE stay what they were
+        describe["rescale_acts_by_decoder_norm"] = True
+    if norm == "layer_norm":  # entries recorded before it followed SAELens (a biased variance) are not reused
+        describe["layer_norm_std"] = "sample, + 1e-5"
     fp = _digest(["sae", {k: v for k, v in describe.items() if k not in ("folder", "hook_name", "model_name")},
                   *(t.numpy().tobytes() for t in enc.state_dict().values())])
     return DirectionSet("sae", str(folder), enc, d_sae, d_in, fp, describe)
@@ -437,8 +454,9 @@ def _constant_norm_rescale(x):
 
 
 def _layer_norm(x):
-    mu = x.mean(dim=-1, keepdim=True)
-    return (x - mu) / ((x - mu).pow(2).mean(dim=-1, keepdim=True) + 1e-5).sqrt()
+    """SAELens's run_time_activation_ln_in: centred, divided by the sample (n - 1) standard deviation plus 1e-5."""
+    xc = x - x.mean(dim=-1, keepdim=True)
+    return xc / (xc.std(dim=-1, keepdim=True) + 1e-5)
 
 
 #: SAELens's ``normalize_activations``: how an input is normalised per position before encoding.
@@ -471,12 +489,14 @@ class SAEEncoder(_module_base()):
 
     standard: act((x − b_dec·apply) W_enc + b_enc); jumprelu: the same times
     [pre > threshold]; topk: the k largest pre-activations per position, through ReLU,
-    the rest 0. Inputs are first normalised per position when the SAE says so. The
+    the rest 0 (with ``rescale_acts_by_decoder_norm``, the pre-activations are first
+    multiplied by each decoder row's norm, as SAELens 6.14+ does). Inputs are first normalised per position when the SAE says so. The
     architecture's encode and the normalisation are chosen once, here (``SAE_ENCODES``,
     ``SAE_NORMALIZERS``).
     """
 
-    def __init__(self, W_enc, b_enc, b_dec, apply_b_dec: bool, arch: str, act: str, k: int | None, threshold, norm: str):
+    def __init__(self, W_enc, b_enc, b_dec, apply_b_dec: bool, arch: str, act: str, k: int | None, threshold, norm: str,
+                 dec_norm=None):
         import torch
 
         super().__init__()
@@ -484,6 +504,8 @@ class SAEEncoder(_module_base()):
         self.register_buffer("b_enc", b_enc.contiguous())
         self.register_buffer("b_dec", b_dec.contiguous())
         self.register_buffer("threshold", threshold.contiguous() if threshold is not None else torch.zeros(0))
+        # registered only when used: other SAEs' state (and so their fingerprints) stay what they were
+        self.register_buffer("dec_norm", dec_norm.contiguous() if dec_norm is not None else None)
         self.apply_b_dec, self.arch, self.act, self.k, self.norm = apply_b_dec, arch, act, k, norm
         self._normalise, self._encode = SAE_NORMALIZERS[norm], SAE_ENCODES[arch]
 
@@ -492,6 +514,8 @@ class SAEEncoder(_module_base()):
         if self.apply_b_dec:
             x = x - self.b_dec.to(x.dtype)
         pre = x @ self.W_enc.to(x.dtype) + self.b_enc.to(x.dtype)
+        if self.dec_norm is not None:
+            pre = pre * self.dec_norm.to(x.dtype)
         return self._encode(self, pre)
 
 

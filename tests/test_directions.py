@@ -57,11 +57,11 @@ def fc_weights():
     return sd["fc.weight"].float(), sd["fc.bias"].float()
 
 
-def write_sae(folder: Path, W_enc, b_enc, b_dec, cfg: dict, threshold=None, log_threshold=False) -> Path:
+def write_sae(folder: Path, W_enc, b_enc, b_dec, cfg: dict, threshold=None, log_threshold=False, W_dec=None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     d_in, d_sae = W_enc.shape
     tensors = {"W_enc": W_enc.contiguous(), "b_enc": b_enc.contiguous(), "b_dec": b_dec.contiguous(),
-               "W_dec": W_enc.T.contiguous()}
+               "W_dec": (W_enc.T if W_dec is None else W_dec).contiguous()}
     if threshold is not None:
         tensors["log_threshold" if log_threshold else "threshold"] = (threshold.log() if log_threshold else threshold).contiguous()
     save_file(tensors, str(folder / "sae_weights.safetensors"))
@@ -70,15 +70,19 @@ def write_sae(folder: Path, W_enc, b_enc, b_dec, cfg: dict, threshold=None, log_
 
 
 def sae_reference(x, W_enc, b_enc, b_dec, arch="standard", act="relu", apply_b_dec=True, k=None, threshold=None,
-                  norm="none"):
-    """SAELens' encode in float64, from its definition."""
+                  norm="none", dec_norm=None):
+    """SAELens' encode in float64, written from its code (sae_lens/saes/sae.py, topk_sae.py, 6.18)."""
     x, W, be, bd = (torch.as_tensor(t, dtype=torch.float64) for t in (x, W_enc, b_enc, b_dec))
     if norm == "constant_norm_rescale":
         x = x * np.sqrt(x.shape[-1]) / x.norm(dim=-1, keepdim=True)
-    elif norm == "layer_norm":
-        mu = x.mean(-1, keepdim=True)
-        x = (x - mu) / ((x - mu).pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()
+    elif norm == "layer_norm":  # run_time_activation_ln_in: the sample (n - 1) standard deviation, plus eps
+        n = x.shape[-1]
+        xc = x - x.sum(-1, keepdim=True) / n
+        std = (xc.pow(2).sum(-1, keepdim=True) / (n - 1)).sqrt()
+        x = xc / (std + 1e-5)
     pre = (x - bd * apply_b_dec) @ W + be
+    if dec_norm is not None:  # TopK with rescale_acts_by_decoder_norm: pre-activations times ||W_dec[j]||
+        pre = pre * torch.as_tensor(dec_norm, dtype=torch.float64)
     if arch == "topk":
         out = torch.zeros_like(pre)
         for idx in np.ndindex(*pre.shape[:-1]):
@@ -240,6 +244,10 @@ SAE_CASES = {
     "jumprelu-log-threshold": dict(cfg={"architecture": "jumprelu"}, ref={"arch": "jumprelu"}, threshold=True, log=True),
     "constant-norm-rescale": dict(cfg={"normalize_activations": "constant_norm_rescale"}, ref={"norm": "constant_norm_rescale"}),
     "layer-norm": dict(cfg={"normalize_activations": "layer_norm"}, ref={"norm": "layer_norm"}),
+    "topk-rescaled-by-decoder-norm": dict(cfg={"architecture": "topk", "k": 3, "rescale_acts_by_decoder_norm": True},
+                                          ref={"arch": "topk", "k": 3}, W_dec=True),
+    "topk-not-rescaled": dict(cfg={"architecture": "topk", "k": 3, "rescale_acts_by_decoder_norm": False},
+                              ref={"arch": "topk", "k": 3}, W_dec=True),
 }
 
 
@@ -249,11 +257,16 @@ def test_every_sae_architecture_encodes_as_saelens_defines_it(case, tmp_path):
     g = torch.Generator().manual_seed(3)
     W_enc, b_enc, b_dec = torch.randn(C, K, generator=g), torch.randn(K, generator=g) * 0.3, torch.randn(C, generator=g) * 0.5
     threshold = torch.rand(K, generator=g) * 0.5 + 0.05 if c.get("threshold") else None
-    folder = write_sae(tmp_path / case, W_enc, b_enc, b_dec, c["cfg"], threshold, c.get("log", False))
+    # decoder rows of norms far from 1 (0.2 to 3), as SAEs trained with rescale_acts_by_decoder_norm have
+    W_dec = torch.randn(K, C, generator=g) * torch.linspace(0.2, 3, K, dtype=torch.float32)[:, None] / C ** 0.5 \
+        if c.get("W_dec") else None
+    folder = write_sae(tmp_path / case, W_enc, b_enc, b_dec, c["cfg"], threshold, c.get("log", False), W_dec)
     ds = D.load(str(folder), channels=C)
     assert (ds.kind, ds.k, ds.c, ds.default_summary) == ("sae", K, C, "max")
     x = _x()
-    ref = sae_reference(x, W_enc, b_enc, b_dec, threshold=threshold, **c["ref"])
+    rescaled = c["cfg"].get("rescale_acts_by_decoder_norm")
+    ref = sae_reference(x, W_enc, b_enc, b_dec, threshold=threshold, dec_norm=W_dec.norm(dim=-1) if rescaled else None,
+                        **c["ref"])
     torch.testing.assert_close(ds.module(x).double(), ref, atol=1e-4, rtol=1e-4)
     assert (ref > 0).any() and (ref == 0).any()  # the activation did cut something and pass something
 
@@ -425,6 +438,10 @@ def _bad_specs(tmp_path):
     (tmp_path / "wrong.py").write_text("import torch\ndef f():\n    return torch.nn.Flatten(0)\n")
     (tmp_path / "boom.py").write_text("def f():\n    raise RuntimeError('no')\n")
     write_sae(tmp_path / "sae0", torch.zeros(96, 0), torch.zeros(0), torch.zeros(96), {})
+    write_sae(tmp_path / "rescale_std", torch.zeros(96, 4), torch.zeros(4), torch.zeros(96),
+              {"rescale_acts_by_decoder_norm": True})
+    write_sae(tmp_path / "rescale_str", torch.zeros(96, 4), torch.zeros(4), torch.zeros(96),
+              {"architecture": "topk", "k": 2, "rescale_acts_by_decoder_norm": "yes"})
     (tmp_path / "zero.py").write_text("import torch\ndef f():\n    return torch.nn.Linear(96, 0)\n")
     module = "import torch\nclass M(torch.nn.Module):\n    def forward(self, x):\n        {}\ndef f():\n    return M()\n"
     # The probe call is [2, 3, C]; the model's real batches are [N, P, C] with N != 2 here.
@@ -455,6 +472,8 @@ def _bad_specs(tmp_path):
         "a module that fails": (f"layer4={tmp_path / 'boom.py'}:f", "RuntimeError"),
         "no layer": ("=x.npy", "LAYER=SPEC"),
         "an SAE with no latents": (f"layer4={tmp_path / 'sae0'}", "0 units"),
+        "decoder-norm rescaling of a standard SAE": (f"layer4={tmp_path / 'rescale_std'}", "topk SAEs only"),
+        "decoder-norm rescaling not a boolean": (f"layer4={tmp_path / 'rescale_str'}", "rescale_acts_by_decoder_norm"),
         "a module with no outputs": (f"layer4={tmp_path / 'zero.py'}:f", "0 units"),
         "a module whose width changes on real batches": (f"layer4={tmp_path / 'shifty.py'}:f", "4 units"),
         "a module that fails on real batches": (f"layer4={tmp_path / 'late.py'}:f", "bad batch"),
