@@ -272,8 +272,15 @@ def _candidates(ctx: _Composing, name: str, q) -> list[list[int]]:
             raise UsageError(f"{ctx.labels} was made with other concepts ({missing[0]!r} is not in the concept set)",
                              hint="pass the --text/--concepts it was labelled with")
         cand.append([concept_pos[c] for c in names[:k]])
-    if min(len(c) for c in cand) < 2:
+    have = min(len(c) for c in cand)
+    if have < 2:
         raise UsageError(f"{ctx.labels} keeps fewer than 2 candidates per unit", hint="relabel with --top 10")
+    if have < k and (ctx.settings.procedure == "paper" or ctx.settings.top_k is not None):
+        # the paper's procedure (or an explicit --top-k) on fewer candidates is another computation: say so
+        what = "--procedure paper takes" if ctx.settings.top_k is None else f"--top-k {ctx.settings.top_k} asks for"
+        raise UsageError(f"{what} each unit's top {k} candidates, but {ctx.labels} keeps {have}",
+                         hint=f"relabel with `dissect label --top {k}`, or leave out --labels (compose then scores "
+                              "the candidates itself)")
     return cand
 
 

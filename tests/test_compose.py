@@ -151,3 +151,19 @@ def test_run_with_compose_loads_clip_once(tmp_path, tiny_clip, probe_dir, monkey
         params={"top_k": 5}, compose=True, compose_top_k=3, top=3, device="cpu", workers=0)
     assert (tmp_path / "run" / "composed.parquet").exists()
     assert len(loads) == 1, loads
+
+
+def test_the_papers_procedure_refuses_labels_that_keep_fewer_candidates_than_it_takes(planted, tmp_path):
+    """Issue #25: `compose --labels L --procedure paper` took the 5 candidates `label` stores by default instead of
+    the notebook's 100 (20 pairs instead of 9,900), with no warning."""
+    out, d = planted
+    labels = tmp_path / "labels.parquet"
+    common = ["-i", out / "images.h5", "-a", d / "acts.h5", "-t", d / "words.h5"]
+    invoke("label", *common, "-o", labels)  # the default: 5 candidates per unit
+    base = ["compose", *common, "--labels", labels, "-o", tmp_path / "c.parquet"]
+    takes = min(100, len((d / "words.txt").read_text().split("\n")) - 1)  # the notebook's 100, or every concept
+    assert_one_line_error(invoke(*base, "--procedure", "paper", ok=False), "keeps 5", f"dissect label --top {takes}")
+    assert_one_line_error(invoke(*base, "--top-k", 8, ok=False), "--top-k 8", "dissect label --top 8")
+    assert not (tmp_path / "c.parquet").exists()
+    invoke(*base)  # the pairs procedure takes what the labels keep, as documented
+    assert (tmp_path / "c.parquet").exists()
