@@ -85,7 +85,8 @@ _SIMULATE = [("labels", "string"), ("method", "string"), ("layer", "string"), ("
              ("presence", "string"), ("reason", "string")]
 _SANITY = [("setting", "string"), ("scorer", "string"), ("kind", "string"), ("repetitions", "int32"),
            ("missing_rate", "float64"), ("extra_rate", "float64"), ("missing_pass", "bool"), ("extra_pass", "bool"),
-           ("cases", "list<string>"), ("missing_rates", "list<float64>"), ("extra_rates", "list<float64>"),
+           ("missing_rate_mean", "float64"), ("extra_rate_mean", "float64"), ("missing_rate_min", "float64"),
+           ("extra_rate_min", "float64"), ("cases", "list<string>"), ("missing_rates", "list<float64>"), ("extra_rates", "list<float64>"),
            ("missing_mean_diff", "list<float64>"), ("extra_mean_diff", "list<float64>")]
 
 #: Every Parquet kind. Composed labels guarantee fewer columns than they write (files of dissect 0.2 lack the
