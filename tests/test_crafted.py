@@ -235,6 +235,7 @@ def _dissect(*args) -> list[str]:
     return [sys.executable, "-m", "dissect.cli.main", *map(str, args)]
 
 
+@pytest.mark.slow  # 13 s; test_reliability's Ctrl-C/SIGTERM tests cover interruption in the default run
 def test_sigterm_after_finished_chunks_says_they_are_kept_and_the_rerun_resumes(tmp_path, tiny_clip):
     probe = make_images(tmp_path / "probe", 300, size=48)
     out = tmp_path / "i.h5"

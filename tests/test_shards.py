@@ -124,7 +124,8 @@ def _kill_after_chunks(args: list[str], env: dict, partial: Path, chunks: int) -
     return len(list(partial.glob("chunk-*.npz")))
 
 
-@pytest.mark.parametrize("command", [pytest.param("embed-images", marks=pytest.mark.slow), "record"])
+@pytest.mark.slow  # 13 s a command; the resume path is covered in the default run by test_reliability
+@pytest.mark.parametrize("command", ["embed-images", "record"])
 def test_sigkill_then_rerun_continues_from_the_last_chunk(tmp_path, tiny_clip, command):
     probe = make_images(tmp_path / "probe", 120, seed=2, size=48)
     out = tmp_path / "out.h5"
