@@ -34,7 +34,8 @@ def report(
 ):
     """An HTML report: one card per neuron with its label, alternatives and most activating images."""
     from dissect.errors import UsageError
-    from dissect.report import ReportExtras, ReportSettings, build_report, find_run
+    from dissect.artifacts import find_run
+    from dissect.report import ReportExtras, ReportSettings, build_report
 
     if run_dir is not None:
         found = find_run(run_dir)

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import artifacts as A
-from .artifacts.external import ANNOTATIONS_KIND, csv_kind
-from .artifacts.hdf5 import is_hdf5
+from .artifacts.external import ANNOTATIONS_KIND, csv_kind, is_annotations_parquet
 from .errors import ArtifactError
 
 
@@ -48,19 +47,9 @@ def kind_of(path: str | os.PathLike) -> str:
         return JSON_FILE
     if suffix == ".csv":
         return csv_kind(p)
-    if suffix in (".parquet", ".pq") and not is_hdf5(p) and _is_annotations_parquet(p):
+    if suffix in (".parquet", ".pq") and is_annotations_parquet(p):
         return ANNOTATIONS
     return A.sniff(p)
-
-
-def _is_annotations_parquet(p: Path) -> bool:
-    import pyarrow.parquet as pq
-
-    try:
-        schema = pq.read_schema(p)
-    except Exception:
-        return False
-    return {"id", "concept"} <= set(schema.names) and b"dissect" not in (schema.metadata or {})
 
 
 def describe(path: str | os.PathLike) -> dict[str, Any]:
@@ -108,15 +97,8 @@ def annotation_counts(ann) -> dict[str, int]:
 
 
 def _describe_directions(path: Path) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    meta = {k: _loads(v) for k, v in A.read_directions_metadata(path).items()}
-    A.note_inputs(path)
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            tensors = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as e:
-        raise ArtifactError(f"cannot read {path}: {(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
+    raw, tensors = A.read_directions_header(path)
+    meta = {k: _loads(v) for k, v in raw.items()}
     d: dict[str, Any] = {"format": meta.pop("format", "safetensors (no dissect header)"),
                          "version": meta.pop("version", ""), "tensors": tensors}
     prov = meta.pop("provenance", {})
@@ -213,7 +195,6 @@ def _describe_parquet(path: Path) -> dict[str, Any]:
     d: dict[str, Any] = {"format": meta["format"], "version": meta["version"], "rows": A.parquet_rows(path)}
     if table is not None:
         layers = table.column("layer").to_pylist()
-        d["rows"] = len(layers)
         d["layers"] = {name: layers.count(name) for name in dict.fromkeys(layers)}
     for k in ("similarity", "params", "top", "clip", "model", "weights", "template", "depth"):
         if k in meta:

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from . import artifacts as A
-from .artifacts import find_run  # noqa: F401  (the report's entry for run folders)
 from .errors import InputError, MismatchError, UsageError
 from .models import TargetSpec
 from .runtime import note, progress

@@ -29,4 +29,4 @@ from .sniff import sniff
 from .tables import (COMPOSED_COLUMNS, KINDS, column_names, LABEL_COLUMNS, composed_schema, labels_schema, parquet_rows, read_labels_metadata,
                      read_parquet_metadata, read_table, summary_path_of, table_of, write_labels, write_parquet,
                      write_table)
-from .tensors import read_directions_metadata, write_directions
+from .tensors import read_directions_header, read_directions_metadata, write_directions

@@ -188,8 +188,20 @@ def _read_parquet_labels(p: Path, composed: str) -> LabelFile:
                      table.column("similarity").to_pylist(), meta, parts)
 
 
-#: The kind ``csv_kind`` gives per-image annotations (id, concept[, value]).
+#: The kind ``csv_kind`` gives per-image annotations (id, concept[, value]), and the columns that tell them apart.
 ANNOTATIONS_KIND = "annotations"
+ANNOTATION_COLUMNS = {"id", "concept"}
+
+
+def is_annotations_parquet(path: str | os.PathLike) -> bool:
+    """Whether a Parquet file is per-image annotations (columns id and concept, no dissect metadata)."""
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except Exception:  # not Parquet at all (pyarrow raises several types)
+        return False
+    return ANNOTATION_COLUMNS <= set(schema.names) and b"dissect" not in (schema.metadata or {})
 
 
 def csv_kind(path: str | os.PathLike) -> str:
@@ -202,7 +214,7 @@ def csv_kind(path: str | os.PathLike) -> str:
             header = {(h or "").strip() for h in next(csv.reader(f), [])}
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise InputError(f"cannot read {p} as CSV: {e}") from None
-    if {"id", "concept"} <= header:
+    if ANNOTATION_COLUMNS <= header:
         return ANNOTATIONS_KIND
     kind = next((k for k, lay in CSV_LAYOUTS.items() if lay.detect(header)), None)
     if kind is None:

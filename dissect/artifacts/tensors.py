@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError
-from .files import atomic_path
+from .files import atomic_path, note_inputs
 from .formats import DIRECTIONS_FORMAT, FORMAT_VERSION
 
 
@@ -28,13 +28,19 @@ def write_directions(path: str | os.PathLike, tensors: dict[str, np.ndarray], me
     return Path(path)
 
 
-def read_directions_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The header metadata of a safetensors file ({} when it has none)."""
+def read_directions_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, list[int]]]:
+    """The header of a safetensors file, in one read: its metadata ({} when it has none) and each tensor's shape."""
     from safetensors import safe_open
 
+    note_inputs(path)
     try:
         with safe_open(str(path), framework="numpy") as f:
-            return dict(f.metadata() or {})
+            return dict(f.metadata() or {}), {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as e:
         raise ArtifactError(f"cannot read {path}: {(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
+
+
+def read_directions_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The header metadata of a safetensors file ({} when it has none)."""
+    return read_directions_header(path)[0]
 
