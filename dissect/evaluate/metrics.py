@@ -3,9 +3,9 @@
 Oikarinen, Yan & Weng, "Evaluating Neuron Explanations: A Unified Framework with Sanity
 Checks" (ICML 2025) write every evaluation as a similarity between two vectors over the
 scored images: the unit's activation ``a`` and the presence ``c`` of its explanation.
-Only five of the eighteen metrics in use pass their two sanity tests: correlation,
-cosine, AUPRC, F1 and IoU. They are here, with AUC, recall and precision for the
-sanity report (the last three fail a test: see :mod:`dissect.sanity`).
+All eighteen of its metrics are here (:data:`METRICS`, named after the functions of its
+code, Trustworthy-ML-Lab/Neuron_Eval ``metrics.py``). Five pass its two sanity tests:
+correlation, cosine, AUPRC, F1 and IoU (:data:`RELIABLE`; see :mod:`dissect.evaluate.sanity`).
 
 Every kernel takes ``acts`` [N, U] (U units on N images) and ``presence`` [N, U] (the
 presence in [0, 1] of unit u's explanation on the same images) and scores column u of
@@ -18,19 +18,33 @@ explanation the prediction:
 * a unit is *active* on the top-α fraction of the images: ``a >= v_k`` with ``v_k``
   its k-th largest activation, ``k = ceil(α N)`` (ties at the cutoff count as active);
 * a concept is *present* where ``c >= 0.5``;
-* recall = |active ∧ present| / |active|, precision = |active ∧ present| / |present|;
+* recall = |active ∧ present| / |active|, precision = |active ∧ present| / |present|,
+  accuracy = (TP + TN) / N, balanced accuracy = (TP/|active| + TN/|inactive|) / 2,
+  inverse balanced accuracy = (TP/|present| + TN/|absent|) / 2;
 * AUPRC is the average precision of ranking the images by ``c`` to retrieve the
-  active ones (a step function; tied presence values form one threshold);
-* AUC is the probability that an active image has higher presence than an inactive
-  one (ties count one half).
+  active ones (a step function; tied presence values form one threshold); AUC is the
+  probability that an active image has higher presence than an inactive one (ties one
+  half); the *inverse* ones swap the roles: the activation ranks the present images;
+* Spearman correlation is the Pearson correlation of the ranks; the *top-and-random*
+  correlations are taken on 25 of the unit's top 0.2% inputs and 25 inputs at random;
+* the WPMI *metric* is mean over active images of log max(c, 1e-8), minus λ log mean(c)
+  (not CLIP-Dissect's WPMI similarity function, :mod:`dissect.similarity`);
+* MAD is the mean activation where the concept is present minus where it is absent.
 
-Undefined values are NaN, never 0: correlation of a constant vector, cosine of a zero
-vector, precision of an explanation that is never present, AUC with no inactive image.
+Where the framework's code and dissect differ, on purpose (docs/FIDELITY.md):
+``conventions="dissect"`` (the default) gives NaN for an undefined value (a correlation
+with a constant, a precision with nothing present, an AUC without inactive images, a
+WPMI of a concept never present) and mid-ranks for ties, and the correlation is Pearson's
+r; ``conventions="neuron-eval"`` reproduces the reference code: its clamped denominators
+(0 where dissect says NaN, +inf for the WPMI of an absent concept), its tie-breaking noise
+(:func:`ranks`), its correlation r (N-1)/N, and, on binary activations, every active input
+in the top-and-random sample (what its ``*_binary`` functions do).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -38,10 +52,24 @@ import torch
 DEFAULT_ALPHA = 0.005
 #: Metrics that pass both sanity tests (the framework's result, and ours: dissect.sanity).
 RELIABLE = ("correlation", "cosine", "auprc", "f1", "iou")
-#: Every metric this module computes, in table order.
-METRICS = ("correlation", "cosine", "auprc", "f1", "iou", "auc", "recall", "precision")
-#: Metrics that look at the unit binarised at its top-α fraction.
-BINARISED = ("auprc", "f1", "iou", "auc", "recall", "precision")
+#: Every metric of the framework, in table order: the reliable five first.
+METRICS = ("correlation", "cosine", "auprc", "f1", "iou", "auc", "recall", "precision",
+           "accuracy", "balanced-accuracy", "inverse-balanced-accuracy", "inverse-auc", "inverse-auprc",
+           "spearman-correlation", "correlation-top-and-random", "spearman-correlation-top-and-random",
+           "wpmi", "mad")
+#: Metrics that look at the unit binarised at its top-α fraction (the framework tunes α for these).
+BINARISED = ("auprc", "f1", "iou", "auc", "recall", "precision", "accuracy", "balanced-accuracy",
+             "inverse-balanced-accuracy", "wpmi")
+#: Metrics that draw a random sample of inputs (seeded by the generator they are given).
+SAMPLED = ("correlation-top-and-random", "spearman-correlation-top-and-random")
+#: How undefined values and ties are treated: dissect's, or the reference code's (see the module docstring).
+CONVENTIONS = ("dissect", "neuron-eval")
+#: The framework's top-and-random sample: k of the unit's top α inputs and k inputs at random.
+TOP_AND_RANDOM_K = 25
+TOP_AND_RANDOM_ALPHA = 0.002
+#: The floor under a presence before its log in the WPMI metric, and the metric's default λ.
+WPMI_FLOOR = 1e-8
+WPMI_LAMBDA = 1.0
 
 
 def _f64(x: torch.Tensor) -> torch.Tensor:
@@ -102,9 +130,10 @@ def _counts(act: torch.Tensor, pres: torch.Tensor):
     return tp, a.sum(dim=0), p.sum(dim=0)
 
 
-def _div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+def _div(num: torch.Tensor, den: torch.Tensor, fill: float = math.nan) -> torch.Tensor:
+    """num / den, ``fill`` where den is 0 (NaN: undefined; 0: the reference code's clamped denominators)."""
     out = num / den.clamp_min(1e-300)
-    return torch.where(den > 0, out, torch.full_like(out, math.nan))
+    return torch.where(den > 0, out, torch.full_like(out, fill))
 
 
 def recall(acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = DEFAULT_ALPHA) -> torch.Tensor:
@@ -215,24 +244,203 @@ def _ranked_sparse(acts, act, presence, distinct, index, alpha):
     return ap, _div(u, n_pos * (n - n_pos))
 
 
-_FUNCTIONS = {"correlation": correlation, "cosine": cosine, "auprc": auprc, "f1": f1, "iou": iou, "auc": auc,
-              "recall": recall, "precision": precision}
+@dataclass
+class Options:
+    """What a metric needs beside its vectors: the ``conventions`` (:data:`CONVENTIONS`), the WPMI metric's
+    λ, and the generator of the sampled metrics and of random tie-breaking (a fixed seed when None)."""
+
+    conventions: str = "dissect"
+    lam: float = WPMI_LAMBDA
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if self.conventions not in CONVENTIONS:
+            raise ValueError(f"conventions must be one of {CONVENTIONS}, got {self.conventions!r}")
+
+    @property
+    def reference(self) -> bool:
+        return self.conventions == "neuron-eval"
+
+    @property
+    def fill(self) -> float:
+        """What an undefined ratio is: NaN, or 0 where the reference clamps its denominator."""
+        return 0.0 if self.reference else math.nan
+
+    def rng(self) -> torch.Generator:
+        if self.generator is None:
+            self.generator = torch.Generator().manual_seed(0)
+        return self.generator
 
 
-def metric(name: str, acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = DEFAULT_ALPHA) -> torch.Tensor:
-    """One metric by name (``METRICS``); ``alpha`` is used by the binarised ones."""
-    fn = _FUNCTIONS[name]
-    return fn(acts, presence, alpha) if name in BINARISED else fn(acts, presence)
+#: The reference's tie-breaking noise: ``1e-7 * U(0, 1)`` added to the float32 values before ranking.
+REFERENCE_TIE_NOISE = 1e-7
+
+
+def ranks(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[N, U] float64 0-based ascending ranks of each column of ``x``: tied values share their mean rank, or, with
+    a ``generator``, the reference code's tie-breaking: ``1e-7 * U(0, 1)`` added to the float32 values, then a
+    (stable) sort. Its docstring means a random order of the ties; in float32 the noise is below the spacing of
+    values near 1 (1.2e-7), so ties there stay partly ordered by position, as its results are."""
+    n = x.shape[0]
+    if generator is not None:
+        noise = torch.rand(x.shape, generator=generator, dtype=torch.float32).to(x.device)
+        order = torch.argsort(x.to(torch.float32) + REFERENCE_TIE_NOISE * noise, dim=0, stable=True)
+        pos = torch.arange(n, dtype=torch.float64, device=x.device).unsqueeze(1).expand(x.shape).contiguous()
+        return torch.empty(x.shape, dtype=torch.float64, device=x.device).scatter_(0, order, pos)
+    order, first, last = _sorted_groups(_f64(x))               # descending, [U, N]
+    mid = (n - 1) - (first + last).to(torch.float64) / 2       # the group's mean ascending rank
+    return torch.empty_like(mid).scatter_(1, order, mid).T
+
+
+def _pearson(a: torch.Tensor, c: torch.Tensor, o: Options) -> torch.Tensor:
+    """Column-wise correlation of two float64 [N, U]; the reference's is r (N-1)/N and 0 for a constant."""
+    if not o.reference:
+        return _correlation64(a, c)
+    r = _correlation64(a, c)
+    n = a.shape[0]
+    return torch.nan_to_num(r, nan=0.0) * ((n - 1) / n)
+
+
+def _accuracies(name: str, acts: torch.Tensor, presence: torch.Tensor, alpha: float | None, o: Options) -> torch.Tensor:
+    act, pres = active(acts, alpha), present(presence)
+    tp, n_act, n_pres = _counts(act, pres)
+    n = float(acts.shape[0])
+    tn = n - n_act - n_pres + tp
+    if name == "accuracy":
+        return (tp + tn) / n
+    if name == "balanced-accuracy":
+        return (_div(tp, n_act, o.fill) + _div(tn, n - n_act, o.fill)) / 2
+    return (_div(tp, n_pres, o.fill) + _div(tn, n - n_pres, o.fill)) / 2
+
+
+def _auc_from_ranks(target: torch.Tensor, r: torch.Tensor, o: Options) -> torch.Tensor:
+    """Mann-Whitney AUC of the binary ``target`` [N, U] under the 0-based ranks ``r`` [N, U]."""
+    t = _f64(target)
+    n_pos = t.sum(dim=0)
+    u = (t * r).sum(dim=0) - n_pos * (n_pos - 1) / 2
+    return _div(u, n_pos * (r.shape[0] - n_pos), o.fill)
+
+
+def _auc(acts, presence, alpha, o: Options) -> torch.Tensor:
+    if not o.reference:
+        return auc(acts, presence, alpha)
+    return _auc_from_ranks(active(acts, alpha), ranks(presence, o.rng()), o)
+
+
+def _inverse_auc(acts, presence, o: Options) -> torch.Tensor:
+    """The activation as a ranking of the images where the concept is present."""
+    if o.reference:
+        return _auc_from_ranks(present(presence), ranks(acts, o.rng()), o)
+    return _ranked(_f64(present(presence)), _sorted_groups(_f64(acts)))[1]
+
+
+def _inverse_auprc(acts, presence) -> torch.Tensor:
+    return _ranked(_f64(present(presence)), _sorted_groups(_f64(acts)))[0]
+
+
+def _spearman(acts, presence, o: Options) -> torch.Tensor:
+    g = o.rng() if o.reference else None
+    return _pearson(ranks(acts, g), ranks(presence, g), o)
+
+
+def _top_and_random_ids(a: torch.Tensor, alpha: float | None, o: Options) -> torch.Tensor:
+    """The framework's sample for one unit (``a`` [N]): up to k of its top inputs (the top 0.2%, or its active
+    inputs when ``alpha`` is None: all of them under the reference conventions) and k inputs at random."""
+    g, k, n = o.rng(), TOP_AND_RANDOM_K, a.shape[0]
+    if alpha is None:
+        top = torch.nonzero(a >= 0.5).flatten()
+        if not o.reference:
+            top = top[torch.randperm(top.numel(), generator=g)[:k].to(a.device)]
+    else:
+        n_top = min(n, math.ceil(TOP_AND_RANDOM_ALPHA * n))
+        top = torch.topk(a, n_top).indices
+        top = top[torch.randperm(n_top, generator=g)[:k].to(a.device)]
+    return torch.cat([top, torch.randperm(n, generator=g)[:k].to(a.device)])
+
+
+def _top_and_random(acts, presence, alpha, o: Options, spearman: bool) -> torch.Tensor:
+    a, c = _f64(acts), _f64(presence)
+    out = torch.empty(a.shape[1], dtype=torch.float64, device=a.device)
+    for u in range(a.shape[1]):
+        ids = _top_and_random_ids(a[:, u], alpha, o)
+        x, y = a[ids, u : u + 1], c[ids, u : u + 1]
+        out[u] = (_spearman(x, y, o) if spearman else _pearson(x, y, o))[0]
+    return out
+
+
+def _wpmi(acts, presence, alpha, o: Options) -> torch.Tensor:
+    act, c = _f64(active(acts, alpha)), _f64(presence)
+    n_act = act.sum(dim=0)
+    loglik = _div((act * torch.log(c.clamp_min(WPMI_FLOOR))).sum(dim=0), n_act, o.fill)
+    mean = c.mean(dim=0)
+    out = loglik - o.lam * torch.log(mean)           # log 0 = -inf for a concept never present
+    return out if o.reference else torch.where(mean > 0, out, torch.full_like(out, math.nan))
+
+
+def _mad(acts, presence, o: Options) -> torch.Tensor:
+    a, p = _f64(acts), _f64(present(presence))
+    n_p = p.sum(dim=0)
+    return _div((a * p).sum(dim=0), n_p, o.fill) - _div((a * (1 - p)).sum(dim=0), a.shape[0] - n_p, o.fill)
+
+
+def _binarised(fn):
+    return lambda a, c, alpha, o: fn(a, c, alpha)
+
+
+_FUNCTIONS = {
+    "correlation": lambda a, c, alpha, o: _pearson(_f64(a), _f64(c), o),
+    "cosine": lambda a, c, alpha, o: torch.nan_to_num(cosine(a, c), nan=0.0) if o.reference else cosine(a, c),
+    "auprc": _binarised(auprc), "f1": _binarised(f1), "iou": _binarised(iou), "recall": _binarised(recall),
+    "precision": lambda a, c, alpha, o: torch.nan_to_num(precision(a, c, alpha), nan=0.0) if o.reference
+    else precision(a, c, alpha),
+    "auc": _auc,
+    "accuracy": lambda a, c, alpha, o: _accuracies("accuracy", a, c, alpha, o),
+    "balanced-accuracy": lambda a, c, alpha, o: _accuracies("balanced-accuracy", a, c, alpha, o),
+    "inverse-balanced-accuracy": lambda a, c, alpha, o: _accuracies("inverse-balanced-accuracy", a, c, alpha, o),
+    "inverse-auc": lambda a, c, alpha, o: _inverse_auc(a, c, o),
+    "inverse-auprc": lambda a, c, alpha, o: _inverse_auprc(a, c),
+    "spearman-correlation": lambda a, c, alpha, o: _spearman(a, c, o),
+    "correlation-top-and-random": lambda a, c, alpha, o: _top_and_random(a, c, alpha, o, spearman=False),
+    "spearman-correlation-top-and-random": lambda a, c, alpha, o: _top_and_random(a, c, alpha, o, spearman=True),
+    "wpmi": _wpmi,
+    "mad": lambda a, c, alpha, o: _mad(a, c, o),
+}
+
+
+def metric(name: str, acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = DEFAULT_ALPHA,
+           options: Options | None = None) -> torch.Tensor:
+    """One metric by name (``METRICS``) of each unit against its explanation, ``(U,)`` float64. ``alpha``: the top
+    fraction of the binarised metrics (None: the activations are binary already); the top-and-random metrics take
+    the framework's own top fraction (0.002), or the active inputs when ``alpha`` is None."""
+    if name not in _FUNCTIONS:
+        raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
+    _check(acts, presence)
+    return _FUNCTIONS[name](acts, presence, alpha, options or Options())
+
+
+def pairwise(name: str, acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = DEFAULT_ALPHA,
+             options: Options | None = None) -> torch.Tensor:
+    """[U, M] float64: ``name`` of every unit of ``acts`` [N, U] against every concept of ``presence`` [N, M]
+    (what the framework computes to pick α and to measure a metric's spread)."""
+    if acts.ndim != 2 or presence.ndim != 2 or acts.shape[0] != presence.shape[0]:
+        raise ValueError(f"acts [N, U] and presence [N, M] must share N, got {tuple(acts.shape)} and {tuple(presence.shape)}")
+    o = options or Options()
+    u_count = acts.shape[1]
+    out = torch.empty((u_count, presence.shape[1]), dtype=torch.float64, device=acts.device)
+    for m in range(presence.shape[1]):
+        out[:, m] = metric(name, acts, presence[:, m : m + 1].expand(-1, u_count), alpha, o)
+    return out
 
 
 def score_all(acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = DEFAULT_ALPHA,
-              names: tuple[str, ...] = METRICS, index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+              names: tuple[str, ...] = METRICS, index: torch.Tensor | None = None,
+              options: Options | None = None) -> dict[str, torch.Tensor]:
     """Every metric of ``names`` for all units, each ``(U,)`` float64; the binarisation and the
-    sort by presence are computed once for all of them.
+    sort by presence are computed once for the ones that share them.
 
     ``index`` (U,): ``presence`` [N, L] holds each distinct explanation once and unit u's is
     column ``index[u]`` (units sharing a label share its sort)."""
-    groups = None
+    o = options or Options()
     distinct = None
     if index is not None:
         if presence.ndim != 2 or index.ndim != 1 or index.shape[0] != acts.shape[1]:
@@ -241,14 +449,15 @@ def score_all(acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = 
         presence = presence.index_select(1, index)
     _check(acts, presence)
     out: dict[str, torch.Tensor] = {}
-    if "correlation" in names or "cosine" in names:
+    shared = () if o.reference else ("correlation", "cosine", "recall", "precision", "f1", "iou", "auprc", "auc")
+    if "correlation" in names and "correlation" in shared or "cosine" in names and "cosine" in shared:
         a, c = _f64(acts), _f64(presence)   # converted once for both
         if "cosine" in names:
             out["cosine"] = _cosine64(a, c)
         if "correlation" in names:
             out["correlation"] = _correlation64(a, c)
         del a, c
-    if any(m in BINARISED for m in names):
+    if any(m in shared[2:] for m in names):
         act = active(acts, alpha)
         tp, n_act, n_pres = _counts(act, present(presence))
         counted = {"recall": lambda: _div(tp, n_act), "precision": lambda: _div(tp, n_pres),
@@ -257,11 +466,13 @@ def score_all(acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = 
             if m in counted:
                 out[m] = counted[m]()
         if "auprc" in names or "auc" in names:
-            sparse = _ranked_sparse(acts, act, presence, distinct, index, alpha) if groups is None else None
-            ap, roc = sparse if sparse is not None else \
-                _ranked(_f64(act), groups if groups is not None else _sorted_groups(_f64(presence)))
+            sparse = _ranked_sparse(acts, act, presence, distinct, index, alpha)
+            ap, roc = sparse if sparse is not None else _ranked(_f64(act), _sorted_groups(_f64(presence)))
             if "auprc" in names:
                 out["auprc"] = ap
             if "auc" in names:
                 out["auc"] = roc
+    for m in names:
+        if m not in out:
+            out[m] = metric(m, acts, presence, alpha, o)
     return {m: out[m] for m in names}

@@ -17,9 +17,17 @@ repetitions that decrease; a metric passes a test when its decrease rate is at l
 Two settings: the framework's synthetic one (:func:`synthetic`: unit = concept,
 binary, with activation frequencies 0.499 … 0.0001), and a user's own activations
 with annotated concepts (:func:`run`, given the pairs unit ↔ concept). Both the
-framework's metrics (:mod:`dissect.metrics`) and dissect's similarity functions
-(run on the presence matrix through :func:`dissect.similarity.from_presence`) go
-through the same tests.
+framework's eighteen metrics (:mod:`dissect.evaluate.metrics`) and dissect's similarity
+functions (run on the presence matrix through :func:`dissect.similarity.from_presence`)
+go through the same tests.
+
+In the synthetic setting the metrics see the framework's binary activations. The
+similarity functions see the concept indicator plus a small continuous noise
+(:data:`SYNTHETIC_NOISE`): on binary activations every unit's top inputs are ties broken
+by index, the same first inputs for all units, so SoftWPMI's and WPMI's λ log p(t) term
+cancels their score exactly (identically 0) and rank reorder sees no order. With the
+noise there are no ties: a unit's active inputs still rank above all of its inactive
+ones, in a random order of its own.
 """
 
 from __future__ import annotations
@@ -37,8 +45,12 @@ PASS_RATE = 0.9
 #: The framework's synthetic activation frequencies γ.
 FREQUENCIES = (0.499, 0.1, 0.01, 0.001, 0.0001)
 #: Known ranges (min, max) of the framework metrics; None: the spread of the values seen.
-RANGES = {"correlation": (-1.0, 1.0), "cosine": (-1.0, 1.0), "auprc": (0.0, 1.0), "f1": (0.0, 1.0),
-          "iou": (0.0, 1.0), "auc": (0.0, 1.0), "recall": (0.0, 1.0), "precision": (0.0, 1.0)}
+RANGES = {**{m: (0.0, 1.0) for m in ("auprc", "f1", "iou", "auc", "recall", "precision", "accuracy",
+                                      "balanced-accuracy", "inverse-balanced-accuracy", "inverse-auc", "inverse-auprc")},
+          **{m: (-1.0, 1.0) for m in ("correlation", "cosine", "spearman-correlation", "correlation-top-and-random",
+                                      "spearman-correlation-top-and-random")}}
+#: The synthetic activations of the similarity functions: indicator + uniform noise in [0, SYNTHETIC_NOISE).
+SYNTHETIC_NOISE = 1e-3
 TESTS = ("missing", "extra")
 
 
@@ -58,17 +70,28 @@ def extra_labels(c: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 @dataclass
 class Scorer:
-    """A metric (``kind`` 'metric') or a similarity function ('similarity') under test."""
+    """A metric (``kind`` 'metric') or a similarity function ('similarity') under test. A metric's ``params``:
+    ``lam``, the WPMI metric's λ; ``conventions`` (:data:`dissect.evaluate.metrics.CONVENTIONS`)."""
 
     name: str
     kind: str
     params: dict[str, Any] = field(default_factory=dict)
     alpha: float | None = M.DEFAULT_ALPHA
 
-    def matched(self, acts: torch.Tensor, presence: torch.Tensor, concept_of_unit: torch.Tensor) -> torch.Tensor:
-        """(U,) score of each unit against its own concept; for similarities also the full [U, M] matrix."""
+    def options(self, generator: torch.Generator | None = None) -> M.Options:
+        return M.Options(self.params.get("conventions", "dissect"), float(self.params.get("lam", M.WPMI_LAMBDA)),
+                         generator)
+
+    def matched(self, acts: torch.Tensor, presence: torch.Tensor, concept_of_unit: torch.Tensor,
+                options: M.Options | None = None, full: bool = False):
+        """(U,) score of each unit against its own concept, and the full [U, M] matrix of every unit against every
+        concept where it is needed (``full``: a metric without known bounds; a similarity always), else None."""
         if self.kind == "metric":
-            return M.metric(self.name, acts, presence[:, concept_of_unit], self.alpha), None
+            o = options or self.options()
+            if full and RANGES.get(self.name) is None:
+                sim = M.pairwise(self.name, acts, presence, self.alpha, o)
+                return sim[torch.arange(sim.shape[0], device=sim.device), concept_of_unit], sim
+            return M.metric(self.name, acts, presence[:, concept_of_unit], self.alpha, o), None
         from ..similarity import from_presence
 
         sim = from_presence(self.name, acts, presence, self.params)
@@ -101,22 +124,25 @@ def run(scorer: Scorer, acts: torch.Tensor, presence: torch.Tensor, concept_of_u
     """Both tests for ``scorer`` on units ``acts`` [N, U] whose right concepts are the columns
     ``concept_of_unit`` (U,) of the binary ``presence`` [N, M]. Deterministic in ``seed``."""
     g = torch.Generator(device="cpu").manual_seed(int(seed))
+    options = scorer.options(torch.Generator(device="cpu").manual_seed(int(seed) + 1))  # the sampled metrics' draws
     presence = (presence >= 0.5).to(torch.float32)
-    base, sim0 = scorer.matched(acts, presence, concept_of_unit)
     bounds = RANGES.get(scorer.name) if scorer.kind == "metric" else None
+    base, sim0 = scorer.matched(acts, presence, concept_of_unit, options, full=bounds is None)
     diffs: dict[str, list[torch.Tensor]] = {t: [] for t in TESTS}
     span = None if bounds is None else bounds[1] - bounds[0]
     for _ in range(int(repetitions)):
         perturbed = {"missing": missing_labels(presence.cpu(), g).to(presence.device),
                      "extra": extra_labels(presence.cpu(), g).to(presence.device)}
-        scores = {}
+        scores, seen = {}, []
         for t in TESTS:
-            scores[t], sim = scorer.matched(acts, perturbed[t], concept_of_unit)
-            if span is None and sim is not None:  # first repetition fixes the spread (the framework's run_test)
-                seen = torch.cat([sim0.flatten(), sim.flatten()])
-                seen = seen[torch.isfinite(seen)]
-                lo, hi = (float(seen.min()), float(seen.max())) if seen.numel() else (0.0, 1.0)
-                span = (hi - lo) or 1.0
+            scores[t], sim = scorer.matched(acts, perturbed[t], concept_of_unit, options, full=span is None)
+            if span is None and sim is not None:
+                seen.append(sim.flatten())
+        if span is None and seen:  # the first repetition fixes the spread: base, missing, extra (the framework's run_test)
+            values = torch.cat([sim0.flatten(), *seen])
+            values = values[torch.isfinite(values)]
+            lo, hi = (float(values.min()), float(values.max())) if values.numel() else (0.0, 1.0)
+            span = (hi - lo) or 1.0
         for t in TESTS:
             diffs[t].append((scores[t] - base) / (span or 1.0))
         if progress is not None:
@@ -130,32 +156,43 @@ def run(scorer: Scorer, acts: torch.Tensor, presence: torch.Tensor, concept_of_u
     return SanityResult(scorer.name, scorer.kind, labels, rates, mean_diff, int(repetitions))
 
 
-def synthetic_setting(n_inputs: int = 100_000, frequencies=FREQUENCIES, device="cpu"):
-    """The framework's synthetic units: unit i = concept i, active on the first γ_i·N inputs."""
+def synthetic_setting(n_inputs: int = 100_000, frequencies=FREQUENCIES, device="cpu", noise: float = 0.0,
+                      seed: int = 0):
+    """The framework's synthetic units: unit i = concept i, active on the first γ_i·N inputs; ``noise`` > 0 adds
+    uniform noise in [0, noise) to the activations (float64, drawn from ``seed``), which breaks their ties."""
     nums = [max(1, int(f * n_inputs)) for f in frequencies]
-    c = torch.zeros(n_inputs, len(frequencies), device=device)
+    c = torch.zeros(n_inputs, len(frequencies))
     for i, n in enumerate(nums):
         c[:n, i] = 1
-    return c.clone(), c, torch.arange(len(frequencies), device=device)
+    acts = c.clone()
+    if noise > 0:
+        g = torch.Generator().manual_seed(int(seed) + 2)
+        acts = acts.to(torch.float64) + noise * torch.rand(acts.shape, generator=g, dtype=torch.float64)
+    return acts.to(device), c.to(device), torch.arange(len(frequencies), device=device)
 
 
 def synthetic(scorer: Scorer, n_inputs: int = 100_000, repetitions: int = 100, seed: int = 0,
-              frequencies=FREQUENCIES, device="cpu", progress=None) -> SanityResult:
-    """Both tests on the framework's synthetic setting (activations are the binary concepts themselves).
+              frequencies=FREQUENCIES, device="cpu", progress=None, noise: float | None = None) -> SanityResult:
+    """Both tests on the framework's synthetic setting.
 
-    As in the framework, the binarised metrics are given the binary activation itself
-    (alpha = the share of active inputs is then exact: the reference passes ``alpha=False``).
+    As in the framework, the metrics are given the binary activation itself (the binarised ones
+    with ``alpha`` None: the share of active inputs is then exact; the reference passes
+    ``alpha=False``). The similarity functions get the indicator plus ``noise`` (default
+    :data:`SYNTHETIC_NOISE`; 0 gives them the binary activations too).
     """
-    acts, presence, right = synthetic_setting(n_inputs, frequencies, device)
+    if noise is None:
+        noise = 0.0 if scorer.kind == "metric" else SYNTHETIC_NOISE
+    acts, presence, right = synthetic_setting(n_inputs, frequencies, device, noise, seed)
     if scorer.kind == "metric":
-        scorer = Scorer(scorer.name, "metric", alpha=None)
+        scorer = Scorer(scorer.name, "metric", scorer.params, alpha=None)
     return run(scorer, acts, presence, right, repetitions, seed, [f"{f:g}" for f in frequencies], progress)
 
 
-def scorers(similarity_params: dict[str, dict[str, Any]] | None = None, alpha: float = M.DEFAULT_ALPHA) -> list[Scorer]:
+def scorers(similarity_params: dict[str, dict[str, Any]] | None = None, alpha: float = M.DEFAULT_ALPHA,
+            conventions: str = "dissect") -> list[Scorer]:
     """Every framework metric and every dissect similarity function, in report order."""
     from ..similarity import SIMILARITIES
 
-    out = [Scorer(m, "metric", alpha=alpha) for m in M.METRICS]
+    out = [Scorer(m, "metric", {"conventions": conventions}, alpha=alpha) for m in M.METRICS]
     out += [Scorer(s, "similarity", dict((similarity_params or {}).get(s, {}))) for s in SIMILARITIES]
     return out
