@@ -238,20 +238,24 @@ def simulate_cmd(
     class_names: O.ClassNames = None,
     superclasses: O.Superclasses = None,
     layer: Annotated[Optional[str], typer.Option("--layer", help="Score only this layer (names the layer of a file that holds one and does not say which, as NetDissect tallies; otherwise taken from the file name).")] = None,
-    alpha: Annotated[float, typer.Option("--alpha", help="Top fraction of images on which a unit counts as active (AUPRC, F1, IoU, AUC); the framework's default.")] = 0.005,
+    alpha: Annotated[float, typer.Option("--alpha", help="Top fraction of images on which a unit counts as active (the binarised metrics: AUPRC, F1, IoU, AUC, ...); the framework's default.")] = 0.005,
+    metrics: Annotated[str, typer.Option("--metrics", help="Metrics to write: 'all' (the framework's 18) or a comma-separated list; correlation always.")] = "all",
+    conventions: Annotated[str, typer.Option("--conventions", help="dissect (NaN where a metric is undefined, mid-ranks for ties) or neuron-eval (the reference code's; docs/FIDELITY.md).")] = "dissect",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampled metrics (the top-and-random correlations), per unit.")] = 0,
     calibration: O.Calibration = "mixture",
     max_memory: O.MaxMemory = O.DEFAULT_MAX_MEMORY,
     device: O.Device = "auto",
     composed: Annotated[str, typer.Option("--composed", help="How a composed label predicts: phrase (CLIP's presence of the composed text) or and (present where all its parts are: the product of their presences, as compose --select simulate reads it).")] = "phrase",
 ):
-    """Simulation scores: how well each label predicts its unit's activation on held-out images (correlation, cosine, AUPRC, F1, IoU)."""
+    """Simulation scores: how well each label predicts its unit's activation on held-out images (correlation, and every metric of the unified framework)."""
     from dissect.evaluate import simulate as stage
 
     if out is not None:
         _check_outputs(out, [*labels, activations, images, text,
                              annotations if annotations not in (None, "classes") else None])
     settings = stage.SimulateSettings(alpha=alpha, calibration=stage.parse_calibration(calibration), composed=composed,
-                                      class_names=class_names, superclasses=superclasses)
+                                      class_names=class_names, superclasses=superclasses,
+                                      metrics=stage.parse_metrics(metrics), conventions=conventions, seed=seed)
     sim = stage.simulate([str(p) for p in labels], activations, images=images, text=text, annotations=annotations,
                          layer=layer, settings=settings, compute=O.compute(device, max_memory))
     _print_simulation(sim)
@@ -295,19 +299,21 @@ def sanity_cmd(
     labels: Annotated[Optional[Path], typer.Option("--labels", help="labels.parquet pairing each unit with its concept [default: the annotated concept of highest IoU, the framework's choice].")] = None,
     layers: O.LayersOptional = None,
     repetitions: Annotated[int, typer.Option("--repetitions", "-R", min=1, help="Perturbations drawn per test.")] = 100,
-    n_inputs: Annotated[int, typer.Option("--n-inputs", min=100, help="Inputs of the synthetic setting (the framework: 500,000).")] = 100_000,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the perturbations.")] = 0,
-    alpha: Annotated[float, typer.Option("--alpha", help="Top fraction for the binarised metrics on real units.")] = 0.005,
+    n_inputs: Annotated[int, typer.Option("--n-inputs", min=100, help="Inputs of the synthetic setting (the framework: 500,000; the README shows the rates do not change).")] = 100_000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the perturbations, of the sampled metrics and of the validation units.")] = 0,
+    alpha: Annotated[str, typer.Option("--alpha", help="Top fraction for the binarised metrics on real units: a number, 'best' (chosen per metric on 5% of the units by validation AUPRC, the framework's procedure for final layers) or 'auto' ('best' on a layer recorded as the model's output, 0.005 elsewhere).")] = "auto",
+    conventions: Annotated[str, typer.Option("--conventions", help="dissect (NaN where a metric is undefined, mid-ranks for ties) or neuron-eval (the reference code's 0s, tie-breaking noise and binary top-and-random sample; docs/FIDELITY.md).")] = "dissect",
     no_synthetic: Annotated[bool, typer.Option("--no-synthetic", help="Skip the synthetic setting.")] = False,
 ):
     """The missing-labels and extra-labels sanity tests for every metric and every similarity function."""
     from dissect.evaluate import sanity_report as stage
 
+    settings = stage.SanitySettings(repetitions=repetitions, n_inputs=n_inputs, seed=seed, alpha=stage.parse_alpha(alpha),
+                                    conventions=conventions, synthetic=not no_synthetic)
     if out is not None:
         _check_outputs(out, [activations, labels, annotations if annotations not in (None, "classes") else None])
     rep = stage.run_report(activations=activations, annotations=annotations, labels=labels,
-                           layers=O.split_list(layers) or None, repetitions=repetitions, n_inputs=n_inputs, seed=seed,
-                           alpha=alpha, synthetic=not no_synthetic)
+                           layers=O.split_list(layers) or None, settings=settings)
     _print_sanity(rep)
     if out is not None:
         output.wrote(*stage.write_report(rep, out))
@@ -319,7 +325,9 @@ def _print_sanity(rep) -> None:
         for r in (r for r in rep.rows if r["setting"] == setting):
             verdict = "pass" if r["missing_pass"] and r["extra_pass"] else \
                 "fails " + " and ".join(t for t, ok in (("missing", r["missing_pass"]), ("extra", r["extra_pass"])) if not ok)
-            rows.append([r["scorer"], r["kind"], f"{r['missing_rate_mean']:.0%} / {r['missing_rate_min']:.0%}",
+            kind = r["kind"] if r["alpha_choice"] in (None, "fixed", "binary activations") else \
+                f"{r['kind']}, α {r['alpha']:g}" + (f" λ {r['lam']:g}" if r["lam"] is not None else "")
+            rows.append([r["scorer"], kind, f"{r['missing_rate_mean']:.0%} / {r['missing_rate_min']:.0%}",
                          f"{r['extra_rate_mean']:.0%} / {r['extra_rate_min']:.0%}", verdict])
         rule = "in every case" if setting.startswith("synthetic") else "over the units' draws"
         output.show(output.table(f"Sanity tests, {setting}: share of perturbations that lower the score, mean / min "

@@ -455,7 +455,8 @@ def _score_independently(result: Explanations, activations, score_images, settin
     for attr in ("layers", "units", "labels", "similarity", "parts", "part_weights"):
         setattr(lf, attr, [getattr(lf, attr)[i] for i in keep])
     sim = simulate([lf], activations, images=score_images,
-                   settings=SimulateSettings(calibration=settings.calibration or SimulateSettings().calibration),
+                   settings=SimulateSettings(calibration=settings.calibration or SimulateSettings().calibration,
+                                             metrics=("correlation",)),
                    compute=compute)
     scored = {(lay, u): r for lay, u, r in zip(sim.units["layer"], sim.units["unit"], sim.units["correlation"])}
     rows["correlation"] = [scored.get((lay, u), math.nan) for lay, u in zip(rows["layer"], rows["unit"])]

@@ -127,6 +127,7 @@ class LayerInfo:
     calls: int = 1                  # how often the module ran in one forward pass
     layout_source: str = ""         # what decided the layout
     rows: int = 1                   # batch rows per image (Swin's window attention folds windows into the batch)
+    model_output: bool = False      # its output is what the model returns (a classifier's logits: a final layer)
 
 
 def _channels_of(mod: torch.nn.Module) -> int | None:
@@ -350,11 +351,14 @@ def probe_layers(model: torch.nn.Module, example: torch.Tensor, layout: "str | L
             if name:
                 handles.append(mod.register_forward_hook(probe.hook(name, mod)))
         with torch.inference_mode():
-            model(example)
+            result = model(example)
     finally:
         for h in handles:
             h.remove()
     probe.settle()
+    for name, out in probe.first_out.items():
+        if out is result and probe.infos[name].calls == 1:
+            probe.infos[name].model_output = True
     return probe.infos
 
 

@@ -239,6 +239,7 @@ class ActivationRecorder:
                 "layout_source": infos[name].layout_source,
                 "raw_shape": list(infos[name].raw_shape),
                 "module_type": infos[name].module_type,
+                "model_output": bool(infos[name].model_output),
                 "fingerprint": layer_fingerprint(inputs_fp, name, self.summary, self.layout),
                 # A file's layers all share one summary request; "identity" marks 2-D layers.
                 "summary_requested": self.summary,

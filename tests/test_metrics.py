@@ -148,7 +148,7 @@ def test_top_and_random_metrics_are_the_correlation_on_the_frameworks_sample(nam
     replay = M.Options(conventions, generator=torch.Generator().manual_seed(9))
     k = M.TOP_AND_RANDOM_K
     for u in range(3):
-        ids = M._top_and_random_ids(acts[:, u], alpha, replay).tolist()
+        ids = M._top_and_random_ids(acts[:, u], alpha, replay, replay.rng()).tolist()
         a, c = acts[:, u].tolist(), pres[:, u].tolist()
         if alpha is None:
             top = {i for i in range(n) if a[i] == 1.0}
@@ -385,3 +385,33 @@ def test_the_sparse_ranking_of_active_images_equals_the_full_one(seed):
         for m in ("auprc", "auc"):
             want = reference_metric(m, a, distinct[:, idx], 0.02)
             np.testing.assert_allclose(got[m].numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_a_final_layers_alpha_is_the_one_that_retrieves_each_units_concept_best():
+    """The framework's final-layer procedure: α from its grid, by the AUPRC of all (unit, concept) scores of the
+    validation units as a ranking of the right pairs."""
+    g = torch.Generator().manual_seed(3)
+    n, units = 2000, 30
+    pres = torch.zeros(n, units)
+    for j in range(units):
+        pres[10 + torch.randperm(n - 10, generator=g)[:20], j] = 1       # each concept on 1% of the images
+    acts = pres + 0.3 * torch.rand(n, units, generator=g)                 # each unit fires on its concept ...
+    acts[:10] = 2.0                                                       # ... and most on 10 images with none
+    right = torch.arange(units)
+    choice = S.best_alpha(S.Scorer("f1", "metric"), acts, pres, right)
+    # α ≤ 0.005 sees only the 10 shared images (every concept scores 0); 0.01 is the first that separates
+    assert choice.alpha == 0.01 and choice.auprc == pytest.approx(1.0) and choice.lam is None
+    low = S.retrieval_auprc(M.pairwise("f1", acts, pres, 0.005), right)
+    assert low < 0.2
+    wpmi = S.best_alpha(S.Scorer("wpmi", "metric"), acts, pres, right)
+    assert wpmi.lam in S.LAMBDA_GRID and wpmi.auprc == pytest.approx(1.0)
+    # the score it maximises, against the float64 reference: one right pair per unit, ranked among all pairs
+    sim = torch.rand(4, 3, generator=g, dtype=torch.float64)
+    right4 = torch.tensor([0, 2, 2, 1])
+    target = np.zeros((4, 3))
+    target[np.arange(4), right4.numpy()] = 1
+    want = reference_metric("auprc", target.reshape(-1, 1), sim.numpy().reshape(-1, 1), None)[0]
+    assert S.retrieval_auprc(sim, right4) == pytest.approx(want, abs=1e-12)
+    val, test = S.validation_split(100, seed=0)
+    assert len(val) == 5 and len(test) == 95 and not set(val.tolist()) & set(test.tolist())
+    assert torch.equal(S.validation_split(100, seed=0)[0], val) and not torch.equal(S.validation_split(100, seed=1)[0], val)

@@ -99,7 +99,7 @@ def test_show_and_info_open_every_file_dissect_reads_or_writes(demo_run, tmp_pat
         ann_rows = list(csvlib.DictReader(f))
     expected = {
         clip_dissect: ("clip-dissect-csv", 2), milan: ("milan-csv", 2), out / "annotations.csv": ("annotations", None),
-        tmp_path / "sim.parquet": ("dissect/simulate", 10), tmp_path / "sanity.parquet": ("dissect/sanity", 13),
+        tmp_path / "sim.parquet": ("dissect/simulate", 10), tmp_path / "sanity.parquet": ("dissect/sanity", 23),
         tmp_path / "dirs.safetensors": ("dissect/directions", None), tmp_path / "sim.json": ("JSON", None),
     }
     for path, (fmt, rows) in expected.items():

@@ -13,6 +13,7 @@ import pytest
 
 from dissect import artifacts as A
 from dissect.demo import demo_specs, world
+from dissect.evaluate import sanity as S
 from dissect.evaluate.simulate import DEFAULT_CALIBRATION, Calibration, parse_calibration
 
 from test_cli import assert_one_line_error, invoke
@@ -189,11 +190,24 @@ def test_sanity_command_reports_every_scorer(world_run, tmp_path):
                "-R", "3", "--n-inputs", "20000", "-o", res)
     rows = _table(res)
     settings = {row["setting"] for row in rows}
-    assert len(settings) == 2 and len(rows) == 2 * 13
-    fc = {row["scorer"]: row for row in rows if "fc" in row["setting"]}
+    assert len(settings) == 2 and len(rows) == 2 * 23
+    fc = {row["scorer"]: row for row in rows if "fc" in row["setting"] and row["kind"] == "metric"}
+    assert {row["kind"] for row in rows if row["scorer"] == "wpmi"} == {"metric", "similarity"}  # told apart
     assert fc["correlation"]["missing_pass"] and fc["correlation"]["extra_pass"]
     assert not fc["recall"]["extra_pass"]
     assert "Sanity tests" in r.output
+    # fc is the model's output: each binarised metric's α was chosen on a validation share of its units
+    meta = json.loads(pq.read_metadata(res).metadata[b"dissect"])
+    assert meta["real"]["layers"]["fc"]["final_layer"] and len(meta["real"]["layers"]["fc"]["validation_units"]) >= 1
+    assert fc["f1"]["alpha"] in S.ALPHA_GRID and fc["f1"]["alpha_choice"].startswith("validation AUPRC")
+    assert fc["wpmi"]["lam"] in S.LAMBDA_GRID and fc["correlation"]["alpha"] is None
+    synthetic = {row["scorer"]: row for row in rows if row["setting"].startswith("synthetic") and row["kind"] == "metric"}
+    assert synthetic["f1"]["alpha_choice"] == "binary activations"
+    # a fixed α stays available
+    fixed = tmp_path / "fixed.parquet"
+    invoke("evaluate", "sanity", "--activations", out / "activations.h5", "--annotations", ann, "--layers", "fc",
+           "-R", "2", "--no-synthetic", "--alpha", "0.01", "-o", fixed)
+    assert {row["alpha"] for row in _table(fixed) if row["scorer"] == "f1"} == {0.01}
 
 
 def test_the_report_shows_each_cards_simulation_score(world_run, tmp_path):
@@ -269,7 +283,7 @@ def test_an_output_named_json_is_refused_before_its_summary_overwrites_it(world_
         assert not (tmp_path / "result.json").exists()
 
 
-@pytest.mark.parametrize("alpha", ["0", "nan", "1.5"])
+@pytest.mark.parametrize("alpha", ["0", "nan", "1.5", "often"])
 def test_sanity_refuses_an_alpha_outside_zero_one(tmp_path, alpha):
     """Issue #24: `evaluate sanity --alpha 0` ended in an internal error."""
     r = invoke("evaluate", "sanity", "--alpha", alpha, "-R", 2, "--n-inputs", 2000, "-o", tmp_path / "s.parquet",
@@ -413,3 +427,36 @@ def test_sanity_reports_the_mean_over_cases_and_the_minimum_by_name(tmp_path):
             assert row[f"{t}_pass"] == (row[f"{t}_rate_min"] >= 0.9)
     header = " ".join(r.output.split())
     assert "missing labels (mean / min)" in header and "extra labels (mean / min)" in header
+
+
+def test_simulate_writes_every_metric_of_the_framework_and_its_draws_do_not_depend_on_the_block(world_run, tmp_path):
+    """Issue #25: the framework's 18 metrics per unit, each the metric of the unit's activation and its label's
+    presence (checked against the float64 reference on the same vectors); the sampled ones draw per unit, so the
+    memory budget (units scored together) changes nothing."""
+    from dissect.evaluate import metrics as M
+    from dissect.evaluate.simulate import simulate
+
+    from reference_metrics import reference_metric
+
+    out, tmp, ann, truth = world_run
+    classes = demo_specs().class_names
+    right = _csv(tmp_path / "right.csv", ["layer", "unit", "description", "similarity"],
+                 [["fc", k, c, 1.0] for k, c in enumerate(classes)])
+    big = simulate([str(right)], out / "activations.h5", annotations=str(ann))
+    small = simulate([str(right)], out / "activations.h5", annotations=str(ann), max_memory=1 << 16)
+    assert big.metrics == M.METRICS and all(m in big.units for m in M.METRICS)
+    for m in M.METRICS:
+        np.testing.assert_allclose(np.array(big.units[m]), np.array(small.units[m]), rtol=1e-12, atol=1e-13, err_msg=m)
+    with h5py.File(out / "activations.h5", "r") as f:
+        ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
+    fc = A.read_activation_layer(out / "activations.h5", "fc").astype(np.float64)
+    pres = np.stack([[truth[i]["shape"] == c for i in ids] for c in classes], axis=1).astype(np.float64)
+    for m in ("f1", "balanced-accuracy", "inverse-auc", "spearman-correlation", "wpmi", "mad"):
+        want = reference_metric(m, fc[:, : len(classes)], pres, 0.005)
+        np.testing.assert_allclose(np.array(big.units[m]), want, rtol=1e-9, atol=1e-12, err_msg=m)
+    # a chosen subset, and the reference conventions
+    few = simulate([str(right)], out / "activations.h5", annotations=str(ann), metrics=("correlation", "mad"),
+                   conventions="neuron-eval")
+    assert few.metrics == ("correlation", "mad") and "f1" not in few.units
+    n = len(ids)
+    np.testing.assert_allclose(np.array(few.units["correlation"]), np.array(big.units["correlation"]) * (n - 1) / n)

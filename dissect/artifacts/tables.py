@@ -84,6 +84,7 @@ _SIMULATE = [("labels", "string"), ("method", "string"), ("layer", "string"), ("
              (METRICS, "float64"), ("similarity", "float64"), ("n_images", "int64"), ("held_out", "bool"),
              ("presence", "string"), ("reason", "string")]
 _SANITY = [("setting", "string"), ("scorer", "string"), ("kind", "string"), ("repetitions", "int32"),
+           ("alpha", "float64"), ("lam", "float64"), ("alpha_choice", "string"), ("conventions", "string"),
            ("missing_rate", "float64"), ("extra_rate", "float64"), ("missing_pass", "bool"), ("extra_pass", "bool"),
            ("missing_rate_mean", "float64"), ("extra_rate_mean", "float64"), ("missing_rate_min", "float64"),
            ("extra_rate_min", "float64"), ("cases", "list<string>"), ("missing_rates", "list<float64>"), ("extra_rates", "list<float64>"),

@@ -271,12 +271,12 @@ def planted_recovery(out: Path, probe: Path, ids: list[str], device: str) -> lis
     labels = out / "labels-planted.parquet"
     label(out / "images.h5", acts, labels, text=text, holdout=0.2, holdout_seed=0, device=device)
     lab = _layer_rows(labels, planted.LAYER)
-    sim = simulate([str(labels)], acts, images=out / "images.h5", text=text, device=device)
+    sim = simulate([str(labels)], acts, images=out / "images.h5", text=text, device=device, metrics=("correlation",))
     add("single label (SoftWPMI)", "clip", [[r["label"]] for r in lab], sim.units["correlation"])
     composed = out / "composed-planted.parquet"
     compose(out / "images.h5", acts, composed, text=text, labels=labels, device=device)
     comp = sorted(A.read_table(composed, A.COMPOSED_FORMAT).to_pylist(), key=lambda r: r["unit"])
-    csim = simulate([str(composed)], acts, images=out / "images.h5", text=text, device=device)
+    csim = simulate([str(composed)], acts, images=out / "images.h5", text=text, device=device, metrics=("correlation",))
     add("compose (pairs)", "clip", [list(r["parts"]) for r in comp], csim.units["correlation"], held_out=False)
     ex_clip = explain(acts, out / "explanations-planted-clip.parquet", images=out / "images.h5", text=text, device=device)
     add("linear explanation", "clip", ex_clip.rows["concepts"], ex_clip.rows["correlation"],

@@ -122,7 +122,7 @@ def simulation_gap(labels, activations, images, text, annotations, layer: str, d
     means = {}
     clip = {"images": images, "text": text, **({"calibration": calibration} if calibration else {})}
     for source, kw in (("clip", clip), ("annotations", {"annotations": str(annotations)})):
-        sim = simulate([str(labels)], activations, layer=layer, device=device, **kw)
+        sim = simulate([str(labels)], activations, layer=layer, device=device, metrics=("correlation",), **kw)
         means[source] = sim.summary[0]["mean_correlation"]
     return {**means, "gap": abs(means["clip"] - means["annotations"])}
 

@@ -252,6 +252,8 @@ class Options:
     conventions: str = "dissect"
     lam: float = WPMI_LAMBDA
     generator: torch.Generator | None = None
+    #: One seed per column (unit): its draws then depend on it alone, not on which units are scored together.
+    column_seeds: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.conventions not in CONVENTIONS:
@@ -266,24 +268,36 @@ class Options:
         """What an undefined ratio is: NaN, or 0 where the reference clamps its denominator."""
         return 0.0 if self.reference else math.nan
 
-    def rng(self) -> torch.Generator:
+    def rng(self, column: int | None = None) -> torch.Generator:
+        """The generator of a draw for ``column`` (its own when ``column_seeds`` are given), else the shared one."""
+        if column is not None and self.column_seeds is not None:
+            return torch.Generator().manual_seed(int(self.column_seeds[column]))
         if self.generator is None:
             self.generator = torch.Generator().manual_seed(0)
         return self.generator
+
+    def uniform(self, shape: tuple[int, int]) -> torch.Tensor:
+        """float32 U(0, 1) noise of an [N, U] shape, column by column from ``column_seeds`` where given."""
+        if self.column_seeds is None:
+            return torch.rand(shape, generator=self.rng(), dtype=torch.float32)
+        return torch.stack([torch.rand(shape[0], generator=self.rng(u), dtype=torch.float32) for u in range(shape[1])], 1)
 
 
 #: The reference's tie-breaking noise: ``1e-7 * U(0, 1)`` added to the float32 values before ranking.
 REFERENCE_TIE_NOISE = 1e-7
 
 
-def ranks(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def ranks(x: torch.Tensor, noise: "Options | torch.Generator | None" = None) -> torch.Tensor:
     """[N, U] float64 0-based ascending ranks of each column of ``x``: tied values share their mean rank, or, with
-    a ``generator``, the reference code's tie-breaking: ``1e-7 * U(0, 1)`` added to the float32 values, then a
-    (stable) sort. Its docstring means a random order of the ties; in float32 the noise is below the spacing of
-    values near 1 (1.2e-7), so ties there stay partly ordered by position, as its results are."""
+    ``noise`` (the Options or the generator it is drawn from), the reference code's tie-breaking: ``1e-7 * U(0, 1)``
+    added to the float32 values, then a (stable) sort. Its docstring means a random order of the ties; in float32
+    the noise is below the spacing of values near 1 (1.2e-7), so ties there stay partly ordered by position, as
+    its results are."""
     n = x.shape[0]
-    if generator is not None:
-        noise = torch.rand(x.shape, generator=generator, dtype=torch.float32).to(x.device)
+    if noise is not None:
+        if isinstance(noise, torch.Generator):
+            noise = Options(generator=noise)
+        noise = noise.uniform(tuple(x.shape)).to(x.device)
         order = torch.argsort(x.to(torch.float32) + REFERENCE_TIE_NOISE * noise, dim=0, stable=True)
         pos = torch.arange(n, dtype=torch.float64, device=x.device).unsqueeze(1).expand(x.shape).contiguous()
         return torch.empty(x.shape, dtype=torch.float64, device=x.device).scatter_(0, order, pos)
@@ -324,13 +338,13 @@ def _auc_from_ranks(target: torch.Tensor, r: torch.Tensor, o: Options) -> torch.
 def _auc(acts, presence, alpha, o: Options) -> torch.Tensor:
     if not o.reference:
         return auc(acts, presence, alpha)
-    return _auc_from_ranks(active(acts, alpha), ranks(presence, o.rng()), o)
+    return _auc_from_ranks(active(acts, alpha), ranks(presence, o), o)
 
 
 def _inverse_auc(acts, presence, o: Options) -> torch.Tensor:
     """The activation as a ranking of the images where the concept is present."""
     if o.reference:
-        return _auc_from_ranks(present(presence), ranks(acts, o.rng()), o)
+        return _auc_from_ranks(present(presence), ranks(acts, o), o)
     return _ranked(_f64(present(presence)), _sorted_groups(_f64(acts)))[1]
 
 
@@ -339,14 +353,14 @@ def _inverse_auprc(acts, presence) -> torch.Tensor:
 
 
 def _spearman(acts, presence, o: Options) -> torch.Tensor:
-    g = o.rng() if o.reference else None
-    return _pearson(ranks(acts, g), ranks(presence, g), o)
+    noise = o if o.reference else None
+    return _pearson(ranks(acts, noise), ranks(presence, noise), o)
 
 
-def _top_and_random_ids(a: torch.Tensor, alpha: float | None, o: Options) -> torch.Tensor:
-    """The framework's sample for one unit (``a`` [N]): up to k of its top inputs (the top 0.2%, or its active
-    inputs when ``alpha`` is None: all of them under the reference conventions) and k inputs at random."""
-    g, k, n = o.rng(), TOP_AND_RANDOM_K, a.shape[0]
+def _top_and_random_ids(a: torch.Tensor, alpha: float | None, o: Options, g: torch.Generator) -> torch.Tensor:
+    """The framework's sample for one unit (``a`` [N]), drawn from ``g``: up to k of its top inputs (the top 0.2%,
+    or its active inputs when ``alpha`` is None: all of them under the reference conventions) and k at random."""
+    k, n = TOP_AND_RANDOM_K, a.shape[0]
     if alpha is None:
         top = torch.nonzero(a >= 0.5).flatten()
         if not o.reference:
@@ -362,9 +376,11 @@ def _top_and_random(acts, presence, alpha, o: Options, spearman: bool) -> torch.
     a, c = _f64(acts), _f64(presence)
     out = torch.empty(a.shape[1], dtype=torch.float64, device=a.device)
     for u in range(a.shape[1]):
-        ids = _top_and_random_ids(a[:, u], alpha, o)
+        g = o.rng(u)
+        ids = _top_and_random_ids(a[:, u], alpha, o, g)
         x, y = a[ids, u : u + 1], c[ids, u : u + 1]
-        out[u] = (_spearman(x, y, o) if spearman else _pearson(x, y, o))[0]
+        one = Options(o.conventions, o.lam, g)        # the sample's tie noise continues the unit's draws
+        out[u] = (_spearman(x, y, one) if spearman else _pearson(x, y, one))[0]
     return out
 
 
@@ -405,6 +421,32 @@ _FUNCTIONS = {
     "wpmi": _wpmi,
     "mad": lambda a, c, alpha, o: _mad(a, c, o),
 }
+
+
+_DESCRIPTIONS = {
+    "correlation": "Pearson r of activation and presence (the simulation score)",
+    "cosine": "cosine of the raw activation and presence vectors",
+    "auprc": "average precision of presence as a ranking of the unit's top-{a} images",
+    "f1": "F1 of the unit's top-{a} images and the images with presence >= 0.5",
+    "iou": "IoU, same binarisation as f1", "recall": "share of the top-{a} images with the concept present",
+    "precision": "share of the images with the concept present that are in the top {a}",
+    "auc": "ROC AUC of presence for the top-{a} images",
+    "accuracy": "(TP + TN) / N, same binarisation as f1",
+    "balanced-accuracy": "(TP/active + TN/inactive) / 2, same binarisation as f1",
+    "inverse-balanced-accuracy": "(TP/present + TN/absent) / 2, same binarisation as f1",
+    "inverse-auc": "ROC AUC of the activation for the images with presence >= 0.5",
+    "inverse-auprc": "average precision of the activation for the images with presence >= 0.5",
+    "spearman-correlation": "Spearman rank correlation of activation and presence",
+    "correlation-top-and-random": "Pearson r on 25 of the unit's top 0.2% images and 25 at random",
+    "spearman-correlation-top-and-random": "Spearman r on 25 of the unit's top 0.2% images and 25 at random",
+    "wpmi": "mean log presence on the top-{a} images minus λ log mean presence (λ = {lam})",
+    "mad": "mean activation where present minus where absent",
+}
+
+
+def describe(name: str, alpha: float | None = DEFAULT_ALPHA, lam: float = WPMI_LAMBDA) -> str:
+    """One line saying what metric ``name`` measures, with its α and λ."""
+    return _DESCRIPTIONS[name].format(a=f"{alpha:g}" if alpha is not None else "(active)", lam=f"{lam:g}")
 
 
 def metric(name: str, acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = DEFAULT_ALPHA,

@@ -32,6 +32,7 @@ ones, in a random order of its own.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,11 @@ RANGES = {**{m: (0.0, 1.0) for m in ("auprc", "f1", "iou", "auc", "recall", "pre
 #: The synthetic activations of the similarity functions: indicator + uniform noise in [0, SYNTHETIC_NOISE).
 SYNTHETIC_NOISE = 1e-3
 TESTS = ("missing", "extra")
+#: The framework's grid of top fractions α for a final layer's binarised metrics, and of the WPMI metric's λ.
+ALPHA_GRID = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+LAMBDA_GRID = tuple(i / 100 for i in range(101))
+#: The share of a final layer's units that chooses α (the framework's validation split); the rest are tested.
+VALIDATION_SHARE = 0.05
 
 
 def missing_labels(c: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -154,6 +160,54 @@ def run(scorer: Scorer, acts: torch.Tensor, presence: torch.Tensor, concept_of_u
         mean_diff[t] = torch.nanmean(d, dim=0).tolist()
     labels = settings or [str(i) for i in range(acts.shape[1])]
     return SanityResult(scorer.name, scorer.kind, labels, rates, mean_diff, int(repetitions))
+
+
+@dataclass
+class AlphaChoice:
+    """The α (and for the WPMI metric λ) that ranked each validation unit's own concept best among all concepts."""
+
+    alpha: float
+    lam: float | None
+    auprc: float
+    units: int
+
+
+def validation_split(n_units: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(validation, test) unit positions: a seeded random :data:`VALIDATION_SHARE` (at least one) and the rest."""
+    perm = torch.randperm(n_units, generator=torch.Generator().manual_seed(int(seed)))
+    n_val = max(1, int(VALIDATION_SHARE * n_units))
+    return perm[:n_val].sort().values, perm[n_val:].sort().values
+
+
+def retrieval_auprc(sim: torch.Tensor, concept_of_unit: torch.Tensor) -> float:
+    """AUPRC of all the [U, M] scores as a ranking of the U right (unit, concept) pairs (the framework's validation
+    score; NaN scores rank last)."""
+    target = torch.zeros(sim.shape, dtype=torch.float64)
+    target[torch.arange(sim.shape[0]), concept_of_unit.cpu()] = 1
+    scores = torch.nan_to_num(sim.detach().cpu().to(torch.float64), nan=-math.inf)
+    return float(M.auprc(target.reshape(-1, 1), scores.reshape(-1, 1), alpha=None)[0])
+
+
+def best_alpha(scorer: Scorer, acts: torch.Tensor, presence: torch.Tensor, concept_of_unit: torch.Tensor) -> AlphaChoice:
+    """The framework's choice for a final layer: the α of :data:`ALPHA_GRID` (with λ of :data:`LAMBDA_GRID` for the
+    WPMI metric) whose scores of the validation units ``acts`` [N, V] against every concept of ``presence`` [N, M]
+    retrieve each unit's own concept best (:func:`retrieval_auprc`); the first best on ties, as its loop keeps."""
+    presence = (presence >= 0.5).to(torch.float32)
+    best = AlphaChoice(math.nan, None, -math.inf, int(acts.shape[1]))
+    o = scorer.options()
+    for alpha in ALPHA_GRID:
+        if scorer.name == "wpmi":
+            loglik = M.pairwise("wpmi", acts, presence, alpha, M.Options(o.conventions, lam=0.0))
+            prior = torch.log(presence.to(torch.float64).mean(dim=0))
+            for lam in LAMBDA_GRID:
+                ap = retrieval_auprc(loglik - lam * prior, concept_of_unit)
+                if ap > best.auprc:
+                    best = AlphaChoice(alpha, lam, ap, best.units)
+            continue
+        ap = retrieval_auprc(M.pairwise(scorer.name, acts, presence, alpha, o), concept_of_unit)
+        if ap > best.auprc:
+            best = AlphaChoice(alpha, None, ap, best.units)
+    return best
 
 
 def synthetic_setting(n_inputs: int = 100_000, frequencies=FREQUENCIES, device="cpu", noise: float = 0.0,

@@ -36,8 +36,8 @@ from ..runtime import progress, resolve_device, warn
 from ..settings import Compute, Settings, no_other_fields
 from .presence import DEFAULT_CALIBRATION, AnnotatedPresence, Calibration, ClipPresence, clip_texts, parse_calibration
 
-#: Metrics written per unit, in column order.
-COLUMNS = ("correlation", "cosine", "auprc", "f1", "iou", "auc")
+#: Metrics written per unit by default, in column order: all of the framework's (the simulation score first).
+COLUMNS = M.METRICS
 #: A unit "is explained" above this simulation correlation (the share Linear Explanations report).
 EXPLAINED = 0.1
 
@@ -51,6 +51,7 @@ class Simulation:
     units: dict[str, list]
     summary: list[dict[str, Any]]
     metadata: dict[str, Any] = field(default_factory=dict)
+    metrics: tuple[str, ...] = COLUMNS
 
 
 def _scored_ids(lf: A.LabelFile, ids: list[str]) -> tuple[np.ndarray, bool]:
@@ -122,12 +123,30 @@ class SimulateSettings(Settings):
     composed: str = "phrase"
     class_names: str | None = None
     superclasses: str | None = None
+    metrics: tuple[str, ...] = COLUMNS
+    conventions: str = "dissect"
+    seed: int = 0
 
     def check(self) -> None:
         if not 0 < self.alpha <= 1:
             raise UsageError(f"--alpha must be in (0, 1], got {self.alpha}")
         if self.composed not in COMPOSED_READINGS:
             raise UsageError(f"unknown --composed {self.composed!r}", hint=f"use one of {', '.join(COMPOSED_READINGS)}")
+        if self.conventions not in M.CONVENTIONS:
+            raise UsageError(f"unknown --conventions {self.conventions!r}", hint=f"use one of {', '.join(M.CONVENTIONS)}")
+        unknown = [m for m in self.metrics if m not in M.METRICS]
+        if unknown:
+            raise UsageError(f"unknown metric {unknown[0]!r}", hint=f"use 'all' or some of {', '.join(M.METRICS)}")
+        if "correlation" not in self.metrics:
+            raise UsageError("--metrics must include correlation (the simulation score every summary reads)")
+
+
+def parse_metrics(spec: str | None) -> tuple[str, ...]:
+    """``all`` (or None) or a comma-separated list of metric names, in :data:`COLUMNS` order, correlation first."""
+    if spec is None or spec.strip().lower() == "all":
+        return COLUMNS
+    asked = [m.strip().lower().replace("_", "-") for m in spec.split(",") if m.strip()]
+    return tuple(m for m in COLUMNS if m in asked or m == "correlation") + tuple(m for m in asked if m not in COLUMNS)
 
 
 def _presence_source(files, acts, activations, images, text, annotations, settings: SimulateSettings, compute: Compute):
@@ -151,7 +170,8 @@ def _presence_source(files, acts, activations, images, text, annotations, settin
     return ClipPresence(img, texts, settings.calibration, resolve_device(compute.device)), ids
 
 
-def _score_block(source, lf: A.LabelFile, entries: list[int], blk: list[int], a, scored: dict[str, int], alpha: float):
+def _score_block(source, lf: A.LabelFile, entries: list[int], blk: list[int], a, scored: dict[str, int],
+                 settings: SimulateSettings):
     """The metrics of a block of units (``blk``: positions into ``entries``) with activations ``a`` [n, len(blk)] on
     the scored images; returns ({metric: values}, reasons) with NaN and the reason where a unit cannot be scored."""
     import torch
@@ -167,12 +187,14 @@ def _score_block(source, lf: A.LabelFile, entries: list[int], blk: list[int], a,
     else:
         pres_u, unknown = _weighted_presence(source, lf, [entries[j] for j in blk], distinct, scored, n)
         pres_u = pres_u.to(dev)
-    scores = M.score_all(a, pres_u, alpha, COLUMNS, index=index)
+    units = [lf.units[entries[j]] for j in blk]
+    options = M.Options(settings.conventions, column_seeds=tuple(_unit_seed(settings.seed, u) for u in units))
+    scores = M.score_all(a, pres_u, settings.alpha, settings.metrics, index=index, options=options)
     pres = pres_u.index_select(1, index)
     constant = (a.max(dim=0).values == a.min(dim=0).values).cpu().numpy()
     absent = (pres.max(dim=0).values < 0.5).cpu().numpy() if source.name != "clip" else np.zeros(len(blk), bool)
     flat = (pres.max(dim=0).values == pres.min(dim=0).values).cpu().numpy()   # no correlation with a constant
-    vals = {c: [] for c in COLUMNS}
+    vals = {c: [] for c in settings.metrics}
     reasons: list[str | None] = []
     for t in range(len(blk)):
         reason = None
@@ -186,9 +208,14 @@ def _score_block(source, lf: A.LabelFile, entries: list[int], blk: list[int], a,
         elif constant[t]:
             reason = f"the unit's activation is constant on the {n} scored images"
         reasons.append(reason)
-        for c in COLUMNS:
+        for c in settings.metrics:
             vals[c].append(math.nan if reason else float(scores[c][t]))
     return vals, reasons
+
+
+def _unit_seed(seed: int, unit: int) -> int:
+    """The seed of one unit's random draws (the sampled metrics): the same whichever units are scored with it."""
+    return (int(seed) * 1_000_003 + int(unit)) % (2**63 - 1)
 
 
 def _summary_row(lf: A.LabelFile, name: str, n_units: int, n: int, is_held_out: bool, source, vals) -> dict[str, Any]:
@@ -198,7 +225,7 @@ def _summary_row(lf: A.LabelFile, name: str, n_units: int, n: int, is_held_out: 
            "scored_units": int(ok.sum()), "n_images": n, "held_out": is_held_out, "presence": source.name,
            "mean_correlation": float(corr[ok].mean()) if ok.any() else None,
            "share_correlation_above_0.1": float((corr[ok] > EXPLAINED).mean()) if ok.any() else None}
-    for c in COLUMNS[1:]:
+    for c in [c for c in vals if c != "correlation"]:
         v = vals[c][~np.isnan(vals[c])]
         row[f"mean_{c}"] = float(v.mean()) if v.size else None
     return row
@@ -212,10 +239,9 @@ def _metadata(activations, acts, source, settings: SimulateSettings, files, summ
         "presence": source.describe,
         "alpha": alpha,
         "composed": settings.composed,
-        "metrics": {"correlation": "Pearson r (the simulation score)", "cosine": "cosine of the raw vectors",
-                    "auprc": f"average precision of presence for the top-{alpha:g} active images",
-                    "f1": f"F1, unit active on its top {alpha:g}, concept present where presence >= 0.5",
-                    "iou": "IoU, same binarisation as f1", "auc": "ROC AUC, same targets as auprc"},
+        "conventions": settings.conventions,
+        "seed": settings.seed,
+        "metrics": {m: M.describe(m, alpha) for m in settings.metrics},
         "labels": [{"path": str(Path(lf.path).resolve()), "kind": lf.kind, "method": lf.method,
                     "split": lf.metadata.get("split"), "similarity": lf.metadata.get("similarity"),
                     "concepts": (lf.metadata.get("concepts") or {}).get("name") if isinstance(lf.metadata.get("concepts"), dict) else None}
@@ -270,7 +296,8 @@ def simulate(label_paths: list[str | os.PathLike | A.LabelFile], activations: st
     source, ids = _presence_source(files, acts, activations, images, text, annotations, settings, compute)
     dev = resolve_device(compute.device)
     act_row = {k: i for i, k in enumerate(acts.ids)}
-    units_out: dict[str, list] = {c: [] for c in A.KINDS[A.SIMULATE_FORMAT].names(COLUMNS)}
+    columns = settings.metrics
+    units_out: dict[str, list] = {c: [] for c in A.KINDS[A.SIMULATE_FORMAT].names(columns)}
     summary = []
     layers = _Layers(activations)
     for lf in files:
@@ -289,14 +316,14 @@ def simulate(label_paths: list[str | os.PathLike | A.LabelFile], activations: st
             _check_units(lf, name, units, layers.width, activations)
             n = len(scored_ids)
             block = units_per_simulation_block(compute.budget, n, len(entries))
-            vals: dict[str, list] = {c: [] for c in COLUMNS}
+            vals: dict[str, list] = {c: [] for c in columns}
             reasons: list[str | None] = []
             with progress(f"simulate {Path(lf.path).name} {name}", len(entries), "units") as advance:
                 for s in range(0, len(entries), block):
                     blk = list(range(s, min(len(entries), s + block)))
                     a = torch.from_numpy(q_scored[:, [units[j] for j in blk]]).to(dev)
-                    v, r = _score_block(source, lf, entries, blk, a, scored, settings.alpha)
-                    for c in COLUMNS:
+                    v, r = _score_block(source, lf, entries, blk, a, scored, settings)
+                    for c in columns:
                         vals[c] += v[c]
                     reasons += r
                     advance(len(blk))
@@ -306,7 +333,7 @@ def simulate(label_paths: list[str | os.PathLike | A.LabelFile], activations: st
             if not (~np.isnan(vals_np["correlation"])).any():
                 why = next((r for r in reasons if r), "their correlations are undefined")
                 warn(f"{lf.path} layer {name}: no unit could be scored ({why})")
-    return Simulation(units_out, summary, _metadata(activations, acts, source, settings, files, summary))
+    return Simulation(units_out, summary, _metadata(activations, acts, source, settings, files, summary), columns)
 
 
 def _add_rows(units_out, lf: A.LabelFile, name, entries, units, vals, reasons, n, is_held_out, presence) -> None:
@@ -315,7 +342,7 @@ def _add_rows(units_out, lf: A.LabelFile, name, entries, units, vals, reasons, n
     units_out["layer"] += [name] * len(entries)
     units_out["unit"] += units
     units_out["label"] += [lf.labels[i] for i in entries]
-    for c in COLUMNS:
+    for c in vals:
         units_out[c] += vals[c].tolist()
     units_out["similarity"] += [lf.similarity[i] for i in entries]
     units_out["n_images"] += [n] * len(entries)
@@ -326,7 +353,7 @@ def _add_rows(units_out, lf: A.LabelFile, name, entries, units, vals, reasons, n
 
 def write_simulation(sim: Simulation, out: str | os.PathLike) -> tuple[Path, Path]:
     """simulate.parquet (one row per labels file, layer and unit) and simulate.json (the summary) beside it."""
-    _, summary = A.write_table(out, A.SIMULATE_FORMAT, sim.units, sim.metadata, summary=sim.summary, metrics=COLUMNS)
+    _, summary = A.write_table(out, A.SIMULATE_FORMAT, sim.units, sim.metadata, summary=sim.summary, metrics=sim.metrics)
     return Path(out), summary
 
 
