@@ -64,9 +64,8 @@ def test_results_do_not_depend_on_the_batch_of_units_or_their_order(planted_run)
     common = dict(images=out / "images.h5", text=out / "text-mixed.h5", device="cpu")
     ref = explain(acts, **common)
     n = len(planted.PLANTED)
-    for batch in (1, 3):
-        other = explain(acts, unit_batch=batch, **common)
-        assert other.rows == ref.rows or _same(other.rows, ref.rows)
+    other = explain(acts, unit_batch=3, **common)      # blocks of 3 of 10 units: a short last block too
+    assert other.rows == ref.rows or _same(other.rows, ref.rows)
     backwards = explain(acts, units=list(reversed(range(n))), unit_batch=4, **common)
     by_unit = {u: i for i, u in enumerate(backwards.rows["unit"])}
     for i, u in enumerate(ref.rows["unit"]):

@@ -415,3 +415,16 @@ def test_a_final_layers_alpha_is_the_one_that_retrieves_each_units_concept_best(
     val, test = S.validation_split(100, seed=0)
     assert len(val) == 5 and len(test) == 95 and not set(val.tolist()) & set(test.tolist())
     assert torch.equal(S.validation_split(100, seed=0)[0], val) and not torch.equal(S.validation_split(100, seed=1)[0], val)
+
+
+def test_alphas_the_validation_units_cannot_tell_apart_keep_the_default():
+    """One validation unit that ranks its concept first at every α: the reference keeps the first (α 0.0001, one
+    image of 2,000); dissect the one nearest its default 0.005."""
+    g = torch.Generator().manual_seed(4)
+    pres = (torch.rand(2000, 3, generator=g) < 0.1).float()
+    acts = pres[:, :1] * 5 + torch.rand(2000, 1, generator=g)
+    right = torch.tensor([0])
+    ours = S.best_alpha(S.Scorer("f1", "metric"), acts, pres, right)
+    ref = S.best_alpha(S.Scorer("f1", "metric", {"conventions": "neuron-eval"}), acts, pres, right)
+    assert ours.auprc == ref.auprc == 1.0
+    assert ours.alpha == M.DEFAULT_ALPHA and ref.alpha == S.ALPHA_GRID[0]

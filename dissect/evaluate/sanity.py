@@ -191,23 +191,28 @@ def retrieval_auprc(sim: torch.Tensor, concept_of_unit: torch.Tensor) -> float:
 def best_alpha(scorer: Scorer, acts: torch.Tensor, presence: torch.Tensor, concept_of_unit: torch.Tensor) -> AlphaChoice:
     """The framework's choice for a final layer: the α of :data:`ALPHA_GRID` (with λ of :data:`LAMBDA_GRID` for the
     WPMI metric) whose scores of the validation units ``acts`` [N, V] against every concept of ``presence`` [N, M]
-    retrieve each unit's own concept best (:func:`retrieval_auprc`); the first best on ties, as its loop keeps."""
+    retrieve each unit's own concept best (:func:`retrieval_auprc`).
+
+    Where several tie (a few validation units often rank their concept first at every α), the reference keeps the
+    first, the smallest α; dissect keeps the one nearest the fixed default (α 0.005 on a log scale, then λ 1): a
+    validation set that cannot tell them apart is no reason to leave the default (``conventions="neuron-eval"``:
+    the first)."""
     presence = (presence >= 0.5).to(torch.float32)
-    best = AlphaChoice(math.nan, None, -math.inf, int(acts.shape[1]))
     o = scorer.options()
+    tried: list[tuple[float, float | None, float]] = []
     for alpha in ALPHA_GRID:
         if scorer.name == "wpmi":
             loglik = M.pairwise("wpmi", acts, presence, alpha, M.Options(o.conventions, lam=0.0))
             prior = torch.log(presence.to(torch.float64).mean(dim=0))
-            for lam in LAMBDA_GRID:
-                ap = retrieval_auprc(loglik - lam * prior, concept_of_unit)
-                if ap > best.auprc:
-                    best = AlphaChoice(alpha, lam, ap, best.units)
-            continue
-        ap = retrieval_auprc(M.pairwise(scorer.name, acts, presence, alpha, o), concept_of_unit)
-        if ap > best.auprc:
-            best = AlphaChoice(alpha, None, ap, best.units)
-    return best
+            tried += [(alpha, lam, retrieval_auprc(loglik - lam * prior, concept_of_unit)) for lam in LAMBDA_GRID]
+        else:
+            tried.append((alpha, None, retrieval_auprc(M.pairwise(scorer.name, acts, presence, alpha, o), concept_of_unit)))
+    top = max(ap for _, _, ap in tried if ap == ap) if any(ap == ap for _, _, ap in tried) else math.nan
+    best = [t for t in tried if t[2] >= top - 1e-12] or tried[:1]
+    if not o.reference:
+        best.sort(key=lambda t: (abs(math.log(t[0] / M.DEFAULT_ALPHA)), abs((t[1] if t[1] is not None else 1) - 1)))
+    alpha, lam, ap = best[0]
+    return AlphaChoice(alpha, lam, ap, int(acts.shape[1]))
 
 
 def synthetic_setting(n_inputs: int = 100_000, frequencies=FREQUENCIES, device="cpu", noise: float = 0.0,
