@@ -14,6 +14,7 @@ verdict fails (synthetic: min < 90%; real units: mean < 90%).
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pyarrow.parquet as pq
@@ -31,7 +32,13 @@ def _cell(r: dict) -> str:
 
 
 def main(paths: list[str]) -> None:
-    rows = [r for p in paths for r in pq.read_table(p).to_pylist()]
+    rows = []
+    for p in paths:
+        conventions = json.loads(pq.read_metadata(p).metadata[b"dissect"]).get("conventions", "dissect")
+        for r in pq.read_table(p).to_pylist():
+            if conventions != "dissect":
+                r["setting"] += f", --conventions {conventions}"
+            rows.append(r)
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     scorers = list(dict.fromkeys((r["scorer"], r["kind"]) for r in rows))
     cell = {(r["setting"], r["scorer"], r["kind"]): r for r in rows}
