@@ -2,9 +2,11 @@
 
     dissect evaluate sanity -o s100k.parquet                                        # the default: 100,000 inputs, 100 draws
     dissect evaluate sanity --n-inputs 500000 --repetitions 1000 -o s500k.parquet  # the framework's setting
+    dissect evaluate sanity --conventions neuron-eval -o s100k-ne.parquet          # the reference code's conventions
     dissect evaluate sanity --activations runs/demo/activations.h5 --annotations runs/demo/annotations.csv \\
         --no-synthetic -o real.parquet
-    python scripts/sanity_table.py s100k.parquet s500k.parquet real.parquet
+    python scripts/sanity_table.py s100k.parquet s500k.parquet s100k-ne.parquet    # the README's table
+    python scripts/sanity_table.py real.parquet                                    # the guide's
 
 One markdown row per scorer (metric or similarity function), one column per setting found in
 the files: missing labels, extra labels, each "mean / min" over the cases (the synthetic

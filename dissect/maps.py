@@ -1,0 +1,139 @@
+"""Where units fire: a unit's spatial map on an image, kept on its top images, and how localised it is.
+
+Pure tensor kernels (nothing here reads a file or runs a model):
+
+* :class:`Grid` and :func:`token_grid`: where a transformer layer's tokens sit on the image
+  (the patch grid, and the prefix tokens such as CLS and registers set apart), taken from the
+  model (timm's ``patch_embed.grid_size`` and ``num_prefix_tokens``, torchvision's
+  ``image_size // patch_size`` and its class token);
+* :func:`position_maps`: a layer output as [B, C, h, w] maps, whatever its layout;
+* :class:`TopMaps`: each unit's K most activating images (by the layer's summary) with its map
+  on each, kept as a running top-K over the batches of a pass, never the whole [N, C, h, w];
+* :func:`morans_i`: Moran's I of each map on its grid (rook adjacency: the 4 neighbours of a
+  cell), the localisation score VISAEBench uses: 1 for one smooth blob, about 0 for noise,
+  -1 for a checkerboard.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A token layer's patch grid: ``prefix`` tokens first (CLS, registers, distillation), then ``h`` x ``w``
+    patches in row-major order."""
+
+    prefix: int
+    h: int
+    w: int
+
+    @property
+    def tokens(self) -> int:
+        return self.prefix + self.h * self.w
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, (int, float)) else (int(v[0]), int(v[1]))
+
+
+def token_grid(model: torch.nn.Module, n_tokens: int, layer: str = "LAYER") -> Grid:
+    """The grid of a layer with ``n_tokens`` tokens in ``model``; a UsageError (one line) where the model does not
+    say it (a grid guessed from a square count would put the maps of a model with registers off by some cells)."""
+    grid = None
+    pe = getattr(model, "patch_embed", None)
+    if pe is not None and getattr(pe, "grid_size", None) is not None:                  # timm ViT, DeiT, DINOv2, EVA
+        h, w = _pair(pe.grid_size)
+        grid = Grid(int(getattr(model, "num_prefix_tokens", 1 if getattr(model, "cls_token", None) is not None else 0)),
+                    h, w)
+    elif hasattr(model, "conv_proj") and hasattr(model, "image_size") and hasattr(model, "patch_size"):  # torchvision
+        h, w = _pair(model.image_size)
+        p = int(model.patch_size)
+        grid = Grid(1 if getattr(model, "class_token", None) is not None else 0, h // p, w // p)
+    if grid is None:
+        raise UsageError(f"cannot tell where the {n_tokens} tokens of layer {layer} sit on the image: the model names "
+                         "no patch grid (timm's patch_embed.grid_size, torchvision's image_size and patch_size)",
+                         hint="record maps of convolutional layers, or of a ViT from timm or torchvision")
+    if grid.tokens != n_tokens:
+        raise UsageError(f"layer {layer} has {n_tokens} tokens, but the model's grid is {grid.prefix} prefix + "
+                         f"{grid.h}x{grid.w} patches = {grid.tokens}",
+                         hint="record maps of a layer before any token pooling or merging, at the model's input size")
+    return grid
+
+
+def position_maps(x: torch.Tensor, layout: str, grid: Grid | None = None) -> torch.Tensor | None:
+    """[B, C, h, w] maps of a layer output ``x`` in ``layout``: conv outputs as they are, tokens on ``grid``
+    (prefix tokens dropped), 1-D sequences as 1 x L; None for 2-D outputs (no positions: no map)."""
+    if layout == "nc":
+        return None
+    if layout == "nchw":
+        return x
+    if layout == "nhwc":
+        return x.permute(0, 3, 1, 2)
+    if layout == "ncl":
+        return x.unsqueeze(2)
+    if layout == "nlc":
+        if grid is None:
+            raise ValueError("token outputs need their grid")
+        b, n, c = x.shape
+        return x[:, grid.prefix :].reshape(b, grid.h, grid.w, c).permute(0, 3, 1, 2)
+    raise ValueError(f"unknown layout {layout!r}")
+
+
+class TopMaps:
+    """Each of C units' K highest-scoring images so far, with its map on each: ``scores`` [K, C] (descending),
+    ``rows`` [K, C] (the images' rows; -1 while fewer than K were seen) and ``maps`` [K, C, h, w] float16.
+
+    Ties keep the lower row (earlier batches first, a stable sort), so the result does not depend on the
+    batch size. Working memory of an update: (K + B) x C x h x w float16 values."""
+
+    def __init__(self, k: int, units: int, h: int, w: int, device=None):
+        if k < 1:
+            raise ValueError(f"K must be at least 1, got {k}")
+        self.k = int(k)
+        self.scores = torch.full((self.k, units), -math.inf, dtype=torch.float32, device=device)
+        self.rows = torch.full((self.k, units), -1, dtype=torch.long, device=device)
+        self.maps = torch.zeros((self.k, units, h, w), dtype=torch.float16, device=device)
+
+    def update(self, scores: torch.Tensor, maps: torch.Tensor, rows: torch.Tensor) -> None:
+        """Add a batch: ``scores`` [B, C] (each unit's summary on each image), ``maps`` [B, C, h, w], ``rows`` [B]."""
+        dev = self.scores.device
+        r = rows.to(dev, torch.long).unsqueeze(1).expand(-1, self.scores.shape[1])
+        self._keep(torch.cat([self.scores, scores.to(dev, torch.float32)]), torch.cat([self.rows, r]),
+                   torch.cat([self.maps, maps.to(dev, torch.float16)]))
+
+    def merge(self, other: "TopMaps") -> None:
+        """Fold in another pass's top maps of the same units (a shard's, or the reused part of a file)."""
+        dev = self.scores.device
+        self._keep(torch.cat([self.scores, other.scores.to(dev)]), torch.cat([self.rows, other.rows.to(dev)]),
+                   torch.cat([self.maps, other.maps.to(dev)]))
+
+    def _keep(self, s: torch.Tensor, r: torch.Tensor, m: torch.Tensor) -> None:
+        """The K best of the candidates ``s``, ``r`` [K', C], ``m`` [K', C, h, w]: score descending, then row
+        ascending (two stable sorts), so the order the candidates came in does not matter."""
+        by_row = torch.argsort(r, dim=0, stable=True)
+        by_score = torch.sort(torch.gather(s, 0, by_row), dim=0, descending=True, stable=True).indices[: self.k]
+        order = torch.gather(by_row, 0, by_score)
+        self.scores = torch.gather(s, 0, order)
+        self.rows = torch.gather(r, 0, order)
+        self.maps = torch.gather(m, 0, order[:, :, None, None].expand(-1, -1, m.shape[2], m.shape[3]))
+
+
+def morans_i(maps: torch.Tensor) -> torch.Tensor:
+    """Moran's I of each [h, w] map of ``maps`` [..., h, w] (float64), rook adjacency with unit weights:
+
+    I = (n / W) · Σ_{i~j} z_i z_j / Σ_i z_i²,  z = x − mean(x),  the sum over ordered neighbour pairs, W their
+    number. NaN for a constant map or a grid of one cell."""
+    x = maps.to(torch.float64)
+    h, w = x.shape[-2], x.shape[-1]
+    z = x - x.mean(dim=(-2, -1), keepdim=True)
+    pairs = (z[..., :, :-1] * z[..., :, 1:]).sum(dim=(-2, -1)) + (z[..., :-1, :] * z[..., 1:, :]).sum(dim=(-2, -1))
+    n_pairs = h * (w - 1) + (h - 1) * w
+    den = (z * z).sum(dim=(-2, -1))
+    out = (h * w / max(1, 2 * n_pairs)) * 2 * pairs / den.clamp_min(1e-300)
+    return torch.where((den > 0) & (n_pairs > 0), out, torch.full_like(out, math.nan))

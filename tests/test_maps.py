@@ -1,0 +1,147 @@
+"""Where units fire (dissect.maps): token grids of real architectures, the running top-K of maps against a brute
+force, and Moran's I against a float64 reference written from its definition."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dissect import maps as Mp
+from dissect.errors import UsageError
+
+
+def _morans_i_reference(grid) -> float:
+    """I = (n / W) Σ_i Σ_j w_ij z_i z_j / Σ_i z_i², w_ij = 1 for cells sharing an edge (rook), W = Σ w_ij."""
+    g = np.asarray(grid, dtype=np.float64)
+    h, w = g.shape
+    cells = [(i, j) for i in range(h) for j in range(w)]
+    mean = sum(g[c] for c in cells) / len(cells)
+    z = {c: g[c] - mean for c in cells}
+    num, total_w = 0.0, 0
+    for a in cells:
+        for b in cells:
+            if abs(a[0] - b[0]) + abs(a[1] - b[1]) == 1:
+                num += z[a] * z[b]
+                total_w += 1
+    den = sum(v * v for v in z.values())
+    if den == 0 or total_w == 0:
+        return math.nan
+    return len(cells) / total_w * num / den
+
+
+def test_morans_i_equals_its_definition_and_a_checkerboard_gives_minus_one():
+    rng = np.random.default_rng(0)
+    grids = [rng.normal(size=(5, 7)), rng.random((3, 3)), rng.normal(size=(1, 6)), np.arange(16.0).reshape(4, 4)]
+    for g in grids:
+        got = float(Mp.morans_i(torch.from_numpy(g)))
+        assert got == pytest.approx(_morans_i_reference(g), abs=1e-12)
+    board = np.indices((6, 6)).sum(axis=0) % 2
+    assert float(Mp.morans_i(torch.from_numpy(board))) == pytest.approx(-1.0, abs=1e-12)
+    blob = np.zeros((8, 8))
+    blob[2:5, 2:5] = 1
+    assert float(Mp.morans_i(torch.from_numpy(blob))) > 0.5               # one compact blob: localised
+    assert math.isnan(float(Mp.morans_i(torch.ones(4, 4))))               # constant: undefined
+    batch = torch.from_numpy(np.stack(grids[:2] and [grids[0], grids[0] * 2 + 1]))
+    np.testing.assert_allclose(Mp.morans_i(batch).numpy(), [_morans_i_reference(grids[0])] * 2, atol=1e-12)
+
+
+def _brute_top(scores: np.ndarray, k: int):
+    """Per unit, the k best rows: score descending, then row ascending."""
+    out = []
+    for c in range(scores.shape[1]):
+        order = sorted(range(scores.shape[0]), key=lambda i: (-scores[i, c], i))[:k]
+        out.append(order)
+    return np.array(out).T
+
+
+@pytest.mark.parametrize("batch", [1, 7, 50])
+def test_running_top_maps_equal_a_sort_of_every_image_whatever_the_batches(batch):
+    g = torch.Generator().manual_seed(1)
+    n, c, k = 50, 4, 5
+    scores = torch.randint(0, 6, (n, c), generator=g).float()             # many ties
+    maps = torch.rand(n, c, 3, 2, generator=g)
+    top = Mp.TopMaps(k, c, 3, 2)
+    for s in range(0, n, batch):
+        top.update(scores[s : s + batch], maps[s : s + batch], torch.arange(s, min(n, s + batch)))
+    want = _brute_top(scores.numpy(), k)
+    np.testing.assert_array_equal(top.rows.numpy(), want)
+    for j in range(k):
+        for u in range(c):
+            assert torch.equal(top.maps[j, u], maps[want[j, u], u].half())
+            assert top.scores[j, u] == scores[want[j, u], u]
+
+
+def test_top_maps_of_two_shards_merge_into_those_of_one_pass():
+    g = torch.Generator().manual_seed(2)
+    n, c, k = 40, 3, 6
+    scores = torch.randint(0, 4, (n, c), generator=g).float()
+    maps = torch.rand(n, c, 2, 2, generator=g)
+    whole, a, b = Mp.TopMaps(k, c, 2, 2), Mp.TopMaps(k, c, 2, 2), Mp.TopMaps(k, c, 2, 2)
+    whole.update(scores, maps, torch.arange(n))
+    a.update(scores[25:], maps[25:], torch.arange(25, n))                 # the later shard first
+    b.update(scores[:25], maps[:25], torch.arange(25))
+    a.merge(b)
+    assert torch.equal(a.rows, whole.rows) and torch.equal(a.maps, whole.maps)
+    few = Mp.TopMaps(k, c, 2, 2)
+    few.update(scores[:3], maps[:3], torch.arange(3))                     # fewer images than K: empty slots last
+    assert (few.rows[3:] == -1).all() and (few.rows[:3] >= 0).all()
+
+
+def _one_hot_tokens(grid: Mp.Grid, channels: int):
+    """Unit k fires only at patch token k (its token index: prefix + k)."""
+    x = torch.zeros(1, grid.tokens, channels)
+    x[0, : grid.prefix] = 5.0                                              # loud prefix tokens, to be skipped
+    for k in range(channels):
+        x[0, grid.prefix + k, k] = 1.0
+    return x
+
+
+def _check_cells(grid: Mp.Grid, channels: int):
+    m = Mp.position_maps(_one_hot_tokens(grid, channels), "nlc", grid)
+    assert m.shape == (1, channels, grid.h, grid.w)
+    for k in range(channels):
+        cell = int(m[0, k].flatten().argmax())
+        assert (cell // grid.w, cell % grid.w) == divmod(k, grid.w) and float(m[0, k].max()) == 1.0
+
+
+def test_a_timm_vits_tokens_map_to_their_patch_cells_with_cls_and_registers_skipped():
+    import timm
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, reg_tokens=4, num_classes=0)
+    n_tokens = model.patch_embed.num_patches + model.num_prefix_tokens
+    grid = Mp.token_grid(model, n_tokens, "blocks.11")
+    assert grid == Mp.Grid(5, 4, 4)                                        # CLS + 4 registers, 64/16 = 4
+    _check_cells(grid, 16)
+    with torch.inference_mode():                                          # the real output has that many tokens
+        assert model.forward_features(torch.rand(1, 3, 64, 64)).shape[1] == grid.tokens
+
+
+def test_a_torchvision_vits_tokens_map_to_their_patch_cells():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(image_size=48, patch_size=16, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32)
+    grid = Mp.token_grid(model, 10, "encoder.layers.encoder_layer_0")
+    assert grid == Mp.Grid(1, 3, 3)
+    _check_cells(grid, 9)
+
+
+def test_a_grid_the_model_does_not_name_is_refused_in_one_line():
+    with pytest.raises(UsageError, match="cannot tell where the 50 tokens") as e:
+        Mp.token_grid(torch.nn.Linear(3, 3), 50, "blocks.0")
+    assert "\n" not in str(e.value)
+    import timm
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, num_classes=0)
+    with pytest.raises(UsageError, match="17 = 17|has 12 tokens"):
+        Mp.token_grid(model, 12, "blocks.0")                              # pooled or merged tokens
+
+
+def test_layouts_become_maps_and_two_dimensional_outputs_have_none():
+    x = torch.rand(2, 3, 4, 5)
+    assert torch.equal(Mp.position_maps(x, "nchw"), x)
+    assert torch.equal(Mp.position_maps(x.permute(0, 2, 3, 1), "nhwc"), x)
+    assert Mp.position_maps(torch.rand(2, 7), "nc") is None
+    assert Mp.position_maps(torch.rand(2, 3, 9), "ncl").shape == (2, 3, 1, 9)
