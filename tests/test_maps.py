@@ -145,3 +145,82 @@ def test_layouts_become_maps_and_two_dimensional_outputs_have_none():
     assert torch.equal(Mp.position_maps(x.permute(0, 2, 3, 1), "nhwc"), x)
     assert Mp.position_maps(torch.rand(2, 7), "nc") is None
     assert Mp.position_maps(torch.rand(2, 3, 9), "ncl").shape == (2, 3, 1, 9)
+
+
+# ---------------------------------------------------------------------------
+# NetDissect's IoU (dissect.evaluate.segmentation) against float64 loops
+# ---------------------------------------------------------------------------
+
+from dissect.evaluate import segmentation as Sg  # noqa: E402
+
+
+@pytest.mark.parametrize("total,batches", [(1000, [1000]), (997, [400, 1, 596]), (3, [3]), (250, [50] * 5)])
+def test_the_running_quantile_is_numpys_exact_quantile(total, batches):
+    rng = np.random.default_rng(total)
+    vals = rng.normal(size=(total, 3))
+    vals[:, 2] = np.round(vals[:, 2])                                     # ties
+    tq = Sg.TopQuantile(3, total)
+    s = 0
+    for b in batches:
+        tq.update(torch.from_numpy(vals[s : s + b]))
+        s += b
+    np.testing.assert_allclose(tq.thresholds().numpy(), np.quantile(vals, 1 - Sg.QUANTILE, axis=0), rtol=0, atol=1e-12)
+    assert tq.k <= total
+
+
+def _bilinear_reference(m, H, W):
+    """align_corners=False: output pixel i samples the input at (i + 0.5) h / H - 0.5, clamped to the edge."""
+    h, w = m.shape
+    out = np.zeros((H, W))
+    for i in range(H):
+        for j in range(W):
+            y = min(max((i + 0.5) * h / H - 0.5, 0.0), h - 1)
+            x = min(max((j + 0.5) * w / W - 0.5, 0.0), w - 1)
+            y0, x0 = int(math.floor(y)), int(math.floor(x))
+            y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+            fy, fx = y - y0, x - x0
+            out[i, j] = ((1 - fy) * (1 - fx) * m[y0, x0] + (1 - fy) * fx * m[y0, x1]
+                         + fy * (1 - fx) * m[y1, x0] + fy * fx * m[y1, x1])
+    return out
+
+
+def test_iou_tally_equals_netdissects_counts_on_hand_made_masks():
+    rng = np.random.default_rng(3)
+    B, C, h, w, H, W = 4, 3, 2, 3, 4, 6
+    maps = rng.random((B, C, h, w))
+    thr = np.array([0.5, 0.7, 0.3])
+    objects = rng.integers(0, 4, size=(B, H, W))                          # kind 0: 3 concepts + unlabelled
+    parts = rng.integers(0, 3, size=(B, H, W))                            # kind 1: 2 concepts + unlabelled
+    parts[1] = 0                                                          # an image without parts
+    tally = Sg.IoUTally(C, [4, 3])
+    tally.update(torch.from_numpy(maps[:2]), torch.from_numpy(thr), [torch.from_numpy(objects[:2]), torch.from_numpy(parts[:2])])
+    tally.update(torch.from_numpy(maps[2:]), torch.from_numpy(thr), [torch.from_numpy(objects[2:]), None])  # no parts here
+    both = np.zeros((C, 7))
+    labels = np.zeros(7)
+    units_kind = np.zeros((C, 2))
+    for b in range(B):
+        kinds = [(0, objects[b], 0), (1, parts[b], 4)] if b < 2 else [(0, objects[b], 0)]
+        for k, mask, off in kinds:
+            for y in range(H):
+                for x in range(W):
+                    if mask[y, x] > 0:
+                        labels[off + mask[y, x]] += 1
+        for u in range(C):
+            act = _bilinear_reference(maps[b, u], H, W) > thr[u]
+            for k, mask, off in kinds:
+                hits = [(y, x) for y in range(H) for x in range(W) if act[y, x] and mask[y, x] > 0]
+                for y, x in hits:
+                    both[u, off + mask[y, x]] += 1
+                if hits:
+                    units_kind[u, k] += act.sum()
+    np.testing.assert_allclose(tally.both.numpy(), both, atol=1e-9)
+    np.testing.assert_allclose(tally.labels.numpy(), labels, atol=1e-9)
+    np.testing.assert_allclose(tally.units_kind.numpy(), units_kind, atol=1e-9)
+    kind_of = [0] * 4 + [1] * 3
+    want = np.zeros_like(both)
+    for u in range(C):
+        for j in range(7):
+            den = units_kind[u, kind_of[j]] + labels[j] - both[u, j]
+            want[u, j] = both[u, j] / den if den > 0 else 0.0
+    np.testing.assert_allclose(tally.iou().numpy(), want, atol=1e-12)
+    assert (tally.iou()[:, [0, 4]] == 0).all()                            # unlabelled is never a concept
