@@ -224,3 +224,54 @@ def test_iou_tally_equals_netdissects_counts_on_hand_made_masks():
             want[u, j] = both[u, j] / den if den > 0 else 0.0
     np.testing.assert_allclose(tally.iou().numpy(), want, atol=1e-12)
     assert (tally.iou()[:, [0, 4]] == 0).all()                            # unlabelled is never a concept
+
+
+# ---------------------------------------------------------------------------
+# Mask folders (dissect.artifacts.masks) and the demo world's masks
+# ---------------------------------------------------------------------------
+
+from dissect.artifacts import masks as Mk  # noqa: E402
+from dissect.demo import world  # noqa: E402
+from dissect.errors import InputError  # noqa: E402
+
+
+def test_the_demo_world_writes_masks_of_what_it_drew_and_the_same_images(tmp_path):
+    plain = world.write_probe(tmp_path / "plain", 12, seed=5)
+    probe = world.write_probe(tmp_path / "probe", 12, seed=5, masks=tmp_path / "masks")
+    for i in range(12):
+        name = f"{i:06d}.png"
+        assert (plain / name).read_bytes() == (probe / name).read_bytes()      # masks change no image
+    kinds = {k.name: k for k in Mk.open_masks(tmp_path / "masks")}
+    assert set(kinds) == {"shape", "texture"} and kinds["shape"].classes[0] == "unlabelled"
+    rows = {r.split(",")[0]: r.strip().split(",") for r in (probe / "attributes.csv").read_text().splitlines()[1:]}
+    header = (probe / "attributes.csv").read_text().splitlines()[0].split(",")
+    for name, row in rows.items():
+        attrs = dict(zip(header, row))
+        shape, texture = Mk.read_mask(kinds["shape"], name), Mk.read_mask(kinds["texture"], name)
+        assert shape.shape == texture.shape == (64, 64)
+        assert set(np.unique(shape)) == {0, kinds["shape"].classes.index(attrs["shape"])}
+        assert set(np.unique(texture)) == {0, kinds["texture"].classes.index(attrs["texture"])}
+        assert ((shape > 0) ^ (texture > 0)).all()                                # object or background, never both
+        # the object's pixels are the ones the image paints in its colour: far from the background's greys
+        img = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(probe / name).convert("RGB"), dtype=float)
+        inside, outside = img[shape > 0], img[shape == 0]
+        assert inside.size and abs(inside.mean(axis=0) - outside.mean(axis=0)).max() > 20
+
+
+def test_mask_folders_are_read_in_ade20k_layout_and_bad_ones_end_in_one_line(tmp_path):
+    one = Mk.write_mask_kind(tmp_path / "m", ["unlabelled", "sky", "tree"], {"a/b.jpg": np.array([[0, 1], [2, 2]])})
+    assert (one / "a" / "b.png").is_file()
+    [kind] = Mk.open_masks(one)
+    np.testing.assert_array_equal(Mk.read_mask(kind, "a/b.jpg"), [[0, 1], [2, 2]])
+    assert Mk.read_mask(kind, "a/missing.jpg") is None
+    wide = Mk.write_mask_kind(tmp_path / "w", ["unlabelled"] + [f"c{i}" for i in range(299)], {"x.png": np.array([[299, 7]])})
+    np.testing.assert_array_equal(Mk.read_mask(Mk.open_masks(wide)[0], "x.png"), [[299, 7]])   # 16-bit
+    (tmp_path / "m" / "classes.txt").write_text("unlabelled\nsky\n")
+    with pytest.raises(InputError, match="uses index 2, but .* names 2") as e:
+        Mk.read_mask(Mk.open_masks(one)[0], "a/b.jpg")
+    assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match="does not exist"):
+        Mk.open_masks(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no classes.txt"):
+        Mk.open_masks(tmp_path / "empty")

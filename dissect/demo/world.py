@@ -224,6 +224,12 @@ def _background(texture: str, size: int, rng: np.random.Generator) -> np.ndarray
 
 def render(attrs: dict[str, str], rng: np.random.Generator, size: int = 64) -> Image.Image:
     """Render one RGB image of ``attrs`` (position, rotation, colours jittered by ``rng``)."""
+    return render_with_coverage(attrs, rng, size)[0]
+
+
+def render_with_coverage(attrs: dict[str, str], rng: np.random.Generator, size: int = 64):
+    """The image of :func:`render` and the object's coverage of each pixel ([size, size] in [0, 1]), which the
+    image blends its colour with the background by (the same draws of ``rng``: the same image)."""
     for name, vocab in ATTRIBUTES.items():
         if attrs.get(name) not in vocab:
             raise ValueError(f"attribute {name!r} must be one of {vocab}, got {attrs.get(name)!r}")
@@ -244,7 +250,19 @@ def render(attrs: dict[str, str], rng: np.random.Generator, size: int = 64) -> I
     fg = np.array(_COLOR_RGB[attrs["color"]], dtype=np.float64) + rng.uniform(-18, 18, size=3)
     img = bg * (1 - mask[..., None]) + fg * mask[..., None]
     img = img + rng.normal(0.0, 4.0, size=img.shape)
-    return Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8), mode="RGB")
+    return Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8), mode="RGB"), mask
+
+
+#: The demo's mask kinds: the shape on the object's pixels, the texture on the background's.
+MASK_KINDS = ("shape", "texture")
+
+
+def masks_of(attrs: dict[str, str], coverage: np.ndarray) -> dict[str, np.ndarray]:
+    """Index masks of one image (0 unlabelled): ``shape`` where the object covers at least half a pixel, its
+    shape's index + 1 there; ``texture`` the background texture's index + 1 elsewhere."""
+    on = coverage >= 0.5
+    return {"shape": np.where(on, ATTRIBUTES["shape"].index(attrs["shape"]) + 1, 0),
+            "texture": np.where(on, 0, ATTRIBUTES["texture"].index(attrs["texture"]) + 1)}
 
 
 # --------------------------------------------------------------------------
@@ -270,19 +288,32 @@ def generate(n: int, seed: int, size: int = 64) -> list[tuple[Image.Image, dict[
     return out
 
 
-def write_probe(folder, n: int, seed: int, size: int = 64) -> Path:
-    """Write ``n`` images ``000000.png ...`` plus ``attributes.csv`` into ``folder``.
+def write_probe(folder, n: int, seed: int, size: int = 64, masks=None) -> Path:
+    """Write ``n`` images ``000000.png ...`` plus ``attributes.csv`` into ``folder``, and with ``masks`` (a
+    folder) their segmentation masks there (:data:`MASK_KINDS`, one subfolder each: ``dissect.artifacts.masks``).
 
     ``attributes.csv`` has a ``filename`` column followed by one column per
     attribute (in :data:`ATTRIBUTES` order).  Returns the folder as a Path.
     """
+    from ..artifacts.masks import write_mask_kind
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    for i, (img, attrs) in enumerate(generate(n, seed, size)):
+    kinds: dict[str, dict[str, np.ndarray]] = {k: {} for k in MASK_KINDS}
+    for i in range(int(n)):
+        rng = _item_rng(seed, i)
+        attrs = sample_attributes(rng)
+        img, coverage = render_with_coverage(attrs, rng, size)
         name = f"{i:06d}.png"
         img.save(folder / name, format="PNG")
         rows.append([name] + [attrs[a] for a in ATTRIBUTES])
+        if masks is not None:
+            for kind, arr in masks_of(attrs, coverage).items():
+                kinds[kind][name] = arr
+    if masks is not None:
+        for kind in MASK_KINDS:
+            write_mask_kind(Path(masks) / kind, ["unlabelled", *ATTRIBUTES[kind]], kinds[kind])
     with open(folder / "attributes.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["filename", *ATTRIBUTES])
