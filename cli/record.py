@@ -37,11 +37,14 @@ def record(
     directions: O.Directions = None,
     directions_summary: O.DirectionsSummary = "auto",
     directions_dtype: O.DirectionsDtype = "float32",
+    maps: Annotated[int, typer.Option("--maps", min=0, help="Keep each unit's K top images with its spatial map on each (conv positions, ViT patch tokens, SAE latents at every position), float16 in activations.h5; 0: none.")] = 0,
+    max_memory: Annotated[str, typer.Option("--max-memory", help="Memory budget of the kept maps, e.g. 512MB, 4GB.")] = O.DEFAULT_MAX_MEMORY,
 ):
     """Record each neuron's activation on every probe image -> activations.h5 (adds missing layers to an existing file).
 
     With --directions, also the units of each direction set (SAE latents, probe or PCA directions), encoded at every
-    position of its layer's output, as the entry LAYER@NAME."""
+    position of its layer's output, as the entry LAYER@NAME. With --maps K, also where each unit fires on its K
+    top images."""
     from dissect import record as stage
 
     stage.record(
@@ -56,6 +59,8 @@ def record(
         overrides=O.overrides(input_size, crop_pct, mean, std, interpolation),
         options=O.pass_options(device, batch_size, workers, precision, strict, checkpoint_every, channels_last, shard),
         directions=O.directions(directions, directions_summary, directions_dtype),
+        maps=maps,
+        max_memory=O.parse_size(max_memory),
     )
 
 

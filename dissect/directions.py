@@ -538,25 +538,30 @@ def positions_last(x, layout: str):
     raise ValueError(f"unknown layout {layout!r}")
 
 
-def encode_summary(ds: DirectionSet, x, layout: str, summary: str):
+def encode_summary(ds: DirectionSet, x, layout: str, summary: str, sink=None):
     """(N, K): the set's units at every position of ``x`` (N, ...), summarised over positions.
 
-    ``cls`` encodes only token 0 (per-position maps commute with taking it). Rows are
-    encoded in blocks so that the [rows, P, K] latents stay under ``ENCODE_BLOCK`` elements.
+    ``cls`` encodes only token 0 (per-position maps commute with taking it), unless a ``sink`` wants every
+    position: ``sink(lo, hi, z, summary)`` gets each block of rows lo..hi, its [rows, P, K] units at every
+    position and their [rows, K] summary (what ``record --maps`` keeps the top maps of). Rows are encoded in
+    blocks so that the [rows, P, K] latents stay under ``ENCODE_BLOCK`` elements.
     """
     import torch
 
     if summary == "cls" and layout != "nlc":
         raise UsageError(f"--directions-summary cls needs token outputs (N, L, C); this layer's layout is {layout}")
     t = positions_last(x, layout)
-    if summary == "cls":
+    if summary == "cls" and sink is None:
         t = t[:, :1]
     n, p, _ = t.shape
     step = max(1, ENCODE_BLOCK // max(1, p * ds.k))
     parts = []
     for s in range(0, n, step):
         z = _encode_block(ds, t[s : s + step].float())
-        parts.append(z[:, 0] if p == 1 else (z.mean(dim=1) if summary == "mean" else z.amax(dim=1)))
+        part = z[:, 0] if p == 1 or summary == "cls" else (z.mean(dim=1) if summary == "mean" else z.amax(dim=1))
+        if sink is not None:
+            sink(s, min(n, s + step), z, part)
+        parts.append(part)
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from .directions import encode_summary
+from .maps import MapsRequest, TopMaps, grid_positions, position_maps
 from .errors import ModelError, UsageError
 
 LAYOUTS = ("auto", "nc", "nlc", "ncl", "nchw", "nhwc")
@@ -411,7 +412,7 @@ class Recorder:
 
     def __init__(self, model: torch.nn.Module, layers: list[str], summary: str = "mean",
                  layout: "str | LayoutRequest | dict[str, LayerInfo]" = "auto", keep_raw: bool = False,
-                 units: "dict[str, tuple[str, Any, str]] | None" = None):
+                 units: "dict[str, tuple[str, Any, str]] | None" = None, maps: "MapsRequest | None" = None):
         if summary not in SUMMARIES:
             raise UsageError(f"unknown summary {summary!r}", hint=f"use one of {', '.join(SUMMARIES)}")
         self.model, self.summary = model, summary
@@ -432,6 +433,10 @@ class Recorder:
         self._out: dict[str, torch.Tensor] = {}
         self._ran: set[str] = set()
         self._probing = False
+        # ``maps``: the layers and entries whose units' top maps are kept (``record --maps``), in ``top``.
+        self.maps = maps
+        self.top: dict[str, TopMaps] = {}
+        self._rows: torch.Tensor | None = None
 
     def __enter__(self) -> "Recorder":
         modules = dict(self.model.named_modules())
@@ -467,14 +472,39 @@ class Recorder:
             x = output.detach()
             if name in self.outputs:
                 self._out[name] = x if self.keep_raw else summarize(x.float(), info.layout, self.summary)
+                if self._mapped(name):
+                    pm = position_maps(x.float(), info.layout, self.maps.grids[name])
+                    self._top(name, pm.shape[1:]).update(self._out[name], pm, self._rows)
             if self._by_layer.get(name):
                 for entry in self._by_layer[name]:
                     _, dset, summ = self.units[entry]
-                    self._out[entry] = encode_summary(dset, x, info.layout, summ)
+                    sink = self._entry_sink(entry, info) if self._mapped(entry) else None
+                    self._out[entry] = encode_summary(dset, x, info.layout, summ, sink)
             if len(self._ran) == len(self.layers):
                 raise _Stop
 
         return hook
+
+    def _mapped(self, name: str) -> bool:
+        return self.maps is not None and name in self.maps.grids and self._rows is not None
+
+    def _top(self, name: str, shape) -> TopMaps:
+        if name not in self.top:
+            c, h, w = (int(v) for v in shape)
+            self.top[name] = TopMaps(self.maps.k, c, h, w, device=self._rows.device)
+        return self.top[name]
+
+    def _entry_sink(self, entry: str, info: LayerInfo):
+        """Where a direction entry's per-position units go: its top maps, block by block."""
+        hw = tuple(info.raw_shape[1:3]) if info.layout == "nchw" else tuple(info.raw_shape[0:2])
+        grid = self.maps.grids[entry]
+        rows = self._rows
+
+        def sink(lo: int, hi: int, z: torch.Tensor, summary: torch.Tensor) -> None:
+            pm = grid_positions(z, info.layout, grid, hw if info.layout != "ncl" else (1, z.shape[1]))
+            self._top(entry, pm.shape[1:]).update(summary, pm, rows[lo:hi])
+
+        return sink
 
     def resolve(self, example: torch.Tensor) -> dict[str, LayerInfo]:
         """Decide every layer's layout from one forward pass of ``example`` (if not given)."""
@@ -487,10 +517,11 @@ class Recorder:
             self.layer_info.update(check_recordable(infos, [n for n in self.layers if n not in self.layer_info]))
         return self.layer_info
 
-    def run(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    def run(self, batch: torch.Tensor, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Forward ``batch``; returns each layer's (N, C) summary (or raw output with keep_raw) and each unit
-        set's (N, K) summary under its entry name."""
+        set's (N, K) summary under its entry name. ``rows``: the batch's image rows, which the top maps keep."""
         self.resolve(batch)
+        self._rows = None if rows is None else torch.as_tensor(rows, dtype=torch.long, device=batch.device)
         self._out, self._ran = {}, set()
         try:
             with torch.inference_mode():

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .errors import UsageError
@@ -36,6 +37,15 @@ class Grid:
     @property
     def tokens(self) -> int:
         return self.prefix + self.h * self.w
+
+
+@dataclass(frozen=True)
+class MapsRequest:
+    """What ``record --maps K`` keeps: each unit's ``k`` top images with its map, for the layers and entries of
+    ``grids`` (each with its token grid, None for conv and 1-D outputs)."""
+
+    k: int
+    grids: dict[str, Grid | None]
 
 
 def _pair(v) -> tuple[int, int]:
@@ -108,20 +118,65 @@ class TopMaps:
                    torch.cat([self.maps, maps.to(dev, torch.float16)]))
 
     def merge(self, other: "TopMaps") -> None:
-        """Fold in another pass's top maps of the same units (a shard's, or the reused part of a file)."""
+        """Fold in another pass's top maps of the same units (a shard's, or a checkpoint's)."""
         dev = self.scores.device
         self._keep(torch.cat([self.scores, other.scores.to(dev)]), torch.cat([self.rows, other.rows.to(dev)]),
                    torch.cat([self.maps, other.maps.to(dev)]))
 
+    def arrays(self) -> dict[str, "np.ndarray"]:
+        """The state as numpy arrays, unit-major (``values`` [C, K, h, w] float16, ``rows`` [C, K] int64,
+        ``scores`` [C, K] float32): what a checkpoint and activations.h5 hold."""
+        return {"values": self.maps.transpose(0, 1).contiguous().cpu().numpy(),
+                "rows": self.rows.T.contiguous().cpu().numpy(), "scores": self.scores.T.contiguous().cpu().numpy()}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, "np.ndarray"], device=None) -> "TopMaps":
+        values = torch.from_numpy(np.ascontiguousarray(arrays["values"]))
+        rows = torch.from_numpy(np.ascontiguousarray(arrays["rows"])).to(torch.long)
+        scores = torch.from_numpy(np.ascontiguousarray(arrays["scores"])).to(torch.float32)
+        c, k, h, w = values.shape
+        if rows.shape != (c, k) or scores.shape != (c, k):
+            raise ValueError(f"maps of {c} units x {k}: rows {tuple(rows.shape)}, scores {tuple(scores.shape)}")
+        out = cls(k, c, h, w, device)
+        out.maps = values.to(device, torch.float16).transpose(0, 1).contiguous()
+        out.rows, out.scores = rows.T.contiguous().to(device), scores.T.contiguous().to(device)
+        return out
+
     def _keep(self, s: torch.Tensor, r: torch.Tensor, m: torch.Tensor) -> None:
         """The K best of the candidates ``s``, ``r`` [K', C], ``m`` [K', C, h, w]: score descending, then row
-        ascending (two stable sorts), so the order the candidates came in does not matter."""
+        ascending (two stable sorts), so the order the candidates came in does not matter. An image offered twice
+        (a checkpoint saved mid-batch holds images that a resumed pass encodes again) counts once."""
         by_row = torch.argsort(r, dim=0, stable=True)
+        rs = torch.gather(r, 0, by_row)
+        dup = torch.zeros_like(rs, dtype=torch.bool)
+        dup[1:] = (rs[1:] == rs[:-1]) & (rs[1:] >= 0)
+        if bool(dup.any()):
+            gone = torch.zeros_like(dup).scatter_(0, by_row, dup)
+            s = torch.where(gone, torch.full_like(s, -math.inf), s)
+            r = torch.where(gone, torch.full_like(r, -1), r)
+            by_row = torch.argsort(r, dim=0, stable=True)
         by_score = torch.sort(torch.gather(s, 0, by_row), dim=0, descending=True, stable=True).indices[: self.k]
         order = torch.gather(by_row, 0, by_score)
         self.scores = torch.gather(s, 0, order)
         self.rows = torch.gather(r, 0, order)
         self.maps = torch.gather(m, 0, order[:, :, None, None].expand(-1, -1, m.shape[2], m.shape[3]))
+
+
+def maps_bytes(k: int, units: int, h: int, w: int) -> int:
+    """What :class:`TopMaps` of these sizes holds, and about what an update needs again beside it."""
+    return int(k) * int(units) * int(h) * int(w) * 2
+
+
+def grid_positions(z: torch.Tensor, layout: str, grid: Grid | None, hw: tuple[int, int]) -> torch.Tensor:
+    """[n, K, h, w] maps from per-position values ``z`` [n, P, K] in the order of ``directions.positions_last``:
+    rows of an [h, w] conv output, tokens (``grid``: prefix dropped), or a 1 x L sequence."""
+    n, _, k = z.shape
+    if layout == "nlc":
+        if grid is None:
+            raise ValueError("token outputs need their grid")
+        return z[:, grid.prefix :].reshape(n, grid.h, grid.w, k).permute(0, 3, 1, 2)
+    h, w = hw
+    return z.reshape(n, h, w, k).permute(0, 3, 1, 2)
 
 
 def morans_i(maps: torch.Tensor) -> torch.Tensor:

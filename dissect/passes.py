@@ -40,6 +40,8 @@ class PassConsumer(Protocol):
     ``__call__(indices, batch)``: the batch's results for probe positions ``indices``.
     ``state(rows)`` / ``restore(rows, arrays, info)``: a finished chunk's results, as
     numpy arrays (and JSON-able ``info_state()``, e.g. layer shapes), out and back in.
+    Arrays named ``@...`` are not per-row but state of the whole pass so far (record's top
+    maps), checked by the consumer's ``restore``.
     """
 
     transform: Callable[[Any], Any]
@@ -317,6 +319,8 @@ def _restore_chunk(checkpoint, c: int, positions: list[int], consumers, probe: P
         raise _DamagedChunk("it lists skipped images outside it")
     rows = np.asarray(positions, dtype=np.int64)
     for name, arr in arrays.items():
+        if name.split(":", 1)[-1].startswith("@"):
+            continue  # a consumer's whole-pass state (record's top maps): its restore checks it
         if arr.ndim != 2 or arr.shape[0] != len(rows) or arr.dtype.kind != "f":
             raise _DamagedChunk(f"array {name} is {arr.dtype} {arr.shape}, not {len(rows)} rows of floats")
         kept = np.array([i not in skipped_pos for i in positions], dtype=bool)

@@ -13,9 +13,11 @@ from . import artifacts as A
 from .directions import DirectionsOptions, UnitEntry, is_entry
 from .errors import MismatchError, UsageError
 from .fingerprint import fingerprint
+from .maps import MapsRequest
 from .hooks import LayerInfo, Recorder, check_recordable, list_modules, parse_layout, probe_layers, resolve_layers
 from .models import PreprocessOverrides, Target, load_target
 from .passes import PassOptions, execute, forward_errors
+from .settings import Settings
 from .probe import Probe, Skipped, image_sizes, kept_rows, open_probe, probe_files, report_skipped, skipped_attr, unchanged_rows
 from .runtime import callable_module, note, resolve_device, resolve_precision
 
@@ -27,8 +29,60 @@ def activations_inputs_fingerprint(target: Target, probe_fp: str, precision: str
     return fingerprint([A.ACTIVATIONS_FORMAT, A.FORMAT_VERSION, target.fingerprint, pre, probe_fp] + extra)
 
 
+#: The arrays of one layer's top maps in a checkpoint and in activations.h5.
+MAP_PARTS = ("values", "rows", "scores")
+
+
 def layer_fingerprint(inputs_fp: str, layer: str, summary: str, layout: str) -> str:
     return fingerprint([inputs_fp, layer, summary, layout])
+
+
+@dataclass(frozen=True)
+class MapsOptions(Settings):
+    """``record --maps K``: keep each unit's ``maps`` top images with its spatial map on each (0: none), within
+    ``max_memory`` bytes (None: ``budget.DEFAULT_MAX_MEMORY``)."""
+
+    maps: int = 0
+    max_memory: int | None = None
+
+    def check(self) -> None:
+        if self.maps < 0:
+            raise UsageError(f"--maps must be 0 (none) or more, got {self.maps}")
+
+
+def plan_maps(plan: "RecordPlan", opts: MapsOptions, n_images: int) -> "MapsRequest | None":
+    """Whose maps ``plan`` keeps: every layer and entry it records that has positions (a 2-D output has none:
+    said once), with the token grid of token layers, K at most the ``n_images``; refused in one line over the
+    memory budget."""
+    from dataclasses import replace
+
+    from .budget import memory_budget
+    from .maps import MapsRequest, maps_bytes, token_grid
+
+    if opts.maps == 0:
+        return None
+    opts = replace(opts, maps=max(1, min(opts.maps, int(n_images))))
+    grids, flat, need = {}, [], 0
+    for name in plan.todo:
+        layer = plan.units[name].layer if name in plan.units else name
+        info = plan.infos[layer]
+        if info.layout == "nc":
+            flat.append(name)
+            continue
+        grid = token_grid(plan.target.module, info.raw_shape[0], layer) if info.layout == "nlc" else None
+        h, w = (grid.h, grid.w) if grid is not None else ((1, info.raw_shape[1]) if info.layout == "ncl" else
+                                                          tuple(info.raw_shape[1:3] if info.layout == "nchw" else info.raw_shape[0:2]))
+        units = plan.units[name].set.k if name in plan.units else info.n_units
+        need += 2 * maps_bytes(opts.maps, units, h, w)   # the maps and an update's copy
+        grids[name] = grid
+    if flat:
+        note(f"no maps of {', '.join(flat)}: a 2-D output has no positions")
+    budget = memory_budget(opts.max_memory)
+    if need > budget:
+        raise UsageError(f"--maps {opts.maps} needs {need / 2**20:.0f} MB for {', '.join(grids)}, over the memory budget "
+                         f"of {budget / 2**20:.0f} MB", hint="keep fewer maps (--maps), record fewer layers at a time, "
+                         "or raise --max-memory")
+    return MapsRequest(opts.maps, grids) if grids else None
 
 
 def existing_layers(path: str | os.PathLike, inputs_fp: str, summary: str, layout: str,
@@ -136,8 +190,9 @@ class ActivationRecorder:
         neurons = [n for n in self.layers if n not in self.units]
         hooked = list(dict.fromkeys(neurons + [u.layer for u in self.units.values()]))
         given = {n: infos[n] for n in hooked} if infos and all(n in infos for n in hooked) else None
+        self.maps = plan.maps if plan is not None else None
         self.recorder = Recorder(target.module, neurons, summary=summary, layout=given or layout,
-                                 units={n: (u.layer, u.set, u.summary) for n, u in self.units.items()})
+                                 units={n: (u.layer, u.set, u.summary) for n, u in self.units.items()}, maps=self.maps)
         for u in self.units.values():
             u.set.module.to(self.device)
         self.data: dict[str, Any] = {}   # name -> [N, C] array, or an A.RowSpill for layers too large for memory
@@ -166,7 +221,7 @@ class ActivationRecorder:
 
         x = batch.to(self.device, non_blocking=True, memory_format=self.memory_format)
         with forward_errors(self.target.spec, x), autocast(self.device, self.precision):
-            outputs = self.recorder.run(x)
+            outputs = self.recorder.run(x, rows=idx if self.maps is not None else None)
         rows = idx.numpy()
         for name, val in outputs.items():
             arr = val.float().cpu().numpy()
@@ -177,17 +232,24 @@ class ActivationRecorder:
             self.data[name][rows] = arr
 
     def state(self, rows) -> dict[str, np.ndarray]:
-        """The rows' activations of every layer, for a checkpoint (``passes.image_pass``)."""
-        return {name: arr[rows] for name, arr in self.data.items()}
+        """The rows' activations of every layer, for a checkpoint (``passes.image_pass``), and the top maps so far
+        (``@maps|NAME|PART``: a resumed pass merges them, an image held twice counting once)."""
+        out = {name: arr[rows] for name, arr in self.data.items()}
+        for name, top in self.recorder.top.items():
+            out.update({f"@maps|{name}|{part}": a for part, a in top.arrays().items()})
+        return out
 
     def state_names(self) -> list[str]:
-        return list(self.layers)
+        mapped = [f"@maps|{n}|{part}" for n in (self.maps.grids if self.maps else {}) for part in MAP_PARTS]
+        return list(self.layers) + mapped
 
     def info_state(self) -> dict[str, Any]:
         return {n: {"module_type": i.module_type, "raw_shape": list(i.raw_shape), "layout": i.layout, "n_units": i.n_units,
                     "layout_source": i.layout_source} for n, i in self.recorder.layer_info.items()}
 
     def restore(self, rows, state: dict[str, np.ndarray], info_state: dict[str, Any] | None = None) -> None:
+        self._restore_maps({k: v for k, v in state.items() if k.startswith("@maps|")})
+        state = {k: v for k, v in state.items() if not k.startswith("@maps|")}
         for name, arr in state.items():
             width = (info_state or {}).get(name, {}).get("n_units", arr.shape[1])
             if arr.shape[1] != width:
@@ -198,6 +260,41 @@ class ActivationRecorder:
         for name, i in (info_state or {}).items():
             self.recorder.layer_info.setdefault(name, LayerInfo(name, i["module_type"], tuple(i["raw_shape"]), i["layout"],
                                                           int(i["n_units"]), layout_source=i.get("layout_source", "")))
+
+    def _restore_maps(self, arrays: dict[str, np.ndarray]) -> None:
+        """Merge a checkpoint's top maps into the pass's (ValueError when they do not fit: a damaged chunk)."""
+        from .maps import TopMaps
+
+        names = {k.split("|")[1] for k in arrays}
+        for name in names:
+            if self.maps is None or name not in self.maps.grids:
+                raise ValueError(f"maps of {name}, which this pass does not keep")
+            parts = {p: arrays.get(f"@maps|{name}|{p}") for p in MAP_PARTS}
+            if any(v is None for v in parts.values()) or not np.isfinite(parts["values"]).all():
+                raise ValueError(f"the maps of {name} are incomplete or not finite")
+            top = TopMaps.from_arrays(parts, device=self.device)
+            if top.k != self.maps.k:
+                raise ValueError(f"maps of {name} keep {top.k}, not {self.maps.k}")
+            if name in self.recorder.top:
+                self.recorder.top[name].merge(top)
+            else:
+                self.recorder.top[name] = top
+
+    def maps_for(self, rows: list[int]) -> dict[str, dict[str, Any]]:
+        """The top maps to write, their probe positions turned into rows of the file (``rows``: the file's
+        positions in order)."""
+        row_of = np.full(self.n_images, -1, dtype=np.int64)
+        row_of[np.asarray(rows, dtype=np.int64)] = np.arange(len(rows))
+        out = {}
+        for name, top in self.recorder.top.items():
+            a = top.arrays()
+            pos = a["rows"]
+            a["rows"] = np.where(pos >= 0, row_of[np.clip(pos, 0, None)], -1)
+            grid = self.maps.grids.get(name)
+            a["attrs"] = {"k": self.maps.k, "grid_prefix": grid.prefix if grid else 0,
+                          "summary": self.units[name].summary if name in self.units else self.summary}
+            out[name] = a
+        return out
 
     @classmethod
     def for_plan(cls, plan: "RecordPlan", layers: list[str], n_images: int, summary: str, layout: str, device,
@@ -271,7 +368,7 @@ class ActivationRecorder:
         )
         A.grows(out)  # the sink replaces the version it reused (a fused pass opens no command of its own)
         A.write_activations(out, ids, data, layer_attrs, attrs, keep_from=out if keep else None, sizes=image_sizes(probe, rows),
-                            dtypes=dtypes)
+                            dtypes=dtypes, maps=self.maps_for(list(rows)) if self.maps is not None else None)
         report_skipped(list(skipped), len(positions) if positions is not None else len(probe), out)
         note(f"wrote {out}: {', '.join(f'{n} ({data[n].shape[1]} units)' for n in data)} over {len(ids)} images")
         return Path(out)
@@ -291,6 +388,7 @@ class RecordPlan:
     infos: dict[str, LayerInfo] = field(default_factory=dict)   # each layer's shape, layout and unit count
     units: dict[str, UnitEntry] = field(default_factory=dict)   # direction entries (LAYER@NAME) among the layers
     spill_dir: Path | None = None                               # where layers too large for memory are spilled
+    maps: "MapsRequest | None" = None                           # record --maps: whose top maps to keep
 
 
 def example_input(target: Target, device=None):
@@ -404,6 +502,7 @@ def record(
     """
     from .shards import distributed_world, plan_pass
 
+    maps_opts = MapsOptions.of(None, **MapsOptions.take(settings))
     opts = PassOptions.of(options, **settings)
     A.grows(out)  # an activations file grows: its previous version is read for reuse, then replaced
     out = A.check_output_path(out, probe_files(probe))
@@ -413,9 +512,12 @@ def record(
     dev = resolve_device(opts.device)
     target = model if isinstance(model, Target) else load_target(model, weights, model_args, overrides, dev, layers=layers)
     sharded = opts.shard is not None or distributed_world() is not None
+    if sharded and maps_opts.maps:
+        raise UsageError("record --maps runs in one process for now (--shard and torchrun would each keep their own "
+                         "top maps)", hint="record the maps in a single process, or leave out --maps")
     directions = DirectionsOptions.of(directions)
     grown = None if sharded else _grown_probe(out, probe, target, layers, summary, layout, dev, opts.precision,
-                                              bool(directions.items))
+                                              bool(directions.items) or bool(maps_opts.maps))
     if grown is not None:
         plan, reused = grown.plan, grown.reused
         note(f"{out}: the probe changed; reusing {len(reused)} unchanged images, recording "
@@ -423,14 +525,18 @@ def record(
     else:
         plan, reused = plan_record(probe, target, layers, out, summary, layout, dev, opts.precision,
                                    directions=directions), {}
+        if maps_opts.maps:
+            plan = _with_maps(plan, maps_opts, out, len(probe))
         if not plan.todo:
-            note(f"{out} already holds {', '.join(plan.layers)}; nothing to record")
+            note(f"{out} already holds {', '.join(plan.layers)}" + (" with their maps" if maps_opts.maps else "")
+                 + "; nothing to record")
             return Path(out)
         if plan.have:
             note(f"{out} already holds {', '.join(plan.have)}; recording {', '.join(plan.todo)}")
         if sharded and plan.exists:
             raise UsageError(f"{out} exists: sharded passes write new files", hint="write to a new -o file")
-    pp = plan_pass({"activations": out}, len(probe), opts.shard, [plan.inputs_fp, plan.todo, summary, layout],
+    pp = plan_pass({"activations": out}, len(probe), opts.shard, [plan.inputs_fp, plan.todo, summary, layout]
+                   + ([f"maps {plan.maps.k}"] if plan.maps else []),
                    opts.chunk, dev, encode=[i for i in range(len(probe)) if i not in reused] if reused else None)
     with ActivationRecorder.for_plan(plan, plan.todo, len(probe), summary, layout, dev, opts.channels_last,
                                      opts.batch_size) as rec:
@@ -438,6 +544,26 @@ def record(
             grown.restore_into(rec)
         made = execute(probe, {"activations": rec}, pp, opts, f"record {len(plan.todo)} layer(s)", dev)
     return made["activations"]
+
+
+def _with_maps(plan: RecordPlan, opts: MapsOptions, out, n_images: int) -> RecordPlan:
+    """``plan`` keeping top maps: the layers ``out`` holds without maps (or with fewer than K per unit) are
+    recorded again, with them."""
+    from dataclasses import replace
+
+    stored = A.maps_in(out) if plan.exists else {}
+    want = min(opts.maps, int(n_images))
+    again = [n for n in plan.have if stored.get(n, 0) < want and _has_positions(plan, n)]
+    if again:
+        note(f"{out}: recording {', '.join(again)} again, with --maps {opts.maps}")
+    plan = replace(plan, todo=[n for n in plan.layers if n in plan.todo or n in again],
+                   have=[n for n in plan.have if n not in again])
+    return replace(plan, maps=plan_maps(plan, opts, n_images))
+
+
+def _has_positions(plan: RecordPlan, name: str) -> bool:
+    layer = plan.units[name].layer if name in plan.units else name
+    return plan.infos[layer].layout != "nc"
 
 
 @dataclass

@@ -275,3 +275,156 @@ def test_mask_folders_are_read_in_ade20k_layout_and_bad_ones_end_in_one_line(tmp
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no classes.txt"):
         Mk.open_masks(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------------------
+# record --maps: what activations.h5 keeps
+# ---------------------------------------------------------------------------
+
+from conftest import make_images  # noqa: E402
+from test_cli import TIMM, invoke  # noqa: E402
+
+from dissect import artifacts as A  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+def _raw_outputs(probe, layer: str, n: int):
+    """Every image's raw output of ``layer`` of the test model, in probe order (the brute force)."""
+    from dissect.hooks import Recorder
+    from dissect.models import load_target
+    from dissect.probe import open_probe
+
+    target = load_target("timm:test_resnet", "none", None, None, "cpu", layers=[layer])
+    p = open_probe([str(probe)])
+    batch = torch.stack([target.transform(p.load(i)) for i in range(n)])
+    with Recorder(target.module.eval(), [layer], keep_raw=True) as rec:
+        return rec.run(batch)[layer].float()
+
+
+def test_recorded_maps_are_each_units_top_images_with_its_map_whatever_the_batch(tmp_path):
+    probe = make_images(tmp_path / "probe", 30, seed=4)
+    for batch in (4, 30):
+        invoke("record", probe, *TIMM, "--layers", "layer1,fc", "--maps", "3", "--batch-size", batch,
+               "-o", tmp_path / f"a{batch}.h5")
+    raw = _raw_outputs(probe, "layer1", 30)                                # [N, C, h, w]
+    scores = A.read_activation_layer(tmp_path / "a4.h5", "layer1")         # the file's summary, row order
+    got = A.read_maps(tmp_path / "a4.h5", "layer1")
+    assert got.values.shape == (raw.shape[1], 3, *raw.shape[2:]) and A.maps_in(tmp_path / "a4.h5") == {"layer1": 3}
+    ids = A.read_activations(tmp_path / "a4.h5", data=False).ids
+    from dissect.probe import open_probe
+
+    pos_of = {k: i for i, k in enumerate(open_probe([str(probe)]).ids)}
+    for u in range(raw.shape[1]):
+        want = sorted(range(30), key=lambda i: (-scores[i, u], i))[:3]
+        assert got.rows[u].tolist() == want, u
+        for j, row in enumerate(want):
+            np.testing.assert_array_equal(got.values[u, j], raw[pos_of[ids[row]], u].half().float().numpy())
+    other = A.read_maps(tmp_path / "a30.h5", "layer1")
+    np.testing.assert_array_equal(other.rows, got.rows)
+    np.testing.assert_allclose(other.values, got.values, atol=2e-3)
+    with pytest.raises(Exception, match="no maps of 'fc'"):
+        A.read_maps(tmp_path / "a4.h5", "fc")                              # a 2-D output has none
+
+
+def test_maps_are_added_to_a_file_recorded_without_them_and_refused_over_the_budget(tmp_path):
+    probe = make_images(tmp_path / "probe", 12, seed=5)
+    out = tmp_path / "a.h5"
+    invoke("record", probe, *TIMM, "--layers", "layer1", "-o", out)
+    r = invoke("record", probe, *TIMM, "--layers", "layer1", "--maps", "2", "-o", out)
+    assert "recording layer1 again, with --maps 2" in r.stderr and A.maps_in(out) == {"layer1": 2}
+    r = invoke("record", probe, *TIMM, "--layers", "layer1", "--maps", "2", "-o", out)
+    assert "with their maps; nothing to record" in r.stderr
+    r = invoke("record", probe, *TIMM, "--layers", "layer1", "--maps", "50", "-o", tmp_path / "b.h5")
+    assert A.maps_in(tmp_path / "b.h5") == {"layer1": 12}                     # K at most the images there are
+    r = invoke("record", probe, *TIMM, "--layers", "layer1", "--maps", "2", "--shard", "1/2",
+               "-o", tmp_path / "c.h5", ok=False)
+    assert r.exit_code != 0 and "one process" in r.output
+
+
+TOKENS_MODEL = """
+import torch
+
+
+class Tokens(torch.nn.Module):
+    \"\"\"A ViT-shaped model: 1 CLS + 2 register tokens, then a 3 x 4 patch grid; its layer ``tokens`` makes unit k
+    fire at patch k only (scaled by the image's mean, so images differ), the prefix tokens loud.\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        self.patch_embed = torch.nn.Module()
+        self.patch_embed.grid_size = (3, 4)
+        self.num_prefix_tokens = 3
+        self.tokens = torch.nn.Identity()
+        self.head = torch.nn.Linear(12, 2)
+
+    def forward(self, x):
+        t = torch.zeros(x.shape[0], 15, 12)
+        t[:, :3] = 9.0
+        scale = x.mean(dim=(1, 2, 3)) + 2
+        for k in range(12):
+            t[:, 3 + k, k] = scale
+        return self.head(self.tokens(t).mean(dim=1))
+
+
+def build():
+    return Tokens()
+"""
+
+
+def test_a_unit_that_fires_at_one_token_maps_to_its_grid_cell_for_layers_and_sae_entries(tmp_path):
+    probe = make_images(tmp_path / "probe", 6, seed=6)
+    (tmp_path / "tok.py").write_text(TOKENS_MODEL)
+    torch.save(torch.eye(12)[[5, 2, 11]], tmp_path / "w.pt")               # an entry of 3 directions: units 5, 2, 11
+    out = tmp_path / "t.h5"
+    invoke("record", probe, "--model", f"{tmp_path / 'tok.py'}:build", "--input-size", "16", "--mean", "0.5,0.5,0.5",
+           "--std", "0.5,0.5,0.5", "--layers", "tokens", "--layout", "tokens=nlc", "--directions", f"tokens@w={tmp_path / 'w.pt'}",
+           "--maps", "2", "-o", out)
+    layer = A.read_maps(out, "tokens")
+    assert layer.values.shape == (12, 2, 3, 4)
+    for k in range(12):
+        assert divmod(int(layer.values[k, 0].argmax()), 4) == divmod(k, 4)   # the CLS and registers are skipped
+        assert float(layer.scores[k, 0]) == pytest.approx((27 + float(layer.values[k, 0].max())) / 15, rel=1e-3)  # mean of all 15
+    entry = A.read_maps(out, "tokens@w")
+    assert entry.values.shape == (3, 2, 3, 4)
+    for j, k in enumerate([5, 2, 11]):
+        assert divmod(int(entry.values[j, 0].argmax()), 4) == divmod(k, 4)
+
+
+def test_maps_over_the_memory_budget_are_refused_in_one_line():
+    from dissect.hooks import LayerInfo
+    from dissect.record import MapsOptions, RecordPlan, plan_maps
+
+    info = LayerInfo("layer4", "Bottleneck", (2048, 56, 56), "nchw", 2048)
+    plan = RecordPlan(None, ["layer4"], ["layer4"], [], False, "", "fp32", {"layer4": info})
+    with pytest.raises(UsageError, match="--maps 32 needs 784 MB for layer4, over the memory budget of 256 MB") as e:
+        plan_maps(plan, MapsOptions(maps=32), 50_000)
+    assert "\n" not in str(e.value)
+    assert plan_maps(plan, MapsOptions(maps=32, max_memory=1 << 30), 50_000).k == 32
+    assert plan_maps(plan, MapsOptions(maps=0), 50_000) is None
+
+
+def test_a_resumed_pass_keeps_the_maps_of_one_uninterrupted_pass(tmp_path, monkeypatch):
+    """Chunks restored from a checkpoint bring their top maps; the re-encoded chunk's images are counted once even
+    where a saved chunk already held them (batches of 3 straddle chunks of 4)."""
+    from dissect import passes
+
+    probe = make_images(tmp_path / "probe", 12, seed=7)
+    common = ["record", probe, *TIMM, "--layers", "layer1", "--maps", "4", "--batch-size", 3, "--workers", 0,
+              "--device", "cpu"]
+    ref = tmp_path / "ref.h5"
+    invoke(*common, "-o", ref, "--checkpoint-every", 0)
+    out = tmp_path / "out.h5"
+    partial = Path(str(out) + ".partial")
+    with monkeypatch.context() as m:                                       # a checkpoint that survives, as a crash leaves it
+        m.setattr(passes.Checkpoint, "remove", lambda self: None)
+        invoke(*common, "-o", out, "--checkpoint-every", 4)
+    chunks = sorted(partial.glob("chunk-*.npz"))
+    assert len(chunks) == 3
+    out.unlink()
+    chunks[1].unlink()                                                     # its 4 images are encoded again
+    r = invoke(*common, "-o", out, "--checkpoint-every", 4)
+    assert "resuming: 8 of 12 images restored" in r.stderr.replace("\n", " ")
+    a, b = A.read_maps(out, "layer1"), A.read_maps(ref, "layer1")
+    np.testing.assert_array_equal(a.rows, b.rows)
+    np.testing.assert_array_equal(a.values, b.values)
+    assert len(set(a.rows[0].tolist())) == 4                               # no image twice

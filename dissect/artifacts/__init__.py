@@ -22,7 +22,7 @@ from .formats import (ACTIVATIONS_FORMAT, COMPOSED_FORMAT, DIRECTIONS_FORMAT, EV
                       PVALUES_FORMAT, SANITY_FORMAT, SIMULATE_FORMAT, STABILITY_FORMAT, STDOUT, TEXT_FORMAT)
 from .hdf5 import (COPY_BLOCK_BYTES, EMBEDDING_DTYPES, LAYER_CHUNK, WIDE_LAYER_BYTES, Activations, DatasetHeader,
                    Embeddings, Header, RowSpill, RowSpillView, activation_layer_shape, check_same_clip, h5_dataset,
-                   h5_layers, peek_attrs, read_activation_layer, read_activations, read_embeddings, read_header,
+                   UnitMaps, h5_layers, maps_in, peek_attrs, read_activation_layer, read_maps, read_activations, read_embeddings, read_header,
                    read_image_embeddings, read_sizes, read_text_embeddings, write_activations, write_embeddings)
 from .runs import RUN_FILES, RUN_MANIFEST, find_run, write_run_manifest
 from .sniff import sniff

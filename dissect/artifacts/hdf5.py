@@ -396,8 +396,13 @@ def write_activations(
     keep_from: str | os.PathLike | None = None,
     sizes: list[int] | None = None,
     dtypes: dict[str, str] | None = None,
+    maps: "dict[str, dict[str, Any]] | None" = None,
 ) -> Path:
-    """Write activations.h5 atomically; layers of ``keep_from`` (an older file) are copied over.
+    """Write activations.h5 atomically; layers of ``keep_from`` (an older file) are copied over, with their maps.
+
+    ``maps``: per layer or entry, its units' top maps (``record --maps``): ``values`` [C, K, h, w] float16,
+    ``rows`` [C, K] (rows of ``ids``, -1 where fewer than K images were seen), ``scores`` [C, K] float32, and
+    ``attrs`` (the grid).
 
     A layer is an [N, C] array, or a source too large for memory with ``shape`` and
     ``block(lo, hi)`` (rows lo..hi), copied in row blocks. ``dtypes``: layers stored as
@@ -408,6 +413,7 @@ def write_activations(
     dtypes = dtypes or {}
     item = {n: 2 if dtypes.get(n) == "float16" else 4 for n in layers}
     nbytes = sum(int(np.prod(a.shape)) * item[n] for n, a in layers.items()) + _strings_bytes(ids) + 8 * len(sizes or [])
+    nbytes += sum(m["values"].nbytes + m["rows"].nbytes + m["scores"].nbytes for m in (maps or {}).values())
     if keep_from is not None:
         with h5py.File(keep_from, "r") as old:
             nbytes += sum(old["layers"][n].size * old["layers"][n].dtype.itemsize for n in old["layers"] if n not in layers)
@@ -441,7 +447,71 @@ def write_activations(
                         ds[lo:hi] = (arr.block(lo, hi) if hasattr(arr, "block") else arr[lo:hi]).astype(dtype)
                 for k, v in layer_attrs.get(name, {}).items():
                     ds.attrs[k] = _attr(v)
+            _write_maps(f, maps or {}, keep_from, set(layers))
     return Path(path)
+
+
+def _write_maps(f, maps: dict[str, dict[str, Any]], keep_from, rewritten: set[str]) -> None:
+    """The ``maps`` group: one subgroup per mapped layer or entry (``values``, ``rows``, ``scores``)."""
+    h5py = _h5py()
+    old_maps = []
+    if keep_from is not None:
+        with h5py.File(keep_from, "r") as old:
+            old_maps = [n for n in old.get("maps", {}) if n not in rewritten and n not in maps]
+    if not maps and not old_maps:
+        return
+    group = f.create_group("maps", track_order=True)
+    if old_maps:
+        with h5py.File(keep_from, "r") as old:
+            for name in old_maps:
+                old.copy(old["maps"][name], group, name=name)
+    for name, m in maps.items():
+        g = group.create_group(name)
+        c, k = m["rows"].shape
+        g.create_dataset("values", data=np.asarray(m["values"], dtype=np.float16), chunks=(1, k) + m["values"].shape[2:])
+        g.create_dataset("rows", data=np.asarray(m["rows"], dtype=np.int32))
+        g.create_dataset("scores", data=np.asarray(m["scores"], dtype=np.float32))
+        for key, v in m.get("attrs", {}).items():
+            g.attrs[key] = _attr(v)
+
+
+@dataclass
+class UnitMaps:
+    """The stored top maps of one layer or entry: ``values`` [U, K, h, w] float32 (of the units asked for),
+    ``rows`` [U, K] (rows of the file's ids; -1: none), ``scores`` [U, K] and the group's ``attrs``."""
+
+    values: np.ndarray
+    rows: np.ndarray
+    scores: np.ndarray
+    attrs: dict[str, Any]
+
+
+def maps_in(path: str | os.PathLike) -> dict[str, int]:
+    """The layers and entries of an activations file that hold maps, each with its K (none: {})."""
+    f, _ = open_h5(path, ACTIVATIONS_FORMAT)
+    with f:
+        if "maps" not in f:
+            return {}
+        return {name: int(f["maps"][name]["rows"].shape[1]) for name in f["maps"]}
+
+
+def read_maps(path: str | os.PathLike, name: str, units: list[int] | None = None) -> UnitMaps:
+    """The top maps of layer or entry ``name`` (``units``: only these units, in this order)."""
+    f, _ = open_h5(path, ACTIVATIONS_FORMAT)
+    with f:
+        if "maps" not in f or name not in f["maps"]:
+            have = sorted(f["maps"]) if "maps" in f else []
+            raise ArtifactError(f"{path} holds no maps of {name!r}" + (f" (it has maps of {', '.join(have)})" if have
+                                                                           else " (recorded without --maps)"),
+                                hint="record the layer with `dissect record --maps K`")
+        g = f["maps"][name]
+        sel = slice(None) if units is None else sorted(set(int(u) for u in units))
+        values, rows, scores = g["values"][sel], g["rows"][sel], g["scores"][sel]
+        if units is not None:
+            order = [sel.index(int(u)) for u in units]
+            values, rows, scores = values[order], rows[order], scores[order]
+        return UnitMaps(values.astype(np.float32), rows.astype(np.int64), scores.astype(np.float32),
+                        {k: g.attrs[k] for k in g.attrs})
 
 
 #: Layers larger than this (as float32) are stored in chunks of LAYER_CHUNK (rows, units).
