@@ -22,12 +22,19 @@ def show(
     limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="At most this many rows.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="JSON lines on standard output, for pipes.")] = False,
     csv_out: Annotated[bool, typer.Option("--csv", help="CSV on standard output, for pipes.")] = False,
+    maps: Annotated[Optional[tuple[str, int]], typer.Option("--maps", help="LAYER UNIT: where the unit fires on its top images (activations.h5 recorded with --maps, or a run folder), as heat grids.", show_default=False)] = None,
 ):
     """Print labels as a table (or --json / --csv for pipes); any other file dissect knows as its rows or description."""
     from dissect import artifacts as A
     from dissect.describe import rows_of
     from dissect.errors import UsageError
 
+    if maps is not None:
+        acts = A.find_run(labels)["activations"] if labels.is_dir() else labels
+        if acts is None:
+            raise UsageError(f"{labels} holds no activations.h5", hint="give the activations file recorded with --maps")
+        _print_maps(acts, maps[0], int(maps[1]), limit, json_out)
+        return
     if sort not in ("similarity", "unit"):
         raise UsageError(f"--sort {sort!r}: use similarity or unit")
     if json_out and csv_out:
@@ -57,6 +64,34 @@ def show(
                         for c in view.columns])
     else:
         _print_rows(view, rows, Path(path).name)
+
+
+def _print_maps(path, name: str, unit: int, limit: int | None, json_out: bool) -> None:
+    from dissect import artifacts as A
+    from dissect.errors import UsageError
+    from dissect.maps import heat_rows
+
+    stored = A.maps_in(path)
+    if name not in stored:
+        raise UsageError(f"{path} holds no maps of {name!r}" + (f" (it has maps of {', '.join(stored)})" if stored else ""),
+                         hint="record them with `dissect record --maps K`")
+    m = A.read_maps(path, name)
+    if not 0 <= unit < m.values.shape[0]:
+        raise UsageError(f"{name} has units 0..{m.values.shape[0] - 1}, not {unit}")
+    ids = A.read_activations(path, data=False).ids
+    keep = [j for j in range(m.rows.shape[1]) if m.rows[unit, j] >= 0][: limit or 4]
+    if json_out:
+        for j in keep:
+            sys.stdout.write(json.dumps({"layer": name, "unit": unit, "rank": j, "id": ids[m.rows[unit, j]],
+                                         "score": float(m.scores[unit, j]), "map": m.values[unit, j].tolist()}) + "\n")
+        return
+    top = float(m.values[unit, keep].max()) if keep else 0.0
+    h, w = m.values.shape[2:]
+    output.show(f"{name} unit {unit}: where it fires on its top {len(keep)} images ({h}x{w}; █ = {top:.3g})")
+    for j in keep:
+        output.show(f"#{j + 1} {ids[m.rows[unit, j]]}  summary {m.scores[unit, j]:.3g}")
+        for line in heat_rows(m.values[unit, j], top):
+            output.show("  │" + line + "│")
 
 
 def _filtered(view, path, layer, grep, sort):

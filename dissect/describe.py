@@ -162,6 +162,9 @@ def _describe_h5(path: Path, kind: str, attrs: dict[str, Any]) -> dict[str, Any]
         d["weights"] = attrs.get("weights", "")
         d["images"] = int(header.dataset("ids", path).shape[0])
         d["layers"] = {name: _layer_line(layer) for name, layer in header.layers.items()}
+        maps = A.maps_in(path)
+        if maps:
+            d["maps"] = {name: f"top {k} images per unit" for name, k in maps.items()}
         d["preprocess"] = _loads(attrs.get("preprocess", ""))
         d["inputs_fingerprint"] = attrs.get("inputs_fingerprint", "")
     else:

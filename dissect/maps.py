@@ -179,6 +179,19 @@ def grid_positions(z: torch.Tensor, layout: str, grid: Grid | None, hw: tuple[in
     return z.reshape(n, h, w, k).permute(0, 3, 1, 2)
 
 
+#: Shades of a terminal heat grid, from nothing to the unit's strongest response.
+SHADES = " ░▒▓█"
+
+
+def heat_rows(m: "np.ndarray | torch.Tensor", top: float) -> list[str]:
+    """A map [h, w] as text rows, each cell two characters shaded by its value over ``top`` (values at or below 0
+    blank), for terminals (``dissect show --maps``)."""
+    a = np.asarray(m, dtype=np.float64)
+    scale = top if top > 0 else 1.0
+    idx = np.clip(np.ceil(a / scale * (len(SHADES) - 1)), 0, len(SHADES) - 1).astype(int)
+    return ["".join(SHADES[i] * 2 for i in row) for row in idx]
+
+
 def morans_i(maps: torch.Tensor) -> torch.Tensor:
     """Moran's I of each [h, w] map of ``maps`` [..., h, w] (float64), rook adjacency with unit weights:
 

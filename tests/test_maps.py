@@ -428,3 +428,25 @@ def test_a_resumed_pass_keeps_the_maps_of_one_uninterrupted_pass(tmp_path, monke
     np.testing.assert_array_equal(a.rows, b.rows)
     np.testing.assert_array_equal(a.values, b.values)
     assert len(set(a.rows[0].tolist())) == 4                               # no image twice
+
+
+def test_show_maps_draws_where_a_unit_fires_in_the_terminal_and_as_json(tmp_path):
+    import json
+
+    assert Mp.heat_rows(np.array([[0.0, 1.0], [0.5, -2.0]]), 1.0) == ["  ██", "▒▒  "]
+    probe = make_images(tmp_path / "probe", 8, seed=8)
+    out = tmp_path / "a.h5"
+    invoke("record", probe, *TIMM, "--layers", "layer1", "--maps", "3", "-o", out)
+    m = A.read_maps(out, "layer1")
+    r = invoke("show", out, "--maps", "layer1", "2", "-n", "2")
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("layer1 unit 2: where it fires on its top 2 images")
+    grid = [ln.strip()[1:-1] for ln in lines if ln.strip().startswith("│")]
+    h, w = m.values.shape[2:]
+    assert len(grid) == 2 * h and all(len(g) == 2 * w for g in grid)
+    cell = int(np.argmax(m.values[2, 0]))
+    assert grid[cell // w][2 * (cell % w)] == "█"                            # the strongest cell of the top image
+    rows = [json.loads(x) for x in invoke("show", out, "--maps", "layer1", "2", "--json").stdout.splitlines()]
+    assert len(rows) == 3 and np.allclose(rows[0]["map"], m.values[2, 0])
+    r = invoke("show", out, "--maps", "fc", "0", ok=False)
+    assert r.exit_code != 0 and "holds no maps of 'fc'" in r.output
