@@ -50,6 +50,7 @@ def run(
     directions: O.Directions = None,
     directions_summary: O.DirectionsSummary = "auto",
     directions_dtype: O.DirectionsDtype = "float32",
+    maps: Annotated[int, typer.Option("--maps", min=0, help="Also keep each unit's K top images with its spatial map (record --maps); 0: none.")] = 0,
 ):
     """The whole pipeline into one run folder: embed-images, embed-text, record, label (with --directions, also
     of SAE latents or other directions of a layer, as LAYER@NAME)."""
@@ -66,7 +67,7 @@ def run(
         out,
         settings=RunSettings(summary=summary, layout=layout, dtype=dtype, max_memory=O.parse_size(max_memory),
                              compose=compose, compose_top_k=compose_top_k, compose_template=compose_template,
-                             explain=explain, explain_max_concepts=explain_max_concepts),
+                             explain=explain, explain_max_concepts=explain_max_concepts, maps=maps),
         label=LabelSettings(sim=sim, params=O.parse_params(param), top=top, seed=seed, chunk=chunk),
         options=O.pass_options(device, batch_size, workers, precision, strict, checkpoint_every, channels_last, shard),
         directions=O.directions(directions, directions_summary, directions_dtype),

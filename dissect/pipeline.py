@@ -64,10 +64,13 @@ class RunSettings(Settings):
     compose_template: str = "{a} {b}"
     explain: bool = False
     explain_max_concepts: int = 5
+    maps: int = 0
 
     def check(self) -> None:
         from .hooks import SUMMARIES
 
+        if self.maps < 0:
+            raise UsageError(f"--maps must be 0 (none) or more, got {self.maps}")
         if self.summary not in SUMMARIES:
             raise UsageError(f"unknown summary {self.summary!r}", hint=f"use one of {', '.join(SUMMARIES)}")
         check_dtype(self.dtype)
@@ -275,6 +278,13 @@ def _activations_plan(ctx: _Run, target: Target) -> RecordPlan:
         ctx.barrier()
         plan = plan_record(ctx.probe, target, ctx.layers, ctx.activations, summary, layout, ctx.device,
                            ctx.target_precision, directions=ctx.directions)
+    if ctx.settings.maps:
+        from .record import MapsOptions, _with_maps
+
+        if ctx.world is not None or ctx.options.shard is not None:
+            raise UsageError("run --maps records in one process for now (--shard and torchrun would each keep their "
+                             "own top maps)", hint="run without --maps, then `dissect record --maps K` on one machine")
+        plan = _with_maps(plan, MapsOptions(ctx.settings.maps, ctx.settings.max_memory), ctx.activations, len(ctx.probe))
     ctx.steps["activations"] = {"path": ctx.activations.name, "reused_layers": plan.have}
     if plan.todo:
         note(f"recording {', '.join(plan.todo)} into {ctx.activations}"
@@ -310,7 +320,7 @@ def _image_pass(ctx: _Run, plan: RecordPlan, outs: dict[str, Path] | None = None
                                                                opts.channels_last, opts.batch_size)
     if consumers:
         key = [sorted(consumers), ctx.clip_precision, ctx.target_precision, plan.inputs_fp, plan.todo, summary, layout,
-               ctx.probe.fingerprint, ctx.clip_fp]
+               ctx.probe.fingerprint, ctx.clip_fp] + ([f"maps {plan.maps.k}"] if plan.maps else [])
         pp = plan_pass({name: outs[name] for name in consumers}, n, shard, key, opts.chunk, ctx.device,
                        checkpoint_at=outs["images"].parent / "pass", split=not plan.exists)
         what = " + ".join((["embed images"] if "images" in consumers else [])
@@ -333,6 +343,9 @@ def _shard_pass(ctx: _Run, target: Target) -> Path:
     folder.mkdir(exist_ok=True)
     tag = f"{shard.index}-of-{shard.count}"
     outs = {"images": folder / f"images.{tag}.h5", "activations": folder / f"activations.{tag}.h5"}
+    if ctx.settings.maps:
+        raise UsageError("run --maps records in one process for now (each --shard would keep its own top maps)",
+                         hint="run the shards without --maps, then `dissect record --maps K` on one machine")
     plan = plan_record(ctx.probe, target, ctx.layers, outs["activations"], ctx.settings.summary, ctx.settings.layout,
                        ctx.device, ctx.target_precision, fresh=True, directions=ctx.directions)  # always written anew
     _image_pass(ctx, plan, outs=outs, shard=str(shard))

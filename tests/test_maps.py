@@ -450,3 +450,17 @@ def test_show_maps_draws_where_a_unit_fires_in_the_terminal_and_as_json(tmp_path
     assert len(rows) == 3 and np.allclose(rows[0]["map"], m.values[2, 0])
     r = invoke("show", out, "--maps", "fc", "0", ok=False)
     assert r.exit_code != 0 and "holds no maps of 'fc'" in r.output
+
+
+def test_run_keeps_maps_and_show_reads_them_from_the_run_folder(tmp_path, tiny_clip):
+    probe = make_images(tmp_path / "probe", 10, seed=9)
+    concepts = tmp_path / "c.txt"
+    concepts.write_text("red\nblue\nsquare\n")
+    invoke("run", probe, "--clip", tiny_clip, *TIMM, "--layers", "layer1,fc", "--concepts", concepts, "--maps", "2",
+           "--param", "top_k=3", "-o", tmp_path / "run", "--device", "cpu")
+    assert A.maps_in(tmp_path / "run" / "activations.h5") == {"layer1": 2}
+    r = invoke("show", tmp_path / "run", "--maps", "layer1", "0")
+    assert "layer1 unit 0" in r.stdout
+    r = invoke("run", probe, "--clip", tiny_clip, *TIMM, "--layers", "layer1", "--concepts", concepts, "--maps", "2",
+               "--shard", "1/2", "-o", tmp_path / "run2", ok=False)
+    assert r.exit_code != 0 and "one process" in r.output
