@@ -70,10 +70,56 @@ def _svg_histogram(values: np.ndarray, cutoff: float | None, bins: int = 30) -> 
             f'<text x="0" y="{h + 12}">{edges[0]:.2f}</text><text x="{w}" y="{h + 12}" text-anchor="end">{edges[-1]:.2f}</text></svg>')
 
 
-def _activation_maps(target_spec: "TargetSpec", device, probe_set, pos, neurons, acts, layers, size) -> dict:
-    """{(layer, unit, image id): JPEG of the model's view of the image with the unit's activation map over it}."""
+def _view(preprocess: dict[str, Any] | None):
+    """The model's view of an image (its resize and centre crop, from the activations' recorded preprocessing); the
+    image as it is where none was recorded."""
+    if not isinstance(preprocess, dict) or not preprocess.get("input_size"):
+        return lambda im: im
+    from torchvision import transforms as T
+
+    mode = getattr(T.InterpolationMode, str(preprocess.get("interpolation", "bicubic")).upper(), T.InterpolationMode.BICUBIC)
+    return T.Compose([T.Resize(int(preprocess.get("resize_size") or preprocess["input_size"]), interpolation=mode,
+                               antialias=True), T.CenterCrop(int(preprocess["input_size"]))])
+
+
+def _loads_json(value) -> dict[str, Any] | None:
+    if isinstance(value, dict):
+        return value
+    try:
+        return json.loads(value) if value else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _wanted_images(neurons: list[dict], layer: str) -> dict[str, list[int]]:
+    wanted: dict[str, list[int]] = {}
+    for n in neurons:
+        if n["layer"] == layer:
+            for image_id, _ in n["imgs"]:
+                wanted.setdefault(image_id, []).append(n["unit"])
+    return wanted
+
+
+def _stored_maps(activations, ids: list[str], neurons: list[dict], layers: list[str]) -> dict:
+    """{(layer, unit, image id): map} from the maps activations.h5 keeps (``record --maps``), for the cards' images."""
+    have = A.maps_in(activations)
+    out: dict = {}
+    for layer in (n for n in layers if n in have):
+        wanted = _wanted_images(neurons, layer)
+        units = sorted({u for us in wanted.values() for u in us})
+        if not units:
+            continue
+        m = A.read_maps(activations, layer, units)
+        for ui, u in enumerate(units):
+            for j, row in enumerate(m.rows[ui].tolist()):
+                if row >= 0 and u in wanted.get(ids[row], ()):
+                    out[(layer, u, ids[row])] = m.values[ui, j]
+    return out
+
+
+def _recomputed_maps(target_spec: "TargetSpec", device, probe_set, pos, neurons, acts, layers) -> dict:
+    """{(layer, unit, image id): map} of conv layers, from the model run again on the cards' images."""
     import torch
-    from PIL import Image
 
     from .hooks import LayoutRequest, Recorder
     from .runtime import resolve_device, warn
@@ -86,57 +132,54 @@ def _activation_maps(target_spec: "TargetSpec", device, probe_set, pos, neurons,
     if target.preprocess is None:
         warn("activation maps left out: the model brings its own transform, so its input view is unknown")
         return {}
-    pre = target.preprocess
-    from torchvision import transforms as T
-
-    view = T.Compose([T.Resize(pre.resize_size, interpolation=getattr(T.InterpolationMode, pre.interpolation.upper()),
-                               antialias=True), T.CenterCrop(pre.input_size)])
     out: dict = {}
     for layer in layers:
         la = acts.layer_attrs.get(layer, {})
         if la.get("layout") not in ("nchw", "nhwc"):
             continue
-        wanted: dict[str, list[int]] = {}
-        for n in neurons:
-            if n["layer"] == layer:
-                for image_id, _ in n["imgs"]:
-                    wanted.setdefault(image_id, []).append(n["unit"])
+        wanted = _wanted_images(neurons, layer)
         ids = list(wanted)
-        maps: dict[tuple[int, str], np.ndarray] = {}
-        views: dict[str, Image.Image] = {}  # the model's view of each image, at thumbnail size
         with Recorder(target.module, [layer], layout=LayoutRequest(per_layer={layer: la["layout"]}), keep_raw=True) as rec, \
                 progress(f"activation maps {layer}", len(ids), "images") as advance:
             for s in range(0, len(ids), 32):
                 chunk = ids[s : s + 32]
-                imgs = [probe_set.load(pos[i]) for i in chunk]
-                x = torch.stack([target.transform(im) for im in imgs]).to(dev)
-                views.update({i: view(im).resize((size, size)) for i, im in zip(chunk, imgs)})
+                x = torch.stack([target.transform(probe_set.load(pos[i])) for i in chunk]).to(dev)
                 raw = rec.run(x)[layer].float()
                 if la["layout"] == "nhwc":
                     raw = raw.permute(0, 3, 1, 2)
                 raw = raw.cpu().numpy()
                 for b, image_id in enumerate(chunk):
                     for u in wanted[image_id]:
-                        maps[(u, image_id)] = raw[b, u]
+                        out[(layer, u, image_id)] = raw[b, u]
                 advance(len(chunk))
-        # One colour scale per neuron, over its images, so the maps of a card compare.
-        by_unit: dict[int, list[str]] = {}
-        for (u, image_id) in maps:
-            by_unit.setdefault(u, []).append(image_id)
-        for u, image_ids in by_unit.items():
-            hi = max(float(maps[(u, i)].max()) for i in image_ids)
-            lo = min(float(maps[(u, i)].min()) for i in image_ids)
-            for image_id in image_ids:
-                base = views[image_id]
-                m = (maps[(u, image_id)] - lo) / (hi - lo if hi > lo else 1.0)
-                heat = Image.fromarray((np.clip(m, 0, 1) * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
-                h = np.asarray(heat, dtype=np.float32)[..., None] / 255.0
-                rgb = np.asarray(base, dtype=np.float32)
-                red = np.array([255.0, 40.0, 0.0])
-                blended = rgb * (1 - 0.55 * h) + red * 0.55 * h
-                buf = io.BytesIO()
-                Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=85)
-                out[(layer, u, image_id)] = buf.getvalue()
+    return out
+
+
+def _overlays(maps: dict, view, probe_set, pos, size: int) -> dict:
+    """{(layer, unit, image id): JPEG of the model's view of the image with the unit's map over it}, one colour
+    scale per unit over its images, so the maps of a card compare."""
+    from PIL import Image
+
+    views: dict[str, Image.Image] = {}
+    by_unit: dict[tuple[str, int], list[str]] = {}
+    for (layer, u, image_id) in maps:
+        by_unit.setdefault((layer, u), []).append(image_id)
+    out: dict = {}
+    for (layer, u), image_ids in by_unit.items():
+        hi = max(float(maps[(layer, u, i)].max()) for i in image_ids)
+        lo = min(float(maps[(layer, u, i)].min()) for i in image_ids)
+        for image_id in image_ids:
+            if image_id not in views:
+                views[image_id] = view(probe_set.load(pos[image_id])).resize((size, size))
+            m = (np.asarray(maps[(layer, u, image_id)], dtype=np.float32) - lo) / (hi - lo if hi > lo else 1.0)
+            heat = Image.fromarray((np.clip(m, 0, 1) * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+            h = np.asarray(heat, dtype=np.float32)[..., None] / 255.0
+            rgb = np.asarray(views[image_id].convert("RGB"), dtype=np.float32)
+            red = np.array([255.0, 40.0, 0.0])
+            blended = rgb * (1 - 0.55 * h) + red * 0.55 * h
+            buf = io.BytesIO()
+            Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=85)
+            out[(layer, u, image_id)] = buf.getvalue()
     return out
 
 
@@ -310,8 +353,9 @@ def build_report(labels: str | os.PathLike, activations: str | os.PathLike, out:
     """Write the report into the folder ``out`` (or ``out`` as one HTML file with ``settings.single_file``); returns
     the page. ``extras`` and ``settings`` may also be given as their fields.
 
-    With ``maps`` (the target the activations came from), conv layers' activation maps
-    are recomputed for the images shown and overlaid on them (a toggle on the page).
+    The maps activations.h5 keeps (``record --maps``: conv layers, ViT tokens, SAE latents) are overlaid on each
+    card's images (a toggle on the page), without the model. With ``maps`` (the target the activations came from),
+    conv layers recorded without maps get theirs recomputed for the images shown.
     """
     from .probe import open_probe
 
@@ -353,9 +397,11 @@ def build_report(labels: str | os.PathLike, activations: str | os.PathLike, out:
             neurons.append(card)
         summaries.append(_layer_summary(name, rows, settings.cutoff))
 
-    overlays: dict[tuple[str, int, str], bytes] = {}
-    if maps is not None:
-        overlays = _activation_maps(maps, device, probe_set, pos, neurons, acts, wanted, settings.thumb_size)
+    raw = _stored_maps(activations, acts.ids, neurons, wanted)
+    stored = {layer for layer, _, _ in raw}
+    if maps is not None and [n for n in wanted if n not in stored]:   # the model again, for files recorded without maps
+        raw.update(_recomputed_maps(maps, device, probe_set, pos, neurons, acts, [n for n in wanted if n not in stored]))
+    overlays = _overlays(raw, _view(_loads_json(acts.attrs.get("preprocess"))), probe_set, pos, settings.thumb_size)
     src = _thumbnails(shown, probe_set, pos, thumbs_dir, settings.thumb_size)
     _attach_maps(neurons, overlays, src, thumbs_dir)
     with A.atomic_path(page) as tmp:

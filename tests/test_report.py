@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -243,3 +244,35 @@ def test_hostile_labels_run_no_script_and_every_card_is_shown(hostile_report, tm
             assert "{{DATA}}" in browser.js("document.querySelector('header .sub').textContent")
     finally:
         browser.close()
+
+
+def test_stored_maps_are_overlaid_without_the_model_and_match_recomputed_ones(demo_run, tmp_path):
+    """Issue #26: a file recorded with --maps gives every card its maps with no model reload, the maps the model
+    would give again (float16 apart)."""
+    from dissect import artifacts as A
+    from dissect import report as R
+    from dissect.models import TargetSpec, PreprocessOverrides
+    from dissect.probe import open_probe
+
+    out, _ = demo_run
+    spec = demo_specs()
+    acts = tmp_path / "maps.h5"
+    invoke("record", out / "probe", *spec.command_line().split(), "--layers", "layer4,fc", "--maps", "6", "-o", acts)
+    site = tmp_path / "site"
+    invoke("report", "--labels", out / "labels-mixed-softwpmi.parquet", "-a", acts, "-o", site, "--layers", "fc,layer4",
+           "--top-images", 6)
+    data = _page_data(site / "index.html")
+    conv = [n for n in data["neurons"] if n["layer"] == "layer4"]
+    assert conv and all(len(n["maps"]) == 6 and all(m.startswith("thumbs/") for m in n["maps"]) for n in conv)
+    assert all("maps" not in n for n in data["neurons"] if n["layer"] == "fc")
+    header = A.read_activations(acts, data=False)
+    neurons = [{"layer": "layer4", "unit": n["unit"], "imgs": n["imgs"]} for n in conv[:5]]
+    stored = R._stored_maps(acts, header.ids, neurons, ["layer4"])
+    probe = open_probe([str(out / "probe")])
+    pos = {k: i for i, k in enumerate(probe.ids)}
+    target = TargetSpec(spec.model, spec.weights, spec.model_args,
+                        PreprocessOverrides(spec.input_size, spec.crop_pct, spec.mean, spec.std, spec.interpolation))
+    again = R._recomputed_maps(target, "cpu", probe, pos, neurons, header, ["layer4"])
+    assert set(stored) == set(again) and len(stored) == 30
+    for key in stored:
+        np.testing.assert_allclose(stored[key], again[key], rtol=2e-3, atol=2e-3)
