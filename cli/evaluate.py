@@ -334,3 +334,43 @@ def _print_sanity(rep) -> None:
                                  f"over cases (pass: >= {rep.pass_rate:.0%} {rule})",
                                  ("scorer", "kind", "missing labels (mean / min)", "extra labels (mean / min)",
                                   "verdict"), rows))
+
+
+@subcommand(evaluate_app, "segment")
+def segment_cmd(
+    probe: O.Probe,
+    masks: Annotated[Path, typer.Option("--masks", help="Mask folder (ADE20K/Broden layout): an index PNG per image at its relative path, classes.txt (line 0: unlabelled); one subfolder per mask kind.", show_default=False)],
+    model: O.Model,
+    layers: O.Layers,
+    out: Annotated[Path, typer.Option("-o", "--out", help="segment.parquet (one row per unit); the summary goes to segment.json beside it.", show_default=False)],
+    weights: O.Weights = None,
+    model_arg: O.ModelArg = None,
+    input_size: O.InputSize = None,
+    crop_pct: O.CropPct = None,
+    mean: O.Mean = None,
+    std: O.Std = None,
+    interpolation: O.Interpolation = None,
+    layout: O.Layout = "auto",
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="labels.parquet (or another method's labels): whether each unit's label names its best mask concept.")] = None,
+    images: Annotated[Optional[Path], typer.Option("--images", help="images.h5: with --labels, also the CLIP cosine of each label with its unit's best concept.")] = None,
+    text: O.Text = None,
+    quantile: Annotated[float, typer.Option("--quantile", help="Top fraction of each unit's positions above its threshold (NetDissect: 0.005).")] = 0.005,
+    top_images: Annotated[int, typer.Option("--top-images", min=1, help="Images per unit whose maps give its Moran's I.")] = 10,
+    device: O.Device = "auto",
+    batch_size: O.BatchSize = 64,
+    workers: O.Workers = None,
+):
+    """NetDissect's IoU of every unit's thresholded map with segmentation masks, its best concept, how localised it fires (Moran's I), and whether its label agrees."""
+    from dissect.evaluate import segment as stage
+
+    _check_outputs(out, [probe[0] if probe else None, masks, labels, images, text])
+    seg = stage.segment(probe, O.target(model, weights, model_arg, input_size, crop_pct, mean, std, interpolation),
+                        O.split_list(layers), masks, labels=labels, images=images, text=text,
+                        settings=stage.SegmentSettings(quantile=quantile, top_images=top_images, layout=layout),
+                        options=O.pass_options(device, batch_size, workers, "fp32", False, 0, None, None))
+    path, summary = stage.write_segmentation(seg, out)
+    rows = [[lay, str(s["units"]), f"{s['mean_iou']:.3f}", str(s["units_iou_above_0.04"]),
+             "-" if s["label_agreement"] is None else f"{s['label_agreement']:.0%}"] for lay, s in seg.metadata["summary"].items()]
+    output.show(output.table("Segmentation: each unit's best mask concept (NetDissect IoU)",
+                             ("layer", "units", "mean IoU", "units IoU > 0.04", "label agrees"), rows))
+    output.wrote(path, summary)

@@ -19,7 +19,7 @@ from .files import (ProcessLock, atomic_path, check_output_path, check_room, end
                     note_inputs, note_probe_folder, provenance, refuse_clobber, write_json)
 from .formats import (ACTIVATIONS_FORMAT, COMPOSED_FORMAT, DIRECTIONS_FORMAT, EVALUATION_FORMAT, EXPLAIN_FORMAT,
                       FORMAT_VERSION, HDF5_FORMATS, IMAGE_FORMAT, LABELS_FORMAT, MAKER, PARQUET_FORMATS, PREDICT_FORMAT,
-                      PVALUES_FORMAT, SANITY_FORMAT, SIMULATE_FORMAT, STABILITY_FORMAT, STDOUT, TEXT_FORMAT)
+                      PVALUES_FORMAT, SANITY_FORMAT, SEGMENT_FORMAT, SIMULATE_FORMAT, STABILITY_FORMAT, STDOUT, TEXT_FORMAT)
 from .hdf5 import (COPY_BLOCK_BYTES, EMBEDDING_DTYPES, LAYER_CHUNK, WIDE_LAYER_BYTES, Activations, DatasetHeader,
                    Embeddings, Header, RowSpill, RowSpillView, activation_layer_shape, check_same_clip, h5_dataset,
                    UnitMaps, h5_layers, maps_in, peek_attrs, read_activation_layer, read_maps, read_activations, read_embeddings, read_header,

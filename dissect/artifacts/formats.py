@@ -14,12 +14,13 @@ STABILITY_FORMAT = "dissect/stability"
 PVALUES_FORMAT = "dissect/pvalues"
 SIMULATE_FORMAT = "dissect/simulate"
 SANITY_FORMAT = "dissect/sanity"
+SEGMENT_FORMAT = "dissect/segment"
 EXPLAIN_FORMAT = "dissect/explanations"
 DIRECTIONS_FORMAT = "dissect/directions"
 
 HDF5_FORMATS = (IMAGE_FORMAT, TEXT_FORMAT, ACTIVATIONS_FORMAT)
 PARQUET_FORMATS = (LABELS_FORMAT, COMPOSED_FORMAT, EVALUATION_FORMAT, PREDICT_FORMAT, STABILITY_FORMAT, PVALUES_FORMAT,
-                   SIMULATE_FORMAT, SANITY_FORMAT, EXPLAIN_FORMAT)
+                   SIMULATE_FORMAT, SANITY_FORMAT, EXPLAIN_FORMAT, SEGMENT_FORMAT)
 
 #: The command that writes each kind (named in every "expected a ... file" message).
 MAKER = {
@@ -34,6 +35,7 @@ MAKER = {
     PVALUES_FORMAT: "dissect evaluate pvalues",
     SIMULATE_FORMAT: "dissect evaluate simulate",
     SANITY_FORMAT: "dissect evaluate sanity",
+    SEGMENT_FORMAT: "dissect evaluate segment",
     EXPLAIN_FORMAT: "dissect explain",
     DIRECTIONS_FORMAT: "dissect decompose",
 }

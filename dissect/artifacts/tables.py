@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import ArtifactError, InputError, UsageError
 from .files import atomic_path, note_inputs, write_json
 from .formats import (COMPOSED_FORMAT, EVALUATION_FORMAT, EXPLAIN_FORMAT, FORMAT_VERSION, LABELS_FORMAT, MAKER,
-                      PARQUET_FORMATS, PREDICT_FORMAT, PVALUES_FORMAT, SANITY_FORMAT, SIMULATE_FORMAT, STABILITY_FORMAT,
+                      PARQUET_FORMATS, PREDICT_FORMAT, PVALUES_FORMAT, SANITY_FORMAT, SEGMENT_FORMAT, SIMULATE_FORMAT, STABILITY_FORMAT,
                       STDOUT)
 
 # ---------------------------------------------------------------------------
@@ -90,6 +90,10 @@ _SANITY = [("setting", "string"), ("scorer", "string"), ("kind", "string"), ("re
            ("extra_rate_min", "float64"), ("cases", "list<string>"), ("missing_rates", "list<float64>"), ("extra_rates", "list<float64>"),
            ("missing_mean_diff", "list<float64>"), ("extra_mean_diff", "list<float64>")]
 
+_SEGMENT = [("layer", "string"), ("unit", "int32"), ("concept", "string"), ("kind", "string"), ("iou", "float64"),
+            ("threshold", "float64"), ("morans_i", "float64"), ("label", "string"), ("label_agrees", "bool"),
+            ("label_cos", "float64")]
+
 #: Every Parquet kind. Composed labels guarantee fewer columns than they write (files of dissect 0.2 lack the
 #: held-out ones); the evaluations' tables take their types from their rows.
 KINDS: dict[str, TableKind] = {
@@ -99,6 +103,7 @@ KINDS: dict[str, TableKind] = {
     EXPLAIN_FORMAT: _written(_EXPLAIN, ["layer", "unit", "concepts", "weights", "bias", "correlation"]),
     SIMULATE_FORMAT: _written(_SIMULATE, ["labels", "layer", "unit", "label", "correlation"]),  # the simulation score
     SANITY_FORMAT: _written(_SANITY, ["setting", "scorer"]),
+    SEGMENT_FORMAT: _written(_SEGMENT, ["layer", "unit", "concept", "iou"]),
     EVALUATION_FORMAT: TableKind((), {"layer": "string", "unit": "int", "label": "string", "truth": "string",
                                       "exact": "bool"}),
     PREDICT_FORMAT: TableKind((), {}),

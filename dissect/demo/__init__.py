@@ -93,16 +93,17 @@ def _probe(out: Path, n_images: int, seed: int) -> Path:
     """The generated probe images (made again only when their number, seed or world changed)."""
     from ..runtime import note
 
-    probe = out / "probe"
+    probe, masks = out / "probe", out / "masks"
     stamp = out / "probe.json"
-    want = {"n": n_images, "seed": seed, "world": world.__name__}
-    if not stamp.exists() or json.loads(stamp.read_text()) != want:
-        note(f"generating {n_images} probe images (seed {seed}) in {probe}")
-        if probe.exists():
-            import shutil
+    want = {"n": n_images, "seed": seed, "world": world.__name__, "masks": str(masks.name)}
+    if not stamp.exists() or json.loads(stamp.read_text()) != want or not masks.is_dir():
+        note(f"generating {n_images} probe images (seed {seed}) in {probe}, their masks in {masks}")
+        import shutil
 
-            shutil.rmtree(probe)
-        world.write_probe(probe, n_images, seed)
+        for folder in (probe, masks):
+            if folder.exists():
+                shutil.rmtree(folder)
+        world.write_probe(probe, n_images, seed, masks=masks)
         stamp.write_text(json.dumps(want))
     return probe
 

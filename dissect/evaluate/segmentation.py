@@ -89,23 +89,26 @@ class IoUTally:
             return
         act = upsample(maps, tuple(shape)) > thresholds.to(maps.device, torch.float32)[None, :, None, None]
         b, c = act.shape[:2]
-        self.units += act.sum(dim=(0, 2, 3)).to(torch.float64)
+        flat = act.reshape(b, c, -1)
+        self.units += flat.sum(dim=(0, 2)).to(torch.float64)
         for k, mask in enumerate(masks):
             if mask is None:
                 continue
-            mask = mask.to(act.device, torch.long)
-            n = self.sizes[k]
-            self.labels[self.offset[k] : self.offset[k] + n] += torch.bincount(mask.flatten(), minlength=n)[:n].to(
-                torch.float64) * (torch.arange(n, device=act.device) > 0)
-            lab = mask[:, None].expand(-1, c, -1, -1)                                 # [B, C, H, W]
-            unit = torch.arange(c, device=act.device)[None, :, None, None].expand_as(lab)
-            img = torch.arange(b, device=act.device)[:, None, None, None].expand_as(lab)
-            hit = act & (lab > 0)
-            both = torch.bincount((unit[hit] * n + lab[hit]), minlength=c * n).view(c, n).to(torch.float64)
-            self.both[:, self.offset[k] : self.offset[k] + n] += both
-            # an image counts its activated pixels toward kind k when one of them carries a label of kind k
-            labelled = torch.bincount(img[hit] * c + unit[hit], minlength=b * c).view(b, c) > 0
-            self.units_kind[:, k] += (act.sum(dim=(2, 3)) * labelled).sum(dim=0).to(torch.float64)
+            n, off = self.sizes[k], self.offset[k]
+            lab = mask.to(act.device, torch.long).reshape(b, -1)
+            counts = torch.zeros(n, dtype=torch.float64, device=act.device)
+            counts.index_add_(0, lab.flatten(), torch.ones(lab.numel(), dtype=torch.float64, device=act.device))
+            counts[0] = 0
+            self.labels[off : off + n] += counts
+            both = torch.zeros((c, n), dtype=torch.float64, device=act.device)
+            for i in range(b):           # per image: [C, pixels] activated pixels into their labels' columns
+                a = flat[i].to(torch.float64)
+                both.index_add_(1, lab[i], a)
+                # an image counts its activated pixels toward kind k when one of them carries a label of kind k
+                labelled = (flat[i] & (lab[i] > 0)[None, :]).any(dim=1)
+                self.units_kind[:, k] += a.sum(dim=1) * labelled
+            both[:, 0] = 0
+            self.both[:, off : off + n] += both
 
     def iou(self) -> torch.Tensor:
         """[C, concepts] float64: both / (units_kind + labels − both); 0 where nothing was counted."""
