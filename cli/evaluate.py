@@ -369,8 +369,8 @@ def segment_cmd(
                         settings=stage.SegmentSettings(quantile=quantile, top_images=top_images, layout=layout),
                         options=O.pass_options(device, batch_size, workers, "fp32", False, 0, None, None))
     path, summary = stage.write_segmentation(seg, out)
-    rows = [[lay, str(s["units"]), f"{s['mean_iou']:.3f}", str(s["units_iou_above_0.04"]),
-             "-" if s["label_agreement"] is None else f"{s['label_agreement']:.0%}"] for lay, s in seg.metadata["summary"].items()]
+    rows = [[s["layer"], str(s["units"]), f"{s['mean_iou']:.3f}", str(s["units_iou_above_0.04"]),
+             "-" if s["label_agreement"] is None else f"{s['label_agreement']:.0%}"] for s in seg.metadata["summary"]]
     output.show(output.table("Segmentation: each unit's best mask concept (NetDissect IoU)",
                              ("layer", "units", "mean IoU", "units IoU > 0.04", "label agrees"), rows))
     output.wrote(path, summary)

@@ -39,12 +39,18 @@ def every_kind(demo_run, tmp_path_factory):
     invoke("evaluate", "sanity", "-R", 2, "--n-inputs", 2000, "-o", d / "sanity.parquet")
     invoke("explain", "-a", out / "activations.h5", "-i", out / "images.h5", "-t", out / "text-mixed.h5", "--layers", "fc",
            "-o", d / "explanations.parquet")
+    from dissect.demo import world
+
+    small = world.write_probe(d / "probe", 40, 1234, masks=d / "masks")
+    invoke("evaluate", "segment", small, "--masks", d / "masks", *demo_specs().command_line().split(), "--layers",
+           "layer4", "-o", d / "segment.parquet")
     return {
         A.IMAGE_FORMAT: out / "images.h5", A.TEXT_FORMAT: out / "text-mixed.h5", A.ACTIVATIONS_FORMAT: out / "activations.h5",
         A.LABELS_FORMAT: labels, A.COMPOSED_FORMAT: d / "composed.parquet", A.EVALUATION_FORMAT: d / "metrics.parquet",
         A.STABILITY_FORMAT: d / "stability.parquet", A.PVALUES_FORMAT: d / "pvalues.parquet",
         A.PREDICT_FORMAT: d / "predict.parquet", A.SIMULATE_FORMAT: d / "simulate.parquet",
         A.SANITY_FORMAT: d / "sanity.parquet", A.EXPLAIN_FORMAT: d / "explanations.parquet",
+        A.SEGMENT_FORMAT: d / "segment.parquet",
     }
 
 

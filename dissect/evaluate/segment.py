@@ -227,13 +227,13 @@ def _agreement(rows: dict[str, list], labels, images, text, device) -> None:
 
 
 def write_segmentation(seg: Segmentation, out: str | os.PathLike) -> tuple[Path, Path | None]:
-    summary = {}
+    summary = []
     for lay in dict.fromkeys(seg.rows["layer"]):
         sel = [i for i, x in enumerate(seg.rows["layer"]) if x == lay]
         agree = [seg.rows["label_agrees"][i] for i in sel if seg.rows["label_agrees"][i] is not None]
-        summary[lay] = {"units": len(sel), "mean_iou": float(np.mean([seg.rows["iou"][i] for i in sel])),
+        summary.append({"layer": lay, "units": len(sel), "mean_iou": float(np.mean([seg.rows["iou"][i] for i in sel])),
                         "units_iou_above_0.04": int(sum(seg.rows["iou"][i] > 0.04 for i in sel)),
-                        "label_agreement": (sum(agree) / len(agree)) if agree else None}
+                        "label_agreement": (sum(agree) / len(agree)) if agree else None})
     seg.metadata["summary"] = summary
     written, path = A.write_table(out, A.SEGMENT_FORMAT, seg.rows, seg.metadata, summary=summary)
     return Path(written), path
