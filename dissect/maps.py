@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .errors import UsageError
+from .settings import Settings
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,54 @@ class MapsRequest:
 
     k: int
     grids: dict[str, Grid | None]
+
+
+@dataclass(frozen=True)
+class MapsOptions(Settings):
+    """``record --maps K``: keep each unit's ``maps`` top images with its spatial map on each (0: none), within
+    ``max_memory`` bytes (None: ``budget.DEFAULT_MAX_MEMORY``)."""
+
+    maps: int = 0
+    max_memory: int | None = None
+
+    def check(self) -> None:
+        if self.maps < 0:
+            raise UsageError(f"--maps must be 0 (none) or more, got {self.maps}")
+
+
+def plan_maps(plan, opts: MapsOptions, n_images: int) -> "MapsRequest | None":
+    """Whose maps ``plan`` (a ``record.RecordPlan``) keeps: every layer and entry it records that has positions (a 2-D output has none:
+    said once), with the token grid of token layers, K at most the ``n_images``; refused in one line over the
+    memory budget."""
+    from dataclasses import replace
+
+    from .budget import memory_budget
+    from .runtime import note
+
+    if opts.maps == 0:
+        return None
+    opts = replace(opts, maps=max(1, min(opts.maps, int(n_images))))
+    grids, flat, need = {}, [], 0
+    for name in plan.todo:
+        layer = plan.units[name].layer if name in plan.units else name
+        info = plan.infos[layer]
+        if info.layout == "nc":
+            flat.append(name)
+            continue
+        grid = token_grid(plan.target.module, info.raw_shape[0], layer) if info.layout == "nlc" else None
+        h, w = (grid.h, grid.w) if grid is not None else ((1, info.raw_shape[1]) if info.layout == "ncl" else
+                                                          tuple(info.raw_shape[1:3] if info.layout == "nchw" else info.raw_shape[0:2]))
+        units = plan.units[name].set.k if name in plan.units else info.n_units
+        need += 2 * maps_bytes(opts.maps, units, h, w)   # the maps and an update's copy
+        grids[name] = grid
+    if flat:
+        note(f"no maps of {', '.join(flat)}: a 2-D output has no positions")
+    budget = memory_budget(opts.max_memory)
+    if need > budget:
+        raise UsageError(f"--maps {opts.maps} needs {need / 2**20:.0f} MB for {', '.join(grids)}, over the memory budget "
+                         f"of {budget / 2**20:.0f} MB", hint="keep fewer maps (--maps), record fewer layers at a time, "
+                         "or raise --max-memory")
+    return MapsRequest(opts.maps, grids) if grids else None
 
 
 def _pair(v) -> tuple[int, int]:

@@ -279,12 +279,12 @@ def _activations_plan(ctx: _Run, target: Target) -> RecordPlan:
         plan = plan_record(ctx.probe, target, ctx.layers, ctx.activations, summary, layout, ctx.device,
                            ctx.target_precision, directions=ctx.directions)
     if ctx.settings.maps:
-        from .record import MapsOptions, _with_maps
+        from .record import MapsOptions, with_maps
 
         if ctx.world is not None or ctx.options.shard is not None:
             raise UsageError("run --maps records in one process for now (--shard and torchrun would each keep their "
                              "own top maps)", hint="run without --maps, then `dissect record --maps K` on one machine")
-        plan = _with_maps(plan, MapsOptions(ctx.settings.maps, ctx.settings.max_memory), ctx.activations, len(ctx.probe))
+        plan = with_maps(plan, MapsOptions(ctx.settings.maps, ctx.settings.max_memory), ctx.activations, len(ctx.probe))
     ctx.steps["activations"] = {"path": ctx.activations.name, "reused_layers": plan.have}
     if plan.todo:
         note(f"recording {', '.join(plan.todo)} into {ctx.activations}"

@@ -13,11 +13,10 @@ from . import artifacts as A
 from .directions import DirectionsOptions, UnitEntry, is_entry
 from .errors import MismatchError, UsageError
 from .fingerprint import fingerprint
-from .maps import MapsRequest
+from .maps import MapsOptions, MapsRequest, plan_maps
 from .hooks import LayerInfo, Recorder, check_recordable, list_modules, parse_layout, probe_layers, resolve_layers
 from .models import PreprocessOverrides, Target, load_target
 from .passes import PassOptions, execute, forward_errors
-from .settings import Settings
 from .probe import Probe, Skipped, image_sizes, kept_rows, open_probe, probe_files, report_skipped, skipped_attr, unchanged_rows
 from .runtime import callable_module, note, resolve_device, resolve_precision
 
@@ -35,54 +34,6 @@ MAP_PARTS = ("values", "rows", "scores")
 
 def layer_fingerprint(inputs_fp: str, layer: str, summary: str, layout: str) -> str:
     return fingerprint([inputs_fp, layer, summary, layout])
-
-
-@dataclass(frozen=True)
-class MapsOptions(Settings):
-    """``record --maps K``: keep each unit's ``maps`` top images with its spatial map on each (0: none), within
-    ``max_memory`` bytes (None: ``budget.DEFAULT_MAX_MEMORY``)."""
-
-    maps: int = 0
-    max_memory: int | None = None
-
-    def check(self) -> None:
-        if self.maps < 0:
-            raise UsageError(f"--maps must be 0 (none) or more, got {self.maps}")
-
-
-def plan_maps(plan: "RecordPlan", opts: MapsOptions, n_images: int) -> "MapsRequest | None":
-    """Whose maps ``plan`` keeps: every layer and entry it records that has positions (a 2-D output has none:
-    said once), with the token grid of token layers, K at most the ``n_images``; refused in one line over the
-    memory budget."""
-    from dataclasses import replace
-
-    from .budget import memory_budget
-    from .maps import MapsRequest, maps_bytes, token_grid
-
-    if opts.maps == 0:
-        return None
-    opts = replace(opts, maps=max(1, min(opts.maps, int(n_images))))
-    grids, flat, need = {}, [], 0
-    for name in plan.todo:
-        layer = plan.units[name].layer if name in plan.units else name
-        info = plan.infos[layer]
-        if info.layout == "nc":
-            flat.append(name)
-            continue
-        grid = token_grid(plan.target.module, info.raw_shape[0], layer) if info.layout == "nlc" else None
-        h, w = (grid.h, grid.w) if grid is not None else ((1, info.raw_shape[1]) if info.layout == "ncl" else
-                                                          tuple(info.raw_shape[1:3] if info.layout == "nchw" else info.raw_shape[0:2]))
-        units = plan.units[name].set.k if name in plan.units else info.n_units
-        need += 2 * maps_bytes(opts.maps, units, h, w)   # the maps and an update's copy
-        grids[name] = grid
-    if flat:
-        note(f"no maps of {', '.join(flat)}: a 2-D output has no positions")
-    budget = memory_budget(opts.max_memory)
-    if need > budget:
-        raise UsageError(f"--maps {opts.maps} needs {need / 2**20:.0f} MB for {', '.join(grids)}, over the memory budget "
-                         f"of {budget / 2**20:.0f} MB", hint="keep fewer maps (--maps), record fewer layers at a time, "
-                         "or raise --max-memory")
-    return MapsRequest(opts.maps, grids) if grids else None
 
 
 def existing_layers(path: str | os.PathLike, inputs_fp: str, summary: str, layout: str,
@@ -526,7 +477,7 @@ def record(
         plan, reused = plan_record(probe, target, layers, out, summary, layout, dev, opts.precision,
                                    directions=directions), {}
         if maps_opts.maps:
-            plan = _with_maps(plan, maps_opts, out, len(probe))
+            plan = with_maps(plan, maps_opts, out, len(probe))
         if not plan.todo:
             note(f"{out} already holds {', '.join(plan.layers)}" + (" with their maps" if maps_opts.maps else "")
                  + "; nothing to record")
@@ -546,7 +497,7 @@ def record(
     return made["activations"]
 
 
-def _with_maps(plan: RecordPlan, opts: MapsOptions, out, n_images: int) -> RecordPlan:
+def with_maps(plan: RecordPlan, opts: MapsOptions, out, n_images: int) -> RecordPlan:
     """``plan`` keeping top maps: the layers ``out`` holds without maps (or with fewer than K per unit) are
     recorded again, with them."""
     from dataclasses import replace

@@ -22,8 +22,9 @@ from .formats import (ACTIVATIONS_FORMAT, COMPOSED_FORMAT, DIRECTIONS_FORMAT, EV
                       PVALUES_FORMAT, SANITY_FORMAT, SEGMENT_FORMAT, SIMULATE_FORMAT, STABILITY_FORMAT, STDOUT, TEXT_FORMAT)
 from .hdf5 import (COPY_BLOCK_BYTES, EMBEDDING_DTYPES, LAYER_CHUNK, WIDE_LAYER_BYTES, Activations, DatasetHeader,
                    Embeddings, Header, RowSpill, RowSpillView, activation_layer_shape, check_same_clip, h5_dataset,
-                   UnitMaps, h5_layers, maps_in, peek_attrs, read_activation_layer, read_maps, read_activations, read_embeddings, read_header,
+                   h5_layers, peek_attrs, read_activation_layer, read_activations, read_embeddings, read_header,
                    read_image_embeddings, read_sizes, read_text_embeddings, write_activations, write_embeddings)
+from .stored_maps import UnitMaps, maps_in, read_maps
 from .runs import RUN_FILES, RUN_MANIFEST, find_run, write_run_manifest
 from .sniff import sniff
 from .tables import (COMPOSED_COLUMNS, KINDS, column_names, LABEL_COLUMNS, composed_schema, labels_schema, parquet_rows, read_labels_metadata,

@@ -475,45 +475,6 @@ def _write_maps(f, maps: dict[str, dict[str, Any]], keep_from, rewritten: set[st
             g.attrs[key] = _attr(v)
 
 
-@dataclass
-class UnitMaps:
-    """The stored top maps of one layer or entry: ``values`` [U, K, h, w] float32 (of the units asked for),
-    ``rows`` [U, K] (rows of the file's ids; -1: none), ``scores`` [U, K] and the group's ``attrs``."""
-
-    values: np.ndarray
-    rows: np.ndarray
-    scores: np.ndarray
-    attrs: dict[str, Any]
-
-
-def maps_in(path: str | os.PathLike) -> dict[str, int]:
-    """The layers and entries of an activations file that hold maps, each with its K (none: {})."""
-    f, _ = open_h5(path, ACTIVATIONS_FORMAT)
-    with f:
-        if "maps" not in f:
-            return {}
-        return {name: int(f["maps"][name]["rows"].shape[1]) for name in f["maps"]}
-
-
-def read_maps(path: str | os.PathLike, name: str, units: list[int] | None = None) -> UnitMaps:
-    """The top maps of layer or entry ``name`` (``units``: only these units, in this order)."""
-    f, _ = open_h5(path, ACTIVATIONS_FORMAT)
-    with f:
-        if "maps" not in f or name not in f["maps"]:
-            have = sorted(f["maps"]) if "maps" in f else []
-            raise ArtifactError(f"{path} holds no maps of {name!r}" + (f" (it has maps of {', '.join(have)})" if have
-                                                                           else " (recorded without --maps)"),
-                                hint="record the layer with `dissect record --maps K`")
-        g = f["maps"][name]
-        sel = slice(None) if units is None else sorted(set(int(u) for u in units))
-        values, rows, scores = g["values"][sel], g["rows"][sel], g["scores"][sel]
-        if units is not None:
-            order = [sel.index(int(u)) for u in units]
-            values, rows, scores = values[order], rows[order], scores[order]
-        return UnitMaps(values.astype(np.float32), rows.astype(np.int64), scores.astype(np.float32),
-                        {k: g.attrs[k] for k in g.attrs})
-
-
 #: Layers larger than this (as float32) are stored in chunks of LAYER_CHUNK (rows, units).
 WIDE_LAYER_BYTES = 64 << 20
 
