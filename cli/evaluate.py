@@ -20,6 +20,8 @@ evaluate_app = typer.Typer(
     "dissect evaluate simulate LABELS... -a activations.h5: simulation scores (how well each label predicts its "
     "unit, from annotations or CLIP presence).\n\n"
     "dissect evaluate sanity: the unified framework's sanity tests of every metric and similarity function.\n\n"
+    "dissect evaluate segment PROBE --masks DIR --model SPEC --layers L: NetDissect's IoU of every unit with "
+    "segmentation masks, and whether its label agrees.\n\n"
     "dissect evaluate stability / pvalues: bootstrap label stability and permutation p-values per unit.\n\n"
     "dissect evaluate predict-class / weights: the paper's class-prediction and weight analyses.",
 )

@@ -508,7 +508,7 @@ def test_the_demo_worlds_shape_units_segment_their_shape_and_their_maps_peak_on_
     small = world.write_probe(tmp_path / "probe", 300, 1234, masks=tmp_path / "masks")   # the demo's first 300
     seg = tmp_path / "segment.parquet"
     r = invoke("evaluate", "segment", small, "--masks", tmp_path / "masks", *spec, "--layers", "layer4",
-               "--labels", labels, "-o", seg)
+               "--labels", labels, "--images", out / "images.h5", "-o", seg)
     assert "Segmentation" in r.stdout and seg.with_suffix(".json").exists()
     rows = {row["unit"]: row for row in A.read_table(seg, A.SEGMENT_FORMAT).to_pylist()}
     labelled = _shape_labelled(labels, "layer4")
@@ -516,6 +516,9 @@ def test_the_demo_worlds_shape_units_segment_their_shape_and_their_maps_peak_on_
                 for u, lab in labelled.items())
     assert len(labelled) >= 15 and agree == len(labelled), (agree, len(labelled))
     assert all(0 <= row["iou"] <= 1 and row["threshold"] == row["threshold"] for row in rows.values())
+    # the CLIP cosine of label and concept: 1 where they are the same text, below it elsewhere
+    assert all(abs(row["label_cos"] - 1) < 1e-5 for row in rows.values() if row["label_agrees"])
+    assert all(-1 <= row["label_cos"] < 0.999 for row in rows.values() if row["label_agrees"] is False)
 
 
 def test_segment_refuses_what_it_cannot_segment_in_one_line(tmp_path):
