@@ -281,9 +281,6 @@ def _activations_plan(ctx: _Run, target: Target) -> RecordPlan:
     if ctx.settings.maps:
         from .record import MapsOptions, with_maps
 
-        if ctx.world is not None or ctx.options.shard is not None:
-            raise UsageError("run --maps records in one process for now (--shard and torchrun would each keep their "
-                             "own top maps)", hint="run without --maps, then `dissect record --maps K` on one machine")
         plan = with_maps(plan, MapsOptions(ctx.settings.maps, ctx.settings.max_memory), ctx.activations, len(ctx.probe))
     ctx.steps["activations"] = {"path": ctx.activations.name, "reused_layers": plan.have}
     if plan.todo:
@@ -343,11 +340,13 @@ def _shard_pass(ctx: _Run, target: Target) -> Path:
     folder.mkdir(exist_ok=True)
     tag = f"{shard.index}-of-{shard.count}"
     outs = {"images": folder / f"images.{tag}.h5", "activations": folder / f"activations.{tag}.h5"}
-    if ctx.settings.maps:
-        raise UsageError("run --maps records in one process for now (each --shard would keep its own top maps)",
-                         hint="run the shards without --maps, then `dissect record --maps K` on one machine")
     plan = plan_record(ctx.probe, target, ctx.layers, outs["activations"], ctx.settings.summary, ctx.settings.layout,
                        ctx.device, ctx.target_precision, fresh=True, directions=ctx.directions)  # always written anew
+    if ctx.settings.maps:
+        from .record import MapsOptions, with_maps
+
+        plan = with_maps(plan, MapsOptions(ctx.settings.maps, ctx.settings.max_memory), outs["activations"],
+                         len(ctx.probe))
     _image_pass(ctx, plan, outs=outs, shard=str(shard))
     note(f"shard {shard} done in {folder}; when all {shard.count} are, run the same command without --shard to merge "
          f"and label")

@@ -463,9 +463,6 @@ def record(
     dev = resolve_device(opts.device)
     target = model if isinstance(model, Target) else load_target(model, weights, model_args, overrides, dev, layers=layers)
     sharded = opts.shard is not None or distributed_world() is not None
-    if sharded and maps_opts.maps:
-        raise UsageError("record --maps runs in one process for now (--shard and torchrun would each keep their own "
-                         "top maps)", hint="record the maps in a single process, or leave out --maps")
     directions = DirectionsOptions.of(directions)
     grown = None if sharded else _grown_probe(out, probe, target, layers, summary, layout, dev, opts.precision,
                                               bool(directions.items) or bool(maps_opts.maps))

@@ -148,8 +148,37 @@ def merge(shards: list[str | os.PathLike], out: str | os.PathLike) -> Path:
         ids = [k for p in parts for k in p.ids]
         data = {name: _ConcatRows([(o[0], len(p.ids)) for o, p in zip(ordered, parts)], name) for name in layers}
         dtypes = {n: "float16" for n, la in parts[0].layer_attrs.items() if la.get("dtype") == "float16"}
-        A.write_activations(out, ids, data, parts[0].layer_attrs, attrs, dtypes=dtypes)
+        A.write_activations(out, ids, data, parts[0].layer_attrs, attrs, dtypes=dtypes,
+                            maps=_merged_maps([o[0] for o in ordered], [len(p.ids) for p in parts]) or None)
     return Path(out)
+
+
+def _merged_maps(files: list, sizes: list[int]) -> dict[str, dict[str, Any]]:
+    """The top maps of every shard (``record --maps``) as one pass's: each shard's rows moved past the shards
+    before it, the K best kept (ties to the lower row, as one pass keeps them)."""
+    from .maps import TopMaps
+
+    held = [A.maps_in(f) for f in files]
+    if any(h != held[0] for h in held):
+        raise MismatchError(f"the shards hold maps of different layers or K ({files[0]}: {held[0] or 'none'})",
+                            hint="record every shard with the same --maps")
+    out: dict[str, dict[str, Any]] = {}
+    for name in held[0]:
+        total, offset, attrs = None, 0, {}
+        for f, n in zip(files, sizes):
+            m = A.read_maps(f, name)
+            attrs = attrs or m.attrs
+            rows = np.where(m.rows >= 0, m.rows + offset, -1)
+            top = TopMaps.from_arrays({"values": m.values.astype(np.float16), "rows": rows, "scores": m.scores})
+            if total is None:
+                total = top
+            else:
+                total.merge(top)
+            offset += n
+        arrays = total.arrays()
+        arrays["attrs"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in attrs.items()}
+        out[name] = arrays
+    return out
 
 
 class _ConcatRows:

@@ -336,9 +336,22 @@ def test_maps_are_added_to_a_file_recorded_without_them_and_refused_over_the_bud
     assert "with their maps; nothing to record" in r.stderr
     r = invoke("record", probe, *TIMM, "--layers", "layer1", "--maps", "50", "-o", tmp_path / "b.h5")
     assert A.maps_in(tmp_path / "b.h5") == {"layer1": 12}                     # K at most the images there are
-    r = invoke("record", probe, *TIMM, "--layers", "layer1", "--maps", "2", "--shard", "1/2",
-               "-o", tmp_path / "c.h5", ok=False)
-    assert r.exit_code != 0 and "one process" in r.output
+
+
+def test_the_maps_of_shards_merge_into_those_of_one_pass(tmp_path):
+    probe = make_images(tmp_path / "probe", 15, seed=10)
+    invoke("record", probe, *TIMM, "--layers", "layer1", "--maps", "4", "-o", tmp_path / "one.h5")
+    parts = []
+    for i in (1, 2, 3):
+        parts.append(tmp_path / f"part{i}.h5")
+        invoke("record", probe, *TIMM, "--layers", "layer1", "--maps", "4", "--shard", f"{i}/3", "-o", parts[-1])
+    invoke("merge", *reversed(parts), "-o", tmp_path / "merged.h5")
+    a, b = A.read_maps(tmp_path / "merged.h5", "layer1"), A.read_maps(tmp_path / "one.h5", "layer1")
+    np.testing.assert_array_equal(a.rows, b.rows)
+    np.testing.assert_array_equal(a.values, b.values)
+    invoke("record", probe, *TIMM, "--layers", "layer1", "--shard", "1/3", "-o", tmp_path / "plain1.h5")
+    r = invoke("merge", tmp_path / "plain1.h5", parts[1], parts[2], "-o", tmp_path / "bad.h5", ok=False)
+    assert r.exit_code != 0 and "maps of different layers" in r.output
 
 
 TOKENS_MODEL = """
@@ -461,9 +474,11 @@ def test_run_keeps_maps_and_show_reads_them_from_the_run_folder(tmp_path, tiny_c
     assert A.maps_in(tmp_path / "run" / "activations.h5") == {"layer1": 2}
     r = invoke("show", tmp_path / "run", "--maps", "layer1", "0")
     assert "layer1 unit 0" in r.stdout
-    r = invoke("run", probe, "--clip", tiny_clip, *TIMM, "--layers", "layer1", "--concepts", concepts, "--maps", "2",
-               "--shard", "1/2", "-o", tmp_path / "run2", ok=False)
-    assert r.exit_code != 0 and "one process" in r.output
+    for shard in ("1/2", "2/2", None):                                     # a job array, then the merging run
+        invoke("run", probe, "--clip", tiny_clip, *TIMM, "--layers", "layer1", "--concepts", concepts, "--maps", "2",
+               "--param", "top_k=3", *(["--shard", shard] if shard else []), "-o", tmp_path / "run2", "--device", "cpu")
+    np.testing.assert_array_equal(A.read_maps(tmp_path / "run2" / "activations.h5", "layer1").rows,
+                                  A.read_maps(tmp_path / "run" / "activations.h5", "layer1").rows)
 
 
 # ---------------------------------------------------------------------------
@@ -529,3 +544,15 @@ def test_segment_refuses_what_it_cannot_segment_in_one_line(tmp_path):
     r = invoke("evaluate", "segment", probe, "--masks", tmp_path / "nowhere", *TIMM, "--layers", "layer1",
                "-o", tmp_path / "s.parquet", ok=False)
     assert r.exit_code != 0 and "does not exist" in r.output
+
+
+def test_torchrun_ranks_merge_their_maps_into_those_of_one_process(tmp_path):
+    from test_shards import torchrun_dissect
+
+    probe = make_images(tmp_path / "probe", 12, seed=11)
+    invoke("record", probe, *TIMM, "--layers", "layer1", "--maps", "3", "-o", tmp_path / "one.h5")
+    torchrun_dissect("record", str(probe), *TIMM, "--layers", "layer1", "--maps", "3", "--device", "cpu",
+                     "-o", str(tmp_path / "ranks.h5"))
+    a, b = A.read_maps(tmp_path / "ranks.h5", "layer1"), A.read_maps(tmp_path / "one.h5", "layer1")
+    np.testing.assert_array_equal(a.rows, b.rows)
+    np.testing.assert_array_equal(a.values, b.values)
