@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from .directions import encode_summary
-from .maps import MapsRequest, TopMaps, grid_positions, position_maps
+from .maps import MapsRequest, TopMaps, grid_positions, map_size, position_maps
 from .errors import ModelError, UsageError
 
 LAYOUTS = ("auto", "nc", "nlc", "ncl", "nchw", "nhwc")
@@ -496,12 +496,12 @@ class Recorder:
 
     def _entry_sink(self, entry: str, info: LayerInfo):
         """Where a direction entry's per-position units go: its top maps, block by block."""
-        hw = tuple(info.raw_shape[1:3]) if info.layout == "nchw" else tuple(info.raw_shape[0:2])
         grid = self.maps.grids[entry]
+        hw = map_size(info.layout, info.raw_shape, grid)
         rows = self._rows
 
         def sink(lo: int, hi: int, z: torch.Tensor, summary: torch.Tensor) -> None:
-            pm = grid_positions(z, info.layout, grid, hw if info.layout != "ncl" else (1, z.shape[1]))
+            pm = grid_positions(z, info.layout, grid, hw)
             self._top(entry, pm.shape[1:]).update(summary, pm, rows[lo:hi])
 
         return sink

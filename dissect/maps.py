@@ -40,6 +40,10 @@ class Grid:
         return self.prefix + self.h * self.w
 
 
+#: The arrays of one layer's top maps (``TopMaps.arrays``), in a checkpoint and in activations.h5.
+MAP_PARTS = ("values", "rows", "scores")
+
+
 @dataclass(frozen=True)
 class MapsRequest:
     """What ``record --maps K`` keeps: each unit's ``k`` top images with its map, for the layers and entries of
@@ -82,8 +86,7 @@ def plan_maps(plan, opts: MapsOptions, n_images: int) -> "MapsRequest | None":
             flat.append(name)
             continue
         grid = token_grid(plan.target.module, info.raw_shape[0], layer) if info.layout == "nlc" else None
-        h, w = (grid.h, grid.w) if grid is not None else ((1, info.raw_shape[1]) if info.layout == "ncl" else
-                                                          tuple(info.raw_shape[1:3] if info.layout == "nchw" else info.raw_shape[0:2]))
+        h, w = map_size(info.layout, info.raw_shape, grid)
         units = plan.units[name].set.k if name in plan.units else info.n_units
         need += 2 * maps_bytes(opts.maps, units, h, w)   # the maps and an update's copy
         grids[name] = grid
@@ -211,6 +214,22 @@ class TopMaps:
         self.maps = torch.gather(m, 0, order[:, :, None, None].expand(-1, -1, m.shape[2], m.shape[3]))
 
 
+def map_size(layout: str, raw_shape, grid: Grid | None = None) -> tuple[int, int]:
+    """(h, w) of the maps of a layer output of per-image shape ``raw_shape`` in ``layout`` (tokens: their ``grid``;
+    a 1-D sequence: 1 x L)."""
+    if layout == "nlc":
+        if grid is None:
+            raise ValueError("token outputs need their grid")
+        return grid.h, grid.w
+    if layout == "ncl":
+        return 1, int(raw_shape[1])
+    if layout == "nchw":
+        return int(raw_shape[1]), int(raw_shape[2])
+    if layout == "nhwc":
+        return int(raw_shape[0]), int(raw_shape[1])
+    raise ValueError(f"a {layout!r} output has no map")
+
+
 def maps_bytes(k: int, units: int, h: int, w: int) -> int:
     """What :class:`TopMaps` of these sizes holds, and about what an update needs again beside it."""
     return int(k) * int(units) * int(h) * int(w) * 2
@@ -218,14 +237,11 @@ def maps_bytes(k: int, units: int, h: int, w: int) -> int:
 
 def grid_positions(z: torch.Tensor, layout: str, grid: Grid | None, hw: tuple[int, int]) -> torch.Tensor:
     """[n, K, h, w] maps from per-position values ``z`` [n, P, K] in the order of ``directions.positions_last``:
-    rows of an [h, w] conv output, tokens (``grid``: prefix dropped), or a 1 x L sequence."""
+    rows of an ``hw`` conv output or 1 x L sequence (:func:`map_size`), or tokens (``grid``: prefix dropped)."""
     n, _, k = z.shape
     if layout == "nlc":
-        if grid is None:
-            raise ValueError("token outputs need their grid")
-        return z[:, grid.prefix :].reshape(n, grid.h, grid.w, k).permute(0, 3, 1, 2)
-    h, w = hw
-    return z.reshape(n, h, w, k).permute(0, 3, 1, 2)
+        z = z[:, grid.prefix :]
+    return z.reshape(n, hw[0], hw[1], k).permute(0, 3, 1, 2)
 
 
 #: Shades of a terminal heat grid, from nothing to the unit's strongest response.

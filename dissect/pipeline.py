@@ -256,6 +256,15 @@ def _embed_text(ctx: _Run) -> None:
     ctx.barrier()
 
 
+def _with_maps(ctx: _Run, plan: RecordPlan, out: Path) -> RecordPlan:
+    """``plan`` keeping each unit's top maps when the run asks for them (``--maps``)."""
+    if not ctx.settings.maps:
+        return plan
+    from .record import MapsOptions, with_maps
+
+    return with_maps(plan, MapsOptions(ctx.settings.maps, ctx.settings.max_memory), out, len(ctx.probe))
+
+
 def _activations_plan(ctx: _Run, target: Target) -> RecordPlan:
     """Which layers activations.h5 still needs; a file of other inputs, summary or layout is started over."""
     inputs_fp = activations_inputs_fingerprint(target, ctx.probe.fingerprint, ctx.target_precision)
@@ -278,10 +287,7 @@ def _activations_plan(ctx: _Run, target: Target) -> RecordPlan:
         ctx.barrier()
         plan = plan_record(ctx.probe, target, ctx.layers, ctx.activations, summary, layout, ctx.device,
                            ctx.target_precision, directions=ctx.directions)
-    if ctx.settings.maps:
-        from .record import MapsOptions, with_maps
-
-        plan = with_maps(plan, MapsOptions(ctx.settings.maps, ctx.settings.max_memory), ctx.activations, len(ctx.probe))
+    plan = _with_maps(ctx, plan, ctx.activations)
     ctx.steps["activations"] = {"path": ctx.activations.name, "reused_layers": plan.have}
     if plan.todo:
         note(f"recording {', '.join(plan.todo)} into {ctx.activations}"
@@ -342,11 +348,7 @@ def _shard_pass(ctx: _Run, target: Target) -> Path:
     outs = {"images": folder / f"images.{tag}.h5", "activations": folder / f"activations.{tag}.h5"}
     plan = plan_record(ctx.probe, target, ctx.layers, outs["activations"], ctx.settings.summary, ctx.settings.layout,
                        ctx.device, ctx.target_precision, fresh=True, directions=ctx.directions)  # always written anew
-    if ctx.settings.maps:
-        from .record import MapsOptions, with_maps
-
-        plan = with_maps(plan, MapsOptions(ctx.settings.maps, ctx.settings.max_memory), outs["activations"],
-                         len(ctx.probe))
+    plan = _with_maps(ctx, plan, outs["activations"])
     _image_pass(ctx, plan, outs=outs, shard=str(shard))
     note(f"shard {shard} done in {folder}; when all {shard.count} are, run the same command without --shard to merge "
          f"and label")

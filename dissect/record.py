@@ -13,7 +13,7 @@ from . import artifacts as A
 from .directions import DirectionsOptions, UnitEntry, is_entry
 from .errors import MismatchError, UsageError
 from .fingerprint import fingerprint
-from .maps import MapsOptions, MapsRequest, plan_maps
+from .maps import MAP_PARTS, MapsOptions, MapsRequest, plan_maps
 from .hooks import LayerInfo, Recorder, check_recordable, list_modules, parse_layout, probe_layers, resolve_layers
 from .models import PreprocessOverrides, Target, load_target
 from .passes import PassOptions, execute, forward_errors
@@ -26,10 +26,6 @@ def activations_inputs_fingerprint(target: Target, probe_fp: str, precision: str
     pre = target.preprocess_record()
     extra = [] if precision == "fp32" else [precision]  # fp32 keeps the fingerprints of earlier files
     return fingerprint([A.ACTIVATIONS_FORMAT, A.FORMAT_VERSION, target.fingerprint, pre, probe_fp] + extra)
-
-
-#: The arrays of one layer's top maps in a checkpoint and in activations.h5.
-MAP_PARTS = ("values", "rows", "scores")
 
 
 def layer_fingerprint(inputs_fp: str, layer: str, summary: str, layout: str) -> str:

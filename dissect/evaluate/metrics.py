@@ -341,15 +341,15 @@ def _auc(acts, presence, alpha, o: Options) -> torch.Tensor:
     return _auc_from_ranks(active(acts, alpha), ranks(presence, o), o)
 
 
+def _inverse_ranked(acts, presence) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inverse AUPRC, inverse AUC): the activation as a ranking of the images where the concept is present."""
+    return _ranked(_f64(present(presence)), _sorted_groups(_f64(acts)))
+
+
 def _inverse_auc(acts, presence, o: Options) -> torch.Tensor:
-    """The activation as a ranking of the images where the concept is present."""
     if o.reference:
         return _auc_from_ranks(present(presence), ranks(acts, o), o)
-    return _ranked(_f64(present(presence)), _sorted_groups(_f64(acts)))[1]
-
-
-def _inverse_auprc(acts, presence) -> torch.Tensor:
-    return _ranked(_f64(present(presence)), _sorted_groups(_f64(acts)))[0]
+    return _inverse_ranked(acts, presence)[1]
 
 
 def _spearman(acts, presence, o: Options) -> torch.Tensor:
@@ -414,7 +414,7 @@ _FUNCTIONS = {
     "balanced-accuracy": lambda a, c, alpha, o: _accuracies("balanced-accuracy", a, c, alpha, o),
     "inverse-balanced-accuracy": lambda a, c, alpha, o: _accuracies("inverse-balanced-accuracy", a, c, alpha, o),
     "inverse-auc": lambda a, c, alpha, o: _inverse_auc(a, c, o),
-    "inverse-auprc": lambda a, c, alpha, o: _inverse_auprc(a, c),
+    "inverse-auprc": lambda a, c, alpha, o: _inverse_ranked(a, c)[0],
     "spearman-correlation": lambda a, c, alpha, o: _spearman(a, c, o),
     "correlation-top-and-random": lambda a, c, alpha, o: _top_and_random(a, c, alpha, o, spearman=False),
     "spearman-correlation-top-and-random": lambda a, c, alpha, o: _top_and_random(a, c, alpha, o, spearman=True),
@@ -514,6 +514,9 @@ def score_all(acts: torch.Tensor, presence: torch.Tensor, alpha: float | None = 
                 out["auprc"] = ap
             if "auc" in names:
                 out["auc"] = roc
+    if not o.reference and ("inverse-auc" in names or "inverse-auprc" in names):
+        # the activation's sort serves both inverse metrics (the reference breaks AUC's ties with noise instead)
+        out["inverse-auprc"], out["inverse-auc"] = _inverse_ranked(acts, presence)
     for m in names:
         if m not in out:
             out[m] = metric(m, acts, presence, alpha, o)

@@ -67,11 +67,12 @@ def _mask_view(pre):
 class _Pass:
     """A consumer of ``passes.image_pass``: each layer's maps, for the quantiles (``tally`` None) or the counts."""
 
-    def __init__(self, target, layers, infos, grids, device, batch_size: int):
+    def __init__(self, target, layers, infos, grids, device, total: int, settings: SegmentSettings):
         from ..hooks import Recorder
 
         self.transform = target.transform
         self.layers, self.infos, self.grids, self.device = layers, infos, grids, device
+        self.total, self.q, self.k = total, settings.quantile, settings.top_images
         self.recorder = Recorder(target.module, layers, layout={n: infos[n] for n in layers}, keep_raw=True)
         self.quantiles: dict[str, TopQuantile] = {}
         self.tallies: dict[str, IoUTally] = {}
@@ -146,8 +147,7 @@ def segment(probe, model, layers: list[str], masks, labels=None, images=None, te
                          hint="give convolutional or token layers")
     grids = {n: token_grid(target.module, infos[n].raw_shape[0], n) for n in layers if infos[n].layout == "nlc"}
     target.module.to(dev).eval()
-    work = _Pass(target, layers, infos, grids, dev, opts.batch_size)
-    work.total, work.q, work.k = len(probe), st.quantile, st.top_images
+    work = _Pass(target, layers, infos, grids, dev, len(probe), st)
     with work.recorder:
         skipped = image_pass(probe, [work], opts.batch_size, opts.workers_for(len(probe)), "segment: thresholds", dev)
         work.thresholds = {n: q.thresholds() for n, q in work.quantiles.items()}
