@@ -90,6 +90,8 @@ def demo(
             ct.add_row(r["method"], pct(r["single_two"]), pct(r["single_one"]), pct(r["both_in_candidates"]),
                        pct(r["compose_two"]), pct(r["compose_one"]))
         con.print(ct)
+    if res.segmentation:
+        _print_segmentation(con, res.segmentation)
     if res.worlds:
         _print_worlds(con, res.worlds)
     con.print(f"{res.n_images} probe images; {res.seconds:.0f} s in all; artifacts in {res.out}/ (demo.json, labels-*.parquet); "
@@ -99,6 +101,21 @@ def demo(
     con.print(f"The demo models are ordinary specs: --clip {specs.clip} {specs.command_line()}", soft_wrap=True,
               markup=False, highlight=False)
 
+
+
+def _print_segmentation(con, rows) -> None:
+    """Hidden units labelled with a shape or a texture: does NetDissect's best mask concept say the same?"""
+    from rich.table import Table
+
+    t = Table(title="Hidden labels against the world's masks (evaluate segment): the label is the unit's best-IoU "
+                    "mask concept", title_justify="left", min_width=100)
+    for col in ("layer", "mask kind", "labels agree", "mean IoU", "Moran's I"):
+        t.add_column(col, justify="left" if col in ("layer", "mask kind") else "right")
+    for r in rows:
+        t.add_row(r["layer"], r["kind"], f"{r['agree']}/{r['units']}" + (f" ({r['agree'] / r['units']:.0%})" if r["units"] else ""),
+                  f"{r['mean_iou']:.3f}", f"{r['morans_i']:.2f}")
+    con.print(t)
+    con.print("shape masks cover the object, texture masks the background; per-unit rows in segment.parquet")
 
 
 def _print_worlds(con, worlds) -> None:

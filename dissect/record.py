@@ -461,11 +461,13 @@ def record(
     sharded = opts.shard is not None or distributed_world() is not None
     directions = DirectionsOptions.of(directions)
     grown = None if sharded else _grown_probe(out, probe, target, layers, summary, layout, dev, opts.precision,
-                                              bool(directions.items) or bool(maps_opts.maps))
+                                              bool(directions.items), maps_opts)
     if grown is not None:
         plan, reused = grown.plan, grown.reused
-        note(f"{out}: the probe changed; reusing {len(reused)} unchanged images, recording "
-             f"{len(probe) - len(reused)} new or changed for {', '.join(plan.layers)}")
+        note(f"{out}: the probe changed; " + (f"{grown.anew}, so its maps need every image: recording all {len(probe)}"
+                                              if grown.anew else f"reusing {len(reused)} unchanged images, recording "
+                                              f"{len(probe) - len(reused)} new or changed")
+             + f" for {', '.join(plan.layers)}")
     else:
         plan, reused = plan_record(probe, target, layers, out, summary, layout, dev, opts.precision,
                                    directions=directions), {}
@@ -515,9 +517,12 @@ class _Grown:
     plan: RecordPlan
     reused: dict[int, int]          # probe position -> row of the old file
     old: A.Activations
+    maps: dict[str, np.ndarray] = field(default_factory=dict)   # the old top maps, "@maps|NAME|PART", rows as positions
+    anew: str = ""                                              # why every image is recorded again (reused is empty)
 
     def restore_into(self, rec: ActivationRecorder) -> None:
-        """Put the old file's rows of the unchanged images (and its layers' shapes) into ``rec``."""
+        """Put the old file's rows of the unchanged images (and its layers' shapes, and its top maps) into ``rec``."""
+        rec._restore_maps(self.maps)
         pos = np.fromiter(self.reused, dtype=np.int64)
         old_rows = np.fromiter(self.reused.values(), dtype=np.int64)
         rec.restore(pos, {name: self.old.layers[name][old_rows] for name in self.plan.layers},
@@ -528,12 +533,13 @@ class _Grown:
 
 
 def _grown_probe(out, probe: Probe, target: Target, layers, summary, layout, dev, precision,
-                 directions: bool = False) -> _Grown | None:
+                 directions: bool = False, maps: MapsOptions | None = None) -> _Grown | None:
     """An existing file of the same model and precision over a probe that has since changed (images added or removed).
 
     Its layers are kept and recorded for the new images only. Asking for layers it does
     not hold at the same time is refused (record those after, in a second call). Files
-    with direction entries are not grown (they are recorded anew into another file).
+    with direction entries are not grown (they are recorded anew into another file);
+    nor are top maps that the new images alone cannot complete (``_grown_maps``).
     """
     attrs = A.peek_attrs(out, A.ACTIVATIONS_FORMAT)
     if attrs is None or attrs.get("shard") or directions or any(is_entry(n) for n in attrs.get("_layers", [])):
@@ -565,7 +571,35 @@ def _grown_probe(out, probe: Probe, target: Target, layers, summary, layout, dev
         return None
     inputs_fp = activations_inputs_fingerprint(target, probe.fingerprint, precision)
     plan = RecordPlan(target, old_layers, old_layers, [], False, inputs_fp, precision, infos)
-    return _Grown(plan, reused, old)
+    return _grown_maps(out, _Grown(plan, reused, old), maps or MapsOptions(), len(probe))
+
+
+def _grown_maps(out, grown: _Grown, opts: MapsOptions, n_images: int) -> _Grown | None:
+    """``grown`` keeping the old file's top maps (those asked for with ``--maps``, or else those it holds); recording
+    every image anew where the new images cannot complete them: a layer with positions without maps or with
+    another K, or a stored top image that was removed or changed (the next best of the unchanged images was not
+    kept)."""
+    from dataclasses import replace
+
+    stored = A.maps_in(out)
+    k = opts.maps or max(stored.values(), default=0)
+    if not k:
+        return grown
+    plan = replace(grown.plan, maps=plan_maps(grown.plan, replace(opts, maps=k), n_images))
+    position = np.full(len(grown.old.ids), -1, dtype=np.int64)          # old row -> probe position (-1: gone)
+    position[np.fromiter(grown.reused.values(), dtype=np.int64)] = np.fromiter(grown.reused, dtype=np.int64)
+    kept: dict[str, np.ndarray] = {}
+    for name in plan.maps.grids if plan.maps else ():
+        if stored.get(name) != plan.maps.k:
+            why = f"{out} holds no maps of {name}" if name not in stored else f"{out} keeps {stored[name]} maps of {name}"
+            return replace(grown, plan=plan, reused={}, anew=why)
+        m = A.read_maps(out, name)
+        pos = np.where(m.rows >= 0, position[np.clip(m.rows, 0, None)], -1)
+        if (pos[m.rows >= 0] < 0).any():
+            return replace(grown, plan=plan, reused={}, anew=f"a top image of {name} was removed or changed")
+        kept.update({f"@maps|{name}|values": m.values, f"@maps|{name}|rows": pos,
+                     f"@maps|{name}|scores": m.scores})
+    return replace(grown, plan=plan, maps=kept)
 
 
 def what_differs(attrs: dict[str, Any], target: Target, precision: str, probe: Probe) -> list[str]:

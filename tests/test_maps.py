@@ -184,11 +184,16 @@ def _bilinear_reference(m, H, W):
     return out
 
 
-def test_iou_tally_equals_netdissects_counts_on_hand_made_masks():
-    rng = np.random.default_rng(3)
-    B, C, h, w, H, W = 4, 3, 2, 3, 4, 6
+@pytest.mark.parametrize("h,w", [(2, 3), (4, 6), (3, 2)])
+def test_iou_tally_equals_netdissects_counts_on_hand_made_masks(h, w):
+    """Maps smaller than the masks, at their size (no upsampling) and of another aspect; values tied with a
+    threshold (not above it: not activated), and a unit whose map never reaches its threshold."""
+    rng = np.random.default_rng(3 + h)
+    B, C, H, W = 4, 4, 4, 6
     maps = rng.random((B, C, h, w))
-    thr = np.array([0.5, 0.7, 0.3])
+    thr = np.array([0.5, 0.7, 0.3, 2.0])
+    maps[0, 0, 0, 0] = maps[1, 2, -1, -1] = 0.5
+    maps[2, 1] = 0.7                                                      # a flat map at its threshold
     objects = rng.integers(0, 4, size=(B, H, W))                          # kind 0: 3 concepts + unlabelled
     parts = rng.integers(0, 3, size=(B, H, W))                            # kind 1: 2 concepts + unlabelled
     parts[1] = 0                                                          # an image without parts
@@ -336,6 +341,48 @@ def test_maps_are_added_to_a_file_recorded_without_them_and_refused_over_the_bud
     assert "with their maps; nothing to record" in r.stderr
     r = invoke("record", probe, *TIMM, "--layers", "layer1", "--maps", "50", "-o", tmp_path / "b.h5")
     assert A.maps_in(tmp_path / "b.h5") == {"layer1": 12}                     # K at most the images there are
+
+
+def _maps_by_id(path, layer):
+    m, ids = A.read_maps(path, layer), A.read_activations(path, data=False).ids
+    return [[ids[r] for r in row] for row in m.rows], m.values
+
+
+def test_maps_grow_with_the_probe_like_layers_and_are_recorded_anew_when_a_top_image_is_gone(tmp_path):
+    """Issue #26: maps are reused and grown incrementally like layers. Images added: the stored maps are kept and
+    only the new images are recorded, with the maps a fresh record of the grown probe keeps (ids and values);
+    a file grown without --maps keeps growing its maps. A stored top image removed: the next best was never kept,
+    so the file is recorded anew, and again equals a fresh record."""
+    import shutil
+
+    probe = make_images(tmp_path / "probe", 18, seed=6)
+    extra = make_images(tmp_path / "extra", 6, seed=7)
+    out = tmp_path / "a.h5"
+    invoke("record", probe, *TIMM, "--layers", "layer1,fc", "--maps", "3", "-o", out)
+    for f in sorted(extra.rglob("*.*")):
+        shutil.copy(f, probe / f.parent.name / f"new-{f.name}")
+    r = invoke("record", probe, *TIMM, "--layers", "layer1,fc", "--maps", "3", "-o", out)
+    assert "reusing 18 unchanged images, recording 6" in r.stderr
+    invoke("record", probe, *TIMM, "--layers", "layer1,fc", "--maps", "3", "-o", tmp_path / "fresh.h5")
+    (got_ids, got), (want_ids, want) = _maps_by_id(out, "layer1"), _maps_by_id(tmp_path / "fresh.h5", "layer1")
+    assert got_ids == want_ids and A.maps_in(out) == {"layer1": 3}
+    np.testing.assert_allclose(got, want, atol=2e-3)
+    # grown again without --maps: the maps still grow
+    for f in sorted(make_images(tmp_path / "more", 3, seed=8).rglob("*.*")):
+        shutil.copy(f, probe / f.parent.name / f"more-{f.name}")
+    r = invoke("record", probe, *TIMM, "--layers", "layer1,fc", "-o", out)
+    assert "recording 3" in r.stderr
+    invoke("record", probe, *TIMM, "--layers", "layer1,fc", "--maps", "3", "-o", tmp_path / "fresh2.h5")
+    assert _maps_by_id(out, "layer1")[0] == _maps_by_id(tmp_path / "fresh2.h5", "layer1")[0]
+    # a stored top image removed: recorded anew
+    gone = got_ids[0][0]
+    next(probe.rglob(gone.split("/")[-1])).unlink()
+    r = invoke("record", probe, *TIMM, "--layers", "layer1,fc", "--maps", "3", "-o", out)
+    assert "was removed or changed, so its maps need every image: recording all 26" in r.stderr
+    invoke("record", probe, *TIMM, "--layers", "layer1,fc", "--maps", "3", "-o", tmp_path / "fresh3.h5")
+    (got_ids, got), (want_ids, want) = _maps_by_id(out, "layer1"), _maps_by_id(tmp_path / "fresh3.h5", "layer1")
+    assert got_ids == want_ids and all(gone not in row for row in got_ids)
+    np.testing.assert_allclose(got, want, atol=2e-3)
 
 
 def test_the_maps_of_shards_merge_into_those_of_one_pass(tmp_path):

@@ -53,6 +53,7 @@ class DemoResult:
     planted: list[dict[str, Any]] = field(default_factory=list)   # method x mode -> recovered, mean held-out r
     composition: list[dict[str, Any]] = field(default_factory=list)  # similarity -> recovery on the composition world
     worlds: dict[str, dict[str, Any]] = field(default_factory=dict)  # "A", "B" -> two_worlds measurements
+    segmentation: list[dict[str, Any]] = field(default_factory=list)  # layer x mask kind -> labels vs. best-IoU concept
 
 
 def _attributes(probe: Path) -> tuple[list[str], dict[str, list[str]]]:
@@ -217,17 +218,18 @@ def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 12
     hidden, agreement = _hidden_agreement(out, probe, acts, specs)
     planted_rows = timed("planted", planted_recovery, out, probe, acts.ids, str(dev))
     composition_rows = timed("composition", composition_recovery, out, probe, acts.ids, str(dev))
+    segmentation = timed("segment", segmentation_agreement, out, probe, specs, str(dev), batch_size, workers)
     worlds = timed("worlds", two_worlds.compare, out, probe, specs.final_layer, planted_rows, str(dev), batch_size,
                    workers)
 
     counts = {k: len(v) for k, v in sets.items()}
     result = DemoResult(out, specs, n_images, accuracy, final_rows, hidden, agreement, time.perf_counter() - t0, counts, timings,
-                        planted_rows, composition_rows, worlds)
+                        planted_rows, composition_rows, worlds, segmentation)
     summary = {
         "n_images": n_images, "concept_counts": counts, "common_words": COMMON_WORDS, "seed": seed, "accuracy": accuracy, "hidden_agreement": agreement,
         "seconds": round(result.seconds, 1), "timings": {k: round(v, 1) for k, v in timings.items()},
         "clip": specs.clip, "model": specs.model, "weights": specs.weights, "planted": planted_rows,
-        "composition": composition_rows, "worlds": worlds,
+        "composition": composition_rows, "worlds": worlds, "segmentation": segmentation,
     }
     A.write_json(out / "demo.json", summary)
     # The folder is a run folder too: `dissect report OUT` and `dissect show OUT` open its headline labels.
@@ -235,6 +237,32 @@ def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 12
                                "weights": specs.weights, "n_images": n_images},
                          {"labels": "labels-mixed-softwpmi.parquet", "activations": "activations.h5"})
     return result
+
+
+def segmentation_agreement(out: Path, probe: Path, specs: DemoSpecs, device: str, batch_size: int,
+                           workers: int | None = 0) -> list[dict[str, Any]]:
+    """``dissect evaluate segment`` on the hidden layers against the masks the world drew (shape on the object,
+    texture on the background), written to segment.parquet: per layer and mask kind, how many units carry a label
+    of that kind, on how many the label names the unit's best-IoU mask concept, and their mean IoU."""
+    from ..evaluate.segment import segment, write_segmentation
+    from ..models import PreprocessOverrides, TargetSpec
+
+    target = TargetSpec(specs.model, specs.weights, specs.model_args,
+                        PreprocessOverrides(specs.input_size, specs.crop_pct, specs.mean, specs.std, specs.interpolation))
+    seg = segment([str(probe)], target, specs.hidden_layers, out / "masks", labels=out / "labels-mixed-softwpmi.parquet",
+                  device=device, batch_size=batch_size, workers=workers)
+    write_segmentation(seg, out / "segment.parquet")
+    r = seg.rows
+    rows = []
+    for layer in specs.hidden_layers:
+        for kind in ("shape", "texture"):
+            words = set(world.ATTRIBUTES[kind])
+            sel = [i for i, (lay, lab) in enumerate(zip(r["layer"], r["label"])) if lay == layer and lab in words]
+            rows.append({"layer": layer, "kind": kind, "units": len(sel),
+                         "agree": int(sum(bool(r["label_agrees"][i]) for i in sel)),
+                         "mean_iou": float(np.mean([r["iou"][i] for i in sel])) if sel else float("nan"),
+                         "morans_i": float(np.nanmean([r["morans_i"][i] for i in sel])) if sel else float("nan")})
+    return rows
 
 
 def planted_recovery(out: Path, probe: Path, ids: list[str], device: str) -> list[dict[str, Any]]:
