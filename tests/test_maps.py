@@ -528,6 +528,33 @@ def test_run_keeps_maps_and_show_reads_them_from_the_run_folder(tmp_path, tiny_c
                                   A.read_maps(tmp_path / "run" / "activations.h5", "layer1").rows)
 
 
+def test_report_cards_of_token_channels_and_direction_entries_overlay_their_stored_maps(tmp_path, tiny_clip):
+    """Issue #26: every card of every unit kind overlays its stored map without the model: token channels of a
+    transformer layer (on the patch grid, prefix tokens set apart) and the latents of a direction entry, from a
+    run folder; the page carries one map image per card image."""
+    import json
+
+    probe = make_images(tmp_path / "probe", 10, seed=12)
+    (tmp_path / "tok.py").write_text(TOKENS_MODEL)
+    torch.save(torch.eye(12)[[5, 2, 11]], tmp_path / "w.pt")
+    concepts = tmp_path / "c.txt"
+    concepts.write_text("red\nblue\nsquare\n")
+    run = tmp_path / "run"
+    invoke("run", probe, "--clip", tiny_clip, "--model", f"{tmp_path / 'tok.py'}:build", "--input-size", "16",
+           "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "--layers", "tokens", "--layout", "tokens=nlc",
+           "--directions", f"tokens@w={tmp_path / 'w.pt'}", "--concepts", concepts, "--maps", "3", "--param", "top_k=3", "-o", run,
+           "--device", "cpu")
+    assert A.maps_in(run / "activations.h5") == {"tokens": 3, "tokens@w": 3}
+    invoke("report", run, "-o", tmp_path / "site", "--top-images", 3)
+    page = (tmp_path / "site" / "index.html").read_text()
+    start = page.index('<script id="data" type="application/json">') + len('<script id="data" type="application/json">')
+    cards = json.loads(page[start : page.index("</script>", start)].replace("<\\/", "</"))["neurons"]
+    for layer, n in (("tokens", 12), ("tokens@w", 3)):
+        mine = [c for c in cards if c["layer"] == layer]
+        assert len(mine) == n and all(len(c["maps"]) == len(c["imgs"]) == 3 for c in mine), layer
+        assert all((tmp_path / "site" / m).exists() for c in mine for m in c["maps"])
+
+
 # ---------------------------------------------------------------------------
 # On the demo world, which knows where it drew each shape
 # ---------------------------------------------------------------------------
