@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import compose, decompose, demo, embed, evaluate, explain, label, record, report, run, show  # noqa: F401  (commands register themselves)
+from . import compare, compose, decompose, demo, embed, evaluate, explain, label, record, report, run, show  # noqa: F401  (commands register themselves)
 from .app import app
 
 

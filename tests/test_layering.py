@@ -19,11 +19,11 @@ LAYERS = [
      "artifacts.external", "artifacts.sniff", "artifacts.runs", "artifacts.masks", "artifacts.stored_maps", "maps",
      "concepts", "probe", "hooks", "models", "clip", "similarity", "split",
      "evaluate", "evaluate.metrics", "evaluate.sanity", "evaluate.mixture", "evaluate.segmentation",  # lazily imported
-     "directions"},
+     "directions", "correlate"},
     {"passes", "shards"},
     {"embed", "record", "inputs", "label", "evaluate.presence", "decompose"},
     {"compose", "evaluate.protocol", "evaluate.results", "evaluate.resampling", "evaluate.simulate",
-     "evaluate.sanity_report", "evaluate.segment", "report", "describe", "explain"},
+     "evaluate.sanity_report", "evaluate.segment", "report", "describe", "explain", "compare"},
     {"pipeline", "demo", "demo.world", "demo.planted", "demo.scenes", "demo.specs", "demo.two_worlds"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

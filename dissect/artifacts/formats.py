@@ -15,12 +15,13 @@ PVALUES_FORMAT = "dissect/pvalues"
 SIMULATE_FORMAT = "dissect/simulate"
 SANITY_FORMAT = "dissect/sanity"
 SEGMENT_FORMAT = "dissect/segment"
+COMPARE_FORMAT = "dissect/compare"
 EXPLAIN_FORMAT = "dissect/explanations"
 DIRECTIONS_FORMAT = "dissect/directions"
 
 HDF5_FORMATS = (IMAGE_FORMAT, TEXT_FORMAT, ACTIVATIONS_FORMAT)
 PARQUET_FORMATS = (LABELS_FORMAT, COMPOSED_FORMAT, EVALUATION_FORMAT, PREDICT_FORMAT, STABILITY_FORMAT, PVALUES_FORMAT,
-                   SIMULATE_FORMAT, SANITY_FORMAT, EXPLAIN_FORMAT, SEGMENT_FORMAT)
+                   SIMULATE_FORMAT, SANITY_FORMAT, EXPLAIN_FORMAT, SEGMENT_FORMAT, COMPARE_FORMAT)
 
 #: The command that writes each kind (named in every "expected a ... file" message).
 MAKER = {
@@ -36,6 +37,7 @@ MAKER = {
     SIMULATE_FORMAT: "dissect evaluate simulate",
     SANITY_FORMAT: "dissect evaluate sanity",
     SEGMENT_FORMAT: "dissect evaluate segment",
+    COMPARE_FORMAT: "dissect compare",
     EXPLAIN_FORMAT: "dissect explain",
     DIRECTIONS_FORMAT: "dissect decompose",
 }

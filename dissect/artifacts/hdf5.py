@@ -527,6 +527,30 @@ def read_activation_layer(path: str | os.PathLike, name: str, units: tuple[int, 
         return _read_matrix(f["layers"], name, f"{path}:layers", rows=f["ids"].shape[0], units=units, row_range=rows)
 
 
+def read_activation_rows(path: str | os.PathLike, name: str, rows: np.ndarray,
+                         units: tuple[int, int] | None = None) -> np.ndarray:
+    """The [len(rows), C] float32 rows ``rows`` (in that order; any order, no repeats) of one layer: the span they
+    cover read at once where they are dense in it, else only those rows."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    if hi - lo <= 2 * rows.size:
+        return read_activation_layer(path, name, units=units, rows=(lo, hi))[rows - lo]
+    order = np.argsort(rows)
+    f, _ = open_h5(path, ACTIVATIONS_FORMAT)
+    with f:
+        ds = h5_dataset(f["layers"], name, f"{path}:layers")
+        c0, c1 = (0, ds.shape[1]) if units is None else units
+        arr = np.asarray(ds[rows[order], c0:c1], dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise ArtifactError(f"layer {name!r} of {path} holds NaN or Inf activations",
+                            hint="check the model's weights and re-record the layer")
+    out = np.empty_like(arr)
+    out[order] = arr
+    return out
+
+
 def activation_layer_shape(path: str | os.PathLike, name: str) -> tuple[int, int]:
     """(N, C) of one layer, read from the file's header."""
     f, _ = open_h5(path, ACTIVATIONS_FORMAT)

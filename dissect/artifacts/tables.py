@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import ArtifactError, InputError, UsageError
 from .files import atomic_path, note_inputs, write_json
 from .formats import (COMPOSED_FORMAT, EVALUATION_FORMAT, EXPLAIN_FORMAT, FORMAT_VERSION, LABELS_FORMAT, MAKER,
-                      PARQUET_FORMATS, PREDICT_FORMAT, PVALUES_FORMAT, SANITY_FORMAT, SEGMENT_FORMAT, SIMULATE_FORMAT, STABILITY_FORMAT,
+                      PARQUET_FORMATS, PREDICT_FORMAT, PVALUES_FORMAT, SANITY_FORMAT, SEGMENT_FORMAT, COMPARE_FORMAT, SIMULATE_FORMAT, STABILITY_FORMAT,
                       STDOUT)
 
 # ---------------------------------------------------------------------------
@@ -94,6 +94,11 @@ _SEGMENT = [("layer", "string"), ("unit", "int32"), ("concept", "string"), ("kin
             ("threshold", "float64"), ("morans_i", "float64"), ("label", "string"), ("label_agrees", "bool"),
             ("label_cos", "float64")]
 
+_COMPARE = [("layer_a", "string"), ("unit_a", "int32"), ("layer_b", "string"), ("unit_b", "int32"), ("r", "float64"),
+            ("matched", "bool"), ("best_b", "int32"), ("best_r", "float64"), ("best_a", "int32"), ("best_a_r", "float64"),
+            ("label_a", "string"), ("label_b", "string"), ("labels_agree", "bool"), ("label_cos", "float64"),
+            ("score_a", "float64"), ("score_b", "float64")]
+
 #: Every Parquet kind. Composed labels guarantee fewer columns than they write (files of dissect 0.2 lack the
 #: held-out ones); the evaluations' tables take their types from their rows.
 KINDS: dict[str, TableKind] = {
@@ -104,6 +109,7 @@ KINDS: dict[str, TableKind] = {
     SIMULATE_FORMAT: _written(_SIMULATE, ["labels", "layer", "unit", "label", "correlation"]),  # the simulation score
     SANITY_FORMAT: _written(_SANITY, ["setting", "scorer"]),
     SEGMENT_FORMAT: _written(_SEGMENT, ["layer", "unit", "concept", "iou"]),
+    COMPARE_FORMAT: _written(_COMPARE, ["layer_a", "unit_a", "layer_b", "unit_b", "r"]),
     EVALUATION_FORMAT: TableKind((), {"layer": "string", "unit": "int", "label": "string", "truth": "string",
                                       "exact": "bool"}),
     PREDICT_FORMAT: TableKind((), {}),

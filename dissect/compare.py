@@ -1,0 +1,357 @@
+"""``dissect compare``: what changed between two activations files over the same probe images.
+
+Two checkpoints, two seeds, two models, or a layer and its directions: for every pair of layers,
+the Pearson correlation of every unit of A with every unit of B (streamed over the shared images
+in blocks, :class:`dissect.correlate.CrossMoments`), each unit's best match both ways, the
+one-to-one matching of highest total correlation, the share of A's units matched with r above
+``threshold``, and linear CKA. With labels, whether matched units carry the same concept (and
+their CLIP cosine with a CLIP model), and per concept how many units carry it in A and in B: the
+detectors gained and lost.
+
+One row per unit of A's layer (its match in B, or none), then one per unit of B's left unmatched.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import artifacts as A
+from .budget import memory_budget
+from .errors import InputError, UsageError
+from .runtime import note, progress, resolve_device
+from .settings import Settings
+
+#: Columns of compare.parquet, in order (artifacts.tables owns the types).
+COLUMNS = ("layer_a", "unit_a", "layer_b", "unit_b", "r", "matched", "best_b", "best_r", "best_a", "best_a_r",
+           "label_a", "label_b", "labels_agree", "label_cos", "score_a", "score_b")
+
+
+@dataclass(frozen=True)
+class CompareSettings(Settings):
+    """``min_shared``: the share of the smaller probe the two files must share; ``threshold``: a one-to-one match
+    counts as matched above this r; ``max_memory``: the working-memory budget in bytes (None: the default)."""
+
+    min_shared: float = 0.9
+    threshold: float = 0.5
+    max_memory: int | None = None
+    device: str = "auto"
+
+    def check(self) -> None:
+        if not 0 < self.min_shared <= 1:
+            raise UsageError(f"--min-shared must be in (0, 1], got {self.min_shared}")
+        if not -1 <= self.threshold <= 1:
+            raise UsageError(f"--threshold must be in [-1, 1], got {self.threshold}")
+
+
+@dataclass
+class Side:
+    """One side of a comparison: its activations file, and the labels and simulation scores to show with it."""
+
+    name: str                                   # "A" or "B"
+    activations: Path
+    labels: Path | None = None
+    simulate: Path | None = None
+    ids: list[str] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Comparison:
+    rows: dict[str, list]
+    summary: list[dict[str, Any]]
+    metadata: dict[str, Any]
+
+
+def open_side(name: str, path, labels=None, simulate=None) -> Side:
+    """An activations file, or a run folder (its activations, labels and simulate.parquet unless given)."""
+    p = Path(path)
+    A.note_inputs(p)
+    if not p.exists():
+        raise InputError(f"{name}: {p} does not exist", hint="give an activations.h5 (dissect record) or a run folder")
+    if p.is_dir():
+        run = A.find_run(p)
+        p, labels, simulate = run["activations"], labels or run["labels"], simulate or run["simulate"]
+    kind = A.sniff(p)
+    if kind != A.ACTIVATIONS_FORMAT:
+        raise InputError(f"{name}: {p} is a {kind} file, not activations",
+                         hint="give an activations.h5 (dissect record) or a run folder; labels go to --labels-a/-b")
+    header = A.read_activations(p, data=False)
+    return Side(name, p, Path(labels) if labels else None, Path(simulate) if simulate else None, header.ids,
+                list(header.layers))
+
+
+def align(a: Side, b: Side, min_shared: float) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of A and of B holding the images both hold (in A's order); refused when they share fewer than
+    ``min_shared`` of the smaller probe."""
+    pos_b = {k: i for i, k in enumerate(b.ids)}
+    rows_a = np.array([i for i, k in enumerate(a.ids) if k in pos_b], dtype=np.int64)
+    rows_b = np.array([pos_b[a.ids[i]] for i in rows_a], dtype=np.int64)
+    sizes_a, sizes_b = A.read_sizes(a.activations), A.read_sizes(b.activations)
+    if sizes_a is not None and sizes_b is not None and len(sizes_a) == len(a.ids) and len(sizes_b) == len(b.ids):
+        differ = int((sizes_a[rows_a] != sizes_b[rows_b]).sum())
+        if differ:
+            raise InputError(f"{differ} of the {len(rows_a)} image ids A and B share name files of different sizes: "
+                             "the two were recorded over different images",
+                             hint="record both over the same probe folder")
+    need = max(3, math.ceil(min_shared * min(len(a.ids), len(b.ids))))
+    if len(rows_a) < need:
+        raise InputError(f"A ({len(a.ids)} images) and B ({len(b.ids)} images) share {len(rows_a)} image ids, "
+                         f"fewer than the {need} a comparison needs",
+                         hint="record both over the same probe (ids are the images' relative paths), "
+                              "or lower --min-shared")
+    return rows_a, rows_b
+
+
+def layer_pairs(a: Side, b: Side, layers: list[str] | None, pairs: list[str] | None) -> list[tuple[str, str]]:
+    """``LA=LB`` pairs as given, else the ``layers`` (or every layer) both files hold, paired by name."""
+    if pairs:
+        out = []
+        for item in pairs:
+            la, sep, lb = item.partition("=")
+            if not sep or not la or not lb:
+                raise UsageError(f"--pair {item!r} is not LAYER_A=LAYER_B", hint="e.g. --pair layer4=layer4@sae")
+            out.append((la.strip(), lb.strip()))
+    else:
+        names = layers or [n for n in a.layers if n in b.layers]
+        if not names:
+            raise UsageError(f"A and B hold no layer of the same name (A: {', '.join(a.layers)}; B: {', '.join(b.layers)})",
+                             hint="pair layers with --pair LAYER_A=LAYER_B")
+        out = [(n, n) for n in names]
+    for la, lb in out:
+        for side, layer in ((a, la), (b, lb)):
+            if layer not in side.layers:
+                raise UsageError(f"{side.name} ({side.activations}) has no layer {layer!r}",
+                                 hint=f"it holds: {', '.join(side.layers)}")
+    return out
+
+
+@dataclass
+class PairResult:
+    """The numbers of one layer pair: ``r`` [m, n] float64 (None where the matching did not fit the budget)."""
+
+    layer_a: str
+    layer_b: str
+    units_a: int
+    units_b: int
+    cka: float
+    best_b: np.ndarray
+    best_r: np.ndarray
+    best_a: np.ndarray
+    best_a_r: np.ndarray
+    match: np.ndarray | None         # A unit -> B unit of the one-to-one matching (-1: none)
+    match_r: np.ndarray | None
+
+
+def _plan(m: int, n: int, budget: int) -> tuple[int, bool, bool, int]:
+    """(B units per group, CKA's Gram matrices kept, matching kept, images per block) within ``budget`` bytes."""
+    gram = 8 * (m * m + n * n) <= budget // 2
+    left = budget - (8 * (m * m + n * n) if gram else 0)
+    matching = 8 * m * n <= left // 3
+    left -= 8 * m * n if matching else 0
+    group = max(1, min(n, (left // 2) // max(1, 16 * m)))
+    rows = int(max(64, min(8192, (left // 2) // max(1, 12 * (m + group)))))
+    return group, gram, matching, rows
+
+
+def correlate_pair(a: Side, b: Side, pair: tuple[str, str], rows: tuple[np.ndarray, np.ndarray],
+                   settings: CompareSettings) -> PairResult:
+    """Stream one layer pair over the shared images (``rows``: A's and B's rows of them)."""
+    import torch
+
+    from .correlate import CrossMoments, assignment, best_matches
+
+    la, lb = pair
+    rows_a, rows_b = rows
+    m = A.activation_layer_shape(a.activations, la)[1]
+    n = A.activation_layer_shape(b.activations, lb)[1]
+    group, gram, matching, block = _plan(m, n, memory_budget(settings.max_memory))
+    if not gram:
+        note(f"{la} x {lb}: no CKA, its Gram matrices ({8 * (m * m + n * n) / 2**20:.0f} MB) are over half of "
+             "--max-memory")
+    if not matching:
+        note(f"{la} x {lb}: no one-to-one matching, its {m} x {n} correlations are over --max-memory (best matches kept)")
+    dev = resolve_device(settings.device)
+    r_full = np.zeros((m, n)) if matching else None
+    best_b, best_r = np.full(m, -1, dtype=np.int64), np.full(m, -np.inf)
+    best_a, best_a_r = np.full(n, -1, dtype=np.int64), np.full(n, np.nan)
+    cka = math.nan
+    groups = range(0, n, group)
+    with progress(f"compare {la} x {lb}", len(rows_a) * len(groups), "images") as advance:
+        for g0 in groups:
+            g1 = min(n, g0 + group)
+            cm = CrossMoments(m, g1 - g0, gram=gram and g0 == 0 and g1 == n, device=dev)
+            for s in range(0, len(rows_a), block):
+                x = A.read_activation_rows(a.activations, la, rows_a[s : s + block])
+                y = A.read_activation_rows(b.activations, lb, rows_b[s : s + block], units=(g0, g1))
+                cm.update(torch.from_numpy(x), torch.from_numpy(y))
+                advance(len(x))
+            r = cm.correlation().cpu().numpy()
+            if cm.gx is not None:
+                cka = cm.cka()
+            if r_full is not None:
+                r_full[:, g0:g1] = r
+            col, col_r, row, row_r = best_matches(r)
+            better = np.nan_to_num(col_r, nan=-np.inf) > best_r
+            best_b[better], best_r[better] = col[better] + g0, col_r[better]
+            best_a[g0:g1], best_a_r[g0:g1] = row, row_r
+    best_r[~np.isfinite(best_r)] = np.nan
+    match = match_r = None
+    if r_full is not None:
+        match = assignment(r_full)
+        match_r = np.where(match >= 0, r_full[np.arange(m), np.clip(match, 0, None)], np.nan)
+    return PairResult(la, lb, m, n, cka, best_b, best_r, best_a, best_a_r, match, match_r)
+
+
+# ---------------------------------------------------------------------------
+# Labels, their agreement and the simulation scores
+# ---------------------------------------------------------------------------
+
+def _labels_of(path: Path | None) -> dict[tuple[str, int], str]:
+    if path is None:
+        return {}
+    lf = A.read_label_file(path)
+    return {(lay, int(u)): lab for lay, u, lab in zip(lf.layers, lf.units, lf.labels)}
+
+
+def _scores_of(path: Path | None) -> dict[tuple[str, int], float]:
+    """simulate.parquet's correlation per (layer, unit) (the first row of each, where it scores several files)."""
+    if path is None:
+        return {}
+    table = A.read_table(path, A.SIMULATE_FORMAT).to_pydict()
+    out: dict[tuple[str, int], float] = {}
+    for lay, u, s in zip(table["layer"], table["unit"], table["correlation"]):
+        out.setdefault((lay, int(u)), math.nan if s is None else float(s))
+    return out
+
+
+def _cosines(pairs: list[tuple[str, str]], clip_spec: str | None, device: str) -> dict[tuple[str, str], float]:
+    """The CLIP cosine of each (label A, label B) text pair, with ``clip_spec`` (none without it)."""
+    if not clip_spec or not pairs:
+        return {}
+    from .clip import load_clip
+    from .concepts import ConceptSet
+    from .embed import compute_text_embeddings
+
+    texts = sorted({t for p in pairs for t in p})
+    clip = load_clip(clip_spec, resolve_device(device))
+    emb = compute_text_embeddings(clip, ConceptSet("labels", texts, "compare labels")).astype(np.float64)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    pos = {t: i for i, t in enumerate(texts)}
+    return {(x, y): float(emb[pos[x]] @ emb[pos[y]]) for x, y in set(pairs)}
+
+
+def compare(a, b, settings: CompareSettings | None = None, layers: list[str] | None = None,
+            pairs: list[str] | None = None, clip: str | None = None) -> Comparison:
+    """Compare ``a`` and ``b`` (``Side``s from :func:`open_side`, or paths): every layer pair of ``pairs``
+    (``LA=LB``) or of ``layers`` (paired by name; default every layer both hold); ``clip``: a CLIP spec for the
+    cosine of matched units' labels. See the module docstring."""
+    from .concepts import normalise
+
+    st = settings or CompareSettings()
+    a = a if isinstance(a, Side) else open_side("A", a)
+    b = b if isinstance(b, Side) else open_side("B", b)
+    rows_ab = align(a, b, st.min_shared)
+    chosen = layer_pairs(a, b, layers, pairs)
+    results = [correlate_pair(a, b, p, rows_ab, st) for p in chosen]
+    lab_a, lab_b = _labels_of(a.labels), _labels_of(b.labels)
+    sc_a, sc_b = _scores_of(a.simulate), _scores_of(b.simulate)
+    rows: dict[str, list] = {c: [] for c in COLUMNS}
+    for res in results:
+        _unit_rows(rows, res, st.threshold, (lab_a, lab_b), (sc_a, sc_b))
+    both = [(x, y) for x, y in zip(rows["label_a"], rows["label_b"]) if x and y]
+    cos = _cosines(both, clip, st.device)
+    for i, (x, y) in enumerate(zip(rows["label_a"], rows["label_b"])):
+        rows["labels_agree"][i] = None if not (x and y) else normalise(x) == normalise(y)
+        rows["label_cos"][i] = cos.get((x, y), math.nan)
+    summary = [_pair_summary(res, rows, st.threshold, (lab_a, lab_b), len(rows_ab[0])) for res in results]
+    meta = {"a": str(a.activations.resolve()), "b": str(b.activations.resolve()),
+            "labels_a": str(a.labels) if a.labels else None, "labels_b": str(b.labels) if b.labels else None,
+            "pairs": [list(p) for p in chosen], "shared_images": int(len(rows_ab[0])),
+            "images_a": len(a.ids), "images_b": len(b.ids), "threshold": st.threshold, "clip": clip,
+            "provenance": __import__("json").loads(A.provenance(stage="compare"))}
+    return Comparison(rows, summary, meta)
+
+
+def _unit_rows(rows: dict[str, list], res: PairResult, threshold: float, labels, scores) -> None:
+    """A row per unit of A's layer, then one per unit of B's left unmatched."""
+    (lab_a, lab_b), (sc_a, sc_b) = labels, scores
+    taken = set()
+    for u in range(res.units_a):
+        j = None if res.match is None else _index(res.match[u])
+        r = None if j is None else _number(res.match_r[u])
+        taken.add(j)
+        _add(rows, res, u, j, r, r is not None and r > threshold, (_index(res.best_b[u]), _number(res.best_r[u])),
+             (lab_a.get((res.layer_a, u)), None if j is None else lab_b.get((res.layer_b, j))),
+             (sc_a.get((res.layer_a, u)), None if j is None else sc_b.get((res.layer_b, j))))
+    for j in range(res.units_b):
+        if j not in taken:
+            _add(rows, res, None, j, None, False, (None, None), (None, lab_b.get((res.layer_b, j))),
+                 (None, sc_b.get((res.layer_b, j))))
+
+
+def _index(v) -> int | None:
+    return None if v is None or v < 0 else int(v)
+
+
+def _number(v) -> float | None:
+    return None if v is None or v != v else float(v)
+
+
+def _add(rows, res: PairResult, u, j, r, matched, best, labels, scores) -> None:
+    rows["layer_a"].append(res.layer_a)
+    rows["unit_a"].append(u)
+    rows["layer_b"].append(res.layer_b)
+    rows["unit_b"].append(j)
+    rows["r"].append(r)
+    rows["matched"].append(bool(matched))
+    rows["best_b"].append(best[0])
+    rows["best_r"].append(best[1])
+    rows["best_a"].append(None if j is None else _index(res.best_a[j]))
+    rows["best_a_r"].append(None if j is None else _number(res.best_a_r[j]))
+    rows["label_a"].append(labels[0])
+    rows["label_b"].append(labels[1])
+    rows["labels_agree"].append(None)
+    rows["label_cos"].append(math.nan)
+    rows["score_a"].append(_number(scores[0]))
+    rows["score_b"].append(_number(scores[1]))
+
+
+def concept_counts(lab_a: dict, lab_b: dict, layer_a: str, layer_b: str) -> list[dict[str, Any]]:
+    """Per concept, how many units of ``layer_a`` carry it in A and of ``layer_b`` in B: lost first (most units
+    lost), then gained, then kept."""
+    from .concepts import normalise
+
+    ca = Counter(normalise(t) for (lay, _), t in lab_a.items() if lay == layer_a)
+    cb = Counter(normalise(t) for (lay, _), t in lab_b.items() if lay == layer_b)
+    out = [{"concept": c, "units_a": ca[c], "units_b": cb[c], "change": cb[c] - ca[c],
+            "status": "lost" if cb[c] == 0 else "gained" if ca[c] == 0 else "kept"} for c in set(ca) | set(cb)]
+    order = {"lost": 0, "gained": 1, "kept": 2}
+    return sorted(out, key=lambda d: (order[d["status"]], -abs(d["change"]), -d["units_a"] - d["units_b"], d["concept"]))
+
+
+def _pair_summary(res: PairResult, rows, threshold: float, labels, shared: int) -> dict[str, Any]:
+    sel = [i for i, (x, y, u) in enumerate(zip(rows["layer_a"], rows["layer_b"], rows["unit_a"]))
+           if x == res.layer_a and y == res.layer_b and u is not None]
+    rs = [rows["r"][i] for i in sel if rows["r"][i] is not None]
+    agree = [rows["labels_agree"][i] for i in sel if rows["labels_agree"][i] is not None]
+    return {"layer_a": res.layer_a, "layer_b": res.layer_b, "units_a": res.units_a, "units_b": res.units_b,
+            "images": shared, "cka": None if res.cka != res.cka else res.cka,
+            "matched": sum(bool(rows["matched"][i]) for i in sel), "threshold": threshold,
+            "matched_share": (sum(bool(rows["matched"][i]) for i in sel) / res.units_a) if res.match is not None else None,
+            "mean_r": float(np.mean(rs)) if rs else None,
+            "mean_best_r": float(np.nanmean(res.best_r)) if np.isfinite(res.best_r).any() else None,
+            "labels_agree": (sum(agree) / len(agree)) if agree else None,
+            "concepts": concept_counts(*labels, res.layer_a, res.layer_b) if all(labels) else []}
+
+
+def write_comparison(cmp: Comparison, out: str | os.PathLike) -> tuple[str, Path | None]:
+    """compare.parquet and its summary (compare.json: a list, one entry per layer pair)."""
+    cmp.metadata["summary"] = [{k: v for k, v in s.items() if k != "concepts"} for s in cmp.summary]
+    return A.write_table(out, A.COMPARE_FORMAT, cmp.rows, cmp.metadata, summary=cmp.summary)

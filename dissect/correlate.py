@@ -1,0 +1,174 @@
+"""What two layers share, from their activations on the same images: pure tensor and array kernels.
+
+* :class:`CrossMoments` streams blocks of images of two layers X [N, m] and Y [N, n] into float64
+  sums (each block's products in float32, its sums added in float64, the values shifted by the
+  first block's means so that large means cancel before the products): the Pearson correlation of
+  every unit of X with every unit of Y, and, with ``gram``, linear CKA (Kornblith et al. 2019)
+  ``‖Ycᵀ Xc‖²_F / (‖Xcᵀ Xc‖_F ‖Ycᵀ Yc‖_F)`` of the centred layers.
+* :func:`best_matches`: each unit's most correlated unit of the other layer, both ways.
+* :func:`assignment`: the one-to-one matching of highest total correlation (the Hungarian
+  problem; shortest augmenting paths with potentials, vectorised over columns).
+
+Nothing here reads a file (:mod:`dissect.compare` does).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+#: Columns of the Gram products computed at once (only the blocks on and above the diagonal are).
+GRAM_BLOCK = 512
+
+
+def gram(x: torch.Tensor, block: int = GRAM_BLOCK) -> torch.Tensor:
+    """xᵀx [m, m] of x [B, m], computing each off-diagonal block once (about half a general product)."""
+    m = x.shape[1]
+    out = torch.empty((m, m), dtype=x.dtype, device=x.device)
+    for i in range(0, m, block):
+        xi = x[:, i : i + block]
+        for j in range(i, m, block):
+            p = xi.T @ x[:, j : j + block]
+            out[i : i + block, j : j + block] = p
+            if j != i:
+                out[j : j + block, i : i + block] = p.T
+    return out
+
+
+class CrossMoments:
+    """Running sums of two layers over the same images, for their correlation and (``gram``) their CKA."""
+
+    def __init__(self, m: int, n: int, gram: bool = True, device=None):
+        f64 = dict(dtype=torch.float64, device=device)
+        self.m, self.n, self.count = int(m), int(n), 0
+        self.shift_x: torch.Tensor | None = None
+        self.shift_y: torch.Tensor | None = None
+        self.sx, self.sy = torch.zeros(m, **f64), torch.zeros(n, **f64)
+        self.sxx, self.syy = torch.zeros(m, **f64), torch.zeros(n, **f64)
+        self.sxy = torch.zeros((m, n), **f64)
+        self.gx = torch.zeros((m, m), **f64) if gram else None
+        self.gy = torch.zeros((n, n), **f64) if gram else None
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One block: ``x`` [B, m] and ``y`` [B, n], row i of both the same image."""
+        if x.shape[0] != y.shape[0] or x.shape[1] != self.m or y.shape[1] != self.n:
+            raise ValueError(f"blocks {tuple(x.shape)} and {tuple(y.shape)} for {self.m} x {self.n} units")
+        if x.shape[0] == 0:
+            return
+        dev = self.sxy.device
+        x, y = x.to(dev, torch.float32), y.to(dev, torch.float32)
+        if self.shift_x is None:
+            self.shift_x, self.shift_y = x.mean(dim=0), y.mean(dim=0)
+        x, y = x - self.shift_x, y - self.shift_y
+        self.count += int(x.shape[0])
+        self.sx += x.sum(dim=0, dtype=torch.float64)
+        self.sy += y.sum(dim=0, dtype=torch.float64)
+        self.sxx += (x.double() ** 2).sum(dim=0)
+        self.syy += (y.double() ** 2).sum(dim=0)
+        self.sxy += (x.T @ y).double()
+        if self.gx is not None:
+            self.gx += gram(x).double()
+            self.gy += gram(y).double()
+
+    def _centred(self):
+        n = self.count
+        if n < 2:
+            raise ValueError(f"need at least 2 images, got {n}")
+        cxy = self.sxy - torch.outer(self.sx, self.sy) / n
+        vx = (self.sxx - self.sx ** 2 / n).clamp_min(0)
+        vy = (self.syy - self.sy ** 2 / n).clamp_min(0)
+        return cxy, vx, vy
+
+    def correlation(self) -> torch.Tensor:
+        """[m, n] float64 Pearson r; NaN where either unit is constant over the images."""
+        cxy, vx, vy = self._centred()
+        den = torch.sqrt(torch.outer(vx, vy))
+        r = cxy / den
+        r[den <= 0] = math.nan
+        return r.clamp(-1.0, 1.0)
+
+    def cka(self) -> float:
+        """Linear CKA of the two layers (NaN without ``gram``, or where a layer is constant)."""
+        if self.gx is None:
+            return math.nan
+        cxy, _, _ = self._centred()
+        n = self.count
+        cxx = self.gx - torch.outer(self.sx, self.sx) / n
+        cyy = self.gy - torch.outer(self.sy, self.sy) / n
+        den = torch.linalg.matrix_norm(cxx) * torch.linalg.matrix_norm(cyy)
+        return float((cxy ** 2).sum() / den) if den > 0 else math.nan
+
+
+def best_matches(r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's most correlated column and each column's most correlated row of ``r`` [m, n] (NaN ignored;
+    -1 and NaN where a row or column is all NaN; ties to the lower index): ``(best_col, best_col_r, best_row,
+    best_row_r)``."""
+    filled = np.where(np.isnan(r), -np.inf, r)
+
+    def along(a: np.ndarray, axis: int):
+        idx = np.argmax(a, axis=axis)
+        val = np.take_along_axis(a, np.expand_dims(idx, axis), axis).squeeze(axis)
+        none = ~np.isfinite(val)
+        return np.where(none, -1, idx).astype(np.int64), np.where(none, np.nan, val)
+
+    if r.size == 0:
+        e = np.zeros(0, dtype=np.int64)
+        return e, e.astype(float), e, e.astype(float)
+    col, col_r = along(filled, 1)
+    row, row_r = along(filled, 0)
+    return col, col_r, row, row_r
+
+
+def assignment(score: np.ndarray) -> np.ndarray:
+    """The one-to-one matching of rows to columns of ``score`` [m, n] with the highest total score (NaN counts
+    as 0): for each row, its column, or -1 where rows outnumber columns and the row is left out."""
+    s = np.nan_to_num(np.asarray(score, dtype=np.float64), nan=0.0)
+    m, n = s.shape
+    if m == 0 or n == 0:
+        return np.full(m, -1, dtype=np.int64)
+    if m > n:
+        cols = _min_cost_rows(-s.T)                       # each column its row
+        out = np.full(m, -1, dtype=np.int64)
+        out[cols] = np.arange(n)
+        return out
+    return _min_cost_rows(-s)
+
+
+def _min_cost_rows(cost: np.ndarray) -> np.ndarray:
+    """Each row's column in the minimum-cost assignment of ``cost`` [m, n], m <= n: rows added one at a time, each
+    by a shortest augmenting path over reduced costs (Kuhn–Munkres with potentials, O(m² n))."""
+    m, n = cost.shape
+    u, v = np.zeros(m + 1), np.zeros(n + 1)
+    owner = np.zeros(n + 1, dtype=np.int64)       # owner[j]: the row (1-based) holding column j; column 0 a sentinel
+    way = np.zeros(n + 1, dtype=np.int64)
+    for i in range(1, m + 1):
+        owner[0], j0 = i, 0
+        dist = np.full(n + 1, np.inf)
+        used = np.zeros(n + 1, dtype=bool)
+        while True:
+            used[j0] = True
+            i0 = owner[j0]
+            free = ~used[1:]
+            reduced = cost[i0 - 1] - u[i0] - v[1:]
+            closer = free & (reduced < dist[1:])
+            dist[1:][closer] = reduced[closer]
+            way[1:][closer] = j0
+            cand = np.where(free, dist[1:], np.inf)
+            j1 = int(np.argmin(cand)) + 1
+            delta = cand[j1 - 1]
+            u[owner[used]] += delta
+            v[used] -= delta
+            dist[1:][free] -= delta
+            j0 = j1
+            if owner[j0] == 0:
+                break
+        while j0:                                   # flip the path back to the new row
+            j1 = way[j0]
+            owner[j0] = owner[j1]
+            j0 = j1
+    out = np.full(m, -1, dtype=np.int64)
+    held = np.nonzero(owner[1:])[0]
+    out[owner[1:][held] - 1] = held
+    return out
