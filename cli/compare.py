@@ -26,6 +26,7 @@ def compare(
     clip: Annotated[Optional[str], typer.Option("--clip", help="CLIP model for the cosine of two matched units' labels (label_cos).")] = None,
     threshold: Annotated[float, typer.Option("--threshold", help="A one-to-one match counts as matched above this correlation.")] = 0.5,
     min_shared: Annotated[float, typer.Option("--min-shared", help="Share of the smaller probe the two files must share (by image id).")] = 0.9,
+    cka: Annotated[bool, typer.Option("--cka/--no-cka", help="Linear CKA of each layer pair (costs two Gram products beside the correlations').")] = True,
     max_memory: O.MaxMemory = O.DEFAULT_MAX_MEMORY,
     device: O.Device = "auto",
     show: Annotated[int, typer.Option("--show", min=0, help="Concepts lost, and gained, to print per layer pair (all of them are in compare.json).")] = 10,
@@ -37,7 +38,7 @@ def compare(
     inputs = [a, b, labels_a, labels_b, simulate_a, simulate_b]
     A.check_output_path(out, inputs, "a Parquet table and a JSON summary beside it")
     A.check_output_path(A.summary_path_of(out), inputs, "a Parquet table and a JSON summary beside it")
-    settings = stage.CompareSettings(min_shared=min_shared, threshold=threshold, max_memory=O.parse_size(max_memory),
+    settings = stage.CompareSettings(min_shared=min_shared, threshold=threshold, cka=cka, max_memory=O.parse_size(max_memory),
                                      device=device)
     side_a = stage.open_side("A", a, labels_a, simulate_a)
     side_b = stage.open_side("B", b, labels_b, simulate_b)

@@ -36,10 +36,12 @@ COLUMNS = ("layer_a", "unit_a", "layer_b", "unit_b", "r", "matched", "best_b", "
 @dataclass(frozen=True)
 class CompareSettings(Settings):
     """``min_shared``: the share of the smaller probe the two files must share; ``threshold``: a one-to-one match
-    counts as matched above this r; ``max_memory``: the working-memory budget in bytes (None: the default)."""
+    counts as matched above this r; ``cka``: compute linear CKA (two Gram products more, each about half the
+    correlations' product); ``max_memory``: the working-memory budget in bytes (None: the default)."""
 
     min_shared: float = 0.9
     threshold: float = 0.5
+    cka: bool = True
     max_memory: int | None = None
     device: str = "auto"
 
@@ -149,9 +151,9 @@ class PairResult:
     match_r: np.ndarray | None
 
 
-def _plan(m: int, n: int, budget: int) -> tuple[int, bool, bool, int]:
+def _plan(m: int, n: int, budget: int, cka: bool = True) -> tuple[int, bool, bool, int]:
     """(B units per group, CKA's Gram matrices kept, matching kept, images per block) within ``budget`` bytes."""
-    gram = 8 * (m * m + n * n) <= budget // 2
+    gram = cka and 8 * (m * m + n * n) <= budget // 2
     left = budget - (8 * (m * m + n * n) if gram else 0)
     matching = 8 * m * n <= left // 3
     left -= 8 * m * n if matching else 0
@@ -171,8 +173,8 @@ def correlate_pair(a: Side, b: Side, pair: tuple[str, str], rows: tuple[np.ndarr
     rows_a, rows_b = rows
     m = A.activation_layer_shape(a.activations, la)[1]
     n = A.activation_layer_shape(b.activations, lb)[1]
-    group, gram, matching, block = _plan(m, n, memory_budget(settings.max_memory))
-    if not gram:
+    group, gram, matching, block = _plan(m, n, memory_budget(settings.max_memory), settings.cka)
+    if settings.cka and not gram:
         note(f"{la} x {lb}: no CKA, its Gram matrices ({8 * (m * m + n * n) / 2**20:.0f} MB) are over half of "
              "--max-memory")
     if not matching:
@@ -187,9 +189,12 @@ def correlate_pair(a: Side, b: Side, pair: tuple[str, str], rows: tuple[np.ndarr
         for g0 in groups:
             g1 = min(n, g0 + group)
             cm = CrossMoments(m, g1 - g0, gram=gram and g0 == 0 and g1 == n, device=dev)
-            for s in range(0, len(rows_a), block):
-                x = A.read_activation_rows(a.activations, la, rows_a[s : s + block])
-                y = A.read_activation_rows(b.activations, lb, rows_b[s : s + block], units=(g0, g1))
+
+            def read(s, g0=g0, g1=g1):
+                return (A.read_activation_rows(a.activations, la, rows_a[s : s + block]),
+                        A.read_activation_rows(b.activations, lb, rows_b[s : s + block], units=(g0, g1)))
+
+            for x, y in _prefetched(read, range(0, len(rows_a), block)):
                 cm.update(torch.from_numpy(x), torch.from_numpy(y))
                 advance(len(x))
             r = cm.correlation().cpu().numpy()
@@ -207,6 +212,20 @@ def correlate_pair(a: Side, b: Side, pair: tuple[str, str], rows: tuple[np.ndarr
         match = assignment(r_full)
         match_r = np.where(match >= 0, r_full[np.arange(m), np.clip(match, 0, None)], np.nan)
     return PairResult(la, lb, m, n, cka, best_b, best_r, best_a, best_a_r, match, match_r)
+
+
+def _prefetched(read, starts):
+    """``read(s)`` for each of ``starts``, the next block read in a thread while the caller works on this one (the
+    products release the GIL: reading the files and multiplying overlap)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    starts = list(starts)
+    with ThreadPoolExecutor(1) as pool:
+        nxt = pool.submit(read, starts[0]) if starts else None
+        for i in range(len(starts)):
+            cur = nxt.result()
+            nxt = pool.submit(read, starts[i + 1]) if i + 1 < len(starts) else None
+            yield cur
 
 
 # ---------------------------------------------------------------------------

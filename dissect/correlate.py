@@ -23,33 +23,66 @@ import torch
 GRAM_BLOCK = 512
 
 
-def gram(x: torch.Tensor, block: int = GRAM_BLOCK) -> torch.Tensor:
-    """xᵀx [m, m] of x [B, m], computing each off-diagonal block once (about half a general product)."""
+def add_gram(acc: torch.Tensor, x: torch.Tensor, block: int = GRAM_BLOCK) -> None:
+    """``acc`` [m, m] += xᵀx of x [B, m], on and above the diagonal blocks only (about half a general product);
+    :func:`symmetric` fills the rest once the sums are done."""
     m = x.shape[1]
-    out = torch.empty((m, m), dtype=x.dtype, device=x.device)
     for i in range(0, m, block):
         xi = x[:, i : i + block]
         for j in range(i, m, block):
-            p = xi.T @ x[:, j : j + block]
-            out[i : i + block, j : j + block] = p
-            if j != i:
-                out[j : j + block, i : i + block] = p.T
+            acc[i : i + block, j : j + block] += xi.T @ x[:, j : j + block]
+
+
+def symmetric(acc: torch.Tensor, block: int = GRAM_BLOCK) -> torch.Tensor:
+    """The whole matrix of which :func:`add_gram` summed the blocks on and above the diagonal."""
+    out = acc.clone()
+    m = acc.shape[0]
+    for i in range(0, m, block):
+        for j in range(i + block, m, block):
+            out[j : j + block, i : i + block] = acc[i : i + block, j : j + block].T
     return out
 
 
 class CrossMoments:
-    """Running sums of two layers over the same images, for their correlation and (``gram``) their CKA."""
+    """Running sums of two layers over the same images, for their correlation and (``gram``) their CKA.
+
+    One float32 product per block gives the cross sums and both layers' sums at once: each block is shifted into
+    a buffer with a column of ones beside it, [x − a, 1]ᵀ [y − b, 1] (the buffers kept between blocks: a fresh
+    tensor per block costs as much as the product on a small machine)."""
 
     def __init__(self, m: int, n: int, gram: bool = True, device=None):
         f64 = dict(dtype=torch.float64, device=device)
         self.m, self.n, self.count = int(m), int(n), 0
         self.shift_x: torch.Tensor | None = None
         self.shift_y: torch.Tensor | None = None
-        self.sx, self.sy = torch.zeros(m, **f64), torch.zeros(n, **f64)
-        self.sxx, self.syy = torch.zeros(m, **f64), torch.zeros(n, **f64)
-        self.sxy = torch.zeros((m, n), **f64)
-        self.gx = torch.zeros((m, m), **f64) if gram else None
+        self.p = torch.zeros((m + 1, n + 1), **f64)          # [Σ(x−a)(y−b)ᵀ, Σ(x−a); Σ(y−b)ᵀ, count]
+        self.gx = torch.zeros((m, m), **f64) if gram else None    # Σ(x−a)(x−a)ᵀ, blocks on and above the diagonal
         self.gy = torch.zeros((n, n), **f64) if gram else None
+        self.sxx = None if gram else torch.zeros(m, **f64)         # Σ(x−a)², without the Gram matrices
+        self.syy = None if gram else torch.zeros(n, **f64)
+        self._bx: torch.Tensor | None = None
+        self._by: torch.Tensor | None = None
+        self._sq: torch.Tensor | None = None
+
+    @property
+    def sxy(self) -> torch.Tensor:
+        return self.p[: self.m, : self.n]
+
+    @property
+    def sx(self) -> torch.Tensor:
+        return self.p[: self.m, self.n]
+
+    @property
+    def sy(self) -> torch.Tensor:
+        return self.p[self.m, : self.n]
+
+    def _buffers(self, rows: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._bx is None or self._bx.shape[0] < rows:
+            self._bx = torch.empty((rows, self.m + 1), dtype=torch.float32, device=device)
+            self._by = torch.empty((rows, self.n + 1), dtype=torch.float32, device=device)
+            self._bx[:, self.m] = 1
+            self._by[:, self.n] = 1
+        return self._bx[:rows], self._by[:rows]
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One block: ``x`` [B, m] and ``y`` [B, n], row i of both the same image."""
@@ -57,28 +90,37 @@ class CrossMoments:
             raise ValueError(f"blocks {tuple(x.shape)} and {tuple(y.shape)} for {self.m} x {self.n} units")
         if x.shape[0] == 0:
             return
-        dev = self.sxy.device
+        dev = self.p.device
         x, y = x.to(dev, torch.float32), y.to(dev, torch.float32)
         if self.shift_x is None:
             self.shift_x, self.shift_y = x.mean(dim=0), y.mean(dim=0)
-        x, y = x - self.shift_x, y - self.shift_y
+        bx, by = self._buffers(int(x.shape[0]), dev)
+        torch.sub(x, self.shift_x, out=bx[:, : self.m])
+        torch.sub(y, self.shift_y, out=by[:, : self.n])
         self.count += int(x.shape[0])
-        self.sx += x.sum(dim=0, dtype=torch.float64)
-        self.sy += y.sum(dim=0, dtype=torch.float64)
-        self.sxx += (x.double() ** 2).sum(dim=0)
-        self.syy += (y.double() ** 2).sum(dim=0)
-        self.sxy += (x.T @ y).double()
-        if self.gx is not None:
-            self.gx += gram(x).double()
-            self.gy += gram(y).double()
+        self.p += bx.T @ by
+        xs, ys = bx[:, : self.m], by[:, : self.n]
+        if self.gx is not None:               # the sums of squares are then the Gram matrices' diagonals
+            add_gram(self.gx, xs)
+            add_gram(self.gy, ys)
+        else:                                 # squared into a scratch buffer kept between blocks
+            self.sxx += torch.mul(xs, xs, out=self._scratch(xs)).sum(dim=0)
+            self.syy += torch.mul(ys, ys, out=self._scratch(ys)).sum(dim=0)
+
+    def _scratch(self, like: torch.Tensor) -> torch.Tensor:
+        rows, cols = like.shape
+        if self._sq is None or self._sq.numel() < rows * cols:
+            self._sq = torch.empty(rows * max(self.m, self.n), dtype=torch.float32, device=like.device)
+        return self._sq[: rows * cols].view(rows, cols)
 
     def _centred(self):
         n = self.count
         if n < 2:
             raise ValueError(f"need at least 2 images, got {n}")
         cxy = self.sxy - torch.outer(self.sx, self.sy) / n
-        vx = (self.sxx - self.sx ** 2 / n).clamp_min(0)
-        vy = (self.syy - self.sy ** 2 / n).clamp_min(0)
+        sxx, syy = (self.gx.diagonal(), self.gy.diagonal()) if self.gx is not None else (self.sxx, self.syy)
+        vx = (sxx - self.sx ** 2 / n).clamp_min(0)
+        vy = (syy - self.sy ** 2 / n).clamp_min(0)
         return cxy, vx, vy
 
     def correlation(self) -> torch.Tensor:
@@ -95,8 +137,8 @@ class CrossMoments:
             return math.nan
         cxy, _, _ = self._centred()
         n = self.count
-        cxx = self.gx - torch.outer(self.sx, self.sx) / n
-        cyy = self.gy - torch.outer(self.sy, self.sy) / n
+        cxx = symmetric(self.gx) - torch.outer(self.sx, self.sx) / n
+        cyy = symmetric(self.gy) - torch.outer(self.sy, self.sy) / n
         den = torch.linalg.matrix_norm(cxx) * torch.linalg.matrix_norm(cyy)
         return float((cxy ** 2).sum() / den) if den > 0 else math.nan
 
