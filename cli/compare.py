@@ -29,7 +29,7 @@ def compare(
     cka: Annotated[bool, typer.Option("--cka/--no-cka", help="Linear CKA of each layer pair (costs two Gram products beside the correlations').")] = True,
     max_memory: O.MaxMemory = O.DEFAULT_MAX_MEMORY,
     device: O.Device = "auto",
-    show: Annotated[int, typer.Option("--show", min=0, help="Concepts lost, and gained, to print per layer pair (all of them are in compare.json).")] = 10,
+    show: Annotated[int, typer.Option("--show", min=0, help="Concepts with fewer units in B, and with more, to print per layer pair (all of them are in compare.json).")] = 10,
 ):
     """What changed between two checkpoints, seeds or models, or a layer and its directions: unit correlations, one-to-one matching, CKA, and the detectors gained and lost -> compare.parquet."""
     from dissect import artifacts as A
@@ -54,10 +54,10 @@ def compare(
           f"{s['matched']} ({pct(s['matched_share'])})", num(s["mean_r"]), num(s["mean_best_r"]), pct(s["labels_agree"])]
          for s in cmp.summary]))
     for s in cmp.summary:
-        changed = ([c for c in s["concepts"] if c["status"] == "lost"][:show]
-                   + [c for c in s["concepts"] if c["status"] == "gained"][:show])
+        changed = ([c for c in s["concepts"] if c["change"] < 0][:show]
+                   + [c for c in s["concepts"] if c["change"] > 0][:show])
         if changed:
-            output.show(output.table(f"{s['layer_a']} -> {s['layer_b']}: detectors lost and gained (units per concept)",
+            output.show(output.table(f"{s['layer_a']} -> {s['layer_b']}: detectors lost and gained (units carrying each concept)",
                                      ("concept", ("A", "right"), ("B", "right"), ("change", "right"), "status"),
                                      [[c["concept"], c["units_a"], c["units_b"], f"{c['change']:+d}", c["status"]]
                                       for c in changed]))

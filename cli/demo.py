@@ -92,6 +92,8 @@ def demo(
         con.print(ct)
     if res.segmentation:
         _print_segmentation(con, res.segmentation)
+    if res.checkpoints:
+        _print_checkpoints(con, res.checkpoints)
     if res.worlds:
         _print_worlds(con, res.worlds)
     con.print(f"{res.n_images} probe images; {res.seconds:.0f} s in all; artifacts in {res.out}/ (demo.json, labels-*.parquet); "
@@ -116,6 +118,25 @@ def _print_segmentation(con, rows) -> None:
                   f"{r['mean_iou']:.3f}", f"{r['morans_i']:.2f}")
     con.print(t)
     con.print("shape masks cover the object, texture masks the background; per-unit rows in segment.parquet")
+
+
+def _print_checkpoints(con, cp) -> None:
+    """The shipped classifier against the one retrained without a shape (dissect compare)."""
+    from rich.table import Table
+
+    t = Table(title=f"Retrained without {cp['without']}s (dissect compare): units of {cp['layer']} per shape, shipped "
+                    "-> retrained", title_justify="left", min_width=100)
+    for col in ("shape", "by label", "by ground truth (clearly prefer it)"):
+        t.add_column(col, justify="left" if col == "shape" else "right")
+    for r in cp["shapes"]:
+        name = f"[bold]{r['shape']}[/bold]" if r["shape"] == cp["without"] else r["shape"]
+        t.add_row(name, f"{r['labels_a']} -> {r['labels_b']}", f"{r['truth_a']} -> {r['truth_b']}")
+    con.print(t)
+    pairs = "; ".join(f"{p['layer_a']} CKA {p['cka']:.2f}, {p['matched']} matched ({p['matched_share']:.0%})"
+                      for p in cp["pairs"])
+    a, b = cp["final"][cp["without"]]
+    con.print(f"{pairs}; the final layer's {cp['without']} label {a} -> {b}; other shapes kept: "
+              f"{cp['others_kept']} of {len(cp['shapes']) - 1}. `dissect report --compare` shows the units side by side.")
 
 
 def _print_worlds(con, worlds) -> None:

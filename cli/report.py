@@ -27,6 +27,7 @@ def report(
     percentiles: Annotated[bool, typer.Option("--percentiles", help="Also 5 images sampled from each neuron's top 0.1%, 1% and 5% (paper App. A.7).")] = False,
     single_file: Annotated[bool, typer.Option("--single-file", help="One self-contained HTML file (thumbnails inlined).")] = False,
     cutoff: Annotated[Optional[float], typer.Option("--cutoff", help="Interpretability cutoff shown in the layer summaries (0.16 for SoftWPMI).")] = None,
+    compare: Annotated[Optional[Path], typer.Option("--compare", help="compare.parquet from `dissect compare`: a page of what changed (detectors lost and gained first, then matched units side by side) instead of the labels' cards [default -o: a folder beside it].")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="The target model: recompute conv layers' activation maps and overlay them on the images.")] = None,
     weights: O.Weights = None,
     model_arg: O.ModelArg = None,
@@ -37,6 +38,16 @@ def report(
     from dissect.artifacts import find_run
     from dissect.report import ReportExtras, ReportSettings, build_report
 
+    if compare is not None:
+        from dissect.report_compare import build_compare_report
+
+        if run_dir is not None or labels is not None or activations is not None:
+            raise UsageError("--compare makes a page of its own: give it without a run folder, --labels or --activations",
+                             hint="dissect report --compare compare.parquet -o compare-report")
+        out = out or compare.with_name(compare.stem + ("-report.html" if single_file else "-report"))
+        settings = ReportSettings(top_images=top_images, single_file=single_file)
+        build_compare_report(compare, out, probe=probe, settings=settings)
+        return
     if run_dir is not None:
         found = find_run(run_dir)
         labels = labels or found["labels"]

@@ -342,17 +342,25 @@ def _add(rows, res: PairResult, u, j, r, matched, best, labels, scores) -> None:
     rows["score_b"].append(_number(scores[1]))
 
 
+def _status(a: int, b: int) -> str:
+    if a == b:
+        return "same"
+    if b < a:
+        return "lost" if b == 0 else "fewer"
+    return "gained" if a == 0 else "more"
+
+
 def concept_counts(lab_a: dict, lab_b: dict, layer_a: str, layer_b: str) -> list[dict[str, Any]]:
-    """Per concept, how many units of ``layer_a`` carry it in A and of ``layer_b`` in B: lost first (most units
-    lost), then gained, then kept."""
+    """Per concept, how many units of ``layer_a`` carry it in A and of ``layer_b`` in B, and its ``status`` (lost: none
+    left; fewer; same; more; gained: none before): the most units lost first, then the most gained, then the rest."""
     from .concepts import normalise
 
     ca = Counter(normalise(t) for (lay, _), t in lab_a.items() if lay == layer_a)
     cb = Counter(normalise(t) for (lay, _), t in lab_b.items() if lay == layer_b)
-    out = [{"concept": c, "units_a": ca[c], "units_b": cb[c], "change": cb[c] - ca[c],
-            "status": "lost" if cb[c] == 0 else "gained" if ca[c] == 0 else "kept"} for c in set(ca) | set(cb)]
-    order = {"lost": 0, "gained": 1, "kept": 2}
-    return sorted(out, key=lambda d: (order[d["status"]], -abs(d["change"]), -d["units_a"] - d["units_b"], d["concept"]))
+    out = [{"concept": c, "units_a": ca[c], "units_b": cb[c], "change": cb[c] - ca[c], "status": _status(ca[c], cb[c])}
+           for c in set(ca) | set(cb)]
+    return sorted(out, key=lambda d: (0 if d["change"] < 0 else 1 if d["change"] > 0 else 2,
+                                      -abs(d["change"]), -d["units_a"] - d["units_b"], d["concept"]))
 
 
 def _pair_summary(res: PairResult, rows, threshold: float, labels, shared: int) -> dict[str, Any]:

@@ -190,7 +190,7 @@ def test_a_permuted_and_rescaled_checkpoint_is_matched_back_exactly(demo_run, tm
     # matches with r = 1 (why the matching is reported beside it); 1 for the unchanged final layer
     assert 0.9 < summary["layer4.0.conv1"]["cka"] < 0.999 and summary["fc"]["cka"] == pytest.approx(1, abs=1e-5)
     assert summary["layer4.0.conv1"]["matched"] == 96 and summary["layer4.0.conv1"]["labels_agree"] == 1
-    assert summary["fc"]["concepts"] and all(c["status"] == "kept" and c["change"] == 0 for c in summary["fc"]["concepts"])
+    assert summary["fc"]["concepts"] and all(c["status"] == "same" and c["change"] == 0 for c in summary["fc"]["concepts"])
     assert "96 (100%)" in r.stdout and "wrote" in r.stderr
 
 

@@ -128,3 +128,30 @@ def test_the_demo_prints_how_its_hidden_labels_agree_with_the_worlds_masks(demo_
     assert "best-IoU" in result.output and f"{l4['agree']}/{l4['units']}" in result.output
     seg = A.read_table(out / "segment.parquet", A.SEGMENT_FORMAT)
     assert seg.num_rows == 192 + 96 and set(seg.column("layer").to_pylist()) == {"layer3", "layer4"}
+
+
+def test_the_demo_compares_its_classifier_with_one_retrained_without_circles(demo_run, tmp_path):
+    """Issue #27: the classifier retrained without circles (assets/classifier-without-circle) against the shipped
+    one. On layer4, the layer feeding the final one: 6 units clearly prefer circles in the shipped classifier
+    (ground truth), 0 in the retrained one, and 6 -> 1 carry the label circle; every other shape with such units
+    keeps some (9 of 9); the final layer's circle label goes. Pinned: >= 4 -> 0 by truth, >= 4 -> <= 1 by label."""
+    from typer.testing import CliRunner
+
+    from dissect.cli.main import app
+
+    out, result = demo_run
+    cp = json.loads((out / "demo.json").read_text())["checkpoints"]
+    shapes = {r["shape"]: r for r in cp["shapes"]}
+    assert shapes["circle"]["truth_a"] >= 4 and shapes["circle"]["truth_b"] == 0, shapes["circle"]
+    assert shapes["circle"]["labels_a"] >= 4 and shapes["circle"]["labels_b"] <= 1, shapes["circle"]
+    assert cp["others_kept"] == 9 and cp["final"]["circle"] == [1, 0]
+    assert all(p["matched_share"] >= 0.8 for p in cp["pairs"])               # the rest of the network is much the same
+    assert "Retrained without circles" in result.output
+    # the page of the comparison: circle's lost detectors first, side by side with their matches
+    r = CliRunner().invoke(app, ["report", "--compare", str(out / "compare-without-circle.parquet"), "-n", "3",
+                                 "-o", str(tmp_path / "page")])
+    assert r.exit_code == 0, r.output
+    page = (tmp_path / "page" / "index.html").read_text()
+    first = page.index('<div class="card">', page.index("layer4 → layer4"))        # the biggest loss first: circle
+    assert page[first : first + 400].count('class="tag lost"') == 1 and ": circle</h3>" in page[first : first + 3000]
+    assert page.count("<img ") >= 2 * 3 * 96 and (tmp_path / "page" / "thumbs").is_dir()

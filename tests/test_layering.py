@@ -23,8 +23,8 @@ LAYERS = [
     {"passes", "shards"},
     {"embed", "record", "inputs", "label", "evaluate.presence", "decompose"},
     {"compose", "evaluate.protocol", "evaluate.results", "evaluate.resampling", "evaluate.simulate",
-     "evaluate.sanity_report", "evaluate.segment", "report", "describe", "explain", "compare"},
-    {"pipeline", "demo", "demo.world", "demo.planted", "demo.scenes", "demo.specs", "demo.two_worlds"},
+     "evaluate.sanity_report", "evaluate.segment", "report", "describe", "explain", "compare", "report_compare"},
+    {"pipeline", "demo", "demo.world", "demo.planted", "demo.scenes", "demo.specs", "demo.two_worlds", "demo.checkpoints"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -21,7 +21,6 @@ config.json:checkpoint``, ``--model timm:NAME --weights FILE``); see
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import dataclass, field
@@ -34,10 +33,10 @@ from . import two_worlds, world
 from .specs import (COMMON_WORDS, N_COMMON_WORDS, N_SCENES_COMMON_WORDS, DemoSpecs, assets_dir, concept_sets,  # noqa: F401
                     demo_specs, scenes_concepts, scenes_specs, world_words)
 
+from .world import SELECTIVE_EFFECT, unit_truth  # noqa: F401  (re-exported)
+from .world import read_attributes as _attributes
+
 SIMILARITIES = ("softwpmi", "wpmi", "rank-reorder", "cos", "cos-cubed")
-#: A hidden unit "clearly prefers" a world word when that word's images raise its
-#: standardised activation by at least this much on average.
-SELECTIVE_EFFECT = 2.0
 @dataclass
 class DemoResult:
     out: Path
@@ -54,32 +53,7 @@ class DemoResult:
     composition: list[dict[str, Any]] = field(default_factory=list)  # similarity -> recovery on the composition world
     worlds: dict[str, dict[str, Any]] = field(default_factory=dict)  # "A", "B" -> two_worlds measurements
     segmentation: list[dict[str, Any]] = field(default_factory=list)  # layer x mask kind -> labels vs. best-IoU concept
-
-
-def _attributes(probe: Path) -> tuple[list[str], dict[str, list[str]]]:
-    with open(probe / "attributes.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    ids = [r["filename"] for r in rows]
-    return ids, {a: [r[a] for r in rows] for a in world.ATTRIBUTES}
-
-
-def unit_truth(acts: np.ndarray, ids: list[str], attr_ids: list[str], attrs: dict[str, list[str]]) -> list[tuple[str, float]]:
-    """For each unit, the world word whose images it prefers most (standardised mean difference)."""
-    pos = {k: i for i, k in enumerate(attr_ids)}
-    order = np.array([pos[i] for i in ids])
-    z = (acts - acts.mean(0)) / (acts.std(0) + 1e-8)
-    best: list[tuple[str, float]] = [("", -np.inf)] * acts.shape[1]
-    for attr, values in attrs.items():
-        vals = np.array(values)[order]
-        for word in world.ATTRIBUTES[attr]:
-            mask = vals == word
-            if mask.sum() == 0:
-                continue
-            effect = z[mask].mean(0)
-            for u in range(acts.shape[1]):
-                if effect[u] > best[u][1]:
-                    best[u] = (word, float(effect[u]))
-    return best
+    checkpoints: dict[str, Any] = field(default_factory=dict)  # the classifier retrained without circles, compared
 
 
 def _layer_rows(labels, layer: str) -> list[dict[str, Any]]:
@@ -219,17 +193,21 @@ def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 12
     planted_rows = timed("planted", planted_recovery, out, probe, acts.ids, str(dev))
     composition_rows = timed("composition", composition_recovery, out, probe, acts.ids, str(dev))
     segmentation = timed("segment", segmentation_agreement, out, probe, specs, str(dev), batch_size, workers)
+    from .checkpoints import compare_checkpoints
+
+    checkpoints = timed("compare", compare_checkpoints, out, probe, specs, str(dev), batch_size, workers)
     worlds = timed("worlds", two_worlds.compare, out, probe, specs.final_layer, planted_rows, str(dev), batch_size,
                    workers)
 
     counts = {k: len(v) for k, v in sets.items()}
     result = DemoResult(out, specs, n_images, accuracy, final_rows, hidden, agreement, time.perf_counter() - t0, counts, timings,
-                        planted_rows, composition_rows, worlds, segmentation)
+                        planted_rows, composition_rows, worlds, segmentation, checkpoints)
     summary = {
         "n_images": n_images, "concept_counts": counts, "common_words": COMMON_WORDS, "seed": seed, "accuracy": accuracy, "hidden_agreement": agreement,
         "seconds": round(result.seconds, 1), "timings": {k: round(v, 1) for k, v in timings.items()},
         "clip": specs.clip, "model": specs.model, "weights": specs.weights, "planted": planted_rows,
         "composition": composition_rows, "worlds": worlds, "segmentation": segmentation,
+        "checkpoints": checkpoints,
     }
     A.write_json(out / "demo.json", summary)
     # The folder is a run folder too: `dissect report OUT` and `dissect show OUT` open its headline labels.

@@ -26,6 +26,9 @@ __all__ = [
     "ATTRIBUTES",
     "CLASS_ATTRIBUTE",
     "sample_attributes",
+    "read_attributes",
+    "unit_truth",
+    "SELECTIVE_EFFECT",
     "render",
     "caption",
     "generate",
@@ -319,3 +322,39 @@ def write_probe(folder, n: int, seed: int, size: int = 64, masks=None) -> Path:
         writer.writerow(["filename", *ATTRIBUTES])
         writer.writerows(rows)
     return folder
+
+
+# ---------------------------------------------------------------------------
+# What each unit of a network prefers, by the world's ground truth
+# ---------------------------------------------------------------------------
+
+#: A hidden unit "clearly prefers" a world word when that word's images raise its
+#: standardised activation by at least this much on average.
+SELECTIVE_EFFECT = 2.0
+
+
+def read_attributes(probe: Path) -> tuple[list[str], dict[str, list[str]]]:
+    """The ids of a probe ``write_probe`` made and each attribute's word per id (its attributes.csv)."""
+    with open(Path(probe) / "attributes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    ids = [r["filename"] for r in rows]
+    return ids, {a: [r[a] for r in rows] for a in ATTRIBUTES}
+
+
+def unit_truth(acts: np.ndarray, ids: list[str], attr_ids: list[str], attrs: dict[str, list[str]]) -> list[tuple[str, float]]:
+    """For each unit, the world word whose images it prefers most (standardised mean difference)."""
+    pos = {k: i for i, k in enumerate(attr_ids)}
+    order = np.array([pos[i] for i in ids])
+    z = (acts - acts.mean(0)) / (acts.std(0) + 1e-8)
+    best: list[tuple[str, float]] = [("", -np.inf)] * acts.shape[1]
+    for attr, values in attrs.items():
+        vals = np.array(values)[order]
+        for word in ATTRIBUTES[attr]:
+            mask = vals == word
+            if mask.sum() == 0:
+                continue
+            effect = z[mask].mean(0)
+            for u in range(acts.shape[1]):
+                if effect[u] > best[u][1]:
+                    best[u] = (word, float(effect[u]))
+    return best
