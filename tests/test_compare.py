@@ -244,3 +244,42 @@ def test_bad_pairs_end_in_one_line(demo_run, tmp_path):
         r = invoke("compare", *args, "-o", tmp_path / "c.parquet", ok=False)
         assert_one_line_error(r, fragment)
         assert not (tmp_path / "c.parquet").exists()
+
+
+def test_a_small_memory_budget_splits_the_pass_and_changes_no_number(demo_run):
+    """Within a budget too small for the whole product, B's units are taken in groups (each its own pass over the
+    images): every best match is the one of the whole pass, every correlation too (to 1e-5: blocks of other sizes); the matching and CKA that do not fit
+    are left out, each said in one line."""
+    from dissect.compare import CompareSettings, compare, open_side
+
+    out, _ = demo_run
+    sides = lambda: (open_side("A", out / "activations.h5"), open_side("B", out / "activations-without-circle.h5"))  # noqa: E731
+    whole = compare(*sides(), CompareSettings(device="cpu"), layers=["layer4"])
+    small = compare(*sides(), CompareSettings(device="cpu", max_memory=200_000), layers=["layer4"])
+    n = len(whole.rows["unit_a"])                                       # 96: A's units, each matched in B
+    assert whole.rows["best_b"] == small.rows["best_b"][:n]
+    np.testing.assert_allclose(np.array(small.rows["best_r"][:n], dtype=float), np.array(whole.rows["best_r"], dtype=float),
+                               atol=1e-5)                                 # float32 products of other block sizes
+    # without the matching, every unit of B is unmatched: a row of its own with its best match in A
+    assert all(x is None for x in small.rows["unit_b"][:n]) and all(x is not None for x in whole.rows["unit_b"])
+    best_a = dict(zip(whole.rows["unit_b"], whole.rows["best_a"]))
+    assert small.rows["unit_b"][n:] == list(range(96)) and small.rows["best_a"][n:] == [best_a[j] for j in range(96)]
+    assert small.summary[0]["cka"] is None and whole.summary[0]["cka"] is not None
+
+
+def test_labels_cosines_and_simulation_scores_come_with_the_units(demo_run, tmp_path):
+    """--clip gives matched units' labels their CLIP cosine (1 where they are the same text); simulate files give
+    each side its units' simulation correlation."""
+    out, _ = demo_run
+    sim = tmp_path / "sim.parquet"
+    invoke("evaluate", "simulate", out / "labels-mixed-softwpmi.parquet", "-a", out / "activations.h5", "--images",
+           out / "images.h5", "-t", out / "text-mixed.h5", "--layer", "layer4", "--metrics", "correlation", "-o", sim)
+    invoke("compare", out, out / "activations-without-circle.h5", "--labels-b", out / "labels-without-circle.parquet",
+           "--layers", "layer4", "--simulate-a", sim, "--clip", demo_specs().clip, "-o", tmp_path / "c.parquet")
+    rows = [r for r in A.read_table(tmp_path / "c.parquet", A.COMPARE_FORMAT).to_pylist() if r["unit_a"] is not None]
+    want = {r["unit"]: r["correlation"] for r in A.read_table(sim, A.SIMULATE_FORMAT).to_pylist()}
+    assert all(r["score_a"] == pytest.approx(want[r["unit_a"]]) for r in rows) and all(r["score_b"] is None for r in rows)
+    same = [r for r in rows if r["labels_agree"]]
+    other = [r for r in rows if r["labels_agree"] is False]
+    assert same and other
+    assert all(abs(r["label_cos"] - 1) < 1e-5 for r in same) and all(r["label_cos"] < 0.999 for r in other)
