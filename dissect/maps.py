@@ -100,6 +100,61 @@ def plan_maps(plan, opts: MapsOptions, n_images: int) -> "MapsRequest | None":
     return MapsRequest(opts.maps, grids) if grids else None
 
 
+def with_maps(plan, opts: MapsOptions, out, n_images: int):
+    """``plan`` (a ``record.RecordPlan``) keeping top maps: the layers ``out`` holds without maps (or with fewer
+    than K per unit) are recorded again, with them."""
+    from dataclasses import replace
+
+    from . import artifacts as A
+    from .runtime import note
+
+    stored = A.maps_in(out) if plan.exists else {}
+    want = min(opts.maps, int(n_images))
+    again = [n for n in plan.have if stored.get(n, 0) < want and _has_positions(plan, n)]
+    if again:
+        note(f"{out}: recording {', '.join(again)} again, with --maps {opts.maps}")
+    plan = replace(plan, todo=[n for n in plan.layers if n in plan.todo or n in again],
+                   have=[n for n in plan.have if n not in again])
+    return replace(plan, maps=plan_maps(plan, opts, n_images))
+
+
+def _has_positions(plan, name: str) -> bool:
+    layer = plan.units[name].layer if name in plan.units else name
+    return plan.infos[layer].layout != "nc"
+
+
+def grown_maps(out, grown, opts: MapsOptions, n_images: int):
+    """``grown`` (``record``'s plan over a grown probe) keeping the old file's top maps (those asked for with ``--maps``, or else those it holds); recording
+    every image anew where the new images cannot complete them: a layer with positions without maps or with
+    another K, or a stored top image that was removed or changed (the next best of the unchanged images was not
+    kept)."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from . import artifacts as A
+
+    stored = A.maps_in(out)
+    k = opts.maps or max(stored.values(), default=0)
+    if not k:
+        return grown
+    plan = replace(grown.plan, maps=plan_maps(grown.plan, replace(opts, maps=k), n_images))
+    position = np.full(len(grown.old.ids), -1, dtype=np.int64)          # old row -> probe position (-1: gone)
+    position[np.fromiter(grown.reused.values(), dtype=np.int64)] = np.fromiter(grown.reused, dtype=np.int64)
+    kept: dict[str, np.ndarray] = {}
+    for name in plan.maps.grids if plan.maps else ():
+        if stored.get(name) != plan.maps.k:
+            why = f"{out} holds no maps of {name}" if name not in stored else f"{out} keeps {stored[name]} maps of {name}"
+            return replace(grown, plan=plan, reused={}, anew=why)
+        m = A.read_maps(out, name)
+        pos = np.where(m.rows >= 0, position[np.clip(m.rows, 0, None)], -1)
+        if (pos[m.rows >= 0] < 0).any():
+            return replace(grown, plan=plan, reused={}, anew=f"a top image of {name} was removed or changed")
+        kept.update({f"@maps|{name}|values": m.values, f"@maps|{name}|rows": pos,
+                     f"@maps|{name}|scores": m.scores})
+    return replace(grown, plan=plan, maps=kept)
+
+
 def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, (int, float)) else (int(v[0]), int(v[1]))
 

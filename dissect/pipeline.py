@@ -260,7 +260,7 @@ def _with_maps(ctx: _Run, plan: RecordPlan, out: Path) -> RecordPlan:
     """``plan`` keeping each unit's top maps when the run asks for them (``--maps``)."""
     if not ctx.settings.maps:
         return plan
-    from .record import MapsOptions, with_maps
+    from .maps import MapsOptions, with_maps
 
     return with_maps(plan, MapsOptions(ctx.settings.maps, ctx.settings.max_memory), out, len(ctx.probe))
 

@@ -13,7 +13,7 @@ from . import artifacts as A
 from .directions import DirectionsOptions, UnitEntry, is_entry
 from .errors import MismatchError, UsageError
 from .fingerprint import fingerprint
-from .maps import MAP_PARTS, MapsOptions, MapsRequest, plan_maps
+from .maps import MAP_PARTS, MapsOptions, MapsRequest, grown_maps, with_maps
 from .hooks import LayerInfo, Recorder, check_recordable, list_modules, parse_layout, probe_layers, resolve_layers
 from .models import PreprocessOverrides, Target, load_target
 from .passes import PassOptions, execute, forward_errors
@@ -492,26 +492,6 @@ def record(
     return made["activations"]
 
 
-def with_maps(plan: RecordPlan, opts: MapsOptions, out, n_images: int) -> RecordPlan:
-    """``plan`` keeping top maps: the layers ``out`` holds without maps (or with fewer than K per unit) are
-    recorded again, with them."""
-    from dataclasses import replace
-
-    stored = A.maps_in(out) if plan.exists else {}
-    want = min(opts.maps, int(n_images))
-    again = [n for n in plan.have if stored.get(n, 0) < want and _has_positions(plan, n)]
-    if again:
-        note(f"{out}: recording {', '.join(again)} again, with --maps {opts.maps}")
-    plan = replace(plan, todo=[n for n in plan.layers if n in plan.todo or n in again],
-                   have=[n for n in plan.have if n not in again])
-    return replace(plan, maps=plan_maps(plan, opts, n_images))
-
-
-def _has_positions(plan: RecordPlan, name: str) -> bool:
-    layer = plan.units[name].layer if name in plan.units else name
-    return plan.infos[layer].layout != "nc"
-
-
 @dataclass
 class _Grown:
     plan: RecordPlan
@@ -539,7 +519,7 @@ def _grown_probe(out, probe: Probe, target: Target, layers, summary, layout, dev
     Its layers are kept and recorded for the new images only. Asking for layers it does
     not hold at the same time is refused (record those after, in a second call). Files
     with direction entries are not grown (they are recorded anew into another file);
-    nor are top maps that the new images alone cannot complete (``_grown_maps``).
+    nor are top maps that the new images alone cannot complete (``maps.grown_maps``).
     """
     attrs = A.peek_attrs(out, A.ACTIVATIONS_FORMAT)
     if attrs is None or attrs.get("shard") or directions or any(is_entry(n) for n in attrs.get("_layers", [])):
@@ -571,35 +551,7 @@ def _grown_probe(out, probe: Probe, target: Target, layers, summary, layout, dev
         return None
     inputs_fp = activations_inputs_fingerprint(target, probe.fingerprint, precision)
     plan = RecordPlan(target, old_layers, old_layers, [], False, inputs_fp, precision, infos)
-    return _grown_maps(out, _Grown(plan, reused, old), maps or MapsOptions(), len(probe))
-
-
-def _grown_maps(out, grown: _Grown, opts: MapsOptions, n_images: int) -> _Grown | None:
-    """``grown`` keeping the old file's top maps (those asked for with ``--maps``, or else those it holds); recording
-    every image anew where the new images cannot complete them: a layer with positions without maps or with
-    another K, or a stored top image that was removed or changed (the next best of the unchanged images was not
-    kept)."""
-    from dataclasses import replace
-
-    stored = A.maps_in(out)
-    k = opts.maps or max(stored.values(), default=0)
-    if not k:
-        return grown
-    plan = replace(grown.plan, maps=plan_maps(grown.plan, replace(opts, maps=k), n_images))
-    position = np.full(len(grown.old.ids), -1, dtype=np.int64)          # old row -> probe position (-1: gone)
-    position[np.fromiter(grown.reused.values(), dtype=np.int64)] = np.fromiter(grown.reused, dtype=np.int64)
-    kept: dict[str, np.ndarray] = {}
-    for name in plan.maps.grids if plan.maps else ():
-        if stored.get(name) != plan.maps.k:
-            why = f"{out} holds no maps of {name}" if name not in stored else f"{out} keeps {stored[name]} maps of {name}"
-            return replace(grown, plan=plan, reused={}, anew=why)
-        m = A.read_maps(out, name)
-        pos = np.where(m.rows >= 0, position[np.clip(m.rows, 0, None)], -1)
-        if (pos[m.rows >= 0] < 0).any():
-            return replace(grown, plan=plan, reused={}, anew=f"a top image of {name} was removed or changed")
-        kept.update({f"@maps|{name}|values": m.values, f"@maps|{name}|rows": pos,
-                     f"@maps|{name}|scores": m.scores})
-    return replace(grown, plan=plan, maps=kept)
+    return grown_maps(out, _Grown(plan, reused, old), maps or MapsOptions(), len(probe))
 
 
 def what_differs(attrs: dict[str, Any], target: Target, precision: str, probe: Probe) -> list[str]:

@@ -452,7 +452,8 @@ def test_a_unit_that_fires_at_one_token_maps_to_its_grid_cell_for_layers_and_sae
 
 def test_maps_over_the_memory_budget_are_refused_in_one_line():
     from dissect.hooks import LayerInfo
-    from dissect.record import MapsOptions, RecordPlan, plan_maps
+    from dissect.maps import MapsOptions, plan_maps
+    from dissect.record import RecordPlan
 
     info = LayerInfo("layer4", "Bottleneck", (2048, 56, 56), "nchw", 2048)
     plan = RecordPlan(None, ["layer4"], ["layer4"], [], False, "", "fp32", {"layer4": info})
