@@ -23,7 +23,7 @@ def compare(
     labels_b: Annotated[Optional[Path], typer.Option("--labels-b", help="B's labels [default: a run folder's].")] = None,
     simulate_a: Annotated[Optional[Path], typer.Option("--simulate-a", help="A's simulate.parquet: its correlation per unit as score_a [default: a run folder's].")] = None,
     simulate_b: Annotated[Optional[Path], typer.Option("--simulate-b", help="B's simulate.parquet (score_b).")] = None,
-    clip: Annotated[Optional[str], typer.Option("--clip", help="CLIP model for the cosine of two matched units' labels (label_cos).")] = None,
+    clip: Annotated[Optional[str], typer.Option("--clip", help="CLIP model for the cosine of two matched units' labels (label_cos) [default: the one both labels files were made with].")] = None,
     threshold: Annotated[float, typer.Option("--threshold", help="A one-to-one match counts as matched above this correlation.")] = 0.5,
     min_shared: Annotated[float, typer.Option("--min-shared", help="Share of the smaller probe the two files must share (by image id).")] = 0.9,
     cka: Annotated[bool, typer.Option("--cka/--no-cka", help="Linear CKA of each layer pair (costs two Gram products beside the correlations').")] = True,
@@ -35,13 +35,13 @@ def compare(
     from dissect import artifacts as A
     from dissect import compare as stage
 
-    inputs = [a, b, labels_a, labels_b, simulate_a, simulate_b]
-    A.check_output_path(out, inputs, "a Parquet table and a JSON summary beside it")
-    A.check_output_path(A.summary_path_of(out), inputs, "a Parquet table and a JSON summary beside it")
     settings = stage.CompareSettings(min_shared=min_shared, threshold=threshold, cka=cka, max_memory=O.parse_size(max_memory),
                                      device=device)
     side_a = stage.open_side("A", a, labels_a, simulate_a)
     side_b = stage.open_side("B", b, labels_b, simulate_b)
+    inputs = [a, b] + [p for s in (side_a, side_b) for p in (s.activations, s.labels, s.simulate)]
+    A.check_output_path(out, inputs, "a Parquet table and a JSON summary beside it")
+    A.check_output_path(A.summary_path_of(out), inputs, "a Parquet table and a JSON summary beside it")
     cmp = stage.compare(side_a, side_b, settings, layers=O.split_list(layers) or None, pairs=pair, clip=clip)
     path, summary = stage.write_comparison(cmp, out)
     pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731

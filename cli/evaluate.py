@@ -265,6 +265,57 @@ def simulate_cmd(
         output.wrote(*stage.write_simulation(sim, out))
 
 
+@subcommand(evaluate_app, "ablate")
+def ablate_cmd(
+    labels: Annotated[list[Path], typer.Argument(help="labels.parquet, composed.parquet, explanations.parquet, or another method's label files (several: compared on the same units).", show_default=False)],
+    activations: O.Activations,
+    probe: Annotated[list[str], typer.Option("--probe", help="The probe images the activations were recorded on (the network runs on them again).", show_default=False)],
+    model: O.Model,
+    out: Annotated[Path, typer.Option("-o", "--out", help="ablate.parquet (one row per labels file, layer and unit); the summary goes to ablate.json beside it.", show_default=False)],
+    weights: O.Weights = None,
+    model_arg: O.ModelArg = None,
+    input_size: O.InputSize = None,
+    crop_pct: O.CropPct = None,
+    mean: O.Mean = None,
+    std: O.Std = None,
+    interpolation: O.Interpolation = None,
+    images: Annotated[Optional[Path], typer.Option("--images", help="images.h5: each label's presence from its CLIP model (when no --annotations).")] = None,
+    text: O.Text = None,
+    annotations: O.Annotations = None,
+    class_names: O.ClassNames = None,
+    superclasses: O.Superclasses = None,
+    layer: Annotated[Optional[str], typer.Option("--layer", help="Only this layer (names the layer of a file that holds one and does not say which).")] = None,
+    loss: Annotated[str, typer.Option("--loss", help="ce (the true class of an ImageFolder probe), kl (the change of the output distribution) or auto (ce where the probe's class folders are as many as the outputs).")] = "auto",
+    temperature: Annotated[float, typer.Option("--temperature", help="The logits' calibration temperature (Linear Explanations: 1.1).")] = 1.1,
+    validation: Annotated[float, typer.Option("--validation", help="Share of the scoring images (by id hash) whose statistics map each prediction to its unit's scale.")] = 0.2,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the validation split.")] = 0,
+    samples: Annotated[int, typer.Option("--samples", min=3, help="Copies per forward pass of the network's tail (images x (1 + 2 units)).")] = 256,
+    calibration: O.Calibration = "mixture",
+    composed: Annotated[str, typer.Option("--composed", help="How a composed label predicts: phrase or and (as in simulate).")] = "phrase",
+    device: O.Device = "auto",
+    workers: O.Workers = None,
+):
+    """Ablation scores: how much of the damage of removing each unit its label's prediction undoes (Linear Explanations' causal score)."""
+    from dissect.evaluate import ablate as stage
+    from dissect.evaluate.simulate import parse_calibration
+
+    _check_outputs(out, [*labels, activations, images, text, annotations if annotations not in (None, "classes") else None])
+    abl = stage.ablate([str(p) for p in labels], activations, probe,
+                       O.target(model, weights, model_arg, input_size, crop_pct, mean, std, interpolation),
+                       images=images, text=text, annotations=annotations, layer=layer,
+                       settings=stage.AblateSettings(temperature=temperature, validation=validation, seed=seed, loss=loss,
+                                                     samples=samples),
+                       options=O.pass_options(device, 64, workers),
+                       calibration=parse_calibration(calibration), composed=composed, class_names=class_names,
+                       superclasses=superclasses)
+    rows = [[Path(s["labels"]).name, s["method"], s["layer"], f"{s['scored_units']}/{s['units']}", str(s["n_images"]),
+             "-" if s["mean_ablation"] is None else f"{s['mean_ablation']:.3f}"] for s in abl.summary]
+    output.show(output.table(f"Ablation scores ({abl.metadata['loss']} loss): the share of a unit's mean-ablation damage "
+                             "its label's prediction undoes", ("labels", "method", "layer", "units", "images",
+                                                                ("mean ablation", "right")), rows))
+    output.wrote(*stage.write_ablation(abl, out))
+
+
 def _print_simulation(sim) -> None:
     from rich.table import Table
 

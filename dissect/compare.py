@@ -62,6 +62,9 @@ class Side:
     simulate: Path | None = None
     ids: list[str] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
+    label_of: dict[tuple[str, int], str] = field(default_factory=dict)     # (layer, unit) -> label
+    score_of: dict[tuple[str, int], float] = field(default_factory=dict)   # (layer, unit) -> simulation correlation
+    clip: str | None = None                                                # the CLIP model the labels were made with
 
 
 @dataclass
@@ -85,8 +88,11 @@ def open_side(name: str, path, labels=None, simulate=None) -> Side:
         raise InputError(f"{name}: {p} is a {kind} file, not activations",
                          hint="give an activations.h5 (dissect record) or a run folder; labels go to --labels-a/-b")
     header = A.read_activations(p, data=False)
-    return Side(name, p, Path(labels) if labels else None, Path(simulate) if simulate else None, header.ids,
+    side = Side(name, p, Path(labels) if labels else None, Path(simulate) if simulate else None, header.ids,
                 list(header.layers))
+    side.label_of, side.clip = _labels_of(side.labels)          # read now: a bad file ends the command before the pass
+    side.score_of = _scores_of(side.simulate)
+    return side
 
 
 def align(a: Side, b: Side, min_shared: float) -> tuple[np.ndarray, np.ndarray]:
@@ -113,6 +119,9 @@ def align(a: Side, b: Side, min_shared: float) -> tuple[np.ndarray, np.ndarray]:
 
 def layer_pairs(a: Side, b: Side, layers: list[str] | None, pairs: list[str] | None) -> list[tuple[str, str]]:
     """``LA=LB`` pairs as given, else the ``layers`` (or every layer) both files hold, paired by name."""
+    if pairs and layers:
+        raise UsageError("give --layers or --pair, not both", hint="--pair LA=LB pairs layers of any names; --layers "
+                                                                  "pairs layers of the same name")
     if pairs:
         out = []
         for item in pairs:
@@ -126,6 +135,9 @@ def layer_pairs(a: Side, b: Side, layers: list[str] | None, pairs: list[str] | N
             raise UsageError(f"A and B hold no layer of the same name (A: {', '.join(a.layers)}; B: {', '.join(b.layers)})",
                              hint="pair layers with --pair LAYER_A=LAYER_B")
         out = [(n, n) for n in names]
+    twice = [p for i, p in enumerate(out) if p in out[:i]]
+    if twice:
+        raise UsageError(f"the pair {twice[0][0]}={twice[0][1]} is given twice", hint="give each layer pair once")
     for la, lb in out:
         for side, layer in ((a, la), (b, lb)):
             if layer not in side.layers:
@@ -151,14 +163,21 @@ class PairResult:
     match_r: np.ndarray | None
 
 
+#: Bytes per element of what a layer pair keeps and builds: the float64 sums and the correlations' temporaries
+#: (CROSS, per A unit x B unit of a group), the Gram sums with CKA's centred copies (GRAM, per Gram element).
+CROSS_BYTES, GRAM_BYTES = 48, 24
+
+
 def _plan(m: int, n: int, budget: int, cka: bool = True) -> tuple[int, bool, bool, int]:
-    """(B units per group, CKA's Gram matrices kept, matching kept, images per block) within ``budget`` bytes."""
-    gram = cka and 8 * (m * m + n * n) <= budget // 2
-    left = budget - (8 * (m * m + n * n) if gram else 0)
-    matching = 8 * m * n <= left // 3
+    """(B units per group, CKA's Gram matrices kept, matching kept, images per block) within ``budget`` bytes.
+    CKA needs every unit of B in one group: it is left out where that does not fit beside the Gram matrices."""
+    gram_bytes = GRAM_BYTES * (m * m + n * n)
+    gram = cka and gram_bytes + CROSS_BYTES * m * n <= budget * 3 // 4
+    left = budget - (gram_bytes if gram else 0)
+    matching = 8 * m * n <= left // 4
     left -= 8 * m * n if matching else 0
-    group = max(1, min(n, (left // 2) // max(1, 16 * m)))
-    rows = int(max(64, min(8192, (left // 2) // max(1, 12 * (m + group)))))
+    group = max(1, min(n, (left * 3 // 4) // max(1, CROSS_BYTES * m)))
+    rows = int(max(64, min(8192, (left // 4) // max(1, 12 * (m + group)))))
     return group, gram, matching, rows
 
 
@@ -175,8 +194,8 @@ def correlate_pair(a: Side, b: Side, pair: tuple[str, str], rows: tuple[np.ndarr
     n = A.activation_layer_shape(b.activations, lb)[1]
     group, gram, matching, block = _plan(m, n, memory_budget(settings.max_memory), settings.cka)
     if settings.cka and not gram:
-        note(f"{la} x {lb}: no CKA, its Gram matrices ({8 * (m * m + n * n) / 2**20:.0f} MB) are over half of "
-             "--max-memory")
+        note(f"{la} x {lb}: no CKA, its Gram matrices ({GRAM_BYTES * (m * m + n * n) / 2**20:.0f} MB with its "
+             "copies) do not fit --max-memory beside the correlations")
     if not matching:
         note(f"{la} x {lb}: no one-to-one matching, its {m} x {n} correlations are over --max-memory (best matches kept)")
     dev = resolve_device(settings.device)
@@ -232,11 +251,13 @@ def _prefetched(read, starts):
 # Labels, their agreement and the simulation scores
 # ---------------------------------------------------------------------------
 
-def _labels_of(path: Path | None) -> dict[tuple[str, int], str]:
+def _labels_of(path: Path | None) -> tuple[dict[tuple[str, int], str], str | None]:
+    """((layer, unit) -> label, the CLIP model the labels record) of a labels file."""
     if path is None:
-        return {}
+        return {}, None
     lf = A.read_label_file(path)
-    return {(lay, int(u)): lab for lay, u, lab in zip(lf.layers, lf.units, lf.labels)}
+    clip = lf.metadata.get("clip") if isinstance(lf.metadata, dict) else None
+    return {(lay, int(u)): lab for lay, u, lab in zip(lf.layers, lf.units, lf.labels)}, clip
 
 
 def _scores_of(path: Path | None) -> dict[tuple[str, int], float]:
@@ -250,16 +271,24 @@ def _scores_of(path: Path | None) -> dict[tuple[str, int], float]:
     return out
 
 
-def _cosines(pairs: list[tuple[str, str]], clip_spec: str | None, device: str) -> dict[tuple[str, str], float]:
-    """The CLIP cosine of each (label A, label B) text pair, with ``clip_spec`` (none without it)."""
+def _cosines(pairs: list[tuple[str, str]], clip_spec: str | None, device: str, given: bool = True) -> dict[tuple[str, str], float]:
+    """The CLIP cosine of each (label A, label B) text pair, with ``clip_spec`` (none without it; a model the labels
+    name but that cannot be loaded here, not ``given`` by the user, is said in one line and skipped)."""
     if not clip_spec or not pairs:
         return {}
     from .clip import load_clip
     from .concepts import ConceptSet
     from .embed import compute_text_embeddings
+    from .errors import DissectError
 
     texts = sorted({t for p in pairs for t in p})
-    clip = load_clip(clip_spec, resolve_device(device))
+    try:
+        clip = load_clip(clip_spec, resolve_device(device))
+    except DissectError as e:
+        if given:
+            raise
+        note(f"no label_cos: the labels' CLIP model {clip_spec} cannot be loaded here ({e}); give --clip")
+        return {}
     emb = compute_text_embeddings(clip, ConceptSet("labels", texts, "compare labels")).astype(np.float64)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     pos = {t: i for i, t in enumerate(texts)}
@@ -278,24 +307,52 @@ def compare(a, b, settings: CompareSettings | None = None, layers: list[str] | N
     b = b if isinstance(b, Side) else open_side("B", b)
     rows_ab = align(a, b, st.min_shared)
     chosen = layer_pairs(a, b, layers, pairs)
+    for side, layer in [(a, la) for la, _ in chosen] + [(b, lb) for _, lb in chosen]:
+        _check_units(side, layer)
+    if clip:
+        from .clip import parse_clip_spec
+
+        parse_clip_spec(clip)                     # a malformed spec ends the command before the pass
     results = [correlate_pair(a, b, p, rows_ab, st) for p in chosen]
-    lab_a, lab_b = _labels_of(a.labels), _labels_of(b.labels)
-    sc_a, sc_b = _scores_of(a.simulate), _scores_of(b.simulate)
+    lab_a, lab_b = a.label_of, b.label_of
     rows: dict[str, list] = {c: [] for c in COLUMNS}
     for res in results:
-        _unit_rows(rows, res, st.threshold, (lab_a, lab_b), (sc_a, sc_b))
+        _unit_rows(rows, res, st.threshold, (lab_a, lab_b), (a.score_of, b.score_of))
     both = [(x, y) for x, y in zip(rows["label_a"], rows["label_b"]) if x and y]
-    cos = _cosines(both, clip, st.device)
+    named = a.clip if a.clip and a.clip == b.clip else None      # both labelled with one CLIP: its cosines
+    cos = _cosines(both, clip or named, st.device, given=bool(clip))
     for i, (x, y) in enumerate(zip(rows["label_a"], rows["label_b"])):
         rows["labels_agree"][i] = None if not (x and y) else normalise(x) == normalise(y)
         rows["label_cos"][i] = cos.get((x, y), math.nan)
-    summary = [_pair_summary(res, rows, st.threshold, (lab_a, lab_b), len(rows_ab[0])) for res in results]
+    summary = [_pair_summary(res, rows, st.threshold, (lab_a, lab_b), len(rows_ab[0]), start)
+               for res, start in zip(results, _starts(results))]
+    clip = clip or (named if cos else None)
     meta = {"a": str(a.activations.resolve()), "b": str(b.activations.resolve()),
             "labels_a": str(a.labels) if a.labels else None, "labels_b": str(b.labels) if b.labels else None,
             "pairs": [list(p) for p in chosen], "shared_images": int(len(rows_ab[0])),
             "images_a": len(a.ids), "images_b": len(b.ids), "threshold": st.threshold, "clip": clip,
             "provenance": __import__("json").loads(A.provenance(stage="compare"))}
     return Comparison(rows, summary, meta)
+
+
+def _check_units(side: Side, layer: str) -> None:
+    """Labels and scores of units the layer does not have: refused in one line."""
+    width = A.activation_layer_shape(side.activations, layer)[1]
+    for what, table, path in (("labels", side.label_of, side.labels), ("simulation scores", side.score_of, side.simulate)):
+        top = max((u for (lay, u) in table if lay == layer), default=-1)
+        if top >= width:
+            raise InputError(f"{side.name}: {path} has {what} of unit {top} of {layer}, which has {width} units in "
+                             f"{side.activations}", hint="give the labels of the same model and layer")
+
+
+def _starts(results: list[PairResult]) -> list[int]:
+    """Where each pair's rows begin: A's units, then B's unmatched ones."""
+    out, at = [], 0
+    for res in results:
+        out.append(at)
+        matched = 0 if res.match is None else int((res.match >= 0).sum())
+        at += res.units_a + res.units_b - matched
+    return out
 
 
 def _unit_rows(rows: dict[str, list], res: PairResult, threshold: float, labels, scores) -> None:
@@ -363,11 +420,10 @@ def concept_counts(lab_a: dict, lab_b: dict, layer_a: str, layer_b: str) -> list
                                       -abs(d["change"]), -d["units_a"] - d["units_b"], d["concept"]))
 
 
-def _pair_summary(res: PairResult, rows, threshold: float, labels, shared: int) -> dict[str, Any]:
-    sel = [i for i, (x, y, u) in enumerate(zip(rows["layer_a"], rows["layer_b"], rows["unit_a"]))
-           if x == res.layer_a and y == res.layer_b and u is not None]
+def _pair_summary(res: PairResult, rows, threshold: float, labels, shared: int, start: int) -> dict[str, Any]:
+    sel = list(range(start, start + res.units_a))                  # the pair's rows of A's units
     rs = [rows["r"][i] for i in sel if rows["r"][i] is not None]
-    agree = [rows["labels_agree"][i] for i in sel if rows["labels_agree"][i] is not None]
+    agree = [rows["labels_agree"][i] for i in sel if rows["labels_agree"][i] is not None and rows["matched"][i]]
     return {"layer_a": res.layer_a, "layer_b": res.layer_b, "units_a": res.units_a, "units_b": res.units_b,
             "images": shared, "cka": None if res.cka != res.cka else res.cka,
             "matched": sum(bool(rows["matched"][i]) for i in sel), "threshold": threshold,

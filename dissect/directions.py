@@ -586,3 +586,28 @@ def _encode_block(ds: DirectionSet, block):
                          f"but it gave {ds.k} units when it was loaded",
                          hint="its module must give the same K float units on every batch")
     return z
+
+
+def decoder(kind: str, spec: str):
+    """[K, C] rows along which moving the layer's activation by Δ moves unit k by about Δ (``evaluate ablate``):
+    an SAE's decoder rows (``W_dec``; exactly Δ for an SAE whose W_enc·W_dec is the identity), a matrix's rows
+    divided by their squared norms (exactly Δ along each direction). A module's directions name none: a UsageError."""
+    import torch
+
+    path, _, key = spec.partition("#")
+    if kind == "sae":
+        from safetensors.torch import load_file
+
+        w = Path(path) / SAE_WEIGHTS
+        try:
+            sd = load_file(str(w))
+        except Exception as e:
+            raise ArtifactError(f"cannot read {w}: {(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
+        if "W_dec" not in sd:
+            raise ArtifactError(f"{w} has no W_dec, so its latents cannot be moved", hint=f"it holds: {', '.join(sorted(sd))}")
+        return sd["W_dec"].to(torch.float32)
+    if kind == "matrix":
+        d = load_matrix(Path(path), key or None).module.weight.detach().to(torch.float32)
+        return d / (d * d).sum(dim=1, keepdim=True).clamp_min(1e-30)
+    raise UsageError(f"directions {spec} ({kind}) have no decoder, so their units cannot be moved in the network",
+                     hint="ablate the layer's neurons, or give the directions as a matrix or an SAE folder")

@@ -239,11 +239,23 @@ def test_bad_pairs_end_in_one_line(demo_run, tmp_path):
         ([tmp_path / "a.h5", out / "labels-mixed-softwpmi.parquet"], "is a dissect/labels file, not activations"),
         ([tmp_path / "a.h5", tmp_path / "a.h5", "--pair", "fc"], "is not LAYER_A=LAYER_B"),
         ([tmp_path / "a.h5", tmp_path / "nowhere.h5"], "does not exist"),
+        ([tmp_path / "a.h5", tmp_path / "a.h5", "--pair", "fc=fc", "--pair", "fc=fc"], "is given twice"),
+        ([tmp_path / "a.h5", tmp_path / "a.h5", "--pair", "fc=fc", "--layers", "fc"], "not both"),
+        ([tmp_path / "a.h5", tmp_path / "a.h5", "--labels-a", tmp_path / "none.parquet"], "does not exist"),
+        ([tmp_path / "a.h5", tmp_path / "a.h5", "--labels-a", out / "labels-mixed-softwpmi.parquet", "--pair",
+          "fc=fc"], None),                                                # labels of other layers: fine
+        ([tmp_path / "a.h5", tmp_path / "a.h5", "--labels-a", tmp_path / "wide.csv"], "has labels of unit 12 of fc, which has 10"),
+        ([tmp_path / "a.h5", tmp_path / "a.h5", "-o", tmp_path / "a.h5"], "a.h5"),   # the output over an input
     ]
+    (tmp_path / "wide.csv").write_text("layer,unit,description,similarity\nfc,12,dog,0.5\n")
     for args, fragment in cases:
-        r = invoke("compare", *args, "-o", tmp_path / "c.parquet", ok=False)
+        r = invoke("compare", *args, *([] if "-o" in args else ["-o", tmp_path / "c.parquet"]), ok=fragment is None)
+        if fragment is None:
+            (tmp_path / "c.parquet").unlink()
+            continue
         assert_one_line_error(r, fragment)
         assert not (tmp_path / "c.parquet").exists()
+        assert "compare fc" not in r.stderr                                 # refused before the pass
 
 
 def test_a_small_memory_budget_splits_the_pass_and_changes_no_number(demo_run):

@@ -17,7 +17,7 @@ may write these files and have dissect read them.
 from .external import EXTERNAL_LABEL_KINDS, Annotations, LabelFile, read_annotations, read_label_file
 from .files import (ProcessLock, atomic_path, check_output_path, check_room, end_command, forget_inputs, grows,
                     note_inputs, note_probe_folder, provenance, refuse_clobber, write_json)
-from .formats import (ACTIVATIONS_FORMAT, COMPARE_FORMAT, COMPOSED_FORMAT, DIRECTIONS_FORMAT, EVALUATION_FORMAT, EXPLAIN_FORMAT,
+from .formats import (ABLATE_FORMAT, ACTIVATIONS_FORMAT, COMPARE_FORMAT, COMPOSED_FORMAT, DIRECTIONS_FORMAT, EVALUATION_FORMAT, EXPLAIN_FORMAT,
                       FORMAT_VERSION, HDF5_FORMATS, IMAGE_FORMAT, LABELS_FORMAT, MAKER, PARQUET_FORMATS, PREDICT_FORMAT,
                       PVALUES_FORMAT, SANITY_FORMAT, SEGMENT_FORMAT, SIMULATE_FORMAT, STABILITY_FORMAT, STDOUT, TEXT_FORMAT)
 from .hdf5 import (COPY_BLOCK_BYTES, EMBEDDING_DTYPES, LAYER_CHUNK, WIDE_LAYER_BYTES, Activations, DatasetHeader,

@@ -16,12 +16,13 @@ SIMULATE_FORMAT = "dissect/simulate"
 SANITY_FORMAT = "dissect/sanity"
 SEGMENT_FORMAT = "dissect/segment"
 COMPARE_FORMAT = "dissect/compare"
+ABLATE_FORMAT = "dissect/ablate"
 EXPLAIN_FORMAT = "dissect/explanations"
 DIRECTIONS_FORMAT = "dissect/directions"
 
 HDF5_FORMATS = (IMAGE_FORMAT, TEXT_FORMAT, ACTIVATIONS_FORMAT)
 PARQUET_FORMATS = (LABELS_FORMAT, COMPOSED_FORMAT, EVALUATION_FORMAT, PREDICT_FORMAT, STABILITY_FORMAT, PVALUES_FORMAT,
-                   SIMULATE_FORMAT, SANITY_FORMAT, EXPLAIN_FORMAT, SEGMENT_FORMAT, COMPARE_FORMAT)
+                   SIMULATE_FORMAT, SANITY_FORMAT, EXPLAIN_FORMAT, SEGMENT_FORMAT, COMPARE_FORMAT, ABLATE_FORMAT)
 
 #: The command that writes each kind (named in every "expected a ... file" message).
 MAKER = {
@@ -38,6 +39,7 @@ MAKER = {
     SANITY_FORMAT: "dissect evaluate sanity",
     SEGMENT_FORMAT: "dissect evaluate segment",
     COMPARE_FORMAT: "dissect compare",
+    ABLATE_FORMAT: "dissect evaluate ablate",
     EXPLAIN_FORMAT: "dissect explain",
     DIRECTIONS_FORMAT: "dissect decompose",
 }

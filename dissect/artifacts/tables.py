@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import ArtifactError, InputError, UsageError
 from .files import atomic_path, note_inputs, write_json
 from .formats import (COMPOSED_FORMAT, EVALUATION_FORMAT, EXPLAIN_FORMAT, FORMAT_VERSION, LABELS_FORMAT, MAKER,
-                      PARQUET_FORMATS, PREDICT_FORMAT, PVALUES_FORMAT, SANITY_FORMAT, SEGMENT_FORMAT, COMPARE_FORMAT, SIMULATE_FORMAT, STABILITY_FORMAT,
+                      PARQUET_FORMATS, PREDICT_FORMAT, PVALUES_FORMAT, SANITY_FORMAT, SEGMENT_FORMAT, COMPARE_FORMAT, ABLATE_FORMAT, SIMULATE_FORMAT, STABILITY_FORMAT,
                       STDOUT)
 
 # ---------------------------------------------------------------------------
@@ -99,6 +99,10 @@ _COMPARE = [("layer_a", "string"), ("unit_a", "int32"), ("layer_b", "string"), (
             ("label_a", "string"), ("label_b", "string"), ("labels_agree", "bool"), ("label_cos", "float64"),
             ("score_a", "float64"), ("score_b", "float64")]
 
+_ABLATE = [("labels", "string"), ("method", "string"), ("layer", "string"), ("unit", "int32"), ("label", "string"),
+           ("ablation", "float64"), ("correlation", "float64"), ("damage_base", "float64"), ("damage_pred", "float64"),
+           ("n_images", "int64"), ("held_out", "bool"), ("loss", "string"), ("reason", "string")]
+
 #: Every Parquet kind. Composed labels guarantee fewer columns than they write (files of dissect 0.2 lack the
 #: held-out ones); the evaluations' tables take their types from their rows.
 KINDS: dict[str, TableKind] = {
@@ -110,6 +114,7 @@ KINDS: dict[str, TableKind] = {
     SANITY_FORMAT: _written(_SANITY, ["setting", "scorer"]),
     SEGMENT_FORMAT: _written(_SEGMENT, ["layer", "unit", "concept", "iou"]),
     COMPARE_FORMAT: _written(_COMPARE, ["layer_a", "unit_a", "layer_b", "unit_b", "r"]),
+    ABLATE_FORMAT: _written(_ABLATE, ["labels", "layer", "unit", "label", "ablation"]),
     EVALUATION_FORMAT: TableKind((), {"layer": "string", "unit": "int", "label": "string", "truth": "string",
                                       "exact": "bool"}),
     PREDICT_FORMAT: TableKind((), {}),

@@ -170,23 +170,32 @@ def _presence_source(files, acts, activations, images, text, annotations, settin
     return ClipPresence(img, texts, settings.calibration, resolve_device(compute.device)), ids
 
 
+def predictions(source, lf: A.LabelFile, entries: list[int], blk: list[int], scored: dict[str, int], device):
+    """What the labels of a block of units (``blk``: positions into ``entries``) predict on the ``scored`` images:
+    ``(presence [n, distinct labels], index (each unit's column), the units' labels, {label: the concept no image
+    is annotated with, or None})`` (a concept's presence; an explanation's weighted presence)."""
+    import torch
+
+    n = len(scored)
+    labs = [lf.labels[entries[j]] for j in blk]
+    distinct = list(dict.fromkeys(labs))
+    col = {lab: j for j, lab in enumerate(distinct)}
+    index = torch.tensor([col[lab] for lab in labs], dtype=torch.long, device=device)
+    if lf.parts is None:
+        pres_u = source.matrix(distinct, scored, n).to(device)
+        unknown = {lab: None if source.known(lab) else repr(lab) for lab in distinct}
+    else:
+        pres_u, unknown = _weighted_presence(source, lf, [entries[j] for j in blk], distinct, scored, n)
+        pres_u = pres_u.to(device)
+    return pres_u, index, labs, unknown
+
+
 def _score_block(source, lf: A.LabelFile, entries: list[int], blk: list[int], a, scored: dict[str, int],
                  settings: SimulateSettings):
     """The metrics of a block of units (``blk``: positions into ``entries``) with activations ``a`` [n, len(blk)] on
     the scored images; returns ({metric: values}, reasons) with NaN and the reason where a unit cannot be scored."""
-    import torch
-
-    n, dev = len(scored), a.device
-    labs = [lf.labels[entries[j]] for j in blk]
-    distinct = list(dict.fromkeys(labs))
-    col = {lab: j for j, lab in enumerate(distinct)}
-    index = torch.tensor([col[lab] for lab in labs], dtype=torch.long, device=dev)
-    if lf.parts is None:
-        pres_u = source.matrix(distinct, scored, n).to(dev)
-        unknown = {lab: None if source.known(lab) else repr(lab) for lab in distinct}
-    else:
-        pres_u, unknown = _weighted_presence(source, lf, [entries[j] for j in blk], distinct, scored, n)
-        pres_u = pres_u.to(dev)
+    n = len(scored)
+    pres_u, index, labs, unknown = predictions(source, lf, entries, blk, scored, a.device)
     units = [lf.units[entries[j]] for j in blk]
     options = M.Options(settings.conventions, column_seeds=tuple(_unit_seed(settings.seed, u) for u in units))
     scores = M.score_all(a, pres_u, settings.alpha, settings.metrics, index=index, options=options)

@@ -1,0 +1,349 @@
+"""``dissect evaluate ablate``: does the network use what a unit's label says? Linear Explanations' ablation score.
+
+For every unit of every labels, composed or explanations file (ours or another method's), the
+network runs on the scoring images with the unit moved to its validation mean (the baseline, which
+removes what it carries) and to what its label predicts (mapped to its scale), and the score is the
+share of the baseline's damage to the loss that the prediction undoes (:mod:`.ablation`).
+
+Images: the held-out ones of a file labelled with ``--holdout`` (else all, with a warning, as
+``simulate`` does), split by id hash into a validation part (``validation``: the mapping's mean,
+standard deviation and correlation) and the scoring part. The network's prefix runs once per batch
+of images; at the unit's module the batch is widened so that each copy carries another edit (the
+unedited output, then each unit's baseline and prediction), and only the rest of the network runs
+on the copies. Where the module's output is not the only way forward (a convolution inside a
+residual block), the whole input is repeated instead (said once).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import artifacts as A
+from ..errors import UsageError
+from ..passes import PassOptions
+from ..runtime import note, resolve_device
+from ..settings import Compute, Settings, no_other_fields
+from .ablation import TEMPERATURE, edit, losses, map_norm, score
+
+LOSSES = ("auto", "ce", "kl")
+COLUMNS = ("labels", "method", "layer", "unit", "label", "ablation", "correlation", "damage_base", "damage_pred",
+           "n_images", "held_out", "loss", "reason")
+
+
+@dataclass(frozen=True)
+class AblateSettings(Settings):
+    """``temperature``: the logits' calibration temperature; ``validation``: the share of the scoring images (by id
+    hash, ``seed``) whose statistics map predictions to each unit's scale; ``loss``: ``ce`` (the true class: an
+    ImageFolder probe's folder, in sorted order, as torchvision numbers them), ``kl`` (the change of the output
+    distribution) or ``auto`` (ce where the probe's class folders are as many as the outputs); ``samples``: copies
+    per forward pass of the network's tail."""
+
+    temperature: float = TEMPERATURE
+    validation: float = 0.2
+    seed: int = 0
+    loss: str = "auto"
+    samples: int = 256
+
+    def check(self) -> None:
+        if not self.temperature > 0:
+            raise UsageError(f"--temperature must be above 0, got {self.temperature}")
+        if not 0 < self.validation < 1:
+            raise UsageError(f"--validation must be in (0, 1), got {self.validation}")
+        if self.loss not in LOSSES:
+            raise UsageError(f"--loss {self.loss!r} is not one of {', '.join(LOSSES)}")
+        if self.samples < 3:
+            raise UsageError(f"--samples must be at least 3, got {self.samples}")
+
+
+@dataclass
+class Ablation:
+    rows: dict[str, list]
+    summary: list[dict[str, Any]]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _classes(ids: list[str], n_outputs: int, loss: str) -> tuple[str, dict[str, int] | None]:
+    """(the loss, each id's class for ce): the class folders of an ImageFolder probe in sorted order."""
+    folders = [str(Path(i).parent) for i in ids]
+    flat = any(f in ("", ".") for f in folders)
+    names = sorted(set(folders))
+    fits = not flat and len(names) == n_outputs
+    if loss == "kl" or (loss == "auto" and not fits):
+        return "kl", None
+    if flat or len(names) > n_outputs:
+        raise UsageError(f"--loss ce needs an ImageFolder probe with at most {n_outputs} class folders (the model's "
+                         f"outputs); this one has {'images outside class folders' if flat else f'{len(names)} folders'}",
+                         hint="use --loss kl (the change of the output distribution) on a probe without classes")
+    index = {f: k for k, f in enumerate(names)}
+    return "ce", {i: index[f] for i, f in zip(ids, folders)}
+
+
+@dataclass
+class _Unit:
+    """What moves a layer's or entry's units in the network: the module, its layout and (directions) the decoder."""
+
+    module: str
+    layout: str
+    decoder: Any = None
+
+
+def _unit_site(name: str, attrs: dict[str, Any]) -> _Unit:
+    from ..directions import decoder
+
+    layout = str(attrs.get("layout", "nc"))
+    if "directions_layer" in attrs:
+        return _Unit(str(attrs["directions_layer"]), layout, decoder(str(attrs.get("directions_kind", "")),
+                                                                      str(attrs.get("directions_spec", ""))))
+    return _Unit(name, layout)
+
+
+class _Tail:
+    """A consumer of ``passes.image_pass``: for each batch of scoring images, the damage each unit's baseline and
+    prediction do to the loss (the prefix run once, the output widened at the unit's module)."""
+
+    def __init__(self, target, site: _Unit, units: list[int], deltas, classes, loss: str, settings: AblateSettings, dev):
+        import torch
+
+        self.transform, self.model, self.site = target.transform, target.module, site
+        self.units, self.deltas, self.classes, self.loss = units, deltas, classes, loss   # deltas: (base, pred) [n, U]
+        self.settings, self.dev = settings, dev
+        self.damage = torch.zeros((2, len(units)), dtype=torch.float64)
+        self.expand, self.plan, self.row_of = True, None, {}
+        self.n = 0
+
+    def _hook(self, module, inputs, out):
+        import torch
+
+        if not isinstance(out, torch.Tensor):
+            raise UsageError(f"module {self.site.module} returns {type(out).__name__}, not a tensor, so its units "
+                             "cannot be moved", hint="ablate a layer whose output is one tensor")
+        rows, chans, deltas, copies = self.plan
+        if self.expand:
+            out = out.repeat_interleave(copies, dim=0)
+        return edit(out, self.site.layout, rows, chans, deltas, self.site.decoder)
+
+    def _run(self, x, copies: int):
+        import torch
+
+        first = self.n == 0
+        try:
+            y = self.model(x if self.expand else x.repeat_interleave(copies, dim=0))
+        except RuntimeError:
+            if not (first and self.expand):
+                raise
+            self.expand = False      # the module's output is not the only way forward: repeat the input instead
+            note(f"{self.site.module}: its output is not the only path to the model's output; running the whole "
+                 "network on each copy")
+            y = self.model(x.repeat_interleave(copies, dim=0))
+        if not isinstance(y, torch.Tensor) or y.dim() != 2 or y.shape[0] != x.shape[0] * copies:
+            raise UsageError("the model's output is not one [N, classes] tensor, so no loss can be measured",
+                             hint="ablate through a classifier (its logits), or wrap the model as file.py:function")
+        return y
+
+    def __call__(self, idx, batch) -> None:
+        import torch
+
+        rows = [self.row_of[int(i)] for i in idx]
+        x_all = batch.to(self.dev)
+        # as many units per forward as fit (the prefix runs once per image and group), then as many images
+        group = max(1, min(len(self.units), (self.settings.samples - 1) // 2))
+        per = max(1, self.settings.samples // (1 + 2 * group))
+        handle = self.model.get_submodule(self.site.module).register_forward_hook(self._hook)
+        try:
+            with torch.inference_mode():
+                for b0 in range(0, len(rows), per):
+                    x, r = x_all[b0 : b0 + per], rows[b0 : b0 + per]
+                    for g0 in range(0, len(self.units), group):
+                        self._group(x, r, g0, min(len(self.units), g0 + group))
+                        self.n += 1
+        finally:
+            handle.remove()
+
+    def _group(self, x, r: list[int], g0: int, g1: int) -> None:
+        import torch
+
+        b, g = len(r), g1 - g0
+        copies = 1 + 2 * g
+        img = torch.arange(b).repeat_interleave(2 * g)
+        slot = torch.arange(2 * g).repeat(b)
+        rows = img * copies + 1 + slot
+        units = torch.tensor(self.units[g0:g1]).repeat_interleave(2).repeat(b)
+        base, pred = self.deltas
+        d = torch.stack([base[r, g0:g1], pred[r, g0:g1]], dim=2).reshape(-1)    # per image: unit 0 base, pred, ...
+        self.plan = (rows.to(self.dev), units.to(self.dev), d.to(self.dev), copies)
+        y = self._run(x, copies)
+        ref = y.view(b, copies, -1)[:, :1].expand(b, copies, y.shape[1]).reshape(-1, y.shape[1])
+        targets = None if self.classes is None else torch.tensor(
+            [self.classes[i] for i in r], device=y.device).repeat_interleave(copies)
+        lo = losses(y, ref, targets, self.settings.temperature).view(b, copies).cpu()
+        change = (lo[:, 1:] - lo[:, :1]).abs().view(b, g, 2).sum(dim=0)         # [g, (base, pred)]
+        self.damage[:, g0:g1] += change.T
+
+
+def ablate(label_paths: list, activations, probe, model, images=None, text=None, annotations: str | None = None,
+           layer: str | None = None, settings: AblateSettings | None = None, options: PassOptions | None = None,
+           **fields: Any) -> Ablation:
+    """The ablation score of every unit of every labels file (see the module docstring); ``model``: a
+    ``models.TargetSpec`` or a loaded ``Target``; ``fields``: the settings' and the presence's (``SimulateSettings``:
+    calibration, composed, class_names, superclasses) fields."""
+    from ..probe import open_probe
+    from .simulate import SimulateSettings, _presence_source
+
+    st = AblateSettings.of(settings, **AblateSettings.take(fields))
+    presence = SimulateSettings.of(None, **SimulateSettings.take(fields))
+    opts = PassOptions.of(options, **PassOptions.take(fields))
+    no_other_fields(fields, "ablate")
+    if not label_paths:
+        raise UsageError("give at least one labels file")
+    known = list(A.read_activations(activations, data=False).layers)
+    files = [A.read_label_file(p, layer, composed=presence.composed, known_layers=known) for p in label_paths]
+    if layer is not None:
+        for lf in files:
+            lf.select_layer(layer)
+    acts = A.read_activations(activations, sorted({n for lf in files for n in lf.layers}), data=False)
+    source, ids = _presence_source(files, acts, activations, images, text, annotations, presence,
+                                   Compute(device=opts.device))
+    probe = probe if hasattr(probe, "ids") else open_probe([str(p) for p in probe])
+    pos = {k: i for i, k in enumerate(probe.ids)}
+    missing = [i for i in ids if i not in pos]
+    if missing:
+        raise UsageError(f"image {missing[0]!r} of {activations} is not in the probe",
+                         hint="give the PROBE the activations were recorded on")
+    dev = resolve_device(opts.device)
+    target = model if hasattr(model, "module") else model.load(dev)
+    target.module.to(dev).eval()
+    n_out = _output_width(target, dev)
+    loss, classes = _classes(ids, n_out, st.loss)
+    run = _Run(acts, activations, probe, pos, target, classes, loss, st, opts, dev)
+    rows: dict[str, list] = {c: [] for c in COLUMNS}
+    summary = []
+    for lf in files:
+        for name in dict.fromkeys(lf.layers):
+            entries = [i for i, n in enumerate(lf.layers) if n == name]
+            summary.append(run.layer(lf, name, entries, source, ids, rows))
+    meta = {"activations": str(Path(activations).resolve()), "model": target.spec, "loss": loss,
+            "temperature": st.temperature, "validation": st.validation, "seed": st.seed, "mapping": "norm",
+            "presence": source.name, "summary": summary,
+            "provenance": __import__("json").loads(A.provenance(stage="evaluate ablate"))}
+    return Ablation(rows, summary, meta)
+
+
+def _output_width(target, dev) -> int:
+    import torch
+
+    from ..record import example_input
+
+    with torch.inference_mode():
+        y = target.module(example_input(target, dev))
+    if not isinstance(y, torch.Tensor) or y.dim() != 2:
+        raise UsageError("the model's output is not one [N, classes] tensor, so no loss can be measured",
+                         hint="ablate through a classifier (its logits), or wrap the model as file.py:function")
+    return int(y.shape[1])
+
+
+@dataclass
+class _Run:
+    acts: Any
+    activations: Any
+    probe: Any
+    pos: dict[str, int]
+    target: Any
+    classes: dict[str, int] | None
+    loss: str
+    settings: AblateSettings
+    options: PassOptions
+    dev: Any
+
+    def layer(self, lf, name: str, entries: list[int], source, ids: list[str], rows: dict[str, list]) -> dict[str, Any]:
+        """Score the units ``entries`` of ``lf`` on layer ``name``; their rows are added to ``rows``."""
+        import torch
+
+        from .. import split as S
+        from ..passes import image_pass
+        from .simulate import _check_units, _scored_ids, predictions
+
+        idx, held = _scored_ids(lf, ids)
+        scored_ids = [ids[i] for i in idx]
+        val = S.held_out(scored_ids, self.settings.validation, self.settings.seed)
+        if val.sum() < 3 or (~val).sum() < 2:
+            raise UsageError(f"{lf.path}: {len(scored_ids)} images to score on are too few to split into validation "
+                             f"and scoring parts", hint="use a larger probe or another --validation share")
+        q = A.read_activation_layer(self.activations, name)
+        units = [lf.units[i] for i in entries]
+        _check_units(lf, name, units, q.shape[1], self.activations)
+        row_of_id = {k: i for i, k in enumerate(self.acts.ids)}
+        actual = torch.from_numpy(q[[row_of_id[k] for k in scored_ids]][:, units]).double()
+        pres_u, index, labs, unknown = predictions(source, lf, entries, list(range(len(entries))),
+                                                   {k: r for r, k in enumerate(scored_ids)}, "cpu")
+        pred = pres_u.index_select(1, index).double()
+        v, t = torch.from_numpy(val), torch.from_numpy(~val)
+        mapped = map_norm(pred[t], actual[v], pred[v])
+        d_base = actual[v].mean(dim=0)[None, :] - actual[t]
+        d_pred = mapped - actual[t]
+        reasons = [_reason(source, unknown.get(lab), actual[:, j], pred[:, j], mapped[:, j]) for j, lab in enumerate(labs)]
+        live = [j for j, r in enumerate(reasons) if r is None]
+        site = _unit_site(name, self.acts.layer_attrs[name])
+        tail = _Tail(self.target, site, [units[j] for j in live], (d_base[:, live], d_pred[:, live]), self.classes,
+                     self.loss, self.settings, self.dev)
+        test_ids = [k for k, keep in zip(scored_ids, ~val) if keep]
+        tail.row_of = {self.pos[k]: r for r, k in enumerate(test_ids)}
+        skipped = []
+        if live:
+            skipped = image_pass(self.probe, [tail], self.options.batch_size, self.options.workers_for(len(test_ids)),
+                                 f"ablate {Path(lf.path).name} {name} ({len(live)} units)", self.dev,
+                                 positions=sorted(tail.row_of))
+        scores = {j: score(float(tail.damage[1, k]), float(tail.damage[0, k])) for k, j in enumerate(live)}
+        corr = _correlations(actual[v], pred[v])
+        for j, u in enumerate(units):
+            s = scores.get(j, math.nan)
+            why = reasons[j] or (None if s == s else "moving the unit to its mean changes no loss")
+            _add(rows, lf, name, u, labs[j], s, corr[j], tail.damage[:, live.index(j)] if j in live else None,
+                 len(test_ids) - len(skipped), held, self.loss, why)
+        vals = np.array([scores.get(j, math.nan) for j in range(len(units))], dtype=np.float64)
+        return {"labels": str(lf.path), "method": lf.method, "layer": name, "units": len(units),
+                "scored_units": int(np.isfinite(vals).sum()), "n_images": len(test_ids) - len(skipped),
+                "held_out": held, "mean_ablation": float(np.nanmean(vals)) if np.isfinite(vals).any() else None}
+
+
+def _reason(source, unknown, act, pred, mapped) -> str | None:
+    import torch
+
+    if source.name != "clip" and unknown:
+        return f"no image is annotated with {unknown}"
+    if bool((act == act[0]).all()):
+        return "the unit's activation is constant on the scored images"
+    if bool((pred == pred[0]).all()) or not bool(torch.isfinite(mapped).all()):
+        return "its label predicts the same activation on every image"
+    return None
+
+
+def _correlations(act, pred) -> list[float]:
+    a, p = act - act.mean(dim=0), pred - pred.mean(dim=0)
+    r = (a * p).sum(dim=0) / ((a * a).sum(dim=0) * (p * p).sum(dim=0)).sqrt()
+    return [float(x) for x in r]
+
+
+def _add(rows, lf, name, unit, label, s, corr, damage, n, held, loss, reason) -> None:
+    rows["labels"].append(str(lf.path))
+    rows["method"].append(lf.method)
+    rows["layer"].append(name)
+    rows["unit"].append(int(unit))
+    rows["label"].append(label)
+    rows["ablation"].append(s)
+    rows["correlation"].append(corr if corr == corr else math.nan)
+    rows["damage_base"].append(math.nan if damage is None else float(damage[0]))
+    rows["damage_pred"].append(math.nan if damage is None else float(damage[1]))
+    rows["n_images"].append(int(n))
+    rows["held_out"].append(bool(held))
+    rows["loss"].append(loss)
+    rows["reason"].append(reason)
+
+
+def write_ablation(abl: Ablation, out: str | os.PathLike) -> tuple[str, Path | None]:
+    return A.write_table(out, A.ABLATE_FORMAT, abl.rows, abl.metadata, summary=abl.summary)
