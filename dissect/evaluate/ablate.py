@@ -107,7 +107,10 @@ class _Tail:
     """A consumer of ``passes.image_pass``: for each batch of scoring images, the damage each unit's baseline and
     prediction do to the loss (the prefix run once, the output widened at the unit's module)."""
 
-    def __init__(self, target, site: _Unit, units: list[int], deltas, classes, loss: str, settings: AblateSettings, dev):
+    def __init__(self, target, site: _Unit, units: list[int], deltas, classes: list[int] | None, loss: str,
+                 settings: AblateSettings, dev):
+        """``deltas``: (baseline, prediction) [scoring rows, units], each unit's move on each image; ``classes``: each
+        scoring row's class (ce), or None (kl); ``row_of`` (set after): probe position -> scoring row."""
         import torch
 
         self.transform, self.model, self.site = target.transform, target.module, site
@@ -289,9 +292,10 @@ class _Run:
         reasons = [_reason(source, unknown.get(lab), actual[:, j], pred[:, j], mapped[:, j]) for j, lab in enumerate(labs)]
         live = [j for j, r in enumerate(reasons) if r is None]
         site = _unit_site(name, self.acts.layer_attrs[name])
-        tail = _Tail(self.target, site, [units[j] for j in live], (d_base[:, live], d_pred[:, live]), self.classes,
-                     self.loss, self.settings, self.dev)
         test_ids = [k for k, keep in zip(scored_ids, ~val) if keep]
+        classes = None if self.classes is None else [self.classes[k] for k in test_ids]
+        tail = _Tail(self.target, site, [units[j] for j in live], (d_base[:, live], d_pred[:, live]), classes,
+                     self.loss, self.settings, self.dev)
         tail.row_of = {self.pos[k]: r for r, k in enumerate(test_ids)}
         skipped = []
         if live:

@@ -43,31 +43,35 @@ def map_norm(pred_test: torch.Tensor, act_val: torch.Tensor, pred_val: torch.Ten
     return z * sd * r + mu
 
 
+def _channels_second(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """A view of ``x`` with its channels on axis 1 (writes go to ``x``)."""
+    if layout in ("nc", "nchw", "ncl"):
+        return x
+    if layout == "nlc":
+        return x.transpose(1, 2)
+    if layout == "nhwc":
+        return x.permute(0, 3, 1, 2)
+    raise ValueError(f"unknown layout {layout!r}")
+
+
 def edit(out: torch.Tensor, layout: str, rows: torch.Tensor, channels: torch.Tensor | None, deltas: torch.Tensor,
          decoder: torch.Tensor | None = None) -> torch.Tensor:
     """``out`` (a layer's output, batch first) with row ``rows[i]`` moved by ``deltas[i]``: on channel
     ``channels[i]`` at every position, or along ``decoder[channels[i]]`` (a [K, C] decoder) at every position.
-    Returns a new tensor."""
+    Edits of one row add up. Returns a new tensor."""
     out = out.clone()
     if rows.numel() == 0:
         return out
+    view = _channels_second(out, layout)
     d = deltas.to(out.dtype)
+    positions = (1,) * (view.dim() - 2)
     if decoder is not None:
         vec = decoder.to(out.device, out.dtype)[channels] * d[:, None]          # [E, C]
-        if layout in ("nc", "nlc", "nhwc"):
-            shape = (len(rows),) + (1,) * (out.dim() - 2) + (vec.shape[1],)
-        else:                                                                  # channels second
-            shape = (len(rows), vec.shape[1]) + (1,) * (out.dim() - 2)
-        out[rows] += vec.reshape(shape)
+        view.index_put_((rows,), vec.reshape(vec.shape + positions).expand((len(rows),) + view.shape[1:]),
+                        accumulate=True)
         return out
-    if layout in ("nc", "nchw", "ncl"):
-        out[rows, channels] += d.reshape((-1,) + (1,) * (out.dim() - 2))
-    elif layout == "nlc":
-        out[rows, :, channels] += d[:, None]
-    elif layout == "nhwc":
-        out[rows, :, :, channels] += d[:, None, None]
-    else:
-        raise ValueError(f"unknown layout {layout!r}")
+    view.index_put_((rows, channels), d.reshape((-1,) + positions).expand((len(rows),) + view.shape[2:]),
+                    accumulate=True)
     return out
 
 

@@ -1,0 +1,115 @@
+"""dissect evaluate ablate (issue #28): the kernels against float64 references written from Linear Explanations'
+definitions, the exact ends of the score (own activation 1, mean 0) for every kind of unit, and the command."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dissect.evaluate import ablation as Ab
+
+
+def _map_norm_reference(pred_test, act_val, pred_val):
+    """simulate_ablation_norm: z-score of the prediction over the test images, times the unit's std and the
+    prediction's correlation with it on the validation images, plus the unit's mean there (unbiased std)."""
+    out = np.zeros_like(pred_test, dtype=np.float64)
+    for u in range(pred_test.shape[1]):
+        a, v, p = act_val[:, u].tolist(), pred_val[:, u].tolist(), pred_test[:, u].tolist()
+        ma, mv, mp = sum(a) / len(a), sum(v) / len(v), sum(p) / len(p)
+        sa = math.sqrt(sum((x - ma) ** 2 for x in a) / (len(a) - 1))
+        sp = math.sqrt(sum((x - mp) ** 2 for x in p) / (len(p) - 1))
+        r = sum((x - ma) * (y - mv) for x, y in zip(a, v)) / math.sqrt(
+            sum((x - ma) ** 2 for x in a) * sum((y - mv) ** 2 for y in v))
+        for i, x in enumerate(p):
+            out[i, u] = (x - mp) / sp * sa * r + ma
+    return out
+
+
+def test_the_mapping_to_a_units_scale_is_linear_explanations_norm_mode():
+    rng = np.random.default_rng(0)
+    act_val, pred_val, pred_test = rng.normal(size=(30, 4)), rng.normal(size=(30, 4)), rng.normal(size=(20, 4))
+    pred_val[:, 1] = 2 * act_val[:, 1] + 1                               # r = 1: the unit's own scale back
+    got = Ab.map_norm(torch.from_numpy(pred_test), torch.from_numpy(act_val), torch.from_numpy(pred_val)).numpy()
+    np.testing.assert_allclose(got, _map_norm_reference(pred_test, act_val, pred_val), atol=1e-12)
+
+
+def test_losses_are_the_cross_entropy_of_calibrated_logits_or_the_kl_from_the_unedited_output():
+    rng = np.random.default_rng(1)
+    logits, ref = rng.normal(size=(5, 7)), rng.normal(size=(5, 7))
+    y = rng.integers(0, 7, size=5)
+    t = 1.1
+    ce = [math.log(sum(math.exp(v / t) for v in row)) - row[k] / t for row, k in zip(logits, y)]
+    got = Ab.losses(torch.from_numpy(logits), torch.from_numpy(ref), torch.from_numpy(y), t).numpy()
+    np.testing.assert_allclose(got, ce, atol=1e-12)
+    kl = []
+    for row, r0 in zip(logits, ref):
+        p = np.exp(r0 / t) / np.exp(r0 / t).sum()
+        q = np.exp(row / t) / np.exp(row / t).sum()
+        kl.append(float(sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))))
+    np.testing.assert_allclose(Ab.losses(torch.from_numpy(logits), torch.from_numpy(ref), None, t).numpy(), kl, atol=1e-12)
+    assert Ab.score(0.0, 2.0) == 1.0 and Ab.score(2.0, 2.0) == 0.0 and Ab.score(3.0, 2.0) == -0.5
+    assert math.isnan(Ab.score(1.0, 0.0))
+
+
+@pytest.mark.parametrize("layout,shape", [("nchw", (3, 4, 2, 2)), ("nhwc", (3, 2, 2, 4)), ("nlc", (3, 5, 4)),
+                                          ("nc", (3, 4)), ("ncl", (3, 4, 5))])
+def test_an_edit_moves_one_rows_channel_or_decoder_direction_at_every_position(layout, shape):
+    rng = np.random.default_rng(2)
+    out = rng.normal(size=shape)
+    rows, chans, deltas = np.array([0, 2, 2]), np.array([1, 3, 0]), np.array([0.5, -2.0, 3.0])
+    axis = {"nchw": 1, "ncl": 1, "nc": 1, "nhwc": -1, "nlc": -1}[layout]
+    want = out.copy()
+    for r, c, d in zip(rows, chans, deltas):
+        idx = [r] + [slice(None)] * (len(shape) - 1)
+        idx[axis if axis > 0 else len(shape) - 1] = c
+        want[tuple(idx)] += d
+    got = Ab.edit(torch.from_numpy(out), layout, torch.from_numpy(rows), torch.from_numpy(chans), torch.from_numpy(deltas))
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-12)
+    dec = rng.normal(size=(6, 4))                                        # 6 latents on 4 channels
+    want = out.copy()
+    for r, k, d in zip(rows, chans, deltas):
+        moved = np.moveaxis(want[r], (axis - 1) if axis > 0 else -1, -1)  # this row, channels last (a view)
+        moved += d * dec[k]
+    got = Ab.edit(torch.from_numpy(out), layout, torch.from_numpy(rows), torch.from_numpy(chans), torch.from_numpy(deltas),
+                  torch.from_numpy(dec))
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# Own activation 1, mean 0: every kind of unit, through the network
+# ---------------------------------------------------------------------------
+
+SITES = [("timm:test_resnet", "layer4", "nchw", None),                  # a conv channel
+         ("timm:test_resnet", "fc", "nc", None),                         # an fc unit (a logit)
+         ("timm:test_vit", "blocks.0", "nlc", None),                     # a token channel
+         ("timm:test_resnet", "layer4", "nchw", 40),                     # an SAE latent of layer4 (40 latents)
+         ("timm:test_resnet", "layer4.0.bn2", "nchw", None)]             # inside a residual block: inputs repeated
+
+
+@pytest.mark.parametrize("spec,layer,layout,latents", SITES)
+@pytest.mark.parametrize("loss", ["kl", "ce"])
+def test_moving_a_unit_to_its_own_activation_scores_one_and_to_its_mean_zero(spec, layer, layout, latents, loss):
+    from dissect.evaluate.ablate import AblateSettings, _Tail, _Unit
+    from dissect.models import load_target
+
+    torch.manual_seed(0)
+    t = load_target(spec, "none", None, None, "cpu", layers=[layer])
+    t.module.eval()
+    n, s = 10, t.preprocess.input_size
+    x = torch.randn(n, 3, s, s)
+    decoder = torch.randn(latents, t.module.fc.in_features) if latents else None      # layer4's channels
+    units = [0, 3, 7]
+    base = torch.randn(n, len(units)).double()
+    classes = [i % 5 for i in range(n)] if loss == "ce" else None         # each scoring row's class
+    for pred, want in ((torch.zeros(n, len(units)).double(), 1.0), (base.clone(), 0.0)):
+        tail = _Tail(t, _Unit(layer, layout, decoder), units, (base, pred), classes, loss, AblateSettings(samples=16),
+                     "cpu")
+        tail.row_of = {i: i for i in range(n)}
+        tail(torch.arange(n), x)
+        got = [Ab.score(float(tail.damage[1, k]), float(tail.damage[0, k])) for k in range(len(units))]
+        assert got == [want] * len(units), (got, want)
+        assert bool((tail.damage[0] > 0).all())                           # the mean does damage
+    assert tail.expand == (layer != "layer4.0.bn2")   # a residual branch (timm zero-inits its last BN): input repeated
