@@ -94,6 +94,8 @@ def demo(
         _print_segmentation(con, res.segmentation)
     if res.checkpoints:
         _print_checkpoints(con, res.checkpoints)
+    if res.ablation:
+        _print_ablation(con, res.ablation)
     if res.worlds:
         _print_worlds(con, res.worlds)
     con.print(f"{res.n_images} probe images; {res.seconds:.0f} s in all; artifacts in {res.out}/ (demo.json, labels-*.parquet); "
@@ -137,6 +139,20 @@ def _print_checkpoints(con, cp) -> None:
     a, b = cp["final"][cp["without"]]
     con.print(f"{pairs}; the final layer's {cp['without']} label {a} -> {b}; other shapes kept: "
               f"{cp['others_kept']} of {len(cp['shapes']) - 1}. `dissect report --compare` shows the units side by side.")
+
+
+def _print_ablation(con, rows) -> None:
+    """Mean ablation score of each method's labels on layer4, against the same labels shuffled across units."""
+    from rich.table import Table
+
+    t = Table(title="Does the network use what the labels say? (evaluate ablate, layer4, held-out images): the share "
+                    "of a unit's mean-ablation damage its label undoes", title_justify="left", min_width=100)
+    for col in ("method", "mean ablation", "labels shuffled across units", "units whose own label scores higher"):
+        t.add_column(col, justify="left" if col == "method" else "right")
+    fmt = lambda v, p=False: "-" if v is None else (f"{v:.0%}" if p else f"{v:.3f}")  # noqa: E731
+    for r in rows:
+        t.add_row(r["method"], fmt(r["mean"]), fmt(r["mean_shuffled"]), fmt(r["own_higher"], True))
+    con.print(t)
 
 
 def _print_worlds(con, worlds) -> None:

@@ -113,3 +113,50 @@ def test_moving_a_unit_to_its_own_activation_scores_one_and_to_its_mean_zero(spe
         assert got == [want] * len(units), (got, want)
         assert bool((tail.damage[0] > 0).all())                           # the mean does damage
     assert tail.expand == (layer != "layer4.0.bn2")   # a residual branch (timm zero-inits its last BN): input repeated
+
+
+# ---------------------------------------------------------------------------
+# The command on the demo world
+# ---------------------------------------------------------------------------
+
+from dissect import artifacts as A  # noqa: E402
+from dissect.demo import demo_specs  # noqa: E402
+
+from test_cli import assert_one_line_error, invoke  # noqa: E402
+
+
+def test_a_published_linear_explanations_file_is_scored_beside_its_own_ablation_columns(demo_run, tmp_path):
+    """A result file in Linear Explanations' published layout (unit, description, sim correlation, sim
+    ablation(norm), sim ablation(optim); the layer in the file name) is read as labels and scored, its published
+    ablation (their optim column, the paper's) carried beside ours for every unit."""
+    import pyarrow.parquet as pq
+
+    out, _ = demo_run
+    labels = {r["unit"]: r["label"] for r in pq.read_table(out / "labels-mixed-softwpmi.parquet").to_pylist()
+              if r["layer"] == "layer4"}
+    csv = tmp_path / "resnet_demo_layer4.csv"
+    csv.write_text("unit,description,sim correlation,sim ablation(norm),sim ablation(optim)\n"
+                   + "".join(f"{u},{labels[u]},0.1,{u / 200},{u / 100}\n" for u in sorted(labels)))
+    r = invoke("evaluate", "ablate", csv, "-a", out / "activations.h5", "--probe", out / "probe",
+               *demo_specs().command_line().split(), "--images", out / "images.h5", "-t", out / "text-mixed.h5",
+               "-o", tmp_path / "ablate.parquet")
+    assert "records no split" in r.stderr and "mean ablation" in r.stdout
+    rows = A.read_table(tmp_path / "ablate.parquet", A.ABLATE_FORMAT).to_pylist()
+    assert len(rows) == 96 and all(x["layer"] == "layer4" and x["loss"] == "kl" for x in rows)
+    assert [x["published_ablation"] for x in sorted(rows, key=lambda x: x["unit"])] == [u / 100 for u in range(96)]
+    assert sum(np.isfinite(x["ablation"]) for x in rows) >= 90
+    summary = __import__("json").loads((tmp_path / "ablate.json").read_text())
+    assert summary[0]["published_column"] == "sim ablation(optim)"
+
+
+def test_ablate_refuses_what_it_cannot_score_in_one_line(demo_run, tmp_path):
+    out, _ = demo_run
+    common = ["-a", out / "activations.h5", "--probe", out / "probe", *demo_specs().command_line().split(),
+              "--images", out / "images.h5", "-t", out / "text-mixed.h5", "--layer", "fc"]
+    r = invoke("evaluate", "ablate", out / "labels-mixed-softwpmi.parquet", *common, "--loss", "ce",
+               "-o", tmp_path / "a.parquet", ok=False)
+    assert_one_line_error(r, "needs an ImageFolder probe")
+    r = invoke("evaluate", "ablate", out / "labels-mixed-softwpmi.parquet", *common, "--validation", "1.5",
+               "-o", tmp_path / "a.parquet", ok=False)
+    assert_one_line_error(r, "--validation must be in (0, 1)")
+    assert not (tmp_path / "a.parquet").exists()

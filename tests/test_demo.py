@@ -155,3 +155,19 @@ def test_the_demo_compares_its_classifier_with_one_retrained_without_circles(dem
     first = page.index('<div class="card">', page.index("layer4 → layer4"))        # the biggest loss first: circle
     assert page[first : first + 400].count('class="tag lost"') == 1 and ": circle</h3>" in page[first : first + 3000]
     assert page.count("<img ") >= 2 * 3 * 96 and (tmp_path / "page" / "thumbs").is_dir()
+
+
+def test_the_demo_scores_whether_the_network_uses_what_its_labels_say(demo_run):
+    """Issue #28 on the demo classifier's layer4 (96 units, scored on the 25% of images held out from labelling):
+    each method's labels undo more of a unit's mean-ablation damage than the same labels shuffled across units.
+    Measured: single labels 0.142 vs 0.007 (own label higher on 55% of units: most labels of this layer predict
+    little either way), compositions 0.134 vs 0.008 (54%), linear explanations 0.784 vs 0.097 (100%)."""
+    out, result = demo_run
+    rows = {r["method"]: r for r in json.loads((out / "demo.json").read_text())["ablation"]}
+    assert set(rows) == {"single label", "composition", "linear explanation"}
+    for method in ("single label", "composition"):
+        r = rows[method]
+        assert r["units"] >= 90 and r["mean"] > r["mean_shuffled"] + 0.05 and r["own_higher"] >= 0.5, r
+    r = rows["linear explanation"]
+    assert r["mean"] > r["mean_shuffled"] + 0.3 and r["own_higher"] >= 0.9, r
+    assert "Does the network use what the labels say?" in result.output

@@ -51,6 +51,7 @@ def every_kind(demo_run, tmp_path_factory):
         A.PREDICT_FORMAT: d / "predict.parquet", A.SIMULATE_FORMAT: d / "simulate.parquet",
         A.SANITY_FORMAT: d / "sanity.parquet", A.EXPLAIN_FORMAT: d / "explanations.parquet",
         A.SEGMENT_FORMAT: d / "segment.parquet", A.COMPARE_FORMAT: out / "compare-without-circle.parquet",
+        A.ABLATE_FORMAT: out / "ablate-layer4.parquet",
     }
 
 

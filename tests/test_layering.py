@@ -18,13 +18,13 @@ LAYERS = [
     {"artifacts", "artifacts.formats", "artifacts.files", "artifacts.hdf5", "artifacts.tables", "artifacts.tensors",
      "artifacts.external", "artifacts.sniff", "artifacts.runs", "artifacts.masks", "artifacts.stored_maps", "maps",
      "concepts", "probe", "hooks", "models", "clip", "similarity", "split",
-     "evaluate", "evaluate.metrics", "evaluate.sanity", "evaluate.mixture", "evaluate.segmentation",  # lazily imported
+     "evaluate", "evaluate.metrics", "evaluate.sanity", "evaluate.mixture", "evaluate.segmentation", "evaluate.ablation",  # lazily imported
      "directions", "correlate"},
     {"passes", "shards"},
     {"embed", "record", "inputs", "label", "evaluate.presence", "decompose"},
     {"compose", "evaluate.protocol", "evaluate.results", "evaluate.resampling", "evaluate.simulate",
-     "evaluate.sanity_report", "evaluate.segment", "report", "describe", "explain", "compare", "report_compare"},
-    {"pipeline", "demo", "demo.world", "demo.planted", "demo.scenes", "demo.specs", "demo.two_worlds", "demo.checkpoints"},
+     "evaluate.sanity_report", "evaluate.segment", "evaluate.ablate", "report", "describe", "explain", "compare", "report_compare"},
+    {"pipeline", "demo", "demo.world", "demo.planted", "demo.scenes", "demo.specs", "demo.two_worlds", "demo.checkpoints", "demo.ablations"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -101,7 +101,8 @@ _COMPARE = [("layer_a", "string"), ("unit_a", "int32"), ("layer_b", "string"), (
 
 _ABLATE = [("labels", "string"), ("method", "string"), ("layer", "string"), ("unit", "int32"), ("label", "string"),
            ("ablation", "float64"), ("correlation", "float64"), ("damage_base", "float64"), ("damage_pred", "float64"),
-           ("n_images", "int64"), ("held_out", "bool"), ("loss", "string"), ("reason", "string")]
+           ("n_images", "int64"), ("held_out", "bool"), ("loss", "string"), ("reason", "string"),
+           ("published_ablation", "float64")]
 
 #: Every Parquet kind. Composed labels guarantee fewer columns than they write (files of dissect 0.2 lack the
 #: held-out ones); the evaluations' tables take their types from their rows.

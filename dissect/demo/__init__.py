@@ -54,6 +54,7 @@ class DemoResult:
     worlds: dict[str, dict[str, Any]] = field(default_factory=dict)  # "A", "B" -> two_worlds measurements
     segmentation: list[dict[str, Any]] = field(default_factory=list)  # layer x mask kind -> labels vs. best-IoU concept
     checkpoints: dict[str, Any] = field(default_factory=dict)  # the classifier retrained without circles, compared
+    ablation: list[dict[str, Any]] = field(default_factory=list)  # method -> mean ablation score, own vs shuffled labels
 
 
 def _layer_rows(labels, layer: str) -> list[dict[str, Any]]:
@@ -196,18 +197,21 @@ def run_demo(out: str | Path = "runs/demo", n_images: int = 2000, seed: int = 12
     from .checkpoints import compare_checkpoints
 
     checkpoints = timed("compare", compare_checkpoints, out, probe, specs, str(dev), batch_size, workers)
+    from .ablations import ablation_scores
+
+    ablation = timed("ablate", ablation_scores, out, probe, specs, str(dev), batch_size)
     worlds = timed("worlds", two_worlds.compare, out, probe, specs.final_layer, planted_rows, str(dev), batch_size,
                    workers)
 
     counts = {k: len(v) for k, v in sets.items()}
     result = DemoResult(out, specs, n_images, accuracy, final_rows, hidden, agreement, time.perf_counter() - t0, counts, timings,
-                        planted_rows, composition_rows, worlds, segmentation, checkpoints)
+                        planted_rows, composition_rows, worlds, segmentation, checkpoints, ablation)
     summary = {
         "n_images": n_images, "concept_counts": counts, "common_words": COMMON_WORDS, "seed": seed, "accuracy": accuracy, "hidden_agreement": agreement,
         "seconds": round(result.seconds, 1), "timings": {k: round(v, 1) for k, v in timings.items()},
         "clip": specs.clip, "model": specs.model, "weights": specs.weights, "planted": planted_rows,
         "composition": composition_rows, "worlds": worlds, "segmentation": segmentation,
-        "checkpoints": checkpoints,
+        "checkpoints": checkpoints, "ablation": ablation,
     }
     A.write_json(out / "demo.json", summary)
     # The folder is a run folder too: `dissect report OUT` and `dissect show OUT` open its headline labels.

@@ -33,7 +33,11 @@ from .ablation import TEMPERATURE, edit, losses, map_norm, score
 
 LOSSES = ("auto", "ce", "kl")
 COLUMNS = ("labels", "method", "layer", "unit", "label", "ablation", "correlation", "damage_base", "damage_pred",
-           "n_images", "held_out", "loss", "reason")
+           "n_images", "held_out", "loss", "reason", "published_ablation")
+#: Added to --seed for the validation split: never the seed of a labels file's holdout (the same id hash).
+VALIDATION_SEED_OFFSET = 1_000_003
+#: The ablation columns of Linear Explanations' published result files, the one their paper reports first.
+PUBLISHED = ("sim ablation(optim)", "sim ablation(norm)")
 
 
 @dataclass(frozen=True)
@@ -127,8 +131,9 @@ class _Tail:
             raise UsageError(f"module {self.site.module} returns {type(out).__name__}, not a tensor, so its units "
                              "cannot be moved", hint="ablate a layer whose output is one tensor")
         rows, chans, deltas, copies = self.plan
-        if self.expand:
-            out = out.repeat_interleave(copies, dim=0)
+        if self.expand:             # a new tensor of the copies: edited in place
+            return edit(out.repeat_interleave(copies, dim=0), self.site.layout, rows, chans, deltas, self.site.decoder,
+                        inplace=True)
         return edit(out, self.site.layout, rows, chans, deltas, self.site.decoder)
 
     def _run(self, x, copies: int):
@@ -273,7 +278,8 @@ class _Run:
 
         idx, held = _scored_ids(lf, ids)
         scored_ids = [ids[i] for i in idx]
-        val = S.held_out(scored_ids, self.settings.validation, self.settings.seed)
+        # seeded apart from the labels' own holdout: the same hash would put every held-out image in validation
+        val = S.held_out(scored_ids, self.settings.validation, VALIDATION_SEED_OFFSET + self.settings.seed)
         if val.sum() < 3 or (~val).sum() < 2:
             raise UsageError(f"{lf.path}: {len(scored_ids)} images to score on are too few to split into validation "
                              f"and scoring parts", hint="use a larger probe or another --validation share")
@@ -304,15 +310,41 @@ class _Run:
                                  positions=sorted(tail.row_of))
         scores = {j: score(float(tail.damage[1, k]), float(tail.damage[0, k])) for k, j in enumerate(live)}
         corr = _correlations(actual[v], pred[v])
+        published, column = _published(lf)
         for j, u in enumerate(units):
             s = scores.get(j, math.nan)
             why = reasons[j] or (None if s == s else "moving the unit to its mean changes no loss")
             _add(rows, lf, name, u, labs[j], s, corr[j], tail.damage[:, live.index(j)] if j in live else None,
                  len(test_ids) - len(skipped), held, self.loss, why)
+            rows["published_ablation"].append(published.get(int(u), math.nan))
         vals = np.array([scores.get(j, math.nan) for j in range(len(units))], dtype=np.float64)
+        theirs = np.array([published.get(int(u), math.nan) for u in units], dtype=np.float64)
         return {"labels": str(lf.path), "method": lf.method, "layer": name, "units": len(units),
                 "scored_units": int(np.isfinite(vals).sum()), "n_images": len(test_ids) - len(skipped),
-                "held_out": held, "mean_ablation": float(np.nanmean(vals)) if np.isfinite(vals).any() else None}
+                "held_out": held, "mean_ablation": float(np.nanmean(vals)) if np.isfinite(vals).any() else None,
+                "published_column": column,
+                "mean_published_ablation": float(np.nanmean(theirs)) if np.isfinite(theirs).any() else None}
+
+
+def _published(lf) -> tuple[dict[int, float], str | None]:
+    """The ablation scores a Linear Explanations result file publishes per unit (0-based, as they number them), and
+    the column read: their optim mode's where present (the paper's), else their norm mode's."""
+    import csv
+
+    if Path(lf.path).suffix.lower() != ".csv":
+        return {}, None
+    with open(lf.path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        column = next((c for c in PUBLISHED if c in (reader.fieldnames or [])), None)
+        if column is None or "unit" not in (reader.fieldnames or []):
+            return {}, None
+        out = {}
+        for row in reader:
+            try:
+                out[int(row["unit"])] = float(row[column])
+            except (TypeError, ValueError):
+                continue          # their "-" for a unit not scored
+    return out, column
 
 
 def _reason(source, unknown, act, pred, mapped) -> str | None:

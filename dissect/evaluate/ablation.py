@@ -55,11 +55,11 @@ def _channels_second(x: torch.Tensor, layout: str) -> torch.Tensor:
 
 
 def edit(out: torch.Tensor, layout: str, rows: torch.Tensor, channels: torch.Tensor | None, deltas: torch.Tensor,
-         decoder: torch.Tensor | None = None) -> torch.Tensor:
+         decoder: torch.Tensor | None = None, inplace: bool = False) -> torch.Tensor:
     """``out`` (a layer's output, batch first) with row ``rows[i]`` moved by ``deltas[i]``: on channel
     ``channels[i]`` at every position, or along ``decoder[channels[i]]`` (a [K, C] decoder) at every position.
-    Edits of one row add up. Returns a new tensor."""
-    out = out.clone()
+    Edits of one row add up. A new tensor unless ``inplace`` (for a tensor nothing else holds)."""
+    out = out if inplace else out.clone()
     if rows.numel() == 0:
         return out
     view = _channels_second(out, layout)
