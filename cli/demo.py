@@ -145,13 +145,14 @@ def _print_ablation(con, rows) -> None:
     """Mean ablation score of each method's labels on layer4, against the same labels shuffled across units."""
     from rich.table import Table
 
-    t = Table(title="Does the network use what the labels say? (evaluate ablate, layer4, held-out images): the share "
+    t = Table(title="Does the network use what the labels say? (evaluate ablate on layer4, held-out images): the share "
                     "of a unit's mean-ablation damage its label undoes", title_justify="left", min_width=100)
-    for col in ("method", "mean ablation", "labels shuffled across units", "units whose own label scores higher"):
-        t.add_column(col, justify="left" if col == "method" else "right")
+    for col in ("units", "method", "mean ablation", "labels shuffled across units", "units whose own label scores higher"):
+        t.add_column(col, justify="left" if col in ("units", "method") else "right")
     fmt = lambda v, p=False: "-" if v is None else (f"{v:.0%}" if p else f"{v:.3f}")  # noqa: E731
     for r in rows:
-        t.add_row(r["method"], fmt(r["mean"]), fmt(r["mean_shuffled"]), fmt(r["own_higher"], True))
+        t.add_row(f"{r['units']} ({r['n_units']})", r["method"], fmt(r["mean"]), fmt(r["mean_shuffled"]),
+                  fmt(r["own_higher"], True))
     con.print(t)
 
 

@@ -2,7 +2,8 @@
 
 Single labels (SoftWPMI, labelled on 75% of the probe), compositions of them and linear explanations,
 each against the same labels shuffled across the units: a label that says what the network uses
-its unit for undoes more of the unit's mean-ablation damage than another unit's label does.
+its unit for undoes more of the unit's mean-ablation damage than another unit's label does. On the
+layer's neurons, and on the planted units made directions of the layer (their meaning is known).
 """
 
 from __future__ import annotations
@@ -34,9 +35,43 @@ def shuffled(path: Path, out: Path, seed: int = 0) -> Path:
     return out
 
 
+def planted_directions(out: Path, probe: Path, specs, device: str, batch_size: int) -> tuple[Path, str]:
+    """The planted units made network units: for each, the direction of layer4 whose activation (layer4's summary ·
+    direction) best fits it in least squares over the probe, recorded as the entry ``layer4@planted`` (its own
+    activations file). Returns (the file, the entry)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from .. import artifacts as A
+    from ..models import PreprocessOverrides
+    from ..record import record
+    from . import planted
+
+    acts = A.read_activations(out / "activations.h5", [LAYER])
+    x = acts.layers[LAYER].astype(np.float64)
+    y = planted.activations(list(acts.ids), probe).astype(np.float64)
+    w, *_ = np.linalg.lstsq(x - x.mean(0), y - y.mean(0), rcond=None)           # [C, units]
+    directions = out / "planted-directions.safetensors"
+    save_file({"directions": np.ascontiguousarray(w.T, dtype=np.float32)}, str(directions))
+    path = out / "activations-planted-directions.h5"
+    path.unlink(missing_ok=True)
+    record([str(probe)], specs.model, [LAYER], path, weights=specs.weights, model_args=specs.model_args,
+           overrides=PreprocessOverrides(specs.input_size, specs.crop_pct, specs.mean, specs.std, specs.interpolation),
+           device=device, batch_size=batch_size, workers=0, directions=[f"{LAYER}@planted={directions}"])
+    return path, f"{LAYER}@planted"
+
+
 def ablation_scores(out: Path, probe: Path, specs, device: str, batch_size: int) -> list[dict[str, Any]]:
-    """Per method (label, composition, linear explanation): the mean ablation score of its labels and of the same
-    labels shuffled across the units, and the share of units whose own label scores higher."""
+    """Per method (label, composition, linear explanation), on layer4's units and on the planted units made
+    directions of layer4 (:func:`planted_directions`): the mean ablation score of its labels and of the same labels
+    shuffled across the units, and the share of units whose own label scores higher."""
+    rows = _scores(out, probe, specs, device, batch_size, out / "activations.h5", LAYER, "layer4 neurons")
+    path, entry = planted_directions(out, probe, specs, device, batch_size)
+    return rows + _scores(out, probe, specs, device, batch_size, path, entry, "planted directions")
+
+
+def _scores(out: Path, probe: Path, specs, device: str, batch_size: int, acts: Path, layer: str,
+            units: str) -> list[dict[str, Any]]:
     import numpy as np
 
     from ..compose import compose
@@ -45,28 +80,29 @@ def ablation_scores(out: Path, probe: Path, specs, device: str, batch_size: int)
     from ..label import label
     from ..models import PreprocessOverrides, TargetSpec
 
-    acts, images, text = out / "activations.h5", out / "images.h5", out / "text-mixed.h5"
-    labels = out / f"labels-{LAYER}-heldout.parquet"
-    label(images, acts, labels, text=text, layers=[LAYER], holdout=HOLDOUT, holdout_seed=0, device=device)
-    composed = out / f"composed-{LAYER}.parquet"
-    compose(images, acts, composed, text=text, labels=labels, layers=[LAYER], device=device)
-    explained = out / f"explanations-{LAYER}.parquet"
-    explain(acts, explained, images=images, text=text, layers=[LAYER], holdout=HOLDOUT, device=device)
+    images, text = out / "images.h5", out / "text-mixed.h5"
+    stem = layer.replace("@", "-")
+    labels = out / f"labels-{stem}-heldout.parquet"
+    label(images, acts, labels, text=text, layers=[layer], holdout=HOLDOUT, holdout_seed=0, device=device)
+    composed = out / f"composed-{stem}.parquet"
+    compose(images, acts, composed, text=text, labels=labels, layers=[layer], device=device)
+    explained = out / f"explanations-{stem}.parquet"
+    explain(acts, explained, images=images, text=text, layers=[layer], holdout=HOLDOUT, device=device)
     files = {"single label": labels, "composition": composed, "linear explanation": explained}
     mixed = {k: shuffled(p, p.with_name(p.stem + "-shuffled.parquet")) for k, p in files.items()}
     target = TargetSpec(specs.model, specs.weights, specs.model_args,
                         PreprocessOverrides(specs.input_size, specs.crop_pct, specs.mean, specs.std, specs.interpolation))
     paths = [str(p) for p in files.values()] + [str(p) for p in mixed.values()]
-    abl = ablate(paths, acts, [str(probe)], target, images=images, text=text, layer=LAYER, device=device,
+    abl = ablate(paths, acts, [str(probe)], target, images=images, text=text, layer=layer, device=device,
                  batch_size=batch_size, workers=0)
-    write_ablation(abl, out / f"ablate-{LAYER}.parquet")
+    write_ablation(abl, out / f"ablate-{stem}.parquet")
     r = abl.rows
     rows = []
     for method, path in files.items():
         own = {u: s for f, u, s in zip(r["labels"], r["unit"], r["ablation"]) if f == str(path)}
         other = {u: s for f, u, s in zip(r["labels"], r["unit"], r["ablation"]) if f == str(mixed[method])}
         both = [u for u in own if np.isfinite(own[u]) and np.isfinite(other.get(u, np.nan))]
-        rows.append({"method": method, "units": len(both),
+        rows.append({"units": units, "method": method, "n_units": len(both),
                      "mean": float(np.mean([own[u] for u in both])) if both else None,
                      "mean_shuffled": float(np.mean([other[u] for u in both])) if both else None,
                      "own_higher": float(np.mean([own[u] > other[u] for u in both])) if both else None})
