@@ -589,9 +589,11 @@ def _encode_block(ds: DirectionSet, block):
 
 
 def decoder(kind: str, spec: str):
-    """[K, C] rows along which moving the layer's activation by Δ moves unit k by about Δ (``evaluate ablate``):
-    an SAE's decoder rows (``W_dec``; exactly Δ for an SAE whose W_enc·W_dec is the identity), a matrix's rows
-    divided by their squared norms (exactly Δ along each direction). A module's directions name none: a UsageError."""
+    """[K, C] rows along which moving the layer's activation by Δ moves unit k by Δ (``evaluate ablate``): an SAE's
+    decoder rows scaled so that latent k's pre-activation moves by exactly Δ (W_dec[k] / (W_enc[:, k] · W_dec[k]);
+    the latent itself where its activation passes it on, and before any normalisation of the input), a matrix's
+    rows divided by their squared norms (exactly Δ along each direction). A module's directions name none: a
+    UsageError."""
     import torch
 
     path, _, key = spec.partition("#")
@@ -603,9 +605,13 @@ def decoder(kind: str, spec: str):
             sd = load_file(str(w))
         except Exception as e:
             raise ArtifactError(f"cannot read {w}: {(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
-        if "W_dec" not in sd:
+        if "W_dec" not in sd or "W_enc" not in sd:
             raise ArtifactError(f"{w} has no W_dec, so its latents cannot be moved", hint=f"it holds: {', '.join(sorted(sd))}")
-        return sd["W_dec"].to(torch.float32)
+        dec, enc = sd["W_dec"].to(torch.float32), sd["W_enc"].to(torch.float32)     # [K, C], [C, K]
+        if dec.ndim != 2 or enc.shape != dec.T.shape:
+            raise ArtifactError(f"{w}: W_dec {tuple(dec.shape)} does not fit W_enc {tuple(enc.shape)}")
+        gain = (enc.T * dec).sum(dim=1, keepdim=True)          # how far latent k's pre-activation moves per W_dec[k]
+        return torch.where(gain.abs() > 1e-12, dec / gain, dec)
     if kind == "matrix":
         d = load_matrix(Path(path), key or None).module.weight.detach().to(torch.float32)
         return d / (d * d).sum(dim=1, keepdim=True).clamp_min(1e-30)

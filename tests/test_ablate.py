@@ -115,6 +115,46 @@ def test_moving_a_unit_to_its_own_activation_scores_one_and_to_its_mean_zero(spe
     assert tail.expand == (layer != "layer4.0.bn2")   # a residual branch (timm zero-inits its last BN): input repeated
 
 
+@pytest.mark.parametrize("layer,samples", [("layer4", 16), ("layer4", 4097), ("layer4.0.bn2", 4097), ("fc", 7)])
+def test_the_widened_batch_equals_one_forward_per_unit_and_image(layer, samples):
+    """The damage _Tail sums equals the one of a plain loop (a hook that shifts one channel of one image, one forward
+    each, KL from the same image's unedited output), whatever the copies per forward: every unit in one forward,
+    a few, and a residual branch at one image per forward, where widening the batch broadcasts without an error."""
+    from dissect.evaluate.ablate import AblateSettings, _Tail, _Unit
+    from dissect.models import load_target
+
+    torch.manual_seed(1)
+    t = load_target("timm:test_resnet", "none", None, None, "cpu", layers=[layer])
+    t.module.eval()
+    n, units = 3, [0, 5, 9]
+    x = torch.randn(n, 3, 64, 64)
+    base, pred = torch.randn(n, 3).double(), torch.randn(n, 3).double()
+    tail = _Tail(t, _Unit(layer, "nc" if layer == "fc" else "nchw"), units, (base, pred), None, "kl",
+                 AblateSettings(samples=samples), "cpu")
+    tail.row_of = {i: i for i in range(n)}
+    tail(torch.arange(n), x)
+    want = np.zeros((2, len(units)))
+    module = t.module.get_submodule(layer)
+    for i in range(n):
+        with torch.inference_mode():
+            ref = t.module(x[i : i + 1]).double()
+        for k, u in enumerate(units):
+            for kind, d in enumerate((base, pred)):
+                def shift(m, inp, out, u=u, v=float(d[i, k])):
+                    out = out.clone()
+                    out[:, u] += v
+                    return out
+
+                h = module.register_forward_hook(shift)
+                with torch.inference_mode():
+                    y = t.module(x[i : i + 1]).double()
+                h.remove()
+                p, q = torch.log_softmax(ref / 1.1, -1), torch.log_softmax(y / 1.1, -1)
+                want[kind, k] += float((p.exp() * (p - q)).sum())
+    np.testing.assert_allclose(tail.damage.numpy(), want, rtol=1e-3, atol=1e-7)
+    assert tail.expand == (layer != "layer4.0.bn2")
+
+
 # ---------------------------------------------------------------------------
 # The command on the demo world
 # ---------------------------------------------------------------------------
@@ -156,7 +196,37 @@ def test_ablate_refuses_what_it_cannot_score_in_one_line(demo_run, tmp_path):
     r = invoke("evaluate", "ablate", out / "labels-mixed-softwpmi.parquet", *common, "--loss", "ce",
                "-o", tmp_path / "a.parquet", ok=False)
     assert_one_line_error(r, "needs an ImageFolder probe")
+    r = invoke("evaluate", "ablate", out / "labels-mixed-softwpmi.parquet", *common[:4], "--model", "timm:test_resnet",
+               "--weights", "none", "--model-arg", "num_classes=10", *common[-6:], "-o", tmp_path / "a.parquet", ok=False)
+    assert_one_line_error(r, "is not the model that recorded")
     r = invoke("evaluate", "ablate", out / "labels-mixed-softwpmi.parquet", *common, "--validation", "1.5",
                "-o", tmp_path / "a.parquet", ok=False)
     assert_one_line_error(r, "--validation must be in (0, 1)")
     assert not (tmp_path / "a.parquet").exists()
+
+
+def test_a_direction_or_sae_latent_moves_by_exactly_the_shift_along_its_decoder_row(tmp_path):
+    """directions.decoder: an SAE's rows W_dec[k] / (W_enc[:, k]·W_dec[k]) move latent k's pre-activation by exactly
+    Δ; a matrix's rows / their squared norms move x·d_k by exactly Δ."""
+    from safetensors.torch import save_file
+
+    from dissect.directions import SAE_CONFIG, SAE_WEIGHTS, decoder
+
+    torch.manual_seed(2)
+    W_enc, W_dec = torch.randn(8, 5), torch.randn(5, 8)
+    (tmp_path / "sae").mkdir()
+    save_file({"W_enc": W_enc, "W_dec": W_dec, "b_enc": torch.zeros(5), "b_dec": torch.zeros(8)},
+              str(tmp_path / "sae" / SAE_WEIGHTS))
+    (tmp_path / "sae" / SAE_CONFIG).write_text('{"d_in": 8, "d_sae": 5}')
+    dec = decoder("sae", str(tmp_path / "sae")).double()
+    x = torch.randn(8).double()
+    for k in range(5):
+        moved = (x + 0.7 * dec[k]) @ W_enc.double()[:, k] - x @ W_enc.double()[:, k]
+        assert float(moved) == pytest.approx(0.7, abs=1e-6)         # float32 rows
+    d = torch.randn(3, 8)
+    save_file({"directions": d}, str(tmp_path / "d.safetensors"))
+    dm = decoder("matrix", str(tmp_path / "d.safetensors")).double()
+    for k in range(3):
+        assert float((x + 0.7 * dm[k]) @ d.double()[k] - x @ d.double()[k]) == pytest.approx(0.7, abs=1e-6)         # float32 rows
+    with pytest.raises(Exception, match="have no decoder"):
+        decoder("module", "f.py:build")

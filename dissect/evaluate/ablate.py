@@ -80,10 +80,11 @@ def _classes(ids: list[str], n_outputs: int, loss: str) -> tuple[str, dict[str, 
     fits = not flat and len(names) == n_outputs
     if loss == "kl" or (loss == "auto" and not fits):
         return "kl", None
-    if flat or len(names) > n_outputs:
-        raise UsageError(f"--loss ce needs an ImageFolder probe with at most {n_outputs} class folders (the model's "
-                         f"outputs); this one has {'images outside class folders' if flat else f'{len(names)} folders'}",
-                         hint="use --loss kl (the change of the output distribution) on a probe without classes")
+    if flat or len(names) != n_outputs:
+        raise UsageError(f"--loss ce needs an ImageFolder probe with one class folder per output of the model "
+                         f"({n_outputs}, in sorted order as torchvision numbers them); this one has "
+                         f"{'images outside class folders' if flat else f'{len(names)} folders'}",
+                         hint="use --loss kl (the change of the output distribution), which needs no classes")
     index = {f: k for k, f in enumerate(names)}
     return "ce", {i: index[f] for i, f in zip(ids, folders)}
 
@@ -97,14 +98,20 @@ class _Unit:
     decoder: Any = None
 
 
-def _unit_site(name: str, attrs: dict[str, Any]) -> _Unit:
+def _unit_site(name: str, attrs: dict[str, Any], with_decoder: bool = False) -> _Unit:
+    """Where the units of layer or entry ``name`` move (``with_decoder``: an entry's decoder loaded too)."""
     from ..directions import decoder
 
     layout = str(attrs.get("layout", "nc"))
     if "directions_layer" in attrs:
-        return _Unit(str(attrs["directions_layer"]), layout, decoder(str(attrs.get("directions_kind", "")),
-                                                                      str(attrs.get("directions_spec", ""))))
+        dec = decoder(str(attrs.get("directions_kind", "")), str(attrs.get("directions_spec", ""))) if with_decoder else None
+        return _Unit(str(attrs["directions_layer"]), layout, dec)
     return _Unit(name, layout)
+
+
+@dataclass
+class _Switch:
+    enabled: bool = True
 
 
 class _Tail:
@@ -122,11 +129,15 @@ class _Tail:
         self.settings, self.dev = settings, dev
         self.damage = torch.zeros((2, len(units)), dtype=torch.float64)
         self.expand, self.plan, self.row_of = True, None, {}
-        self.n = 0
+        self.n, self.calls = 0, 0
+        self.hooked = _Switch()
 
     def _hook(self, module, inputs, out):
         import torch
 
+        if not self.hooked.enabled:
+            return None
+        self.calls += 1
         if not isinstance(out, torch.Tensor):
             raise UsageError(f"module {self.site.module} returns {type(out).__name__}, not a tensor, so its units "
                              "cannot be moved", hint="ablate a layer whose output is one tensor")
@@ -136,23 +147,49 @@ class _Tail:
                         inplace=True)
         return edit(out, self.site.layout, rows, chans, deltas, self.site.decoder)
 
+    def _forward(self, x, copies: int):
+        self.calls = 0
+        y = self.model(x if self.expand else x.repeat_interleave(copies, dim=0))
+        if self.calls != 1:
+            raise UsageError(f"module {self.site.module} ran {self.calls} times in one forward pass, so its units "
+                             "cannot be moved once per image", hint="ablate a module that runs once per image")
+        return y
+
     def _run(self, x, copies: int):
         import torch
 
-        first = self.n == 0
-        try:
-            y = self.model(x if self.expand else x.repeat_interleave(copies, dim=0))
-        except RuntimeError:
-            if not (first and self.expand):
-                raise
-            self.expand = False      # the module's output is not the only way forward: repeat the input instead
-            note(f"{self.site.module}: its output is not the only path to the model's output; running the whole "
-                 "network on each copy")
-            y = self.model(x.repeat_interleave(copies, dim=0))
+        if self.n == 0 and self.expand:
+            # the first forward decides: widening the batch at the module must leave the unedited copy what a plain
+            # forward gives (a skip connection around the module breaks it, by an error or by broadcasting)
+            try:
+                y = self._forward(x, copies)
+                ok = self._check(y, x, copies)
+            except (RuntimeError, AssertionError, ValueError) as e:
+                if "out of memory" in str(e):
+                    raise
+                ok = False
+            if not ok:
+                self.expand = False
+                note(f"{self.site.module}: its output is not the only path to the model's output; running the whole "
+                     "network on each copy")
+        if self.n > 0 or not self.expand:
+            y = self._forward(x, copies)
         if not isinstance(y, torch.Tensor) or y.dim() != 2 or y.shape[0] != x.shape[0] * copies:
             raise UsageError("the model's output is not one [N, classes] tensor, so no loss can be measured",
                              hint="ablate through a classifier (its logits), or wrap the model as file.py:function")
         return y
+
+    def _check(self, y, x, copies: int) -> bool:
+        import torch
+
+        if not isinstance(y, torch.Tensor) or y.dim() != 2 or y.shape[0] != x.shape[0] * copies:
+            return False
+        self.hooked.enabled = False
+        try:
+            plain = self.model(x)
+        finally:
+            self.hooked.enabled = True
+        return bool(torch.allclose(y.view(x.shape[0], copies, -1)[:, 0].float(), plain.float(), rtol=1e-4, atol=1e-5))
 
     def __call__(self, idx, batch) -> None:
         import torch
@@ -226,6 +263,7 @@ def ablate(label_paths: list, activations, probe, model, images=None, text=None,
     dev = resolve_device(opts.device)
     target = model if hasattr(model, "module") else model.load(dev)
     target.module.to(dev).eval()
+    _check_target(target, acts, activations, files)
     n_out = _output_width(target, dev)
     loss, classes = _classes(ids, n_out, st.loss)
     run = _Run(acts, activations, probe, pos, target, classes, loss, st, opts, dev)
@@ -240,6 +278,20 @@ def ablate(label_paths: list, activations, probe, model, images=None, text=None,
             "presence": source.name, "summary": summary,
             "provenance": __import__("json").loads(A.provenance(stage="evaluate ablate"))}
     return Ablation(rows, summary, meta)
+
+
+def _check_target(target, acts, activations, files) -> None:
+    """The model the activations were recorded from (its weights' fingerprint), with every module the labels' units
+    live on: refused in one line before any pass."""
+    from ..errors import MismatchError
+    from ..hooks import resolve_layers
+
+    made = acts.attrs.get("model_fingerprint")
+    if made and target.fingerprint and made != target.fingerprint:
+        raise MismatchError(f"{target.spec} with these weights is not the model that recorded {activations}",
+                            hint="pass the --model, --weights and --model-arg used for `dissect record`")
+    sites = {_unit_site(n, acts.layer_attrs[n]).module for lf in files for n in lf.layers}
+    resolve_layers(target.module, sorted(sites), target.spec)
 
 
 def _output_width(target, dev) -> int:
@@ -295,9 +347,9 @@ class _Run:
         mapped = map_norm(pred[t], actual[v], pred[v])
         d_base = actual[v].mean(dim=0)[None, :] - actual[t]
         d_pred = mapped - actual[t]
-        reasons = [_reason(source, unknown.get(lab), actual[:, j], pred[:, j], mapped[:, j]) for j, lab in enumerate(labs)]
+        reasons = [_reason(source, unknown.get(lab), actual[:, j], pred[:, j], mapped[:, j], v) for j, lab in enumerate(labs)]
         live = [j for j, r in enumerate(reasons) if r is None]
-        site = _unit_site(name, self.acts.layer_attrs[name])
+        site = _unit_site(name, self.acts.layer_attrs[name], with_decoder=True)
         test_ids = [k for k, keep in zip(scored_ids, ~val) if keep]
         classes = None if self.classes is None else [self.classes[k] for k in test_ids]
         tail = _Tail(self.target, site, [units[j] for j in live], (d_base[:, live], d_pred[:, live]), classes,
@@ -313,7 +365,9 @@ class _Run:
         published, column = _published(lf)
         for j, u in enumerate(units):
             s = scores.get(j, math.nan)
-            why = reasons[j] or (None if s == s else "moving the unit to its mean changes no loss")
+            damage = tail.damage[:, live.index(j)] if j in live else None
+            why = reasons[j] or (None if s == s else "moving the unit to its mean changes no loss"
+                                 if damage is not None and float(damage[0]) == 0 else "its loss changes are not finite")
             _add(rows, lf, name, u, labs[j], s, corr[j], tail.damage[:, live.index(j)] if j in live else None,
                  len(test_ids) - len(skipped), held, self.loss, why)
             rows["published_ablation"].append(published.get(int(u), math.nan))
@@ -347,15 +401,20 @@ def _published(lf) -> tuple[dict[int, float], str | None]:
     return out, column
 
 
-def _reason(source, unknown, act, pred, mapped) -> str | None:
+def _reason(source, unknown, act, pred, mapped, val) -> str | None:
+    """Why a unit cannot be scored (None: it can). ``val``: the validation rows of ``act`` and ``pred``."""
     import torch
 
-    if source.name != "clip" and unknown:
-        return f"no image is annotated with {unknown}"
+    if unknown and (source.name != "clip" or "explanation" in str(unknown)):
+        return f"no image is annotated with {unknown}" if source.name != "clip" else f"its label names {unknown}"
     if bool((act == act[0]).all()):
         return "the unit's activation is constant on the scored images"
-    if bool((pred == pred[0]).all()) or not bool(torch.isfinite(mapped).all()):
+    if bool((act[val] == act[val][0]).all()):
+        return "the unit's activation is constant on the validation images (nothing to map its label to)"
+    if bool((pred == pred[0]).all()) or bool((pred[val] == pred[val][0]).all()):
         return "its label predicts the same activation on every image"
+    if not bool(torch.isfinite(mapped).all()):
+        return "its label's prediction cannot be mapped to the unit's scale"
     return None
 
 

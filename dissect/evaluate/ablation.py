@@ -89,6 +89,6 @@ def losses(logits: torch.Tensor, reference: torch.Tensor, targets: torch.Tensor 
 
 def score(damage_pred: float, damage_base: float) -> float:
     """``1 − damage_pred / damage_base`` (sums of |loss change| over the scoring images); NaN without damage."""
-    if not damage_base > 0 or not math.isfinite(damage_pred):
+    if not damage_base > 0 or not math.isfinite(damage_pred) or not math.isfinite(damage_base):
         return math.nan
     return 1.0 - damage_pred / damage_base
