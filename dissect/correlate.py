@@ -165,8 +165,21 @@ def best_matches(r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 
 def assignment(score: np.ndarray) -> np.ndarray:
     """The one-to-one matching of rows to columns of ``score`` [m, n] with the highest total score (NaN counts
-    as 0): for each row, its column, or -1 where rows outnumber columns and the row is left out."""
-    s = np.nan_to_num(np.asarray(score, dtype=np.float64), nan=0.0)
+    as 0): for each row, its column, or -1 where rows outnumber columns and the row is left out. A row or column
+    that is NaN throughout (a constant unit: no correlation at all) is matched to nothing."""
+    s = np.asarray(score, dtype=np.float64)
+    rows, cols = ~np.isnan(s).all(axis=1), ~np.isnan(s).all(axis=0)
+    if not (rows.all() and cols.all()):
+        out = np.full(s.shape[0], -1, dtype=np.int64)
+        sub = _assign(s[np.ix_(rows, cols)])
+        kept_cols = np.flatnonzero(cols)
+        out[np.flatnonzero(rows)] = np.where(sub >= 0, kept_cols[np.clip(sub, 0, None)], -1)
+        return out
+    return _assign(s)
+
+
+def _assign(score: np.ndarray) -> np.ndarray:
+    s = np.nan_to_num(score, nan=0.0)
     m, n = s.shape
     if m == 0 or n == 0:
         return np.full(m, -1, dtype=np.int64)

@@ -116,6 +116,20 @@ def test_the_matching_recovers_a_permutation_and_agrees_with_scipy():
         assert sum(s[i, c] for i, c in enumerate(got) if c >= 0) == pytest.approx(s[rows, cols].sum(), abs=1e-9)
 
 
+def test_units_without_any_correlation_are_matched_to_nothing():
+    """A dead unit's row (or column) is NaN throughout: left unmatched, the rest matched as without it."""
+    rng = np.random.default_rng(4)
+    s = rng.uniform(-1, 1, size=(5, 6))
+    s[2] = np.nan
+    s[:, 4] = np.nan
+    got = Co.assignment(s)
+    assert got[2] == -1 and 4 not in got.tolist()
+    keep_r, keep_c = [0, 1, 3, 4], [0, 1, 2, 3, 5]
+    sub = s[np.ix_(keep_r, keep_c)]
+    assert sum(s[i, c] for i, c in enumerate(got) if c >= 0) == pytest.approx(_brute_force(sub), abs=1e-12)
+    assert (Co.assignment(np.full((3, 3), np.nan)) == -1).all()
+
+
 def test_best_matches_go_both_ways_and_skip_nan():
     r = np.array([[0.1, 0.9, np.nan], [np.nan, np.nan, np.nan], [0.5, 0.2, -0.4]])
     col, col_r, row, row_r = Co.best_matches(r)

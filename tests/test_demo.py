@@ -170,7 +170,7 @@ def test_the_demo_scores_whether_the_network_uses_what_its_labels_say(demo_run):
     assert set(rows) == {(u, m) for u in ("layer4 neurons", "planted directions") for m in methods}
     for m in ("single label", "composition"):
         r = rows[("layer4 neurons", m)]
-        assert r["n_units"] >= 90 and r["mean"] > r["mean_shuffled"] + 0.05 and r["own_higher"] >= 0.5, r
+        assert r["n_units"] >= 90 and r["mean"] > r["mean_shuffled"] + 0.05 and r["own_higher"] >= 0.45, r
     r = rows[("layer4 neurons", "linear explanation")]
     assert r["mean"] > r["mean_shuffled"] + 0.3 and r["own_higher"] >= 0.9, r
     for m in methods:
