@@ -45,11 +45,11 @@ def planted_directions(out: Path, probe: Path, specs, device: str, batch_size: i
     from .. import artifacts as A
     from ..models import PreprocessOverrides
     from ..record import record
-    from . import planted
+    from .planted import activations as planted_activations
 
     acts = A.read_activations(out / "activations.h5", [LAYER])
     x = acts.layers[LAYER].astype(np.float64)
-    y = planted.activations(list(acts.ids), probe).astype(np.float64)
+    y = planted_activations(list(acts.ids), probe).astype(np.float64)
     w, *_ = np.linalg.lstsq(x - x.mean(0), y - y.mean(0), rcond=None)           # [C, units]
     directions = out / "planted-directions.safetensors"
     save_file({"directions": np.ascontiguousarray(w.T, dtype=np.float32)}, str(directions))
