@@ -63,7 +63,7 @@ def main() -> None:
                         best[which] = (t, gb)
             (tp, mp), (tm, mm) = best["plain"], best["maps"]
             print(f"{name}, {n} images, K={args.maps}: record {tp:.1f} s {mp:.2f} GB; --maps {tm:.1f} s {mm:.2f} GB; "
-                  f"time x{tm / tp:.2f}, peak x{mm / mp:.2f}")
+                  f"ratio to record: time x{tm / tp:.2f}, peak x{mm / mp:.2f}")
 
 
 if __name__ == "__main__":
