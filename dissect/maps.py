@@ -164,7 +164,10 @@ def token_grid(model: torch.nn.Module, n_tokens: int, layer: str = "LAYER") -> G
     say it (a grid guessed from a square count would put the maps of a model with registers off by some cells)."""
     grid = None
     pe = getattr(model, "patch_embed", None)
-    if pe is not None and getattr(pe, "grid_size", None) is not None:                  # timm ViT, DeiT, DINOv2, EVA
+    said = getattr(model, "dissect_token_grid", None)                                   # hf: models, or any that says it
+    if said is not None:
+        grid = Grid(int(said[0]), int(said[1]), int(said[2]))
+    elif pe is not None and getattr(pe, "grid_size", None) is not None:                # timm ViT, DeiT, DINOv2, EVA
         h, w = _pair(pe.grid_size)
         grid = Grid(int(getattr(model, "num_prefix_tokens", 1 if getattr(model, "cls_token", None) is not None else 0)),
                     h, w)
@@ -174,7 +177,8 @@ def token_grid(model: torch.nn.Module, n_tokens: int, layer: str = "LAYER") -> G
         grid = Grid(1 if getattr(model, "class_token", None) is not None else 0, h // p, w // p)
     if grid is None:
         raise UsageError(f"cannot tell where the {n_tokens} tokens of layer {layer} sit on the image: the model names "
-                         "no patch grid (timm's patch_embed.grid_size, torchvision's image_size and patch_size)",
+                         "no patch grid (timm's patch_embed.grid_size, torchvision's image_size and patch_size, a transformers "
+                         "config's, or a dissect_token_grid = (prefix, rows, columns) attribute)",
                          hint="record maps of convolutional layers, or of a ViT from timm or torchvision")
     if grid.tokens != n_tokens:
         raise UsageError(f"layer {layer} has {n_tokens} tokens, but the model's grid is {grid.prefix} prefix + "

@@ -17,6 +17,7 @@ are recorded in every activations artifact.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,30 +30,34 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 
 @dataclass
 class Preprocess:
-    """Resize the shorter side to ``resize_size``, centre-crop ``input_size``, normalise."""
+    """Resize the shorter side to ``resize_size`` (with ``squash``: both sides, the aspect ratio not kept, as
+    transformers' image processors with a height and width do), centre-crop ``input_size``, normalise."""
 
     input_size: int
     resize_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bilinear"
+    squash: bool = False
+
+    def resize(self, interpolation=None):
+        """The resize step alone (``interpolation``: a torchvision InterpolationMode, default the preprocessing's)."""
+        from torchvision import transforms as T
+
+        mode = interpolation or getattr(T.InterpolationMode, self.interpolation.upper())
+        size = (self.resize_size, self.resize_size) if self.squash else self.resize_size
+        return T.Resize(size, interpolation=mode, antialias=True)
 
     def transform(self):
         from torchvision import transforms as T
 
-        mode = getattr(T.InterpolationMode, self.interpolation.upper())
-        return T.Compose(
-            [
-                T.Resize(self.resize_size, interpolation=mode, antialias=True),
-                T.CenterCrop(self.input_size),
-                T.ToTensor(),
-                T.Normalize(self.mean, self.std),
-            ]
-        )
+        return T.Compose([self.resize(), T.CenterCrop(self.input_size), T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if not self.squash:
+            del d["squash"]          # files recorded before squash existed record the same preprocessing
         return d
 
 
@@ -94,6 +99,7 @@ def apply_overrides(base: Preprocess, o: PreprocessOverrides) -> Preprocess:
         mean=tuple(o.mean) if o.mean else base.mean,
         std=tuple(o.std) if o.std else base.std,
         interpolation=o.interpolation or base.interpolation,
+        squash=base.squash,
     )
 
 
@@ -309,6 +315,8 @@ def downloads_weights(spec: str, weights: str | None) -> bool:
     w = (weights or "").strip()
     if w.lower() in ("none", "random") or (w and _is_file_weights(w)):
         return False
+    if spec.startswith("hf:"):
+        return not Path(os.path.expanduser(spec[3:])).exists()
     return spec.startswith(("timm:", "torchvision:"))
 
 
@@ -359,6 +367,11 @@ def load_target(
         elif spec.startswith("torchvision:"):
             module, pre, w = _torchvision(spec[len("torchvision:"):], weights, args)
             transform = None
+        elif spec.startswith("hf:"):
+            from . import hf
+
+            module, fields, w = hf.load(spec, weights, args)
+            pre, transform = Preprocess(**fields), None
         elif ".py:" in spec:
             module, transform, w = _python_file(spec, weights, args)
             pre = None
@@ -372,7 +385,7 @@ def load_target(
         else:
             raise UsageError(
                 f"cannot parse --model {spec!r}",
-                hint="use timm:NAME, torchvision:NAME or path/to/file.py:function (see `dissect layers --help`)",
+                hint="use timm:NAME, torchvision:NAME, hf:ORG/REPO, hf:FOLDER or path/to/file.py:function (see `dissect layers --help`)",
             )
     if pre is not None:
         pre = apply_overrides(pre, overrides)

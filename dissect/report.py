@@ -78,8 +78,9 @@ def _view(preprocess: dict[str, Any] | None):
     from torchvision import transforms as T
 
     mode = getattr(T.InterpolationMode, str(preprocess.get("interpolation", "bicubic")).upper(), T.InterpolationMode.BICUBIC)
-    return T.Compose([T.Resize(int(preprocess.get("resize_size") or preprocess["input_size"]), interpolation=mode,
-                               antialias=True), T.CenterCrop(int(preprocess["input_size"]))])
+    size = int(preprocess.get("resize_size") or preprocess["input_size"])
+    return T.Compose([T.Resize((size, size) if preprocess.get("squash") else size, interpolation=mode, antialias=True),
+                      T.CenterCrop(int(preprocess["input_size"]))])
 
 
 def _loads_json(value) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 #: Imported in a test venv but not a dependency of clip-dissect: a plain install lacks them.
-EXTRAS = ("pandas", "duckdb", "hypothesis", "scipy", "sentence_transformers", "websocket", "sklearn")
+EXTRAS = ("pandas", "duckdb", "hypothesis", "scipy", "sentence_transformers", "websocket", "sklearn", "transformers")
 
 def _blocked(tmp_path):
     """A folder of stand-ins that fail to import, as the absent packages would, put first on sys.path."""

@@ -61,7 +61,7 @@ def _mask_view(pre):
     """The model's view of a mask: the image's resize and centre crop, nearest-neighbour (indices stay indices)."""
     from torchvision import transforms as T
 
-    return T.Compose([T.Resize(pre.resize_size, interpolation=T.InterpolationMode.NEAREST), T.CenterCrop(pre.input_size)])
+    return T.Compose([pre.resize(T.InterpolationMode.NEAREST), T.CenterCrop(pre.input_size)])
 
 
 class _Pass:

@@ -1,0 +1,152 @@
+"""Hugging Face transformers vision models as targets: ``--model hf:ORG/REPO`` or ``--model hf:/path/to/folder``.
+
+A ``save_pretrained`` folder (or a hub repository, from the local cache when offline) is loaded with
+transformers' own classes: ``...ForImageClassification`` where the config names one (its logits are
+the model's output), the vision tower of a CLIP or SigLIP checkpoint, else the base model (its pooled
+output, or the first token of its last hidden state). Its layers keep transformers' own
+``named_modules()`` names (``vit.encoder.layer.0``); its image processor becomes dissect's
+preprocessing; its patch grid and prefix tokens (CLS, registers) come from the config.
+
+transformers is an extra: ``pip install 'clip-dissect[hf]'``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ModelError, UsageError
+
+PREFIX = "hf:"
+#: PIL's resampling codes, as image processors store them, by the name dissect uses.
+_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise UsageError("--model hf:... needs the transformers package",
+                         hint="pip install 'clip-dissect[hf]' (or pip install transformers)") from None
+    return transformers
+
+
+class HFModel(torch.nn.Module):
+    """A transformers model seen as dissect sees every target: ``forward(pixels) -> tensor``, its submodules under
+    their own names (the model's children are this module's children), its token grid in ``dissect_token_grid``."""
+
+    def __init__(self, model, grid: tuple[int, int, int] | None):
+        super().__init__()
+        object.__setattr__(self, "hf", model)           # not a child: its children are ours
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        self.dissect_token_grid = grid
+
+    def train(self, mode: bool = True):
+        self.hf.train(mode)
+        return super().train(mode)
+
+    def forward(self, x):
+        out = self.hf(pixel_values=x)
+        for key in ("logits", "image_embeds", "pooler_output"):
+            value = getattr(out, key, None)
+            if isinstance(value, torch.Tensor):
+                return value
+        return out.last_hidden_state[:, 0]
+
+
+def _local(spec: str) -> Path | None:
+    p = Path(os.path.expanduser(spec))
+    return p if p.exists() else None
+
+
+def _grid(config) -> tuple[int, int, int] | None:
+    """(prefix tokens, rows, columns) of a ViT-like config (CLS, distillation and register tokens first)."""
+    vc = getattr(config, "vision_config", None) or config
+    size, patch = getattr(vc, "image_size", None), getattr(vc, "patch_size", None)
+    if not size or not patch:
+        return None
+    size = size if isinstance(size, (list, tuple)) else (size, size)
+    patch = patch if isinstance(patch, (list, tuple)) else (patch, patch)
+    model_type = str(getattr(vc, "model_type", ""))
+    prefix = 0 if "siglip" in model_type else 1
+    prefix += 1 if model_type == "deit" else 0                      # DeiT's distillation token
+    prefix += int(getattr(vc, "num_register_tokens", 0) or 0)
+    return prefix, int(size[0]) // int(patch[0]), int(size[1]) // int(patch[1])
+
+
+def _preprocess(source: str, config) -> dict[str, Any]:
+    """The fields of dissect's ``models.Preprocess`` from the model's image processor (resize, centre crop, mean,
+    std, resampling)."""
+    tf = _transformers()
+    try:
+        proc = tf.AutoImageProcessor.from_pretrained(source)
+    except Exception:          # no processor saved: the config's size, mean and std 0.5 (ViT's)
+        proc = None
+    vc = getattr(config, "vision_config", None) or config
+    size = int(getattr(vc, "image_size", 224) if not isinstance(getattr(vc, "image_size", 224), (list, tuple))
+               else vc.image_size[0])
+    if proc is None:
+        return dict(input_size=size, resize_size=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                    interpolation="bilinear", squash=True)
+    s = dict(getattr(proc, "size", None) or {})
+    crop = dict(getattr(proc, "crop_size", None) or {})
+    squash = "shortest_edge" not in s                      # a height and width: both sides resized
+    resize = int(s.get("shortest_edge") or s.get("height") or size)
+    input_size = int(crop.get("height") or resize) if getattr(proc, "do_center_crop", False) else resize
+    mean = tuple(float(v) for v in (getattr(proc, "image_mean", None) or (0.5, 0.5, 0.5)))
+    std = tuple(float(v) for v in (getattr(proc, "image_std", None) or (0.5, 0.5, 0.5)))
+    resample = getattr(proc, "resample", 2)
+    interp = _RESAMPLE.get(int(resample), "bilinear") if isinstance(resample, int) or hasattr(resample, "__int__") else "bilinear"
+    return dict(input_size=input_size, resize_size=resize, mean=mean, std=std, interpolation=interp, squash=squash)
+
+
+def load(spec: str, weights: str | None, args: dict[str, Any]) -> tuple[HFModel, dict[str, Any], str]:
+    """(the model, its preprocessing as ``models.Preprocess`` fields, what identifies its weights) of ``hf:ORG/REPO`` or ``hf:FOLDER``; ``weights``: a
+    hub revision (a branch, tag or commit) or ``none`` (the config's architecture with random weights)."""
+    tf = _transformers()
+    source = spec[len(PREFIX):]
+    folder = _local(source)
+    random = (weights or "").lower() in ("none", "random")
+    revision = None if random or not weights or folder is not None else weights
+    if folder is None:
+        from .runtime import hub_offline
+
+        hub_offline()
+    try:
+        config = tf.AutoConfig.from_pretrained(str(folder or source), revision=revision)
+    except OSError as e:
+        raise ModelError(f"cannot load the config of {spec}: {(str(e).splitlines() or ['not found'])[0][:160]}",
+                         hint=f"where there is internet run `hf download {source} --local-dir DIR` and pass "
+                              "--model hf:DIR (a save_pretrained folder)") from None
+    cls = _model_class(tf, config)
+    try:
+        if random:
+            model = cls(config.vision_config if hasattr(config, "vision_config") and "Vision" in cls.__name__ else config)
+        else:
+            model = cls.from_pretrained(str(folder or source), revision=revision, **args)
+    except OSError as e:
+        raise ModelError(f"cannot load the weights of {spec}: {(str(e).splitlines() or ['not found'])[0][:160]}",
+                         hint=f"fetch the repository where there is internet (`hf download {source} --local-dir DIR`) "
+                              "and pass --model hf:DIR") from None
+    pre = _preprocess(str(folder or source), config)
+    ident = "random" if random else (_weights_file(folder) if folder is not None else f"{source}@{revision or 'main'}")
+    return HFModel(model.eval(), _grid(config)), pre, ident
+
+
+def _model_class(tf, config):
+    archs = [a for a in (getattr(config, "architectures", None) or []) if a.endswith("ForImageClassification")]
+    if archs and hasattr(tf, archs[0]):
+        return getattr(tf, archs[0])
+    model_type = str(getattr(config, "model_type", ""))
+    if model_type in ("clip", "siglip", "siglip2"):
+        return getattr(tf, {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel", "siglip2": "Siglip2VisionModel"}[model_type])
+    return tf.AutoModel
+
+
+def _weights_file(folder: Path) -> str:
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    return str(files[0]) if files else str(folder)

@@ -1,0 +1,118 @@
+"""Hugging Face transformers models as targets (issue #29): `--model hf:FOLDER` on models built from configs with
+random weights and saved with save_pretrained (nothing downloaded)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dissect import artifacts as A
+
+from conftest import make_images
+from test_cli import assert_one_line_error, invoke
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def vit_folder(tmp_path_factory):
+    """A ViTForImageClassification (32 px, 8 px patches: CLS + 4x4 tokens) with its image processor, saved."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    d = tmp_path_factory.mktemp("hfvit")
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=64, num_labels=5)
+    ViTForImageClassification(cfg).save_pretrained(d)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.3, 0.25],
+                      resample=3).save_pretrained(d)
+    return d
+
+
+def _first_block(model) -> str:
+    """The first encoder block's name: vit.encoder.layer.0 in transformers 4, vit.layers.0 in 5."""
+    names = dict(model.named_modules())
+    return next(n for n in ("vit.layers.0", "vit.encoder.layer.0") if n in names)
+
+
+def test_a_saved_vit_records_as_a_forward_hook_of_our_own_on_the_same_model(vit_folder, tmp_path):
+    """Issue #29 acceptance: `record --model hf:FOLDER --layers BLOCK` equals a hook of our own on the model
+    transformers loads from the folder, fed the images as its image processor prepares them, to 1e-6 (mean over
+    tokens); the processor's size, mean, std and resampling are dissect's preprocessing; maps sit on the 4x4 grid."""
+    from PIL import Image
+    from transformers import AutoImageProcessor, ViTForImageClassification
+
+    from dissect.probe import open_probe
+
+    probe = make_images(tmp_path / "probe", 8, seed=3)
+    model = ViTForImageClassification.from_pretrained(vit_folder).eval()
+    block = _first_block(model)
+    r = invoke("layers", f"hf:{vit_folder}")
+    assert block in r.stdout and "nlc" in r.stdout
+    out = tmp_path / "a.h5"
+    invoke("record", probe, "--model", f"hf:{vit_folder}", "--layers", f"{block},classifier", "--maps", "2", "-o", out)
+    acts = A.read_activations(out)
+    pre = A.read_activations(out, data=False).attrs
+    assert '"interpolation": "bicubic"' in pre["preprocess"] and "0.4" in pre["preprocess"]
+    proc = AutoImageProcessor.from_pretrained(vit_folder)
+    p = open_probe([str(probe)])
+    seen = {}
+    mod = model.get_submodule(block)
+    h = mod.register_forward_hook(lambda m, i, o: seen.update(x=(o[0] if isinstance(o, tuple) else o)))
+    for k, image_id in enumerate(acts.ids):
+        img = Image.open(p.locations[p.ids.index(image_id)]).convert("RGB")
+        pixels = proc(images=img, return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            logits = model(pixel_values=pixels).logits
+        np.testing.assert_allclose(acts.layers[block][k], seen["x"][0].mean(dim=0).numpy(), atol=2e-2)
+        np.testing.assert_allclose(acts.layers["classifier"][k], logits[0].numpy(), atol=2e-2)
+    h.remove()
+    maps = A.read_maps(out, block)
+    assert maps.values.shape[2:] == (4, 4) and maps.attrs["grid_prefix"] == 1
+
+
+def test_the_recorded_block_equals_our_hook_on_the_same_tensors_to_1e_6(vit_folder):
+    """The same check without the image codecs between: dissect's loader and recorder against a plain hook on the
+    transformers model, on one batch of tensors."""
+    from transformers import ViTForImageClassification
+
+    from dissect.hooks import Recorder
+    from dissect.models import load_target
+
+    t = load_target(f"hf:{vit_folder}", None, None, None, "cpu")
+    model = ViTForImageClassification.from_pretrained(vit_folder).eval()
+    block = _first_block(model)
+    x = torch.randn(4, 3, 32, 32)
+    seen = {}
+    h = model.get_submodule(block).register_forward_hook(lambda m, i, o: seen.update(x=(o[0] if isinstance(o, tuple) else o)))
+    with torch.inference_mode():
+        model(pixel_values=x)
+    h.remove()
+    with Recorder(t.module, [block], summary="mean") as rec, torch.inference_mode():
+        got = rec.run(x)[block]
+    np.testing.assert_allclose(got.numpy(), seen["x"].mean(dim=1).numpy(), atol=1e-6)
+    assert t.preprocess.input_size == 32 and t.module.dissect_token_grid == (1, 4, 4)
+
+
+def test_labels_run_end_to_end_on_an_hf_model(vit_folder, tmp_path, tiny_clip):
+    probe = make_images(tmp_path / "probe", 10, seed=4)
+    concepts = tmp_path / "c.txt"
+    concepts.write_text("red\nblue\nsquare\n")
+    model = transformers.ViTForImageClassification.from_pretrained(vit_folder)
+    invoke("run", probe, "--clip", tiny_clip, "--model", f"hf:{vit_folder}", "--layers", _first_block(model),
+           "--concepts", concepts, "--param", "top_k=3", "-o", tmp_path / "run", "--device", "cpu")
+    rows = A.read_table(tmp_path / "run" / "labels.parquet", A.LABELS_FORMAT).to_pylist()
+    assert len(rows) == 32 and all(r["label"] in ("red", "blue", "square") for r in rows)
+
+
+def test_hf_models_without_transformers_or_offline_end_in_one_line(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    r = invoke("layers", f"hf:{tmp_path}", ok=False)
+    assert_one_line_error(r, "needs the transformers package", "clip-dissect[hf]")
+    monkeypatch.undo()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = invoke("layers", "hf:nobody/no-such-model", ok=False)
+    assert_one_line_error(r, "cannot load the config of hf:nobody/no-such-model", "--model hf:DIR")
