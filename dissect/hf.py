@@ -72,7 +72,7 @@ def _grid(config) -> tuple[int, int, int] | None:
     size = size if isinstance(size, (list, tuple)) else (size, size)
     patch = patch if isinstance(patch, (list, tuple)) else (patch, patch)
     model_type = str(getattr(vc, "model_type", ""))
-    prefix = 0 if "siglip" in model_type else 1
+    prefix = 0 if ("siglip" in model_type or "swin" in model_type) else 1   # Swin: no CLS; its first stage's grid
     prefix += 1 if model_type == "deit" else 0                      # DeiT's distillation token
     prefix += int(getattr(vc, "num_register_tokens", 0) or 0)
     return prefix, int(size[0]) // int(patch[0]), int(size[1]) // int(patch[1])
@@ -110,6 +110,9 @@ def load(spec: str, weights: str | None, args: dict[str, Any]) -> tuple[HFModel,
     tf = _transformers()
     source = spec[len(PREFIX):]
     folder = _local(source)
+    if folder is None and (source.startswith((".", "/", "~")) or os.sep in source.strip("/").replace("/", "", 1)):
+        raise UsageError(f"--model {spec}: folder {source} does not exist",
+                         hint="give a save_pretrained folder, or a hub id ORG/REPO")
     random = (weights or "").lower() in ("none", "random")
     revision = None if random or not weights or folder is not None else weights
     if folder is None:

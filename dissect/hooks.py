@@ -140,6 +140,8 @@ def _channels_of(mod: torch.nn.Module) -> int | None:
     shape = getattr(mod, "normalized_shape", None)
     if shape:
         return int(shape[-1])
+    if isinstance(getattr(mod, "embedding_dim", None), int):      # nn.Embedding: [positions, channels]
+        return int(mod.embedding_dim)
     for p in mod.parameters(recurse=False):
         return int(p.shape[0]) if p.ndim else None
     return None

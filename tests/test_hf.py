@@ -116,3 +116,49 @@ def test_hf_models_without_transformers_or_offline_end_in_one_line(monkeypatch, 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     r = invoke("layers", "hf:nobody/no-such-model", ok=False)
     assert_one_line_error(r, "cannot load the config of hf:nobody/no-such-model", "--model hf:DIR")
+
+
+FAMILIES = {   # config class, model class, its config fields, the grid of its first encoder block (prefix, rows, cols)
+    "deit": ("DeiTConfig", "DeiTForImageClassification", {"num_labels": 3}, (2, 4, 4)),          # CLS + distillation
+    "dinov2": ("Dinov2Config", "Dinov2Model", {"mlp_ratio": 2}, (1, 4, 4)),
+    "dinov2-registers": ("Dinov2WithRegistersConfig", "Dinov2WithRegistersModel",
+                         {"mlp_ratio": 2, "num_register_tokens": 4}, (5, 4, 4)),                   # CLS + 4 registers
+    "beit": ("BeitConfig", "BeitForImageClassification", {"intermediate_size": 64, "num_labels": 3}, (1, 4, 4)),
+    "clip-vision": ("CLIPVisionConfig", "CLIPVisionModel", {"intermediate_size": 64}, (1, 4, 4)),
+    "siglip-vision": ("SiglipVisionConfig", "SiglipVisionModel", {"intermediate_size": 64}, (0, 4, 4)),   # no CLS
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_transformers_families_load_with_their_token_grid_and_record_a_block(family, tmp_path):
+    """Conformance: each family built from a config with random weights and saved loads as hf:FOLDER, names its grid
+    and prefix tokens, and its first encoder block records as a hook of our own on the same tensors (1e-6)."""
+    from dissect.hooks import Recorder
+    from dissect.maps import token_grid
+    from dissect.models import load_target
+
+    cfg_cls, model_cls, fields, grid = FAMILIES[family]
+    cfg = getattr(transformers, cfg_cls)(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, **fields)
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(cfg).eval()
+    model.save_pretrained(tmp_path / family)
+    t = load_target(f"hf:{tmp_path / family}", None, None, None, "cpu")
+    assert t.module.dissect_token_grid == grid
+    block = next(n for n, _ in model.named_modules() if n.rstrip("0123456789").endswith(("layer.", "layers."))
+                 and n[-1] == "0")
+    x = torch.randn(2, 3, 32, 32)
+    seen = {}
+    h = model.get_submodule(block).register_forward_hook(lambda m, i, o: seen.update(x=(o[0] if isinstance(o, tuple) else o)))
+    with torch.inference_mode():
+        model(pixel_values=x)
+    h.remove()
+    with Recorder(t.module, [block], summary="mean") as rec, torch.inference_mode():
+        got = rec.run(x)[block]
+    np.testing.assert_allclose(got.numpy(), seen["x"].mean(dim=1).numpy(), atol=1e-6)
+    assert token_grid(t.module, seen["x"].shape[1], block).tokens == seen["x"].shape[1]
+
+
+def test_a_missing_hf_folder_is_named_in_one_line(tmp_path):
+    r = invoke("layers", f"hf:{tmp_path / 'nowhere'}", ok=False)
+    assert_one_line_error(r, "does not exist")
