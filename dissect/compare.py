@@ -261,14 +261,12 @@ def _labels_of(path: Path | None) -> tuple[dict[tuple[str, int], str], str | Non
 
 
 def _scores_of(path: Path | None) -> dict[tuple[str, int], float]:
-    """simulate.parquet's correlation per (layer, unit) (the first row of each, where it scores several files)."""
+    """simulate.parquet's correlation per (layer, unit) (``simulate.read_scores``; none without a file)."""
     if path is None:
         return {}
-    table = A.read_table(path, A.SIMULATE_FORMAT).to_pydict()
-    out: dict[tuple[str, int], float] = {}
-    for lay, u, s in zip(table["layer"], table["unit"], table["correlation"]):
-        out.setdefault((lay, int(u)), math.nan if s is None else float(s))
-    return out
+    from .evaluate.simulate import read_scores
+
+    return read_scores(path)
 
 
 def _cosines(pairs: list[tuple[str, str]], clip_spec: str | None, device: str, given: bool = True) -> dict[tuple[str, str], float]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import html
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -23,7 +22,7 @@ from .runtime import note
 from .report import ReportSettings, _check_report_output, _probe_from_activations, _thumbnails, fill_template
 
 
-def _side_tops(path: Path, layers: set[str], pos: dict[str, int], n: int) -> tuple[dict[tuple[str, int], list], Any]:
+def _side_tops(path: Path, layers: set[str], pos: dict[str, int], n: int) -> dict[tuple[str, int], list]:
     """{(layer, unit): [(image id, activation), ...]} of the top ``n`` images of every unit, among the probe's."""
     acts = A.read_activations(path, data=False)
     keep = np.array([i for i, k in enumerate(acts.ids) if k in pos], dtype=np.int64)
@@ -35,7 +34,7 @@ def _side_tops(path: Path, layers: set[str], pos: dict[str, int], n: int) -> tup
         order = np.argsort(-q, axis=0, kind="stable")[:n]
         for u in range(q.shape[1]):
             out[(layer, u)] = [(acts.ids[keep[i]], float(q[i, u])) for i in order[:, u]]
-    return out, acts
+    return out
 
 
 def _ordered(rows: list[dict], change: dict[str, int]) -> list[tuple[str, dict]]:
@@ -109,8 +108,8 @@ def build_compare_report(compare: str | os.PathLike, out: str | os.PathLike, pro
                              hint="run `dissect compare` again where the activations are")
     probe_set = open_probe(probe or _probe_from_activations(A.read_activations(a, data=False)))
     pos = {k: i for i, k in enumerate(probe_set.ids)}
-    tops_a, _ = _side_tops(a, {r["layer_a"] for r in rows}, pos, settings.top_images)
-    tops_b, _ = _side_tops(b, {r["layer_b"] for r in rows}, pos, settings.top_images)
+    tops_a = _side_tops(a, {r["layer_a"] for r in rows}, pos, settings.top_images)
+    tops_b = _side_tops(b, {r["layer_b"] for r in rows}, pos, settings.top_images)
     out = Path(out)
     page = out if settings.single_file else out / "index.html"
     _check_report_output(out, page, settings.single_file, [compare, a, b])

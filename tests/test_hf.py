@@ -38,6 +38,22 @@ def _first_block(model) -> str:
     return next(n for n in ("vit.layers.0", "vit.encoder.layer.0") if n in names)
 
 
+def _recorded_as_our_hook(target, model, block: str, x):
+    """dissect's loader and recorder on ``x`` against a plain hook on the transformers model (mean over tokens, to
+    1e-6); returns the hook's [N, L, C] tokens."""
+    from dissect.hooks import Recorder
+
+    seen = {}
+    h = model.get_submodule(block).register_forward_hook(lambda m, i, o: seen.update(x=(o[0] if isinstance(o, tuple) else o)))
+    with torch.inference_mode():
+        model(pixel_values=x)
+    h.remove()
+    with Recorder(target.module, [block], summary="mean") as rec, torch.inference_mode():
+        got = rec.run(x)[block]
+    np.testing.assert_allclose(got.numpy(), seen["x"].mean(dim=1).numpy(), atol=1e-6)
+    return seen["x"]
+
+
 def test_a_saved_vit_records_as_a_forward_hook_of_our_own_on_the_same_model(vit_folder, tmp_path):
     """Issue #29 acceptance: `record --model hf:FOLDER --layers BLOCK` equals a hook of our own on the model
     transformers loads from the folder, fed the images as its image processor prepares them, to 1e-6 (mean over
@@ -79,21 +95,13 @@ def test_the_recorded_block_equals_our_hook_on_the_same_tensors_to_1e_6(vit_fold
     transformers model, on one batch of tensors."""
     from transformers import ViTForImageClassification
 
-    from dissect.hooks import Recorder
     from dissect.models import load_target
 
     t = load_target(f"hf:{vit_folder}", None, None, None, "cpu")
     model = ViTForImageClassification.from_pretrained(vit_folder).eval()
     block = _first_block(model)
     x = torch.randn(4, 3, 32, 32)
-    seen = {}
-    h = model.get_submodule(block).register_forward_hook(lambda m, i, o: seen.update(x=(o[0] if isinstance(o, tuple) else o)))
-    with torch.inference_mode():
-        model(pixel_values=x)
-    h.remove()
-    with Recorder(t.module, [block], summary="mean") as rec, torch.inference_mode():
-        got = rec.run(x)[block]
-    np.testing.assert_allclose(got.numpy(), seen["x"].mean(dim=1).numpy(), atol=1e-6)
+    _recorded_as_our_hook(t, model, block, x)
     assert t.preprocess.input_size == 32 and t.module.dissect_token_grid == (1, 4, 4)
 
 
@@ -133,7 +141,6 @@ FAMILIES = {   # config class, model class, its config fields, the grid of its f
 def test_transformers_families_load_with_their_token_grid_and_record_a_block(family, tmp_path):
     """Conformance: each family built from a config with random weights and saved loads as hf:FOLDER, names its grid
     and prefix tokens, and its first encoder block records as a hook of our own on the same tensors (1e-6)."""
-    from dissect.hooks import Recorder
     from dissect.maps import token_grid
     from dissect.models import load_target
 
@@ -148,15 +155,8 @@ def test_transformers_families_load_with_their_token_grid_and_record_a_block(fam
     block = next(n for n, _ in model.named_modules() if n.rstrip("0123456789").endswith(("layer.", "layers."))
                  and n[-1] == "0")
     x = torch.randn(2, 3, 32, 32)
-    seen = {}
-    h = model.get_submodule(block).register_forward_hook(lambda m, i, o: seen.update(x=(o[0] if isinstance(o, tuple) else o)))
-    with torch.inference_mode():
-        model(pixel_values=x)
-    h.remove()
-    with Recorder(t.module, [block], summary="mean") as rec, torch.inference_mode():
-        got = rec.run(x)[block]
-    np.testing.assert_allclose(got.numpy(), seen["x"].mean(dim=1).numpy(), atol=1e-6)
-    assert token_grid(t.module, seen["x"].shape[1], block).tokens == seen["x"].shape[1]
+    tokens = _recorded_as_our_hook(t, model, block, x)
+    assert token_grid(t.module, tokens.shape[1], block).tokens == tokens.shape[1]
 
 
 def test_a_missing_hf_folder_is_named_in_one_line(tmp_path):

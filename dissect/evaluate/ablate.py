@@ -29,7 +29,7 @@ from ..errors import UsageError
 from ..passes import PassOptions
 from ..runtime import note, resolve_device
 from ..settings import Compute, Settings, no_other_fields
-from .ablation import TEMPERATURE, edit, losses, map_norm, score
+from .ablation import TEMPERATURE, correlations, edit, losses, map_norm, score
 
 LOSSES = ("auto", "ce", "kl")
 COLUMNS = ("labels", "method", "layer", "unit", "label", "ablation", "correlation", "damage_base", "damage_pred",
@@ -361,7 +361,7 @@ class _Run:
                                  f"ablate {Path(lf.path).name} {name} ({len(live)} units)", self.dev,
                                  positions=sorted(tail.row_of))
         scores = {j: score(float(tail.damage[1, k]), float(tail.damage[0, k])) for k, j in enumerate(live)}
-        corr = _correlations(actual[v], pred[v])
+        corr = [float(x) for x in correlations(actual[v], pred[v])]
         published, column = _published(lf)
         for j, u in enumerate(units):
             s = scores.get(j, math.nan)
@@ -416,12 +416,6 @@ def _reason(source, unknown, act, pred, mapped, val) -> str | None:
     if not bool(torch.isfinite(mapped).all()):
         return "its label's prediction cannot be mapped to the unit's scale"
     return None
-
-
-def _correlations(act, pred) -> list[float]:
-    a, p = act - act.mean(dim=0), pred - pred.mean(dim=0)
-    r = (a * p).sum(dim=0) / ((a * a).sum(dim=0) * (p * p).sum(dim=0)).sqrt()
-    return [float(x) for x in r]
 
 
 def _add(rows, lf, name, unit, label, s, corr, damage, n, held, loss, reason) -> None:

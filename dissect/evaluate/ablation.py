@@ -35,12 +35,15 @@ def map_norm(pred_test: torch.Tensor, act_val: torch.Tensor, pred_val: torch.Ten
     standard deviation and the prediction's correlation with it on the validation images, plus the unit's mean
     there (their ``simulate_ablation_norm``). Standard deviations are the unbiased ones, as torch.std; NaN for a
     unit whose prediction is constant."""
-    p, a, v = pred_test.double(), act_val.double(), pred_val.double()
-    mu, sd = a.mean(dim=0), a.std(dim=0)
-    va, vp = a - mu, v - v.mean(dim=0)
-    r = (va * vp).sum(dim=0) / torch.sqrt((va ** 2).sum(dim=0) * (vp ** 2).sum(dim=0))
+    p, a = pred_test.double(), act_val.double()
     z = (p - p.mean(dim=0)) / p.std(dim=0)
-    return z * sd * r + mu
+    return z * a.std(dim=0) * correlations(a, pred_val) + a.mean(dim=0)
+
+
+def correlations(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(U,) float64: Pearson's r of each column of ``a`` with the same column of ``b`` (NaN for a constant one)."""
+    va, vb = a.double() - a.double().mean(dim=0), b.double() - b.double().mean(dim=0)
+    return (va * vb).sum(dim=0) / torch.sqrt((va ** 2).sum(dim=0) * (vb ** 2).sum(dim=0))
 
 
 def _channels_second(x: torch.Tensor, layout: str) -> torch.Tensor:
