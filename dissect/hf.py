@@ -21,6 +21,11 @@ import torch
 from .errors import ModelError, UsageError
 
 PREFIX = "hf:"
+#: Model types whose layers are all convolutional (N, C, H, W): no token grid to name.
+CONV_TYPES = ("convnext", "convnextv2", "resnet", "regnet", "bit", "efficientnet", "mobilenet_v1", "mobilenet_v2",
+              "mobilevit", "mobilevitv2", "van", "poolformer", "levit", "dinat", "nat")
+#: Model types whose token grid shrinks stage by stage (2x2 patch merging) and has no CLS token.
+MERGING_TYPES = ("swin", "swinv2", "donut-swin", "maskformer-swin")
 #: PIL's resampling codes, as image processors store them, by the name dissect uses.
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
@@ -38,12 +43,13 @@ class HFModel(torch.nn.Module):
     """A transformers model seen as dissect sees every target: ``forward(pixels) -> tensor``, its submodules under
     their own names (the model's children are this module's children), its token grid in ``dissect_token_grid``."""
 
-    def __init__(self, model, grid: tuple[int, int, int] | None):
+    def __init__(self, model, grid: tuple[int, int, int] | None, merges: bool = False):
         super().__init__()
         object.__setattr__(self, "hf", model)           # not a child: its children are ours
         for name, child in model.named_children():
             self.add_module(name, child)
         self.dissect_token_grid = grid
+        self.dissect_token_merges = merges               # Swin: each stage halves the grid (2x2 patch merging)
 
     def train(self, mode: bool = True):
         self.hf.train(mode)
@@ -72,7 +78,9 @@ def _grid(config) -> tuple[int, int, int] | None:
     size = size if isinstance(size, (list, tuple)) else (size, size)
     patch = patch if isinstance(patch, (list, tuple)) else (patch, patch)
     model_type = str(getattr(vc, "model_type", ""))
-    prefix = 0 if ("siglip" in model_type or "swin" in model_type) else 1   # Swin: no CLS; its first stage's grid
+    if model_type in CONV_TYPES:
+        return None
+    prefix = 0 if ("siglip" in model_type or model_type in MERGING_TYPES) else 1   # Swin: no CLS; its first stage's grid
     prefix += 1 if model_type == "deit" else 0                      # DeiT's distillation token
     prefix += int(getattr(vc, "num_register_tokens", 0) or 0)
     return prefix, int(size[0]) // int(patch[0]), int(size[1]) // int(patch[1])
@@ -137,7 +145,8 @@ def load(spec: str, weights: str | None, args: dict[str, Any]) -> tuple[HFModel,
                               "and pass --model hf:DIR") from None
     pre = _preprocess(str(folder or source), config)
     ident = "random" if random else (_weights_file(folder) if folder is not None else f"{source}@{revision or 'main'}")
-    return HFModel(model.eval(), _grid(config)), pre, ident
+    vc = getattr(config, "vision_config", None) or config
+    return HFModel(model.eval(), _grid(config), str(getattr(vc, "model_type", "")) in MERGING_TYPES), pre, ident
 
 
 def _model_class(tf, config):

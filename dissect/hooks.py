@@ -216,6 +216,24 @@ def _has_params(mod: torch.nn.Module, recurse: bool = False) -> bool:
     return any(True for _ in mod.parameters(recurse=recurse))
 
 
+def main_output(out: Any) -> Any:
+    """What a layer's units are read from: a tensor output itself, or the first element of a tuple whose first
+    element is a tensor (transformers' blocks return ``(hidden_states, attentions or None, ...)``); anything else
+    as it is (refused by the caller)."""
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    return out
+
+
+def with_main_output(out: Any, new: torch.Tensor) -> Any:
+    """``out`` with its main output (see ``main_output``) replaced by ``new``: what a forward hook returns to edit it."""
+    if not (isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor)):
+        return new
+    if hasattr(out, "_replace"):                                   # a namedtuple
+        return out._replace(**{out._fields[0]: new})
+    return type(out)([new, *out[1:]])
+
+
 def _first_tensor(inputs) -> torch.Tensor | None:
     return next((t for t in inputs if isinstance(t, torch.Tensor)), None)
 
@@ -285,6 +303,9 @@ class _Probe:
 
     def hook(self, name: str, mod: torch.nn.Module):
         def fn(_m, inputs, out):
+            main = main_output(out)
+            if main is not out and main.shape[0] == self.batch:     # a tuple's hidden states, batch first
+                out = main
             self.calls[name] += 1
             if name in self.infos:
                 self.infos[name].calls = self.calls[name]
@@ -467,6 +488,7 @@ class Recorder:
                                  hint="record a module that runs once (see `dissect layers`)")
             self._ran.add(name)
             info = self.layer_info[name]
+            output = main_output(output)
             if not isinstance(output, torch.Tensor) or tuple(output.shape[1:]) != info.raw_shape:
                 got = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else type(output).__name__
                 raise ModelError(f"layer {name} gave {got} on this batch but {info.raw_shape} when its layout was "

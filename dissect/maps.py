@@ -159,6 +159,17 @@ def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, (int, float)) else (int(v[0]), int(v[1]))
 
 
+def _merged(grid: Grid, n_tokens: int) -> Grid:
+    """The grid of a later stage of a model that merges 2x2 patches per stage (Swin): the first grid halved until it
+    holds ``n_tokens`` (unchanged where no halving does)."""
+    h, w = grid.h, grid.w
+    while h * w > n_tokens and h > 1 and w > 1:
+        h, w = (h + 1) // 2, (w + 1) // 2          # Swin pads an odd side before merging
+        if grid.prefix + h * w == n_tokens:
+            return Grid(grid.prefix, h, w)
+    return grid
+
+
 def token_grid(model: torch.nn.Module, n_tokens: int, layer: str = "LAYER") -> Grid:
     """The grid of a layer with ``n_tokens`` tokens in ``model``; a UsageError (one line) where the model does not
     say it (a grid guessed from a square count would put the maps of a model with registers off by some cells)."""
@@ -175,6 +186,8 @@ def token_grid(model: torch.nn.Module, n_tokens: int, layer: str = "LAYER") -> G
         h, w = _pair(model.image_size)
         p = int(model.patch_size)
         grid = Grid(1 if getattr(model, "class_token", None) is not None else 0, h // p, w // p)
+    if grid is not None and grid.tokens != n_tokens and getattr(model, "dissect_token_merges", False):
+        grid = _merged(grid, n_tokens)
     if grid is None:
         raise UsageError(f"cannot tell where the {n_tokens} tokens of layer {layer} sit on the image: the model names "
                          "no patch grid (timm's patch_embed.grid_size, torchvision's image_size and patch_size, a transformers "

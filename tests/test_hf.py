@@ -159,6 +159,90 @@ def test_transformers_families_load_with_their_token_grid_and_record_a_block(fam
     assert token_grid(t.module, tokens.shape[1], block).tokens == tokens.shape[1]
 
 
+HIERARCHICAL = {   # config class, model class, config fields, the block recorded, its (prefix, rows, cols) or None (conv)
+    "swin": ("SwinConfig", "SwinForImageClassification",
+             {"embed_dim": 16, "depths": [1, 1], "num_heads": [2, 2], "window_size": 4}, "swin.encoder.layers.1.blocks.0",
+             (0, 4, 4)),                        # 32 px / 4 px patches = 8x8 in stage 0, merged 2x2: 4x4 in stage 1
+    "convnext": ("ConvNextConfig", "ConvNextForImageClassification",
+                 {"num_stages": 2, "hidden_sizes": [8, 16], "depths": [1, 1]}, "convnext.encoder.stages.1", None),
+}
+
+
+@pytest.mark.parametrize("family", sorted(HIERARCHICAL))
+def test_hierarchical_transformers_families_record_their_stages_with_maps_on_each_stages_grid(family, tmp_path):
+    """Conformance for Swin (tokens without CLS, a grid halved per stage) and ConvNeXt (channels-first conv stages):
+    a later stage's block records as our own hook to 1e-6 and its maps sit on that stage's grid."""
+    from dissect.maps import token_grid
+    from dissect.models import load_target
+
+    cfg_cls, model_cls, fields, block, grid = HIERARCHICAL[family]
+    cfg = getattr(transformers, cfg_cls)(image_size=32, patch_size=4, num_labels=3, **fields)
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(cfg).eval()
+    model.save_pretrained(tmp_path / family)
+    t = load_target(f"hf:{tmp_path / family}", None, None, None, "cpu")
+    x = torch.randn(2, 3, 32, 32)
+    if grid is None:
+        assert t.module.dissect_token_grid is None
+        from dissect.hooks import Recorder
+
+        seen = {}
+        h = model.get_submodule(block).register_forward_hook(lambda m, i, o: seen.update(x=o))
+        with torch.inference_mode():
+            model(pixel_values=x)
+        h.remove()
+        with Recorder(t.module, [block], summary="mean") as rec, torch.inference_mode():
+            got = rec.run(x)[block]
+        np.testing.assert_allclose(got.numpy(), seen["x"].mean(dim=(2, 3)).numpy(), atol=1e-6)
+    else:
+        tokens = _recorded_as_our_hook(t, model, block, x)
+        g = token_grid(t.module, tokens.shape[1], block)
+        assert (g.prefix, g.h, g.w) == grid
+    probe = make_images(tmp_path / "probe", 4, seed=1)
+    invoke("record", probe, "--model", f"hf:{tmp_path / family}", "--layers", block, "--maps", "2",
+           "-o", tmp_path / "a.h5")
+    assert A.read_maps(tmp_path / "a.h5", block).values.shape[2:] == (4, 4)
+
+
 def test_a_missing_hf_folder_is_named_in_one_line(tmp_path):
     r = invoke("layers", f"hf:{tmp_path / 'nowhere'}", ok=False)
     assert_one_line_error(r, "does not exist")
+
+
+def test_a_block_returning_a_tuple_is_recorded_and_ablated_through_its_hidden_states(tmp_path):
+    """Swin's blocks return (hidden_states, None): dissect records the first element, and ablate's edit moves a
+    unit in it (the tuple kept) exactly as a loop of one forward per image and unit with a hook of our own."""
+    from dissect.evaluate.ablate import AblateSettings, _Tail, _Unit
+    from dissect.models import load_target
+
+    cfg_cls, model_cls, fields, block, _ = HIERARCHICAL["swin"]
+    torch.manual_seed(2)
+    model = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(image_size=32, patch_size=4, num_labels=3,
+                                                                            **fields)).eval()
+    model.save_pretrained(tmp_path / "swin")
+    t = load_target(f"hf:{tmp_path / 'swin'}", None, None, None, "cpu", layers=[block])
+    n, units = 3, [0, 5]
+    x = torch.randn(n, 3, 32, 32)
+    base, pred = torch.randn(n, 2).double(), torch.randn(n, 2).double()
+    tail = _Tail(t, _Unit(block, "nlc"), units, (base, pred), None, "kl", AblateSettings(samples=16), "cpu")
+    tail.row_of = {i: i for i in range(n)}
+    tail(torch.arange(n), x)
+    want = np.zeros((2, len(units)))
+    for i in range(n):
+        with torch.inference_mode():
+            ref = model(pixel_values=x[i : i + 1]).logits.double()
+        for k, u in enumerate(units):
+            for kind, d in enumerate((base, pred)):
+                def shift(m, inp, out, u=u, v=float(d[i, k])):
+                    hidden = out[0].clone()
+                    hidden[..., u] += v
+                    return (hidden, *out[1:])
+
+                h = model.get_submodule(block).register_forward_hook(shift)
+                with torch.inference_mode():
+                    y = model(pixel_values=x[i : i + 1]).logits.double()
+                h.remove()
+                p, q = torch.log_softmax(ref / 1.1, -1), torch.log_softmax(y / 1.1, -1)
+                want[kind, k] += float((p.exp() * (p - q)).sum())
+    assert (want > 0).all()
+    np.testing.assert_allclose(tail.damage.numpy(), want, rtol=1e-3, atol=1e-7)

@@ -135,17 +135,23 @@ class _Tail:
     def _hook(self, module, inputs, out):
         import torch
 
+        from ..hooks import main_output, with_main_output
+
         if not self.hooked.enabled:
             return None
         self.calls += 1
+        whole, out = out, main_output(out)
         if not isinstance(out, torch.Tensor):
             raise UsageError(f"module {self.site.module} returns {type(out).__name__}, not a tensor, so its units "
                              "cannot be moved", hint="ablate a layer whose output is one tensor")
         rows, chans, deltas, copies = self.plan
         if self.expand:             # a new tensor of the copies: edited in place
-            return edit(out.repeat_interleave(copies, dim=0), self.site.layout, rows, chans, deltas, self.site.decoder,
-                        inplace=True)
-        return edit(out, self.site.layout, rows, chans, deltas, self.site.decoder)
+            if whole is not out and any(isinstance(o, torch.Tensor) for o in whole[1:]):
+                raise UsageError(f"module {self.site.module} returns more than one tensor, so its copies cannot be "
+                                 "made inside the model", hint="ablate a module whose output is one tensor")
+            return with_main_output(whole, edit(out.repeat_interleave(copies, dim=0), self.site.layout, rows, chans,
+                                                deltas, self.site.decoder, inplace=True))
+        return with_main_output(whole, edit(out, self.site.layout, rows, chans, deltas, self.site.decoder))
 
     def _forward(self, x, copies: int):
         self.calls = 0
