@@ -157,7 +157,7 @@ def parse_requests(items: list[str] | None) -> list[DirectionRequest]:
 
 def _default_name(spec: str) -> str:
     p = Path(spec.partition("#")[0])
-    if p.is_dir():
+    if p.is_dir() or _is_sae_file(p):
         return "sae"
     if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
         return "module"
@@ -172,7 +172,7 @@ def load(spec: str, channels: int | None = None, device=None) -> DirectionSet:
     """The direction set of ``spec`` (see the module docstring), checked against ``channels`` when given."""
     path, _, key = spec.partition("#")
     p = Path(path)
-    if p.is_dir():
+    if p.is_dir() or (not key and p.is_file() and _is_sae_file(p)):
         if key:
             raise UsageError(f"--directions {spec}: '#key' is for matrix files, and {path} is a folder")
         ds = load_sae(p)
@@ -189,6 +189,12 @@ def load(spec: str, channels: int | None = None, device=None) -> DirectionSet:
     if device is not None:
         ds.module.to(device)
     return ds
+
+
+def _is_sae_file(p: Path) -> bool:
+    from .sae_files import kind_of
+
+    return kind_of(p) is not None
 
 
 def _missing(p: Path, what: str) -> UsageError:
@@ -260,106 +266,19 @@ def load_matrix(p: Path, key: str | None = None) -> DirectionSet:
     return DirectionSet("matrix", str(p), Projection(w), k, c, fp, {"file": str(p.resolve()), "key": key, "shape": [k, c]})
 
 
-def load_sae(folder: Path) -> DirectionSet:
-    """An SAE saved in the SAELens layout: its encoder's latents."""
-    import torch
+def load_sae(path: Path) -> DirectionSet:
+    """An SAE as any library saves it (``sae_files``): its encoder's latents."""
+    from .sae_files import read_sae
 
-    cfg_path, w_path = folder / SAE_CONFIG, folder / SAE_WEIGHTS
-    for p in (cfg_path, w_path):
-        if not p.is_file():
-            raise UsageError(f"SAE folder {folder} has no {p.name}",
-                             hint=f"an SAE in the SAELens layout holds {SAE_CONFIG} and {SAE_WEIGHTS} "
-                                  f"(SAE.save_model writes them); other formats: --directions LAYER=file.py:function")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"cannot read {cfg_path}: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ArtifactError(f"{cfg_path} is not a JSON object")
-    arch = str(cfg.get("architecture", "standard")).lower()
-    act = str(cfg.get("activation_fn_str", cfg.get("activation_fn", "topk" if arch == "topk" else "relu"))).lower()
-    kwargs = cfg.get("activation_fn_kwargs") or {}
-    if not isinstance(kwargs, dict):
-        raise ArtifactError(f"{cfg_path}: activation_fn_kwargs is {type(kwargs).__name__}, not an object")
-    apply_b_dec = cfg.get("apply_b_dec_to_input", True)
-    if not isinstance(apply_b_dec, bool):
-        raise ArtifactError(f"{cfg_path}: apply_b_dec_to_input is {apply_b_dec!r}, not true or false")
-    for name in ("d_in", "d_sae"):
-        if name in cfg and (isinstance(cfg[name], bool) or not isinstance(cfg[name], int)):
-            raise ArtifactError(f"{cfg_path}: {name} is {cfg[name]!r}, not a whole number")
-    if act == "topk" and arch == "standard":
-        arch = "topk"  # older SAELens: a standard SAE with a topk activation
-    if arch not in SAE_ENCODES:
-        raise UsageError(f"{folder}: SAE architecture {arch!r} is not supported",
-                         hint=f"supported: {', '.join(SAE_ENCODES)}; wrap others as --directions LAYER=file.py:function")
-    if arch != "topk" and act not in ("relu", "tanh-relu"):
-        raise UsageError(f"{folder}: activation {act!r} is not supported", hint="supported: relu, tanh-relu, topk")
-    k_top = cfg.get("k", kwargs.get("k")) if arch == "topk" else None
-    rescale = cfg.get("rescale_acts_by_decoder_norm", False)
-    if not isinstance(rescale, bool):
-        raise ArtifactError(f"{cfg_path}: rescale_acts_by_decoder_norm is {rescale!r}, not true or false")
-    if rescale and arch != "topk":
-        raise UsageError(f"{folder}: rescale_acts_by_decoder_norm is defined for topk SAEs only, not {arch}",
-                         hint="fold the decoder norms into W_enc and b_enc, or wrap it as --directions LAYER=file.py:function")
-    norm = str(cfg.get("normalize_activations", "none") or "none").lower()
-    if norm not in SAE_NORMALIZERS:
-        raise UsageError(f"{folder}: normalize_activations {norm!r} is not supported",
-                         hint="supported: none, constant_norm_rescale, layer_norm; fold a dataset-wide scaling factor "
-                              "into W_enc and b_dec, or wrap the SAE as file.py:function")
-    try:
-        from safetensors.torch import load_file
-
-        sd = load_file(str(w_path))
-    except Exception as e:
-        raise ArtifactError(f"cannot read {w_path}: {(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
-    need = ["W_enc", "b_enc", "b_dec"] + (["threshold"] if arch == "jumprelu" and "log_threshold" not in sd else []) \
-        + (["W_dec"] if rescale else [])
-    missing = [n for n in need if n not in sd]
-    if missing:
-        raise ArtifactError(f"{w_path} has no {', '.join(missing)}", hint=f"it holds: {', '.join(sorted(sd))}")
-    W_enc = sd["W_enc"].to(torch.float32)
-    if W_enc.ndim != 2:
-        raise ArtifactError(f"{w_path}: W_enc is {tuple(W_enc.shape)}, not [d_in, d_sae]")
-    d_in, d_sae = (int(s) for s in W_enc.shape)
-    if "threshold" in sd:
-        threshold = sd["threshold"].to(torch.float32)
-    elif arch == "jumprelu":
-        threshold = torch.exp(sd["log_threshold"].to(torch.float32))
-    else:
-        threshold = None
-    shapes = {"b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,)}
-    for name, t in (("b_enc", sd["b_enc"]), ("b_dec", sd["b_dec"]), ("threshold", threshold)):
-        if t is not None and tuple(t.shape) != shapes[name]:
-            raise ArtifactError(f"{w_path}: {name} is {tuple(t.shape)}, but W_enc {tuple(W_enc.shape)} needs {shapes[name]}")
-    for name, want in (("d_in", d_in), ("d_sae", d_sae)):
-        if name in cfg and int(cfg[name]) != want:
-            raise ArtifactError(f"{folder}: {SAE_CONFIG} says {name} = {cfg[name]}, but W_enc is {tuple(W_enc.shape)}")
-    if arch == "topk":
-        if isinstance(k_top, bool) or not isinstance(k_top, (int, float)) or not math.isfinite(k_top) \
-                or int(k_top) < 1 or int(k_top) != k_top:
-            raise ArtifactError(f"{folder}: a topk SAE needs a whole k >= 1 in {SAE_CONFIG} ('k' or activation_fn_kwargs.k)")
-        k_top = min(int(k_top), d_sae)
-    dec_norm = None
-    if rescale:  # SAELens 6.14+: a TopK SAE's pre-activations times each decoder row's norm (topk_sae.TopKSAE.encode)
-        W_dec = sd["W_dec"].to(torch.float32)
-        if tuple(W_dec.shape) != (d_sae, d_in):
-            raise ArtifactError(f"{w_path}: W_dec is {tuple(W_dec.shape)}, but W_enc {tuple(W_enc.shape)} needs {(d_sae, d_in)}")
-        dec_norm = W_dec.norm(dim=-1)
-    enc = SAEEncoder(W_enc, sd["b_enc"].to(torch.float32), sd["b_dec"].to(torch.float32),
-                     apply_b_dec, arch, act, k_top, threshold, norm, dec_norm)
-    for name, t in enc.state_dict().items():
-        if not torch.isfinite(t).all():
-            raise ArtifactError(f"{w_path}: {name} holds NaN or Inf")
-    describe = {"folder": str(folder.resolve()), "architecture": arch, "activation": act, "k": k_top,
-                "apply_b_dec_to_input": enc.apply_b_dec, "normalize_activations": norm, "d_in": d_in, "d_sae": d_sae,
-                "hook_name": cfg.get("hook_name", cfg.get("hook_point", "")), "model_name": cfg.get("model_name", "")}
-    if rescale:  # only when set: the fingerprints of every other SAE stay what they were
-        describe["rescale_acts_by_decoder_norm"] = True
-    if norm == "layer_norm":  # entries recorded before it followed SAELens (a biased variance) are not reused
-        describe["layer_norm_std"] = "sample, + 1e-5"
-    fp = _digest(["sae", {k: v for k, v in describe.items() if k not in ("folder", "hook_name", "model_name")},
+    sae = read_sae(path)
+    enc = SAEEncoder(sae)
+    describe = dict(sae.describe)
+    if "k" in describe:
+        describe["k"] = sae.k
+    provenance = ("folder", "file", "hook_name", "model_name", "layer", "hook_point_layer", "layer_subtype")
+    fp = _digest(["sae", {k: v for k, v in describe.items() if k not in provenance},
                   *(t.numpy().tobytes() for t in enc.state_dict().values())])
-    return DirectionSet("sae", str(folder), enc, d_sae, d_in, fp, describe)
+    return DirectionSet("sae", str(path), enc, sae.d_sae, sae.d_in, fp, describe)
 
 
 def load_module(spec: str, channels: int | None) -> DirectionSet:
@@ -466,6 +385,8 @@ SAE_NORMALIZERS = {"none": _no_norm, "constant_norm_rescale": _constant_norm_res
 def _act(enc, pre):
     import torch
 
+    if enc.act == "none":
+        return pre
     return torch.relu(torch.tanh(pre)) if enc.act == "tanh-relu" else torch.relu(pre)
 
 
@@ -473,47 +394,62 @@ def _topk(enc, pre):
     import torch
 
     top = torch.topk(pre, enc.k, dim=-1)
-    return torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))
+    return torch.zeros_like(pre).scatter_(-1, top.indices, _act(enc, top.values))
 
 
 def _jumprelu(enc, pre):
-    return _act(enc, pre) * (pre > enc.threshold.to(pre.dtype)).to(pre.dtype)
+    above = pre >= enc.threshold.to(pre.dtype) if enc.threshold_ge else pre > enc.threshold.to(pre.dtype)
+    return _act(enc, pre) * above.to(pre.dtype)
+
+
+def _gated(enc, pre):
+    return (pre > 0).to(pre.dtype) * _act(enc, enc._magnitude)
 
 
 #: Each SAE architecture's latents from its pre-activations (chosen once, when the SAE is loaded).
-SAE_ENCODES = {"standard": _act, "topk": _topk, "jumprelu": _jumprelu}
+SAE_ENCODES = {"standard": _act, "topk": _topk, "jumprelu": _jumprelu, "gated": _gated}
 
 
 class SAEEncoder(_module_base()):
-    """The encoder of a SAELens-layout SAE (``encode``, not the reconstruction).
+    """The encoder of an SAE (``encode``, not the reconstruction), from ``sae_files.SAEWeights``.
 
-    standard: act((x − b_dec·apply) W_enc + b_enc); jumprelu: the same times
-    [pre > threshold]; topk: the k largest pre-activations per position, through ReLU,
-    the rest 0 (with ``rescale_acts_by_decoder_norm``, the pre-activations are first
-    multiplied by each decoder row's norm, as SAELens 6.14+ does). Inputs are first normalised per position when the SAE says so. The
-    architecture's encode and the normalisation are chosen once, here (``SAE_ENCODES``,
-    ``SAE_NORMALIZERS``).
+    standard: act((x − b_dec·apply) W_enc + b_enc); jumprelu: relu of the same times [pre > threshold]
+    (``>=`` where the library keeps a code equal to it); topk: the k largest pre-activations per position, through
+    ReLU (or as they are, for saev's TopK), the rest 0 (with ``rescale_acts_by_decoder_norm``, the pre-activations
+    are first multiplied by each decoder row's norm, as SAELens 6.14+ does); gated: [x' W_enc + b_gate > 0] times
+    relu(x' (W_enc exp(r_mag)) + b_mag). Inputs are first normalised per position when the SAE says so; an MLP
+    encoder (Overcomplete) gives the pre-activations itself. The architecture's encode and the normalisation are
+    chosen once, here (``SAE_ENCODES``, ``SAE_NORMALIZERS``).
     """
 
-    def __init__(self, W_enc, b_enc, b_dec, apply_b_dec: bool, arch: str, act: str, k: int | None, threshold, norm: str,
-                 dec_norm=None):
+    def __init__(self, sae):
         import torch
 
         super().__init__()
-        self.register_buffer("W_enc", W_enc.contiguous())
-        self.register_buffer("b_enc", b_enc.contiguous())
-        self.register_buffer("b_dec", b_dec.contiguous())
-        self.register_buffer("threshold", threshold.contiguous() if threshold is not None else torch.zeros(0))
+        self.register_buffer("W_enc", sae.W_enc.contiguous() if sae.W_enc is not None else torch.zeros(0))
+        self.register_buffer("b_enc", sae.b_enc.contiguous())
+        self.register_buffer("b_dec", sae.b_dec.contiguous())
+        self.register_buffer("threshold", sae.threshold.contiguous() if sae.threshold is not None else torch.zeros(0))
         # registered only when used: other SAEs' state (and so their fingerprints) stay what they were
-        self.register_buffer("dec_norm", dec_norm.contiguous() if dec_norm is not None else None)
-        self.apply_b_dec, self.arch, self.act, self.k, self.norm = apply_b_dec, arch, act, k, norm
-        self._normalise, self._encode = SAE_NORMALIZERS[norm], SAE_ENCODES[arch]
+        for name in ("dec_norm", "r_mag", "b_mag"):
+            t = getattr(sae, name)
+            self.register_buffer(name, t.contiguous() if t is not None else None)
+        self.pre_module = sae.pre_module
+        self.apply_b_dec, self.arch, self.act, self.k, self.norm = sae.apply_b_dec, sae.arch, sae.act, sae.k, sae.norm
+        self.threshold_ge = sae.threshold_ge
+        self._normalise, self._encode = SAE_NORMALIZERS[sae.norm], SAE_ENCODES[sae.arch]
 
     def forward(self, x):
         x = self._normalise(x)
         if self.apply_b_dec:
             x = x - self.b_dec.to(x.dtype)
-        pre = x @ self.W_enc.to(x.dtype) + self.b_enc.to(x.dtype)
+        if self.pre_module is not None:
+            pre = self.pre_module(x)
+        else:
+            xw = x @ self.W_enc.to(x.dtype)
+            pre = xw + self.b_enc.to(x.dtype)
+            if self.r_mag is not None:
+                self._magnitude = xw * self.r_mag.to(x.dtype).exp() + self.b_mag.to(x.dtype)
         if self.dec_norm is not None:
             pre = pre * self.dec_norm.to(x.dtype)
         return self._encode(self, pre)
@@ -598,19 +534,18 @@ def decoder(kind: str, spec: str):
 
     path, _, key = spec.partition("#")
     if kind == "sae":
-        from safetensors.torch import load_file
+        from .sae_files import read_sae
 
-        w = Path(path) / SAE_WEIGHTS
-        try:
-            sd = load_file(str(w))
-        except Exception as e:
-            raise ArtifactError(f"cannot read {w}: {(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
-        if "W_dec" not in sd or "W_enc" not in sd:
-            raise ArtifactError(f"{w} has no W_dec, so its latents cannot be moved", hint=f"it holds: {', '.join(sorted(sd))}")
-        dec, enc = sd["W_dec"].to(torch.float32), sd["W_enc"].to(torch.float32)     # [K, C], [C, K]
-        if dec.ndim != 2 or enc.shape != dec.T.shape:
-            raise ArtifactError(f"{w}: W_dec {tuple(dec.shape)} does not fit W_enc {tuple(enc.shape)}")
+        sae = read_sae(Path(path))
+        if sae.W_dec is None or sae.W_enc is None:
+            why = sae.no_decoder or "its file holds no decoder"
+            raise UsageError(f"the latents of {path} cannot be moved in the network: {why}",
+                             hint="ablate the layer's neurons, or an SAE whose decoder writes back to this layer")
+        dec, enc = sae.W_dec, sae.W_enc                        # [K, C], [C, K]
         gain = (enc.T * dec).sum(dim=1, keepdim=True)          # how far latent k's pre-activation moves per W_dec[k]
+        scale = sae.r_mag.exp() if sae.r_mag is not None else sae.dec_norm   # gated magnitudes, topk rescaling
+        if scale is not None:
+            gain = gain * scale[:, None]
         return torch.where(gain.abs() > 1e-12, dec / gain, dec)
     if kind == "matrix":
         d = load_matrix(Path(path), key or None).module.weight.detach().to(torch.float32)

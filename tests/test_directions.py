@@ -304,7 +304,9 @@ def test_the_readme_recipe_for_other_sae_checkpoints_works_and_tracks_the_checkp
 
 def test_summaries_are_taken_after_encoding_every_position():
     W_enc = torch.randn(C, K, generator=torch.Generator().manual_seed(5))
-    enc = D.SAEEncoder(W_enc, torch.zeros(K), torch.zeros(C), True, "standard", "relu", None, None, "none")
+    from dissect.sae_files import SAEWeights
+
+    enc = D.SAEEncoder(SAEWeights("test", W_enc, torch.zeros(K), torch.zeros(C)))
     ds = D.DirectionSet("sae", "x", enc, K, C, "f")
     x = torch.randn(3, C, 2, 2, generator=torch.Generator().manual_seed(6))  # nchw
     tokens = x.flatten(2).transpose(1, 2).double()

@@ -460,3 +460,72 @@ def test_simulate_writes_every_metric_of_the_framework_and_its_draws_do_not_depe
     assert few.metrics == ("correlation", "mad") and "f1" not in few.units
     n = len(ids)
     np.testing.assert_allclose(np.array(few.units["correlation"]), np.array(big.units["correlation"]) * (n - 1) / n)
+
+
+def test_every_published_label_format_is_read_aligned_and_scored_as_dissects_own_labels(world_run, tmp_path):
+    """Issue #29: the same layer4 labels written in each published layout (Describe-and-Dissect, INVERT as CoSy ships
+    it, CoSy's evaluation, FALCON, NetDissect-Lite's 1-based tally) score exactly as the CLIP-Dissect CSV of them: the
+    units are aligned (0- and 1-based told apart), each format's quirks read (blank labels, WordNet synset names, FALCON's
+    Python-list cells and groups of several features)."""
+    out, _, ann, _ = world_run
+    rows = [r for r in _table(out / "labels-mixed-softwpmi.parquet") if r["layer"] == "layer4"][:12]
+    lab = {r["unit"]: r["label"] for r in rows}
+    units = sorted(lab)
+    ref = _csv(tmp_path / "cd.csv", ["layer", "unit", "description", "similarity"],
+               [["layer4", u, lab[u], 0.1] for u in units[1:]])
+    files = {
+        "Describe-and-Dissect": _csv(tmp_path / "dnd_layer4.csv", ["Neuron ID", "Label 1", "Label 2", "Label 3"],
+                                     [[u, lab[u] if u != units[0] else " ", "objects", " "] for u in reversed(units)]),
+        "INVERT": _csv(tmp_path / "resnet18-layer4.csv", ["neuron", "concept", "concept_id", "metric"],
+                       [[u, lab[u].replace(" ", "_") + ".n.01", f"n0{u}", 0.9] for u in units[1:]]),
+        "CoSy": _csv(tmp_path / "evaluation_INVERT_resnet18-layer4.csv", ["neuron", "concept", "AUC", "U1", "p", "MAD"],
+                     [[u, lab[u], 0.8, 10, 0.01, 1.2] for u in units[1:]]),
+        "FALCON": _csv(tmp_path / "falcon_layer4.csv", ["group", "Unnamed: 0", "concept_set_words",
+                                                        "concept_set_noun_phrases"],
+                       [[u, u, str([("word", 0.2)]), str([(lab[u], 0.05), ("other", 0.01)])] for u in units[1:]]
+                       + [["3,7", "3,7", "[('grass', 0.1)]", "[('green grass', 0.02)]"]]),
+        "NetDissect": _csv(tmp_path / "tally_layer4.csv", ["unit", "category", "label", "score"],
+                           [[u + 1, "object", lab[u].replace(" ", "_"), 0.1] for u in units[1:]]),
+    }
+    kinds = {"Describe-and-Dissect": "describe-and-dissect-csv", "INVERT": "invert-csv", "CoSy": "cosy-evaluation-csv",
+             "FALCON": "falcon-csv", "NetDissect": "netdissect-tally"}
+    known = ["layer3", "layer4"]
+    for method, f in files.items():
+        lf = A.read_label_file(f, known_layers=known)
+        assert lf.kind == kinds[method] and lf.layers == ["layer4"] * len(units[1:]), method
+        assert sorted(zip(lf.units, lf.labels)) == [(u, lab[u]) for u in units[1:]], method
+    res = tmp_path / "s.parquet"
+    r = invoke("evaluate", "simulate", ref, *files.values(), "--activations", out / "activations.h5",
+               "--annotations", ann, "-o", res)
+    assert "1 unit(s) without a label left out" in r.stderr and "group(s) of several features" in r.stderr
+    got = {}
+    for row in _table(res):
+        got.setdefault(row["method"], {})[row["unit"]] = (row["label"], row["correlation"])
+    assert set(got) == {"CLIP-Dissect (CSV)", *files}
+    for method in files:
+        assert got[method] == got["CLIP-Dissect (CSV)"], method
+    assert sum(not np.isnan(c) for _, c in got["INVERT"].values()) >= 5      # annotated concepts: really scored
+
+
+def test_label_files_with_units_past_the_layer_say_1_based_and_older_invert_files_are_named(world_run, tmp_path):
+    out, _, ann, _ = world_run
+    n = A.activation_layer_shape(out / "activations.h5", "layer4")[1]
+    one_based = _csv(tmp_path / "dnd_layer4.csv", ["Neuron ID", "Label 1", "Label 2", "Label 3"],
+                     [[u + 1, "red", "", ""] for u in range(n)])
+    assert_one_line_error(invoke("evaluate", "simulate", one_based, "--activations", out / "activations.h5",
+                                 "--annotations", ann, ok=False), f"unit {n}", "1-based")
+    old = _csv(tmp_path / "resnet18-layer4.csv", ["neuron", "formula", "length", "metric", "concept_fraction"],
+               [[0, "n02098413", 1, 0.93, 0.001]])
+    assert_one_line_error(invoke("evaluate", "simulate", old, "--activations", out / "activations.h5",
+                                 "--annotations", ann, ok=False), "WordNet ids", "neuron,concept,concept_id,metric")
+
+
+def test_invert_formulas_read_as_words_and_conjunctions_as_parts(tmp_path):
+    f = _csv(tmp_path / "m-layer4.csv", ["neuron", "concept", "concept_id", "metric"],
+             [[0, "box.n.01 & ~mailbox.n.01", "", 0.9], [1, "red & round_shape.n.02", "", 0.8],
+              [2, "~c & (a | pencil_box.n.01)", "", 0.7]])
+    lf = A.read_label_file(f, known_layers=["layer4"])
+    assert lf.labels == ["box and not mailbox", "red and round shape", "not c and (a or pencil box)"]
+    assert lf.parts is None
+    lf = A.read_label_file(f, known_layers=["layer4"], composed="and")
+    assert lf.parts == [["box and not mailbox"], ["red", "round shape"], ["not c and (a or pencil box)"]]

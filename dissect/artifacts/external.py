@@ -114,6 +114,100 @@ def _explanations(rows, layer, path) -> _Parsed:
                    [r.get("val correlation") for r in rows], parts, weights)
 
 
+def _blank(text: str | None) -> bool:
+    return not (text or "").strip()
+
+
+def _dnd(rows, layer, path) -> _Parsed:
+    """Describe-and-Dissect's final_results.csv (Neuron ID,Label 1,Label 2,Label 3; the layer in its folder or file
+    name): each unit's first label is its description (Labels 2 and 3 are the method's lesser candidates, kept in
+    ``parts`` of nothing: not scored); a missing label is written as a space."""
+    key = "Label 1" if "Label 1" in rows[0] else "label"
+    return _Parsed([layer] * len(rows), [r["Neuron ID"] for r in rows], [r.get(key) or "" for r in rows],
+                   [None] * len(rows))
+
+
+def _synset_words(name: str) -> str:
+    """A WordNet synset name as words (pencil_box.n.01 -> pencil box); other names as they are, '_' as spaces."""
+    import re
+
+    m = re.fullmatch(r"(.+)\.[nvasr]\.\d+", name.strip())
+    return " ".join((m.group(1) if m else name).replace("_", " ").split())
+
+
+def _formula(text: str, path, row: int) -> tuple[str, list[str] | None]:
+    """An INVERT formula (sympy's ``&``, ``|``, ``~`` over concept names, parentheses where needed) as words, and its
+    parts where it is a conjunction of plain concepts (what ``--composed and`` scores); a single concept as it is."""
+    import re
+
+    tokens = re.findall(r"\(|\)|&|\||~|[^()&|~]+", text)
+    words = [t.strip() for t in tokens if t.strip()]
+    if any(w in ("(", ")", "|", "~") for w in words):
+        spoken = {"&": "and", "|": "or", "~": "not"}
+        out = " ".join(spoken.get(w, w if w in "()" else _synset_words(w)) for w in words)
+        return out.replace("( ", "(").replace(" )", ")"), None
+    parts = [_synset_words(w) for w in words if w != "&"]
+    if not parts or len(parts) != len([w for w in words if w != "&"]) or any(not p for p in parts):
+        raise InputError(f"{path} row {row}: concept {text!r} is not a concept or an INVERT formula")
+    return " and ".join(parts), parts if len(parts) > 1 else None
+
+
+def _invert(rows, layer, path) -> _Parsed:
+    """INVERT's explanations as CoSy ships them (neuron,concept,concept_id,metric; the layer in the file name, e.g.
+    resnet18-layer4.csv): the concept, or a formula of concepts (WordNet synset names as words), scored by its AUROC."""
+    texts, parts = [], []
+    for n, r in enumerate(rows):
+        text, conj = _formula(r["concept"], path, n + 2) if not _blank(r["concept"]) else ("", None)
+        texts.append(text)
+        parts.append(conj or [text])
+    return _Parsed([layer] * len(rows), [r["neuron"] for r in rows], texts, [r.get("metric") for r in rows],
+                   parts if any(len(p) > 1 for p in parts) else None)
+
+
+def _invert_wnids(rows, layer, path) -> _Parsed:
+    raise InputError(f"{path} is INVERT's older layout (neuron,formula,...): its formulas name WordNet ids "
+                     f"({rows[0].get('formula', '')!r}), not words",
+                     hint="use the layout CoSy ships (neuron,concept,concept_id,metric), or map the ids to names first")
+
+
+def _falcon(rows, layer, path) -> _Parsed:
+    """FALCON's falcon_concepts.csv (group,concept_set_words,concept_set_noun_phrases; cells are Python lists of
+    (phrase, score)): each single-feature group's top noun phrase (as CoSy reads it), scored by its score; groups of
+    several features describe a subspace, not a unit, and are left out with a warning."""
+    import ast
+
+    from ..runtime import warn
+
+    keep, texts, scores, skipped = [], [], [], 0
+    column = "concept_set_noun_phrases" if "concept_set_noun_phrases" in rows[0] else "concept_set_words"
+    for n, r in enumerate(rows):
+        group = str(r["group"]).strip().strip("()[]").replace("_", ",")
+        if "," in group.rstrip(","):
+            skipped += 1
+            continue
+        try:
+            phrases = ast.literal_eval(r[column] or "[]")
+            text, score = (phrases[0][0], phrases[0][1]) if phrases else ("", None)
+        except (ValueError, SyntaxError, TypeError, IndexError):
+            raise InputError(f"{path} row {n + 2}: {column} is not a list of (phrase, score)",
+                             hint="give FALCON's falcon_concepts.csv as it writes it") from None
+        keep.append(group.rstrip(","))
+        texts.append(str(text))
+        scores.append(score)
+    if skipped:
+        warn(f"{path}: {skipped} FALCON group(s) of several features left out (a group describes a subspace, not a unit)")
+    if not keep:
+        raise InputError(f"{path}: every FALCON group holds several features, so no unit is labelled")
+    return _Parsed([layer] * len(keep), keep, texts, scores)
+
+
+def _cosy(rows, layer, path) -> _Parsed:
+    """CoSy's evaluation output (neuron,concept,AUC,U1,p,MAD; the layer in the file name): the concept each neuron
+    was explained with, scored by CoSy's AUC."""
+    return _Parsed([layer] * len(rows), [r["neuron"] for r in rows], [r["concept"] for r in rows],
+                   [r.get("AUC") for r in rows])
+
+
 @dataclass(frozen=True)
 class CsvLayout:
     """One published label-file layout: what it is, the columns that tell it apart (``detect``), whether its file
@@ -125,6 +219,7 @@ class CsvLayout:
     parse: Any
     layer_in_name: bool = False
     one_based: bool = False
+    skips_blank: bool = False    # a unit whose label is blank is left out (with a warning), not an error
 
 
 #: Label files other methods publish, in the order their headers are tried.
@@ -140,6 +235,21 @@ CSV_LAYOUTS: dict[str, CsvLayout] = {
     "baseline-csv": CsvLayout("a baseline CSV of Linear Explanations (unit,description,...; the layer in the file name)",
                               "baseline (CSV)", lambda cols: {"unit", "description"} <= cols, _described,
                               layer_in_name=True),
+    "describe-and-dissect-csv": CsvLayout(
+        "Describe-and-Dissect CSV (Neuron ID,Label 1,Label 2,Label 3; one layer, in the file or folder name)",
+        "Describe-and-Dissect", lambda cols: "Neuron ID" in cols and ("Label 1" in cols or "label" in cols), _dnd,
+        layer_in_name=True, skips_blank=True),
+    "cosy-evaluation-csv": CsvLayout("CoSy evaluation CSV (neuron,concept,AUC,U1,p,MAD; one layer, in the file name)",
+                                     "CoSy", lambda cols: {"neuron", "concept", "AUC"} <= cols, _cosy,
+                                     layer_in_name=True),
+    "invert-csv": CsvLayout("INVERT CSV (neuron,concept,concept_id,metric; one layer, in the file name)", "INVERT",
+                            lambda cols: {"neuron", "concept", "metric"} <= cols, _invert, layer_in_name=True),
+    "invert-formula-csv": CsvLayout("INVERT's older CSV (neuron,formula,length,metric,...)", "INVERT",
+                                    lambda cols: {"neuron", "formula", "metric"} <= cols, _invert_wnids,
+                                    layer_in_name=True),
+    "falcon-csv": CsvLayout("FALCON CSV (group,concept_set_words,concept_set_noun_phrases; one layer)", "FALCON",
+                            lambda cols: "group" in cols and bool({"concept_set_noun_phrases", "concept_set_words"} & cols),
+                            _falcon, layer_in_name=True, skips_blank=True),
     "netdissect-tally": CsvLayout("NetDissect-Lite tally CSV (unit,category,label,score,...; one layer, units 1-based)",
                                   "NetDissect", lambda cols: {"unit", "category", "label", "score"} <= cols, _tally,
                                   layer_in_name=True, one_based=True),
@@ -282,6 +392,8 @@ def read_label_file(path: str | os.PathLike, layer: str | None = None, composed:
     layout = CSV_LAYOUTS[kind]
     needs = layout.layer_in_name and ("layer" not in cols or not all(r.get("layer") for r in rows))
     parsed = layout.parse(rows, _layer_of(p, layer, known_layers, layout) if needs else None, p)
+    if parsed.weights is None and parsed.parts is not None and composed != "and":
+        parsed.parts = None           # a conjunction is scored as its phrase unless composed labels are read as AND
     offset = 1 if layout.one_based else 0
     units = _units(p, parsed.units, offset)
     similarity = []
@@ -295,8 +407,16 @@ def read_label_file(path: str | os.PathLike, layer: str | None = None, composed:
         if key in seen:
             raise InputError(f"{p} labels unit {key[1] + offset} of layer {key[0]} more than once")
         seen.add(key)
-    empty = [i for i, t in enumerate(parsed.texts) if not t]
-    if empty:
+    empty = [i for i, t in enumerate(parsed.texts) if _blank(t)]
+    if empty and layout.skips_blank and len(empty) < len(parsed.texts):
+        from ..runtime import warn
+
+        warn(f"{p}: {len(empty)} unit(s) without a label left out (first: unit {units[empty[0]] + offset})")
+        keep = [i for i in range(len(units)) if i not in set(empty)]
+        parsed = _Parsed(*([getattr(parsed, f)[i] for i in keep] if getattr(parsed, f) is not None else None
+                           for f in ("layers", "units", "texts", "scores", "parts", "weights")))
+        units = [units[i] for i in keep]
+    elif empty:
         raise InputError(f"{p} row {empty[0] + 2} has an empty label")
     return LabelFile(str(p), kind, parsed.layers, units, parsed.texts, similarity,
                      {"format": kind, "source": str(p.resolve())}, parsed.parts, parsed.weights)

@@ -1,0 +1,410 @@
+"""Every SAE library's files (issue #29), written in each layout by these tests without the libraries, read by
+``dissect.sae_files`` and encoded against float64 references written from each library's definitions.
+(tests/test_sae_libraries.py checks the same readers against the libraries themselves, where they are installed.)"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from dissect import directions as D
+from dissect.sae_files import kind_of, read_sae
+
+D_IN, D_SAE = 8, 12
+
+
+def _g(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _x(seed=9, n=(4, 3)):
+    return torch.randn(*n, D_IN, generator=_g(seed)) * 2
+
+
+def _encode(path, x):
+    ds = D.load(str(path), channels=D_IN)
+    with torch.inference_mode():
+        return ds.module(x).double(), ds
+
+
+def _close(got, want):
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    assert (want != 0).any() and (want == 0).any()          # the references really select
+
+
+# -- references, float64, from each library's own definitions ------------------------------------------------------
+
+def relu(t):
+    return t.clamp_min(0)
+
+
+def ref_topk(pre, k):
+    out = torch.zeros_like(pre)
+    top = pre.topk(k, dim=-1)
+    return out.scatter(-1, top.indices, top.values)
+
+
+def ref_layer_norm(x):
+    mu = x.mean(-1, keepdim=True)
+    return (x - mu) / ((((x - mu) ** 2).sum(-1, keepdim=True) / (x.shape[-1] - 1)).sqrt() + 1e-5)
+
+
+def _rand(*shape, seed, scale=1.0):
+    return (torch.randn(*shape, generator=_g(seed)) * scale).float()
+
+
+# -- saev ------------------------------------------------------------------------------------------------------------
+
+def _saev_file(path, header, sd):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    path.write_bytes((json.dumps(header) + "\n").encode() + buf.getvalue())
+    return path
+
+
+def _saev_sd(seed):
+    return {"W_enc": _rand(D_IN, D_SAE, seed=seed), "b_enc": _rand(D_SAE, seed=seed + 1),
+            "W_dec": _rand(D_SAE, D_IN, seed=seed + 2), "b_dec": _rand(D_IN, seed=seed + 3)}
+
+
+def test_saev_0_1_files_subtract_b_dec_and_later_schemas_do_not(tmp_path):
+    """saev 0.1.0's dump (header = vars(cfg), no schema): relu((x - b_dec) W_enc + b_enc); schema 5 (saev on GitHub):
+    h = x W_enc + b_enc, TopK keeps the k largest of h as they are (negative too), BatchTopK zeroes h <= threshold."""
+    sd = _saev_sd(1)
+    x = _x()
+    W, be, bd = (sd[k].double() for k in ("W_enc", "b_enc", "b_dec"))
+    old = _saev_file(tmp_path / "a" / "sae.pt", {"d_vit": D_IN, "exp_factor": 1.5, "seed": 0}, sd)
+    assert kind_of(old) == "saev"
+    got, ds = _encode(old, x)
+    _close(got, relu((x.double() - bd) @ W + be))
+    assert ds.kind == "sae" and ds.k == D_SAE
+    low = {**sd, "b_enc": sd["b_enc"] - 8}                  # some rows' top 3 below 0
+    top = _saev_file(tmp_path / "b" / "sae.pt", {"schema": 5, "cfg": {"d_model": D_IN, "d_sae": D_SAE,
+                     "activation": {"cls": "TopK", "params": {"top_k": 3}}}}, low)
+    want = ref_topk(x.double() @ W + be - 8, 3)
+    got, _ = _encode(top, x)
+    _close(got, want)
+    assert (want < 0).any()                                  # saev's TopK passes negative values on
+    sd_b = {**sd, "activation.threshold": torch.tensor(0.7)}
+    btk = _saev_file(tmp_path / "c" / "sae.pt", {"schema": 5, "cfg": {"d_model": D_IN, "d_sae": D_SAE,
+                     "activation": {"cls": "BatchTopK", "params": {"top_k": 3}}}}, sd_b)
+    h = x.double() @ W + be
+    got, _ = _encode(btk, x)
+    _close(got, h * (h > 0.7))
+
+
+# -- dictionary_learning ---------------------------------------------------------------------------------------------
+
+def _dl_folder(path, dict_class, sd, **trainer):
+    path.mkdir(parents=True)
+    torch.save(sd, path / "ae.pt")
+    (path / "config.json").write_text(json.dumps({"trainer": {"dict_class": dict_class, "activation_dim": D_IN,
+                                                              "dict_size": D_SAE, "layer": 3, **trainer},
+                                                  "buffer": {"d_submodule": D_IN}}, indent=4))
+    return path
+
+
+def _dl_cases():
+    r = _rand
+    lin = {"encoder.weight": r(D_SAE, D_IN, seed=11), "encoder.bias": r(D_SAE, seed=12),
+           "decoder.weight": r(D_IN, D_SAE, seed=13, scale=0.3)}
+    W = lin["encoder.weight"].double().T
+    b = lin["encoder.bias"].double()
+    bias = r(D_IN, seed=14)
+    norms = lin["decoder.weight"].double().norm(dim=0)
+
+    def autoencoder(x):            # load_dictionary: decoder columns normalised, encoder rows scaled by the norms
+        return relu((x - bias.double()) @ (W * norms) + b * norms)
+
+    def new(x):
+        return relu(x @ W + b)
+
+    g = {"encoder.weight": lin["encoder.weight"], "decoder.weight": lin["decoder.weight"], "decoder_bias": bias,
+         "r_mag": r(D_SAE, seed=15), "gate_bias": r(D_SAE, seed=16), "mag_bias": r(D_SAE, seed=17)}
+
+    def gated(x):
+        e = (x - bias.double()) @ W
+        return (e + g["gate_bias"].double() > 0) * relu(g["r_mag"].double().exp() * e + g["mag_bias"].double())
+
+    j = {"W_enc": r(D_IN, D_SAE, seed=18), "b_enc": r(D_SAE, seed=19), "W_dec": r(D_SAE, D_IN, seed=20),
+         "b_dec": r(D_IN, seed=21), "threshold": torch.rand(D_SAE, generator=_g(22))}
+
+    def jump(x):                   # no b_dec on the way in (apply_b_dec_to_input is False and not saved)
+        pre = x @ j["W_enc"].double() + j["b_enc"].double()
+        return relu(pre * (pre > j["threshold"].double()))
+
+    t = {"encoder.weight": lin["encoder.weight"], "encoder.bias": lin["encoder.bias"], "decoder.weight":
+         lin["decoder.weight"], "b_dec": bias, "k": torch.tensor(4, dtype=torch.int32), "threshold": torch.tensor(0.9)}
+
+    def topk(x):
+        return ref_topk(relu((x - bias.double()) @ W + b), 4)
+
+    def batch(x):
+        post = relu((x - bias.double()) @ W + b)
+        return post * (post > 0.9)
+
+    m = {**{k: j[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")}, "k": torch.tensor(4), "threshold": torch.tensor(0.5),
+         "group_sizes": torch.tensor([4, 8])}
+
+    def matryoshka(x):
+        post = relu((x - j["b_dec"].double()) @ j["W_enc"].double() + j["b_enc"].double())
+        return post * (post > 0.5)
+
+    return {"AutoEncoder": ({**lin, "bias": bias}, autoencoder, {}),
+            "AutoEncoderNew": ({**lin, "decoder.bias": bias}, new, {}),
+            "GatedAutoEncoder": (g, gated, {}), "JumpReluAutoEncoder": (j, jump, {}),
+            "AutoEncoderTopK": (t, topk, {"k": 4}), "BatchTopKSAE": (t, batch, {"k": 4}),
+            "MatryoshkaBatchTopKSAE": (m, matryoshka, {"k": 4})}
+
+
+@pytest.mark.parametrize("dict_class", sorted(_dl_cases()))
+def test_dictionary_learning_trainer_folders_encode_as_each_class(dict_class, tmp_path):
+    sd, ref, trainer = _dl_cases()[dict_class]
+    folder = _dl_folder(tmp_path / "trainer_0", dict_class, sd, **trainer)
+    x = _x()
+    for path in (folder, folder / "ae.pt"):                 # the folder or its ae.pt
+        assert kind_of(path) == "dictionary_learning"
+        got, ds = _encode(path, x)
+        _close(got, ref(x.double()))
+    assert ds.describe["dict_class"] == dict_class
+
+
+def test_dictionary_learning_class_comes_from_the_keys_where_the_config_names_another(tmp_path):
+    """The April update's trainer writes dict_class "AutoEncoder" for an AutoEncoderNew (whose keys differ)."""
+    sd, ref, _ = _dl_cases()["AutoEncoderNew"]
+    folder = _dl_folder(tmp_path / "t", "AutoEncoder", sd)
+    got, ds = _encode(folder, _x())
+    _close(got, ref(_x().double()))
+    assert ds.describe["dict_class"] == "AutoEncoderNew"
+
+
+# -- Overcomplete: torch.save(model) of classes the reader never imports ---------------------------------------------
+
+def _fake_overcomplete(monkeypatch):
+    """Modules named as Overcomplete's, holding classes of the same names and attributes: what torch.save pickles."""
+    base = types.ModuleType("overcomplete.sae.base")
+    mods = {name: types.ModuleType(name) for name in ("overcomplete", "overcomplete.sae", "overcomplete.sae.base",
+                                                       "overcomplete.sae.modules", "overcomplete.sae.dictionary",
+                                                       "overcomplete.sae.topk_sae", "overcomplete.sae.jump_sae",
+                                                       "overcomplete.sae.batchtopk_sae")}
+    mods["overcomplete.sae.base"] = base
+
+    def make(module, name, bases=(torch.nn.Module,)):
+        cls = type(name, bases, {"__module__": module})
+        setattr(mods[module], name, cls)
+        return cls
+
+    def normalize_l2(w):
+        return w / (w.norm(dim=-1, keepdim=True) + 1e-8)
+
+    normalize_l2.__module__, normalize_l2.__qualname__ = "overcomplete.sae.dictionary", "normalize_l2"
+    mods["overcomplete.sae.dictionary"].normalize_l2 = normalize_l2
+    classes = {"MLPEncoder": make("overcomplete.sae.modules", "MLPEncoder"),
+               "DictionaryLayer": make("overcomplete.sae.dictionary", "DictionaryLayer"),
+               "SAE": make("overcomplete.sae.base", "SAE"),
+               "TopKSAE": make("overcomplete.sae.topk_sae", "TopKSAE"),
+               "JumpSAE": make("overcomplete.sae.jump_sae", "JumpSAE"),
+               "BatchTopKSAE": make("overcomplete.sae.batchtopk_sae", "BatchTopKSAE")}
+    for name, m in mods.items():
+        monkeypatch.setitem(sys.modules, name, m)
+    return classes, normalize_l2
+
+
+def _overcomplete_model(classes, normalize, cls, hidden_blocks: bool, seed: int):
+    torch.manual_seed(seed)
+    enc = classes["MLPEncoder"]()
+    if hidden_blocks:
+        enc.mlp_blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(D_IN, 10), torch.nn.LayerNorm(10),
+                                                                  torch.nn.ReLU())])
+        enc.final_block = torch.nn.Sequential(torch.nn.Linear(10, D_SAE), torch.nn.BatchNorm1d(D_SAE))
+        enc.final_block[1].running_mean.normal_()
+        enc.final_block[1].running_var.uniform_(0.5, 2)
+    else:
+        enc.final_block = torch.nn.Sequential(torch.nn.Linear(D_IN, D_SAE), torch.nn.Identity())
+    enc.residual = False
+    dic = classes["DictionaryLayer"]()
+    dic.register_parameter("_weights", torch.nn.Parameter(torch.randn(D_SAE, D_IN)))
+    dic.register_buffer("multiplier", torch.tensor(0.3))
+    dic.normalization = normalize
+    model = classes[cls]()
+    model.encoder, model.dictionary = enc, dic
+    if cls == "TopKSAE":
+        model.top_k = 3
+    if cls == "BatchTopKSAE":
+        model.top_k, model.running_threshold = 20, torch.tensor(0.4)
+    if cls == "JumpSAE":
+        model.register_parameter("thresholds", torch.nn.Parameter(torch.randn(D_SAE) * 0.5 - 1))
+    return model.eval()
+
+
+def _overcomplete_ref(model, cls, x):
+    enc = model.encoder
+    h = x.float().reshape(-1, D_IN)
+    for block in getattr(enc, "mlp_blocks", []):
+        h = block(h)
+    pre = enc.final_block(h).double().reshape(*x.shape[:-1], D_SAE)
+    z = relu(pre)
+    if cls == "TopKSAE":
+        return ref_topk(z, 3)
+    if cls == "BatchTopKSAE":
+        return z * (z >= 0.4)
+    if cls == "JumpSAE":
+        return z * (z >= model.thresholds.double().exp())
+    return z
+
+
+@pytest.mark.parametrize("cls", ["SAE", "TopKSAE", "BatchTopKSAE", "JumpSAE"])
+@pytest.mark.parametrize("hidden", [False, True], ids=["linear", "mlp"])
+def test_overcomplete_models_saved_whole_encode_as_the_library_without_importing_it(cls, hidden, tmp_path, monkeypatch):
+    classes, normalize = _fake_overcomplete(monkeypatch)
+    model = _overcomplete_model(classes, normalize, cls, hidden, seed=3)
+    path = tmp_path / "sae.pth"
+    torch.save(model, path)
+    x = _x()
+    with torch.inference_mode():
+        want = _overcomplete_ref(model, cls, x)
+    for name in [n for n in sys.modules if n.startswith("overcomplete")]:
+        monkeypatch.delitem(sys.modules, name)             # the reader must not need (or import) the library
+    assert kind_of(path) == "overcomplete"
+    got, ds = _encode(path, x)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    assert not any(n.startswith("overcomplete") for n in sys.modules)
+    assert ds.describe["class"] == cls and ds.describe["encoder"] == ("mlp" if hidden else "linear")
+    if not hidden:               # its decoder: the l2-normalised atoms times exp(multiplier)
+        w = model.dictionary._weights.detach()
+        atoms = w / (w.norm(dim=-1, keepdim=True) + 1e-8) * np.exp(0.3)
+        dec = D.decoder("sae", str(path))
+        gain = (model.encoder.final_block[0].weight.detach() * atoms).sum(-1, keepdim=True)
+        torch.testing.assert_close(dec, atoms / gain, rtol=1e-5, atol=1e-6)
+
+
+def test_overcomplete_state_dicts_and_pickles_that_run_code_are_refused_in_one_line(tmp_path, monkeypatch):
+    from dissect.errors import ArtifactError, UsageError
+
+    classes, normalize = _fake_overcomplete(monkeypatch)
+    model = _overcomplete_model(classes, normalize, "TopKSAE", False, seed=1)
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    from dissect.sae_files import read_overcomplete
+
+    with pytest.raises(UsageError, match="state dict does not say which SAE"):
+        read_overcomplete(tmp_path / "sd.pt")
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    Evil.__module__ = "overcomplete.sae.evil"
+    torch.save({"model": Evil(), "tag": "overcomplete.sae"}, tmp_path / "evil.pt")
+    with pytest.raises(ArtifactError, match="not allowed"):
+        read_overcomplete(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()
+
+
+# -- ViT-Prisma ------------------------------------------------------------------------------------------------------
+
+def _prisma_folder(path, cfg, sd, form):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"d_in": D_IN, "expansion_factor": 1.5, "hook_point_layer": 9,
+                                                  "layer_subtype": "hook_resid_post", "_dtype": "float32", **cfg}))
+    if form == "weights":
+        torch.save(sd, path / "weights.pt")
+    else:                        # save_model: {"cfg": the pickled config object, "state_dict": ...}
+        names = ("vit_prisma", "vit_prisma.sae", "vit_prisma.sae.config")
+        mods = {n: types.ModuleType(n) for n in names}
+        Config = type("VisionModelSAERunnerConfig", (), {"__module__": "vit_prisma.sae.config"})
+        mods["vit_prisma.sae.config"].VisionModelSAERunnerConfig = Config
+        sys.modules.update(mods)
+        try:
+            c = Config()
+            c.__dict__.update(cfg)
+            torch.save({"cfg": c, "state_dict": sd}, path / "n_images_10.pt")
+        finally:
+            for n in names:
+                del sys.modules[n]
+    return path
+
+
+@pytest.mark.parametrize("form", ["weights", "save_model"])
+@pytest.mark.parametrize("arch", ["topk-layer_norm", "relu-none", "gated-constant_norm_rescale"])
+def test_vit_prisma_folders_encode_as_its_sparse_autoencoder(arch, form, tmp_path):
+    kind, norm = arch.split("-")
+    sd = {"W_enc": _rand(D_IN, D_SAE, seed=31), "b_enc": _rand(D_SAE, seed=32), "W_dec": _rand(D_SAE, D_IN, seed=33),
+          "b_dec": _rand(D_IN, seed=34)}
+    if kind == "gated":
+        sd.update(b_gate=_rand(D_SAE, seed=35), r_mag=_rand(D_SAE, seed=36), b_mag=_rand(D_SAE, seed=37))
+    cfg = {"activation_fn_str": "topk" if kind == "topk" else "relu", "activation_fn_kwargs": {"k": 4},
+           "normalize_activations": norm, "architecture": "gated" if kind == "gated" else "standard"}
+    folder = _prisma_folder(tmp_path / "sae", cfg, sd, form)
+    x = _x().double()
+    xn = {"layer_norm": ref_layer_norm(x), "none": x, "constant_norm_rescale": x * (D_IN ** 0.5) / x.norm(dim=-1, keepdim=True)}[norm]
+    s = xn - sd["b_dec"].double()
+    W = sd["W_enc"].double()
+    if kind == "gated":
+        want = ((s @ W + sd["b_gate"].double()) > 0) * relu(s @ (W * sd["r_mag"].double().exp()) + sd["b_mag"].double())
+    elif kind == "topk":
+        want = ref_topk(relu(s @ W + sd["b_enc"].double()), 4)
+    else:
+        want = relu(s @ W + sd["b_enc"].double())
+    assert kind_of(folder) == "vit_prisma"
+    got, _ = _encode(folder, x.float())
+    _close(got, want)
+
+
+# -- SAELens: gated SAEs and transcoders -----------------------------------------------------------------------------
+
+def _saelens(path, cfg, sd):
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True)
+    save_file(sd, str(path / "sae_weights.safetensors"))
+    (path / "cfg.json").write_text(json.dumps({"d_in": D_IN, "d_sae": D_SAE, **cfg}))
+    return path
+
+
+def test_saelens_gated_saes_encode_and_move_by_their_magnitude_path(tmp_path):
+    """SAELens's GatedSAE: [(x - b_dec) W_enc + b_gate > 0] * relu((x - b_dec)(W_enc exp(r_mag)) + b_mag); moving the
+    input along the decoder row ablate uses moves latent k's magnitude pre-activation by exactly the shift."""
+    sd = {"W_enc": _rand(D_IN, D_SAE, seed=41), "b_gate": _rand(D_SAE, seed=42), "b_mag": _rand(D_SAE, seed=43),
+          "r_mag": _rand(D_SAE, seed=44, scale=0.3), "b_dec": _rand(D_IN, seed=45), "W_dec": _rand(D_SAE, D_IN, seed=46)}
+    folder = _saelens(tmp_path / "g", {"architecture": "gated"}, sd)
+    x = _x().double()
+    s = x - sd["b_dec"].double()
+    W = sd["W_enc"].double()
+    mag = s @ (W * sd["r_mag"].double().exp()) + sd["b_mag"].double()
+    _close(_encode(folder, x.float())[0], ((s @ W + sd["b_gate"].double()) > 0) * relu(mag))
+    dec = D.decoder("sae", str(folder)).double()
+    for k in (0, 5):
+        moved = (s + 0.25 * dec[k]) @ (W * sd["r_mag"].double().exp()) + sd["b_mag"].double()
+        np.testing.assert_allclose((moved - mag)[..., k].numpy(), 0.25, atol=1e-5)
+
+
+def test_saelens_transcoders_encode_their_input_and_refuse_to_be_moved(tmp_path):
+    from dissect.errors import UsageError
+
+    sd = {"W_enc": _rand(D_IN, D_SAE, seed=51), "b_enc": _rand(D_SAE, seed=52), "W_dec": _rand(D_SAE, 6, seed=53),
+          "b_dec": _rand(6, seed=54)}
+    folder = _saelens(tmp_path / "t", {"architecture": "transcoder", "d_out": 6, "hook_name_out": "blocks.3.hook_mlp_out"}, sd)
+    x = _x().double()
+    _close(_encode(folder, x.float())[0], relu(x @ sd["W_enc"].double() + sd["b_enc"].double()))
+    with pytest.raises(UsageError, match="blocks.3.hook_mlp_out"):
+        D.decoder("sae", str(folder))
+
+
+def test_a_file_no_library_wrote_is_still_a_matrix_and_unknown_folders_say_what_is_read(tmp_path):
+    np.save(tmp_path / "dirs.npy", np.random.default_rng(0).normal(size=(3, D_IN)).astype(np.float32))
+    assert kind_of(tmp_path / "dirs.npy") is None
+    assert D.load(str(tmp_path / "dirs.npy"), channels=D_IN).kind == "matrix"
+    (tmp_path / "empty").mkdir()
+    from dissect.errors import UsageError
+
+    with pytest.raises(UsageError, match="not an SAE dissect reads"):
+        read_sae(tmp_path / "empty")
