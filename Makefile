@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_INDEX ?=
 
-.PHONY: demo test docs install clean
+.PHONY: demo test test-sae-libraries docs install clean
 
 # The runtime: dissect and what `pip install dissect` brings (the demo needs nothing more).
 $(VENV)/.runtime: pyproject.toml
@@ -30,6 +30,12 @@ demo: $(VENV)/.runtime
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest
+
+# SAE files written by the SAE libraries themselves (optional: these packages are not dissect's dependencies;
+# overcomplete 0.3.0 imports matplotlib.cm.get_cmap, gone in matplotlib 3.9).
+test-sae-libraries: $(VENV)/.test
+	$(BIN)/pip install sae-lens saev dictionary-learning overcomplete "matplotlib<3.9"
+	$(BIN)/python -m pytest -m sae_libraries tests/test_sae_libraries.py
 
 docs: $(VENV)/.runtime
 	$(BIN)/pip install -e ".[docs]"

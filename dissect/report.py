@@ -348,6 +348,18 @@ def _page(labels, meta: dict, neurons, src, summaries, cutoff) -> str:
                                  "HEADER": html.escape(header), "DATA": script_json(data)})
 
 
+def _label_rows(labels, known_layers: list[str], layers) -> tuple[dict, list[dict]]:
+    """(metadata, one row per labelled unit) of dissect's labels.parquet, or of a label file another method publishes
+    (CLIP-Dissect, MILAN, NetDissect, Describe-and-Dissect, INVERT, CoSy, FALCON: their units aligned as
+    ``read_label_file`` does; a one-layer file takes the single --layers given, or the layer its file name ends with)."""
+    if Path(labels).suffix.lower() != ".csv":
+        return A.read_labels_metadata(labels), A.read_table(labels, A.LABELS_FORMAT).to_pylist()
+    lf = A.read_label_file(labels, layer=layers[0] if layers and len(layers) == 1 else None, known_layers=known_layers)
+    rows = [{"layer": lay, "unit": u, "label": text, "similarity": sim, "candidates": None,
+             "candidate_similarities": None} for lay, u, text, sim in zip(lf.layers, lf.units, lf.labels, lf.similarity)]
+    return {"similarity": lf.method, "model": None, "clip": None}, rows
+
+
 def build_report(labels: str | os.PathLike, activations: str | os.PathLike, out: str | os.PathLike,
                  probe: list[str] | None = None, extras: ReportExtras | None = None, settings: ReportSettings | None = None,
                  maps: TargetSpec | None = None, device: str = "auto", **fields: Any) -> Path:
@@ -363,9 +375,8 @@ def build_report(labels: str | os.PathLike, activations: str | os.PathLike, out:
     extras = replace(extras or ReportExtras(), **{k: fields.pop(k) for k in list(fields) if k in ReportExtras.__dataclass_fields__})
     settings = ReportSettings.of(settings, **ReportSettings.take(fields))
     no_other_fields(fields, "build_report")
-    meta = A.read_labels_metadata(labels)
-    label_rows = A.read_table(labels, A.LABELS_FORMAT).to_pylist()
     acts = A.read_activations(activations, data=False)
+    meta, label_rows = _label_rows(labels, list(acts.layers), settings.layers)
     wanted = list(settings.layers or dict.fromkeys(r["layer"] for r in label_rows))
     missing = [n for n in wanted if n not in acts.layers]
     if missing:

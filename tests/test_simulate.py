@@ -529,3 +529,27 @@ def test_invert_formulas_read_as_words_and_conjunctions_as_parts(tmp_path):
     assert lf.parts is None
     lf = A.read_label_file(f, known_layers=["layer4"], composed="and")
     assert lf.parts == [["box and not mailbox"], ["red", "round shape"], ["not c and (a or pencil box)"]]
+
+
+def test_published_label_files_feed_report_and_compare(world_run, tmp_path):
+    """The same formats read by `report` (cards of the file's units, its method named) and `compare` (labels of each
+    side from a file another method publishes, the layer from the file name)."""
+    import json as _json
+
+    out, _, _, _ = world_run
+    rows = [r for r in _table(out / "labels-mixed-softwpmi.parquet") if r["layer"] == "layer4"][:6]
+    dnd = _csv(tmp_path / "dnd_layer4.csv", ["Neuron ID", "Label 1", "Label 2", "Label 3"],
+               [[r["unit"], r["label"], "", ""] for r in rows])
+    inv = _csv(tmp_path / "model-layer4.csv", ["neuron", "concept", "concept_id", "metric"],
+               [[r["unit"], r["label"], "", 0.9] for r in rows])
+    invoke("report", "--labels", dnd, "-a", out / "activations.h5", "-o", tmp_path / "site", "--single-file")
+    text = (tmp_path / "site").read_text()
+    start = text.index('<script id="data" type="application/json">') + len('<script id="data" type="application/json">')
+    data = _json.loads(text[start : text.index("</script>", start)].replace("<\\/", "</"))
+    assert [(n["layer"], n["unit"], n["label"]) for n in data["neurons"]] == [("layer4", r["unit"], r["label"]) for r in rows]
+    acts = out / "activations.h5"
+    invoke("compare", acts, acts, "--layers", "layer4", "--labels-a", dnd, "--labels-b", inv, "--no-cka",
+           "-o", tmp_path / "c.parquet")
+    got = {r["unit_a"]: r for r in _table(tmp_path / "c.parquet")}
+    for r in rows:
+        assert got[r["unit"]]["label_a"] == got[r["unit"]]["label_b"] == r["label"] and got[r["unit"]]["labels_agree"]
