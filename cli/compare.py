@@ -37,8 +37,9 @@ def compare(
 
     settings = stage.CompareSettings(min_shared=min_shared, threshold=threshold, cka=cka, max_memory=O.parse_size(max_memory),
                                      device=device)
-    side_a = stage.open_side("A", a, labels_a, simulate_a)
-    side_b = stage.open_side("B", b, labels_b, simulate_b)
+    one = O.split_list(layers) if layers and len(O.split_list(layers)) == 1 else [None]
+    side_a = stage.open_side("A", a, labels_a, simulate_a, layer=one[0])
+    side_b = stage.open_side("B", b, labels_b, simulate_b, layer=one[0])
     inputs = [a, b] + [p for s in (side_a, side_b) for p in (s.activations, s.labels, s.simulate)]
     A.check_output_path(out, inputs, "a Parquet table and a JSON summary beside it")
     A.check_output_path(A.summary_path_of(out), inputs, "a Parquet table and a JSON summary beside it")

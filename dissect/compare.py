@@ -74,8 +74,9 @@ class Comparison:
     metadata: dict[str, Any]
 
 
-def open_side(name: str, path, labels=None, simulate=None) -> Side:
-    """An activations file, or a run folder (its activations, labels and simulate.parquet unless given)."""
+def open_side(name: str, path, labels=None, simulate=None, layer: str | None = None) -> Side:
+    """An activations file, or a run folder (its activations, labels and simulate.parquet unless given); ``layer``:
+    the layer a label file of one unnamed layer describes (else its file name says it)."""
     p = Path(path)
     A.note_inputs(p)
     if not p.exists():
@@ -90,7 +91,7 @@ def open_side(name: str, path, labels=None, simulate=None) -> Side:
     header = A.read_activations(p, data=False)
     side = Side(name, p, Path(labels) if labels else None, Path(simulate) if simulate else None, header.ids,
                 list(header.layers))
-    side.label_of, side.clip = _labels_of(side.labels, side.layers)   # read now: a bad file ends the command before the pass
+    side.label_of, side.clip = _labels_of(side.labels, side.layers, layer)   # read now: a bad file ends the command before the pass
     side.score_of = _scores_of(side.simulate)
     return side
 
@@ -251,12 +252,13 @@ def _prefetched(read, starts):
 # Labels, their agreement and the simulation scores
 # ---------------------------------------------------------------------------
 
-def _labels_of(path: Path | None, layers: list[str]) -> tuple[dict[tuple[str, int], str], str | None]:
+def _labels_of(path: Path | None, layers: list[str], layer: str | None = None
+               ) -> tuple[dict[tuple[str, int], str], str | None]:
     """((layer, unit) -> label, the CLIP model the labels record) of a labels file (dissect's, or one another method
     publishes: a one-layer file names its layer in the file name, one of ``layers``)."""
     if path is None:
         return {}, None
-    lf = A.read_label_file(path, known_layers=layers)
+    lf = A.read_label_file(path, layer=layer, known_layers=layers)
     clip = lf.metadata.get("clip") if isinstance(lf.metadata, dict) else None
     return {(lay, int(u)): lab for lay, u, lab in zip(lf.layers, lf.units, lf.labels)}, clip
 

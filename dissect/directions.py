@@ -40,7 +40,7 @@ KINDS = ("matrix", "sae", "module")
 #: Summary of the latents over positions: "auto" is max for SAEs, the layer's own summary otherwise.
 DIRECTION_SUMMARIES = ("auto", "mean", "max", "cls")
 DTYPES = ("float32", "float16")
-SAE_CONFIG, SAE_WEIGHTS = "cfg.json", "sae_weights.safetensors"
+from .sae_files import SAELENS_CONFIG as SAE_CONFIG, SAELENS_WEIGHTS as SAE_WEIGHTS  # noqa: E402,F401 (SAELens' names)
 MATRIX_SUFFIXES = (".npy", ".pt", ".pth", ".bin", ".safetensors")
 #: Elements of the [rows, positions, K] latent block encoded at once (bounds the hook's memory).
 ENCODE_BLOCK = 1 << 24

@@ -304,7 +304,7 @@ class _Probe:
     def hook(self, name: str, mod: torch.nn.Module):
         def fn(_m, inputs, out):
             main = main_output(out)
-            if main is not out and main.shape[0] == self.batch:     # a tuple's hidden states, batch first
+            if main is not out and main.ndim > 0 and main.shape[0] == self.batch:     # a tuple's hidden states, batch first
                 out = main
             self.calls[name] += 1
             if name in self.infos:

@@ -32,7 +32,7 @@ from typing import Any
 from .errors import ArtifactError, UsageError
 
 SAELENS_CONFIG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
-#: The encodes dissect implements (``directions.SAE_ENCODES``) and the normalisations (``directions.SAE_NORMALIZERS``).
+#: The encodes ``directions.SAE_ENCODES`` implements and its input normalisations (``directions.SAE_NORMALIZERS``).
 ARCHITECTURES = ("standard", "topk", "jumprelu", "gated")
 NORMALIZERS = ("none", "constant_norm_rescale", "layer_norm")
 
@@ -134,9 +134,10 @@ def kind_of(path: Path) -> str | None:
             cfg = json.loads(sibling.read_text())
         except (OSError, ValueError):
             cfg = None
-        if isinstance(cfg, dict) and "trainer" in cfg:
+        if isinstance(cfg, dict) and "trainer" in cfg and path.name == "ae.pt":
             return "dictionary_learning"
-        if _prisma_config(path.parent) is not None and path.suffix in (".pt", ".pth"):
+        if _prisma_config(path.parent) is not None and (path.name == "weights.pt" or
+                                                        (path.name.startswith("n_images_") and path.suffix == ".pt")):
             return "vit_prisma"
     if path.suffix.lower() in (".pt", ".pth") and _pickles_overcomplete(path):
         return "overcomplete"
@@ -151,7 +152,7 @@ def _pickles_overcomplete(p: Path) -> bool:
         with zipfile.ZipFile(p) as z:
             name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
             return name is not None and b"overcomplete.sae" in z.read(name)
-    except (OSError, zipfile.BadZipFile):
+    except Exception:          # not a zip torch reads (an encrypted zip, another compression): not Overcomplete's
         return False
 
 
@@ -342,19 +343,22 @@ def read_saev(p: Path) -> SAEWeights:
     _need(sd, ["W_enc", "b_enc", "b_dec"], p)
     schema = header.get("schema")
     cfg = header.get("cfg", header) if schema is not None else header
-    activation = cfg.get("activation") if isinstance(cfg, dict) else None
+    if not isinstance(cfg, dict):
+        raise ArtifactError(f"{p}: its header's cfg is {type(cfg).__name__}, not an object",
+                            hint="give the file as saev's dump wrote it")
+    activation = cfg.get("activation")
     cls = (activation.get("cls") if isinstance(activation, dict) else activation) or "Relu"
-    params = (activation.get("params") if isinstance(activation, dict) else None) or {}
+    params = activation.get("params") if isinstance(activation, dict) else None
+    params = params if isinstance(params, dict) else {}
     arch, act, k, threshold = "standard", "relu", None, None
-    if str(cls).lower() == "topk":
-        arch, act, k = "topk", "none", params.get("top_k", cfg.get("top_k"))      # the raw top k, no ReLU
+    top_k = params.get("top_k", cfg.get("top_k"))
+    if str(cls).lower() == "topk" or (str(cls).lower() == "batchtopk" and "activation.threshold" not in sd):
+        arch, act, k = "topk", "none", top_k      # the raw top k, no ReLU (BatchTopK before schema 4: per sample)
     elif str(cls).lower() == "batchtopk":
-        import torch
-
-        arch, threshold = "jumprelu", _f32(sd.get("activation.threshold", torch.tensor(0.0))).reshape(())
+        arch, threshold = "jumprelu", _f32(sd["activation.threshold"]).reshape(())
     elif str(cls).lower() != "relu":
         raise UsageError(f"{p}: saev activation {cls!r} is not supported", hint="supported: Relu, TopK, BatchTopK")
-    apply_b_dec = schema is None or (isinstance(schema, int) and schema < 3)   # 0.1.0 subtracts b_dec; schema 3+ not
+    apply_b_dec = schema is None          # 0.1.0 encodes x - b_dec; every versioned schema encodes x itself
     return SAEWeights("saev", _f32(sd["W_enc"]), _f32(sd["b_enc"]), _f32(sd["b_dec"]), arch, act, apply_b_dec, k,
                       threshold, W_dec=_f32(sd["W_dec"]) if "W_dec" in sd else None,
                       describe={"library": "saev", "file": str(p.resolve()), "schema": schema, "activation": str(cls),
@@ -462,11 +466,27 @@ def _overcomplete_encoder(enc, p: Path):
     final = mods.get("final_block")
     if not isinstance(final, torch.nn.Module) or not all(isinstance(b, torch.nn.Module) for b in blocks):
         raise ArtifactError(f"{p}: its MLPEncoder holds no final_block of torch modules")
+    for part in (final, *blocks):
+        odd = next((m for m in _tree(part) if not isinstance(m, torch.nn.Module)), None)
+        if odd is not None:
+            raise UsageError(f"{p}: its encoder holds a {qualname(odd)}, a module of its own dissect does not run",
+                             hint="wrap the SAE as --directions LAYER=file.py:function")
     residual = bool(getattr(enc, "residual", False))
     linear = [m for m in final.modules() if isinstance(m, torch.nn.Linear)]
     only_linear = not blocks and all(isinstance(m, (torch.nn.Linear, torch.nn.Identity, torch.nn.Sequential))
                                      for m in final.modules())
     return _MLP(blocks, final, residual).eval(), (linear[0] if only_linear and len(linear) == 1 else None)
+
+
+def _tree(module):
+    """Every module below ``module``, stubs included (a stub's own _modules are not followed: it is not run)."""
+    out, todo = [], [module]
+    while todo:
+        m = todo.pop()
+        out.append(m)
+        if hasattr(m, "_modules") and not hasattr(m, "qualname"):
+            todo.extend(v for v in m._modules.values() if v is not None)
+    return out
 
 
 class _MLP(__import__("torch").nn.Module):
@@ -541,10 +561,14 @@ def read_overcomplete(p: Path) -> SAEWeights:
         params = getattr(model, "_parameters", None) or {}
         if "thresholds" in params:
             threshold = torch.exp(_f32(params["thresholds"]))          # stored as logs
-    with torch.inference_mode():
-        probe = pre_module(torch.zeros(1, _in_features(pre_module, p)))
-    d_sae = d_sae or int(probe.shape[-1])
     d_in = _in_features(pre_module, p)
+    try:
+        with torch.inference_mode():
+            probe = pre_module(torch.zeros(1, d_in))
+    except Exception as e:
+        raise ArtifactError(f"{p}: its encoder does not run on [1, {d_in}] inputs: {type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0][:160]}") from None
+    d_sae = d_sae or int(probe.shape[-1])
     W_dec = _overcomplete_dictionary(model, d_sae)
     return SAEWeights("overcomplete", _f32(linear.weight).T.contiguous() if linear is not None else None,
                       _f32(linear.bias) if linear is not None and linear.bias is not None else torch.zeros(d_sae),
@@ -582,15 +606,19 @@ def read_vit_prisma(path: Path) -> SAEWeights:
         raise UsageError(f"ViT-Prisma folder {folder} has no weights.pt or n_images_*.pt",
                          hint="download the SAE's weights file beside its config.json")
     cfg = {k: (v.get("value") if isinstance(v, dict) and "__type__" in v else v) for k, v in _json(folder / "config.json").items()}
+    said = str(cfg.get("architecture", "standard")).lower()
+    if said not in ("standard", "gated"):
+        raise UsageError(f"{folder}: ViT-Prisma architecture {said!r} is not supported",
+                         hint="supported: standard, gated (and transcoders); wrap others as file.py:function")
     obj = load_foreign(weights)
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict):
         raise ArtifactError(f"{weights} holds no state dict")
     sd = {str(k): v for k, v in sd.items() if hasattr(v, "shape")}
     transcoder = bool(cfg.get("is_transcoder")) or "b_dec_out" in sd
-    gated = str(cfg.get("architecture", "standard")).lower() == "gated" or "r_mag" in sd
+    gated = said == "gated" or "r_mag" in sd
     _need(sd, ["W_enc", "b_gate" if gated else "b_enc", "b_dec"] + (["r_mag", "b_mag"] if gated else []), weights)
-    act = str(cfg.get("activation_fn_str", "topk")).lower()
+    act = str(cfg.get("activation_fn_str", "relu")).lower()           # VisionModelSAERunnerConfig's default
     kwargs = cfg.get("activation_fn_kwargs") or {}
     if act not in ("relu", "tanh-relu", "topk"):
         raise UsageError(f"{folder}: activation {act!r} is not supported", hint="supported: relu, tanh-relu, topk")

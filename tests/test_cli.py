@@ -393,20 +393,29 @@ def test_unknown_layer_names_closest_matches(tmp_path, probe_dir):
     no_stray_files(tmp_path, set())
 
 
-def test_layer_returning_a_tuple_is_refused(tmp_path, probe_dir):
+def test_a_tuple_is_recorded_through_its_first_tensor_and_other_outputs_are_refused(tmp_path, probe_dir):
+    """transformers' convention: a block returns (hidden_states, ...); a dict (or a tuple not led by a batch of
+    tensors) has no units to record."""
     src = tmp_path / "tuplemodel.py"
     src.write_text(
         "import torch\nfrom torchvision import transforms as T\n"
         "class Pair(torch.nn.Module):\n"
-        "    def forward(self, x):\n        return x, x\n"
+        "    def forward(self, x):\n        return x, x + 10\n"
+        "class Named(torch.nn.Module):\n"
+        "    def forward(self, x):\n        return {'a': x}\n"
         "class M(torch.nn.Module):\n"
-        "    def __init__(self):\n        super().__init__(); self.pair = Pair(); self.fc = torch.nn.Linear(3, 2)\n"
-        "    def forward(self, x):\n        a, b = self.pair(x.mean((2, 3)))\n        return self.fc(a + b)\n"
+        "    def __init__(self):\n        super().__init__(); self.pair = Pair(); self.named = Named(); self.fc = torch.nn.Linear(3, 2)\n"
+        "    def forward(self, x):\n        a, b = self.pair(x.mean((2, 3)))\n        return self.fc(a + b + self.named(a)['a'])\n"
         "def build():\n    return M(), T.Compose([T.Resize((8, 8)), T.ToTensor()])\n"
     )
-    r = invoke("record", probe_dir, "--model", f"{src}:build", "--layers", "pair", "-o", tmp_path / "a.h5", ok=False)
-    assert_one_line_error(r, "returns a tuple")
-    assert not (tmp_path / "a.h5").exists()
+    from dissect import artifacts as A
+
+    invoke("record", probe_dir, "--model", f"{src}:build", "--layers", "pair", "-o", tmp_path / "a.h5")
+    pair = A.read_activations(tmp_path / "a.h5").layers["pair"]
+    assert pair.shape[1] == 3 and 0 <= pair.min() and pair.max() <= 1      # the mean pixel (the first tensor), not + 10
+    r = invoke("record", probe_dir, "--model", f"{src}:build", "--layers", "named", "-o", tmp_path / "b.h5", ok=False)
+    assert_one_line_error(r, "returns a dict")
+    assert not (tmp_path / "b.h5").exists()
 
 
 def test_broken_image_names_the_file_under_strict(tmp_path, tiny_clip):

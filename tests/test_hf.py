@@ -209,13 +209,16 @@ def test_a_missing_hf_folder_is_named_in_one_line(tmp_path):
     assert_one_line_error(r, "does not exist")
 
 
-def test_a_block_returning_a_tuple_is_recorded_and_ablated_through_its_hidden_states(tmp_path):
+@pytest.mark.parametrize("site", ["block", "stage"])
+def test_a_block_returning_a_tuple_is_recorded_and_ablated_through_its_hidden_states(site, tmp_path):
     """Swin's blocks return (hidden_states, None): dissect records the first element, and ablate's edit moves a
     unit in it (the tuple kept) exactly as a loop of one forward per image and unit with a hook of our own."""
     from dissect.evaluate.ablate import AblateSettings, _Tail, _Unit
     from dissect.models import load_target
 
     cfg_cls, model_cls, fields, block, _ = HIERARCHICAL["swin"]
+    if site == "stage":              # a stage returns (hidden, hidden before merging, sizes): copies of the input
+        block = "swin.encoder.layers.0"
     torch.manual_seed(2)
     model = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(image_size=32, patch_size=4, num_labels=3,
                                                                             **fields)).eval()
@@ -236,7 +239,7 @@ def test_a_block_returning_a_tuple_is_recorded_and_ablated_through_its_hidden_st
                 def shift(m, inp, out, u=u, v=float(d[i, k])):
                     hidden = out[0].clone()
                     hidden[..., u] += v
-                    return (hidden, *out[1:])
+                    return type(out)((hidden, *out[1:]))
 
                 h = model.get_submodule(block).register_forward_hook(shift)
                 with torch.inference_mode():

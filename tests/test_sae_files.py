@@ -399,6 +399,12 @@ def test_saelens_transcoders_encode_their_input_and_refuse_to_be_moved(tmp_path)
         D.decoder("sae", str(folder))
 
 
+def test_every_architecture_and_normalisation_a_reader_may_give_has_an_encoder():
+    from dissect.sae_files import ARCHITECTURES, NORMALIZERS
+
+    assert set(ARCHITECTURES) == set(D.SAE_ENCODES) and set(NORMALIZERS) == set(D.SAE_NORMALIZERS)
+
+
 def test_a_file_no_library_wrote_is_still_a_matrix_and_unknown_folders_say_what_is_read(tmp_path):
     np.save(tmp_path / "dirs.npy", np.random.default_rng(0).normal(size=(3, D_IN)).astype(np.float32))
     assert kind_of(tmp_path / "dirs.npy") is None
@@ -408,3 +414,68 @@ def test_a_file_no_library_wrote_is_still_a_matrix_and_unknown_folders_say_what_
 
     with pytest.raises(UsageError, match="not an SAE dissect reads"):
         read_sae(tmp_path / "empty")
+
+
+# -- what an independent review found --------------------------------------------------------------------------------
+
+def test_saev_versioned_schemas_never_subtract_b_dec_and_batchtopk_without_a_threshold_is_a_per_sample_topk(tmp_path):
+    """Every versioned saev schema encodes x W_enc + b_enc (b_dec left out since schema 1); BatchTopK files before
+    schema 4 keep no threshold: their library took the top k per sample."""
+    sd = _saev_sd(5)
+    x = _x()
+    W, be = sd["W_enc"].double(), sd["b_enc"].double()
+    relu_2 = _saev_file(tmp_path / "a" / "sae.pt", {"schema": 2, "cfg": {"d_model": D_IN, "d_sae": D_SAE,
+                        "activation": {"cls": "Relu", "params": {}}}}, sd)
+    _close(_encode(relu_2, x)[0], relu(x.double() @ W + be))
+    btk_2 = _saev_file(tmp_path / "b" / "sae.pt", {"schema": 2, "cfg": {"d_model": D_IN, "d_sae": D_SAE,
+                       "activation": {"cls": "BatchTopK", "params": {"top_k": 2}}}}, sd)
+    _close(_encode(btk_2, x)[0], ref_topk(x.double() @ W + be, 2))
+    from dissect.errors import ArtifactError
+
+    bad = _saev_file(tmp_path / "c" / "sae.pt", {"schema": 5, "cfg": [1, 2]}, sd)
+    with pytest.raises(ArtifactError, match="not an object"):
+        read_sae(bad)
+
+
+def test_torchscript_archives_are_refused_before_anything_in_them_runs(tmp_path):
+    from dissect.errors import ArtifactError
+
+    folder = _prisma_folder(tmp_path / "sae", {"activation_fn_str": "relu"}, {"W_enc": _rand(D_IN, D_SAE, seed=1)},
+                            "weights")
+    torch.jit.save(torch.jit.script(torch.nn.Linear(D_IN, D_SAE)), str(folder / "weights.pt"))
+    with pytest.raises(ArtifactError, match="TorchScript"):
+        read_sae(folder)
+
+
+def test_vit_prisma_defaults_to_relu_and_refuses_architectures_it_does_not_encode(tmp_path):
+    from dissect.errors import UsageError
+
+    sd = {"W_enc": _rand(D_IN, D_SAE, seed=61), "b_enc": _rand(D_SAE, seed=62), "b_dec": _rand(D_IN, seed=63)}
+    folder = _prisma_folder(tmp_path / "a", {"normalize_activations": "none"}, sd, "weights")
+    x = _x().double()
+    _close(_encode(folder, x.float())[0], relu((x - sd["b_dec"].double()) @ sd["W_enc"].double() + sd["b_enc"].double()))
+    other = _prisma_folder(tmp_path / "b", {"architecture": "jumprelu"}, sd, "weights")
+    with pytest.raises(UsageError, match="'jumprelu' is not supported"):
+        read_sae(other)
+
+
+def test_a_matrix_beside_another_librarys_config_is_still_a_matrix(tmp_path):
+    sd, _, _ = _dl_cases()["AutoEncoder"]
+    folder = _dl_folder(tmp_path / "trainer_0", "AutoEncoder", sd)
+    np.save(folder / "dirs.npy", np.ones((2, D_IN), dtype=np.float32))
+    assert kind_of(folder / "dirs.npy") is None
+    assert D.load(str(folder / "dirs.npy"), channels=D_IN).kind == "matrix"
+
+
+def test_overcomplete_encoders_holding_modules_of_their_own_are_refused_in_one_line(tmp_path, monkeypatch):
+    from dissect.errors import UsageError
+
+    classes, normalize = _fake_overcomplete(monkeypatch)
+    model = _overcomplete_model(classes, normalize, "SAE", False, seed=2)
+    Norm = type("MyNorm", (torch.nn.Module,), {"__module__": "overcomplete.sae.modules",
+                                                "forward": lambda self, x: x})
+    sys.modules["overcomplete.sae.modules"].MyNorm = Norm
+    model.encoder.final_block[1] = Norm()
+    torch.save(model, tmp_path / "sae.pth")
+    with pytest.raises(UsageError, match="overcomplete.sae.modules.MyNorm"):
+        read_sae(tmp_path / "sae.pth")

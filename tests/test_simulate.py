@@ -553,3 +553,17 @@ def test_published_label_files_feed_report_and_compare(world_run, tmp_path):
     got = {r["unit_a"]: r for r in _table(tmp_path / "c.parquet")}
     for r in rows:
         assert got[r["unit"]]["label_a"] == got[r["unit"]]["label_b"] == r["label"] and got[r["unit"]]["labels_agree"]
+
+
+def test_label_files_keep_each_units_own_score_when_blank_labels_are_left_out_and_find_dnd_layers_in_folders(tmp_path):
+    f = _csv(tmp_path / "falcon-layer4.csv", ["group", "concept_set_words", "concept_set_noun_phrases"],
+             [[0, "[]", "[]"], [1, "[('dog', 0.9)]", "[('dog', 0.9)]"], [2, "[('cat', 0.5)]", "[('cat', 0.5)]"]])
+    lf = A.read_label_file(f, known_layers=["layer4"])
+    assert list(zip(lf.units, lf.labels, lf.similarity)) == [(1, "dog", 0.9), (2, "cat", 0.5)]
+    bad = _csv(tmp_path / "falcon2-layer4.csv", ["group", "concept_set_noun_phrases"], [[0, "['dog']"]])
+    with pytest.raises(Exception, match="not a list of \\(phrase, score\\)"):
+        A.read_label_file(bad, known_layers=["layer4"])
+    d = tmp_path / "resnet50_imagenet_broden_layer4_results_x" / "all_result_concepts"
+    d.mkdir(parents=True)
+    dnd = _csv(d / "final_results.csv", ["Neuron ID", "Label 1", "Label 2", "Label 3"], [[3, "red", "", ""]])
+    assert A.read_label_file(dnd, known_layers=["layer3", "layer4"]).layers == ["layer4"]

@@ -147,7 +147,7 @@ def _formula(text: str, path, row: int) -> tuple[str, list[str] | None]:
         out = " ".join(spoken.get(w, w if w in "()" else _synset_words(w)) for w in words)
         return out.replace("( ", "(").replace(" )", ")"), None
     parts = [_synset_words(w) for w in words if w != "&"]
-    if not parts or len(parts) != len([w for w in words if w != "&"]) or any(not p for p in parts):
+    if not parts or any(not p for p in parts):
         raise InputError(f"{path} row {row}: concept {text!r} is not a concept or an INVERT formula")
     return " and ".join(parts), parts if len(parts) > 1 else None
 
@@ -187,8 +187,11 @@ def _falcon(rows, layer, path) -> _Parsed:
             continue
         try:
             phrases = ast.literal_eval(r[column] or "[]")
+            if phrases and not (isinstance(phrases[0], (tuple, list)) and len(phrases[0]) == 2
+                                and isinstance(phrases[0][0], str)):
+                raise TypeError("not a (phrase, score) pair")
             text, score = (phrases[0][0], phrases[0][1]) if phrases else ("", None)
-        except (ValueError, SyntaxError, TypeError, IndexError):
+        except (ValueError, SyntaxError, TypeError, IndexError, MemoryError, RecursionError):
             raise InputError(f"{path} row {n + 2}: {column} is not a list of (phrase, score)",
                              hint="give FALCON's falcon_concepts.csv as it writes it") from None
         keep.append(group.rstrip(","))
@@ -263,10 +266,15 @@ def _layer_of(p: Path, layer: str | None, known: list[str] | None, layout: CsvLa
     if layer is not None:
         return layer
     fits = sorted((n for n in known or [] if p.stem == n or p.stem.endswith(("_" + n, "-" + n))), key=len)
+    if not fits:    # Describe-and-Dissect: .../{model}_{probe}_{layer}_results_{tag}/all_result_concepts/final_results.csv
+        folders = [q.name for q in list(p.resolve().parents)[:2]]
+        fits = sorted((n for n in known or [] for f in folders
+                       if f"_{n}_" in f or f.endswith(("_" + n, "-" + n)) or f == n), key=len)
     if fits:
         return fits[-1]
     raise UsageError(f"{p} is a {layout.description.split(' (')[0]}: it does not name its layer",
-                     hint="pass --layer NAME (the layer it describes, as named in activations.h5)")
+                     hint="name the layer it describes, as named in activations.h5 (--layer, or one --layers in "
+                          "report and compare)")
 
 
 def _read_parquet_labels(p: Path, composed: str) -> LabelFile:
@@ -396,12 +404,6 @@ def read_label_file(path: str | os.PathLike, layer: str | None = None, composed:
         parsed.parts = None           # a conjunction is scored as its phrase unless composed labels are read as AND
     offset = 1 if layout.one_based else 0
     units = _units(p, parsed.units, offset)
-    similarity = []
-    for s_ in parsed.scores:
-        try:
-            similarity.append(None if s_ in (None, "") else float(s_))
-        except ValueError:
-            similarity.append(None)
     seen: set = set()
     for key in zip(parsed.layers, units):
         if key in seen:
@@ -412,12 +414,19 @@ def read_label_file(path: str | os.PathLike, layer: str | None = None, composed:
         from ..runtime import warn
 
         warn(f"{p}: {len(empty)} unit(s) without a label left out (first: unit {units[empty[0]] + offset})")
-        keep = [i for i in range(len(units)) if i not in set(empty)]
+        gone = set(empty)
+        keep = [i for i in range(len(units)) if i not in gone]
         parsed = _Parsed(*([getattr(parsed, f)[i] for i in keep] if getattr(parsed, f) is not None else None
                            for f in ("layers", "units", "texts", "scores", "parts", "weights")))
         units = [units[i] for i in keep]
     elif empty:
         raise InputError(f"{p} row {empty[0] + 2} has an empty label")
+    similarity = []
+    for s_ in parsed.scores:
+        try:
+            similarity.append(None if s_ in (None, "") else float(s_))
+        except (TypeError, ValueError):
+            similarity.append(None)
     return LabelFile(str(p), kind, parsed.layers, units, parsed.texts, similarity,
                      {"format": kind, "source": str(p.resolve())}, parsed.parts, parsed.weights)
 

@@ -102,8 +102,18 @@ class _PickleModule:
 
 def load_foreign(path: str | Path) -> Any:
     """What ``torch.save`` wrote to ``path``, other libraries' classes as ``Stub`` objects (see the module docstring)."""
+    import zipfile
+
     import torch
 
+    try:    # torch.load hands a TorchScript archive to torch.jit.load, which runs its code: never here
+        with zipfile.ZipFile(path) as z:
+            scripted = any(n.endswith("constants.pkl") for n in z.namelist())
+    except Exception:
+        scripted = False
+    if scripted:
+        raise ArtifactError(f"{path} is a TorchScript archive (torch.jit.save), not a pickled model",
+                            hint="save the SAE with torch.save (its state dict or the model)")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_PickleModule)
     except Exception as e:

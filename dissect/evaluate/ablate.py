@@ -147,8 +147,9 @@ class _Tail:
         rows, chans, deltas, copies = self.plan
         if self.expand:             # a new tensor of the copies: edited in place
             if whole is not out and any(isinstance(o, torch.Tensor) for o in whole[1:]):
-                raise UsageError(f"module {self.site.module} returns more than one tensor, so its copies cannot be "
-                                 "made inside the model", hint="ablate a module whose output is one tensor")
+                # copies of one tensor of several (a Swin stage's hidden states before and after merging): the
+                # first forward's check falls back to copies of the input
+                raise ValueError(f"{self.site.module} returns several tensors")
             return with_main_output(whole, edit(out.repeat_interleave(copies, dim=0), self.site.layout, rows, chans,
                                                 deltas, self.site.decoder, inplace=True))
         return with_main_output(whole, edit(out, self.site.layout, rows, chans, deltas, self.site.decoder))
