@@ -32,9 +32,11 @@ test: $(VENV)/.test
 	$(BIN)/python -m pytest
 
 # SAE files written by the SAE libraries themselves (optional: these packages are not dissect's dependencies;
-# overcomplete 0.3.0 imports matplotlib.cm.get_cmap, gone in matplotlib 3.9).
+# overcomplete 0.3.0 imports matplotlib.cm.get_cmap, gone in matplotlib 3.9, while saev asks for 3.9.2 or later,
+# which its tests here never import: a second pip call, or pip's resolver backtracks through old matplotlib sources).
 test-sae-libraries: $(VENV)/.test
-	$(BIN)/pip install sae-lens saev dictionary-learning overcomplete "matplotlib<3.9"
+	$(BIN)/pip install sae-lens saev dictionary-learning overcomplete
+	$(BIN)/pip install "matplotlib<3.9"
 	$(BIN)/python -m pytest -m sae_libraries tests/test_sae_libraries.py
 
 docs: $(VENV)/.runtime
