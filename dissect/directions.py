@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, DissectError, UsageError
+from .errors import ArtifactError, DissectError, UsageError, first_line
 
 KINDS = ("matrix", "sae", "module")
 #: Summary of the latents over positions: "auto" is max for SAEs, the layer's own summary otherwise.
@@ -218,7 +218,7 @@ def _tensors_of(p: Path) -> dict[str, Any]:
             return dict(load_file(str(p)))
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise ArtifactError(f"cannot read directions file {p}: {first}",
                             hint="save a [K, C] tensor with numpy.save, torch.save or safetensors (no pickled objects)") from None
     if isinstance(obj, torch.Tensor):
@@ -512,7 +512,7 @@ def _encode_block(ds: DirectionSet, block):
     except DissectError:
         raise
     except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0][:200]
+        first = first_line(e, "")
         raise UsageError(f"--directions {ds.spec}: fails on the layer's outputs {list(block.shape)}: "
                          f"{type(e).__name__}{': ' + first if first else ''}",
                          hint="its module must map any [N, P, C] batch to [N, P, K]; run it by hand on such a batch") from None

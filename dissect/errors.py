@@ -52,3 +52,10 @@ class Terminated(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+def first_line(e: BaseException, default: str | None = None, limit: int = 200) -> str:
+    """The first line of an exception's message, for a one-line error (``default``, else its type's name, where
+    the message is empty), at most ``limit`` characters."""
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else (default if default is not None else type(e).__name__))[:limit]

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .errors import ModelError, UsageError
+from .errors import ModelError, UsageError, first_line
 
 PREFIX = "hf:"
 #: Model types whose layers are all convolutional (N, C, H, W): no token grid to name.
@@ -130,7 +130,7 @@ def load(spec: str, weights: str | None, args: dict[str, Any]) -> tuple[HFModel,
     try:
         config = tf.AutoConfig.from_pretrained(str(folder or source), revision=revision)
     except OSError as e:
-        raise ModelError(f"cannot load the config of {spec}: {(str(e).splitlines() or ['not found'])[0][:160]}",
+        raise ModelError(f"cannot load the config of {spec}: {first_line(e, 'not found', 160)}",
                          hint=f"where there is internet run `hf download {source} --local-dir DIR` and pass "
                               "--model hf:DIR (a save_pretrained folder)") from None
     cls = _model_class(tf, config)
@@ -140,7 +140,7 @@ def load(spec: str, weights: str | None, args: dict[str, Any]) -> tuple[HFModel,
         else:
             model = cls.from_pretrained(str(folder or source), revision=revision, **args)
     except OSError as e:
-        raise ModelError(f"cannot load the weights of {spec}: {(str(e).splitlines() or ['not found'])[0][:160]}",
+        raise ModelError(f"cannot load the weights of {spec}: {first_line(e, 'not found', 160)}",
                          hint=f"fetch the repository where there is internet (`hf download {source} --local-dir DIR`) "
                               "and pass --model hf:DIR") from None
     pre = _preprocess(str(folder or source), config)

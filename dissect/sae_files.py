@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, UsageError
+from .errors import ArtifactError, UsageError, first_line
 
 SAELENS_CONFIG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
 #: The encodes ``directions.SAE_ENCODES`` implements and its input normalisations (``directions.SAE_NORMALIZERS``).
@@ -271,7 +271,7 @@ def read_saelens(folder: Path) -> SAEWeights:
 
         sd = load_file(str(w_path))
     except Exception as e:
-        raise ArtifactError(f"cannot read {w_path}: {(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
+        raise ArtifactError(f"cannot read {w_path}: {first_line(e)}") from None
     b_in = "b_gate" if arch == "gated" else "b_enc"
     _need(sd, ["W_enc", b_in] + (["b_dec"] if not transcoder else [])
           + (["threshold"] if arch == "jumprelu" and "log_threshold" not in sd else [])
@@ -325,7 +325,7 @@ def _torch_state(p: Path, offset: int = 0) -> dict:
             f.seek(offset)
             obj = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise ArtifactError(f"cannot read {p}: {first}", hint="give the file as the library saved it") from None
     if isinstance(obj, dict) and isinstance(obj.get("ae"), dict) and "step" in obj:
         obj = obj["ae"]                        # dictionary_learning's backup checkpoint: the state dict inside
@@ -567,7 +567,7 @@ def read_overcomplete(p: Path) -> SAEWeights:
             probe = pre_module(torch.zeros(1, d_in))
     except Exception as e:
         raise ArtifactError(f"{p}: its encoder does not run on [1, {d_in}] inputs: {type(e).__name__}: "
-                            f"{(str(e).splitlines() or [''])[0][:160]}") from None
+                            f"{first_line(e, '', 160)}") from None
     d_sae = d_sae or int(probe.shape[-1])
     W_dec = _overcomplete_dictionary(model, d_sae)
     return SAEWeights("overcomplete", _f32(linear.weight).T.contiguous() if linear is not None else None,

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArtifactError, InputError, UsageError
+from ..errors import ArtifactError, InputError, UsageError, first_line
 from ..fingerprint import fingerprint_strings
 from .files import note_inputs
 from .formats import COMPOSED_FORMAT, EXPLAIN_FORMAT, LABELS_FORMAT, MAKER
@@ -459,7 +459,7 @@ def read_annotations(path: str | os.PathLike) -> Annotations:
         try:
             table = pq.read_table(p)
         except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            first = first_line(e)
             raise InputError(f"{p} is not a Parquet file dissect can read: {first}") from None
         names = table.column_names
         cols = {n: table.column(n).to_pylist() for n in ("id", "concept", "value") if n in names}

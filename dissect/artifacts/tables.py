@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArtifactError, InputError, UsageError
+from ..errors import ArtifactError, InputError, UsageError, first_line
 from .files import atomic_path, note_inputs, write_json
 from .formats import (COMPOSED_FORMAT, EVALUATION_FORMAT, EXPLAIN_FORMAT, FORMAT_VERSION, LABELS_FORMAT, MAKER,
                       PARQUET_FORMATS, PREDICT_FORMAT, PVALUES_FORMAT, SANITY_FORMAT, SEGMENT_FORMAT, COMPARE_FORMAT, ABLATE_FORMAT, SIMULATE_FORMAT, STABILITY_FORMAT,
@@ -233,7 +233,7 @@ def read_parquet_metadata(path: str | os.PathLike, kinds: str | tuple[str, ...] 
     try:
         schema = pq.read_schema(p)
     except Exception as e:  # pyarrow raises several types for non-parquet input
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise ArtifactError(f"{p} is not a Parquet file ({first})", hint=f"give a file written by `{maker}`") from None
     raw = (schema.metadata or {}).get(b"dissect")
     if raw is None:
@@ -355,7 +355,7 @@ def read_table(path: str | os.PathLike, kinds: str | tuple[str, ...] | None = No
     try:
         table = pq.read_table(path, columns=columns and [c for c in columns if c in pq.read_schema(path).names])
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise ArtifactError(f"cannot read {path}: {first}") from None
     return _check_columns(Path(path), table, meta["format"], columns)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, first_line
 from .files import atomic_path, note_inputs
 from .formats import DIRECTIONS_FORMAT, FORMAT_VERSION
 
@@ -37,7 +37,7 @@ def read_directions_header(path: str | os.PathLike) -> tuple[dict[str, str], dic
         with safe_open(str(path), framework="numpy") as f:
             return dict(f.metadata() or {}), {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as e:
-        raise ArtifactError(f"cannot read {path}: {(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
+        raise ArtifactError(f"cannot read {path}: {first_line(e)}") from None
 
 
 def read_directions_metadata(path: str | os.PathLike) -> dict[str, str]:

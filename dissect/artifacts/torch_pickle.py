@@ -15,7 +15,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, first_line
 
 
 class Stub:
@@ -117,7 +117,7 @@ def load_foreign(path: str | Path) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_PickleModule)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise ArtifactError(f"cannot read {path}: {first}",
                             hint="give the file as the library saved it (torch.save of the model or its state_dict)") from None
 

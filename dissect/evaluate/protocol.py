@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import artifacts as A
 from ..concepts import CLASS_LISTS, Truth, load_truth, normalise  # noqa: F401  (re-exported)
-from ..errors import ArtifactError, UsageError
+from ..errors import ArtifactError, UsageError, first_line
 from ..runtime import note, resolve_device, warn
 from .results import Evaluation, write_units
 
@@ -98,7 +98,7 @@ def open_sentence_space(model: str | None, device: str = "auto") -> SentenceSpac
     try:
         return SentenceSpace(model, device)
     except Exception as e:  # offline, unknown name, broken folder: all mean "not available"
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        first = first_line(e, limit=160)
         note(f"sentence cos left out: cannot load sentence model {model!r} ({first}); download it where there is "
              f"internet or pass a local copy with --sentence-model PATH")
         return None
