@@ -479,3 +479,80 @@ def test_overcomplete_encoders_holding_modules_of_their_own_are_refused_in_one_l
     torch.save(model, tmp_path / "sae.pth")
     with pytest.raises(UsageError, match="overcomplete.sae.modules.MyNorm"):
         read_sae(tmp_path / "sae.pth")
+
+
+# -- through the command line, and through ablate's decoder ----------------------------------------------------------
+
+def test_each_librarys_file_records_as_a_direction_entry_of_a_vit(probe_dir, tmp_path, monkeypatch):
+    """`record --directions blocks.0@NAME=PATH` with a saev file, a dictionary_learning folder, an Overcomplete
+    pickle and a ViT-Prisma folder: each entry's max over tokens equals the set's encoder on the tokens a forward hook
+    of our own sees (the encoders themselves are checked against references above)."""
+    from test_cli import invoke
+
+    from dissect import artifacts as A
+    from dissect.models import load_target
+    from dissect.probe import open_probe
+
+    target = load_target("timm:test_vit", "none")
+    probe = open_probe([str(probe_dir)])
+    seen = []
+    h = target.module.blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    with torch.inference_mode():
+        target.module(torch.stack([target.transform(probe.load(i)) for i in range(len(probe))]))
+    h.remove()
+    tokens, c = seen[0], seen[0].shape[-1]
+    g = torch.Generator().manual_seed(3)
+    W, b, bd = torch.randn(c, 20, generator=g) * 0.2, torch.randn(20, generator=g) * 0.1, torch.randn(c, generator=g) * 0.1
+    specs = {"saev": _saev_file(tmp_path / "saev" / "sae.pt", {"d_vit": c, "exp_factor": 1},
+                                {"W_enc": W, "b_enc": b, "W_dec": W.T.contiguous(), "b_dec": bd}),
+             "dl": _dl_folder(tmp_path / "trainer_0", "JumpReluAutoEncoder",
+                              {"W_enc": W, "b_enc": b, "W_dec": W.T.contiguous(), "b_dec": bd,
+                               "threshold": torch.full((20,), 0.05)}),
+             "prisma": _prisma_folder(tmp_path / "prisma", {"d_in": c, "activation_fn_str": "relu",
+                                                            "normalize_activations": "none"},
+                                      {"W_enc": W, "b_enc": b, "W_dec": W.T.contiguous(), "b_dec": bd}, "weights")}
+    classes, normalize = _fake_overcomplete(monkeypatch)
+    oc = classes["TopKSAE"]()
+    oc.encoder = classes["MLPEncoder"]()
+    oc.encoder.final_block, oc.encoder.residual = torch.nn.Sequential(torch.nn.Linear(c, 20)), False
+    oc.top_k = 4
+    torch.save(oc, tmp_path / "oc.pth")
+    specs["oc"] = tmp_path / "oc.pth"
+    out = tmp_path / "a.h5"
+    invoke("record", probe_dir, "--model", "timm:test_vit", "--weights", "none", "--layers", "blocks.0",
+           *[a for name, p in specs.items() for a in ("--directions", f"blocks.0@{name}={p}")], "-o", out,
+           "--device", "cpu")
+    acts = A.read_activations(out)
+    for name, p in specs.items():
+        with torch.inference_mode():
+            want = D.load(str(p), channels=c).module(tokens).amax(1)
+        np.testing.assert_allclose(acts.layers[f"blocks.0@{name}"], want.numpy(), atol=1e-5, rtol=1e-5)
+        info = json.loads(acts.layer_attrs[f"blocks.0@{name}"]["directions"])      # how the entry was made
+        assert info["library"] == {"saev": "saev", "dl": "dictionary_learning", "prisma": "vit_prisma",
+                                   "oc": "overcomplete"}[name]
+
+
+@pytest.mark.parametrize("case", ["saev", "AutoEncoder", "GatedAutoEncoder", "JumpReluAutoEncoder", "AutoEncoderTopK",
+                                  "prisma"])
+def test_ablate_moves_each_librarys_latents_by_exactly_the_shift_along_its_decoder(case, tmp_path):
+    """Moving the layer's activation by Δ·decoder[k] moves latent k's pre-activation (a gated SAE's magnitude path)
+    by exactly Δ, whatever library saved the SAE."""
+    from dissect.sae_files import read_sae
+
+    if case == "saev":
+        path = _saev_file(tmp_path / "s" / "sae.pt", {"d_vit": D_IN, "exp_factor": 1.5}, _saev_sd(7))
+    elif case == "prisma":
+        sd = {"W_enc": _rand(D_IN, D_SAE, seed=71), "b_enc": _rand(D_SAE, seed=72), "W_dec": _rand(D_SAE, D_IN, seed=73),
+              "b_dec": _rand(D_IN, seed=74)}
+        path = _prisma_folder(tmp_path / "p", {"activation_fn_str": "relu", "normalize_activations": "none"}, sd,
+                              "weights")
+    else:
+        sd, _, trainer = _dl_cases()[case]
+        path = _dl_folder(tmp_path / "t", case, sd, **trainer)
+    sae = read_sae(path)
+    dec = D.decoder("sae", str(path)).double()
+    x = _x().double()
+    W, scale = sae.W_enc.double(), (sae.r_mag.double().exp() if sae.r_mag is not None else torch.ones(D_SAE))
+    for k in (0, 4, 11):
+        moved = ((x + 0.3 * dec[k]) - x) @ W * scale                     # the linear part of the pre-activation
+        np.testing.assert_allclose(moved[..., k].numpy(), 0.3, atol=1e-6)
