@@ -189,6 +189,29 @@ def test_a_published_linear_explanations_file_is_scored_beside_its_own_ablation_
     assert summary[0]["published_column"] == "sim ablation(optim)"
 
 
+def test_other_methods_label_files_are_ablated_unit_by_unit(demo_run, tmp_path):
+    """Describe-and-Dissect's and INVERT's layouts (the layer in the file name) ablate the units they name, with the
+    labels they give."""
+    import pyarrow.parquet as pq
+
+    out, _ = demo_run
+    labels = {r["unit"]: r["label"] for r in pq.read_table(out / "labels-mixed-softwpmi.parquet").to_pylist()
+              if r["layer"] == "layer4"}
+    units = [3, 17, 40, 41, 90]
+    dnd = tmp_path / "dnd_layer4.csv"
+    dnd.write_text("Neuron ID,Label 1,Label 2,Label 3\n" + "".join(f"{u},{labels[u]}, , \n" for u in units))
+    inv = tmp_path / "resnet-layer4.csv"
+    inv.write_text("neuron,concept,concept_id,metric\n" + "".join(f"{u},{labels[u]},n0{u},0.9\n" for u in units[:3]))
+    invoke("evaluate", "ablate", dnd, inv, "-a", out / "activations.h5", "--probe", out / "probe",
+           *demo_specs().command_line().split(), "--images", out / "images.h5", "-t", out / "text-mixed.h5",
+           "-o", tmp_path / "ablate.parquet")
+    rows = A.read_table(tmp_path / "ablate.parquet", A.ABLATE_FORMAT).to_pylist()
+    got = sorted((x["method"], x["unit"], x["label"]) for x in rows)
+    assert got == sorted([("Describe-and-Dissect", u, labels[u]) for u in units]
+                         + [("INVERT", u, labels[u]) for u in units[:3]])
+    assert all(np.isfinite(x["ablation"]) for x in rows)
+
+
 def test_ablate_refuses_what_it_cannot_score_in_one_line(demo_run, tmp_path):
     out, _ = demo_run
     common = ["-a", out / "activations.h5", "--probe", out / "probe", *demo_specs().command_line().split(),
