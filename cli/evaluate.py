@@ -231,7 +231,7 @@ def weights_cmd(
 
 @subcommand(evaluate_app, "simulate")
 def simulate_cmd(
-    labels: Annotated[list[Path], typer.Argument(help="labels.parquet, composed.parquet, or CLIP-Dissect / MILAN / NetDissect CSVs (several: one table row each).", show_default=False)],
+    labels: Annotated[list[Path], typer.Argument(help="labels.parquet, composed.parquet, explanations.parquet, or the CSVs other methods publish: CLIP-Dissect, MILAN, NetDissect, Linear Explanations, Describe-and-Dissect, INVERT, CoSy, FALCON (several: one table row each).", show_default=False)],
     activations: O.Activations,
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="simulate.parquet (one row per labels file, layer and unit); the summary goes to simulate.json beside it.")] = None,
     images: Annotated[Optional[Path], typer.Option("--images", help="images.h5: estimate each label's presence with its CLIP model (when no --annotations).")] = None,

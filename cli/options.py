@@ -60,8 +60,9 @@ Interpolation = Annotated[Optional[str], typer.Option("--interpolation", help="O
 Directions = Annotated[
     Optional[list[str]],
     typer.Option("--directions", help="Units that are directions of a layer, recorded as the entry LAYER@NAME: LAYER=SPEC "
-                 "or LAYER@NAME=SPEC (repeatable). SPEC: a [K, C] matrix (.npy, .pt, .safetensors, FILE#key), an SAE folder "
-                 "in the SAELens layout (cfg.json + sae_weights.safetensors), or file.py:function returning a module."),
+                 "or LAYER@NAME=SPEC (repeatable). SPEC: a [K, C] matrix (.npy, .pt, .safetensors, FILE#key), an SAE as its library "
+                 "saved it (a SAELens folder, a saev sae.pt, a dictionary_learning trainer folder or ae.pt, an Overcomplete "
+                 "torch.save(model) file, a ViT-Prisma folder), or file.py:function returning a module."),
 ]
 DirectionsSummary = Annotated[
     str, typer.Option("--directions-summary", help="Reduction of the directions' units over positions: auto (max for SAEs, "

@@ -15,7 +15,7 @@ from .app import command
 def report(
     run_dir: Annotated[Optional[Path], typer.Argument(help="A `dissect run` folder (labels, activations and extras are found there).")] = None,
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Report folder (index.html + thumbs/), or the .html file with --single-file [default: RUN/report].")] = None,
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="labels.parquet (without RUN).")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="labels.parquet, or a label CSV another method publishes (CLIP-Dissect, MILAN, NetDissect, Describe-and-Dissect, INVERT, CoSy, FALCON; without RUN).")] = None,
     activations: Annotated[Optional[Path], typer.Option("--activations", "-a", help="activations.h5 the labels came from (without RUN).")] = None,
     probe: Annotated[Optional[list[str]], typer.Option("--probe", help="The probe images [default: the folders recorded in the activations].")] = None,
     composed: Annotated[Optional[Path], typer.Option("--composed", help="composed.parquet, shown on the cards.")] = None,
