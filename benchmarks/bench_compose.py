@@ -46,7 +46,8 @@ def main() -> None:
     from dissect.concepts import load_concepts
     from dissect.demo import demo_specs
     from dissect.runtime import set_quiet
-    from dissect.similarity import resolve_params, score_layer
+    from dissect.similarity import resolve_params
+    from dissect.scoring import score_layer
 
     set_quiet(True)
     torch.manual_seed(0)

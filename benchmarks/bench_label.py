@@ -61,7 +61,8 @@ def peak_rss_mb() -> float:
 def run_ours(path: Path, sim: str, chunk: int, top_k: int | None, max_memory_mb: int = 256) -> dict:
     import torch
 
-    from dissect.similarity import resolve_params, score_layer
+    from dissect.similarity import resolve_params
+    from dissect.scoring import score_layer
 
     I = torch.from_numpy(np.load(path / "I.npy"))
     T = torch.from_numpy(np.load(path / "T.npy"))

@@ -24,7 +24,7 @@ def _fit(budget: int, per_item: int, fixed: int = 0) -> int:
 
 
 # ---------------------------------------------------------------------------
-# Scoring a layer against a concept set (similarity.score_layer)
+# Scoring a layer against a concept set (scoring.score_layer)
 # ---------------------------------------------------------------------------
 
 def concepts_per_block(budget: int, rows: int, neurons: int, bytes_per_row: int, pmi: bool, tile: int) -> int:

@@ -126,7 +126,8 @@ def embed_composed(texts: list[str], images: A.Embeddings, compute: Compute | No
 def _score_owned(sim, q, I, concept_emb, scored_emb, owned: np.ndarray, params, max_memory) -> tuple[np.ndarray, np.ndarray | None]:
     """(sims, raw) [C, J]: neuron k's similarity with text owned[k, j] of ``scored_emb`` (−inf where owned < 0),
     and for SoftWPMI/WPMI its raw score (log-likelihood over the neuron's top images; None otherwise)."""
-    from .similarity import METHODS, score_extra_texts
+    from .similarity import METHODS
+    from .scoring import score_extra_texts
 
     C, J = owned.shape
     out = np.full((C, J), -np.inf, dtype=np.float64)
@@ -253,7 +254,7 @@ def _judge(settings: ComposeSettings, img: A.Embeddings, I_all) -> "_HeldOut | N
 
 def _candidates(ctx: _Composing, name: str, q) -> list[list[int]]:
     """Each unit's ``k`` candidate concepts (indices into the concept set): the labels file's, or scored here."""
-    from .similarity import score_layer
+    from .scoring import score_layer
 
     keys, k = ctx.txt.keys, min(ctx.settings.k, len(ctx.txt.keys))
     if ctx.given is None:
@@ -496,7 +497,7 @@ def _paper_level(ctx: _Composing, cand: list[list[int]], q) -> _Scored:
     that unit's texts and log p(t) over the layer's units); the unit's own row ranks its texts."""
     import torch
 
-    from .similarity import score_layer
+    from .scoring import score_layer
 
     keys, template = ctx.txt.keys, ctx.settings.template
     ranked, values, embedded, unique = [], [], 0, set()
@@ -566,7 +567,7 @@ def _score_level(ctx: _Composing, options, q, veto: bool = False) -> _Scored:
 
 def _rank(options, sims):
     """Each unit's options best first, with their similarities."""
-    from .similarity import TIE_TOLERANCE
+    from .scoring import TIE_TOLERANCE
 
     J = sims.shape[1]
     ranked, values = [], []

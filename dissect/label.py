@@ -22,7 +22,8 @@ from .errors import UsageError
 from .inputs import open_inputs, skipped_ids
 from .runtime import callable_module, note, progress, resolve_device
 from .settings import Compute, Settings, no_other_fields
-from .similarity import METHODS, check_probe_size, resolve_params, score_layer
+from .similarity import METHODS, check_probe_size, resolve_params
+from .scoring import score_layer
 
 #: The default similarity function (the paper's).
 DEFAULT_SIMILARITY = "softwpmi"
@@ -105,7 +106,7 @@ def _score_in_blocks(sc: _Scoring, name: str, C: int, block: int):
     spans all neurons), the same result as reading the layer whole. The other methods
     read whole columns for every concept: each block is scored on its own.
     """
-    from .similarity import prepare_examples
+    from .scoring import prepare_examples
 
     sim, chunk = sc.settings.sim, sc.settings.chunk
     starts = list(range(0, C, block))
@@ -135,7 +136,8 @@ def _score_pmi_prepared(sc: _Scoring, name: str, C: int, prep):
     """SoftWPMI/WPMI of a wide layer from its example images: at once when one block of concepts over all its
     units fits the budget, else in blocks of units (``budget.units_per_concept_tile``) in two passes, the first
     estimating log p(t) over every unit (``similarity.BlockPopulation``)."""
-    from .similarity import TILE, BlockPopulation, LayerPrep, plan_chunk
+    from .similarity import TILE, BlockPopulation
+    from .scoring import LayerPrep, plan_chunk
 
     sim, chunk = sc.settings.sim, sc.settings.chunk
     held = prep.idx.element_size() * prep.idx.numel()
@@ -168,7 +170,8 @@ def _score_pmi_prepared(sc: _Scoring, name: str, C: int, prep):
 def _label_layer(sc: _Scoring, name: str, rows: dict[str, list], world) -> None:
     """Add the rows of layer ``name``: whole, in blocks of units when too wide for the budget, or (torchrun) this
     rank's slice of its units."""
-    from .similarity import distributed_population, plan_chunk
+    from .similarity import distributed_population
+    from .scoring import plan_chunk
 
     sim, chunk = sc.settings.sim, sc.settings.chunk
     C_all = A.activation_layer_shape(sc.activations, name)[1]

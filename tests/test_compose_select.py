@@ -83,7 +83,8 @@ def test_the_papers_procedure_scores_each_unit_in_a_concept_set_of_its_own(world
     from dissect.compose import embed_composed
     from dissect.settings import Compute
     from dissect.inputs import open_inputs
-    from dissect.similarity import resolve_params, score_layer
+    from dissect.similarity import resolve_params
+    from dissect.scoring import score_layer
 
     out, d, acts = world
     sub = d / "sub.h5"

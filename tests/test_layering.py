@@ -17,7 +17,7 @@ LAYERS = [
     {"runtime"},
     {"artifacts", "artifacts.formats", "artifacts.files", "artifacts.hdf5", "artifacts.tables", "artifacts.tensors",
      "artifacts.external", "artifacts.sniff", "artifacts.runs", "artifacts.masks", "artifacts.stored_maps", "maps",
-     "concepts", "probe", "hooks", "models", "hf", "clip", "similarity", "split",
+     "concepts", "probe", "hooks", "models", "hf", "clip", "similarity", "scoring", "split",
      "evaluate", "evaluate.metrics", "evaluate.sanity", "evaluate.mixture", "evaluate.segmentation", "evaluate.ablation",  # lazily imported
      "directions", "correlate", "sae_files", "artifacts.torch_pickle"},
     {"passes", "shards"},

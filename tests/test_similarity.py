@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from dissect.errors import UsageError
-from dissect.similarity import SIMILARITIES, resolve_params, score_layer
+from dissect.similarity import SIMILARITIES, resolve_params
+from dissect.scoring import score_layer
 
 from reference import reference_similarity, reference_top
 
@@ -393,7 +394,8 @@ def test_saturated_ties_go_to_the_neurons_own_best_concept_whatever_the_concept_
     """
     import torch
 
-    from dissect.similarity import TIE_TOLERANCE, resolve_params, score_layer, softwpmi
+    from dissect.similarity import resolve_params, softwpmi
+    from dissect.scoring import TIE_TOLERANCE, score_layer
 
     g = torch.Generator().manual_seed(3)
     N, d, M = 400, 24, 30
@@ -431,7 +433,7 @@ def test_top_images_break_ties_by_lower_image_index():
 @pytest.mark.parametrize("quantize", [True, False])
 def test_top_k_merge_preselection_ranks_like_a_full_sort(quantize):
     """Wide rows go through a top-k preselection; it must rank exactly like sorting the whole row."""
-    from dissect.similarity import TIE_TOLERANCE, _topk_stable
+    from dissect.scoring import TIE_TOLERANCE, _topk_stable
 
     g = torch.Generator().manual_seed(0)
     C, W, k = 16, 2000, 5

@@ -61,7 +61,7 @@ class _Relabel:
 
     def best(self, q, I=None):
         """Each unit's best concept and its similarity, for activations ``q`` on images ``I`` (default: all)."""
-        from ..similarity import score_layer
+        from ..scoring import score_layer
 
         res = score_layer(self.sim, q, self.I if I is None else I, self.T, self.params, top=1, max_memory=self.budget)
         return res.indices[:, 0].cpu().numpy(), res.values[:, 0].cpu().numpy()
