@@ -157,7 +157,7 @@ def parse_requests(items: list[str] | None) -> list[DirectionRequest]:
 
 def _default_name(spec: str) -> str:
     p = Path(spec.partition("#")[0])
-    if p.is_dir() or _is_sae_file(p):
+    if spec.startswith("hf:") or p.is_dir() or _is_sae_file(p):
         return "sae"
     if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
         return "module"
@@ -170,9 +170,14 @@ def _default_name(spec: str) -> str:
 
 def load(spec: str, channels: int | None = None, device=None) -> DirectionSet:
     """The direction set of ``spec`` (see the module docstring), checked against ``channels`` when given."""
+    from .sae_files import HUB_PREFIX, from_hub
+
     path, _, key = spec.partition("#")
     p = Path(path)
-    if p.is_dir() or (not key and p.is_file() and _is_sae_file(p)):
+    if spec.startswith(HUB_PREFIX):
+        ds = load_sae(from_hub(spec))
+        ds.describe["hub"] = spec
+    elif p.is_dir() or (not key and p.is_file() and _is_sae_file(p)):
         if key:
             raise UsageError(f"--directions {spec}: '#key' is for matrix files, and {path} is a folder")
         ds = load_sae(p)
@@ -534,9 +539,9 @@ def decoder(kind: str, spec: str):
 
     path, _, key = spec.partition("#")
     if kind == "sae":
-        from .sae_files import read_sae
+        from .sae_files import HUB_PREFIX, from_hub, read_sae
 
-        sae = read_sae(Path(path))
+        sae = read_sae(from_hub(spec) if spec.startswith(HUB_PREFIX) else Path(path))
         if sae.W_dec is None or sae.W_enc is None:
             why = sae.no_decoder or "its file holds no decoder"
             raise UsageError(f"the latents of {path} cannot be moved in the network: {why}",

@@ -556,3 +556,54 @@ def test_ablate_moves_each_librarys_latents_by_exactly_the_shift_along_its_decod
     for k in (0, 4, 11):
         moved = ((x + 0.3 * dec[k]) - x) @ W * scale                     # the linear part of the pre-activation
         np.testing.assert_allclose(moved[..., k].numpy(), 0.3, atol=1e-6)
+
+
+# -- SAEs on the Hugging Face hub ------------------------------------------------------------------------------------
+
+def test_hub_saes_download_the_folder_or_file_named_and_offline_misses_say_what_to_fetch(tmp_path, monkeypatch):
+    """`--directions LAYER=hf:ORG/REPO[/PATH][@REV]`: the download stubbed with a local copy (nothing leaves this
+    machine): a SAELens folder inside a repository, a repository of one saev sae.pt, a dictionary_learning ae.pt with
+    its config; the revision is passed on; the spec is recorded. Offline and not in the cache: one line naming
+    `hf download` and the flag for the local copy."""
+    import shutil
+
+    import huggingface_hub
+
+    from dissect.errors import ModelError
+
+    hub = tmp_path / "hub"
+    sd = {"W_enc": _rand(D_IN, D_SAE, seed=81), "b_enc": _rand(D_SAE, seed=82), "b_dec": _rand(D_IN, seed=83),
+          "W_dec": _rand(D_SAE, D_IN, seed=84)}
+    _saelens(hub / "org+saes" / "blocks.3", {"architecture": "standard"}, sd)
+    _saev_file(hub / "org+saev" / "sae.pt", {"d_vit": D_IN, "exp_factor": 1.5}, _saev_sd(8))
+    (hub / "org+saev" / "README.md").write_text("a saev SAE")
+    dl_sd, _, _ = _dl_cases()["AutoEncoder"]
+    _dl_folder(hub / "org+dl" / "trainer_0", "AutoEncoder", dl_sd)
+    calls = []
+
+    def fake_snapshot(repo_id, revision=None, allow_patterns=None, **_):
+        calls.append((repo_id, revision, allow_patterns))
+        src = hub / repo_id.replace("/", "+")
+        if not src.exists():
+            raise huggingface_hub.errors.LocalEntryNotFoundError("not in the local cache and outgoing traffic is off")
+        dst = tmp_path / "cache" / repo_id.replace("/", "+")
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+        return str(dst)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    x = _x()
+    ds = D.load("hf:org/saes/blocks.3@v1", channels=D_IN)
+    assert calls[-1][:2] == ("org/saes", "v1") and "blocks.3/*" in calls[-1][2]
+    assert ds.spec == "hf:org/saes/blocks.3@v1" and ds.describe["hub"] == ds.spec and ds.describe["architecture"] == "standard"
+    with torch.inference_mode():
+        want = relu((x.double() - sd["b_dec"].double()) @ sd["W_enc"].double() + sd["b_enc"].double())
+        _close(ds.module(x).double(), want)
+        assert D.load("hf:org/saev", channels=D_IN).describe["library"] == "saev"      # the repository's one SAE file
+        assert D.load("hf:org/dl/trainer_0/ae.pt", channels=D_IN).describe["dict_class"] == "AutoEncoder"
+    assert "trainer_0/config.json" in calls[-1][2]
+    assert D.decoder("sae", "hf:org/saes/blocks.3@v1").shape == (D_SAE, D_IN)
+    assert D.parse_requests(["blocks.3=hf:org/saes/blocks.3"])[0].entry == "blocks.3@sae"
+    with pytest.raises(ModelError, match="cannot download the SAE hf:org/missing") as e:
+        D.load("hf:org/missing/blocks.3", channels=D_IN)
+    assert "hf download org/missing --local-dir DIR" in e.value.hint and "LAYER=DIR/blocks.3" in e.value.hint
