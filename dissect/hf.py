@@ -100,11 +100,17 @@ def _preprocess(source: str, config) -> dict[str, Any]:
     if proc is None:
         return dict(input_size=size, resize_size=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                     interpolation="bilinear", squash=True)
-    s = dict(getattr(proc, "size", None) or {})
-    crop = dict(getattr(proc, "crop_size", None) or {})
+    s = {k: v for k, v in dict(getattr(proc, "size", None) or {}).items() if v is not None}
+    crop = {k: v for k, v in dict(getattr(proc, "crop_size", None) or {}).items() if v is not None}
     squash = "shortest_edge" not in s                      # a height and width: both sides resized
     resize = int(s.get("shortest_edge") or s.get("height") or size)
     input_size = int(crop.get("height") or resize) if getattr(proc, "do_center_crop", False) else resize
+    crop_pct = getattr(proc, "crop_pct", None)
+    if crop_pct and "shortest_edge" in s:                  # ConvNeXt's processor: below 384 px, the shortest edge to
+        if resize < 384:                                   # size / crop_pct, then a centre crop; from 384 on, squashed
+            resize, input_size = int(resize / float(crop_pct)), resize
+        else:
+            squash, input_size = True, resize
     mean = tuple(float(v) for v in (getattr(proc, "image_mean", None) or (0.5, 0.5, 0.5)))
     std = tuple(float(v) for v in (getattr(proc, "image_std", None) or (0.5, 0.5, 0.5)))
     resample = getattr(proc, "resample", 2)

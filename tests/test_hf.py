@@ -249,3 +249,27 @@ def test_a_block_returning_a_tuple_is_recorded_and_ablated_through_its_hidden_st
                 want[kind, k] += float((p.exp() * (p - q)).sum())
     assert (want > 0).all()
     np.testing.assert_allclose(tail.damage.numpy(), want, rtol=1e-3, atol=1e-7)
+
+
+@pytest.mark.parametrize("edge", [224, 384])
+def test_a_convnext_processors_crop_pct_becomes_the_preprocessing(edge, tmp_path):
+    """ConvNeXt's image processor: below 384 px it resizes the shortest edge to size / crop_pct and crops the centre,
+    from 384 on it squashes the image to size x size; dissect's preprocessing gives its pixels (to 2e-2, the codecs
+    between)."""
+    from PIL import Image
+    from transformers import ConvNextImageProcessor
+
+    from dissect.models import load_target
+
+    cfg_cls, model_cls, fields, _, _ = HIERARCHICAL["convnext"]
+    getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(num_labels=3, **fields)).save_pretrained(tmp_path)
+    proc = ConvNextImageProcessor(size={"shortest_edge": edge}, crop_pct=0.875)
+    proc.save_pretrained(tmp_path)
+    t = load_target(f"hf:{tmp_path}", None, None, None, "cpu")
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (300, 450, 3), dtype=np.uint8).astype(np.uint8))
+    img = img.resize((450, 300), Image.BILINEAR).filter(__import__("PIL.ImageFilter").ImageFilter.GaussianBlur(3))
+    want = proc(images=img, return_tensors="pt")["pixel_values"][0]
+    got = t.transform(img)
+    assert got.shape == want.shape == (3, edge, edge)
+    assert float((got - want).abs().mean()) < 2e-2
