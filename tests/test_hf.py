@@ -273,3 +273,29 @@ def test_a_convnext_processors_crop_pct_becomes_the_preprocessing(edge, tmp_path
     got = t.transform(img)
     assert got.shape == want.shape == (3, edge, edge)
     assert float((got - want).abs().mean()) < 2e-2
+
+
+@pytest.mark.parametrize("processor", ["DeiTImageProcessor", "BitImageProcessor", "CLIPImageProcessor",
+                                       "BeitImageProcessor", "SiglipImageProcessor", "ViTImageProcessor"])
+def test_each_families_image_processor_becomes_the_preprocessing(processor, vit_folder, tmp_path):
+    """The processors of DeiT (squash to 256, crop 224), DINOv2 (BiT: shortest edge 256, crop 224), CLIP, BEiT, SigLIP
+    and ViT, with their defaults: dissect's preprocessing gives their pixels on a non-square image (2e-2, the image
+    codecs between)."""
+    import shutil
+
+    from PIL import Image, ImageFilter
+
+    from dissect.models import load_target
+
+    folder = tmp_path / "m"
+    shutil.copytree(vit_folder, folder)
+    (folder / "preprocessor_config.json").unlink()
+    proc = getattr(transformers, processor)()
+    proc.save_pretrained(folder)
+    t = load_target(f"hf:{folder}", None, None, None, "cpu")
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 255, (300, 420, 3), dtype=np.uint8)).filter(ImageFilter.GaussianBlur(3))
+    want = proc(images=img, return_tensors="pt")["pixel_values"][0]
+    got = t.transform(img)
+    assert got.shape == want.shape
+    assert float((got - want).abs().mean()) < 2e-2
