@@ -210,6 +210,15 @@ def test_other_methods_label_files_are_ablated_unit_by_unit(demo_run, tmp_path):
     assert got == sorted([("Describe-and-Dissect", u, labels[u]) for u in units]
                          + [("INVERT", u, labels[u]) for u in units[:3]])
     assert all(np.isfinite(x["ablation"]) for x in rows)
+    # both files score every image: one shared pass, the same damage as each file's own pass
+    invoke("evaluate", "ablate", inv, "-a", out / "activations.h5", "--probe", out / "probe",
+           *demo_specs().command_line().split(), "--images", out / "images.h5", "-t", out / "text-mixed.h5",
+           "-o", tmp_path / "alone.parquet")
+    alone = {x["unit"]: x for x in A.read_table(tmp_path / "alone.parquet", A.ABLATE_FORMAT).to_pylist()}
+    for x in rows:
+        if x["method"] == "INVERT":
+            for c in ("damage_base", "damage_pred", "ablation"):
+                assert x[c] == pytest.approx(alone[x["unit"]][c], rel=1e-6, abs=1e-9), c
 
 
 def test_ablate_refuses_what_it_cannot_score_in_one_line(demo_run, tmp_path):

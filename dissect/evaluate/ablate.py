@@ -275,11 +275,14 @@ def ablate(label_paths: list, activations, probe, model, images=None, text=None,
     loss, classes = _classes(ids, n_out, st.loss)
     run = _Run(acts, activations, probe, pos, target, classes, loss, st, opts, dev)
     rows: dict[str, list] = {c: [] for c in COLUMNS}
-    summary = []
-    for lf in files:
-        for name in dict.fromkeys(lf.layers):
-            entries = [i for i, n in enumerate(lf.layers) if n == name]
-            summary.append(run.layer(lf, name, entries, source, ids, rows))
+    jobs = [run.prepare(lf, name, [i for i, n in enumerate(lf.layers) if n == name], source, ids)
+            for lf in files for name in dict.fromkeys(lf.layers)]
+    groups: dict[tuple, list[_Job]] = {}
+    for job in jobs:                 # one pass per layer and set of scoring images, whatever the number of files
+        groups.setdefault((job.name, tuple(job.test_ids)), []).append(job)
+    for group in groups.values():
+        run.run(group)
+    summary = [run.finish(job, rows) for job in jobs]
     meta = {"activations": str(Path(activations).resolve()), "model": target.spec, "loss": loss,
             "temperature": st.temperature, "validation": st.validation, "seed": st.seed, "mapping": "norm",
             "presence": source.name, "summary": summary,
@@ -327,12 +330,12 @@ class _Run:
     options: PassOptions
     dev: Any
 
-    def layer(self, lf, name: str, entries: list[int], source, ids: list[str], rows: dict[str, list]) -> dict[str, Any]:
-        """Score the units ``entries`` of ``lf`` on layer ``name``; their rows are added to ``rows``."""
+    def prepare(self, lf, name: str, entries: list[int], source, ids: list[str]) -> "_Job":
+        """The units ``entries`` of ``lf`` on layer ``name``: their scoring images, each unit's moves to its mean and
+        to its label's mapped prediction, and why a unit cannot be scored (everything but the pass)."""
         import torch
 
         from .. import split as S
-        from ..passes import image_pass
         from .simulate import _check_units, _scored_ids, predictions
 
         idx, held = _scored_ids(lf, ids)
@@ -352,39 +355,75 @@ class _Run:
         pred = pres_u.index_select(1, index).double()
         v, t = torch.from_numpy(val), torch.from_numpy(~val)
         mapped = map_norm(pred[t], actual[v], pred[v])
-        d_base = actual[v].mean(dim=0)[None, :] - actual[t]
-        d_pred = mapped - actual[t]
         reasons = [_reason(source, unknown.get(lab), actual[:, j], pred[:, j], mapped[:, j], v) for j, lab in enumerate(labs)]
         live = [j for j, r in enumerate(reasons) if r is None]
-        site = _unit_site(name, self.acts.layer_attrs[name], with_decoder=True)
-        test_ids = [k for k, keep in zip(scored_ids, ~val) if keep]
-        classes = None if self.classes is None else [self.classes[k] for k in test_ids]
-        tail = _Tail(self.target, site, [units[j] for j in live], (d_base[:, live], d_pred[:, live]), classes,
-                     self.loss, self.settings, self.dev)
-        tail.row_of = {self.pos[k]: r for r, k in enumerate(test_ids)}
+        return _Job(lf, name, units, labs, reasons, live,
+                    ((actual[v].mean(dim=0)[None, :] - actual[t])[:, live], (mapped - actual[t])[:, live]),
+                    [k for k, keep in zip(scored_ids, ~val) if keep], held,
+                    [float(x) for x in correlations(actual[v], pred[v])])
+
+    def run(self, jobs: list["_Job"]) -> None:
+        """One pass over the scoring images for every job of one layer with the same images (labels files of several
+        methods on one layer share it): each job's damage and the images the pass skipped."""
+        import torch
+
+        from ..passes import image_pass
+
+        first = jobs[0]
+        site = _unit_site(first.name, self.acts.layer_attrs[first.name], with_decoder=True)
+        classes = None if self.classes is None else [self.classes[k] for k in first.test_ids]
+        units = [u for job in jobs for u in (job.units[j] for j in job.live)]
+        deltas = tuple(torch.cat([job.deltas[i] for job in jobs], dim=1) for i in (0, 1))
+        tail = _Tail(self.target, site, units, deltas, classes, self.loss, self.settings, self.dev)
+        tail.row_of = {self.pos[k]: r for r, k in enumerate(first.test_ids)}
         skipped = []
-        if live:
-            skipped = image_pass(self.probe, [tail], self.options.batch_size, self.options.workers_for(len(test_ids)),
-                                 f"ablate {Path(lf.path).name} {name} ({len(live)} units)", self.dev,
+        if units:
+            what = ", ".join(dict.fromkeys(Path(job.lf.path).name for job in jobs))
+            skipped = image_pass(self.probe, [tail], self.options.batch_size,
+                                 self.options.workers_for(len(first.test_ids)),
+                                 f"ablate {what} {first.name} ({len(units)} units)", self.dev,
                                  positions=sorted(tail.row_of))
-        scores = {j: score(float(tail.damage[1, k]), float(tail.damage[0, k])) for k, j in enumerate(live)}
-        corr = [float(x) for x in correlations(actual[v], pred[v])]
-        published, column = _published(lf)
-        for j, u in enumerate(units):
+        at = 0
+        for job in jobs:
+            job.damage, job.n_images = tail.damage[:, at : at + len(job.live)], len(first.test_ids) - len(skipped)
+            at += len(job.live)
+
+    def finish(self, job: "_Job", rows: dict[str, list]) -> dict[str, Any]:
+        """The job's rows (added to ``rows``) and its summary."""
+        scores = {j: score(float(job.damage[1, k]), float(job.damage[0, k])) for k, j in enumerate(job.live)}
+        published, column = _published(job.lf)
+        for j, u in enumerate(job.units):
             s = scores.get(j, math.nan)
-            damage = tail.damage[:, live.index(j)] if j in live else None
-            why = reasons[j] or (None if s == s else "moving the unit to its mean changes no loss"
-                                 if damage is not None and float(damage[0]) == 0 else "its loss changes are not finite")
-            _add(rows, lf, name, u, labs[j], s, corr[j], tail.damage[:, live.index(j)] if j in live else None,
-                 len(test_ids) - len(skipped), held, self.loss, why)
+            damage = job.damage[:, job.live.index(j)] if j in job.live else None
+            why = job.reasons[j] or (None if s == s else "moving the unit to its mean changes no loss"
+                                     if damage is not None and float(damage[0]) == 0 else "its loss changes are not finite")
+            _add(rows, job.lf, job.name, u, job.labs[j], s, job.corr[j], damage, job.n_images, job.held, self.loss, why)
             rows["published_ablation"].append(published.get(int(u), math.nan))
-        vals = np.array([scores.get(j, math.nan) for j in range(len(units))], dtype=np.float64)
-        theirs = np.array([published.get(int(u), math.nan) for u in units], dtype=np.float64)
-        return {"labels": str(lf.path), "method": lf.method, "layer": name, "units": len(units),
-                "scored_units": int(np.isfinite(vals).sum()), "n_images": len(test_ids) - len(skipped),
-                "held_out": held, "mean_ablation": float(np.nanmean(vals)) if np.isfinite(vals).any() else None,
+        vals = np.array([scores.get(j, math.nan) for j in range(len(job.units))], dtype=np.float64)
+        theirs = np.array([published.get(int(u), math.nan) for u in job.units], dtype=np.float64)
+        return {"labels": str(job.lf.path), "method": job.lf.method, "layer": job.name, "units": len(job.units),
+                "scored_units": int(np.isfinite(vals).sum()), "n_images": job.n_images,
+                "held_out": job.held, "mean_ablation": float(np.nanmean(vals)) if np.isfinite(vals).any() else None,
                 "published_column": column,
                 "mean_published_ablation": float(np.nanmean(theirs)) if np.isfinite(theirs).any() else None}
+
+
+@dataclass
+class _Job:
+    """One labels file's units on one layer, prepared for the pass (``_Run.prepare``), then scored by it."""
+
+    lf: Any
+    name: str
+    units: list[int]
+    labs: list[str]
+    reasons: list[str | None]
+    live: list[int]                 # the units that can be scored (indices into units)
+    deltas: tuple                   # (to the mean, to the mapped prediction) [scoring images, live units]
+    test_ids: list[str]
+    held: bool
+    corr: list[float]
+    damage: Any = None
+    n_images: int = 0
 
 
 def _published(lf) -> tuple[dict[int, float], str | None]:
