@@ -7,7 +7,7 @@ deduplicated, embedded once with the CLIP text encoder that made the single-conc
 embeddings (and cached per CLIP model, so a rerun embeds nothing it has seen), and
 scored with the same similarity function and parameters. For SoftWPMI and WPMI the
 population term λ·log p(t) of every composed text is estimated over all neurons of
-the layer, as for single concepts (``similarity.score_extra_texts``).
+the layer, as for single concepts (``scoring.score_extra_texts``).
 
 Cost per layer (C neurons, K candidates, N images, U unique composed texts ≤ C·K(K−1)/2):
 embedding U texts, and scoring C × U similarities — the same work as labelling the

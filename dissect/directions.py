@@ -170,13 +170,19 @@ def _default_name(spec: str) -> str:
 
 def load(spec: str, channels: int | None = None, device=None) -> DirectionSet:
     """The direction set of ``spec`` (see the module docstring), checked against ``channels`` when given."""
-    from .sae_files import HUB_PREFIX, from_hub
+    from .sae_hub import HUB_PREFIX, from_hub
 
     path, _, key = spec.partition("#")
     p = Path(path)
     if spec.startswith(HUB_PREFIX):
-        ds = load_sae(from_hub(spec))
+        if key:
+            raise UsageError(f"--directions {spec}: '#key' is for local matrix files; hf: names an SAE",
+                             hint="download the matrix file and pass it as FILE#key")
+        local = from_hub(spec)
+        ds = load_sae(local)
         ds.describe["hub"] = spec
+        if "snapshots" in local.parts:                 # the hub cache's snapshots/<commit>/: what was downloaded
+            ds.describe["hub_commit"] = local.parts[local.parts.index("snapshots") + 1]
     elif p.is_dir() or (not key and p.is_file() and _is_sae_file(p)):
         if key:
             raise UsageError(f"--directions {spec}: '#key' is for matrix files, and {path} is a folder")
@@ -529,17 +535,24 @@ def _encode_block(ds: DirectionSet, block):
     return z
 
 
-def decoder(kind: str, spec: str):
+def decoder(kind: str, spec: str, fingerprint: str | None = None):
     """[K, C] rows along which moving the layer's activation by Δ moves unit k by Δ (``evaluate ablate``): an SAE's
     decoder rows scaled so that latent k's pre-activation moves by exactly Δ (W_dec[k] / (W_enc[:, k] · W_dec[k]);
     the latent itself where its activation passes it on, and before any normalisation of the input), a matrix's
     rows divided by their squared norms (exactly Δ along each direction). A module's directions name none: a
-    UsageError."""
+    UsageError. ``fingerprint``: the set's when it was recorded; a set whose weights changed since (a file
+    rewritten, a hub repository's new commit) is refused in one line."""
     import torch
 
+    from .errors import MismatchError
+
+    if fingerprint and kind in ("sae", "matrix") and load(spec).fingerprint != fingerprint:
+        raise MismatchError(f"the {kind} {spec} is not the one the activations were recorded with (its weights "
+                            "changed since `record`)", hint="record the entry again, or give the set it was recorded with")
     path, _, key = spec.partition("#")
     if kind == "sae":
-        from .sae_files import HUB_PREFIX, from_hub, read_sae
+        from .sae_files import read_sae
+        from .sae_hub import HUB_PREFIX, from_hub
 
         sae = read_sae(from_hub(spec) if spec.startswith(HUB_PREFIX) else Path(path))
         if sae.W_dec is None or sae.W_enc is None:

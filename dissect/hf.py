@@ -106,7 +106,9 @@ def _preprocess(source: str, config) -> dict[str, Any]:
     resize = int(s.get("shortest_edge") or s.get("height") or size)
     input_size = int(crop.get("height") or resize) if getattr(proc, "do_center_crop", False) else resize
     crop_pct = getattr(proc, "crop_pct", None)
-    if crop_pct and "shortest_edge" in s:                  # ConvNeXt's processor: below 384 px, the shortest edge to
+    if crop_pct and "shortest_edge" in s and getattr(proc, "do_center_crop", False) and crop.get("height"):
+        resize = int(resize / float(crop_pct))             # PoolFormer's: size / crop_pct, then its centre crop
+    elif crop_pct and "shortest_edge" in s:                # ConvNeXt's: below 384 px, the shortest edge to
         if resize < 384:                                   # size / crop_pct, then a centre crop; from 384 on, squashed
             resize, input_size = int(resize / float(crop_pct)), resize
         else:

@@ -18,7 +18,7 @@ Told apart by what is on disk, not by the file name:
   ``{"cfg", "state_dict"}``): standard and gated SAEs and transcoders, its normalisations and activations.
 
 Every reader checks shapes and names what it lacks in one line; nothing another library pickled is run
-(``artifacts.torch_pickle``). ``hf:ORG/REPO[/PATH][@REVISION]`` is an SAE on the Hugging Face hub (``from_hub``).
+(``artifacts.torch_pickle``). ``hf:ORG/REPO[/PATH][@REVISION]`` is an SAE on the Hugging Face hub (``sae_hub``).
 """
 
 from __future__ import annotations
@@ -154,41 +154,6 @@ def _pickles_overcomplete(p: Path) -> bool:
             return name is not None and b"overcomplete.sae" in z.read(name)
     except Exception:          # not a zip torch reads (an encrypted zip, another compression): not Overcomplete's
         return False
-
-
-HUB_PREFIX = "hf:"
-
-
-def from_hub(spec: str) -> Path:
-    """The local copy of ``hf:ORG/REPO[/PATH][@REVISION]``: an SAE on the Hugging Face hub (a repository, or the
-    folder or file PATH inside it), downloaded into the hub's cache (or found there when offline)."""
-    from .runtime import hub_offline
-
-    body, _, revision = spec[len(HUB_PREFIX):].partition("@")
-    parts = [x for x in body.strip("/").split("/") if x]
-    if len(parts) < 2:
-        raise UsageError(f"--directions {spec}: not hf:ORG/REPO[/PATH][@REVISION]",
-                         hint="e.g. --directions blocks.9=hf:ORG/REPO/blocks.9 (a folder of the repository)")
-    repo, sub = "/".join(parts[:2]), "/".join(parts[2:])
-    patterns = None
-    if sub:                   # the folder or file, and the config files beside a file (dictionary_learning, ViT-Prisma)
-        parent = sub.rpartition("/")[0]
-        patterns = [sub, f"{sub}/*"] + [f"{parent}/{c}" if parent else c for c in ("config.json", SAELENS_CONFIG)]
-    hub_offline()
-    try:
-        from huggingface_hub import snapshot_download
-
-        local = Path(snapshot_download(repo, revision=revision or None, allow_patterns=patterns))
-    except Exception as e:
-        from .errors import ModelError, first_line
-
-        raise ModelError(f"cannot download the SAE {spec}: {first_line(e, 'not found', 160)}",
-                         hint=f"where there is internet run `hf download {repo} --local-dir DIR` and pass "
-                              f"--directions LAYER=DIR{'/' + sub if sub else ''}") from None
-    target = local / sub if sub else local
-    if not target.exists():
-        raise UsageError(f"{spec}: the repository has no {sub}", hint="name a folder or file the repository holds")
-    return target
 
 
 def _single_sae_file(folder: Path) -> Path | None:

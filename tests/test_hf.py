@@ -275,12 +275,12 @@ def test_a_convnext_processors_crop_pct_becomes_the_preprocessing(edge, tmp_path
     assert float((got - want).abs().mean()) < 2e-2
 
 
-@pytest.mark.parametrize("processor", ["DeiTImageProcessor", "BitImageProcessor", "CLIPImageProcessor",
+@pytest.mark.parametrize("processor", ["DeiTImageProcessor", "BitImageProcessor", "CLIPImageProcessor", "PoolFormerImageProcessor",
                                        "BeitImageProcessor", "SiglipImageProcessor", "ViTImageProcessor"])
 def test_each_families_image_processor_becomes_the_preprocessing(processor, vit_folder, tmp_path):
-    """The processors of DeiT (squash to 256, crop 224), DINOv2 (BiT: shortest edge 256, crop 224), CLIP, BEiT, SigLIP
-    and ViT, with their defaults: dissect's preprocessing gives their pixels on a non-square image (2e-2, the image
-    codecs between)."""
+    """The processors of DeiT (squash to 256, crop 224), DINOv2 (BiT: shortest edge 256, crop 224), CLIP, PoolFormer
+    (size / crop_pct, then its crop), BEiT, SigLIP and ViT, with their defaults: dissect's preprocessing gives their
+    pixels on a non-square image (mean |Δ| under 1% of the pixel range: resampling code differs between them)."""
     import shutil
 
     from PIL import Image, ImageFilter
@@ -298,4 +298,5 @@ def test_each_families_image_processor_becomes_the_preprocessing(processor, vit_
     want = proc(images=img, return_tensors="pt")["pixel_values"][0]
     got = t.transform(img)
     assert got.shape == want.shape
-    assert float((got - want).abs().mean()) < 2e-2
+    std = torch.tensor(proc.image_std, dtype=torch.float32)[:, None, None]
+    assert float(((got - want) * std).abs().mean()) < 1e-2          # in pixel units (0..1), whatever the std

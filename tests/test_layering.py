@@ -19,7 +19,7 @@ LAYERS = [
      "artifacts.external", "artifacts.sniff", "artifacts.runs", "artifacts.masks", "artifacts.stored_maps", "maps",
      "concepts", "probe", "hooks", "models", "hf", "clip", "similarity", "scoring", "split",
      "evaluate", "evaluate.metrics", "evaluate.sanity", "evaluate.mixture", "evaluate.segmentation", "evaluate.ablation",  # lazily imported
-     "directions", "correlate", "sae_files", "artifacts.torch_pickle"},
+     "directions", "correlate", "sae_files", "sae_hub", "artifacts.torch_pickle"},
     {"passes", "shards"},
     {"embed", "record", "inputs", "label", "evaluate.presence", "decompose"},
     {"compose", "evaluate.protocol", "evaluate.results", "evaluate.resampling", "evaluate.simulate",

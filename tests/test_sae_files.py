@@ -606,4 +606,64 @@ def test_hub_saes_download_the_folder_or_file_named_and_offline_misses_say_what_
     assert D.parse_requests(["blocks.3=hf:org/saes/blocks.3"])[0].entry == "blocks.3@sae"
     with pytest.raises(ModelError, match="cannot download the SAE hf:org/missing") as e:
         D.load("hf:org/missing/blocks.3", channels=D_IN)
-    assert "hf download org/missing --local-dir DIR" in e.value.hint and "LAYER=DIR/blocks.3" in e.value.hint
+    assert "hf download org/missing --include 'blocks.3/*' --local-dir DIR" in e.value.hint
+    assert "LAYER=DIR/blocks.3" in e.value.hint
+
+
+def test_a_hub_repository_without_a_path_fetches_its_top_level_files_only(tmp_path, monkeypatch):
+    """Online, `hf:ORG/REPO` lists the repository and downloads its top-level files only (a release of many SAEs in
+    folders is not fetched whole); offline, a folder missing from the cache names `hf download` with --include."""
+    import shutil
+
+    import huggingface_hub
+
+    import dissect.runtime
+    from dissect.errors import ModelError, UsageError
+
+    hub = tmp_path / "hub"
+    _saev_file(hub / "org+saev" / "sae.pt", {"d_vit": D_IN, "exp_factor": 1.5}, _saev_sd(9))
+    (hub / "org+saev" / "README.md").write_text("x")
+    _saelens(hub / "org+release" / "blocks.3", {"architecture": "standard"},
+             {"W_enc": _rand(D_IN, D_SAE, seed=1), "b_enc": _rand(D_SAE, seed=2), "b_dec": _rand(D_IN, seed=3)})
+    (hub / "org+release" / "README.md").write_text("x")
+    calls = []
+
+    def listing(self, repo_id, revision=None, **_):
+        root = hub / repo_id.replace("/", "+")
+        return [str(f.relative_to(root)) for f in root.rglob("*") if f.is_file()]
+
+    def fake_snapshot(repo_id, revision=None, allow_patterns=None, **_):
+        calls.append(allow_patterns)
+        src, dst = hub / repo_id.replace("/", "+"), tmp_path / "cache" / repo_id.replace("/", "+")
+        for f in src.rglob("*"):
+            rel = str(f.relative_to(src))
+            if f.is_file() and (allow_patterns is None or rel in allow_patterns
+                                or any(rel.startswith(p[:-1]) for p in allow_patterns if p.endswith("/*"))):
+                (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(f, dst / rel)
+        dst.mkdir(parents=True, exist_ok=True)
+        return str(dst)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", listing)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    monkeypatch.setattr(dissect.runtime, "hub_offline", lambda *a, **k: False)
+    assert D.load("hf:org/saev", channels=D_IN).describe["library"] == "saev"
+    assert sorted(calls[-1]) == ["README.md", "sae.pt"]
+    with pytest.raises(UsageError, match="not an SAE dissect reads"):
+        D.load("hf:org/release", channels=D_IN)
+    assert calls[-1] == ["README.md"]                               # blocks.3/ was not fetched
+    monkeypatch.setattr(dissect.runtime, "hub_offline", lambda *a, **k: True)
+    with pytest.raises(ModelError, match="not in the local cache") as e:
+        D.load("hf:org/release/blocks.9", channels=D_IN)
+    assert "--include 'blocks.9/*'" in e.value.hint
+
+
+def test_ablate_refuses_a_direction_set_whose_weights_changed_since_it_was_recorded(tmp_path):
+    from dissect.errors import MismatchError
+
+    np.save(tmp_path / "d.npy", np.eye(3, D_IN, dtype=np.float32))
+    recorded = D.load(str(tmp_path / "d.npy")).fingerprint
+    assert D.decoder("matrix", str(tmp_path / "d.npy"), recorded).shape == (3, D_IN)
+    np.save(tmp_path / "d.npy", 2 * np.eye(3, D_IN, dtype=np.float32))
+    with pytest.raises(MismatchError, match="not the one the activations were recorded with"):
+        D.decoder("matrix", str(tmp_path / "d.npy"), recorded)

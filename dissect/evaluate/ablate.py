@@ -104,7 +104,8 @@ def _unit_site(name: str, attrs: dict[str, Any], with_decoder: bool = False) -> 
 
     layout = str(attrs.get("layout", "nc"))
     if "directions_layer" in attrs:
-        dec = decoder(str(attrs.get("directions_kind", "")), str(attrs.get("directions_spec", ""))) if with_decoder else None
+        dec = decoder(str(attrs.get("directions_kind", "")), str(attrs.get("directions_spec", "")),
+                      attrs.get("directions_fingerprint")) if with_decoder else None
         return _Unit(str(attrs["directions_layer"]), layout, dec)
     return _Unit(name, layout)
 
@@ -274,15 +275,21 @@ def ablate(label_paths: list, activations, probe, model, images=None, text=None,
     n_out = _output_width(target, dev)
     loss, classes = _classes(ids, n_out, st.loss)
     run = _Run(acts, activations, probe, pos, target, classes, loss, st, opts, dev)
-    rows: dict[str, list] = {c: [] for c in COLUMNS}
-    jobs = [run.prepare(lf, name, [i for i, n in enumerate(lf.layers) if n == name], source, ids)
-            for lf in files for name in dict.fromkeys(lf.layers)]
-    groups: dict[tuple, list[_Job]] = {}
-    for job in jobs:                 # one pass per layer and set of scoring images, whatever the number of files
-        groups.setdefault((job.name, tuple(job.test_ids)), []).append(job)
-    for group in groups.values():
-        run.run(group)
-    summary = [run.finish(job, rows) for job in jobs]
+    work = [(lf, name) for lf in files for name in dict.fromkeys(lf.layers)]
+    groups: dict[tuple, list[int]] = {}
+    for i, (lf, name) in enumerate(work):   # one pass per layer and set of scoring images, whatever the files
+        scored_ids, val, _ = run.split(lf, ids)
+        groups.setdefault((name, tuple(k for k, v in zip(scored_ids, val) if not v)), []).append(i)
+    done: dict[int, tuple[dict[str, list], dict[str, Any]]] = {}
+    for members in groups.values():        # prepared group by group: one group's moves in memory at a time
+        jobs = [run.prepare(work[i][0], work[i][1], [j for j, n in enumerate(work[i][0].layers) if n == work[i][1]],
+                            source, ids) for i in members]
+        run.run(jobs)
+        for i, job in zip(members, jobs):
+            part: dict[str, list] = {c: [] for c in COLUMNS}
+            done[i] = (part, run.finish(job, part))
+    rows = {c: [x for i in range(len(work)) for x in done[i][0][c]] for c in COLUMNS}
+    summary = [done[i][1] for i in range(len(work))]
     meta = {"activations": str(Path(activations).resolve()), "model": target.spec, "loss": loss,
             "temperature": st.temperature, "validation": st.validation, "seed": st.seed, "mapping": "norm",
             "presence": source.name, "summary": summary,
@@ -330,13 +337,10 @@ class _Run:
     options: PassOptions
     dev: Any
 
-    def prepare(self, lf, name: str, entries: list[int], source, ids: list[str]) -> "_Job":
-        """The units ``entries`` of ``lf`` on layer ``name``: their scoring images, each unit's moves to its mean and
-        to its label's mapped prediction, and why a unit cannot be scored (everything but the pass)."""
-        import torch
-
+    def split(self, lf, ids: list[str]) -> tuple[list[str], Any, bool]:
+        """(the images ``lf`` is scored on, which of them are validation images, whether they were held out)."""
         from .. import split as S
-        from .simulate import _check_units, _scored_ids, predictions
+        from .simulate import _scored_ids
 
         idx, held = _scored_ids(lf, ids)
         scored_ids = [ids[i] for i in idx]
@@ -345,6 +349,16 @@ class _Run:
         if val.sum() < 3 or (~val).sum() < 2:
             raise UsageError(f"{lf.path}: {len(scored_ids)} images to score on are too few to split into validation "
                              f"and scoring parts", hint="use a larger probe or another --validation share")
+        return scored_ids, val, held
+
+    def prepare(self, lf, name: str, entries: list[int], source, ids: list[str]) -> "_Job":
+        """The units ``entries`` of ``lf`` on layer ``name``: their scoring images, each unit's moves to its mean and
+        to its label's mapped prediction, and why a unit cannot be scored (everything but the pass)."""
+        import torch
+
+        from .simulate import _check_units, predictions
+
+        scored_ids, val, held = self.split(lf, ids)
         q = A.read_activation_layer(self.activations, name)
         units = [lf.units[i] for i in entries]
         _check_units(lf, name, units, q.shape[1], self.activations)
@@ -384,8 +398,9 @@ class _Run:
                                  f"ablate {what} {first.name} ({len(units)} units)", self.dev,
                                  positions=sorted(tail.row_of))
         at = 0
-        for job in jobs:
-            job.damage, job.n_images = tail.damage[:, at : at + len(job.live)], len(first.test_ids) - len(skipped)
+        for job in jobs:          # a job with no unit to move had no images skipped on its behalf
+            job.damage = tail.damage[:, at : at + len(job.live)]
+            job.n_images = len(first.test_ids) - (len(skipped) if job.live else 0)
             at += len(job.live)
 
     def finish(self, job: "_Job", rows: dict[str, list]) -> dict[str, Any]:
