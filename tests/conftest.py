@@ -92,3 +92,21 @@ def demo_run(tmp_path_factory):
     result = CliRunner().invoke(app, ["demo", "-o", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     return out, result
+
+
+def vit_block0_tokens(probe_dir: Path):
+    """timm test_vit (random weights) on the probe's images: the [N, L, C] tokens its blocks.0 gives, as a forward
+    hook of our own sees them (what recorded direction entries are checked against)."""
+    import torch
+
+    from dissect.models import load_target
+    from dissect.probe import open_probe
+
+    target = load_target("timm:test_vit", "none")
+    probe = open_probe([str(probe_dir)])
+    seen = []
+    h = target.module.blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    with torch.inference_mode():
+        target.module(torch.stack([target.transform(probe.load(i)) for i in range(len(probe))]))
+    h.remove()
+    return seen[0]

@@ -331,17 +331,9 @@ def test_per_token_encoding_of_a_vit_matches_a_reference_hook(probe_dir, tmp_pat
     tokens a plain forward hook of our own sees, encoded in float64."""
     import timm
 
-    from dissect.models import load_target
-    from dissect.probe import open_probe
+    from conftest import vit_block0_tokens
 
-    target = load_target("timm:test_vit", "none")
-    probe = open_probe([str(probe_dir)])
-    tokens = []
-    h = target.module.blocks[0].register_forward_hook(lambda m, i, o: tokens.append(o.detach()))
-    with torch.inference_mode():
-        target.module(torch.stack([target.transform(probe.load(i)) for i in range(len(probe))]))
-    h.remove()
-    x = tokens[0]
+    x = vit_block0_tokens(probe_dir)
     width = x.shape[-1]
     g = torch.Generator().manual_seed(11)
     W_enc, b_enc, b_dec = torch.randn(width, 40, generator=g), torch.randn(40, generator=g) * 0.1, torch.randn(width, generator=g) * 0.1

@@ -487,20 +487,13 @@ def test_each_librarys_file_records_as_a_direction_entry_of_a_vit(probe_dir, tmp
     """`record --directions blocks.0@NAME=PATH` with a saev file, a dictionary_learning folder, an Overcomplete
     pickle and a ViT-Prisma folder: each entry's max over tokens equals the set's encoder on the tokens a forward hook
     of our own sees (the encoders themselves are checked against references above)."""
+    from conftest import vit_block0_tokens
     from test_cli import invoke
 
     from dissect import artifacts as A
-    from dissect.models import load_target
-    from dissect.probe import open_probe
 
-    target = load_target("timm:test_vit", "none")
-    probe = open_probe([str(probe_dir)])
-    seen = []
-    h = target.module.blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.detach()))
-    with torch.inference_mode():
-        target.module(torch.stack([target.transform(probe.load(i)) for i in range(len(probe))]))
-    h.remove()
-    tokens, c = seen[0], seen[0].shape[-1]
+    tokens = vit_block0_tokens(probe_dir)
+    c = tokens.shape[-1]
     g = torch.Generator().manual_seed(3)
     W, b, bd = torch.randn(c, 20, generator=g) * 0.2, torch.randn(20, generator=g) * 0.1, torch.randn(c, generator=g) * 0.1
     specs = {"saev": _saev_file(tmp_path / "saev" / "sae.pt", {"d_vit": c, "exp_factor": 1},
