@@ -40,7 +40,6 @@ KINDS = ("matrix", "sae", "module")
 #: Summary of the latents over positions: "auto" is max for SAEs, the layer's own summary otherwise.
 DIRECTION_SUMMARIES = ("auto", "mean", "max", "cls")
 DTYPES = ("float32", "float16")
-from .sae_files import SAELENS_CONFIG as SAE_CONFIG, SAELENS_WEIGHTS as SAE_WEIGHTS  # noqa: E402,F401 (SAELens' names)
 MATRIX_SUFFIXES = (".npy", ".pt", ".pth", ".bin", ".safetensors")
 #: Elements of the [rows, positions, K] latent block encoded at once (bounds the hook's memory).
 ENCODE_BLOCK = 1 << 24
@@ -116,6 +115,7 @@ class DirectionSet:
     c: int
     fingerprint: str
     describe: dict[str, Any] = field(default_factory=dict)
+    weights: Any = None          # an SAE's ``sae_files.SAEWeights`` (its decoder too), as read
 
     @property
     def default_summary(self) -> str:
@@ -156,8 +156,10 @@ def parse_requests(items: list[str] | None) -> list[DirectionRequest]:
 
 
 def _default_name(spec: str) -> str:
+    from .sae_hub import HUB_PREFIX
+
     p = Path(spec.partition("#")[0])
-    if spec.startswith("hf:") or p.is_dir() or _is_sae_file(p):
+    if spec.startswith(HUB_PREFIX) or p.is_dir() or _is_sae_file(p):
         return "sae"
     if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
         return "module"
@@ -289,7 +291,7 @@ def load_sae(path: Path) -> DirectionSet:
     provenance = ("folder", "file", "hook_name", "model_name", "layer", "hook_point_layer", "layer_subtype")
     fp = _digest(["sae", {k: v for k, v in describe.items() if k not in provenance},
                   *(t.numpy().tobytes() for t in enc.state_dict().values())])
-    return DirectionSet("sae", str(path), enc, sae.d_sae, sae.d_in, fp, describe)
+    return DirectionSet("sae", str(path), enc, sae.d_sae, sae.d_in, fp, describe, sae)
 
 
 def load_module(spec: str, channels: int | None) -> DirectionSet:
@@ -393,7 +395,7 @@ def _layer_norm(x):
 SAE_NORMALIZERS = {"none": _no_norm, "constant_norm_rescale": _constant_norm_rescale, "layer_norm": _layer_norm}
 
 
-def _act(enc, pre):
+def _act(enc, pre, xw=None):
     import torch
 
     if enc.act == "none":
@@ -401,23 +403,25 @@ def _act(enc, pre):
     return torch.relu(torch.tanh(pre)) if enc.act == "tanh-relu" else torch.relu(pre)
 
 
-def _topk(enc, pre):
+def _topk(enc, pre, xw=None):
     import torch
 
     top = torch.topk(pre, enc.k, dim=-1)
     return torch.zeros_like(pre).scatter_(-1, top.indices, _act(enc, top.values))
 
 
-def _jumprelu(enc, pre):
+def _jumprelu(enc, pre, xw=None):
     above = pre >= enc.threshold.to(pre.dtype) if enc.threshold_ge else pre > enc.threshold.to(pre.dtype)
     return _act(enc, pre) * above.to(pre.dtype)
 
 
-def _gated(enc, pre):
-    return (pre > 0).to(pre.dtype) * _act(enc, enc._magnitude)
+def _gated(enc, pre, xw):
+    """The gate [pre > 0] times act of the magnitude path, (x' W_enc) exp(r_mag) + b_mag."""
+    return (pre > 0).to(pre.dtype) * _act(enc, xw * enc.r_mag.to(xw.dtype).exp() + enc.b_mag.to(xw.dtype))
 
 
-#: Each SAE architecture's latents from its pre-activations (chosen once, when the SAE is loaded).
+#: Each SAE architecture's latents from its pre-activations and x' W_enc (the magnitude path of a gated SAE; chosen
+#: once, when the SAE is loaded).
 SAE_ENCODES = {"standard": _act, "topk": _topk, "jumprelu": _jumprelu, "gated": _gated}
 
 
@@ -455,15 +459,13 @@ class SAEEncoder(_module_base()):
         if self.apply_b_dec:
             x = x - self.b_dec.to(x.dtype)
         if self.pre_module is not None:
-            pre = self.pre_module(x)
+            xw, pre = None, self.pre_module(x)
         else:
             xw = x @ self.W_enc.to(x.dtype)
             pre = xw + self.b_enc.to(x.dtype)
-            if self.r_mag is not None:
-                self._magnitude = xw * self.r_mag.to(x.dtype).exp() + self.b_mag.to(x.dtype)
         if self.dec_norm is not None:
             pre = pre * self.dec_norm.to(x.dtype)
-        return self._encode(self, pre)
+        return self._encode(self, pre, xw)
 
 
 # ---------------------------------------------------------------------------
@@ -546,27 +548,24 @@ def decoder(kind: str, spec: str, fingerprint: str | None = None):
 
     from .errors import MismatchError
 
-    if fingerprint and kind in ("sae", "matrix") and load(spec).fingerprint != fingerprint:
+    if kind not in ("sae", "matrix"):
+        raise UsageError(f"directions {spec} ({kind}) have no decoder, so their units cannot be moved in the network",
+                         hint="ablate the layer's neurons, or give the directions as a matrix or an SAE folder")
+    ds = load(spec)
+    if (fingerprint and ds.fingerprint != fingerprint) or ds.kind != kind:
         raise MismatchError(f"the {kind} {spec} is not the one the activations were recorded with (its weights "
                             "changed since `record`)", hint="record the entry again, or give the set it was recorded with")
-    path, _, key = spec.partition("#")
-    if kind == "sae":
-        from .sae_files import read_sae
-        from .sae_hub import HUB_PREFIX, from_hub
-
-        sae = read_sae(from_hub(spec) if spec.startswith(HUB_PREFIX) else Path(path))
-        if sae.W_dec is None or sae.W_enc is None:
-            why = sae.no_decoder or "its file holds no decoder"
-            raise UsageError(f"the latents of {path} cannot be moved in the network: {why}",
-                             hint="ablate the layer's neurons, or an SAE whose decoder writes back to this layer")
-        dec, enc = sae.W_dec, sae.W_enc                        # [K, C], [C, K]
-        gain = (enc.T * dec).sum(dim=1, keepdim=True)          # how far latent k's pre-activation moves per W_dec[k]
-        scale = sae.r_mag.exp() if sae.r_mag is not None else sae.dec_norm   # gated magnitudes, topk rescaling
-        if scale is not None:
-            gain = gain * scale[:, None]
-        return torch.where(gain.abs() > 1e-12, dec / gain, dec)
     if kind == "matrix":
-        d = load_matrix(Path(path), key or None).module.weight.detach().to(torch.float32)
+        d = ds.module.weight.detach().to(torch.float32)
         return d / (d * d).sum(dim=1, keepdim=True).clamp_min(1e-30)
-    raise UsageError(f"directions {spec} ({kind}) have no decoder, so their units cannot be moved in the network",
-                     hint="ablate the layer's neurons, or give the directions as a matrix or an SAE folder")
+    sae = ds.weights
+    if sae.W_dec is None or sae.W_enc is None:
+        why = sae.no_decoder or "its file holds no decoder"
+        raise UsageError(f"the latents of {spec.partition('#')[0]} cannot be moved in the network: {why}",
+                         hint="ablate the layer's neurons, or an SAE whose decoder writes back to this layer")
+    dec, enc = sae.W_dec, sae.W_enc                        # [K, C], [C, K]
+    gain = (enc.T * dec).sum(dim=1, keepdim=True)          # how far latent k's pre-activation moves per W_dec[k]
+    scale = sae.r_mag.exp() if sae.r_mag is not None else sae.dec_norm   # gated magnitudes, topk rescaling
+    if scale is not None:
+        gain = gain * scale[:, None]
+    return torch.where(gain.abs() > 1e-12, dec / gain, dec)

@@ -69,9 +69,14 @@ def _local(spec: str) -> Path | None:
     return p if p.exists() else None
 
 
+def _vision(config):
+    """The config of the vision model: a CLIP or SigLIP checkpoint's vision_config, else the config itself."""
+    return getattr(config, "vision_config", None) or config
+
+
 def _grid(config) -> tuple[int, int, int] | None:
     """(prefix tokens, rows, columns) of a ViT-like config (CLS, distillation and register tokens first)."""
-    vc = getattr(config, "vision_config", None) or config
+    vc = _vision(config)
     size, patch = getattr(vc, "image_size", None), getattr(vc, "patch_size", None)
     if not size or not patch:
         return None
@@ -94,7 +99,7 @@ def _preprocess(source: str, config) -> dict[str, Any]:
         proc = tf.AutoImageProcessor.from_pretrained(source)
     except Exception:          # no processor saved: the config's size, mean and std 0.5 (ViT's)
         proc = None
-    vc = getattr(config, "vision_config", None) or config
+    vc = _vision(config)
     size = int(getattr(vc, "image_size", 224) if not isinstance(getattr(vc, "image_size", 224), (list, tuple))
                else vc.image_size[0])
     if proc is None:
@@ -153,8 +158,8 @@ def load(spec: str, weights: str | None, args: dict[str, Any]) -> tuple[HFModel,
                               "and pass --model hf:DIR") from None
     pre = _preprocess(str(folder or source), config)
     ident = "random" if random else (_weights_file(folder) if folder is not None else f"{source}@{revision or 'main'}")
-    vc = getattr(config, "vision_config", None) or config
-    return HFModel(model.eval(), _grid(config), str(getattr(vc, "model_type", "")) in MERGING_TYPES), pre, ident
+    return HFModel(model.eval(), _grid(config), str(getattr(_vision(config), "model_type", "")) in MERGING_TYPES), \
+        pre, ident
 
 
 def _model_class(tf, config):

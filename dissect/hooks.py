@@ -227,7 +227,7 @@ def main_output(out: Any) -> Any:
 
 def with_main_output(out: Any, new: torch.Tensor) -> Any:
     """``out`` with its main output (see ``main_output``) replaced by ``new``: what a forward hook returns to edit it."""
-    if not (isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor)):
+    if main_output(out) is out:
         return new
     if hasattr(out, "_replace"):                                   # a namedtuple
         return out._replace(**{out._fields[0]: new})

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import artifacts as A
 from .errors import InputError, MismatchError, UsageError
-from .models import TargetSpec
+from .models import Preprocess, TargetSpec
 from .runtime import note, progress
 from .settings import Settings, no_other_fields
 
@@ -78,9 +78,10 @@ def _view(preprocess: dict[str, Any] | None):
     from torchvision import transforms as T
 
     mode = getattr(T.InterpolationMode, str(preprocess.get("interpolation", "bicubic")).upper(), T.InterpolationMode.BICUBIC)
-    size = int(preprocess.get("resize_size") or preprocess["input_size"])
-    return T.Compose([T.Resize((size, size) if preprocess.get("squash") else size, interpolation=mode, antialias=True),
-                      T.CenterCrop(int(preprocess["input_size"]))])
+    size = int(preprocess["input_size"])
+    view = Preprocess(size, int(preprocess.get("resize_size") or size), (0.0,) * 3, (1.0,) * 3,
+                      squash=bool(preprocess.get("squash")))
+    return T.Compose([view.resize(mode), T.CenterCrop(size)])
 
 
 def _loads_json(value) -> dict[str, Any] | None:

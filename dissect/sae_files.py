@@ -72,6 +72,15 @@ class SAEWeights:
 # Recognising a path
 # ---------------------------------------------------------------------------
 
+def _json_object(p: Path) -> dict | None:
+    """A JSON file's object, or None where it is missing, unreadable or not an object (telling formats apart)."""
+    try:
+        obj = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 def _json(p: Path) -> dict:
     try:
         obj = json.loads(p.read_text())
@@ -96,15 +105,9 @@ def _saev_header(p: Path) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _prisma_config(folder: Path) -> dict | None:
-    c = folder / "config.json"
-    if not c.is_file():
-        return None
-    try:
-        obj = json.loads(c.read_text())
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) and "d_in" in obj and ("expansion_factor" in obj or "hook_point_layer" in obj) else None
+def _is_prisma(cfg: dict | None) -> bool:
+    """Whether a config.json's object is ViT-Prisma's (its runner config)."""
+    return cfg is not None and "d_in" in cfg and ("expansion_factor" in cfg or "hook_point_layer" in cfg)
 
 
 def _prisma_weights(folder: Path) -> Path | None:
@@ -121,22 +124,18 @@ def kind_of(path: Path) -> str | None:
             return "saelens"
         if (path / "ae.pt").is_file() and (path / "config.json").is_file():
             return "dictionary_learning"
-        if _prisma_config(path) is not None:
+        if _is_prisma(_json_object(path / "config.json")):
             return "vit_prisma"
         return None
     if not path.is_file():
         return None
     if _saev_header(path) is not None:
         return "saev"
-    sibling = path.parent / "config.json"
-    if sibling.is_file():
-        try:
-            cfg = json.loads(sibling.read_text())
-        except (OSError, ValueError):
-            cfg = None
-        if isinstance(cfg, dict) and "trainer" in cfg and path.name == "ae.pt":
+    cfg = _json_object(path.parent / "config.json")
+    if cfg is not None:
+        if "trainer" in cfg and path.name == "ae.pt":
             return "dictionary_learning"
-        if _prisma_config(path.parent) is not None and (path.name == "weights.pt" or
+        if _is_prisma(cfg) and (path.name == "weights.pt" or
                                                         (path.name.startswith("n_images_") and path.suffix == ".pt")):
             return "vit_prisma"
     if path.suffix.lower() in (".pt", ".pth") and _pickles_overcomplete(path):
@@ -156,9 +155,10 @@ def _pickles_overcomplete(p: Path) -> bool:
         return False
 
 
-def _single_sae_file(folder: Path) -> Path | None:
-    """The one file a folder holds that some library's reader knows (a hub repository of one saev sae.pt)."""
-    found = [f for f in sorted(folder.iterdir()) if f.is_file() and kind_of(f) is not None]
+def _single_sae_file(folder: Path) -> tuple[Path, str] | None:
+    """The one file a folder holds that some library's reader knows, and its kind (a hub repository of one saev
+    sae.pt)."""
+    found = [(f, kind) for f in sorted(folder.iterdir()) if f.is_file() and (kind := kind_of(f)) is not None]
     return found[0] if len(found) == 1 else None
 
 
@@ -168,7 +168,7 @@ def read_sae(path: str | Path) -> SAEWeights:
     p = Path(path)
     kind = kind_of(p)
     if kind is None and p.is_dir() and (single := _single_sae_file(p)) is not None:
-        p, kind = single, kind_of(single)
+        p, kind = single
     if kind is None:
         raise UsageError(f"{p} is not an SAE dissect reads",
                          hint="give a SAELens folder (cfg.json), a saev file, a dictionary_learning ae.pt with its "

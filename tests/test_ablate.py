@@ -242,7 +242,8 @@ def test_a_direction_or_sae_latent_moves_by_exactly_the_shift_along_its_decoder_
     Δ; a matrix's rows / their squared norms move x·d_k by exactly Δ."""
     from safetensors.torch import save_file
 
-    from dissect.directions import SAE_CONFIG, SAE_WEIGHTS, decoder
+    from dissect.directions import decoder
+    from dissect.sae_files import SAELENS_CONFIG as SAE_CONFIG, SAELENS_WEIGHTS as SAE_WEIGHTS
 
     torch.manual_seed(2)
     W_enc, W_dec = torch.randn(8, 5), torch.randn(5, 8)

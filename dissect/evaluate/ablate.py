@@ -276,14 +276,16 @@ def ablate(label_paths: list, activations, probe, model, images=None, text=None,
     loss, classes = _classes(ids, n_out, st.loss)
     run = _Run(acts, activations, probe, pos, target, classes, loss, st, opts, dev)
     work = [(lf, name) for lf in files for name in dict.fromkeys(lf.layers)]
+    splits = [run.split(lf, ids) for lf, _ in work]
     groups: dict[tuple, list[int]] = {}
-    for i, (lf, name) in enumerate(work):   # one pass per layer and set of scoring images, whatever the files
-        scored_ids, val, _ = run.split(lf, ids)
+    for i, (_, name) in enumerate(work):    # one pass per layer and set of scoring images, whatever the files
+        scored_ids, val, _ = splits[i]
         groups.setdefault((name, tuple(k for k, v in zip(scored_ids, val) if not v)), []).append(i)
     done: dict[int, tuple[dict[str, list], dict[str, Any]]] = {}
-    for members in groups.values():        # prepared group by group: one group's moves in memory at a time
-        jobs = [run.prepare(work[i][0], work[i][1], [j for j, n in enumerate(work[i][0].layers) if n == work[i][1]],
-                            source, ids) for i in members]
+    for (name, _), members in groups.items():   # group by group: one layer read, one group's moves in memory
+        q = A.read_activation_layer(activations, name)
+        jobs = [run.prepare(work[i][0], name, [j for j, n in enumerate(work[i][0].layers) if n == name], source,
+                            splits[i], q) for i in members]
         run.run(jobs)
         for i, job in zip(members, jobs):
             part: dict[str, list] = {c: [] for c in COLUMNS}
@@ -351,15 +353,15 @@ class _Run:
                              f"and scoring parts", hint="use a larger probe or another --validation share")
         return scored_ids, val, held
 
-    def prepare(self, lf, name: str, entries: list[int], source, ids: list[str]) -> "_Job":
-        """The units ``entries`` of ``lf`` on layer ``name``: their scoring images, each unit's moves to its mean and
-        to its label's mapped prediction, and why a unit cannot be scored (everything but the pass)."""
+    def prepare(self, lf, name: str, entries: list[int], source, split, q) -> "_Job":
+        """The units ``entries`` of ``lf`` on layer ``name`` (``q``, as recorded), scored on ``split`` (``split``'s
+        result): each unit's moves to its mean and to its label's mapped prediction, and why a unit cannot be scored
+        (everything but the pass)."""
         import torch
 
         from .simulate import _check_units, predictions
 
-        scored_ids, val, held = self.split(lf, ids)
-        q = A.read_activation_layer(self.activations, name)
+        scored_ids, val, held = split
         units = [lf.units[i] for i in entries]
         _check_units(lf, name, units, q.shape[1], self.activations)
         row_of_id = {k: i for i, k in enumerate(self.acts.ids)}
